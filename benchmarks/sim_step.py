@@ -1,0 +1,95 @@
+"""Simulator throughput: batched env steps and the cost of differentiating a rollout.
+
+    python benchmarks/sim_step.py --quick
+
+JSON lines: `scenario_steps_per_s` for B in (1, 64, 1024) at N=128 (dynamics + log
+replay for every non-ego object), and `backward_over_forward` for an 80-step rollout
+at B=64 (gradient of the final ego position w.r.t. all actions vs the forward pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.common import emit, environment, peak_device_memory_mb, peak_host_memory_mb, time_fn
+from jaxloop.data.toy import make_toy_scenario
+from jaxloop.sim.datatypes import stack_scenarios
+from jaxloop.sim.env import Env, EnvConfig
+from jaxloop.sim.rollout import rollout
+
+STEPS_PER_CALL = 20
+
+
+def _batch(batch: int, num_objects: int):
+    base = [make_toy_scenario(num_objects=num_objects, num_cars=min(32, num_objects), seed=s) for s in range(4)]
+    return stack_scenarios([base[i % 4] for i in range(batch)])
+
+
+def _open_loop_policy(actions):
+    """Policy reading a per-step action table `[H, A]` by the state's timestep."""
+    def policy(scenario, state, key):
+        del scenario, key
+        return actions[state.timestep - 10]
+    return policy
+
+
+def bench_steps(batches: Sequence[int], num_objects: int, agents: str, env_meta: dict) -> None:
+    env = Env(EnvConfig(non_ego_agent=agents if agents != "log" else "log"))
+    for batch in batches:
+        scenarios = _batch(batch, num_objects)
+        actions = jnp.zeros((batch, STEPS_PER_CALL, env.config.action_dim)) + jnp.array([0.5, 0.01])
+
+        def episode(scenario, acts, key):
+            state = env.reset(scenario, key)
+            final, _ = rollout(env, scenario, state, _open_loop_policy(acts), STEPS_PER_CALL)
+            return final.current.x
+
+        fn = jax.jit(jax.vmap(episode))
+        keys = jax.random.split(jax.random.key(0), batch)
+        timing = time_fn(fn, scenarios, actions, keys)
+        rate = batch * STEPS_PER_CALL / timing["median_s"]
+        emit("sim_step", {"B": batch, "N": num_objects, "agents": agents}, "scenario_steps_per_s", rate, "1/s",
+             object_steps_per_s=rate * num_objects, compile_s=timing["compile_s"], repeats=timing["repeats"],
+             peak_host_mb=peak_host_memory_mb(), peak_device_mb=peak_device_memory_mb(), env=env_meta)
+
+
+def bench_backward(batch: int, num_objects: int, horizon: int, env_meta: dict) -> None:
+    env = Env()
+    scenarios = _batch(batch, num_objects)
+    actions = jnp.zeros((batch, horizon, 2)) + jnp.array([0.5, 0.01])
+
+    def loss(acts, scenario, key):
+        state = env.reset(scenario, key)
+        final, _ = rollout(env, scenario, state, _open_loop_policy(acts), horizon)
+        ego = scenario.object_metadata.sdc_index
+        return final.current.x[ego] + final.current.y[ego]
+
+    batched_loss = lambda a, s, k: jnp.sum(jax.vmap(loss)(a, s, k))
+    fwd = jax.jit(batched_loss)
+    bwd = jax.jit(jax.value_and_grad(batched_loss))
+    keys = jax.random.split(jax.random.key(0), batch)
+    t_f = time_fn(fwd, actions, scenarios, keys)
+    t_b = time_fn(bwd, actions, scenarios, keys)
+    emit("sim_step", {"B": batch, "N": num_objects, "H": horizon, "agents": "log"}, "backward_over_forward",
+         t_b["median_s"] / t_f["median_s"], "ratio", forward_s=t_f["median_s"], backward_s=t_b["median_s"],
+         peak_host_mb=peak_host_memory_mb(), env=env_meta)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the small sweep (CI-sized)")
+    parser.add_argument("--batches", type=int, nargs="*", default=None)
+    parser.add_argument("--num-objects", type=int, default=128)
+    args = parser.parse_args(argv)
+    env_meta = environment()
+    batches = args.batches or ([1, 64, 1024] if args.quick else [1, 64, 256, 1024, 4096])
+    bench_steps(batches, args.num_objects, "log", env_meta)
+    bench_backward(64, args.num_objects, 80, env_meta)
+
+
+if __name__ == "__main__":
+    main()

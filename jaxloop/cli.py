@@ -1,0 +1,68 @@
+"""The `jaxloop` command.
+
+Each subcommand is a typed function in the module that owns it (parsed by tyro), named
+here as "module:function" and imported only when called, so `jaxloop --help` is fast
+and adding a command touches one line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> "module:function", or a group: name -> {subname: "module:function"}
+COMMANDS: dict[str, str | dict[str, str]] = {
+    "demo": "jaxloop.demo:run",
+}
+
+_HELP = {
+    "demo": "the main job on built-in data: roll out baselines and print a comparison table",
+}
+
+
+def _resolve(target: str):
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _usage(prefix: str, table: dict) -> str:
+    lines = [f"usage: {prefix} COMMAND [ARGS...]", "", "commands:"]
+    for name, target in table.items():
+        if isinstance(target, dict):
+            lines.append(f"  {name:<10} {' | '.join(target)}")
+        else:
+            lines.append(f"  {name:<10} {_HELP.get(name, '')}")
+    lines.append("")
+    lines.append(f"`{prefix} COMMAND --help` describes each command.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    table: dict = COMMANDS
+    prog = "jaxloop"
+    while True:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(_usage(prog, table))
+            return 0 if argv else 2
+        name = argv.pop(0)
+        if name == "--version" and table is COMMANDS:
+            from jaxloop import __version__
+            print(__version__)
+            return 0
+        if name not in table:
+            print(f"{prog}: unknown command {name!r}\n\n{_usage(prog, table)}", file=sys.stderr)
+            return 2
+        prog = f"{prog} {name}"
+        target = table[name]
+        if isinstance(target, dict):
+            table = target
+            continue
+        result = tyro.cli(_resolve(target), args=argv, prog=prog)
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

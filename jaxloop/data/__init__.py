@@ -1,0 +1,1 @@
+"""Scenarios in (real logs, procedural generator), `Scenario` pytrees out."""

@@ -1,0 +1,198 @@
+"""The closed-loop environment: `reset`, `step`, `observe` over one scenario.
+
+Pure, unbatched functions (DESIGN.md "Simulation contract"): batch with `jax.vmap`
+in one place. `EnvConfig` is static (decides shapes and code paths); `AgentParams`
+is traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxloop.sim import agents as agents_lib
+from jaxloop.sim.datatypes import (TYPE_VEHICLE, ObjectState, Scenario, SimState, trajectory_at)
+from jaxloop.sim.dynamics import Dynamics, InvertibleBicycle
+from jaxloop.sim.geometry import to_local, rotate
+
+CONTROLLED_CHOICES = ("sdc", "vehicles", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Static environment configuration (hashable).
+
+    init_steps: log steps 0..init_steps-1 initialise the episode; the current step is
+      `init_steps - 1` (WOMD: 11 -> step 10).
+    history_length: K, the states kept for observations (current included).
+    controlled: which objects the policy drives: the ego ("sdc"), every valid vehicle
+      ("vehicles", multi-agent), or every valid object ("all").
+    non_ego_agent: the model of every other object: "log", "constant_velocity", "idm".
+    """
+
+    init_steps: int = 11
+    history_length: int = 5
+    dynamics: Dynamics = InvertibleBicycle()
+    controlled: str = "sdc"
+    non_ego_agent: str = "log"
+
+    def __post_init__(self):
+        if self.init_steps < 1:
+            raise ValueError(f"EnvConfig.init_steps must be >= 1, got {self.init_steps}")
+        if self.history_length < 1:
+            raise ValueError(f"EnvConfig.history_length must be >= 1, got {self.history_length}")
+        if self.controlled not in CONTROLLED_CHOICES:
+            raise ValueError(f"EnvConfig.controlled must be one of {CONTROLLED_CHOICES}, got {self.controlled!r}")
+        if self.non_ego_agent not in ("log", "constant_velocity", "idm"):
+            raise ValueError("EnvConfig.non_ego_agent must be 'log', 'constant_velocity' or 'idm', "
+                             f"got {self.non_ego_agent!r}")
+
+    @property
+    def action_dim(self) -> int:
+        return self.dynamics.action_dim
+
+
+@struct.dataclass
+class StepInfo:
+    """What a step reports besides the new state."""
+
+    action: jax.Array  # [N, A] the physical (clipped, de-normalised) action applied to policy objects
+    log_state: ObjectState  # [N] the log at the new timestep
+
+
+@struct.dataclass
+class Observation:
+    """Raw ego-centric view (the policy's features are built in `jaxloop.policy.observation`)."""
+
+    objects_xy: jax.Array  # [N, K, 2] history of every object, in the observer's frame
+    objects_yaw: jax.Array  # [N, K] relative heading
+    objects_vel: jax.Array  # [N, K, 2] velocity in the observer's frame
+    objects_size: jax.Array  # [N, 2] length, width
+    objects_valid: jax.Array  # [N, K] bool
+    objects_type: jax.Array  # [N] int32
+    lane_xy: jax.Array  # [P, Q, 2] lane centres in the observer's frame
+    lane_valid: jax.Array  # [P, Q]
+    route_xy: jax.Array  # [R, 2] route in the observer's frame
+    route_valid: jax.Array  # [R]
+    lights_xy: jax.Array  # [L, 2] stop points in the observer's frame
+    lights_state: jax.Array  # [L] int32
+    lights_valid: jax.Array  # [L]
+
+
+def controlled_mask(scenario: Scenario, controlled: str) -> jax.Array:
+    """Objects `[N]` the policy drives under `EnvConfig.controlled`."""
+    meta = scenario.object_metadata
+    if controlled == "sdc":
+        return meta.is_sdc
+    if controlled == "vehicles":
+        return meta.is_valid & ((meta.object_types == TYPE_VEHICLE) | meta.is_sdc)
+    return meta.is_valid
+
+
+class Env:
+    """Closed-loop simulator over one scenario. Methods are pure; `jit` / `vmap` them freely."""
+
+    def __init__(self, config: EnvConfig = EnvConfig(), params: agents_lib.AgentParams | None = None):
+        self.config = config
+        self.params = agents_lib.AgentParams() if params is None else params
+
+    @property
+    def dynamics(self) -> Dynamics:
+        return self.config.dynamics
+
+    def reset(self, scenario: Scenario, key: jax.Array, agent_kind: jax.Array | None = None) -> SimState:
+        """Initial state from the log at steps `0..init_steps-1`.
+
+        `agent_kind` `[N]` overrides the per-object models chosen by the config.
+        """
+        with jax.named_scope("env.reset"):
+            cfg = self.config
+            t0 = cfg.init_steps - 1
+            k = cfg.history_length
+            steps = jnp.arange(t0 - k + 1, t0 + 1)
+            history = jax.vmap(lambda t: trajectory_at(scenario.log_trajectory, t), out_axes=-1)(steps)
+            current = trajectory_at(scenario.log_trajectory, t0)
+            if agent_kind is None:
+                default = agents_lib.AGENT_NAMES[cfg.non_ego_agent]
+                policy = controlled_mask(scenario, cfg.controlled)
+                agent_kind = jnp.where(policy, agents_lib.AGENT_POLICY, default).astype(jnp.int32)
+            timestep = jnp.asarray(t0, jnp.int32)
+            return SimState(timestep=timestep, current=current, history=history,
+                            agent_kind=jnp.asarray(agent_kind, jnp.int32),
+                            agent_state=agents_lib.init_agent_state(scenario, current, timestep), key=key)
+
+    def step(self, scenario: Scenario, state: SimState, action: jax.Array,
+             params: agents_lib.AgentParams | None = None) -> tuple[SimState, StepInfo]:
+        """Advances one step. `action` is `[N, A]` (per object) or `[A]` (broadcast to every
+        policy object); objects not driven by the policy ignore it."""
+        with jax.named_scope("env.step"):
+            params = self.params if params is None else params
+            num_objects = state.current.x.shape[-1]
+            action = jnp.broadcast_to(action, (num_objects, self.dynamics.action_dim))
+            others, agent_state = agents_lib.step_non_policy(
+                scenario, state.current, state.timestep, state.agent_kind, state.agent_state, params,
+                getattr(self.dynamics, "dt", 0.1))
+            driven = self.dynamics.forward(state.current, action)
+            is_policy = state.agent_kind == agents_lib.AGENT_POLICY
+            current = agents_lib.select_objects(is_policy, driven, others)
+            history = jax.tree.map(lambda h, c: jnp.concatenate([h[..., 1:], c[..., None]], -1),
+                                   state.history, current)
+            timestep = state.timestep + 1
+            new_state = state.replace(timestep=timestep, current=current, history=history, agent_state=agent_state)
+            info = StepInfo(action=jnp.where(is_policy[:, None], self.dynamics.clip(action), 0.0),
+                            log_state=trajectory_at(scenario.log_trajectory, timestep))
+            return new_state, info
+
+    def observe(self, scenario: Scenario, state: SimState, observer: jax.Array | None = None) -> Observation:
+        """Everything in the frame of object `observer` (default: the ego) at its current pose."""
+        with jax.named_scope("env.observe"):
+            if observer is None:
+                observer = scenario.object_metadata.sdc_index
+            cur = state.current
+            origin = jnp.stack([cur.x[observer], cur.y[observer]])
+            yaw0 = cur.yaw[observer]
+            hist = state.history
+            hist_xy = jnp.stack([hist.x, hist.y], -1)
+            rm = scenario.roadmap
+            lights_t = jnp.clip(state.timestep, 0, scenario.traffic_lights.state.shape[-1] - 1)
+            tl = jax.tree.map(lambda a: a[:, lights_t], scenario.traffic_lights)
+            return Observation(
+                objects_xy=to_local(hist_xy, origin, yaw0),
+                objects_yaw=hist.yaw - yaw0,
+                objects_vel=rotate(jnp.stack([hist.vel_x, hist.vel_y], -1), -yaw0),
+                objects_size=jnp.stack([cur.length, cur.width], -1),
+                objects_valid=hist.valid,
+                objects_type=scenario.object_metadata.object_types,
+                lane_xy=to_local(rm.lane_xy, origin, yaw0),
+                lane_valid=rm.lane_valid,
+                route_xy=to_local(scenario.route.xy, origin, yaw0),
+                route_valid=scenario.route.valid,
+                lights_xy=to_local(jnp.stack([tl.x, tl.y], -1), origin, yaw0),
+                lights_state=tl.state,
+                lights_valid=tl.valid,
+            )
+
+
+def expert_actions(scenario: Scenario, dynamics: Dynamics) -> tuple[jax.Array, jax.Array]:
+    """Inverse-dynamics actions of the log: `[N, T-1, A]` and validity `[N, T-1]`.
+
+    Action t moves the logged state at t to the logged state at t+1.
+    """
+    traj = scenario.log_trajectory
+    fields = ("x", "y", "z", "vel_x", "vel_y", "yaw", "length", "width", "height", "valid")
+    s0 = ObjectState(**{f: getattr(traj, f)[..., :-1] for f in fields})
+    s1 = ObjectState(**{f: getattr(traj, f)[..., 1:] for f in fields})
+    return dynamics.inverse(s0, s1)
+
+
+def num_closed_loop_steps(scenario: Scenario, config: EnvConfig) -> int:
+    """Steps from the initial state to the end of the log (WOMD: 80)."""
+    return scenario.num_steps - config.init_steps
+
+
+def replace_config(config: EnvConfig, **changes: Any) -> EnvConfig:
+    return dataclasses.replace(config, **changes)
