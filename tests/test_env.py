@@ -100,6 +100,7 @@ def test_multi_agent_control_moves_every_vehicle():
     speed1 = jnp.hypot(nxt.current.vel_x, nxt.current.vel_y)[:3]
     np.testing.assert_allclose(speed1, speed0 - 0.6, rtol=1e-4)
     np.testing.assert_allclose(info.action[3:], 0.0)
+    assert info.action.shape == (scenario.num_objects, 2)
 
 
 def test_observe_ego_frame(toy_scenario):

@@ -363,6 +363,7 @@ class SimState:
     current: ObjectState  # [N]
     history: ObjectState  # [N, K] the last K states, oldest first, `current` last
     agent_kind: jax.Array  # [N] int32, AGENT_* of jaxloop.sim.agents: who moves each object
+    controlled: jax.Array  # [M] int32, unique object indices the policy's actions apply to
     agent_state: Any  # pytree of per-object agent memory (e.g. IDM path progress)
     key: jax.Array  # PRNG key
 
@@ -373,6 +374,7 @@ class SimState:
         _validate_fields(self.history, {k: (("N", "K"), v[1]) for k, v in ObjectState._SPEC.items()},
                          "SimState.history", dims, batch)
         _check("SimState.agent_kind", self.agent_kind, ("N",), batch, dims, _I)
+        _check("SimState.controlled", self.controlled, ("M",), batch, dims, _I)
         return self
 
 

@@ -32,6 +32,9 @@ class EnvConfig:
     controlled: which objects the policy drives: the ego ("sdc"), every valid vehicle
       ("vehicles", multi-agent), or every valid object ("all").
     non_ego_agent: the model of every other object: "log", "constant_velocity", "idm".
+    grad_through_agents: let gradients flow through the non-policy objects' models
+      (reactive agents respond to the policy); off by default, so the backward pass
+      only differentiates the policy-driven objects.
     """
 
     init_steps: int = 11
@@ -39,6 +42,7 @@ class EnvConfig:
     dynamics: Dynamics = InvertibleBicycle()
     controlled: str = "sdc"
     non_ego_agent: str = "log"
+    grad_through_agents: bool = False
 
     def __post_init__(self):
         if self.init_steps < 1:
@@ -60,7 +64,7 @@ class EnvConfig:
 class StepInfo:
     """What a step reports besides the new state."""
 
-    action: jax.Array  # [N, A] the physical (clipped, de-normalised) action applied to policy objects
+    action: jax.Array  # [M, A] the physical (clipped, de-normalised) action of each controlled slot
     log_state: ObjectState  # [N] the log at the new timestep
 
 
@@ -93,6 +97,17 @@ def controlled_mask(scenario: Scenario, controlled: str) -> jax.Array:
     return meta.is_valid
 
 
+def controlled_slots(scenario: Scenario, controlled: str) -> jax.Array:
+    """Object indices `[M]` the dynamics may drive: `[sdc]` (M=1) or every object (M=N).
+
+    Indices are unique, so scattering the driven states back is well defined; which
+    slots are actually policy-driven is `agent_kind == AGENT_POLICY`.
+    """
+    if controlled == "sdc":
+        return scenario.object_metadata.sdc_index[None]
+    return jnp.arange(scenario.num_objects, dtype=jnp.int32)
+
+
 class Env:
     """Closed-loop simulator over one scenario. Methods are pure; `jit` / `vmap` them freely."""
 
@@ -123,29 +138,44 @@ class Env:
             timestep = jnp.asarray(t0, jnp.int32)
             return SimState(timestep=timestep, current=current, history=history,
                             agent_kind=jnp.asarray(agent_kind, jnp.int32),
+                            controlled=controlled_slots(scenario, cfg.controlled),
                             agent_state=agents_lib.init_agent_state(scenario, current, timestep), key=key)
 
     def step(self, scenario: Scenario, state: SimState, action: jax.Array,
              params: agents_lib.AgentParams | None = None) -> tuple[SimState, StepInfo]:
-        """Advances one step. `action` is `[N, A]` (per object) or `[A]` (broadcast to every
-        policy object); objects not driven by the policy ignore it."""
+        """Advances one step.
+
+        `action` is `[M, A]` (one row per controlled slot, `SimState.controlled`), `[A]`
+        (broadcast to every slot) or `[N, A]` (per object; the controlled rows are used).
+        Only the M controlled objects go through the dynamics, so a single-ego episode
+        costs one bicycle update per step however many objects the scenario holds.
+        """
         with jax.named_scope("env.step"):
             params = self.params if params is None else params
-            num_objects = state.current.x.shape[-1]
-            action = jnp.broadcast_to(action, (num_objects, self.dynamics.action_dim))
+            slots = state.controlled
+            num_slots, num_objects = slots.shape[0], state.current.x.shape[-1]
+            if action.ndim == 2 and action.shape[0] == num_objects and num_objects != num_slots:
+                action = action[slots]
+            action = jnp.broadcast_to(action, (num_slots, self.dynamics.action_dim))
             others, agent_state = agents_lib.step_non_policy(
                 scenario, state.current, state.timestep, state.agent_kind, state.agent_state, params,
                 getattr(self.dynamics, "dt", 0.1))
-            driven = self.dynamics.forward(state.current, action)
-            is_policy = state.agent_kind == agents_lib.AGENT_POLICY
-            current = agents_lib.select_objects(is_policy, driven, others)
+            if not self.config.grad_through_agents:
+                others = jax.lax.stop_gradient(others)
+            driven = self.dynamics.forward(jax.tree.map(lambda a: a[slots], state.current), action)
+            use = state.agent_kind[slots] == agents_lib.AGENT_POLICY  # [M]
+            current = jax.tree.map(lambda o, d: o.at[slots].set(jnp.where(use, d, o[slots])), others, driven)
             history = jax.tree.map(lambda h, c: jnp.concatenate([h[..., 1:], c[..., None]], -1),
                                    state.history, current)
             timestep = state.timestep + 1
             new_state = state.replace(timestep=timestep, current=current, history=history, agent_state=agent_state)
-            info = StepInfo(action=jnp.where(is_policy[:, None], self.dynamics.clip(action), 0.0),
+            info = StepInfo(action=jnp.where(use[:, None], self.dynamics.clip(action), 0.0),
                             log_state=trajectory_at(scenario.log_trajectory, timestep))
             return new_state, info
+
+    def controlled_states(self, state: SimState) -> ObjectState:
+        """The current states `[M]` of the controlled slots."""
+        return jax.tree.map(lambda a: a[state.controlled], state.current)
 
     def observe(self, scenario: Scenario, state: SimState, observer: jax.Array | None = None) -> Observation:
         """Everything in the frame of object `observer` (default: the ego) at its current pose."""

@@ -19,7 +19,7 @@ from jaxloop.sim.env import Env, StepInfo
 
 class PolicyFn(Protocol):
     def __call__(self, scenario: Scenario, state: SimState, key: jax.Array) -> jax.Array:
-        """Action `[N, A]` or `[A]` for the policy-controlled objects."""
+        """Action `[M, A]` (one per `state.controlled` slot), `[A]` or `[N, A]`."""
 
 
 @struct.dataclass
@@ -27,7 +27,7 @@ class Rollout:
     """Stacked per-step outputs of `rollout`: leading axis H."""
 
     states: ObjectState  # [H, N] object states after each step
-    actions: jax.Array  # [H, N, A] physical actions applied to policy objects
+    actions: jax.Array  # [H, M, A] physical actions of the controlled slots
     log_states: ObjectState  # [H, N] the log at the same steps
     timesteps: jax.Array  # [H] log index of each state
     extras: dict  # whatever `step_fn_extras` returned per step, stacked
@@ -64,7 +64,8 @@ def log_replay_policy(env: Env) -> PolicyFn:
     def policy(scenario: Scenario, state: SimState, key: jax.Array) -> jax.Array:
         del key
         nxt = trajectory_at(scenario.log_trajectory, state.timestep + 1)
-        action, _ = env.dynamics.inverse(state.current, nxt)
+        nxt = jax.tree.map(lambda a: a[state.controlled], nxt)
+        action, _ = env.dynamics.inverse(env.controlled_states(state), nxt)
         return action
 
     return policy
