@@ -1,0 +1,79 @@
+"""The same scenarios stepped by Waymax's environment and by jaxloop's, as a ratio.
+
+    python benchmarks/waymax_compare.py --quick
+
+Runs only where the real Waymax (the GitHub project "waymo-waymax", not the unrelated
+PyPI placeholder named `waymax`) is installed; otherwise prints one JSON line saying
+why it was skipped. Both simulators step B scenarios of N objects with the invertible
+bicycle for the ego and log replay for the rest, jitted and vmapped the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.common import emit, environment, time_fn
+
+
+def _real_waymax():
+    try:
+        import waymax  # noqa: F401
+        from waymax import datatypes  # noqa: F401
+    except ImportError as e:
+        return None, f"the real Waymax is not installed ({e}); the PyPI package named 'waymax' is an unrelated placeholder"
+    if not hasattr(datatypes, "SimulatorState"):
+        return None, "an unrelated package named 'waymax' is installed, not the real Waymax (waymo-waymax)"
+    return waymax, None
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    waymax, why = _real_waymax()
+    if waymax is None:
+        print(json.dumps({"bench": "waymax_compare", "skipped": why}))
+        return
+    from waymax import config as wconfig, dynamics as wdynamics, env as wenv, datatypes as wdata
+
+    from benchmarks.sim_step import _batch
+    from jaxloop.interop.waymax import to_waymax_state
+    from jaxloop.sim.env import Env, EnvConfig
+
+    env_meta = environment()
+    steps = 20
+    for batch in ([64] if args.quick else [64, 1024]):
+        scenarios = _batch(batch, 128)
+        ours = Env(EnvConfig())
+
+        def jaxloop_run(scenario, key):
+            state = ours.reset(scenario, key)
+            def body(s, _):
+                return ours.step(scenario, s, jnp.zeros(2))[0], None
+            return jax.lax.scan(body, state, None, length=steps)[0].current.x
+
+        keys = jax.random.split(jax.random.key(0), batch)
+        t_ours = time_fn(jax.jit(jax.vmap(jaxloop_run)), scenarios, keys)["median_s"]
+
+        wenv_ = wenv.MultiAgentEnvironment(dynamics_model=wdynamics.InvertibleBicycleModel(),
+                                           config=wconfig.EnvironmentConfig(max_num_objects=128))
+        states = jax.vmap(lambda s, k: to_waymax_state(s, ours.reset(s, k)))(scenarios, keys)
+
+        def waymax_run(state):
+            def body(s, _):
+                action = wdata.Action(data=jnp.zeros(s.log_trajectory.x.shape[:-1] + (2,)),
+                                      valid=jnp.ones(s.log_trajectory.x.shape[:-1] + (1,), bool))
+                return wenv_.step(s, action), None
+            return jax.lax.scan(body, state, None, length=steps)[0].timestep
+
+        t_waymax = time_fn(jax.jit(jax.vmap(waymax_run)), states)["median_s"]
+        emit("waymax_compare", {"B": batch, "N": 128, "H": steps}, "jaxloop_over_waymax_speed", t_waymax / t_ours,
+             "ratio", jaxloop_s=t_ours, waymax_s=t_waymax, env=env_meta)
+
+
+if __name__ == "__main__":
+    main()
