@@ -1,0 +1,87 @@
+"""The safety gate: may a candidate policy replace a baseline?
+
+A candidate passes when, on held-out scenarios and under every perturbation of the
+suite, its failure rate is not worse than the baseline's by more than a tolerance, and
+it meets absolute thresholds (failure, collision, offroad and red-light rates; progress
+ratio). Every check that fails is a reason in the report; the CLI exits 1 on failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+from jaxloop.eval.perturb import SuiteReport
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    """Thresholds. Rates are fractions of scenarios."""
+
+    failure_tolerance: float = 0.02  # candidate failure rate <= baseline's + this, clean and perturbed
+    max_failure_rate: float = 0.25  # absolute, clean held-out set
+    max_collision_rate: float = 0.20
+    max_offroad_rate: float = 0.20
+    max_red_light_rate: float = 0.10
+    min_progress_ratio: float = 0.80
+    max_perturbed_failure_rate: float = 0.50  # absolute, under each perturbation
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not 0.0 <= v <= (10.0 if f.name == "min_progress_ratio" else 1.0):
+                raise ValueError(f"GateConfig.{f.name} out of range: {v}")
+
+
+@dataclasses.dataclass
+class GateResult:
+    passed: bool
+    reasons: list[str]  # one line per failed check
+    checks: list[dict]  # every check: name, value, limit, ok
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "reasons": self.reasons, "checks": self.checks}
+
+    def to_markdown(self, title: str = "Safety gate") -> str:
+        lines = [f"## {title}: {'PASS' if self.passed else 'FAIL'}", ""]
+        if self.reasons:
+            lines += ["Reasons:", ""] + [f"- {r}" for r in self.reasons] + [""]
+        lines += ["| check | value | limit | ok |", "|---|---|---|---|"]
+        for c in self.checks:
+            lines.append(f"| {c['name']} | {c['value']:.3f} | {c['limit']:.3f} | {'yes' if c['ok'] else 'NO'} |")
+        return "\n".join(lines) + "\n"
+
+    def write(self, path: str | pathlib.Path, title: str = "Safety gate") -> None:
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        path.with_suffix(".md").write_text(self.to_markdown(title))
+
+
+def check(candidate: SuiteReport, baseline: SuiteReport, config: GateConfig = GateConfig()) -> GateResult:
+    """Compares two suite reports over the same scenarios and perturbations."""
+    checks: list[dict] = []
+
+    def add(name: str, value: float, limit: float, upper: bool = True) -> None:
+        ok = value <= limit + 1e-9 if upper else value >= limit - 1e-9
+        checks.append({"name": name, "value": float(value), "limit": float(limit), "ok": bool(ok)})
+
+    c, b = candidate.clean.aggregate, baseline.clean.aggregate
+    add("held-out failure rate vs baseline", c["failure_rate"], b["failure_rate"] + config.failure_tolerance)
+    add("held-out failure rate", c["failure_rate"], config.max_failure_rate)
+    add("held-out collision rate", c["collision_rate"], config.max_collision_rate)
+    add("held-out offroad rate", c["offroad_rate"], config.max_offroad_rate)
+    add("held-out red-light rate", c["red_light_rate"], config.max_red_light_rate)
+    add("held-out progress ratio", c["progress_ratio"], config.min_progress_ratio, upper=False)
+    missing = sorted(set(baseline.perturbed) - set(candidate.perturbed))
+    for name, rep in candidate.perturbed.items():
+        if name not in baseline.perturbed:
+            continue
+        cf, bf = rep.aggregate["failure_rate"], baseline.perturbed[name].aggregate["failure_rate"]
+        add(f"{name}: failure rate vs baseline", cf, bf + config.failure_tolerance)
+        add(f"{name}: failure rate", cf, config.max_perturbed_failure_rate)
+    reasons = [f"{c_['name']}: {c_['value']:.3f} {'>' if 'progress' not in c_['name'] else '<'} limit {c_['limit']:.3f}"
+               for c_ in checks if not c_["ok"]]
+    reasons += [f"{name}: not evaluated for the candidate" for name in missing]
+    return GateResult(passed=not reasons, reasons=reasons, checks=checks)

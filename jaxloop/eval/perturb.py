@@ -1,0 +1,304 @@
+"""The perturbation suite: how a policy holds up away from its training distribution.
+
+Each perturbation is a `jaxloop.eval.evaluate.Perturbation`: pure hooks on the scenario,
+the initial state, the agent models or the policy's inputs, applied inside the jitted,
+vmapped evaluation. `run_suite` evaluates a policy clean and under each perturbation
+and reports metric deltas against the clean run.
+
+- `ego_noise`: the ego's initial pose and speed get Gaussian noise.
+- `agents_idm` / `agents_log`: every non-ego object switches to IDM (reactive) / log replay.
+- `speed_scale`: the other agents replay their logs faster or slower (time-warped).
+- `inject_crossing`: a pedestrian or cyclist crosses the ego's logged path ahead of it.
+- `lane_geometry`: the whole scene (map and logs together) is widened laterally and bent
+  into a curve around the ego's start, changing lane width and curvature.
+- `observation_noise`: the policy sees other objects' positions with Gaussian noise.
+- `action_latency`: the policy acts on the state as it was `steps` steps ago.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxloop.sim import agents as agents_lib
+from jaxloop.sim.datatypes import TYPE_CYCLIST, TYPE_PEDESTRIAN, ObjectState, Scenario, SimState
+from jaxloop.sim.geometry import polyline_arc_length, rotate, to_global, to_local, wrap_angle
+from jaxloop.sim.rollout import PolicyFn
+
+from jaxloop.eval.evaluate import EvalConfig, EvalReport, Perturbation, evaluate
+
+DELTA_KEYS = ("failure_rate", "collision_rate", "offroad_rate", "red_light_rate", "progress_ratio", "score")
+
+
+# ----------------------------------------------------------------------------- initial state
+
+
+def ego_noise(pos_std: float = 1.0, yaw_std: float = 0.1, speed_std: float = 1.0) -> Perturbation:
+    def state_fn(scenario: Scenario, state: SimState, key: jax.Array) -> SimState:
+        ego = scenario.object_metadata.sdc_index
+        k1, k2, k3 = jax.random.split(key, 3)
+        dxy = pos_std * jax.random.normal(k1, (2,))
+        dyaw = yaw_std * jax.random.normal(k2)
+        cur = state.current
+        speed = jnp.maximum(jnp.hypot(cur.vel_x[ego], cur.vel_y[ego]) + speed_std * jax.random.normal(k3), 0.0)
+        yaw = wrap_angle(cur.yaw[ego] + dyaw)
+        new = dict(x=cur.x[ego] + dxy[0], y=cur.y[ego] + dxy[1], yaw=yaw, vel_x=speed * jnp.cos(yaw),
+                   vel_y=speed * jnp.sin(yaw))
+        current = cur.replace(**{f: getattr(cur, f).at[ego].set(v) for f, v in new.items()})
+        history = state.history.replace(**{f: getattr(state.history, f).at[ego, -1].set(v) for f, v in new.items()})
+        return state.replace(current=current, history=history)
+
+    return Perturbation("ego_noise", state_fn=state_fn,
+                        description=f"ego start: position sd {pos_std} m, yaw sd {yaw_std} rad, speed sd {speed_std} m/s")
+
+
+# ----------------------------------------------------------------------------- agents
+
+
+def _non_ego_switch(kind_value: int, name: str) -> Perturbation:
+    def agent_kind_fn(scenario: Scenario, kind: jax.Array) -> jax.Array:
+        switch = (kind != agents_lib.AGENT_POLICY) & ~scenario.object_metadata.is_sdc
+        return jnp.where(switch, kind_value, kind)
+
+    return Perturbation(name, agent_kind_fn=agent_kind_fn, description=f"non-ego objects: {name.split('_')[1]}")
+
+
+def agents_idm() -> Perturbation:
+    return _non_ego_switch(agents_lib.AGENT_IDM, "agents_idm")
+
+
+def agents_log() -> Perturbation:
+    return _non_ego_switch(agents_lib.AGENT_LOG, "agents_log")
+
+
+def speed_scale(scale: float = 1.3, init_steps: int = 11) -> Perturbation:
+    """Non-ego objects replay their logs `scale` times as fast from the current step on."""
+
+    def scenario_fn(scenario: Scenario, key: jax.Array) -> Scenario:
+        del key
+        traj = scenario.log_trajectory
+        num_steps = traj.num_steps
+        t0 = init_steps - 1
+        t = jnp.arange(num_steps, dtype=jnp.float32)
+        tau = jnp.where(t > t0, t0 + (t - t0) * scale, t)
+        lo = jnp.clip(jnp.floor(tau).astype(jnp.int32), 0, num_steps - 1)
+        hi = jnp.clip(lo + 1, 0, num_steps - 1)
+        w = tau - jnp.floor(tau)
+        in_log = tau <= num_steps - 1
+        lerp = lambda a: a[:, lo] * (1 - w) + a[:, hi] * w
+        yaw = traj.yaw[:, lo] + w * wrap_angle(traj.yaw[:, hi] - traj.yaw[:, lo])
+        speed_factor = jnp.where(t > t0, scale, 1.0)
+        warped = traj.replace(x=lerp(traj.x), y=lerp(traj.y), z=lerp(traj.z), yaw=wrap_angle(yaw),
+                              vel_x=lerp(traj.vel_x) * speed_factor, vel_y=lerp(traj.vel_y) * speed_factor,
+                              valid=traj.valid[:, lo] & traj.valid[:, hi] & in_log)
+        ego = scenario.object_metadata.is_sdc[:, None]
+        new = jax.tree.map(lambda a, b: jnp.where(ego, a, b), traj, warped)
+        return scenario.replace(log_trajectory=new)
+
+    return Perturbation(f"speed_scale_{scale:g}", scenario_fn=scenario_fn,
+                        params=agents_lib.AgentParams(speed_scale=scale),
+                        description=f"other agents {scale:g}x their logged speed")
+
+
+def inject_crossing(object_type: int = TYPE_PEDESTRIAN, ahead_steps: int = 30, speed: float | None = None,
+                    init_steps: int = 11) -> Perturbation:
+    """A pedestrian (or cyclist) crosses the ego's logged path, reaching it when the logged
+    ego would be `ahead_steps` steps away. It takes a padding slot (or the farthest object)."""
+    speed = speed if speed is not None else (1.4 if object_type == TYPE_PEDESTRIAN else 4.0)
+    size = (0.8, 0.8, 1.8) if object_type == TYPE_PEDESTRIAN else (1.8, 0.8, 1.6)
+
+    def scenario_fn(scenario: Scenario, key: jax.Array) -> Scenario:
+        traj, meta = scenario.log_trajectory, scenario.object_metadata
+        ego = meta.sdc_index
+        num_steps = traj.num_steps
+        t0 = init_steps - 1
+        t_cross = min(t0 + ahead_steps, num_steps - 1)
+        cx, cy, cyaw = traj.x[ego, t_cross], traj.y[ego, t_cross], traj.yaw[ego, t_cross]
+        side = jnp.where(jax.random.bernoulli(key), 1.0, -1.0)
+        normal = jnp.stack([-jnp.sin(cyaw), jnp.cos(cyaw)]) * side  # from the path towards the start side
+        heading = jnp.arctan2(-normal[1], -normal[0])
+        t = jnp.arange(num_steps, dtype=jnp.float32)
+        # Standing until t0, then walking across: on the logged path exactly at t_cross.
+        offset = speed * 0.1 * (t_cross - jnp.maximum(t, t0))
+        xy = jnp.stack([cx, cy]) + offset[:, None] * normal
+        moving = t >= t0
+        # The slot: the first never-valid object, else the one farthest from the ego at t0.
+        free = ~meta.is_valid & ~meta.is_sdc
+        dist = jnp.hypot(traj.x[:, t0] - traj.x[ego, t0], traj.y[:, t0] - traj.y[ego, t0])
+        dist = jnp.where(meta.is_sdc, -1.0, jnp.where(traj.valid[:, t0], dist, 1e9))
+        slot = jnp.where(jnp.any(free), jnp.argmax(free), jnp.argmax(dist))
+        row = dict(x=xy[:, 0], y=xy[:, 1], z=jnp.zeros(num_steps), yaw=jnp.full(num_steps, heading),
+                   vel_x=jnp.where(moving, speed * jnp.cos(heading), 0.0),
+                   vel_y=jnp.where(moving, speed * jnp.sin(heading), 0.0),
+                   length=jnp.full(num_steps, size[0]), width=jnp.full(num_steps, size[1]),
+                   height=jnp.full(num_steps, size[2]), valid=jnp.ones(num_steps, bool))
+        new_traj = traj.replace(**{f: getattr(traj, f).at[slot].set(v.astype(getattr(traj, f).dtype))
+                                   for f, v in row.items()})
+        new_meta = meta.replace(object_types=meta.object_types.at[slot].set(object_type),
+                                is_valid=meta.is_valid.at[slot].set(True),
+                                ids=meta.ids.at[slot].set(jnp.max(meta.ids) + 1))
+        return scenario.replace(log_trajectory=new_traj, object_metadata=new_meta)
+
+    name = "inject_pedestrian" if object_type == TYPE_PEDESTRIAN else "inject_cyclist"
+    return Perturbation(name, scenario_fn=scenario_fn, description=f"{name.split('_')[1]} crossing the ego's path")
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def _warp(local_xy: jax.Array, width_scale: float, curvature: float) -> jax.Array:
+    """Widens laterally, then bends the +u axis into an arc of the given curvature (left > 0)."""
+    u, v = local_xy[..., 0], local_xy[..., 1] * width_scale
+    if curvature == 0.0:
+        return jnp.stack([u, v], -1)
+    r = 1.0 / curvature
+    theta = u / r
+    return jnp.stack([(r - v) * jnp.sin(theta), r - (r - v) * jnp.cos(theta)], -1)
+
+
+def _warp_vector(local_xy: jax.Array, local_vec: jax.Array, width_scale: float, curvature: float) -> jax.Array:
+    """The warp's Jacobian at `local_xy` applied to vectors `local_vec` (velocities, tangents)."""
+    vu, vv = local_vec[..., 0], local_vec[..., 1] * width_scale
+    if curvature == 0.0:
+        return jnp.stack([vu, vv], -1)
+    r = 1.0 / curvature
+    theta = local_xy[..., 0] / r
+    v = local_xy[..., 1] * width_scale
+    stretch = (r - v) / r
+    c, s = jnp.cos(theta), jnp.sin(theta)
+    return jnp.stack([stretch * vu * c - vv * s, stretch * vu * s + vv * c], -1)
+
+
+def lane_geometry(width_scale: float = 1.15, curvature: float = 0.004, init_steps: int = 11) -> Perturbation:
+    """Warps map and logs together in the ego's start frame: lateral distances times
+    `width_scale` (lane width), then the scene bent with `curvature` 1/m."""
+
+    def scenario_fn(scenario: Scenario, key: jax.Array) -> Scenario:
+        del key
+        traj = scenario.log_trajectory
+        ego = scenario.object_metadata.sdc_index
+        t0 = init_steps - 1
+        origin = jnp.stack([traj.x[ego, t0], traj.y[ego, t0]])
+        yaw0 = traj.yaw[ego, t0]
+
+        def points(xy):
+            return to_global(_warp(to_local(xy, origin, yaw0), width_scale, curvature), origin, yaw0)
+
+        def vectors(xy, vec):
+            local = _warp_vector(to_local(xy, origin, yaw0), rotate(vec, -yaw0), width_scale, curvature)
+            return rotate(local, yaw0)
+
+        xy = jnp.stack([traj.x, traj.y], -1)
+        new_xy = points(xy)
+        vel = vectors(xy, jnp.stack([traj.vel_x, traj.vel_y], -1))
+        heading = vectors(xy, jnp.stack([jnp.cos(traj.yaw), jnp.sin(traj.yaw)], -1))
+        keep = traj.valid
+        new_traj = traj.replace(x=jnp.where(keep, new_xy[..., 0], traj.x), y=jnp.where(keep, new_xy[..., 1], traj.y),
+                                vel_x=jnp.where(keep, vel[..., 0], traj.vel_x),
+                                vel_y=jnp.where(keep, vel[..., 1], traj.vel_y),
+                                yaw=jnp.where(keep, jnp.arctan2(heading[..., 1], heading[..., 0]), traj.yaw))
+        rm = scenario.roadmap
+        lane_dir = vectors(rm.lane_xy, rm.lane_dir)
+        lane_dir = lane_dir / jnp.maximum(jnp.linalg.norm(lane_dir, axis=-1, keepdims=True), 1e-6)
+        new_rm = rm.replace(lane_xy=points(rm.lane_xy), lane_dir=lane_dir, edge_start=points(rm.edge_start),
+                            edge_end=points(rm.edge_end), crosswalk_xy=points(rm.crosswalk_xy),
+                            stop_sign_xy=points(rm.stop_sign_xy))
+        tl = scenario.traffic_lights
+        light_xy = points(jnp.stack([tl.x, tl.y], -1))
+        new_tl = tl.replace(x=light_xy[..., 0], y=light_xy[..., 1])
+        route = scenario.route
+        route_xy = points(route.xy)
+        new_route = route.replace(xy=route_xy, arc_length=polyline_arc_length(route_xy, route.valid))
+        return scenario.replace(log_trajectory=new_traj, roadmap=new_rm, traffic_lights=new_tl, route=new_route)
+
+    return Perturbation(f"lane_geometry_w{width_scale:g}_k{curvature:g}", scenario_fn=scenario_fn,
+                        description=f"lanes {width_scale:g}x as wide, scene bent to curvature {curvature:g} 1/m")
+
+
+# ----------------------------------------------------------------------------- what the policy sees
+
+
+def observation_noise(std: float = 0.5) -> Perturbation:
+    def wrap(policy: PolicyFn) -> PolicyFn:
+        def noisy(scenario: Scenario, state: SimState, key: jax.Array):
+            key_noise, key_policy = jax.random.split(key)
+            others = ~scenario.object_metadata.is_sdc
+            kc, kh = jax.random.split(key_noise)
+
+            def add(obj: ObjectState, k: jax.Array) -> ObjectState:
+                n = std * jax.random.normal(k, obj.x.shape + (2,))
+                mask = others.reshape(others.shape + (1,) * (obj.x.ndim - 1))
+                return obj.replace(x=obj.x + jnp.where(mask, n[..., 0], 0.0), y=obj.y + jnp.where(mask, n[..., 1], 0.0))
+
+            seen = state.replace(current=add(state.current, kc), history=add(state.history, kh))
+            return policy(scenario, seen, key_policy)
+        return noisy
+
+    return Perturbation(f"observation_noise_{std:g}", policy_fn=wrap,
+                        description=f"other objects' positions seen with {std:g} m noise")
+
+
+def action_latency(steps: int = 2) -> Perturbation:
+    if steps < 1:
+        raise ValueError(f"action_latency: steps must be >= 1, got {steps}")
+
+    def wrap(policy: PolicyFn) -> PolicyFn:
+        def delayed(scenario: Scenario, state: SimState, key: jax.Array):
+            k = state.history.x.shape[-1]
+            lag = min(steps, k - 1)
+            pick = lambda a: a[..., k - 1 - lag]
+            shift = lambda a: jnp.concatenate([jnp.repeat(a[..., :1], lag, axis=-1), a[..., : k - lag]], -1)
+            stale = state.replace(timestep=state.timestep - lag, current=jax.tree.map(pick, state.history),
+                                  history=jax.tree.map(shift, state.history))
+            return policy(scenario, stale, key)
+        return delayed
+
+    return Perturbation(f"action_latency_{steps}", policy_fn=wrap,
+                        description=f"the policy acts on the state of {steps} steps ago")
+
+
+def default_suite(init_steps: int = 11) -> list[Perturbation]:
+    return [ego_noise(), agents_idm(), speed_scale(1.3, init_steps), inject_crossing(TYPE_PEDESTRIAN, init_steps=init_steps),
+            inject_crossing(TYPE_CYCLIST, init_steps=init_steps), lane_geometry(init_steps=init_steps),
+            observation_noise(), action_latency()]
+
+
+@dataclasses.dataclass
+class SuiteReport:
+    clean: EvalReport
+    perturbed: dict[str, EvalReport]
+
+    def deltas(self) -> dict[str, dict[str, float]]:
+        base = self.clean.aggregate
+        return {name: {k: rep.aggregate[k] - base[k] for k in DELTA_KEYS} for name, rep in self.perturbed.items()}
+
+    def mean_perturbed(self) -> dict[str, float]:
+        """Each metric averaged over the perturbations (the "perturbed" row of a report)."""
+        keys = ("failure_rate", "collision_rate", "offroad_rate", "red_light_rate", "progress_ratio", "score")
+        return {k: float(np.mean([r.aggregate[k] for r in self.perturbed.values()])) for k in keys}
+
+    def to_dict(self) -> dict:
+        return {"clean": self.clean.aggregate, "perturbed": {k: v.aggregate for k, v in self.perturbed.items()},
+                "deltas": self.deltas(), "mean_perturbed": self.mean_perturbed()}
+
+    def to_markdown(self) -> str:
+        lines = [f"### Perturbations: {self.clean.name}", "",
+                 "| perturbation | " + " | ".join(f"Δ {k}" for k in DELTA_KEYS) + " |", "|---" * (len(DELTA_KEYS) + 1) + "|"]
+        for name, d in self.deltas().items():
+            lines.append(f"| {name} | " + " | ".join(f"{d[k]:+.3f}" for k in DELTA_KEYS) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def run_suite(policy, scenarios: Scenario, infos=None, config: EvalConfig = EvalConfig(), seed: int = 0,
+              perturbations: Sequence[Perturbation] | None = None, name: str | None = None,
+              clean: EvalReport | None = None) -> SuiteReport:
+    """Evaluates clean (unless given) and under each perturbation."""
+    perturbations = default_suite(config.env.init_steps) if perturbations is None else perturbations
+    clean = clean or evaluate(policy, scenarios, infos, config, seed, name=name)
+    perturbed = {p.name: evaluate(policy, scenarios, infos, config, seed, perturbation=p, name=name)
+                 for p in perturbations}
+    return SuiteReport(clean=clean, perturbed=perturbed)
