@@ -229,3 +229,32 @@ def test_export_loads_without_flatbuffers(tmp_path):
 def test_export_missing_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an exported policy"):
         export_lib.load_policy(tmp_path)
+
+
+# ---------------------------------------------------------------- logging
+
+from jaxloop.io.logging import MetricLogger, read_jsonl  # noqa: E402
+
+
+def test_metric_logger_jsonl_and_tensorboard(tmp_path):
+    with MetricLogger(tmp_path / "run") as logger:
+        logger.log(0, {"loss": jnp.float32(1.5), "reward": np.float64(-0.25), "count": jnp.int32(3)})
+        logger.log(10, {"loss": float("nan"), "grad_norm": jnp.array([jnp.inf])})
+    # strict JSON: NaN / inf are written as null, so a standard parser reads every line
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [0, 10]
+    assert records[0]["loss"] == 1.5 and records[0]["reward"] == -0.25 and records[0]["count"] == 3
+    assert records[1]["loss"] is None and records[1]["grad_norm"] is None
+    assert all(isinstance(r["time"], float) for r in records)
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "run").iterdir())
+    # appending: a second logger on the same directory continues the file
+    with MetricLogger(tmp_path / "run", use_tensorboard=False) as logger:
+        logger.log(20, {"loss": 0.5})
+        with pytest.raises(ValueError, match="'v' must be a scalar"):
+            logger.log(21, {"v": np.zeros(3)})
+    assert [r["step"] for r in read_jsonl(tmp_path / "run")] == [0, 10, 20]
+    (tmp_path / "bad.jsonl").write_text('{"step": 0}\n{oops\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        read_jsonl(tmp_path / "bad.jsonl")
