@@ -254,6 +254,7 @@ def load_policy(out_dir: str | os.PathLike) -> Callable[..., Any]:
         exported = _exported_from_mlir(meta, (out_dir / MLIR_FILE).read_bytes())
 
     inputs_meta = meta["inputs"]
+    call = jax.jit(exported.call)  # one dispatch per call instead of re-tracing the exported function
 
     def policy(*inputs):
         if len(inputs) != len(inputs_meta):
@@ -275,7 +276,7 @@ def load_policy(out_dir: str | os.PathLike) -> Callable[..., Any]:
                                  f"expected shape {expected} dtype {spec['dtype']}"
                                  + (" (the batch dimension 'b' is shared by all inputs)" if batch is not None else ""))
             checked.append(x)
-        out = exported.call(params, *checked)
+        out = call(params, *checked)
         return _unflatten(meta["output_structure"], list(out))
 
     policy.params = params
