@@ -258,3 +258,28 @@ def test_metric_logger_jsonl_and_tensorboard(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"step": 0}\n{oops\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         read_jsonl(tmp_path / "bad.jsonl")
+
+
+_DOWNSTREAM = textwrap.dedent("""
+    import importlib.util, sys
+    import numpy as np
+    spec = importlib.util.spec_from_file_location("standalone_export", sys.argv[1])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    policy = mod.load_policy(sys.argv[2])
+    out = policy(np.ones((2, 5), np.float32), np.zeros((2, 2), np.float32))
+    assert not any(m == "flax" or m.startswith(("flax.", "jaxloop")) for m in sys.modules), "model code imported"
+    np.save(sys.argv[3], np.asarray(out["action"]))
+""")
+
+
+def test_export_loads_in_a_jax_numpy_only_script(tmp_path):
+    """A deployment script loads the policy with jax + numpy: no flax, no jaxloop package import."""
+    model, out_dir = _export_mlp(tmp_path)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _DOWNSTREAM, export_lib.__file__, str(out_dir),
+                           str(tmp_path / "a.npy")], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    want = model(jnp.ones((2, 5)), jnp.zeros((2, 2)))["action"]
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.asarray(want))
