@@ -311,6 +311,23 @@ def render_episode(scenario: Scenario, states_over_time: ObjectState, timesteps:
     return frames
 
 
+def _gif_palette():
+    """One fixed 256-colour palette for every GIF frame: the exact drawing colours (so small
+    objects keep their type colour) plus a 6x6x6 colour cube and a grey ramp for blends."""
+    from PIL import Image
+    named = [*COLORS.values(), *TYPE_COLORS.values(), OTHER_COLOR, *LIGHT_COLORS.values(), "#000000", "#ffffff",
+             "#202020", "#888888"]
+    colors = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in named]
+    levels = (0, 51, 102, 153, 204, 255)
+    colors += [(r, g, b) for r in levels for g in levels for b in levels]
+    colors += [(v, v, v) for v in range(8, 256, 16)]
+    colors = list(dict.fromkeys(colors))[:256]
+    colors += [(0, 0, 0)] * (256 - len(colors))
+    image = Image.new("P", (1, 1))
+    image.putpalette([v for c in colors for v in c])
+    return image
+
+
 def save_gif(frames: list[np.ndarray], path: str | os.PathLike, fps: float = 10) -> Path:
     """Writes frames `[H, W, 3]` uint8 as a looping GIF."""
     from PIL import Image
@@ -320,7 +337,9 @@ def save_gif(frames: list[np.ndarray], path: str | os.PathLike, fps: float = 10)
         raise ValueError(f"save_gif: fps must be positive, got {fps}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f) for f in frames]
+    palette = _gif_palette()
+    images = [Image.fromarray(np.asarray(f, np.uint8)).quantize(palette=palette, dither=Image.Dither.NONE)
+              for f in frames]
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=int(round(1000 / fps)),
                    loop=0, optimize=False, disposal=1)
     return path
