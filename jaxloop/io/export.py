@@ -126,7 +126,8 @@ def export_policy(apply_fn: Callable[..., Any], params: Any, example_inputs: Seq
       With `batch_polymorphic`, the leading dimension of every input becomes one symbolic
       batch size `b` (falls back to the example's fixed shapes if the function needs a
       concrete batch).
-    platforms: lowering targets (default: the current backend, plus cpu).
+    platforms: lowering targets. Default: cpu, cuda and tpu (so one artefact runs anywhere),
+      falling back to the current backend plus cpu if the function does not lower for all.
     """
     if not isinstance(example_inputs, (list, tuple)):
         example_inputs = (example_inputs,)
@@ -134,8 +135,10 @@ def export_policy(apply_fn: Callable[..., Any], params: Any, example_inputs: Seq
     out_dir = Path(out_dir)
     flat, treedef, names = _flatten_params(params)
     if platforms is None:
-        platforms = tuple(dict.fromkeys([jax.default_backend(), "cpu"]))
-    platforms = tuple(platforms)
+        current = jax.export.default_export_platform()
+        platform_options = [tuple(dict.fromkeys([current, "cpu", "cuda", "tpu"])), tuple(dict.fromkeys([current, "cpu"]))]
+    else:
+        platform_options = [tuple(platforms)]
 
     output_structure: dict[str, Any] = {}
 
@@ -153,14 +156,19 @@ def export_policy(apply_fn: Callable[..., Any], params: Any, example_inputs: Seq
         (b,) = jax.export.symbolic_shape(BATCH_DIM)
         return [jax.ShapeDtypeStruct((b, *x.shape[1:]) if x.ndim else (), x.dtype) for x in example_inputs]
 
-    polymorphic = batch_polymorphic and all(x.ndim >= 1 for x in example_inputs)
-    try:
-        exported = jax.export.export(jax.jit(fn), platforms=platforms)(params_spec, *specs(polymorphic))
-    except Exception:
-        if not polymorphic:
-            raise
-        polymorphic = False
-        exported = jax.export.export(jax.jit(fn), platforms=platforms)(params_spec, *specs(False))
+    polymorphic_options = [True, False] if batch_polymorphic and all(x.ndim >= 1 for x in example_inputs) else [False]
+    exported, first_error = None, None
+    for polymorphic in polymorphic_options:  # a symbolic batch first, then the example's fixed shapes
+        for platforms in platform_options:
+            try:
+                exported = jax.export.export(jax.jit(fn), platforms=platforms)(params_spec, *specs(polymorphic))
+                break
+            except Exception as e:  # noqa: BLE001 - retried with fewer requirements, re-raised below
+                first_error = first_error or e
+        if exported is not None:
+            break
+    if exported is None:
+        raise first_error
     if exported.ordered_effects or exported.unordered_effects:
         raise ValueError(f"export_policy: the policy has side effects {exported.ordered_effects} "
                          f"{exported.unordered_effects}; remove debug callbacks / prints before export")
