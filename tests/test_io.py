@@ -98,6 +98,11 @@ def test_checkpoint_errors_name_directory(tmp_path):
         CheckpointManager(tmp_path / "c").save(0, {"a": jnp.zeros(2)}, config={"f": object()})
     with pytest.raises(ValueError, match="save_interval_steps"):
         CheckpointManager(tmp_path, save_interval_steps=0)
+    mgr = CheckpointManager(tmp_path / "shape")
+    mgr.save(0, {"a": jnp.zeros(3)})
+    with pytest.raises(ValueError, match=r"shape.0: state does not match the restore target"):
+        mgr.restore(target={"a": jnp.zeros(4)})
+    mgr.close()
 
 
 def test_checkpoint_nnx_state_round_trip(tmp_path):
