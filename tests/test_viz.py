@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxloop.sim.datatypes import ObjectState, TL_GO, TL_STOP, trajectory_at
+from jaxloop.sim.datatypes import TL_GO, TL_STOP, trajectory_at
 from jaxloop.viz import Renderer, box_corners, render_episode_gif, render_frame, save_png
 from jaxloop.viz.render import COLORS, LIGHT_COLORS
 
