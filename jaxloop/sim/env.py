@@ -131,6 +131,8 @@ class Env:
             steps = jnp.arange(t0 - k + 1, t0 + 1)
             history = jax.vmap(lambda t: trajectory_at(scenario.log_trajectory, t), out_axes=-1)(steps)
             current = trajectory_at(scenario.log_trajectory, t0)
+            # IDM memory (and the IDM computation) only when some object can be IDM.
+            with_idm = agent_kind is not None or cfg.non_ego_agent == "idm"
             if agent_kind is None:
                 default = agents_lib.AGENT_NAMES[cfg.non_ego_agent]
                 policy = controlled_mask(scenario, cfg.controlled)
@@ -139,7 +141,8 @@ class Env:
             return SimState(timestep=timestep, current=current, history=history,
                             agent_kind=jnp.asarray(agent_kind, jnp.int32),
                             controlled=controlled_slots(scenario, cfg.controlled),
-                            agent_state=agents_lib.init_agent_state(scenario, current, timestep), key=key)
+                            agent_state=agents_lib.init_agent_state(scenario, current, timestep, with_idm),
+                            key=key)
 
     def step(self, scenario: Scenario, state: SimState, action: jax.Array,
              params: agents_lib.AgentParams | None = None) -> tuple[SimState, StepInfo]:

@@ -1,0 +1,264 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxloop.data.toy import make_toy_scenario, make_track_scenario
+from jaxloop.sim import metrics as m
+from jaxloop.sim import rewards
+from jaxloop.sim.datatypes import DT, TL_GO, TL_STOP, ObjectState
+from jaxloop.sim.env import Env, EnvConfig
+from jaxloop.sim.rollout import log_replay_policy, rollout
+
+T = 91
+TIME = np.arange(T) * DT
+
+
+def _objs(rows, dtype=jnp.float32):
+    """ObjectState from rows (x, y, yaw, speed[, length, width]); velocity along the heading."""
+    rows = [tuple(r) + (4.0, 2.0)[len(r) - 4:] for r in rows]
+    a = np.asarray(rows, np.float64)
+    x, y, yaw, v, length, width = a.T
+    c = lambda z: jnp.asarray(z, dtype)
+    return ObjectState(x=c(x), y=c(y), z=c(0 * x), vel_x=c(v * np.cos(yaw)), vel_y=c(v * np.sin(yaw)), yaw=c(yaw),
+                       length=c(length), width=c(width), height=c(0 * x + 1.5), valid=jnp.ones(len(rows), bool))
+
+
+def _straight_track(x, y=0.0, **kw):
+    return dict(x=np.broadcast_to(np.asarray(x, np.float64), (T,)).copy(),
+                y=np.broadcast_to(np.asarray(y, np.float64), (T,)).copy(), **kw)
+
+
+# ---------------------------------------------------------------- hand-built geometry
+
+
+def test_overlap_touching_separated_rotated():
+    # 4 x 2 boxes. 0 and 1 touch (centres 4 apart = 2 + 2): not an overlap. 2 is far.
+    # 3 is a 2 x 2 square rotated 45 deg whose corner reaches 0.1 into box 4 (same as the
+    # geometry test: centre at 2 + sqrt(2) - 0.1 from box 4's centre).
+    s = _objs([(0, 0, 0, 0), (4, 0, 0, 0), (0, 20, 0, 0), (52 + np.sqrt(2) - 0.1, 0, np.pi / 4, 0, 2, 2),
+               (50, 0, 0, 0)])
+    np.testing.assert_array_equal(m.overlap(s), [False, False, False, True, True])
+    assert not bool(m.ego_overlap(s, 0)) and bool(m.ego_overlap(s, 4))
+    # An invalid object never overlaps.
+    s2 = s.replace(valid=jnp.array([True, True, True, False, True]))
+    np.testing.assert_array_equal(m.overlap(s2), [False] * 5)
+
+
+def test_offroad_corner_across_edge():
+    sc = make_toy_scenario()  # road edges at y = -1.75 (directed -x) and y = 5.25 (+x)
+    rm = sc.roadmap
+    # Centre y = -0.5, half width 1: right corners at y = -1.5, on the road (0.25 m inside).
+    # Centre y = -1.0: right corners at y = -2.0, 0.25 m beyond the lower edge.
+    s = _objs([(10, -0.5, 0, 5), (10, -1.0, 0, 5), (10, 4.0, 0, 5), (10, 4.5, 0, 5)])
+    np.testing.assert_array_equal(m.offroad(s, rm), [False, True, False, True])
+    d = m.ego_corner_road_distance(s, rm, 1)  # corners FL, RL, RR, FR
+    # Left corners at y = 0: 1.75 m inside the lower edge; right corners 0.25 m beyond it.
+    np.testing.assert_allclose(d, [-1.75, -1.75, 0.25, 0.25], atol=1e-5)
+    for i, expected in enumerate([False, True, False, True]):
+        assert bool(m.ego_offroad(s, rm, i)) == expected
+        assert bool(m.ego_offroad(s, rm, i, edge_cull=1)) == expected
+
+
+def test_red_light_crossed_vs_stopped():
+    light = dict(x=25.0, y=0.0, lane_id=0, state=np.where(np.arange(T) < 50, TL_STOP, TL_GO))
+    sc = make_track_scenario([_straight_track(0.0)], lights=[light])
+    # Fronts (x + 2) before -> after: crosses 25; stops at 24.9; crosses 3 m beside the
+    # stop point (another lane); crosses while heading against the lane.
+    prev = _objs([(22.5, 0, 0, 10), (22.0, 0, 0, 1), (22.5, 3.0, 0, 10), (27.5, 0, np.pi, 10)])
+    cur = _objs([(23.5, 0, 0, 10), (22.9, 0, 0, 0), (23.5, 3.0, 0, 10), (26.5, 0, np.pi, 10)])
+    np.testing.assert_array_equal(m.red_light_crossing(sc, prev, cur, jnp.int32(20)), [True, False, False, False])
+    # Same crossing on green (step 60) is fine.
+    np.testing.assert_array_equal(m.red_light_crossing(sc, prev, cur, jnp.int32(60)), [False] * 4)
+
+
+def test_progress_and_off_route_on_curved_route():
+    # Quarter circle of radius 20 in 16 chords; each chord 2 * 20 * sin(pi / 64).
+    ang = np.linspace(0, np.pi / 2, 17)
+    route_xy = np.stack([20 * np.sin(ang), 20 - 20 * np.cos(ang)], -1)
+    sc = make_track_scenario([_straight_track(0.0)], route_xy=route_xy)
+    chord = 2 * 20 * np.sin(np.pi / 64)
+    s, lat = m.route_progress(jnp.asarray(route_xy[6], jnp.float32), sc.route)
+    np.testing.assert_allclose(s, 6 * chord, rtol=1e-5)
+    np.testing.assert_allclose(lat, 0.0, atol=1e-3)
+    # Radially outward from vertex 8 by 4 m and 6 m: on / off route (5 m threshold).
+    centre = np.array([0.0, 20.0])
+    out_dir = (route_xy[8] - centre) / 20.0
+    for dist, off in ((4.0, False), (6.0, True)):
+        p = jnp.asarray(route_xy[8] + dist * out_dir, jnp.float32)
+        np.testing.assert_allclose(m.route_progress(p, sc.route)[0], 8 * chord, rtol=1e-4)
+        assert bool(m.off_route(p, sc.route)) == off
+
+
+def test_kinematics_wrong_way_comfort_ttc():
+    # Speed 10 -> 11.2 in 0.1 s: a = 12 > 10.4. Speed 10 -> 10.5: a = 5, feasible.
+    prev = _objs([(0, 0, 0, 10), (0, 0, 0, 10)])
+    nxt = _objs([(1, 0, 0, 11.2), (1, 0, 0, 10.5)])
+    np.testing.assert_array_equal(m.kinematic_infeasibility(prev, nxt), [True, False])
+    # Yaw 0 -> 0.4 over travel 10 * 0.1 = 1 m: k = 0.4 > 0.301.
+    turn = _objs([(1, 0, 0.4, 10), (1, 0, 0.2, 10)])
+    np.testing.assert_array_equal(m.kinematic_infeasibility(prev, turn), [True, False])
+
+    rm = make_toy_scenario().roadmap  # lanes along +x
+    wrong = _objs([(10, 0, np.pi, 5), (10, 0, 0, 5), (10, 0, np.pi, 1), (10, 20, np.pi, 5)])
+    got = [bool(m.wrong_way(m.take_object(wrong, i), rm)) for i in range(4)]
+    assert got == [True, False, False, False]  # slow and far from any lane do not count
+
+    # Comfort over a 3-state history: speeds 10, 10.1, 10.2 (a = 1) vs 10, 10.3, 10.6 (a = 3 > 2.4).
+    def hist(speeds):
+        xs = np.cumsum([0.0] + list(speeds[:-1])) * DT
+        rows = [(x, 0, 0, v) for x, v in zip(xs, speeds)]
+        s = _objs(rows)
+        return jax.tree.map(lambda a: a[None], s)  # [1, K]
+    c1 = m.comfort(hist([10.0, 10.1, 10.2]))
+    np.testing.assert_allclose(c1["lon_accel"], [1.0], atol=1e-3)
+    assert bool(c1["comfortable"][0])
+    assert not bool(m.comfort(hist([10.0, 10.3, 10.6]))["comfortable"][0])
+
+    # TTC: ego at x = 0, 10 m/s; stopped car ahead at x = 20 (gap 20 - 2 - 2 = 16 m):
+    # 16 / 10 = 1.6 s. A faster car in the next lane and one behind do not count.
+    s = _objs([(0, 0, 0, 10), (20, 0, 0, 0), (8, 3.5, 0, 0), (-10, 0, 0, 20)])
+    np.testing.assert_allclose(m.time_to_collision(s, 0), 1.6, rtol=1e-5)
+    s_far = _objs([(0, 0, 0, 10), (20, 0, 0, 12)])  # the lead pulls away: no collision course
+    np.testing.assert_allclose(m.time_to_collision(s_far, 0), m.TTC_CAP)
+
+
+# ---------------------------------------------------------------- rollout-level
+
+
+def _episode(sc, env=Env()):
+    @jax.jit
+    def go(sc):
+        state = env.reset(sc, jax.random.key(0))
+        _, out = rollout(env, sc, state, log_replay_policy(env), sc.num_steps - 11, extras_fn=m.step_metrics)
+        return m.episode_metrics(sc, out), out
+    return go(sc)
+
+
+def test_log_replay_scores_clean_and_crash_fails():
+    ep, out = _episode(make_toy_scenario())
+    assert float(ep["ade"]) < 1e-3 and float(ep["fde"]) < 1e-3
+    assert float(ep["collision"]) == 0 and float(ep["offroad"]) == 0 and float(ep["failure"]) == 0
+    np.testing.assert_allclose(ep["progress_ratio"], 1.0, atol=1e-3)
+    np.testing.assert_allclose(ep["score"], 1.0, atol=1e-3)  # all safety multipliers 1, all terms 1
+    assert out.extras["overlap"].shape == (80, 8)
+    # An ego whose log drives into a stopped car at x = 40 (10 m/s from x = 0).
+    crash = make_track_scenario([_straight_track(10.0 * TIME), _straight_track(40.0, yaw=np.zeros(T),
+                                 vel_x=np.zeros(T), vel_y=np.zeros(T))], num_objects=8)
+    ep, out = _episode(crash)
+    assert float(ep["collision"]) == 1 and float(ep["failure"]) == 1 and float(ep["score"]) == 0
+    # Overlap starts when the fronts meet: 10 t + 2.25 >= 40 - 2.25 -> t = 3.55 s, step 36.
+    first = int(out.timesteps[np.argmax(np.asarray(out.extras["ego_overlap"]))])
+    assert first == 36
+    assert np.asarray(ep["object_collision"])[:2].tolist() == [True, True]
+
+
+def test_womd_log_replay_is_clean(shared_data):
+    try:
+        from jaxloop.data import womd
+    except ImportError as e:
+        pytest.skip(f"jaxloop.data.womd is not available yet ({e})")
+    loader = getattr(womd, "load_womd_tf_example", None) or getattr(womd, "load_tf_example", None)
+    if loader is None:
+        pytest.skip("jaxloop.data.womd has no load_womd_tf_example / load_tf_example")
+    scenario = loader(shared_data / "womd" / "motion_data_one_example.tfrecord")
+    if isinstance(scenario, (list, tuple)):
+        scenario = scenario[0]
+    env = Env(EnvConfig(non_ego_agent="log"))
+
+    @jax.jit
+    def go(sc):
+        state = env.reset(sc, jax.random.key(0))
+        # The ego itself replays the log exactly: every object is log replay.
+        kinds = jnp.zeros_like(state.agent_kind)
+        state = state.replace(agent_kind=kinds)
+        _, out = rollout(env, sc, state, log_replay_policy(env), sc.num_steps - 11, extras_fn=m.step_metrics)
+        return m.episode_metrics(sc, out), out.extras
+
+    ep, ex = go(scenario)
+    assert float(ep["ade"]) == 0.0 and float(ep["fde"]) == 0.0
+    assert float(ep["collision"]) == 0.0 and float(ep["offroad"]) == 0.0
+
+
+# ---------------------------------------------------------------- surrogates and rewards
+
+
+def _fd(fn, x, eps=1e-6):
+    return np.array([(fn(x + eps * e) - fn(x - eps * e)) / (2 * eps) for e in np.eye(len(x))])
+
+
+def test_surrogate_gradients_match_finite_differences_and_point_away():
+    sc = make_toy_scenario()
+    with jax.enable_x64(True):
+        def state_at(p):  # ego at (p[0], p[1]) yaw p[2]; another car 5.5 m ahead, slightly offset
+            base = _objs([(0, 0, 0, 10), (5.0, 0.8, 0.1, 8)], dtype=jnp.float64)
+            return base.replace(x=base.x.at[0].set(p[0]), y=base.y.at[0].set(p[1]), yaw=base.yaw.at[0].set(p[2]))
+
+        ov = lambda p: m.overlap_surrogate(state_at(p), 0, 0.5, 0.1)
+        off = lambda p: m.offroad_surrogate(state_at(p), jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)
+                                                                      if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
+                                                                      else jnp.asarray(a), sc.roadmap), 0, 0.5, 0.1)
+        ov, off = jax.jit(ov), jax.jit(off)
+        for fn, p in ((ov, np.array([0.3, 0.1, 0.05])), (off, np.array([3.0, -0.6, 0.1]))):
+            g = np.asarray(jax.jit(jax.grad(fn))(jnp.asarray(p)))
+            np.testing.assert_allclose(g, _fd(lambda q: float(fn(jnp.asarray(q))), p), rtol=1e-4, atol=1e-6)
+            assert float(fn(jnp.asarray(p))) > 1e-3  # the penalty is active here
+        # Right direction: backing away from the car (-x) lowers the overlap penalty, and
+        # moving towards the road centre (+y, the lower edge is at y = -1.75) lowers offroad.
+        assert float(jax.grad(ov)(jnp.array([0.3, 0.1, 0.05]))[0]) > 0
+        assert float(jax.grad(off)(jnp.array([3.0, -0.6, 0.1]))[1]) < 0
+        # Clearance itself grows moving away from the box.
+        box = lambda x: jnp.asarray(x)
+        from jaxloop.sim.geometry import smooth_box_separation
+        sep = lambda x: smooth_box_separation(jnp.array([0.0, 0.0, 0.0, 4.0, 2.0]), jnp.stack(
+            [x, jnp.asarray(0.5), jnp.asarray(0.2), jnp.asarray(4.0), jnp.asarray(2.0)]))
+        assert float(jax.grad(sep)(box(5.0))) > 0
+
+        # Progress along a curved route: d s / d p is the route tangent.
+        ang = np.linspace(0, np.pi / 2, 17)
+        route_xy = np.stack([20 * np.sin(ang), 20 - 20 * np.cos(ang)], -1)
+        route = make_track_scenario([_straight_track(0.0)], route_xy=route_xy).route
+        route = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if a.dtype.kind == "f" else jnp.asarray(a), route)
+        prog = jax.jit(lambda p: m.route_progress(p, route)[0])
+        p = jnp.asarray(route_xy[5] * 0.6 + route_xy[6] * 0.4 + np.array([0.3, -0.2]))
+        g = np.asarray(jax.grad(prog)(p))
+        np.testing.assert_allclose(g, _fd(lambda q: float(prog(jnp.asarray(q))), np.asarray(p)), rtol=1e-5)
+        tangent = (route_xy[6] - route_xy[5]) / np.linalg.norm(route_xy[6] - route_xy[5])
+        np.testing.assert_allclose(g, tangent, atol=1e-6)
+
+
+def test_rewards_presets_and_signs():
+    with pytest.raises(ValueError, match="unknown reward preset 'nope'.*progress_safety"):
+        rewards.get_preset("nope")
+    w = rewards.get_preset("progress_safety")
+    assert float(w.collision) == 10 and float(w.offroad) == 5 and float(w.log_divergence) == 0.01
+    assert float(rewards.get_preset("safety_first").red_light) > 0
+
+    crash = make_track_scenario([_straight_track(10.0 * TIME), _straight_track(40.0, yaw=np.zeros(T),
+                                 vel_x=np.zeros(T), vel_y=np.zeros(T))], num_objects=4)
+    env = Env()
+    s0 = env.reset(crash, jax.random.key(0))
+    step = jax.jit(env.step)
+    states = [s0]
+    for _ in range(26):
+        states.append(step(crash, states[-1], jnp.zeros(2))[0])  # ego coasts at 10 m/s = its log
+    at = lambda t: states[t - 10]
+    early0, early1 = at(20), at(21)  # ego front at 22.25 / 23.25: clear
+    # Step 36: front at 36 + 2.25 = 38.25, 0.5 m into the stopped car (rear at 37.75).
+    late0, late1 = at(35), at(36)
+    reward = jax.jit(rewards.step_reward)
+    loss = jax.jit(rewards.step_surrogate_loss)
+    r_clear = float(reward(crash, early0, early1, w))
+    r_crash = float(reward(crash, late0, late1, w))
+    # Clear step: 1 m of progress (10 m/s * 0.1 s) and no penalty.
+    np.testing.assert_allclose(r_clear, 1.0, atol=1e-2)
+    np.testing.assert_allclose(r_crash, 1.0 - 10.0, atol=1e-2)
+    l_clear = loss(crash, early0, early1, w)
+    l_crash = loss(crash, late0, late1, w)
+    assert float(l_crash) > float(l_clear) + 5.0
+    # The loss is differentiable w.r.t. the ego state.
+    g = jax.jit(jax.grad(lambda x: rewards.step_surrogate_loss(
+        crash, late0, late1.replace(current=late1.current.replace(x=late1.current.x.at[0].set(x))), w)))(
+        late1.current.x[0])
+    # Penetration along x: d(penalty)/dx ~ +10, progress -1: backing off lowers the loss.
+    assert np.isfinite(float(g)) and float(g) > 5.0
