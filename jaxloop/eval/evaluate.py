@@ -67,6 +67,7 @@ class Perturbation:
     scenario_fn(scenario, key) -> scenario     before reset (map / log changes)
     state_fn(scenario, state, key) -> state    right after reset
     agent_kind_fn(scenario, kind) -> kind      per-object agent models `[N]`
+    uses_idm: whether agent_kind_fn may make objects IDM (static)
     policy_fn(policy) -> policy                what the policy sees / when it acts
     params: AgentParams or None                traced agent constants
     """
@@ -75,6 +76,7 @@ class Perturbation:
     scenario_fn: Callable[[Scenario, jax.Array], Scenario] | None = None
     state_fn: Callable[[Scenario, SimState, jax.Array], SimState] | None = None
     agent_kind_fn: Callable[[Scenario, jax.Array], jax.Array] | None = None
+    uses_idm: bool = False
     policy_fn: Callable[[PolicyFn], PolicyFn] | None = None
     params: agents_lib.AgentParams | None = None
     description: str = ""
@@ -99,6 +101,7 @@ def make_episode_fn(policy: PolicyFn | str, config: EvalConfig, num_steps: int,
         policy_fn = p.policy_fn(policy_fn)
     horizon = num_steps if config.horizon is None else min(config.horizon, num_steps)
     extras_fn = lambda sc, prev, new, info: step_metrics(sc, prev, new, config=config.metrics)
+    with_idm = (config.env.non_ego_agent == "idm" or ego_kind == agents_lib.AGENT_IDM or p.uses_idm)
 
     def episode(scenario: Scenario, key: jax.Array) -> dict:
         key_scenario, key_reset, key_state = jax.random.split(key, 3)
@@ -111,7 +114,7 @@ def make_episode_fn(policy: PolicyFn | str, config: EvalConfig, num_steps: int,
         if p.agent_kind_fn is not None:
             kind = p.agent_kind_fn(scenario, kind)
         if ego_kind is not None or p.agent_kind_fn is not None:
-            state = env.reset(scenario, key_reset, agent_kind=kind)
+            state = env.reset(scenario, key_reset, agent_kind=kind, with_idm=with_idm)
         if p.state_fn is not None:
             state = p.state_fn(scenario, state, key_state)
         _, out = rollout(env, scenario, state, policy_fn, horizon, extras_fn=extras_fn, params=p.params)

@@ -60,11 +60,13 @@ def ego_noise(pos_std: float = 1.0, yaw_std: float = 0.1, speed_std: float = 1.0
 
 
 def _non_ego_switch(kind_value: int, name: str) -> Perturbation:
+    uses_idm = kind_value == agents_lib.AGENT_IDM
+
     def agent_kind_fn(scenario: Scenario, kind: jax.Array) -> jax.Array:
         switch = (kind != agents_lib.AGENT_POLICY) & ~scenario.object_metadata.is_sdc
         return jnp.where(switch, kind_value, kind)
 
-    return Perturbation(name, agent_kind_fn=agent_kind_fn, description=f"non-ego objects: {name.split('_')[1]}")
+    return Perturbation(name, agent_kind_fn=agent_kind_fn, uses_idm=uses_idm, description=f"non-ego objects: {name.split('_')[1]}")
 
 
 def agents_idm() -> Perturbation:
@@ -136,11 +138,11 @@ def inject_crossing(object_type: int = TYPE_PEDESTRIAN, ahead_steps: int = 30, s
                    vel_y=jnp.where(moving, speed * jnp.sin(heading), 0.0),
                    length=jnp.full(num_steps, size[0]), width=jnp.full(num_steps, size[1]),
                    height=jnp.full(num_steps, size[2]), valid=jnp.ones(num_steps, bool))
-        new_traj = traj.replace(**{f: getattr(traj, f).at[slot].set(v.astype(getattr(traj, f).dtype))
+        new_traj = traj.replace(**{f: jnp.asarray(getattr(traj, f)).at[slot].set(v.astype(getattr(traj, f).dtype))
                                    for f, v in row.items()})
-        new_meta = meta.replace(object_types=meta.object_types.at[slot].set(object_type),
-                                is_valid=meta.is_valid.at[slot].set(True),
-                                ids=meta.ids.at[slot].set(jnp.max(meta.ids) + 1))
+        new_meta = meta.replace(object_types=jnp.asarray(meta.object_types).at[slot].set(object_type),
+                                is_valid=jnp.asarray(meta.is_valid).at[slot].set(True),
+                                ids=jnp.asarray(meta.ids).at[slot].set(jnp.max(meta.ids) + 1))
         return scenario.replace(log_trajectory=new_traj, object_metadata=new_meta)
 
     name = "inject_pedestrian" if object_type == TYPE_PEDESTRIAN else "inject_cyclist"

@@ -119,10 +119,14 @@ class Env:
     def dynamics(self) -> Dynamics:
         return self.config.dynamics
 
-    def reset(self, scenario: Scenario, key: jax.Array, agent_kind: jax.Array | None = None) -> SimState:
+    def reset(self, scenario: Scenario, key: jax.Array, agent_kind: jax.Array | None = None,
+              with_idm: bool | None = None) -> SimState:
         """Initial state from the log at steps `0..init_steps-1`.
 
         `agent_kind` `[N]` overrides the per-object models chosen by the config.
+        `with_idm` (static) says whether any object may be IDM, which decides whether
+        the IDM model is carried and computed at all; by default it is when the config
+        asks for IDM agents or `agent_kind` is given.
         """
         with jax.named_scope("env.reset"):
             cfg = self.config
@@ -132,7 +136,8 @@ class Env:
             history = jax.vmap(lambda t: trajectory_at(scenario.log_trajectory, t), out_axes=-1)(steps)
             current = trajectory_at(scenario.log_trajectory, t0)
             # IDM memory (and the IDM computation) only when some object can be IDM.
-            with_idm = agent_kind is not None or cfg.non_ego_agent == "idm"
+            if with_idm is None:
+                with_idm = agent_kind is not None or cfg.non_ego_agent == "idm"
             if agent_kind is None:
                 default = agents_lib.AGENT_NAMES[cfg.non_ego_agent]
                 policy = controlled_mask(scenario, cfg.controlled)
