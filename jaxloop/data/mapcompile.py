@@ -50,6 +50,9 @@ class MapConfig:
     max_stop_signs: S (one entry per sign and governed lane).
     cull_radius_m: features farther than this from every focus point are culled.
     focus_spacing_m: focus points closer than this to the previous kept one are merged.
+    orient_edges: "lanes" reverses road-edge polylines whose nearby lane centres (within
+      `orient_radius_m`) lie on their left, so every edge has the road on its right;
+      "keep" trusts the source's direction.
     """
 
     max_lanes: int = 256
@@ -62,6 +65,8 @@ class MapConfig:
     max_stop_signs: int = 16
     cull_radius_m: float = 60.0
     focus_spacing_m: float = 2.0
+    orient_edges: str = "lanes"
+    orient_radius_m: float = 10.0
 
     def __post_init__(self):
         for name in ("max_lanes", "max_edges", "max_crosswalks", "max_stop_signs"):
@@ -69,10 +74,12 @@ class MapConfig:
                 raise ValueError(f"MapConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
         if not isinstance(self.lane_points, int) or self.lane_points < 2:
             raise ValueError(f"MapConfig.lane_points must be an int >= 2, got {self.lane_points!r}")
-        for name in ("max_lane_length_m", "edge_segment_m", "cull_radius_m", "focus_spacing_m"):
+        for name in ("max_lane_length_m", "edge_segment_m", "cull_radius_m", "focus_spacing_m", "orient_radius_m"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v > 0):
                 raise ValueError(f"MapConfig.{name} must be a positive finite number, got {v!r}")
+        if self.orient_edges not in ("lanes", "keep"):
+            raise ValueError(f"MapConfig.orient_edges must be 'lanes' or 'keep', got {self.orient_edges!r}")
         if not 0 < self.edge_corner_deg < 180:
             raise ValueError(f"MapConfig.edge_corner_deg must be in (0, 180), got {self.edge_corner_deg!r}")
 
@@ -130,6 +137,7 @@ class CompileReport:
     crosswalks: FeatureCount = dataclasses.field(default_factory=FeatureCount)
     stop_signs: FeatureCount = dataclasses.field(default_factory=FeatureCount)
     invalid_points: int = 0
+    edges_reversed: int = 0  # edge polylines reversed to put the road on their right
     ignored_polylines: dict[str, int] = dataclasses.field(default_factory=dict)  # kinds RoadMap does not hold
 
     KINDS = ("lanes", "edges", "crosswalks", "stop_signs")
@@ -145,7 +153,7 @@ class CompileReport:
             c = getattr(self, k)
             parts.append(f"{k}: kept {c.kept}/{c.total} (culled {c.culled}, dropped for capacity {c.dropped})")
         head = f"map {self.source!r}" if self.source else "map"
-        extra = f"; invalid points {self.invalid_points}"
+        extra = f"; invalid points {self.invalid_points}; edge polylines reversed {self.edges_reversed}"
         if self.ignored_polylines:
             extra += "; not represented: " + ", ".join(f"{k} {v}" for k, v in sorted(self.ignored_polylines.items()))
         return f"{head}: " + "; ".join(parts) + extra
@@ -325,7 +333,40 @@ def _lanes(xy, dir_xy, types, ids, starts, ends, config: MapConfig, focus, repor
                 lane_types=lane_types, lane_speed_limit=lane_speed)
 
 
-def _edges(xy, types, starts, ends, config: MapConfig, focus, report):
+def _orient_edges(e0, e1, polyline, lane_xy, config: MapConfig, report) -> tuple[np.ndarray, np.ndarray]:
+    """Reverses edge polylines whose nearby lanes lie on their left, so the road is on their right.
+
+    Each segment votes with the side of its nearest lane-centre point (within
+    `orient_radius_m`); a polyline is reversed when most of its votes say "left". Polylines
+    without a nearby lane follow the majority of the voting ones (raw direction if none
+    voted).
+    """
+    if e0.shape[0] == 0 or lane_xy.shape[0] == 0:
+        return e0, e1
+    mid = 0.5 * (e0 + e1)
+    d = e1 - e0
+    nearest = np.empty(mid.shape[0], np.int64)
+    best = np.empty(mid.shape[0])
+    lanes = lane_xy.astype(np.float64)
+    for i in range(0, mid.shape[0], 2048):
+        m = mid[i:i + 2048]
+        d2 = (m[:, None, 0] - lanes[None, :, 0]) ** 2 + (m[:, None, 1] - lanes[None, :, 1]) ** 2
+        nearest[i:i + 2048] = d2.argmin(axis=1)
+        best[i:i + 2048] = np.sqrt(d2.min(axis=1))
+    rel = lanes[nearest] - mid
+    side = np.sign(d[:, 0] * rel[:, 1] - d[:, 1] * rel[:, 0])  # +1: lane on the left
+    vote = np.where(best <= config.orient_radius_m, side, 0.0)
+    uniq, inv = np.unique(polyline, return_inverse=True)
+    score = np.bincount(inv, weights=vote, minlength=uniq.shape[0])
+    voted = score != 0
+    default = 1.0 if voted.any() and np.sum(np.sign(score[voted])) > 0 else -1.0
+    flip_poly = np.where(voted, score > 0, default > 0)
+    flip = flip_poly[inv]
+    report.edges_reversed = int(flip_poly.sum())
+    return np.where(flip[:, None], e1, e0), np.where(flip[:, None], e0, e1)
+
+
+def _edges(xy, types, starts, ends, config: MapConfig, focus, report, lane_xy=None):
     # Split every edge polyline at sharp raw vertices (duplicating the vertex) so that
     # uniform resampling keeps corners.
     n = xy.shape[0]
@@ -353,6 +394,7 @@ def _edges(xy, types, starts, ends, config: MapConfig, focus, report):
     pxy = xy[src]
     pstarts, pends = _runs(piece_id)
     ptypes = types[src[pstarts]]
+    porig = run_of[src[pstarts]] if pstarts.shape[0] else np.zeros(0, np.int64)
     arc, lengths, prun = _run_arc(pxy, pstarts, pends)
     usable = lengths > 1e-6  # single-point edges carry no direction
     if (~usable).any():
@@ -375,7 +417,10 @@ def _edges(xy, types, starts, ends, config: MapConfig, focus, report):
     edge_end = np.zeros((e, 2), np.float32)
     edge_types = np.zeros((e,), np.int32)
     edge_valid = np.zeros((e,), bool)
-    edge_start[:k], edge_end[:k] = e0[keep], e1[keep]
+    k0, k1 = e0[keep], e1[keep]
+    if config.orient_edges == "lanes" and lane_xy is not None:
+        k0, k1 = _orient_edges(k0, k1, porig[seg_run[keep]], lane_xy, config, report)
+    edge_start[:k], edge_end[:k] = k0, k1
     edge_types[:k] = ptypes[seg_run[keep]]
     edge_valid[:k] = True
     return dict(edge_start=edge_start, edge_end=edge_end, edge_types=edge_types, edge_valid=edge_valid)
@@ -471,7 +516,8 @@ def compile_roadmap(raw: RawRoadgraph, focus_xy: np.ndarray, config: MapConfig =
     fields.update(_lanes(xy[idx], dir_xy[idx], types[idx], ids[idx], s, e, config, focus, report,
                          raw.speed_limits))
     idx, s, e = subset(EDGE_TYPES)
-    fields.update(_edges(xy[idx], types[idx], s, e, config, focus, report))
+    fields.update(_edges(xy[idx], types[idx], s, e, config, focus, report,
+                         lane_xy=fields["lane_xy"][fields["lane_valid"]]))
     idx, s, e = subset([RG_CROSSWALK])
     fields.update(_crosswalks(xy[idx], s, e, config, focus, report))
     idx, s, e = subset([RG_STOP_SIGN])
