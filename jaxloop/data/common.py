@@ -80,6 +80,7 @@ class RawLog:
     field_name: Callable[[str, int], str] = lambda f, t: f"{f}[t={t}]"
     sdc_field: str = "is_sdc"
     objects_field: str = "objects"
+    must_keep: np.ndarray | None = None  # [n] bool, kept by select="nearest" whatever their distance (SDC always)
 
 
 def _fail(message: str, source: str, record: int | None, field: str) -> DataError:
@@ -166,7 +167,9 @@ def build_scenario(log: RawLog, config: LoadConfig, source: str = "", record: in
         d_cur = np.where(valid[:, cur], d[:, cur], np.inf)
         d_any = np.where(valid, d, np.inf).min(axis=1)
         dist = np.where(np.isfinite(d_cur), d_cur, d_any + 1e6)  # valid now first, then by closest approach
-        dist[sdc_raw] = -1.0
+        dist[sdc_raw] = -2.0
+        if log.must_keep is not None:
+            dist[np.asarray(log.must_keep, bool) & present] = -1.0
         cand = np.flatnonzero(present)
         keep = np.sort(cand[np.argsort(dist[cand], kind="stable")[:n]])
         dropped_objects = int(present.sum()) - n
@@ -193,10 +196,11 @@ def build_scenario(log: RawLog, config: LoadConfig, source: str = "", record: in
         out[:k] = np.asarray(a)[keep]
         return out
 
-    ids = slots(log.ids, -1, np.int32)
-    ids[:k][~present[keep]] = -1
+    in_log = np.zeros((n,), bool)
+    in_log[:k] = present[keep]
+    ids = np.where(in_log, slots(log.ids, -1, np.int32), -1).astype(np.int32)
     meta = ObjectMetadata(
-        ids=ids, object_types=np.where(ids >= 0, slots(log.types, 0, np.int32), 0).astype(np.int32),
+        ids=ids, object_types=np.where(in_log, slots(log.types, 0, np.int32), 0).astype(np.int32),
         is_sdc=slots(log.is_sdc, False, bool), is_modeled=slots(log.is_modeled, False, bool),
         is_valid=traj_valid.any(axis=1), objects_of_interest=slots(log.objects_of_interest, False, bool))
     sdc_index = int(np.flatnonzero(meta.is_sdc)[0])
