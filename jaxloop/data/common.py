@@ -211,7 +211,7 @@ def build_scenario(log: RawLog, config: LoadConfig, source: str = "", record: in
     try:
         roadmap, report = compile_roadmap(log.roadgraph, sdc_xy[sdc_valid], config.map, source=where)
     except DataError as e:
-        raise e.located(file=source or None, record=record) from None
+        raise DataError(e.reason, file=source or None, record=record, field=e.field) from None
     route = route_from_log(sdc_xy, sdc_valid, roadmap, num_points=config.route_points,
                            extend_m=config.route_extend_m, ego_yaw=traj["yaw"][sdc_index])
     lights, dropped_lights = _lights(log, config.num_lights, sdc_xy[cur], source, record)
