@@ -13,10 +13,12 @@ import sys
 # name -> "module:function", or a group: name -> {subname: "module:function"}
 COMMANDS: dict[str, str | dict[str, str]] = {
     "demo": "jaxloop.demo:run",
+    "data": {"convert": "jaxloop.data.cli:convert", "inspect": "jaxloop.data.cli:inspect"},
 }
 
 _HELP = {
     "demo": "the main job on built-in data: roll out baselines and print a comparison table",
+    "data": "scenario data: convert raw WOMD / AV2 files into a cache, inspect caches and raw files",
 }
 
 

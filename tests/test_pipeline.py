@@ -180,3 +180,29 @@ def test_route_follows_lane_past_log_end():
     route = route_from_log(ego, np.ones(31, bool), None, num_points=7, extend_m=30.0)
     np.testing.assert_allclose(route.xy[:, 1], 0.8, atol=1e-5)
     np.testing.assert_allclose(route.xy[:, 0], np.linspace(10, 70, 7), atol=1e-4)
+
+
+def test_cli_convert_and_inspect_json(shared_data, tmp_path, capsys):
+    from jaxloop.cli import main
+    from jaxloop.data.tfrecord import read_records
+    from jaxloop.data.womd import parse_example
+
+    src = str(shared_data / "womd" / "*.tfrecord")
+    assert main(["data", "convert", src, "--out", str(tmp_path / "c"), "--shard-size", "1"]) == 0
+    capsys.readouterr()
+    assert main(["data", "inspect", str(tmp_path / "c"), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["format"] for d in lines] == ["womd_tf_example", "womd_scenario"]
+    feats = parse_example(next(read_records(shared_data / "womd" / "motion_data_one_example.tfrecord")))
+    sdc = int(np.flatnonzero(feats["state/is_sdc"])[0])
+    first = lines[0]
+    assert first["sdc_index"] == sdc and first["num_steps"] == 91 and len(first["sdc_xy"]) == 91
+    assert first["sdc_xy"][10] == [float(feats["state/current/x"][sdc]), float(feats["state/current/y"][sdc])]
+    assert first["num_valid_object_steps"] == sum(int((feats[f"state/{p}/valid"] > 0).sum())
+                                                  for p in ("past", "current", "future"))
+    assert lines[1]["num_objects"] == 83 and lines[1]["num_lights"] > 0
+    # A raw file inspects the same; a bad path is a clear error, not a traceback.
+    assert main(["data", "inspect", str(shared_data / "womd" / "motion_data_one_example.tfrecord"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    assert main(["data", "inspect", str(tmp_path / "missing")]) == 2
+    assert "no such file" in capsys.readouterr().err
