@@ -202,26 +202,54 @@ def _interp_runs(xy: np.ndarray, arc: np.ndarray, lengths: np.ndarray, run_of: n
     return np.stack([np.interp(q, key, xy[:, 0]), np.interp(q, key, xy[:, 1])], -1)
 
 
-def _thin_focus(focus_xy: np.ndarray, spacing: float) -> np.ndarray:
-    """Focus points with consecutive near-duplicates removed (keeps the first and the last)."""
-    keep = [0]
-    last = focus_xy[0]
-    for i in range(1, focus_xy.shape[0]):  # <= a few hundred points
-        if np.hypot(*(focus_xy[i] - last)) >= spacing or i == focus_xy.shape[0] - 1:
-            keep.append(i)
-            last = focus_xy[i]
-    return focus_xy[keep]
+def thin_polyline(xy: np.ndarray, spacing: float) -> np.ndarray:
+    """Points of `xy` `[K, 2]` about `spacing` apart along its arc length (first and last kept).
+
+    Keeps the first point of every `spacing`-long stretch of arc length (vectorised; a
+    stopped vehicle's repeated positions collapse to one point).
+    """
+    if xy.shape[0] <= 2:
+        return xy
+    seg = np.sqrt(np.sum(np.diff(xy, axis=0) ** 2, axis=-1))
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    bucket = np.floor(arc / spacing).astype(np.int64)
+    keep = np.ones(xy.shape[0], bool)
+    keep[1:] = bucket[1:] != bucket[:-1]
+    keep[-1] = arc[-1] - arc[np.flatnonzero(keep[:-1])[-1]] > 1e-9 or xy.shape[0] == 1
+    return xy[keep]
 
 
-def _min_dist(points: np.ndarray, focus: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def nearest_points(points: np.ndarray, refs: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Index `[M]` of the nearest of `refs` `[K, 2]` to each point `[M, 2]`, and the distance `[M]`.
+
+    Brute force in float32 about a common origin (maps span a few hundred metres, so the
+    squared distances keep millimetre precision); chunked to bound the `[chunk, K]` temporaries.
+    """
+    m = points.shape[0]
+    idx = np.zeros(m, np.int64)
+    dist = np.full(m, np.inf)
+    if m == 0 or refs.shape[0] == 0:
+        return idx, dist
+    origin = refs.mean(axis=0)
+    rx = (refs[:, 0] - origin[0]).astype(np.float32)
+    ry = (refs[:, 1] - origin[1]).astype(np.float32)
+    for i in range(0, m, chunk):
+        px = (points[i:i + chunk, 0] - origin[0]).astype(np.float32)
+        py = (points[i:i + chunk, 1] - origin[1]).astype(np.float32)
+        dx = np.subtract.outer(px, rx)
+        dx *= dx
+        dy = np.subtract.outer(py, ry)
+        dy *= dy
+        dx += dy
+        j = np.argmin(dx, axis=1)
+        idx[i:i + chunk] = j
+        dist[i:i + chunk] = np.sqrt(dx[np.arange(j.shape[0]), j])
+    return idx, dist
+
+
+def _min_dist(points: np.ndarray, focus: np.ndarray) -> np.ndarray:
     """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[K, 2]`."""
-    out = np.empty(points.shape[0], np.float64)
-    f = focus.astype(np.float64)
-    for i in range(0, points.shape[0], chunk):
-        p = points[i:i + chunk].astype(np.float64)
-        d2 = (p[:, None, 0] - f[None, :, 0]) ** 2 + (p[:, None, 1] - f[None, :, 1]) ** 2
-        out[i:i + chunk] = np.sqrt(d2.min(axis=1))
-    return out
+    return nearest_points(points, focus)[1]
 
 
 def _select(dist: np.ndarray, radius: float, capacity: int, count: FeatureCount) -> np.ndarray:
@@ -345,14 +373,8 @@ def _orient_edges(e0, e1, polyline, lane_xy, config: MapConfig, report) -> tuple
         return e0, e1
     mid = 0.5 * (e0 + e1)
     d = e1 - e0
-    nearest = np.empty(mid.shape[0], np.int64)
-    best = np.empty(mid.shape[0])
-    lanes = lane_xy.astype(np.float64)
-    for i in range(0, mid.shape[0], 2048):
-        m = mid[i:i + 2048]
-        d2 = (m[:, None, 0] - lanes[None, :, 0]) ** 2 + (m[:, None, 1] - lanes[None, :, 1]) ** 2
-        nearest[i:i + 2048] = d2.argmin(axis=1)
-        best[i:i + 2048] = np.sqrt(d2.min(axis=1))
+    lanes = lane_xy.astype(np.float64)[::2]  # every other lane point: votes need sides, not precision
+    nearest, best = nearest_points(mid, lanes)
     rel = lanes[nearest] - mid
     side = np.sign(d[:, 0] * rel[:, 1] - d[:, 1] * rel[:, 0])  # +1: lane on the left
     vote = np.where(best <= config.orient_radius_m, side, 0.0)
@@ -485,7 +507,7 @@ def compile_roadmap(raw: RawRoadgraph, focus_xy: np.ndarray, config: MapConfig =
     if focus.shape[0] == 0:
         raise DataError("no finite focus point to cull the map around (is the ego ever valid?)",
                         file=source or None, field="focus_xy")
-    focus = _thin_focus(focus, config.focus_spacing_m)
+    focus = thin_polyline(focus, config.focus_spacing_m)
 
     valid = raw.valid
     report.invalid_points = int((~valid).sum())

@@ -48,9 +48,10 @@ _PARTS = ("past", "current", "future")
 # ----------------------------------------------------------------------------- tf.Example
 
 
-def parse_example(data: bytes) -> dict[str, np.ndarray | list[bytes]]:
-    """Decodes a serialised tf.Example into {feature name: float32 / int64 array or list of bytes}."""
-    ex = protos.Example.FromString(data)
+def parse_example(data: bytes | object) -> dict[str, np.ndarray | list[bytes]]:
+    """Decodes a serialised tf.Example (or a parsed `protos.Example`) into {feature name: float32 / int64
+    array or list of bytes}."""
+    ex = protos.Example.FromString(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     out: dict = {}
     for key, feat in ex.features.feature.items():
         kind = feat.WhichOneof("kind")
@@ -314,13 +315,21 @@ def decode_record(data: bytes, config: LoadConfig = LoadConfig(), layout: str | 
     """One serialised WOMD record -> (Scenario, info). `layout` None detects it."""
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS} or None, got {layout!r}")
+    parsed_example = None
+    if layout in (None, "tf_example"):
+        try:
+            parsed_example = protos.Example.FromString(data)
+        except DecodeError:
+            parsed_example = None
+        if layout is None and parsed_example is not None and "state/current/x" in parsed_example.features.feature:
+            layout = "tf_example"
     chosen = layout or detect_layout(data)
     if chosen is None:
         raise DataError("record is neither a WOMD tf.Example (no 'state/current/x' feature) nor a WOMD Scenario "
                         "proto (no tracks)", file=source or None, record=record, field="layout")
     try:
         if chosen == "tf_example":
-            raw = _example_to_raw(parse_example(data), source, record)
+            raw = _example_to_raw(parse_example(data if parsed_example is None else parsed_example), source, record)
         else:
             raw = _scenario_to_raw(protos.Scenario.FromString(data), source, record)
     except DecodeError as e:
