@@ -21,12 +21,14 @@ are several processes).
 
 from __future__ import annotations
 
+import atexit
 import collections
 import json
 import os
 import pathlib
 import queue
 import threading
+import weakref
 from typing import Any, Iterator, Sequence
 
 import jax
@@ -278,9 +280,10 @@ class ScenarioDataset:
             data = self._shard(int(s))
             pos = np.flatnonzero(shard_of == s)
             local = idx[pos] - self._starts[s]
-            if pos.size == idx.size:
+            if pos[-1] - pos[0] + 1 == pos.size:  # a contiguous run of the output: gather straight into it
+                a, b = int(pos[0]), int(pos[-1]) + 1
                 for k in self._keys:
-                    np.take(data[k], local, axis=0, out=out[k])
+                    np.take(data[k], local, axis=0, out=out[k][a:b])
             else:
                 for k in self._keys:
                     out[k][pos] = data[k][local]
@@ -329,12 +332,23 @@ class ScenarioDataset:
                     order = local[rng.permutation(local.size)]
                 stop = local.size - local.size % batch_size if drop_remainder else local.size
                 for start in range(0, stop, batch_size):
-                    yield order[start:start + batch_size]
+                    # Sorted within the batch (its order carries no information once
+                    # shuffled): each shard's part is then one contiguous gather.
+                    yield np.sort(order[start:start + batch_size]) if shuffle else order[start:start + batch_size]
                 epoch += 1
 
         if prefetch <= 0:
             return (to_device(self.get(ix)) for ix in index_batches())
         return _Prefetcher((to_device(self.get(ix)) for ix in index_batches()), prefetch)
+
+
+_LIVE: "weakref.WeakSet[_Prefetcher]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for prefetcher in list(_LIVE):
+        prefetcher.close()
 
 
 class _Prefetcher:
@@ -347,6 +361,7 @@ class _Prefetcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(source,), daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     def _put(self, entry) -> bool:
         while not self._stop.is_set():
@@ -380,14 +395,20 @@ class _Prefetcher:
             raise StopIteration
         return item
 
-    def close(self) -> None:
-        """Stops the background thread (also when the iterator is garbage-collected)."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stops the background thread and waits for it (also at exit and on garbage collection).
+
+        Waiting matters: a daemon thread torn down at interpreter exit in the middle of a
+        device transfer aborts the process.
+        """
         self._stop.set()
         try:
             while True:
                 self._queue.get_nowait()
         except queue.Empty:
             pass
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def __del__(self):
         try:
