@@ -247,9 +247,19 @@ def nearest_points(points: np.ndarray, refs: np.ndarray, chunk: int = 2048) -> t
     return idx, dist
 
 
-def _min_dist(points: np.ndarray, focus: np.ndarray) -> np.ndarray:
-    """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[K, 2]`."""
-    return nearest_points(points, focus)[1]
+def _min_dist(points: np.ndarray, focus: np.ndarray, radius: float | None = None) -> np.ndarray:
+    """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[K, 2]`.
+
+    With `radius`, points outside the focus bounding box grown by it are beyond the
+    radius anyway: they get +inf without a distance computation.
+    """
+    if radius is None or points.shape[0] == 0:
+        return nearest_points(points, focus)[1]
+    lo, hi = focus.min(axis=0) - radius, focus.max(axis=0) + radius
+    inside = np.all((points >= lo) & (points <= hi), axis=1)
+    out = np.full(points.shape[0], np.inf)
+    out[inside] = nearest_points(points[inside], focus)[1]
+    return out
 
 
 def _select(dist: np.ndarray, radius: float, capacity: int, count: FeatureCount) -> np.ndarray:
@@ -339,7 +349,7 @@ def _lanes(xy, dir_xy, types, ids, starts, ends, config: MapConfig, focus, repor
     fallback = np.where(raw_norm > 1e-9, raw_dir / np.maximum(raw_norm, 1e-9), np.array([1.0, 0.0]))
     tangent = np.where(norm > 1e-6, tangent / np.maximum(norm, 1e-12), fallback[:, None, :])
 
-    dist = _min_dist(pts.reshape(-1, 2), focus).reshape(-1, q).min(axis=1) if pts.shape[0] else np.zeros(0)
+    dist = _min_dist(pts.reshape(-1, 2), focus, config.cull_radius_m).reshape(-1, q).min(axis=1) if pts.shape[0] else np.zeros(0)
     keep = _select(dist, config.cull_radius_m, config.max_lanes, report.lanes)
     p = config.max_lanes
     k = keep.shape[0]
@@ -431,7 +441,7 @@ def _edges(xy, types, starts, ends, config: MapConfig, focus, report, lane_xy=No
                            np.concatenate([a0, a0 + seg_len]))
     e0, e1 = ends_xy[:seg_run.shape[0]], ends_xy[seg_run.shape[0]:]
     probe = np.concatenate([e0, e1, 0.5 * (e0 + e1)])
-    dist = _min_dist(probe, focus).reshape(3, -1).min(axis=0) if seg_run.shape[0] else np.zeros(0)
+    dist = _min_dist(probe, focus, config.cull_radius_m).reshape(3, -1).min(axis=0) if seg_run.shape[0] else np.zeros(0)
     keep = _select(dist, config.cull_radius_m, config.max_edges, report.edges)
     e = config.max_edges
     k = keep.shape[0]
@@ -451,7 +461,7 @@ def _edges(xy, types, starts, ends, config: MapConfig, focus, report, lane_xy=No
 def _crosswalks(xy, starts, ends, config: MapConfig, focus, report):
     boxes = [oriented_bounding_box(xy[s:e]) for s, e in zip(starts, ends)]
     boxes = np.stack(boxes) if boxes else np.zeros((0, 4, 2), np.float32)
-    dist = _min_dist(boxes.reshape(-1, 2), focus).reshape(-1, 4).min(axis=1) if boxes.shape[0] else np.zeros(0)
+    dist = _min_dist(boxes.reshape(-1, 2), focus, config.cull_radius_m).reshape(-1, 4).min(axis=1) if boxes.shape[0] else np.zeros(0)
     keep = _select(dist, config.cull_radius_m, config.max_crosswalks, report.crosswalks)
     c = config.max_crosswalks
     out = np.zeros((c, 4, 2), np.float32)
@@ -473,7 +483,7 @@ def _stop_signs(xy, ids, starts, ends, config: MapConfig, focus, report, stop_si
             lanes.append(int(lane))
     pos = np.array(pos, np.float64).reshape(-1, 2)
     lanes = np.array(lanes, np.int64)
-    dist = _min_dist(pos, focus) if pos.shape[0] else np.zeros(0)
+    dist = _min_dist(pos, focus, config.cull_radius_m) if pos.shape[0] else np.zeros(0)
     keep = _select(dist, config.cull_radius_m, config.max_stop_signs, report.stop_signs)
     s = config.max_stop_signs
     out = np.zeros((s, 2), np.float32)

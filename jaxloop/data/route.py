@@ -113,7 +113,7 @@ def route_from_log(ego_xy: np.ndarray, ego_valid: np.ndarray, roadmap: RoadMap |
         # lane lies within the snap distance plus one lane step of the path.
         spacing = np.linalg.norm(np.diff(lane_xy, axis=1), axis=-1)
         step = float(spacing[seg_valid].max()) if seg_valid.any() else 0.0
-        near = _lanes_near(path, lane_xy, lane_valid, snap_distance_m + step)
+        near = _lanes_near(thin_polyline(path, 1.0), lane_xy, lane_valid, snap_distance_m + step + 1.0)
         if near.size == 0:
             near = np.zeros(1, np.int64)  # nothing within reach: one (far) lane keeps shapes non-empty
         dist, foot, t = _project(path, start[near], end[near], seg_valid[near])
