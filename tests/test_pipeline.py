@@ -206,3 +206,22 @@ def test_cli_convert_and_inspect_json(shared_data, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == first
     assert main(["data", "inspect", str(tmp_path / "missing")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_cache_writer_streams_shards_and_checks_shapes(tmp_path):
+    from jaxloop.data.pipeline import CacheWriter
+    from jaxloop.sim.datatypes import ShapeError
+
+    toys = _toys(5)
+    with CacheWriter(tmp_path / "c", shard_size=2) as writer:
+        for i, toy in enumerate(toys):
+            writer.add(toy, {"scenario_id": f"t{i}", "format": "toy", "family": i})
+            # 2 per shard: after the 4th scenario two shards are on disk, the manifest not yet.
+            if i == 3:
+                assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["shard_00000.npz", "shard_00001.npz"]
+        with pytest.raises(ShapeError, match=r"field 'log_trajectory\.x' has shape \[4, 91\]"):
+            writer.add(make_toy_scenario(num_objects=4), {"scenario_id": "x", "format": "toy"})
+    assert [s["count"] for s in writer.manifest["shards"]] == [2, 2, 1]
+    back = load_scenarios(tmp_path / "c")
+    np.testing.assert_array_equal(back.family, np.arange(5))
+    assert [i["scenario_id"] for i in load_infos(tmp_path / "c")] == [f"t{i}" for i in range(5)]

@@ -20,7 +20,7 @@ import tyro
 
 from jaxloop.data.common import LoadConfig
 from jaxloop.data.errors import DataError, SkipReport
-from jaxloop.data.pipeline import MANIFEST, ScenarioDataset, write_cache
+from jaxloop.data.pipeline import MANIFEST, CacheWriter, ScenarioDataset
 from jaxloop.data.tfrecord import is_tfrecord
 from jaxloop.sim.datatypes import Scenario
 
@@ -100,23 +100,25 @@ def convert(src: tyro.conf.Positional[list[str]], out: str, num_objects: int = 1
 
 def _convert(src: list[str], out: str, config: LoadConfig, skip_invalid: bool, shard_size: int) -> int:
     report = SkipReport()
-    scenarios, infos = [], []
     shape_of: dict[int, str] = {}
-    for path in expand_sources(src):
+    paths = expand_sources(src)
+    for path in paths:  # fail on an unknown format before writing anything
+        detect_format(path)
+    writer = CacheWriter(out, shard_size=shard_size)
+    for path in paths:
         for scenario, info in iter_raw(path, config, skip_invalid, report):
             steps = scenario.num_steps
             shape_of.setdefault(steps, info["format"])
             if len(shape_of) > 1:
                 raise DataError(f"scenarios of {sorted(shape_of)} steps ({shape_of}) cannot share one cache; convert "
                                 "each dataset into its own --out", file=path, record=info.get("record"))
-            scenarios.append(scenario)
-            infos.append(info)
+            writer.add(scenario, info)
     if report.count:
         print(report, file=sys.stderr)
-    if not scenarios:
+    if not len(writer):
         print(f"no scenario converted from {src}", file=sys.stderr)
         return 1
-    manifest = write_cache(scenarios, out, infos, shard_size=shard_size)
+    manifest = writer.close()
     print(f"wrote {manifest['num_scenarios']} scenarios ({manifest['counts']}) in {len(manifest['shards'])} "
           f"shard(s) to {out}" + (f"; skipped {report.count}" if report.count else ""))
     return 0
