@@ -111,7 +111,7 @@ def _example_to_raw(feats: dict, source: str, record: int | None) -> RawLog:
             steps[part] = parts[-1].shape[1]
         traj[f] = np.concatenate(parts, axis=1)
     traj["valid"] = traj["valid"] > 0
-    for f in ("is_sdc", "tracks_to_predict", "objects_of_interest"):
+    for f in ("type", "is_sdc", "tracks_to_predict", "objects_of_interest"):
         arr = req(f"state/{f}")
         if arr.size != num_objects:
             raise DataError(f"has {arr.size} values for {num_objects} objects", file=source or None, record=record,
@@ -159,7 +159,8 @@ def _example_to_raw(feats: dict, source: str, record: int | None) -> RawLog:
     scenario_id = feats.get("scenario/id", [b""])
     scenario_id = scenario_id[0].decode("utf-8", "replace") if isinstance(scenario_id, list) and scenario_id else ""
     return RawLog(
-        traj=traj, ids=traj_ids(feats["state/id"]), types=np.asarray(feats.get("state/type"), np.float64).astype(np.int32),
+        traj=traj, ids=traj_ids(feats["state/id"]),
+        types=np.nan_to_num(np.asarray(feats["state/type"], np.float64), nan=-1.0).astype(np.int32),
         is_sdc=feats["state/is_sdc"] > 0, is_modeled=feats["state/tracks_to_predict"] > 0,
         objects_of_interest=feats["state/objects_of_interest"] > 0, roadgraph=roadgraph,
         light_lane_ids=light["id"].astype(np.int64), light_state=light["state"].astype(np.int32),
