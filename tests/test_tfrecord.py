@@ -15,9 +15,14 @@ def test_crc32c_check_value_and_numpy_fallback_agree():
     assert tfrecord.crc32c(b"123456789") == 0xE3069283
     assert tfrecord.crc32c_numpy(b"123456789") == 0xE3069283
     rng = np.random.default_rng(0)
-    for size in (0, 1, 7, 8, 9, 1000, 4099):
+    for size in (0, 1, 7, 8, 9, 1000, 4099, 100_003):  # >= 4096: the block-parallel path
         data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
         assert tfrecord.crc32c_numpy(data) == tfrecord.crc32c(data), size
+
+
+def test_reading_with_numpy_crc(shared_data, monkeypatch):
+    monkeypatch.setattr(tfrecord, "crc32c", tfrecord.crc32c_numpy)
+    assert len(next(read_records(shared_data / EXAMPLE))) == (shared_data / EXAMPLE).stat().st_size - 16
 
 
 def test_masked_crc_formula():
