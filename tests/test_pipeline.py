@@ -225,3 +225,12 @@ def test_cache_writer_streams_shards_and_checks_shapes(tmp_path):
     back = load_scenarios(tmp_path / "c")
     np.testing.assert_array_equal(back.family, np.arange(5))
     assert [i["scenario_id"] for i in load_infos(tmp_path / "c")] == [f"t{i}" for i in range(5)]
+
+
+def test_route_of_a_stopped_ego_follows_its_yaw():
+    rng = np.random.default_rng(0)
+    ego = np.array([5.0, 7.0]) + rng.normal(0.0, 0.01, (91, 2))  # 1 cm jitter, no direction of travel
+    route = route_from_log(ego, np.ones(91, bool), None, num_points=4, extend_m=30.0, ego_yaw=np.full(91, np.pi / 2))
+    # One point (the first) extended 30 m along +y: (5, 7) -> (5, 37), 10 m apart.
+    np.testing.assert_allclose(route.xy, [[ego[0, 0], ego[0, 1] + d] for d in (0.0, 10.0, 20.0, 30.0)], atol=1e-4)
+    np.testing.assert_allclose(route.arc_length, [0.0, 10.0, 20.0, 30.0], atol=1e-4)

@@ -203,19 +203,27 @@ def _interp_runs(xy: np.ndarray, arc: np.ndarray, lengths: np.ndarray, run_of: n
 
 
 def thin_polyline(xy: np.ndarray, spacing: float) -> np.ndarray:
-    """Points of `xy` `[K, 2]` about `spacing` apart along its arc length (first and last kept).
+    """The points of `xy` `[K, 2]` at least `spacing` (straight-line) from the previously kept one.
 
-    Keeps the first point of every `spacing`-long stretch of arc length (vectorised; a
-    stopped vehicle's repeated positions collapse to one point).
+    The first point is kept; the last replaces the final kept point when closer than
+    `spacing` to it (so the polyline still ends where `xy` ends), unless that is the first
+    point: a path that never leaves `spacing` of its start (a stopped car's jitter)
+    collapses to one point. A sequential scan in plain Python floats (K is a log length).
     """
-    if xy.shape[0] <= 2:
+    if xy.shape[0] <= 1:
         return xy
-    seg = np.sqrt(np.sum(np.diff(xy, axis=0) ** 2, axis=-1))
-    arc = np.concatenate([[0.0], np.cumsum(seg)])
-    bucket = np.floor(arc / spacing).astype(np.int64)
-    keep = np.ones(xy.shape[0], bool)
-    keep[1:] = bucket[1:] != bucket[:-1]
-    keep[-1] = arc[-1] - arc[np.flatnonzero(keep[:-1])[-1]] > 1e-9 or xy.shape[0] == 1
+    pts = xy.tolist()
+    keep = [0]
+    lx, ly = pts[0]
+    s2 = spacing * spacing
+    for i in range(1, len(pts)):
+        x, y = pts[i]
+        if (x - lx) ** 2 + (y - ly) ** 2 >= s2:
+            keep.append(i)
+            lx, ly = x, y
+    last = len(pts) - 1
+    if keep[-1] != last and len(keep) > 1:
+        keep[-1] = last
     return xy[keep]
 
 

@@ -88,16 +88,21 @@ def route_from_log(ego_xy: np.ndarray, ego_valid: np.ndarray, roadmap: RoadMap |
         raise DataError("non-finite ego position", field="route")
     path = thin_polyline(pts, 0.1)
 
-    # Final heading: the direction of the last ~2 m travelled, else the logged yaw, else +x.
+    # Final heading: the direction of the last ~2 m travelled; for an ego that moved less
+    # than that, its logged yaw (position jitter of a stopped car has no direction).
     heading = None
-    if path.shape[0] >= 2:
-        back = path[-1] - path[:-1]
-        far = np.flatnonzero(np.linalg.norm(back, axis=-1) >= 2.0)
-        d = back[far[-1]] if far.size else path[-1] - path[0]
-        heading = d / max(np.linalg.norm(d), 1e-12)
-    if heading is None and ego_yaw is not None:
-        yaw = np.asarray(ego_yaw, np.float64).reshape(-1)[ego_valid][-1]
-        heading = np.array([np.cos(yaw), np.sin(yaw)])
+    back = np.linalg.norm(path[-1] - path, axis=-1)
+    far = np.flatnonzero(back >= 2.0)
+    if far.size:
+        d = path[-1] - path[far[-1]]
+        heading = d / np.linalg.norm(d)
+    elif ego_yaw is not None:
+        yaw = float(np.asarray(ego_yaw, np.float64).reshape(-1)[ego_valid][-1])
+        if np.isfinite(yaw):
+            heading = np.array([np.cos(yaw), np.sin(yaw)])
+    if heading is None and back.max() > 1e-6:
+        d = path[-1] - path[int(np.argmax(back))]
+        heading = d / np.linalg.norm(d)
     if heading is None:
         heading = np.array([1.0, 0.0])
 
