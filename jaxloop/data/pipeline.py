@@ -36,12 +36,11 @@ import numpy as np
 
 from jaxloop.data.errors import DataError
 from jaxloop.sim.datatypes import (ObjectMetadata, RoadMap, Route, Scenario, ShapeError, TrafficLights, Trajectory,
-                                   field_names, stack_scenarios)
+                                   field_names)
 
 CACHE_FORMAT = "jaxloop.scenario_cache"
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
-KNOWN_FORMATS = ("womd_tf_example", "womd_scenario", "av2", "procedural", "toy")
 
 
 class CacheError(DataError):
