@@ -6,10 +6,12 @@ them: `compile_roadmap` turns them once, on the host, into
 - lanes: lane-centre polylines (types 1-3), split into pieces of at most
   `max_lane_length_m` arc length, each resampled by arc length to `lane_points` points
   with unit tangents;
-- road edges: directed segments (types 15, 16) of about `edge_segment_m`, keeping the
-  raw direction, which has the drivable area on the RIGHT (the WOMD convention; other
-  sources orient their edges that way before calling this); sharp corners of an edge
-  stay vertices so the resampled edge does not cut them;
+- road edges: directed segments (types 15, 16) of about `edge_segment_m`, each polyline
+  directed so the drivable area is on its RIGHT (the RoadMap convention). Raw directions
+  are not trusted: in the WOMD fixtures most raw edge polylines have the lanes on their
+  left, so with `orient_edges="lanes"` (default) a polyline is reversed when its nearby
+  lane centres lie on its left; sources that orient edges themselves (AV2's drivable-area
+  rings) pass "keep". Sharp corners of an edge stay vertices so resampling does not cut them;
 - crosswalks: the oriented (minimum-area) bounding box of each polygon, 4 corners CCW;
 - stop signs: one point per (sign, governed lane) pair.
 
