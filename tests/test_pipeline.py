@@ -96,8 +96,12 @@ def test_dataset_batches_shuffle_and_split(tmp_path):
     ordered = [np.asarray(b.family).tolist() for b in ds.batches(4, shuffle=False, drop_remainder=False,
                                                                   num_epochs=1)]
     assert ordered == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    batch = next(iter(ds.batches(2, seed=0)))
-    assert isinstance(batch.log_trajectory.x, jax.Array)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    it = ds.batches(2, seed=0, sharding=sharding)
+    batch = next(it)
+    it.close()
+    assert isinstance(batch.log_trajectory.x, jax.Array) and batch.log_trajectory.x.sharding == sharding
 
 
 # ----------------------------------------------------------------------------- map compilation and routes
