@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     env_meta = environment()
     records = args.records or (20 if args.quick else 200)
-    copies = args.copies or (256 if args.quick else 2048)
+    copies = args.copies or (256 if args.quick else 1024)
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
         scenarios = bench_parse(records, tmp, env_meta)
