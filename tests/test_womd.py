@@ -254,3 +254,21 @@ def test_skip_invalid_counts(raw_features, example_record, tmp_path):
     out = list(load_womd(path, skip_invalid=True, skip_report=report))
     assert [info["record"] for _, info in out] == [0, 2]
     assert report.count == 1 and "record 1" in str(report) and report.reasons["state/is_sdc"] == 1
+
+
+def test_scenario_proto_stop_signs_and_speed_limits(shared_data):
+    msg = protos.Scenario.FromString(next(read_records(shared_data / SCENARIO)))
+    signs = [f for f in msg.map_features if f.WhichOneof("feature_data") == "stop_sign"]
+    governed = sum(max(1, len(f.stop_sign.lane)) for f in signs)  # one entry per (sign, lane)
+    cfg = LoadConfig(map=MapConfig(cull_radius_m=1000.0, max_lanes=1024, max_edges=4096, max_stop_signs=64))
+    scenario, info = next(load_womd(shared_data / SCENARIO, cfg))
+    rm = scenario.roadmap
+    assert info["map"]["stop_signs"]["kept"] == governed == int(rm.stop_sign_valid.sum())
+    lanes = set(rm.lane_ids[rm.lane_valid.any(-1)].tolist())
+    sign_lanes = rm.stop_sign_lane_ids[rm.stop_sign_valid]
+    assert all(int(lane) in lanes for lane in sign_lanes if lane >= 0)
+    # Speed limits come from mph: a 25 mph lane is 11.176 m/s.
+    mph = {int(f.id): f.lane.speed_limit_mph for f in msg.map_features if f.WhichOneof("feature_data") == "lane"}
+    for lane_id, limit in zip(rm.lane_ids[:20], rm.lane_speed_limit[:20]):
+        if lane_id >= 0:
+            np.testing.assert_allclose(limit, mph[int(lane_id)] * 0.44704, rtol=1e-6)
