@@ -14,11 +14,13 @@ import sys
 COMMANDS: dict[str, str | dict[str, str]] = {
     "demo": "jaxloop.demo:run",
     "render": "jaxloop.viz.cli:render",
+    "data": {"convert": "jaxloop.data.cli:convert", "inspect": "jaxloop.data.cli:inspect"},
 }
 
 _HELP = {
     "demo": "the main job on built-in data: roll out baselines and print a comparison table",
     "render": "roll out one scenario and draw it top-down to PNG / GIF",
+    "data": "scenario data: convert raw WOMD / AV2 files into a cache, inspect caches and raw files",
 }
 
 

@@ -215,9 +215,10 @@ class RoadMap:
     """Compiled, fixed-size map (see `jaxloop.data.mapcompile`).
 
     Lanes are lane-centre polylines resampled to Q points each; road edges are
-    directed segments with the drivable area on their RIGHT (the WOMD convention:
-    a point with a positive cross product `cross(end - start, p - start)` is off
-    the road on that side).
+    directed segments with the drivable area on their RIGHT: a point with a positive
+    cross product `cross(end - start, p - start)` is off the road on that side. Raw
+    WOMD edges do not follow one orientation, so `mapcompile` orients every edge by
+    the side its nearby lanes lie on.
     """
 
     lane_xy: jax.Array  # [P, Q, 2] lane-centre points, in driving order

@@ -1,0 +1,60 @@
+"""The error every data loader raises on bad input, and the skip counter of `skip_invalid`."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, the record index and the field.
+
+    Attributes keep the parts apart so callers (e.g. `skip_invalid` counting) can group them.
+    """
+
+    def __init__(self, message: str, *, file: str | os.PathLike | None = None, record: int | None = None,
+                 field: str | None = None):
+        self.file = None if file is None else str(file)
+        self.record = record
+        self.field = field
+        self.reason = message
+        where = []
+        if self.file is not None:
+            where.append(self.file)
+        if record is not None:
+            where.append(f"record {record}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        super().__init__(f"{': '.join(where)}: {message}" if where else message)
+
+    def located(self, *, file: str | os.PathLike | None = None, record: int | None = None) -> "DataError":
+        """A copy with the file / record filled in where they were unknown when raised."""
+        return type(self)(self.reason, file=self.file if self.file is not None else file,
+                          record=self.record if self.record is not None else record, field=self.field)
+
+
+@dataclasses.dataclass
+class SkipReport:
+    """What `skip_invalid=True` left out: one entry per skipped record."""
+
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def add(self, error: DataError) -> None:
+        self.skipped.append(str(error))
+        self.reasons[error.field or type(error).__name__] += 1
+
+    @property
+    def count(self) -> int:
+        return len(self.skipped)
+
+    def __str__(self) -> str:
+        if not self.skipped:
+            return "skipped 0 records"
+        lines = [f"skipped {self.count} invalid record(s):"]
+        lines += [f"  {s}" for s in self.skipped[:20]]
+        if self.count > 20:
+            lines.append(f"  ... and {self.count - 20} more")
+        lines.append("by field: " + ", ".join(f"{k}={v}" for k, v in sorted(self.reasons.items())))
+        return "\n".join(lines)

@@ -1,0 +1,577 @@
+"""Raw roadgraph points -> a compact, fixed-size `RoadMap` (DESIGN.md "Conventions of the data").
+
+A raw WOMD map is 20,000-30,000 points (`roadgraph_samples`). The simulator never sees
+them: `compile_roadmap` turns them once, on the host, into
+
+- lanes: lane-centre polylines (types 1-3), split into pieces of at most
+  `max_lane_length_m` arc length, each resampled by arc length to `lane_points` points
+  with unit tangents;
+- road edges: directed segments (types 15, 16) of about `edge_segment_m`, each polyline
+  directed so the drivable area is on its RIGHT (the RoadMap convention). Raw directions
+  are not trusted: in the WOMD fixtures most raw edge polylines have the lanes on their
+  left, so with `orient_edges="lanes"` (default) a polyline is reversed when its nearby
+  lane centres lie on its left; sources that orient edges themselves (AV2's drivable-area
+  rings) pass "keep". Sharp corners of an edge stay vertices so resampling does not cut them;
+- crosswalks: the oriented (minimum-area) bounding box of each polygon, 4 corners CCW;
+- stop signs: one point per (sign, governed lane) pair.
+
+Only features within `cull_radius_m` of `focus_xy` (the ego's reachable area, e.g. its
+logged path) are kept, nearest first; what did not fit is counted in a `CompileReport`
+and, when any of it lay within the cull radius, a warning names the source.
+
+Everything is vectorised over points; Python loops run only over polylines where
+a per-polyline computation is unavoidable (crosswalk hulls, a handful per map).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+
+from jaxloop.data.errors import DataError
+from jaxloop.sim.datatypes import (RG_BIKE_LANE, RG_CROSSWALK, RG_FREEWAY_LANE, RG_ROAD_EDGE_BOUNDARY,
+                                   RG_ROAD_EDGE_MEDIAN, RG_STOP_SIGN, RG_SURFACE_LANE, RoadMap)
+
+LANE_TYPES = (RG_FREEWAY_LANE, RG_SURFACE_LANE, RG_BIKE_LANE)
+EDGE_TYPES = (RG_ROAD_EDGE_BOUNDARY, RG_ROAD_EDGE_MEDIAN)
+
+
+@dataclasses.dataclass(frozen=True)
+class MapConfig:
+    """Static sizes of the compiled map (they decide array shapes) and culling.
+
+    max_lanes: P, lane pieces kept.
+    lane_points: Q, points per lane piece.
+    max_lane_length_m: lanes longer than this are split into equal pieces no longer than it.
+    max_edges: E, directed road-edge segments kept.
+    edge_segment_m: target length of a road-edge segment after resampling.
+    edge_corner_deg: heading change at a raw edge vertex above which it is kept as a vertex.
+    max_crosswalks: C.
+    max_stop_signs: S (one entry per sign and governed lane).
+    cull_radius_m: features farther than this from every focus point are culled.
+    focus_spacing_m: focus points closer than this to the previous kept one are merged.
+    orient_edges: "lanes" reverses road-edge polylines whose nearby lane centres (within
+      `orient_radius_m`) lie on their left, so every edge has the road on its right;
+      "keep" trusts the source's direction.
+    """
+
+    max_lanes: int = 256
+    lane_points: int = 20
+    max_lane_length_m: float = 30.0
+    max_edges: int = 1024
+    edge_segment_m: float = 3.0
+    edge_corner_deg: float = 25.0
+    max_crosswalks: int = 16
+    max_stop_signs: int = 16
+    cull_radius_m: float = 60.0
+    focus_spacing_m: float = 2.0
+    orient_edges: str = "lanes"
+    orient_radius_m: float = 10.0
+
+    def __post_init__(self):
+        for name in ("max_lanes", "max_edges", "max_crosswalks", "max_stop_signs"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"MapConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.lane_points, int) or self.lane_points < 2:
+            raise ValueError(f"MapConfig.lane_points must be an int >= 2, got {self.lane_points!r}")
+        for name in ("max_lane_length_m", "edge_segment_m", "cull_radius_m", "focus_spacing_m", "orient_radius_m"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v > 0):
+                raise ValueError(f"MapConfig.{name} must be a positive finite number, got {v!r}")
+        if self.orient_edges not in ("lanes", "keep"):
+            raise ValueError(f"MapConfig.orient_edges must be 'lanes' or 'keep', got {self.orient_edges!r}")
+        if not 0 < self.edge_corner_deg < 180:
+            raise ValueError(f"MapConfig.edge_corner_deg must be in (0, 180), got {self.edge_corner_deg!r}")
+
+
+@dataclasses.dataclass
+class RawRoadgraph:
+    """Raw roadgraph points in the WOMD `roadgraph_samples` layout (numpy, host).
+
+    Points of one polyline are consecutive and in order; `dir` is the vector to the
+    next point of the same polyline.
+    """
+
+    xyz: np.ndarray  # [M, 3] float32
+    dir: np.ndarray  # [M, 3] float32
+    types: np.ndarray  # [M] int32, RG_*
+    ids: np.ndarray  # [M] int32, polyline id
+    valid: np.ndarray  # [M] bool
+    speed_limits: dict[int, float] = dataclasses.field(default_factory=dict)  # lane id -> m/s
+    stop_sign_lanes: dict[int, list[int]] = dataclasses.field(default_factory=dict)  # sign id -> lane ids
+
+    def __post_init__(self):
+        self.xyz = np.asarray(self.xyz, np.float32).reshape(-1, 3)
+        m = self.xyz.shape[0]
+        self.dir = np.asarray(self.dir, np.float32).reshape(-1, 3)
+        self.types = np.asarray(self.types, np.int32).reshape(-1)
+        self.ids = np.asarray(self.ids, np.int32).reshape(-1)
+        self.valid = np.asarray(self.valid, bool).reshape(-1)
+        for name in ("dir", "types", "ids", "valid"):
+            if getattr(self, name).shape[0] != m:
+                raise DataError(f"has {getattr(self, name).shape[0]} points, xyz has {m}",
+                                field=f"roadgraph.{name}")
+
+    @property
+    def num_points(self) -> int:
+        return self.xyz.shape[0]
+
+
+@dataclasses.dataclass
+class FeatureCount:
+    """Per kind: features found, kept, culled (beyond the radius), dropped (within it, over capacity)."""
+
+    total: int = 0
+    kept: int = 0
+    culled: int = 0
+    dropped: int = 0
+
+
+@dataclasses.dataclass
+class CompileReport:
+    """What `compile_roadmap` kept and left out, per kind of feature."""
+
+    source: str = ""
+    lanes: FeatureCount = dataclasses.field(default_factory=FeatureCount)
+    edges: FeatureCount = dataclasses.field(default_factory=FeatureCount)
+    crosswalks: FeatureCount = dataclasses.field(default_factory=FeatureCount)
+    stop_signs: FeatureCount = dataclasses.field(default_factory=FeatureCount)
+    invalid_points: int = 0
+    edges_reversed: int = 0  # edge polylines reversed to put the road on their right
+    ignored_polylines: dict[str, int] = dataclasses.field(default_factory=dict)  # kinds RoadMap does not hold
+
+    KINDS = ("lanes", "edges", "crosswalks", "stop_signs")
+
+    @property
+    def dropped_any(self) -> bool:
+        """True if anything within the cull radius did not fit the configured capacity."""
+        return any(getattr(self, k).dropped > 0 for k in self.KINDS)
+
+    def __str__(self) -> str:
+        parts = []
+        for k in self.KINDS:
+            c = getattr(self, k)
+            parts.append(f"{k}: kept {c.kept}/{c.total} (culled {c.culled}, dropped for capacity {c.dropped})")
+        head = f"map {self.source!r}" if self.source else "map"
+        extra = f"; invalid points {self.invalid_points}; edge polylines reversed {self.edges_reversed}"
+        if self.ignored_polylines:
+            extra += "; not represented: " + ", ".join(f"{k} {v}" for k, v in sorted(self.ignored_polylines.items()))
+        return f"{head}: " + "; ".join(parts) + extra
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) indices `[R]` of runs of equal consecutive ids."""
+    n = ids.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    change = np.ones(n, bool)
+    change[1:] = ids[1:] != ids[:-1]
+    starts = np.flatnonzero(change)
+    return starts, np.append(starts[1:], n)
+
+
+def _run_arc(xy: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Arc length within each run for every point `[M]`, run lengths `[R]`, run index per point `[M]`."""
+    m = xy.shape[0]
+    run_of = np.repeat(np.arange(starts.shape[0]), ends - starts)
+    seg = np.zeros(m, np.float64)
+    if m > 1:
+        seg[1:] = np.linalg.norm(np.diff(xy.astype(np.float64), axis=0), axis=-1)
+    seg[starts] = 0.0  # no length across polyline boundaries
+    cum = np.cumsum(seg)
+    arc = cum - cum[starts][run_of]
+    lengths = arc[ends - 1] if starts.shape[0] else np.zeros(0)
+    return arc, lengths, run_of
+
+
+def _interp_runs(xy: np.ndarray, arc: np.ndarray, lengths: np.ndarray, run_of: np.ndarray,
+                 query_run: np.ndarray, query_arc: np.ndarray) -> np.ndarray:
+    """Points `[K, 2]` at arc positions `query_arc` of runs `query_run`, all runs in one `np.interp`.
+
+    Runs are laid end to end on one increasing key (each offset by its length + 1 m), so
+    a single interpolation serves every polyline without a Python loop.
+    """
+    if query_run.shape[0] == 0:
+        return np.zeros((0, 2), np.float64)
+    offsets = np.concatenate([[0.0], np.cumsum(lengths + 1.0)[:-1]])
+    key = arc + offsets[run_of]
+    q = offsets[query_run] + np.clip(query_arc, 0.0, lengths[query_run])
+    return np.stack([np.interp(q, key, xy[:, 0]), np.interp(q, key, xy[:, 1])], -1)
+
+
+def thin_polyline(xy: np.ndarray, spacing: float) -> np.ndarray:
+    """The points of `xy` `[K, 2]` at least `spacing` (straight-line) from the previously kept one.
+
+    The first point is kept; the last replaces the final kept point when closer than
+    `spacing` to it (so the polyline still ends where `xy` ends), unless that is the first
+    point: a path that never leaves `spacing` of its start (a stopped car's jitter)
+    collapses to one point. A sequential scan in plain Python floats (K is a log length).
+    """
+    if xy.shape[0] <= 1:
+        return xy
+    pts = xy.tolist()
+    keep = [0]
+    lx, ly = pts[0]
+    s2 = spacing * spacing
+    for i in range(1, len(pts)):
+        x, y = pts[i]
+        if (x - lx) ** 2 + (y - ly) ** 2 >= s2:
+            keep.append(i)
+            lx, ly = x, y
+    last = len(pts) - 1
+    if keep[-1] != last and len(keep) > 1:
+        keep[-1] = last
+    return xy[keep]
+
+
+def nearest_points(points: np.ndarray, refs: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Index `[M]` of the nearest of `refs` `[K, 2]` to each point `[M, 2]`, and the distance `[M]`.
+
+    Brute force in float32 about a common origin (maps span a few hundred metres, so the
+    squared distances keep millimetre precision); chunked to bound the `[chunk, K]` temporaries.
+    """
+    m = points.shape[0]
+    idx = np.zeros(m, np.int64)
+    dist = np.full(m, np.inf)
+    if m == 0 or refs.shape[0] == 0:
+        return idx, dist
+    origin = refs.mean(axis=0)
+    rx = (refs[:, 0] - origin[0]).astype(np.float32)
+    ry = (refs[:, 1] - origin[1]).astype(np.float32)
+    for i in range(0, m, chunk):
+        px = (points[i:i + chunk, 0] - origin[0]).astype(np.float32)
+        py = (points[i:i + chunk, 1] - origin[1]).astype(np.float32)
+        dx = np.subtract.outer(px, rx)
+        dx *= dx
+        dy = np.subtract.outer(py, ry)
+        dy *= dy
+        dx += dy
+        j = np.argmin(dx, axis=1)
+        idx[i:i + chunk] = j
+        dist[i:i + chunk] = np.sqrt(dx[np.arange(j.shape[0]), j])
+    return idx, dist
+
+
+def _min_dist(points: np.ndarray, focus: np.ndarray, radius: float | None = None) -> np.ndarray:
+    """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[K, 2]`.
+
+    With `radius`, points outside the focus bounding box grown by it are beyond the
+    radius anyway: they get +inf without a distance computation.
+    """
+    if radius is None or points.shape[0] == 0:
+        return nearest_points(points, focus)[1]
+    lo, hi = focus.min(axis=0) - radius, focus.max(axis=0) + radius
+    inside = np.all((points >= lo) & (points <= hi), axis=1)
+    out = np.full(points.shape[0], np.inf)
+    out[inside] = nearest_points(points[inside], focus)[1]
+    return out
+
+
+def _select(dist: np.ndarray, radius: float, capacity: int, count: FeatureCount) -> np.ndarray:
+    """Indices of the features to keep: within `radius`, nearest first, at most `capacity`."""
+    count.total = int(dist.shape[0])
+    inside = np.flatnonzero(dist <= radius)
+    count.culled = count.total - int(inside.shape[0])
+    order = inside[np.argsort(dist[inside], kind="stable")]
+    keep = order[:capacity]
+    count.kept = int(keep.shape[0])
+    count.dropped = int(inside.shape[0]) - count.kept
+    return keep
+
+
+def _convex_hull(points: np.ndarray) -> np.ndarray:
+    """Counter-clockwise convex hull `[H, 2]` (monotone chain) of a few points."""
+    pts = np.unique(points.astype(np.float64), axis=0)
+    if pts.shape[0] <= 2:
+        return pts
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower: list = []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    upper: list = []
+    for p in pts[::-1]:
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def oriented_bounding_box(points: np.ndarray) -> np.ndarray:
+    """Minimum-area oriented rectangle `[4, 2]` (CCW corners) around points `[K, 2]`.
+
+    The minimum-area rectangle has a side along an edge of the convex hull, so every
+    hull-edge direction is tried.
+    """
+    hull = _convex_hull(points)
+    if hull.shape[0] == 0:
+        return np.zeros((4, 2), np.float32)
+    if hull.shape[0] == 1:
+        return np.repeat(hull, 4, axis=0).astype(np.float32)
+    edges = np.roll(hull, -1, axis=0) - hull
+    angles = np.arctan2(edges[:, 1], edges[:, 0])
+    best, best_area = None, np.inf
+    for a in angles:
+        c, s = np.cos(a), np.sin(a)
+        rot = hull @ np.array([[c, -s], [s, c]])  # into the frame with +x along the edge
+        lo, hi = rot.min(0), rot.max(0)
+        area = float(np.prod(hi - lo))
+        if area < best_area - 1e-9:
+            box = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]])
+            best, best_area = box @ np.array([[c, s], [-s, c]]), area
+    return best.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- compile
+
+
+def _lanes(xy, dir_xy, types, ids, starts, ends, config: MapConfig, focus, report, speed_limits):
+    q = config.lane_points
+    arc, lengths, run_of = _run_arc(xy, starts, ends)
+    num_pieces = np.maximum(1, np.ceil(lengths / config.max_lane_length_m - 1e-9)).astype(np.int64)
+    piece_run = np.repeat(np.arange(starts.shape[0]), num_pieces)
+    first_piece = np.concatenate([[0], np.cumsum(num_pieces)[:-1]])
+    piece_index = np.arange(piece_run.shape[0]) - first_piece[piece_run]
+    piece_len = lengths[piece_run] / num_pieces[piece_run]
+    frac = np.linspace(0.0, 1.0, q)
+    query_arc = (piece_index[:, None] + frac[None, :]) * piece_len[:, None]  # [K, Q]
+    query_run = np.repeat(piece_run, q)
+    pts = _interp_runs(xy, arc, lengths, run_of, query_run, query_arc.reshape(-1)).reshape(-1, q, 2)
+
+    # Unit tangents: central differences of the resampled points; where a piece has no
+    # length (a single raw point) fall back to the raw direction vectors.
+    tangent = np.empty_like(pts)
+    tangent[:, 1:-1] = pts[:, 2:] - pts[:, :-2]
+    tangent[:, 0] = pts[:, 1] - pts[:, 0]
+    tangent[:, -1] = pts[:, -1] - pts[:, -2]
+    norm = np.linalg.norm(tangent, axis=-1, keepdims=True)
+    raw_dir = dir_xy[starts[piece_run]].astype(np.float64)
+    raw_norm = np.linalg.norm(raw_dir, axis=-1, keepdims=True)
+    fallback = np.where(raw_norm > 1e-9, raw_dir / np.maximum(raw_norm, 1e-9), np.array([1.0, 0.0]))
+    tangent = np.where(norm > 1e-6, tangent / np.maximum(norm, 1e-12), fallback[:, None, :])
+
+    dist = _min_dist(pts.reshape(-1, 2), focus, config.cull_radius_m).reshape(-1, q).min(axis=1) if pts.shape[0] else np.zeros(0)
+    keep = _select(dist, config.cull_radius_m, config.max_lanes, report.lanes)
+    p = config.max_lanes
+    k = keep.shape[0]
+    lane_xy = np.zeros((p, q, 2), np.float32)
+    lane_dir = np.zeros((p, q, 2), np.float32)
+    lane_valid = np.zeros((p, q), bool)
+    lane_ids = np.full((p,), -1, np.int32)
+    lane_types = np.zeros((p,), np.int32)
+    lane_speed = np.zeros((p,), np.float32)
+    lane_xy[:k] = pts[keep]
+    lane_dir[:k] = tangent[keep]
+    lane_valid[:k] = True
+    run_ids = ids[starts[piece_run[keep]]]
+    lane_ids[:k] = run_ids
+    lane_types[:k] = types[starts[piece_run[keep]]]
+    if speed_limits:
+        lane_speed[:k] = [float(speed_limits.get(int(i), 0.0)) for i in run_ids]
+    return dict(lane_xy=lane_xy, lane_dir=lane_dir, lane_valid=lane_valid, lane_ids=lane_ids,
+                lane_types=lane_types, lane_speed_limit=lane_speed)
+
+
+def _orient_edges(e0, e1, polyline, lane_xy, config: MapConfig, report) -> tuple[np.ndarray, np.ndarray]:
+    """Reverses edge polylines whose nearby lanes lie on their left, so the road is on their right.
+
+    Each segment votes with the side of its nearest lane-centre point (within
+    `orient_radius_m`); a polyline is reversed when most of its votes say "left". Polylines
+    without a nearby lane follow the majority of the voting ones (raw direction if none
+    voted).
+    """
+    if e0.shape[0] == 0 or lane_xy.shape[0] == 0:
+        return e0, e1
+    mid = 0.5 * (e0 + e1)
+    d = e1 - e0
+    lanes = lane_xy.astype(np.float64)[::2]  # every other lane point: votes need sides, not precision
+    nearest, best = nearest_points(mid, lanes)
+    rel = lanes[nearest] - mid
+    side = np.sign(d[:, 0] * rel[:, 1] - d[:, 1] * rel[:, 0])  # +1: lane on the left
+    vote = np.where(best <= config.orient_radius_m, side, 0.0)
+    uniq, inv = np.unique(polyline, return_inverse=True)
+    score = np.bincount(inv, weights=vote, minlength=uniq.shape[0])
+    voted = score != 0
+    default = 1.0 if voted.any() and np.sum(np.sign(score[voted])) > 0 else -1.0
+    flip_poly = np.where(voted, score > 0, default > 0)
+    flip = flip_poly[inv]
+    report.edges_reversed = int(flip_poly.sum())
+    return np.where(flip[:, None], e1, e0), np.where(flip[:, None], e0, e1)
+
+
+def _edges(xy, types, starts, ends, config: MapConfig, focus, report, lane_xy=None):
+    # Split every edge polyline at sharp raw vertices (duplicating the vertex) so that
+    # uniform resampling keeps corners.
+    n = xy.shape[0]
+    run_of = np.repeat(np.arange(starts.shape[0]), ends - starts)
+    is_corner = np.zeros(n, bool)
+    if n > 2:
+        d = np.diff(xy.astype(np.float64), axis=0)  # d[i] = xy[i+1] - xy[i]
+        a_in, a_out = d[:-1], d[1:]  # at interior point i+1
+        same = (run_of[:-2] == run_of[1:-1]) & (run_of[1:-1] == run_of[2:])
+        cos = np.sum(a_in * a_out, -1) / np.maximum(np.linalg.norm(a_in, axis=-1) * np.linalg.norm(a_out, axis=-1),
+                                                    1e-12)
+        long_enough = (np.linalg.norm(a_in, axis=-1) > 1e-6) & (np.linalg.norm(a_out, axis=-1) > 1e-6)
+        is_corner[1:-1] = same & long_enough & (cos < np.cos(np.deg2rad(config.edge_corner_deg)))
+    src = np.repeat(np.arange(n), 1 + is_corner)
+    # A new piece starts at each polyline start and at the second copy of a corner.
+    dup_second = np.zeros(src.shape[0], bool)
+    dup_second[1:] = src[1:] == src[:-1]
+    new_piece = dup_second.copy()
+    first_copy = np.ones(src.shape[0], bool)
+    first_copy[1:] = ~dup_second[1:]
+    is_run_start = np.zeros(n, bool)
+    is_run_start[starts] = True
+    new_piece |= is_run_start[src] & first_copy
+    piece_id = np.cumsum(new_piece) - 1
+    pxy = xy[src]
+    pstarts, pends = _runs(piece_id)
+    ptypes = types[src[pstarts]]
+    porig = run_of[src[pstarts]] if pstarts.shape[0] else np.zeros(0, np.int64)
+    arc, lengths, prun = _run_arc(pxy, pstarts, pends)
+    usable = lengths > 1e-6  # single-point edges carry no direction
+    if (~usable).any():
+        report.ignored_polylines["degenerate edges"] = int((~usable).sum())
+    num_seg = np.where(usable, np.maximum(1, np.ceil(lengths / config.edge_segment_m - 1e-9)), 0).astype(np.int64)
+    seg_run = np.repeat(np.arange(pstarts.shape[0]), num_seg)
+    first = np.concatenate([[0], np.cumsum(num_seg)[:-1]])
+    seg_index = np.arange(seg_run.shape[0]) - first[seg_run]
+    seg_len = lengths[seg_run] / np.maximum(num_seg[seg_run], 1)
+    a0 = seg_index * seg_len
+    ends_xy = _interp_runs(pxy, arc, lengths, prun, np.concatenate([seg_run, seg_run]),
+                           np.concatenate([a0, a0 + seg_len]))
+    e0, e1 = ends_xy[:seg_run.shape[0]], ends_xy[seg_run.shape[0]:]
+    probe = np.concatenate([e0, e1, 0.5 * (e0 + e1)])
+    dist = _min_dist(probe, focus, config.cull_radius_m).reshape(3, -1).min(axis=0) if seg_run.shape[0] else np.zeros(0)
+    keep = _select(dist, config.cull_radius_m, config.max_edges, report.edges)
+    e = config.max_edges
+    k = keep.shape[0]
+    edge_start = np.zeros((e, 2), np.float32)
+    edge_end = np.zeros((e, 2), np.float32)
+    edge_types = np.zeros((e,), np.int32)
+    edge_valid = np.zeros((e,), bool)
+    k0, k1 = e0[keep], e1[keep]
+    if config.orient_edges == "lanes" and lane_xy is not None:
+        k0, k1 = _orient_edges(k0, k1, porig[seg_run[keep]], lane_xy, config, report)
+    edge_start[:k], edge_end[:k] = k0, k1
+    edge_types[:k] = ptypes[seg_run[keep]]
+    edge_valid[:k] = True
+    return dict(edge_start=edge_start, edge_end=edge_end, edge_types=edge_types, edge_valid=edge_valid)
+
+
+def _crosswalks(xy, starts, ends, config: MapConfig, focus, report):
+    boxes = [oriented_bounding_box(xy[s:e]) for s, e in zip(starts, ends)]
+    boxes = np.stack(boxes) if boxes else np.zeros((0, 4, 2), np.float32)
+    dist = _min_dist(boxes.reshape(-1, 2), focus, config.cull_radius_m).reshape(-1, 4).min(axis=1) if boxes.shape[0] else np.zeros(0)
+    keep = _select(dist, config.cull_radius_m, config.max_crosswalks, report.crosswalks)
+    c = config.max_crosswalks
+    out = np.zeros((c, 4, 2), np.float32)
+    valid = np.zeros((c,), bool)
+    out[:keep.shape[0]] = boxes[keep]
+    valid[:keep.shape[0]] = True
+    return dict(crosswalk_xy=out, crosswalk_valid=valid)
+
+
+def _stop_signs(xy, ids, starts, ends, config: MapConfig, focus, report, stop_sign_lanes):
+    sums = np.add.reduceat(xy.astype(np.float64), starts, axis=0) if starts.shape[0] else np.zeros((0, 2))
+    centres = sums / np.maximum(ends - starts, 1)[:, None]
+    sign_ids = ids[starts]
+    pos, lanes = [], []
+    for c, sid in zip(centres, sign_ids):  # one entry per governed lane
+        governed = list(stop_sign_lanes.get(int(sid), [])) or [-1]
+        for lane in governed:
+            pos.append(c)
+            lanes.append(int(lane))
+    pos = np.array(pos, np.float64).reshape(-1, 2)
+    lanes = np.array(lanes, np.int64)
+    dist = _min_dist(pos, focus, config.cull_radius_m) if pos.shape[0] else np.zeros(0)
+    keep = _select(dist, config.cull_radius_m, config.max_stop_signs, report.stop_signs)
+    s = config.max_stop_signs
+    out = np.zeros((s, 2), np.float32)
+    lane_ids = np.full((s,), -1, np.int32)
+    valid = np.zeros((s,), bool)
+    out[:keep.shape[0]] = pos[keep]
+    lane_ids[:keep.shape[0]] = lanes[keep]
+    valid[:keep.shape[0]] = True
+    return dict(stop_sign_xy=out, stop_sign_lane_ids=lane_ids, stop_sign_valid=valid)
+
+
+def compile_roadmap(raw: RawRoadgraph, focus_xy: np.ndarray, config: MapConfig = MapConfig(),
+                    source: str = "") -> tuple[RoadMap, CompileReport]:
+    """Compiles raw roadgraph points into a `RoadMap` of the sizes in `config`.
+
+    Args:
+      raw: the points (WOMD `roadgraph_samples` layout).
+      focus_xy: `[K, 2]` points of the ego's reachable area (its valid logged positions,
+        optionally its route); features farther than `config.cull_radius_m` from all
+        of them are culled.
+      config: sizes and culling.
+      source: names the map in the report and in warnings (file and record).
+
+    Returns:
+      (RoadMap with numpy leaves, CompileReport). Raises `DataError` on non-finite
+      coordinates of valid points or an empty focus.
+    """
+    report = CompileReport(source=source)
+    focus = np.asarray(focus_xy, np.float64).reshape(-1, 2)
+    focus = focus[np.all(np.isfinite(focus), axis=-1)]
+    if focus.shape[0] == 0:
+        raise DataError("no finite focus point to cull the map around (is the ego ever valid?)",
+                        file=source or None, field="focus_xy")
+    focus = thin_polyline(focus, config.focus_spacing_m)
+
+    valid = raw.valid
+    report.invalid_points = int((~valid).sum())
+    xyz = raw.xyz[valid]
+    bad = ~np.all(np.isfinite(xyz), axis=-1)
+    if bad.any():
+        i = int(np.flatnonzero(valid)[np.flatnonzero(bad)[0]])
+        raise DataError(f"{int(bad.sum())} valid point(s) with non-finite coordinates (first: point {i}, "
+                        f"{raw.xyz[i].tolist()})", file=source or None, field="roadgraph_samples/xyz")
+    xy = xyz[:, :2]
+    dir_xy = np.nan_to_num(raw.dir[valid][:, :2])
+    types = raw.types[valid]
+    ids = raw.ids[valid]
+    # A polyline is a run of consecutive points with the same id and type.
+    key = ids.astype(np.int64) * 64 + types
+    starts, ends = _runs(key)
+    run_type = types[starts] if starts.shape[0] else np.zeros(0, np.int32)
+
+    def subset(kinds):
+        sel = np.isin(run_type, kinds)
+        idx = np.flatnonzero(np.repeat(sel, ends - starts))
+        lens = (ends - starts)[sel]
+        new_starts = (np.cumsum(lens) - lens).astype(np.int64)
+        return idx, new_starts, new_starts + lens
+
+    fields = {}
+    idx, s, e = subset(LANE_TYPES)
+    fields.update(_lanes(xy[idx], dir_xy[idx], types[idx], ids[idx], s, e, config, focus, report,
+                         raw.speed_limits))
+    idx, s, e = subset(EDGE_TYPES)
+    fields.update(_edges(xy[idx], types[idx], s, e, config, focus, report,
+                         lane_xy=fields["lane_xy"][fields["lane_valid"]]))
+    idx, s, e = subset([RG_CROSSWALK])
+    fields.update(_crosswalks(xy[idx], s, e, config, focus, report))
+    idx, s, e = subset([RG_STOP_SIGN])
+    fields.update(_stop_signs(xy[idx], ids[idx], s, e, config, focus, report, raw.stop_sign_lanes))
+
+    known = set(LANE_TYPES) | set(EDGE_TYPES) | {RG_CROSSWALK, RG_STOP_SIGN}
+    for t in np.unique(run_type):
+        if int(t) not in known:
+            name = {19: "speed bumps"}.get(int(t), "road lines" if 6 <= t <= 13 else f"type {int(t)}")
+            report.ignored_polylines[name] = report.ignored_polylines.get(name, 0) + int((run_type == t).sum())
+
+    if report.dropped_any:
+        warnings.warn(f"{source or 'map'}: map features within the cull radius did not fit the MapConfig "
+                      f"capacity and were dropped (nearest kept): {report}", stacklevel=2)
+    return RoadMap(**fields), report

@@ -1,0 +1,509 @@
+"""Packed on-disk scenario cache, shuffling, batching and prefetch to device.
+
+A cache is a directory:
+
+    manifest.json        format name + version, per-field shape/dtype (one scenario),
+                         shard list with counts, one info dict per scenario
+    shard_00000.npz      every Scenario leaf stacked over the shard's scenarios, keyed by
+    shard_00001.npz      its pytree path ("log_trajectory.x", "roadmap.lane_xy", ...)
+
+Shards are plain `np.savez` archives (uncompressed, so loading is a copy) read back with
+`allow_pickle=False`. `write_cache` refuses to overwrite a cache of another format
+version; every load checks the version, the presence of each shard and each field's
+shape and dtype, and names the file when something disagrees.
+
+`ScenarioDataset.batches` serves training: each process takes a disjoint contiguous
+block of the cache (so it reads mostly its own shards), shuffles it per epoch from
+`(seed, epoch, process_index)`, gathers batches on a background thread and hands them
+over already on device (`jax.device_put`, or a global array over `sharding` when there
+are several processes).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import os
+import pathlib
+import queue
+import threading
+import weakref
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+
+from jaxloop.data.errors import DataError
+from jaxloop.sim.datatypes import (ObjectMetadata, RoadMap, Route, Scenario, ShapeError, TrafficLights, Trajectory,
+                                   field_names)
+
+CACHE_FORMAT = "jaxloop.scenario_cache"
+CACHE_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class CacheError(DataError):
+    """A cache directory that cannot be read or written as asked (version, shard, shape)."""
+
+
+# ----------------------------------------------------------------------------- pytree <-> flat dict
+
+
+def _template() -> Scenario:
+    """A `Scenario` whose leaves are placeholders: only its structure and key paths matter."""
+    part = lambda cls: cls(**{f: 0 for f in field_names(cls)})
+    return Scenario(log_trajectory=part(Trajectory), object_metadata=part(ObjectMetadata), roadmap=part(RoadMap),
+                    traffic_lights=part(TrafficLights), route=part(Route), family=0)
+
+
+def _key_name(path) -> str:
+    return ".".join(getattr(k, "name", getattr(k, "key", str(k))) for k in path)
+
+
+def field_keys() -> list[str]:
+    """The flattened leaf names of a `Scenario`, in pytree order."""
+    return [_key_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(_template())[0]]
+
+
+def flatten_scenario(scenario: Scenario) -> dict[str, np.ndarray]:
+    """`{"log_trajectory.x": array, ...}` for every leaf (numpy)."""
+    return {_key_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(scenario)[0]}
+
+
+def unflatten_scenario(flat: dict[str, Any]) -> Scenario:
+    """Inverse of `flatten_scenario`."""
+    treedef = jax.tree_util.tree_structure(_template())
+    return jax.tree_util.tree_unflatten(treedef, [flat[k] for k in field_keys()])
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"info value {value!r} of type {type(value).__name__} is not JSON-serialisable")
+
+
+def _read_manifest(path: pathlib.Path) -> dict:
+    file = path / MANIFEST
+    if not file.is_file():
+        raise CacheError(f"not a scenario cache: {MANIFEST} not found", file=path)
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CacheError(f"unreadable manifest ({e})", file=file) from e
+    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+        raise CacheError(f"not a {CACHE_FORMAT} manifest (format={manifest.get('format') if isinstance(manifest, dict) else None!r})",
+                         file=file)
+    if manifest.get("version") != CACHE_VERSION:
+        raise CacheError(f"cache format version {manifest.get('version')!r}, this jaxloop reads version "
+                         f"{CACHE_VERSION}; re-run `jaxloop data convert` to rebuild it", file=file)
+    expected = field_keys()
+    got = list(manifest.get("fields", {}))
+    if sorted(got) != sorted(expected):
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        raise CacheError(f"fields differ from this jaxloop's Scenario (missing {missing}, unexpected {extra}); "
+                         "rebuild the cache", file=file, field="fields")
+    return manifest
+
+
+def _check_info(i: int, info: dict) -> dict:
+    if not isinstance(info, dict) or "scenario_id" not in info or "format" not in info:
+        raise ValueError(f"write_cache: infos[{i}] must be a dict with 'scenario_id' and 'format', got {info!r}")
+    return _jsonable(info)
+
+
+def _prepare_dir(out: pathlib.Path) -> None:
+    """Creates `out`, removing a same-version cache there and refusing any other."""
+    if (out / MANIFEST).exists():
+        try:
+            old = json.loads((out / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CacheError(f"refusing to overwrite: existing {MANIFEST} is unreadable ({e})", file=out) from e
+        if not isinstance(old, dict) or old.get("format") != CACHE_FORMAT or old.get("version") != CACHE_VERSION:
+            raise CacheError(
+                f"refusing to overwrite a cache of format {old.get('format') if isinstance(old, dict) else None!r} "
+                f"version {old.get('version') if isinstance(old, dict) else None!r} with version {CACHE_VERSION}; "
+                "remove the directory or choose another --out", file=out)
+        (out / MANIFEST).unlink()
+        for shard in old.get("shards", []):
+            f = out / pathlib.Path(shard.get("file", "")).name
+            if f.name.startswith("shard_") and f.is_file():
+                f.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class CacheWriter:
+    """Streams scenarios into a cache: a shard is written whenever `shard_size` have arrived,
+    the manifest last (on `close()` / leaving the `with` block), so memory stays at one shard.
+
+        with CacheWriter(out_dir) as writer:
+            for scenario, info in load_womd(path):
+                writer.add(scenario, info)
+        manifest = writer.manifest
+
+    Every scenario must have the shapes of the first (one MapConfig / N / T per cache).
+    A writer left by an exception writes no manifest: the directory is not a cache.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, shard_size: int = 256):
+        if shard_size < 1:
+            raise ValueError(f"write_cache: shard_size must be >= 1, got {shard_size}")
+        self.out = pathlib.Path(out_dir)
+        self.shard_size = shard_size
+        _prepare_dir(self.out)
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._fields: dict[str, dict] | None = None
+        self._shards: list[dict] = []
+        self._infos: list[dict] = []
+        self.manifest: dict | None = None
+
+    def add(self, scenario: Scenario, info: dict) -> None:
+        """Adds one unbatched scenario and its info dict."""
+        flat = flatten_scenario(scenario)
+        if self._fields is None:
+            if np.shape(scenario.family) != ():
+                raise ShapeError("CacheWriter.add: expected one unbatched scenario, got family shape "
+                                 f"{list(np.shape(scenario.family))}")
+            scenario.validate()
+            self._fields = {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in flat.items()}
+        else:
+            for k, v in flat.items():
+                spec = self._fields[k]
+                if list(v.shape) != spec["shape"] or v.dtype.name != spec["dtype"]:
+                    raise ShapeError(f"CacheWriter.add: scenario {len(self._infos)} ({info.get('scenario_id')!r}) "
+                                     f"field {k!r} has shape {list(v.shape)} {v.dtype.name}, the cache holds "
+                                     f"{spec['shape']} {spec['dtype']}; use one MapConfig / N / T per cache")
+        self._infos.append(_check_info(len(self._infos), info))
+        self._pending.append(flat)
+        if len(self._pending) >= self.shard_size:
+            self._flush()
+
+    def add_batch(self, scenarios: Scenario, infos: list[dict]) -> None:
+        """Adds a batched scenario `[S, ...]` with its S info dicts."""
+        count = int(np.shape(scenarios.family)[0])
+        if len(infos) != count:
+            raise ValueError(f"write_cache: {count} scenarios but {len(infos)} info dicts")
+        flat = flatten_scenario(scenarios)
+        treedef = jax.tree_util.tree_structure(_template())
+        keys = field_keys()
+        for i in range(count):
+            self.add(jax.tree_util.tree_unflatten(treedef, [flat[k][i] for k in keys]), infos[i])
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        name = f"shard_{len(self._shards):05d}.npz"
+        tmp = self.out / (name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: np.stack([p[k] for p in self._pending]) for k in self._pending[0]})
+        os.replace(tmp, self.out / name)
+        start = sum(sh["count"] for sh in self._shards)
+        self._shards.append({"file": name, "start": start, "count": len(self._pending)})
+        self._pending = []
+
+    def close(self) -> dict:
+        """Writes the last shard and the manifest; returns the manifest."""
+        if self.manifest is not None:
+            return self.manifest
+        if self._fields is None:
+            raise ValueError(f"{self.out}: no scenario was added; an empty cache is not written")
+        self._flush()
+        from jaxloop import __version__
+        manifest = {
+            "format": CACHE_FORMAT, "version": CACHE_VERSION, "jaxloop_version": __version__,
+            "num_scenarios": len(self._infos), "shard_size": self.shard_size, "shards": self._shards,
+            "fields": self._fields,
+            "counts": dict(collections.Counter(str(i["format"]) for i in self._infos)),
+            "infos": self._infos,
+        }
+        tmp = self.out / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, self.out / MANIFEST)
+        self.manifest = manifest
+        return manifest
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def write_cache(scenarios: Scenario | Sequence[Scenario], out_dir: str | os.PathLike, infos: list[dict],
+                shard_size: int = 256) -> dict:
+    """Writes scenarios to a packed cache directory and returns its manifest.
+
+    Args:
+      scenarios: a batched `Scenario` (leading axis S) or a list of same-shape ones.
+      out_dir: the cache directory (created). An existing cache of the same version
+        is replaced; one of another version (or another kind of directory with a
+        manifest) is refused.
+      infos: one JSON-serialisable dict per scenario, with at least `scenario_id` and
+        `format` ("womd_tf_example", "womd_scenario", "av2", "procedural", ...);
+        optional `family`, `split`, `source`, `record`.
+      shard_size: scenarios per npz shard.
+
+    For more scenarios than fit in memory, stream them through `CacheWriter`.
+    """
+    if shard_size < 1:
+        raise ValueError(f"write_cache: shard_size must be >= 1, got {shard_size}")
+    if isinstance(scenarios, Scenario):
+        if np.ndim(scenarios.family) != 1:
+            raise ShapeError(f"write_cache: expected scenarios batched along one leading axis, got family shape "
+                             f"{list(np.shape(scenarios.family))}")
+        scenarios = jax.tree.map(np.asarray, scenarios)
+        scenarios.validate()
+        count = int(np.shape(scenarios.family)[0])
+    else:
+        scenarios = list(scenarios)
+        count = len(scenarios)
+    if len(infos) != count:
+        raise ValueError(f"write_cache: {count} scenarios but {len(infos)} info dicts")
+    for i, info in enumerate(infos):
+        _check_info(i, info)
+    writer = CacheWriter(out_dir, shard_size)
+    if isinstance(scenarios, Scenario):
+        writer.add_batch(scenarios, infos)
+    else:
+        for scenario, info in zip(scenarios, infos):
+            writer.add(jax.tree.map(np.asarray, scenario), info)
+    return writer.close()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _load_shard(path: pathlib.Path, manifest: dict, shard: dict) -> dict[str, np.ndarray]:
+    file = path / shard["file"]
+    if not file.is_file():
+        raise CacheError(f"shard listed in {MANIFEST} is missing", file=file)
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise CacheError(f"unreadable shard ({e})", file=file) from e
+    for key, spec in manifest["fields"].items():
+        if key not in data:
+            raise CacheError("field missing from shard", file=file, field=key)
+        arr = data[key]
+        want = (shard["count"], *spec["shape"])
+        if arr.shape != want or arr.dtype.name != spec["dtype"]:
+            raise CacheError(f"expected shape {list(want)} dtype {spec['dtype']}, got {list(arr.shape)} "
+                             f"{arr.dtype.name}", file=file, field=key)
+    return data
+
+
+def load_infos(path: str | os.PathLike) -> list[dict]:
+    """The info dicts of every scenario in the cache, in order."""
+    return list(_read_manifest(pathlib.Path(path))["infos"])
+
+
+def load_scenarios(path: str | os.PathLike) -> Scenario:
+    """Every scenario of the cache as one batched numpy `Scenario` `[S, ...]`."""
+    ds = ScenarioDataset(path)
+    return ds.get(np.arange(len(ds)))
+
+
+class ScenarioDataset:
+    """Random access and device batches over a scenario cache.
+
+    Shards are loaded on first use and kept (at most `max_cached_shards` of them, least
+    recently used evicted; None keeps all).
+    """
+
+    def __init__(self, path: str | os.PathLike, max_cached_shards: int | None = None):
+        self.path = pathlib.Path(path)
+        self.manifest = _read_manifest(self.path)
+        self.infos: list[dict] = list(self.manifest["infos"])
+        self._shards = self.manifest["shards"]
+        self._starts = np.array([s["start"] for s in self._shards], np.int64)
+        self._count = int(self.manifest["num_scenarios"])
+        if len(self.infos) != self._count or sum(s["count"] for s in self._shards) != self._count:
+            raise CacheError(f"manifest counts disagree: {self._count} scenarios, {len(self.infos)} infos, "
+                             f"{sum(s['count'] for s in self._shards)} in shards", file=self.path / MANIFEST)
+        self._max_cached = max_cached_shards
+        self._cache: collections.OrderedDict[int, dict[str, np.ndarray]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._keys = field_keys()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _shard(self, i: int) -> dict[str, np.ndarray]:
+        with self._lock:
+            if i in self._cache:
+                self._cache.move_to_end(i)
+                return self._cache[i]
+        data = _load_shard(self.path, self.manifest, self._shards[i])
+        with self._lock:
+            self._cache[i] = data
+            if self._max_cached is not None:
+                while len(self._cache) > max(self._max_cached, 1):
+                    self._cache.popitem(last=False)
+        return data
+
+    def get(self, indices: Sequence[int] | np.ndarray) -> Scenario:
+        """The scenarios at `indices` (any order, repeats allowed) as a batched numpy `Scenario`."""
+        idx = np.asarray(indices, np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self._count):
+            raise IndexError(f"{self.path}: scenario index out of range [0, {self._count}): "
+                             f"{idx[(idx < 0) | (idx >= self._count)][:5].tolist()}")
+        shard_of = np.searchsorted(self._starts, idx, side="right") - 1
+        fields = self.manifest["fields"]
+        out = {k: np.empty((idx.size, *fields[k]["shape"]), np.dtype(fields[k]["dtype"])) for k in self._keys}
+        for s in np.unique(shard_of):
+            data = self._shard(int(s))
+            pos = np.flatnonzero(shard_of == s)
+            local = idx[pos] - self._starts[s]
+            if pos[-1] - pos[0] + 1 == pos.size:  # a contiguous run of the output: gather straight into it
+                a, b = int(pos[0]), int(pos[-1]) + 1
+                for k in self._keys:
+                    np.take(data[k], local, axis=0, out=out[k][a:b])
+            else:
+                for k in self._keys:
+                    out[k][pos] = data[k][local]
+        return unflatten_scenario(out)
+
+    def process_indices(self, process_index: int, process_count: int) -> np.ndarray:
+        """This process's disjoint contiguous block of scenario indices (equal sizes; the remainder is unused)."""
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        per = self._count // process_count
+        return np.arange(process_index * per, (process_index + 1) * per)
+
+    def batches(self, batch_size: int, seed: int = 0, shuffle: bool = True, drop_remainder: bool = True,
+                process_index: int | None = None, process_count: int | None = None, prefetch: int = 2,
+                sharding: jax.sharding.Sharding | None = None, num_epochs: int | None = None) -> Iterator[Scenario]:
+        """Device batches of `batch_size` scenarios (per process), epoch after epoch.
+
+        Each process reads its own block (`process_indices`), reshuffled every epoch from
+        `(seed, epoch, process_index)` when `shuffle`. With `drop_remainder` every batch
+        has exactly `batch_size` scenarios (one shape: one compile). `num_epochs=None`
+        repeats forever. A background thread keeps up to `prefetch` batches ready on
+        device; with several processes and a `sharding`, batches are global arrays built
+        from each process's local batch (global batch = batch_size * process_count).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batches: batch_size must be >= 1, got {batch_size}")
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+        local = self.process_indices(process_index, process_count)
+        if drop_remainder and local.size < batch_size:
+            raise ValueError(f"{self.path}: {local.size} scenarios for this process, fewer than batch_size "
+                             f"{batch_size} (drop_remainder=True would yield nothing)")
+        multi = sharding is not None and process_count > 1
+
+        def to_device(batch: Scenario) -> Scenario:
+            if multi:
+                return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
+            return jax.device_put(batch, sharding)
+
+        def index_batches() -> Iterator[np.ndarray]:
+            epoch = 0
+            while num_epochs is None or epoch < num_epochs:
+                order = local
+                if shuffle:
+                    rng = np.random.default_rng([seed, epoch, process_index])
+                    order = local[rng.permutation(local.size)]
+                stop = local.size - local.size % batch_size if drop_remainder else local.size
+                for start in range(0, stop, batch_size):
+                    # Sorted within the batch (its order carries no information once
+                    # shuffled): each shard's part is then one contiguous gather.
+                    yield np.sort(order[start:start + batch_size]) if shuffle else order[start:start + batch_size]
+                epoch += 1
+
+        if prefetch <= 0:
+            return (to_device(self.get(ix)) for ix in index_batches())
+        return _Prefetcher((to_device(self.get(ix)) for ix in index_batches()), prefetch)
+
+
+_LIVE: "weakref.WeakSet[_Prefetcher]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for prefetcher in list(_LIVE):
+        prefetcher.close()
+
+
+class _Prefetcher:
+    """Runs a generator on a daemon thread, `size` items ahead; re-raises its errors in order."""
+
+    _END = object()
+
+    def __init__(self, source: Iterator, size: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source,), daemon=True)
+        self._thread.start()
+        _LIVE.add(self)
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, source: Iterator) -> None:
+        try:
+            for item in source:
+                if not self._put((item, None)):
+                    return
+            self._put((self._END, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._put((self._END, e))
+
+    def __iter__(self) -> "_Prefetcher":
+        return self
+
+    def __next__(self):
+        if self._stop.is_set():
+            raise StopIteration
+        item, error = self._queue.get()
+        if item is self._END:
+            self._stop.set()
+            if error is not None:
+                raise error
+            raise StopIteration
+        return item
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stops the background thread and waits for it (also at exit and on garbage collection).
+
+        Waiting matters: a daemon thread torn down at interpreter exit in the middle of a
+        device transfer aborts the process.
+        """
+        self._stop.set()
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn down `queue`
+            pass
