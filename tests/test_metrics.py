@@ -154,16 +154,9 @@ def test_log_replay_scores_clean_and_crash_fails():
 
 
 def test_womd_log_replay_is_clean(shared_data):
-    try:
-        from jaxloop.data import womd
-    except ImportError as e:
-        pytest.skip(f"jaxloop.data.womd is not available yet ({e})")
-    loader = getattr(womd, "load_womd_tf_example", None) or getattr(womd, "load_tf_example", None)
-    if loader is None:
-        pytest.skip("jaxloop.data.womd has no load_womd_tf_example / load_tf_example")
-    scenario = loader(shared_data / "womd" / "motion_data_one_example.tfrecord")
-    if isinstance(scenario, (list, tuple)):
-        scenario = scenario[0]
+    from jaxloop.data.womd import load_womd
+
+    scenario, _ = next(load_womd(shared_data / "womd" / "motion_data_one_example.tfrecord"))
     env = Env(EnvConfig(non_ego_agent="log"))
 
     @jax.jit
