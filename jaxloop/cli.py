@@ -14,12 +14,16 @@ import sys
 COMMANDS: dict[str, str | dict[str, str]] = {
     "demo": "jaxloop.demo:run",
     "render": "jaxloop.viz.cli:render",
+    "eval": "jaxloop.eval.cli:run_eval",
+    "gate": "jaxloop.eval.cli:run_gate",
     "data": {"convert": "jaxloop.data.cli:convert", "inspect": "jaxloop.data.cli:inspect"},
 }
 
 _HELP = {
     "demo": "the main job on built-in data: roll out baselines and print a comparison table",
     "render": "roll out one scenario and draw it top-down to PNG / GIF",
+    "eval": "closed-loop evaluation of a checkpoint or baseline: metrics, per-family tables, perturbations",
+    "gate": "safety gate: candidate vs baseline on held-out and perturbed scenarios (exit 0 pass / 1 fail)",
     "data": "scenario data: convert raw WOMD / AV2 files into a cache, inspect caches and raw files",
 }
 

@@ -1,0 +1,115 @@
+"""`jaxloop eval` and `jaxloop gate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Annotated, Literal
+
+import tyro
+
+from jaxloop.eval.evaluate import BASELINES, EvalConfig, evaluate
+from jaxloop.sim.env import EnvConfig
+
+
+def resolve_policy_spec(spec: str, env: EnvConfig) -> tuple[object, EnvConfig, str]:
+    """(policy or baseline name, the env it drives, a label) for a baseline name or a checkpoint directory."""
+    if spec in BASELINES:
+        return spec, env, spec
+    path = pathlib.Path(spec)
+    if not path.exists():
+        raise SystemExit(f"policy {spec!r}: neither a baseline ({', '.join(BASELINES)}) nor an existing checkpoint")
+    from jaxloop.train.policy_fn import load_policy_from_checkpoint
+    policy, train_config = load_policy_from_checkpoint(path)
+    policy_env = dataclasses.replace(train_config.env_config(), non_ego_agent=env.non_ego_agent,
+                                     init_steps=env.init_steps, controlled="sdc")
+    return policy, policy_env, path.name if path.name != "checkpoints" else path.parent.name
+
+
+def _init_steps_for(scenarios) -> int:
+    """Where the closed loop starts: step 10 for WOMD-like logs, 49 for AV2's 110-step logs."""
+    import numpy as np
+    return 50 if np.shape(scenarios.log_trajectory.x)[-1] == 110 else 11
+
+
+def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: Literal["log", "idm"] = "log",
+             perturb: bool = False, horizon: int | None = None, batch_size: int = 64, seed: int = 0,
+             out: str | None = None, json_output: Annotated[bool, tyro.conf.arg(name="json")] = False) -> int:
+    """Closed-loop evaluation of a checkpoint or baseline (expert, constant_velocity, idm).
+
+    Args:
+        policy: a baseline name or a training checkpoint / run directory.
+        data: toy[:NUM], procedural:SPLIT:NUM[:SEED], a cache directory, or WOMD / AV2 files.
+        non_ego: the model of every other object.
+        perturb: also run the perturbation suite and report metric deltas.
+        horizon: closed-loop steps (default: to the end of the log).
+        out: directory for report.json / report.md (and perturbations.json / .md).
+        json_output: print the aggregate JSON on stdout instead of tables.
+    """
+    from jaxloop.data.sources import load_source
+    scenarios, infos = load_source(data)
+    env = EnvConfig(non_ego_agent=non_ego, init_steps=_init_steps_for(scenarios))
+    policy_obj, env, label = resolve_policy_spec(policy, env)
+    config = EvalConfig(env=env, batch_size=batch_size, horizon=horizon)
+    report = evaluate(policy_obj, scenarios, infos, config, seed, name=label)
+    suite = None
+    if perturb:
+        from jaxloop.eval.perturb import run_suite
+        suite = run_suite(policy_obj, scenarios, infos, config, seed, name=label, clean=report)
+    if out:
+        d = pathlib.Path(out)
+        d.mkdir(parents=True, exist_ok=True)
+        report.to_json(str(d / "report.json"))
+        (d / "report.md").write_text(report.to_markdown())
+        if suite is not None:
+            (d / "perturbations.json").write_text(json.dumps(suite.to_dict(), indent=1))
+            (d / "perturbations.md").write_text(suite.to_markdown())
+    if json_output:
+        agg = dict(report.aggregate)
+        if suite is not None:
+            agg["perturbed"] = suite.mean_perturbed()
+            agg["perturbation_deltas"] = suite.deltas()
+        print(json.dumps(agg))
+    else:
+        print(report.to_markdown())
+        if suite is not None:
+            print(suite.to_markdown())
+        if out:
+            print(f"reports written to {out}/")
+    return 0
+
+
+def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:test:64",
+         non_ego: Literal["log", "idm"] = "log", out: str = "runs/gate/report.json", tolerance: float = 0.02,
+         max_failure_rate: float = 0.25, min_progress_ratio: float = 0.8, max_perturbed_failure_rate: float = 0.5,
+         horizon: int | None = None, batch_size: int = 64, seed: int = 0) -> int:
+    """Safety gate: PASS (exit 0) when the candidate is not worse than the baseline on failure
+    rate beyond `tolerance`, clean and under every perturbation, and meets the absolute
+    thresholds; FAIL (exit 1) with reasons otherwise. Writes a JSON + Markdown report.
+
+    Args:
+        candidate: checkpoint / run directory or baseline name.
+        baseline: checkpoint / run directory or baseline name.
+        data: held-out scenarios (see `jaxloop eval --help`).
+    """
+    from jaxloop.data.sources import load_source
+    from jaxloop.eval.gate import GateConfig, check
+    from jaxloop.eval.perturb import run_suite
+    scenarios, infos = load_source(data)
+    env = EnvConfig(non_ego_agent=non_ego, init_steps=_init_steps_for(scenarios))
+    gate_config = GateConfig(failure_tolerance=tolerance, max_failure_rate=max_failure_rate,
+                             min_progress_ratio=min_progress_ratio,
+                             max_perturbed_failure_rate=max_perturbed_failure_rate)
+    suites = []
+    for spec in (candidate, baseline):
+        policy_obj, policy_env, label = resolve_policy_spec(spec, env)
+        config = EvalConfig(env=policy_env, batch_size=batch_size, horizon=horizon)
+        suites.append(run_suite(policy_obj, scenarios, infos, config, seed, name=label))
+    result = check(suites[0], suites[1], gate_config)
+    title = f"Safety gate: {candidate} vs {baseline} on {data}"
+    result.write(out, title)
+    print(result.to_markdown(title))
+    print(f"report: {out} and {pathlib.Path(out).with_suffix('.md')}")
+    return 0 if result.passed else 1
+
