@@ -216,13 +216,19 @@ def evaluate(policy: PolicyFn | str, scenarios: Scenario, infos: Sequence[dict] 
 
 
 def _family_names(scenarios: Scenario, infos: Sequence[dict] | None) -> list[str]:
-    num = int(np.shape(scenarios.family)[0])
-    if infos is not None and all("family" in i for i in infos):
-        return [str(i["family"]) for i in infos]
-    fam = np.asarray(scenarios.family)
+    """A family label per scenario: the info's family, else the procedural family id, else the format."""
+    fam = np.asarray(scenarios.family).reshape(-1)
     try:
         from jaxloop.data.procedural import FAMILY_NAMES
     except ImportError:
         FAMILY_NAMES = ()
-    return [FAMILY_NAMES[f] if 0 <= f < len(FAMILY_NAMES) else ("real" if f < 0 else f"family_{f}")
-            for f in fam[:num]]
+    names = []
+    for i, f in enumerate(fam):
+        info = infos[i] if infos is not None else {}
+        if info.get("family"):
+            names.append(str(info["family"]))
+        elif 0 <= f < len(FAMILY_NAMES):
+            names.append(FAMILY_NAMES[f])
+        else:
+            names.append(str(info.get("format", "real" if f < 0 else f"family_{f}")))
+    return names
