@@ -180,11 +180,11 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
     with jax.named_scope("agents.idm"):
         paths = logged_paths(scenario) if paths is None else paths
         n = current.x.shape[-1]
-        # Tangent and curvature of the path from points at s, s + 10 m and s + 20 m.
-        window_s = idm.s[:, None] + jnp.array([0.0, 0.5, 1.0]) * IDM_CURVATURE_BASE
-        wx, wy, wyaw = path_points(paths, window_s)  # [N, 3]
+        # Tangent and curvature of the path from its headings at s and s + 20 m.
+        window_s = idm.s[:, None] + jnp.array([0.0, 1.0]) * IDM_CURVATURE_BASE
+        wx, wy, wyaw = path_points(paths, window_s)  # [N, 2]
         x0, y0, yaw0 = wx[:, 0], wy[:, 0], wyaw[:, 0]
-        kappa = geo.wrap_angle(wyaw[:, 2] - wyaw[:, 0]) / IDM_CURVATURE_BASE
+        kappa = geo.wrap_angle(wyaw[:, 1] - wyaw[:, 0]) / IDM_CURVATURE_BASE
         half_len = current.length / 2
         ahead = lambda lon: (lon > 1e-3) & (lon < IDM_LOOKAHEAD)
 
@@ -246,10 +246,13 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         halted = (sign_best < IDM_STOP_SIGN_HALT_GAP) & (v_next < IDM_STOP_SIGN_HALT_SPEED)
         stop_cleared = jnp.where(halted, sign_best_s + 0.1, idm.stop_cleared)
 
-        px, py, yaw = path_points(paths, s_next[:, None])
-        x = jnp.where(parked, current.x, px[:, 0])
-        y = jnp.where(parked, current.y, py[:, 0])
-        yaw = yaw[:, 0]
+        # The step's arc length along the local parabola: within kappa * ds^2 / 2 of the path,
+        # and the next step starts again from the exact path point at s (no drift).
+        step = s_next - idm.s
+        c0, s0 = jnp.cos(yaw0), jnp.sin(yaw0)
+        x = jnp.where(parked, current.x, x0 + step * c0 - 0.5 * kappa * step ** 2 * s0)
+        y = jnp.where(parked, current.y, y0 + step * s0 + 0.5 * kappa * step ** 2 * c0)
+        yaw = geo.wrap_angle(yaw0 + kappa * step)
         yaw = jnp.where(parked, current.yaw, yaw)
         nxt = current.replace(x=x, y=y, yaw=yaw, vel_x=v_next * jnp.cos(yaw), vel_y=v_next * jnp.sin(yaw),
                               valid=current.valid)
