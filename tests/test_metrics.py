@@ -45,6 +45,21 @@ def test_overlap_touching_separated_rotated():
     np.testing.assert_array_equal(m.overlap(s2), [False] * 5)
 
 
+def test_closed_form_separation_matches_geometry():
+    # The fused all-pairs SAT equals geometry.box_separation on random boxes (both signs).
+    rng = np.random.default_rng(0)
+    rows = np.stack([rng.uniform(-6, 6, 12), rng.uniform(-6, 6, 12), rng.uniform(-np.pi, np.pi, 12),
+                     rng.uniform(0, 0, 12), rng.uniform(1, 6, 12), rng.uniform(0.5, 2.5, 12)], -1)
+    s = _objs(rows)
+    got = np.asarray(jax.jit(m.pairwise_separation)(s))
+    from jaxloop.sim.geometry import box_separation
+    boxes = m.object_boxes(s)
+    want = np.asarray(box_separation(boxes[:, None], boxes[None, :]))
+    off_diag = ~np.eye(12, dtype=bool)
+    np.testing.assert_allclose(got[off_diag], want[off_diag], atol=1e-5)
+    assert (want[off_diag] < 0).any() and (want[off_diag] > 0).any()
+
+
 def test_offroad_corner_across_edge():
     sc = make_toy_scenario()  # road edges at y = -1.75 (directed -x) and y = 5.25 (+x)
     rm = sc.roadmap
