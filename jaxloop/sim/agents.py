@@ -213,13 +213,15 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
                      & (sign_s > idm.stop_cleared[:, None]))
         sign_gap = s_off - half_len[:, None]
 
-        gaps = jnp.concatenate([jnp.where(is_lead, gap, jnp.inf), jnp.where(light_lead, light_gap, jnp.inf),
-                                jnp.where(sign_lead, sign_gap, jnp.inf)], -1)
-        speeds = jnp.concatenate([lead_v, jnp.zeros_like(light_gap), jnp.zeros_like(sign_gap)], -1)
-        # min + mask rather than argmin + gather (variadic reductions are slow on CPU); ties
-        # take the slowest lead.
-        lead_gap = jnp.min(gaps, -1)
-        lead_speed = jnp.min(jnp.where(gaps <= lead_gap[:, None], speeds, jnp.inf), -1)
+        # min + mask rather than argmin + gather (variadic reductions are slow on CPU), per
+        # kind of lead, then the nearest of the three; ties take the slowest lead.
+        obj_gaps = jnp.where(is_lead, gap, jnp.inf)
+        obj_gap = jnp.min(obj_gaps, -1)
+        obj_speed = jnp.min(jnp.where(obj_gaps <= obj_gap[:, None], lead_v, jnp.inf), -1)
+        stop_gap = jnp.minimum(jnp.min(jnp.where(light_lead, light_gap, jnp.inf), -1),
+                               jnp.min(jnp.where(sign_lead, sign_gap, jnp.inf), -1))
+        lead_gap = jnp.minimum(obj_gap, stop_gap)
+        lead_speed = jnp.where(stop_gap <= obj_gap, 0.0, obj_speed)
         has_lead = jnp.isfinite(lead_gap)
 
         p = params
