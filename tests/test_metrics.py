@@ -141,13 +141,19 @@ def test_kinematics_wrong_way_comfort_ttc():
 # ---------------------------------------------------------------- rollout-level
 
 
-def _episode(sc, env=Env()):
-    @jax.jit
-    def go(sc):
-        state = env.reset(sc, jax.random.key(0))
-        _, out = rollout(env, sc, state, log_replay_policy(env), sc.num_steps - 11, extras_fn=m.step_metrics)
-        return m.episode_metrics(sc, out), out
-    return go(sc)
+@jax.jit
+def _episode(sc):
+    env = Env()
+    state = env.reset(sc, jax.random.key(0))
+    _, out = rollout(env, sc, state, log_replay_policy(env), sc.num_steps - 11, extras_fn=m.step_metrics)
+    return m.episode_metrics(sc, out), out
+
+
+def _crash_scenario():
+    """The ego's log drives at 10 m/s from x = 0 into a stopped car at x = 40 (same shapes as the toy)."""
+    stopped = _straight_track(40.0, yaw=np.zeros(T), vel_x=np.zeros(T), vel_y=np.zeros(T))
+    route = np.stack([np.linspace(0.0, 120.0, 32), np.zeros(32)], -1)
+    return make_track_scenario([_straight_track(10.0 * TIME), stopped], num_objects=8, route_xy=route)
 
 
 def test_log_replay_scores_clean_and_crash_fails():
@@ -158,9 +164,7 @@ def test_log_replay_scores_clean_and_crash_fails():
     np.testing.assert_allclose(ep["score"], 1.0, atol=1e-3)  # all safety multipliers 1, all terms 1
     assert out.extras["overlap"].shape == (80, 8)
     # An ego whose log drives into a stopped car at x = 40 (10 m/s from x = 0).
-    crash = make_track_scenario([_straight_track(10.0 * TIME), _straight_track(40.0, yaw=np.zeros(T),
-                                 vel_x=np.zeros(T), vel_y=np.zeros(T))], num_objects=8)
-    ep, out = _episode(crash)
+    ep, out = _episode(_crash_scenario())
     assert float(ep["collision"]) == 1 and float(ep["failure"]) == 1 and float(ep["score"]) == 0
     # Overlap starts when the fronts meet: 10 t + 2.25 >= 40 - 2.25 -> t = 3.55 s, step 36.
     first = int(out.timesteps[np.argmax(np.asarray(out.extras["ego_overlap"]))])
@@ -249,8 +253,7 @@ def test_rewards_presets_and_signs():
     assert float(w.collision) == 10 and float(w.offroad) == 5 and float(w.log_divergence) == 0.01
     assert float(rewards.get_preset("safety_first").red_light) > 0
 
-    crash = make_track_scenario([_straight_track(10.0 * TIME), _straight_track(40.0, yaw=np.zeros(T),
-                                 vel_x=np.zeros(T), vel_y=np.zeros(T))], num_objects=4)
+    crash = _crash_scenario()
     env = Env()
     s0 = env.reset(crash, jax.random.key(0))
     step = jax.jit(env.step)
