@@ -66,13 +66,14 @@ def test_offroad_corner_across_edge():
     # Centre y = -0.5, half width 1: right corners at y = -1.5, on the road (0.25 m inside).
     # Centre y = -1.0: right corners at y = -2.0, 0.25 m beyond the lower edge.
     s = _objs([(10, -0.5, 0, 5), (10, -1.0, 0, 5), (10, 4.0, 0, 5), (10, 4.5, 0, 5)])
-    np.testing.assert_array_equal(m.offroad(s, rm), [False, True, False, True])
-    d = m.ego_corner_road_distance(s, rm, 1)  # corners FL, RL, RR, FR
+    np.testing.assert_array_equal(jax.jit(m.offroad)(s, rm), [False, True, False, True])
+    d = jax.jit(m.ego_corner_road_distance)(s, rm, 1)  # corners FL, RL, RR, FR
     # Left corners at y = 0: 1.75 m inside the lower edge; right corners 0.25 m beyond it.
     np.testing.assert_allclose(d, [-1.75, -1.75, 0.25, 0.25], atol=1e-5)
+    ego_offroad = jax.jit(m.ego_offroad, static_argnums=3)
     for i, expected in enumerate([False, True, False, True]):
-        assert bool(m.ego_offroad(s, rm, i)) == expected
-        assert bool(m.ego_offroad(s, rm, i, edge_cull=1)) == expected
+        assert bool(ego_offroad(s, rm, i, 0)) == expected
+        assert bool(ego_offroad(s, rm, i, 1)) == expected
 
 
 def test_red_light_crossed_vs_stopped():
@@ -116,7 +117,7 @@ def test_kinematics_wrong_way_comfort_ttc():
 
     rm = make_toy_scenario().roadmap  # lanes along +x
     wrong = _objs([(10, 0, np.pi, 5), (10, 0, 0, 5), (10, 0, np.pi, 1), (10, 20, np.pi, 5)])
-    got = [bool(m.wrong_way(m.take_object(wrong, i), rm)) for i in range(4)]
+    got = np.asarray(jax.jit(jax.vmap(m.wrong_way, in_axes=(0, None)))(wrong, rm)).tolist()
     assert got == [True, False, False, False]  # slow and far from any lane do not count
 
     # Comfort over a 3-state history: speeds 10, 10.1, 10.2 (a = 1) vs 10, 10.3, 10.6 (a = 3 > 2.4).
