@@ -178,12 +178,13 @@ def test_womd_log_replay_is_clean(shared_data):
         from jaxloop.data import womd
     except ImportError as e:
         pytest.skip(f"jaxloop.data.womd is not available yet ({e})")
-    loader = getattr(womd, "load_womd_tf_example", None) or getattr(womd, "load_tf_example", None)
-    if loader is None:
-        pytest.skip("jaxloop.data.womd has no load_womd_tf_example / load_tf_example")
-    scenario = loader(shared_data / "womd" / "motion_data_one_example.tfrecord")
-    if isinstance(scenario, (list, tuple)):
-        scenario = scenario[0]
+    path = shared_data / "womd" / "motion_data_one_example.tfrecord"
+    if hasattr(womd, "load_womd"):
+        scenario = next(iter(womd.load_womd(path)))[0]
+    elif hasattr(womd, "load_womd_tf_example"):
+        scenario = womd.load_womd_tf_example(path)
+    else:
+        pytest.skip("jaxloop.data.womd has no load_womd / load_womd_tf_example")
     env = Env(EnvConfig(non_ego_agent="log"))
 
     @jax.jit

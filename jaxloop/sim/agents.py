@@ -268,7 +268,9 @@ def step_non_policy(scenario: Scenario, current: ObjectState, timestep: jax.Arra
     IDM runs when the agent state carries an `IdmState` and (unbatched) some object is
     IDM; an IDM object that is not valid at the current step follows the log, and its
     IDM memory restarts from the log, so objects appearing later start from their logged
-    state.
+    state. An IDM object is valid while the log has it at the next step (objects leave
+    the scene when the log loses them); one that runs past the end of its logged path
+    while still valid goes on straight along the path's last direction.
     """
     logged = log_replay_step(scenario, timestep)
     cv = constant_velocity_step(current, dt)
@@ -287,6 +289,8 @@ def step_non_policy(scenario: Scenario, current: ObjectState, timestep: jax.Arra
         return current, agent_state
 
     idm_next, idm_state = jax.lax.cond(jnp.any(is_idm), run, skip, None)
+    # IDM objects exist while the log has them: an object that leaves the log leaves the scene.
+    idm_next = idm_next.replace(valid=idm_next.valid & logged.valid)
     nxt = select_objects(is_idm, idm_next, nxt)
     # Objects not driven by IDM this step keep IDM memory that restarts from the log.
     t1 = jnp.clip(timestep + 1, 0, paths.arc.shape[-1] - 1)

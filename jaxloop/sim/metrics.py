@@ -15,8 +15,9 @@ Discrete metrics (the reported truth)
 - progress: arc position of the ego on `scenario.route`; the episode reports metres
   travelled along the route and the ratio to the log's.
 - off-route: lateral distance to the route > 5 m.
-- wrong-way: moving (> 2 m/s) with a heading more than 120 degrees from the direction of
-  the nearest lane point (within 3.5 m of a lane centre).
+- wrong-way: moving (> 2 m/s), within 2 m of some lane centre line, and heading more
+  than 120 degrees away from every lane that close (overlapping lanes in intersections
+  do not count against it).
 - red light: the object's front point moves from before to past a stop point along the
   governed lane's direction (at the lane's start, where WOMD puts the stop point), within 2 m laterally of the stop point, heading with the
   lane, while `TrafficLights.is_red` at the new step. Lights whose lane is not in the
@@ -67,7 +68,7 @@ CURVATURE_LIMIT = 0.3 + 1e-3  # 1/m
 OFF_ROUTE_DISTANCE = 5.0  # m
 WRONG_WAY_ANGLE = 2.0 * math.pi / 3.0  # 120 degrees
 WRONG_WAY_MIN_SPEED = 2.0  # m/s
-WRONG_WAY_MAX_LANE_DISTANCE = 3.5  # m
+WRONG_WAY_LANE_RADIUS = 2.0  # m from a lane centre line: inside that lane
 RED_LIGHT_LATERAL = 2.0  # m, how far beside the stop point a crossing counts
 TTC_CAP = 10.0  # s
 TTC_THRESHOLD = 0.95  # s
@@ -347,19 +348,20 @@ def off_route(xy: jax.Array, route: Route) -> jax.Array:
 
 
 def wrong_way(obj: ObjectState, roadmap: RoadMap) -> jax.Array:
-    """`[]` bool for one object: moving against the nearest lane point's direction (`[P, Q]` work)."""
-    d2 = (roadmap.lane_xy[..., 0] - obj.x) ** 2 + (roadmap.lane_xy[..., 1] - obj.y) ** 2
-    d2 = jnp.where(roadmap.lane_valid, d2, jnp.inf)  # [P, Q]
-    d2_min = jnp.min(d2)
-    # Reductions with a mask instead of argmin + gather (variadic reductions are slow on CPU).
-    nearest = d2 <= d2_min
-    dir_x = jnp.sum(jnp.where(nearest, roadmap.lane_dir[..., 0], 0.0))
-    dir_y = jnp.sum(jnp.where(nearest, roadmap.lane_dir[..., 1], 0.0))
+    """`[]` bool for one object: moving, inside some lane, and against every lane it is inside.
+
+    "Inside a lane" is within WRONG_WAY_LANE_RADIUS of its centre-line segments
+    (`[P, Q-1]` elementwise work). Where lanes overlap (intersections, merges) one
+    lane in the direction of travel is enough to be right.
+    """
+    a, b = roadmap.lane_xy[:, :-1], roadmap.lane_xy[:, 1:]
+    d2, _ = _segment_d2(obj.x, obj.y, a[..., 0], a[..., 1], b[..., 0], b[..., 1])  # [P, Q-1]
+    near = roadmap.lane_valid[:, :-1] & roadmap.lane_valid[:, 1:] & (d2 < WRONG_WAY_LANE_RADIUS ** 2)
     speed = jnp.hypot(obj.vel_x, obj.vel_y)
     heading = jnp.where(speed > _SPEED_EPS, jnp.arctan2(obj.vel_y, obj.vel_x), obj.yaw)
-    angle = jnp.abs(geo.wrap_angle(heading - jnp.arctan2(dir_y, dir_x)))
-    near = d2_min < WRONG_WAY_MAX_LANE_DISTANCE ** 2
-    return obj.valid & near & (speed > WRONG_WAY_MIN_SPEED) & (angle > WRONG_WAY_ANGLE)
+    cos_lane = roadmap.lane_dir[:, :-1, 0] * jnp.cos(heading) + roadmap.lane_dir[:, :-1, 1] * jnp.sin(heading)
+    aligned = jnp.any(near & (cos_lane > math.cos(WRONG_WAY_ANGLE)))
+    return obj.valid & (speed > WRONG_WAY_MIN_SPEED) & jnp.any(near) & ~aligned
 
 
 # ----------------------------------------------------------------------------- red lights
