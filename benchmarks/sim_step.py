@@ -3,8 +3,12 @@
     python benchmarks/sim_step.py --quick
 
 JSON lines: `scenario_steps_per_s` for B in (1, 64, 1024) at N=128 (dynamics + log
-replay for every non-ego object), and `backward_over_forward` for an 80-step rollout
-at B=64 (gradient of the final ego position w.r.t. all actions vs the forward pass).
+replay for every non-ego object); the same with `{"agents": "idm", "metrics": "all"}`:
+IDM for every non-ego object and `jaxloop.sim.metrics.step_metrics` on every step
+(every ego metric + all-pairs overlap) on a WOMD-sized compiled map (P=256 lanes x
+Q=20 points, E=2048 road-edge segments, L=16 lights); and `backward_over_forward` for
+an 80-step rollout at B=64 (gradient of the final ego position w.r.t. all actions vs
+the forward pass).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import emit, environment, peak_device_memory_mb, peak_host_memory_mb, time_fn
-from jaxloop.data.toy import make_toy_scenario
+from jaxloop.data.toy import make_toy_scenario, pad_map
+from jaxloop.sim import metrics
 from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.env import Env, EnvConfig
 from jaxloop.sim.rollout import rollout
@@ -26,6 +31,13 @@ STEPS_PER_CALL = 20
 
 def _batch(batch: int, num_objects: int):
     base = [make_toy_scenario(num_objects=num_objects, num_cars=min(32, num_objects), seed=s) for s in range(4)]
+    return stack_scenarios([base[i % 4] for i in range(batch)])
+
+
+def _womd_sized_batch(batch: int, num_objects: int):
+    """Toy scenarios with the array sizes of a compiled WOMD map (256 x 20 lanes, 2048 edges, 16 lights)."""
+    base = [pad_map(make_toy_scenario(num_objects=num_objects, num_cars=min(32, num_objects), seed=s, num_lanes=256,
+                                      lane_points=20), num_edges=2048, num_lights=16) for s in range(4)]
     return stack_scenarios([base[i % 4] for i in range(batch)])
 
 
@@ -53,6 +65,31 @@ def bench_steps(batches: Sequence[int], num_objects: int, agents: str, env_meta:
         timing = time_fn(fn, scenarios, actions, keys)
         rate = batch * STEPS_PER_CALL / timing["median_s"]
         emit("sim_step", {"B": batch, "N": num_objects, "agents": agents}, "scenario_steps_per_s", rate, "1/s",
+             object_steps_per_s=rate * num_objects, compile_s=timing["compile_s"], repeats=timing["repeats"],
+             peak_host_mb=peak_host_memory_mb(), peak_device_mb=peak_device_memory_mb(), env=env_meta)
+
+
+def bench_steps_full(batches: Sequence[int], num_objects: int, env_meta: dict,
+                     config: metrics.MetricsConfig = metrics.MetricsConfig()) -> None:
+    """Env step with IDM for every non-ego object and every step metric (ego + all-pairs overlap)."""
+    env = Env(EnvConfig(non_ego_agent="idm"))
+    extras_fn = lambda sc, prev, new, info: metrics.step_metrics(sc, prev, new, info, config=config)
+    for batch in batches:
+        scenarios = _womd_sized_batch(batch, num_objects)
+        actions = jnp.zeros((batch, STEPS_PER_CALL, env.config.action_dim)) + jnp.array([0.5, 0.01])
+
+        def episode(scenario, acts, key):
+            state = env.reset(scenario, key)
+            final, out = rollout(env, scenario, state, _open_loop_policy(acts), STEPS_PER_CALL, extras_fn=extras_fn)
+            # Reduce every metric so none of them is dead code.
+            return final.current.x, jax.tree.map(lambda a: jnp.sum(a.astype(jnp.float32)), out.extras)
+
+        fn = jax.jit(jax.vmap(episode))
+        keys = jax.random.split(jax.random.key(0), batch)
+        timing = time_fn(fn, scenarios, actions, keys)
+        rate = batch * STEPS_PER_CALL / timing["median_s"]
+        emit("sim_step", {"B": batch, "N": num_objects, "agents": "idm", "metrics": "all",
+                          "edge_cull": config.edge_cull}, "scenario_steps_per_s", rate, "1/s",
              object_steps_per_s=rate * num_objects, compile_s=timing["compile_s"], repeats=timing["repeats"],
              peak_host_mb=peak_host_memory_mb(), peak_device_mb=peak_device_memory_mb(), env=env_meta)
 
@@ -88,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     env_meta = environment()
     batches = args.batches or ([1, 64, 1024] if args.quick else [1, 64, 256, 1024, 4096])
     bench_steps(batches, args.num_objects, "log", env_meta)
+    bench_steps_full(batches, args.num_objects, env_meta)
     bench_backward(64, args.num_objects, 80, env_meta)
 
 

@@ -45,19 +45,35 @@ def test_overlap_touching_separated_rotated():
     np.testing.assert_array_equal(m.overlap(s2), [False] * 5)
 
 
+def test_closed_form_separation_matches_geometry():
+    # The fused all-pairs SAT equals geometry.box_separation on random boxes (both signs).
+    rng = np.random.default_rng(0)
+    rows = np.stack([rng.uniform(-6, 6, 12), rng.uniform(-6, 6, 12), rng.uniform(-np.pi, np.pi, 12),
+                     rng.uniform(0, 0, 12), rng.uniform(1, 6, 12), rng.uniform(0.5, 2.5, 12)], -1)
+    s = _objs(rows)
+    got = np.asarray(jax.jit(m.pairwise_separation)(s))
+    from jaxloop.sim.geometry import box_separation
+    boxes = m.object_boxes(s)
+    want = np.asarray(box_separation(boxes[:, None], boxes[None, :]))
+    off_diag = ~np.eye(12, dtype=bool)
+    np.testing.assert_allclose(got[off_diag], want[off_diag], atol=1e-5)
+    assert (want[off_diag] < 0).any() and (want[off_diag] > 0).any()
+
+
 def test_offroad_corner_across_edge():
     sc = make_toy_scenario()  # road edges at y = -1.75 (directed -x) and y = 5.25 (+x)
     rm = sc.roadmap
     # Centre y = -0.5, half width 1: right corners at y = -1.5, on the road (0.25 m inside).
     # Centre y = -1.0: right corners at y = -2.0, 0.25 m beyond the lower edge.
     s = _objs([(10, -0.5, 0, 5), (10, -1.0, 0, 5), (10, 4.0, 0, 5), (10, 4.5, 0, 5)])
-    np.testing.assert_array_equal(m.offroad(s, rm), [False, True, False, True])
-    d = m.ego_corner_road_distance(s, rm, 1)  # corners FL, RL, RR, FR
+    np.testing.assert_array_equal(jax.jit(m.offroad)(s, rm), [False, True, False, True])
+    d = jax.jit(m.ego_corner_road_distance)(s, rm, 1)  # corners FL, RL, RR, FR
     # Left corners at y = 0: 1.75 m inside the lower edge; right corners 0.25 m beyond it.
     np.testing.assert_allclose(d, [-1.75, -1.75, 0.25, 0.25], atol=1e-5)
+    ego_offroad = jax.jit(m.ego_offroad, static_argnums=3)
     for i, expected in enumerate([False, True, False, True]):
-        assert bool(m.ego_offroad(s, rm, i)) == expected
-        assert bool(m.ego_offroad(s, rm, i, edge_cull=1)) == expected
+        assert bool(ego_offroad(s, rm, i, 0)) == expected
+        assert bool(ego_offroad(s, rm, i, 1)) == expected
 
 
 def test_red_light_crossed_vs_stopped():
@@ -101,7 +117,7 @@ def test_kinematics_wrong_way_comfort_ttc():
 
     rm = make_toy_scenario().roadmap  # lanes along +x
     wrong = _objs([(10, 0, np.pi, 5), (10, 0, 0, 5), (10, 0, np.pi, 1), (10, 20, np.pi, 5)])
-    got = [bool(m.wrong_way(m.take_object(wrong, i), rm)) for i in range(4)]
+    got = np.asarray(jax.jit(jax.vmap(m.wrong_way, in_axes=(0, None)))(wrong, rm)).tolist()
     assert got == [True, False, False, False]  # slow and far from any lane do not count
 
     # Comfort over a 3-state history: speeds 10, 10.1, 10.2 (a = 1) vs 10, 10.3, 10.6 (a = 3 > 2.4).
@@ -126,13 +142,19 @@ def test_kinematics_wrong_way_comfort_ttc():
 # ---------------------------------------------------------------- rollout-level
 
 
-def _episode(sc, env=Env()):
-    @jax.jit
-    def go(sc):
-        state = env.reset(sc, jax.random.key(0))
-        _, out = rollout(env, sc, state, log_replay_policy(env), sc.num_steps - 11, extras_fn=m.step_metrics)
-        return m.episode_metrics(sc, out), out
-    return go(sc)
+@jax.jit
+def _episode(sc):
+    env = Env()
+    state = env.reset(sc, jax.random.key(0))
+    _, out = rollout(env, sc, state, log_replay_policy(env), sc.num_steps - 11, extras_fn=m.step_metrics)
+    return m.episode_metrics(sc, out), out
+
+
+def _crash_scenario():
+    """The ego's log drives at 10 m/s from x = 0 into a stopped car at x = 40 (same shapes as the toy)."""
+    stopped = _straight_track(40.0, yaw=np.zeros(T), vel_x=np.zeros(T), vel_y=np.zeros(T))
+    route = np.stack([np.linspace(0.0, 120.0, 32), np.zeros(32)], -1)
+    return make_track_scenario([_straight_track(10.0 * TIME), stopped], num_objects=8, route_xy=route)
 
 
 def test_log_replay_scores_clean_and_crash_fails():
@@ -143,9 +165,7 @@ def test_log_replay_scores_clean_and_crash_fails():
     np.testing.assert_allclose(ep["score"], 1.0, atol=1e-3)  # all safety multipliers 1, all terms 1
     assert out.extras["overlap"].shape == (80, 8)
     # An ego whose log drives into a stopped car at x = 40 (10 m/s from x = 0).
-    crash = make_track_scenario([_straight_track(10.0 * TIME), _straight_track(40.0, yaw=np.zeros(T),
-                                 vel_x=np.zeros(T), vel_y=np.zeros(T))], num_objects=8)
-    ep, out = _episode(crash)
+    ep, out = _episode(_crash_scenario())
     assert float(ep["collision"]) == 1 and float(ep["failure"]) == 1 and float(ep["score"]) == 0
     # Overlap starts when the fronts meet: 10 t + 2.25 >= 40 - 2.25 -> t = 3.55 s, step 36.
     first = int(out.timesteps[np.argmax(np.asarray(out.extras["ego_overlap"]))])
@@ -227,8 +247,7 @@ def test_rewards_presets_and_signs():
     assert float(w.collision) == 10 and float(w.offroad) == 5 and float(w.log_divergence) == 0.01
     assert float(rewards.get_preset("safety_first").red_light) > 0
 
-    crash = make_track_scenario([_straight_track(10.0 * TIME), _straight_track(40.0, yaw=np.zeros(T),
-                                 vel_x=np.zeros(T), vel_y=np.zeros(T))], num_objects=4)
+    crash = _crash_scenario()
     env = Env()
     s0 = env.reset(crash, jax.random.key(0))
     step = jax.jit(env.step)

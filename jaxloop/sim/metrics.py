@@ -15,10 +15,11 @@ Discrete metrics (the reported truth)
 - progress: arc position of the ego on `scenario.route`; the episode reports metres
   travelled along the route and the ratio to the log's.
 - off-route: lateral distance to the route > 5 m.
-- wrong-way: moving (> 2 m/s) with a heading more than 120 degrees from the direction of
-  the nearest lane point (within 3.5 m of a lane centre).
+- wrong-way: moving (> 2 m/s), within 2 m of some lane centre line, and heading more
+  than 120 degrees away from every lane that close (overlapping lanes in intersections
+  do not count against it).
 - red light: the object's front point moves from before to past a stop point along the
-  governed lane's direction, within 2 m laterally of the stop point, heading with the
+  governed lane's direction (at the lane's start, where WOMD puts the stop point), within 2 m laterally of the stop point, heading with the
   lane, while `TrafficLights.is_red` at the new step. Lights whose lane is not in the
   map are ignored.
 - comfort: finite differences of the last three history states against nuPlan-style
@@ -67,7 +68,7 @@ CURVATURE_LIMIT = 0.3 + 1e-3  # 1/m
 OFF_ROUTE_DISTANCE = 5.0  # m
 WRONG_WAY_ANGLE = 2.0 * math.pi / 3.0  # 120 degrees
 WRONG_WAY_MIN_SPEED = 2.0  # m/s
-WRONG_WAY_MAX_LANE_DISTANCE = 3.5  # m
+WRONG_WAY_LANE_RADIUS = 2.0  # m from a lane centre line: inside that lane
 RED_LIGHT_LATERAL = 2.0  # m, how far beside the stop point a crossing counts
 TTC_CAP = 10.0  # s
 TTC_THRESHOLD = 0.95  # s
@@ -123,9 +124,33 @@ def object_boxes(state: ObjectState) -> jax.Array:
     return jnp.stack([state.x, state.y, state.yaw, state.length, state.width], -1)
 
 
-def take_object(state: ObjectState, index: jax.Array) -> ObjectState:
-    """The state of one object `[]` from `[N]`."""
-    return jax.tree.map(lambda a: a[index], state)
+def object_mask(index: jax.Array | int, num_objects: int) -> jax.Array:
+    """`[N]` bool selecting one object: `index` is an object index or already an `[N]` bool mask
+    (e.g. `ObjectMetadata.is_sdc`, which avoids an argmax: variadic reductions are slow on CPU)."""
+    index = jnp.asarray(index)
+    if index.dtype == jnp.bool_ and index.ndim == 1:
+        return index
+    return jnp.arange(num_objects) == index
+
+
+def select_index(a: jax.Array, index: jax.Array | int, axis: int = 0) -> jax.Array:
+    """`a` at a traced `index` (or one-hot bool mask) along `axis`, as a masked reduction.
+
+    A one-hot sum vectorises under `vmap`, where a gather with a batched index is slow
+    on CPU.
+    """
+    axis = axis % a.ndim
+    shape = [1] * a.ndim
+    shape[axis] = a.shape[axis]
+    hit = object_mask(index, a.shape[axis]).reshape(shape)
+    if a.dtype == jnp.bool_:
+        return jnp.any(hit & a, axis=axis)
+    return jnp.sum(jnp.where(hit, a, jnp.zeros((), a.dtype)), axis=axis)
+
+
+def take_object(state: ObjectState, index: jax.Array | int) -> ObjectState:
+    """The state of one object `[...]` from `[N, ...]`; `index` is an index or an `[N]` bool mask."""
+    return jax.tree.map(lambda a: select_index(a, index, 0), state)
 
 
 def _corners(state: ObjectState) -> jax.Array:  # [..., 4, 2]
@@ -139,26 +164,51 @@ def _heading(yaw: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- overlap
 
 
+def pair_separation(a: ObjectState, b: ObjectState) -> jax.Array:
+    """Separating-axis gap between the boxes of `a` and `b` (broadcast), elementwise.
+
+    The same quantity as `geometry.box_separation` (positive: apart, negative: minus the
+    penetration depth along the best axis), written with the four face-normal
+    projections in closed form so all-pairs work fuses into one loop (no small matmuls).
+    """
+    ca, sa, cb, sb = jnp.cos(a.yaw), jnp.sin(a.yaw), jnp.cos(b.yaw), jnp.sin(b.yaw)
+    hla, hwa, hlb, hwb = a.length / 2, a.width / 2, b.length / 2, b.width / 2
+    dx, dy = b.x - a.x, b.y - a.y
+    cd = jnp.abs(ca * cb + sa * sb)  # |cos(yaw_b - yaw_a)|
+    sd = jnp.abs(ca * sb - sa * cb)  # |sin(yaw_b - yaw_a)|
+    g1 = jnp.abs(dx * ca + dy * sa) - hla - (hlb * cd + hwb * sd)
+    g2 = jnp.abs(dy * ca - dx * sa) - hwa - (hlb * sd + hwb * cd)
+    g3 = jnp.abs(dx * cb + dy * sb) - hlb - (hla * cd + hwa * sd)
+    g4 = jnp.abs(dy * cb - dx * sb) - hwb - (hla * sd + hwa * cd)
+    return jnp.maximum(jnp.maximum(g1, g2), jnp.maximum(g3, g4))
+
+
+def pairwise_separation(state: ObjectState) -> jax.Array:
+    """All-pairs separation `[N, N]`; +inf on the diagonal and for pairs with an invalid member."""
+    a = jax.tree.map(lambda v: v[:, None], state)
+    b = jax.tree.map(lambda v: v[None, :], state)
+    n = state.x.shape[-1]
+    mask = state.valid[:, None] & state.valid[None, :] & ~jnp.eye(n, dtype=bool)
+    return jnp.where(mask, pair_separation(a, b), jnp.inf)
+
+
 def overlap(state: ObjectState) -> jax.Array:
     """Per object `[N]` bool: the object is valid and overlaps another valid object (all pairs)."""
     with jax.named_scope("metrics.overlap"):
-        pair = geo.pairwise_overlap(object_boxes(state), state.valid)
-        return jnp.any(pair, axis=-1)
+        return jnp.any(pairwise_separation(state) < 0.0, axis=-1)
 
 
 def ego_separation(state: ObjectState, ego: jax.Array) -> jax.Array:
     """Separation `[N]` of the ego's box to every object; +inf for invalid ones and the ego itself."""
-    boxes = object_boxes(state)
-    sep = geo.box_separation(boxes[ego], boxes)
-    n = state.x.shape[-1]
-    others = state.valid & (jnp.arange(n) != ego)
+    sep = pair_separation(take_object(state, ego), state)
+    others = state.valid & ~object_mask(ego, state.x.shape[-1])
     return jnp.where(others, sep, jnp.inf)
 
 
 def ego_overlap(state: ObjectState, ego: jax.Array) -> jax.Array:
     """`[]` bool: the valid ego overlaps a valid object (`[N]` work, no all-pairs)."""
     with jax.named_scope("metrics.ego_overlap"):
-        return state.valid[ego] & jnp.any(ego_separation(state, ego) < 0.0)
+        return select_index(state.valid, ego) & jnp.any(ego_separation(state, ego) < 0.0)
 
 
 def overlap_surrogate(state: ObjectState, ego: jax.Array, margin: float | jax.Array = 0.5,
@@ -170,9 +220,8 @@ def overlap_surrogate(state: ObjectState, ego: jax.Array, margin: float | jax.Ar
     """
     with jax.named_scope("metrics.overlap_surrogate"):
         boxes = object_boxes(state)
-        sep = geo.smooth_box_separation(boxes[ego], boxes)
-        n = state.x.shape[-1]
-        others = state.valid & (jnp.arange(n) != ego)
+        sep = geo.smooth_box_separation(select_index(boxes, ego, 0), boxes)
+        others = state.valid & ~object_mask(ego, state.x.shape[-1])
         pen = tau * jax.nn.softplus((margin - sep) / tau)
         return jnp.sum(jnp.where(others, pen, 0.0))
 
@@ -180,17 +229,46 @@ def overlap_surrogate(state: ObjectState, ego: jax.Array, margin: float | jax.Ar
 # ----------------------------------------------------------------------------- offroad
 
 
+def _segment_d2(px, py, ax, ay, bx, by):
+    """Squared distance from points to segments (broadcast, elementwise) and the side cross product."""
+    sx, sy = bx - ax, by - ay
+    rx, ry = px - ax, py - ay
+    t = jnp.clip((rx * sx + ry * sy) / jnp.maximum(sx * sx + sy * sy, 1e-12), 0.0, 1.0)
+    ex, ey = rx - t * sx, ry - t * sy
+    return ex * ex + ey * ey, sx * ry - sy * rx
+
+
+def signed_edge_distance(points: jax.Array, start: jax.Array, end: jax.Array, valid: jax.Array) -> jax.Array:
+    """Signed distance `[M]` of points `[M, 2]` to the nearest valid segment `[E, 2]` (> 0: on its left).
+
+    Same convention as `geometry.signed_distance_to_polylines` (-1e3 with no valid
+    segment), written as elementwise work plus two reductions (no gathers). When
+    several segments are nearest (a shared vertex), the point is off the road if any
+    of them says so.
+    """
+    d2, side = _segment_d2(points[:, None, 0], points[:, None, 1], start[None, :, 0], start[None, :, 1],
+                           end[None, :, 0], end[None, :, 1])
+    d2 = jnp.where(valid[None, :], d2, jnp.inf)
+    d2_min = jnp.min(d2, -1)
+    off = jnp.any((d2 <= d2_min[:, None]) & (side > 0.0), -1)
+    dist = jnp.sqrt(jnp.where(jnp.isfinite(d2_min), d2_min, 0.0) + 1e-12)
+    return jnp.where(jnp.any(valid), jnp.where(off, dist, -dist), -1e3)
+
+
 def corner_road_distance(corners: jax.Array, roadmap: RoadMap) -> jax.Array:
     """Signed distance `[..., 4]` of box corners `[..., 4, 2]` to the nearest road edge (> 0: off road)."""
-    return geo.signed_distance_to_polylines(corners, roadmap.edge_start, roadmap.edge_end, roadmap.edge_valid)
+    flat = corners.reshape(-1, 2)
+    d = signed_edge_distance(flat, roadmap.edge_start, roadmap.edge_end, roadmap.edge_valid)
+    return d.reshape(corners.shape[:-1])
 
 
 def _culled_edges(center: jax.Array, roadmap: RoadMap, k: int):
     """The `k` road-edge segments `[k, 2]` nearest to `center` `[2]` (a cheap pass over [E])."""
     k = min(k, roadmap.edge_start.shape[-2])
-    dist, _ = geo.point_segment_distance(center, roadmap.edge_start, roadmap.edge_end)
-    dist = jnp.where(roadmap.edge_valid, dist, jnp.inf)
-    _, idx = jax.lax.top_k(-dist, k)
+    d2, _ = _segment_d2(center[0], center[1], roadmap.edge_start[:, 0], roadmap.edge_start[:, 1],
+                        roadmap.edge_end[:, 0], roadmap.edge_end[:, 1])
+    d2 = jnp.where(roadmap.edge_valid, d2, jnp.inf)
+    _, idx = jax.lax.top_k(-d2, k)
     return roadmap.edge_start[idx], roadmap.edge_end[idx], roadmap.edge_valid[idx]
 
 
@@ -200,7 +278,7 @@ def ego_corner_road_distance(state: ObjectState, roadmap: RoadMap, ego: jax.Arra
     corners = _corners(e)
     if edge_cull > 0:
         start, end, valid = _culled_edges(jnp.stack([e.x, e.y]), roadmap, edge_cull)
-        return geo.signed_distance_to_polylines(corners, start, end, valid)
+        return signed_edge_distance(corners, start, end, valid)
     return corner_road_distance(corners, roadmap)
 
 
@@ -213,7 +291,7 @@ def offroad(state: ObjectState, roadmap: RoadMap) -> jax.Array:
 def ego_offroad(state: ObjectState, roadmap: RoadMap, ego: jax.Array, edge_cull: int = 0) -> jax.Array:
     """`[]` bool: the valid ego has a corner off the road."""
     with jax.named_scope("metrics.ego_offroad"):
-        return state.valid[ego] & jnp.any(ego_corner_road_distance(state, roadmap, ego, edge_cull) > 0.0)
+        return select_index(state.valid, ego) & jnp.any(ego_corner_road_distance(state, roadmap, ego, edge_cull) > 0.0)
 
 
 def offroad_surrogate(state: ObjectState, roadmap: RoadMap, ego: jax.Array, margin: float | jax.Array = 0.5,
@@ -270,17 +348,20 @@ def off_route(xy: jax.Array, route: Route) -> jax.Array:
 
 
 def wrong_way(obj: ObjectState, roadmap: RoadMap) -> jax.Array:
-    """`[]` bool for one object: moving against the nearest lane point's direction (`[P * Q]` work)."""
-    xy = jnp.stack([obj.x, obj.y])
-    d2 = jnp.sum((roadmap.lane_xy - xy) ** 2, -1)  # [P, Q]
-    d2 = jnp.where(roadmap.lane_valid, d2, jnp.inf).reshape(-1)
-    i = jnp.argmin(d2)
-    lane_dir = roadmap.lane_dir.reshape(-1, 2)[i]
+    """`[]` bool for one object: moving, inside some lane, and against every lane it is inside.
+
+    "Inside a lane" is within WRONG_WAY_LANE_RADIUS of its centre-line segments
+    (`[P, Q-1]` elementwise work). Where lanes overlap (intersections, merges) one
+    lane in the direction of travel is enough to be right.
+    """
+    a, b = roadmap.lane_xy[:, :-1], roadmap.lane_xy[:, 1:]
+    d2, _ = _segment_d2(obj.x, obj.y, a[..., 0], a[..., 1], b[..., 0], b[..., 1])  # [P, Q-1]
+    near = roadmap.lane_valid[:, :-1] & roadmap.lane_valid[:, 1:] & (d2 < WRONG_WAY_LANE_RADIUS ** 2)
     speed = jnp.hypot(obj.vel_x, obj.vel_y)
     heading = jnp.where(speed > _SPEED_EPS, jnp.arctan2(obj.vel_y, obj.vel_x), obj.yaw)
-    angle = jnp.abs(geo.wrap_angle(heading - jnp.arctan2(lane_dir[1], lane_dir[0])))
-    near = d2[i] < WRONG_WAY_MAX_LANE_DISTANCE ** 2
-    return obj.valid & near & (speed > WRONG_WAY_MIN_SPEED) & (angle > WRONG_WAY_ANGLE)
+    cos_lane = roadmap.lane_dir[:, :-1, 0] * jnp.cos(heading) + roadmap.lane_dir[:, :-1, 1] * jnp.sin(heading)
+    aligned = jnp.any(near & (cos_lane > math.cos(WRONG_WAY_ANGLE)))
+    return obj.valid & (speed > WRONG_WAY_MIN_SPEED) & jnp.any(near) & ~aligned
 
 
 # ----------------------------------------------------------------------------- red lights
@@ -289,22 +370,24 @@ def wrong_way(obj: ObjectState, roadmap: RoadMap) -> jax.Array:
 def light_geometry(scenario: Scenario, t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Stop points `[L, 2]`, governed-lane directions `[L, 2]`, is-red `[L]` and known `[L]` at step `t`.
 
-    The direction is that of the governed lane (`lane_ids`) at its point nearest the stop
-    point; `known` is False when the light is invalid or its lane is not in the map.
+    The direction is that of the governed lane (`lane_ids`) at its first point (WOMD stop
+    points are where the governed lane starts); `known` is False when the light is
+    invalid or its lane is not in the map.
     """
     tl = scenario.traffic_lights
     tc = jnp.clip(t, 0, tl.state.shape[-1] - 1)
-    lights = jax.tree.map(lambda a: a[:, tc], tl)
-    red = tl.is_red[:, tc]
+    lights = jax.tree.map(lambda a: select_index(a, tc, -1), tl)
+    red = select_index(tl.is_red, tc, -1)
     rm = scenario.roadmap
     match = (rm.lane_ids[None, :] == lights.lane_ids[:, None]) & (rm.lane_ids[None, :] >= 0)  # [L, P]
-    lane = jnp.argmax(match, -1)  # [L]
     found = jnp.any(match, -1)
+    # WOMD stop points sit where the governed lane starts: its direction there, by masked
+    # sums over [L, P] (no gathers, no [L, P, Q] work).
+    first_dir = rm.lane_dir[:, 0, :]  # [P, 2]
+    direction = jnp.stack([jnp.sum(jnp.where(match, first_dir[None, :, 0], 0.0), -1),
+                           jnp.sum(jnp.where(match, first_dir[None, :, 1], 0.0), -1)], -1)  # [L, 2]
     stop = jnp.stack([lights.x, lights.y], -1)  # [L, 2]
-    pts = rm.lane_xy[lane]  # [L, Q, 2]
-    d2 = jnp.where(rm.lane_valid[lane], jnp.sum((pts - stop[:, None]) ** 2, -1), jnp.inf)
-    q = jnp.argmin(d2, -1)
-    direction = jnp.take_along_axis(rm.lane_dir[lane], q[:, None, None], 1)[:, 0]  # [L, 2]
+    direction = direction / jnp.maximum(jnp.linalg.norm(direction, axis=-1, keepdims=True), 1e-6)
     return stop, direction, red, lights.valid & found
 
 
@@ -377,8 +460,7 @@ def time_to_collision(state: ObjectState, ego: jax.Array) -> jax.Array:
         corners = geo.to_local(_corners(state), jnp.stack([e.x, e.y]), e.yaw)  # [N, 4, 2]
         min_x, max_x = jnp.min(corners[..., 0], -1), jnp.max(corners[..., 0], -1)
         min_y, max_y = jnp.min(corners[..., 1], -1), jnp.max(corners[..., 1], -1)
-        n = state.x.shape[-1]
-        others = state.valid & (jnp.arange(n) != ego)
+        others = state.valid & ~object_mask(ego, state.x.shape[-1])
         in_corridor = others & (min_y < e.width / 2) & (max_y > -e.width / 2)
         gap = min_x - e.length / 2
         overlapping = in_corridor & (gap <= 0.0) & (max_x >= -e.length / 2)
@@ -402,9 +484,8 @@ def step_metrics(scenario: Scenario, prev_state: SimState, state: SimState, info
     ego_lat_accel, ego_jerk, ego_ttc. Per-object entries `[N]` depending on `config`:
     overlap, offroad, red_light, log_divergence, log_valid, valid.
     """
-    del info
     with jax.named_scope("metrics.step"):
-        ego = scenario.object_metadata.sdc_index
+        ego = scenario.object_metadata.is_sdc
         cur, prev = state.current, prev_state.current
         e, e_prev = take_object(cur, ego), take_object(prev, ego)
         rm = scenario.roadmap
@@ -412,20 +493,22 @@ def step_metrics(scenario: Scenario, prev_state: SimState, state: SimState, info
         if config.per_object_overlap:
             ov = overlap(cur)
             out["overlap"] = ov
-            out["ego_overlap"] = ov[ego]
+            out["ego_overlap"] = select_index(ov, ego)
         else:
             out["ego_overlap"] = ego_overlap(cur, ego)
         if config.per_object_offroad:
             off = offroad(cur, rm)
             out["offroad"] = off
-            out["ego_offroad"] = off[ego]
+            out["ego_offroad"] = select_index(off, ego)
         else:
             out["ego_offroad"] = ego_offroad(cur, rm, ego, config.edge_cull)
-        log_state = trajectory_at(scenario.log_trajectory, state.timestep)
+        # The env's StepInfo already holds the log at the new step.
+        log_state = (trajectory_at(scenario.log_trajectory, state.timestep) if info is None
+                     else info.log_state)
         if config.per_object_log_divergence:
             div, div_valid = log_divergence(cur, log_state)
             out["log_divergence"], out["log_valid"] = div, div_valid
-            out["ego_log_divergence"], out["ego_log_valid"] = div[ego], div_valid[ego]
+            out["ego_log_divergence"], out["ego_log_valid"] = select_index(div, ego), select_index(div_valid, ego)
         else:
             div, div_valid = log_divergence(e, take_object(log_state, ego))
             out["ego_log_divergence"], out["ego_log_valid"] = div, div_valid
@@ -440,7 +523,7 @@ def step_metrics(scenario: Scenario, prev_state: SimState, state: SimState, info
         if config.per_object_red_light:
             rl = red_light_crossing(scenario, prev, cur, state.timestep)
             out["red_light"] = rl
-            out["ego_red_light"] = rl[ego]
+            out["ego_red_light"] = select_index(rl, ego)
         else:
             out["ego_red_light"] = red_light_crossing(scenario, e_prev, e, state.timestep)
         hist = take_object(state.history, ego)
@@ -476,11 +559,12 @@ def episode_metrics(scenario: Scenario, rollout_out, extras: dict | None = None)
         out["failure"] = jnp.maximum(jnp.maximum(out["collision"], out["offroad"]), out["red_light"])
         progress = jnp.sum(jnp.where(valid, x["ego_route_s"] - x["ego_route_s_prev"], 0.0))
         # The log's progress over the same steps, from the log at the step before the first.
-        ego = scenario.object_metadata.sdc_index
+        ego = scenario.object_metadata.is_sdc
         first = rollout_out.timesteps[0] - 1
         log0 = take_object(trajectory_at(scenario.log_trajectory, first), ego)
-        log_xy = jnp.stack([rollout_out.log_states.x[:, ego], rollout_out.log_states.y[:, ego]], -1)  # [H, 2]
-        log_valid = rollout_out.log_states.valid[:, ego]
+        ls = rollout_out.log_states
+        log_xy = jnp.stack([select_index(ls.x, ego, 1), select_index(ls.y, ego, 1)], -1)  # [H, 2]
+        log_valid = select_index(ls.valid, ego, 1)
         log_s, _ = route_progress(log_xy, scenario.route)
         log_s0, _ = route_progress(jnp.stack([log0.x, log0.y]), scenario.route)
         log_progress = jnp.where(jnp.any(log_valid) & log0.valid, _last_valid(log_s, log_valid) - log_s0, 0.0)

@@ -84,7 +84,7 @@ def _route_step(scenario: Scenario, prev_state: SimState, state: SimState, ego: 
 def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weights: RewardWeights) -> jax.Array:
     """The RL reward `[]` of the transition `prev_state -> state` (discrete metrics, ego only)."""
     with jax.named_scope("rewards.step_reward"):
-        ego = scenario.object_metadata.sdc_index
+        ego = scenario.object_metadata.is_sdc
         cur, prev = state.current, prev_state.current
         e, e_prev = m.take_object(cur, ego), m.take_object(prev, ego)
         f = lambda b: b.astype(jnp.float32)
@@ -105,11 +105,11 @@ def step_surrogate_loss(scenario: Scenario, prev_state: SimState, state: SimStat
                         weights: RewardWeights) -> jax.Array:
     """The smooth, differentiable loss `[]` of the transition (lower is better)."""
     with jax.named_scope("rewards.step_surrogate_loss"):
-        ego = scenario.object_metadata.sdc_index
+        ego = scenario.object_metadata.is_sdc
         cur = state.current
         loss = weights.log_divergence * _ego_log_distance(scenario, state, ego)
         loss += weights.collision * m.overlap_surrogate(cur, ego, weights.overlap_margin, weights.temperature)
         loss += weights.offroad * m.offroad_surrogate(cur, scenario.roadmap, ego, weights.offroad_margin,
                                                       weights.temperature)
         loss -= weights.progress * _route_step(scenario, prev_state, state, ego)
-        return jnp.where(cur.valid[ego], loss, 0.0)
+        return jnp.where(m.select_index(cur.valid, ego), loss, 0.0)
