@@ -135,6 +135,7 @@ class GeneratorConfig:
     max_crosswalks: int = 8
     max_stop_signs: int = 8
     cull_radius_m: float = 80.0
+    edge_segment_m: float = 6.0
     max_pedestrians: int = 6
     max_cyclists: int = 3
     chunk_size: int = 32  # scenarios simulated together (vectorised)
@@ -160,7 +161,8 @@ class GeneratorConfig:
         return MapConfig(max_lanes=self.max_lanes, lane_points=self.lane_points,
                          max_lane_length_m=self.max_lane_length_m, max_edges=self.max_edges,
                          max_crosswalks=self.max_crosswalks, max_stop_signs=self.max_stop_signs,
-                         cull_radius_m=self.cull_radius_m)
+                         cull_radius_m=self.cull_radius_m, edge_segment_m=self.edge_segment_m,
+                         orient_edges="keep", focus_spacing_m=4.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,7 +175,11 @@ def _wrap(a):
 
 def _arc(xy: np.ndarray) -> np.ndarray:
     """Cumulative arc length `[K]` of a polyline `[K, 2]`."""
-    return np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
+    d = xy[1:] - xy[:-1]
+    out = np.empty(len(xy))
+    out[0] = 0.0
+    np.cumsum(np.hypot(d[:, 0], d[:, 1]), out=out[1:])
+    return out
 
 
 def _resample(xy: np.ndarray, spacing: float = _PATH_DS) -> np.ndarray:
@@ -210,14 +216,34 @@ def _unit(angle) -> np.ndarray:
     return np.array([np.cos(angle), np.sin(angle)])
 
 
-def _bezier(p0, d0, p3, d3, spacing: float = _PATH_DS) -> np.ndarray:
-    """Cubic Bezier from `p0` heading `d0` to `p3` heading `d3`, handles sized to approximate a circle."""
+def _bezier_ctrl(p0, d0, p3, d3) -> np.ndarray:
+    """Control points `[4, 2]` of a cubic from `p0` heading `d0` to `p3` heading `d3`, handles sized to
+    approximate a circular arc."""
     chord = float(np.linalg.norm(p3 - p0))
     phi = abs(_wrap(np.arctan2(d3[1], d3[0]) - np.arctan2(d0[1], d0[0])))
     ratio = 1.0 / 3.0 if phi < 1e-3 else (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(phi / 2))
     h = ratio * chord
-    p1, p2 = p0 + d0 * h, p3 - d3 * h
-    t = np.linspace(0.0, 1.0, max(int(chord / spacing) * 4, 16))[:, None]
+    return np.stack([p0, p0 + d0 * h, p3 - d3 * h, p3])
+
+
+_BT = np.linspace(0.0, 1.0, 33)[:, None]
+
+
+def _bezier_kmax(ctrl: np.ndarray) -> float:
+    """Largest |curvature| of a cubic Bezier (analytic, at 33 parameter values)."""
+    p0, p1, p2, p3 = ctrl
+    t = _BT
+    d1 = 3 * (1 - t) ** 2 * (p1 - p0) + 6 * (1 - t) * t * (p2 - p1) + 3 * t ** 2 * (p3 - p2)
+    d2 = 6 * (1 - t) * (p2 - 2 * p1 + p0) + 6 * t * (p3 - 2 * p2 + p1)
+    cr = np.abs(d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0])
+    return float(np.max(cr / np.maximum(np.hypot(d1[:, 0], d1[:, 1]) ** 3, 1e-9)))
+
+
+def _bezier(p0, d0, p3, d3, spacing: float = _PATH_DS) -> np.ndarray:
+    """Cubic Bezier from `p0` heading `d0` to `p3` heading `d3`, resampled every `spacing` metres."""
+    p0, p1, p2, p3 = _bezier_ctrl(p0, d0, p3, d3)
+    chord = float(np.linalg.norm(p3 - p0))
+    t = np.linspace(0.0, 1.0, max(int(chord / spacing) * 3, 16))[:, None]
     pts = (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t ** 2 * p2 + t ** 3 * p3
     return _resample(pts, spacing)
 
@@ -240,6 +266,10 @@ class _Lane:
     speed: float  # m/s
     rank: int = 2  # right of way in conflicts: higher goes first
     stop: tuple[str, int] | None = None  # ("light", light index) / ("sign", sign index) at the lane end
+    length: float = 0.0  # arc length (m), set on creation
+
+    def __post_init__(self):
+        self.length = float(_arc(self.xy)[-1])
 
 
 @dataclasses.dataclass
@@ -454,28 +484,23 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
     gaps = [_wrap(angles[(a + 1) % num_arms] - angles[a]) % (2 * np.pi) for a in range(num_arms)]
     min_gap = min(g for g in gaps if g < np.pi * 0.99) if num_arms == 3 else min(gaps)
     r_s = max(max_half / np.tan(min_gap / 2) + cw + 3.0, 12.0)
-    for _ in range(30):
-        conns = {}
-        ok = True
-        for (a, la, b, lb, tag) in moves:
-            xy = _bezier(in_pt(a, la, r_s), -u[a], out_pt(b, lb, r_s), u[b])
-            kmax = np.max(np.abs(_curvature(xy)))
-            if kmax > 0.14:
-                ok = False
-                break
-            conns[(a, la, b, lb)] = xy
-        corners = []
-        if ok:
-            for a in range(num_arms):
-                b = (a + 1) % num_arms
-                xy = _bezier(in_pt(a, n_in[a] - 1, r_s), -u[a], out_pt(b, n_out[b] - 1, r_s), u[b])
-                if np.max(np.abs(_curvature(xy))) * (w / 2 + _SHOULDER) > 0.6:
-                    ok = False
-                    break
-                corners.append(_offset(xy, -(w / 2 + _SHOULDER)))
+    for _ in range(40):
+        ok = all(_bezier_kmax(_bezier_ctrl(in_pt(a, la, r_s), -u[a], out_pt(b, lb, r_s), u[b])) <= 0.14
+                 for (a, la, b, lb, tag) in moves)
+        ok = ok and all(
+            _bezier_kmax(_bezier_ctrl(in_pt(a, n_in[a] - 1, r_s), -u[a], out_pt((a + 1) % num_arms,
+                                      n_out[(a + 1) % num_arms] - 1, r_s), u[(a + 1) % num_arms]))
+            * (w / 2 + _SHOULDER) <= 0.6 for a in range(num_arms))
         if ok:
             break
-        r_s += 1.5
+        r_s += 1.0
+    conns = {(a, la, b, lb): _bezier(in_pt(a, la, r_s), -u[a], out_pt(b, lb, r_s), u[b])
+             for (a, la, b, lb, tag) in moves}
+    corners = []
+    for a in range(num_arms):
+        b = (a + 1) % num_arms
+        xy = _bezier(in_pt(a, n_in[a] - 1, r_s), -u[a], out_pt(b, n_out[b] - 1, r_s), u[b])
+        corners.append(_offset(xy, -(w / 2 + _SHOULDER)))
     # Lanes.
     in_ids = [[net.add_lane([in_pt(a, k, r_s + arm_len), in_pt(a, k, r_s)], RG_SURFACE_LANE, speed[road_of[a]])
                for k in range(n_in[a])] for a in range(num_arms)]
@@ -595,7 +620,7 @@ def _build_merge(rng: np.random.Generator, pr: ParamRanges) -> _Net:
     n = int(rng.integers(2, 4))
     vmain = rng.uniform(24.0, 29.0) * rng.uniform(*pr.speed_scale)
     vramp = rng.uniform(17.0, 21.0) * rng.uniform(*pr.speed_scale)
-    length = 520.0
+    length = 480.0
     ds = 1.0
     k = np.zeros(int(length / ds) + 1)
     if rng.random() < 0.5:
@@ -640,10 +665,11 @@ def _build_merge(rng: np.random.Generator, pr: ParamRanges) -> _Net:
     net.spawn[ramp] = (3.0, max(s_m0 - s_r0 - 10.0, 5.0))
     half_l = (n - 1) * w + w / 2 + _SHOULDER
     off = w / 2 + _SHOULDER
-    # Gore tip: where the ramp's inner edge meets the main road's right edge.
-    s_tip = s_g - np.sqrt(max((2 * _SHOULDER) / c, 0.0))
-    s_a = np.arange(0.0, s_tip, 2.0)
-    s_b = np.arange(s_r0, s_tip, 2.0)
+    # Gore: the unpaved wedge between the main road and the ramp, closed by a blunt 1 m nose (a
+    # sharp tip would make the nearest-edge side test ambiguous just beyond it).
+    s_nose = s_g - np.sqrt((2 * _SHOULDER + 1.0) / c)
+    s_a = np.append(np.arange(0.0, s_nose, 2.0), s_nose)
+    s_b = np.append(np.arange(s_r0, s_nose, 2.0), s_nose)
     gore = np.concatenate([at(s_a, np.full(len(s_a), -off)), at(s_b[::-1], l_ramp(s_b[::-1]) + off)])
     s_c = np.arange(s_r0, s_m, 2.0)
     s_d = np.arange(s_m, s_ref[-1], 4.0)
@@ -796,17 +822,21 @@ class _Agent:
 
 
 def _lane_len(net: _Net, i: int) -> float:
-    return float(_arc(net.lanes[i].xy)[-1])
+    return net.lanes[i].length
 
 
 def _route_path(net: _Net, lanes: list[int]) -> tuple[np.ndarray, list[float]]:
+    """The route's centre line at exactly `_PATH_DS` spacing and each lane's start position on it."""
     pts, offs, acc = [], [], 0.0
     for j, li in enumerate(lanes):
         xy = net.lanes[li].xy
         offs.append(acc)
-        acc += float(_arc(xy)[-1])
+        acc += net.lanes[li].length
         pts.append(xy if j == 0 else xy[1:])
-    return _resample(np.concatenate(pts)), offs
+    xy = np.concatenate(pts)
+    s = _arc(xy)
+    t = np.arange(0.0, s[-1] + 1e-9, _PATH_DS)
+    return np.stack([np.interp(t, s, xy[:, 0]), np.interp(t, s, xy[:, 1])], -1), offs
 
 
 def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorConfig, red_at0) -> list[_Agent]:
@@ -820,6 +850,7 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
     for lanes, wgt, tag in net.routes:
         routes_from.setdefault(lanes[0], []).append((lanes, wgt, tag))
     spawn_lanes = [li for li in net.spawn if li in routes_from]
+    path_cache: dict[tuple[int, ...], tuple[np.ndarray, list[float]]] = {}
     rng.shuffle(spawn_lanes)
     # Pedestrians first (they are few), one per crossing path.
     for pi in rng.permutation(len(net.peds))[:n_ped]:
@@ -827,7 +858,7 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
         walking = bool(rng.random() < 0.5)
         s0 = rng.uniform(0.5, p.stop_s - 0.6)
         if walking and p.walk[0]:
-            s0 = rng.uniform(0.5, min(p.stop_s + 6.0, _arc(p.xy)[-1] - 12.0))
+            s0 = rng.uniform(0.5, min(p.stop_s + 6.0, len(p.xy) * _PATH_DS - 12.0))
         vdes = rng.uniform(1.0, 1.6)
         agents.append(_Agent(TYPE_PEDESTRIAN, p.xy, [-1 - int(pi)], [0.0], s0, vdes * rng.uniform(0.0, 1.0), vdes,
                              rng.uniform(0.4, 0.7), rng.uniform(0.4, 0.7), rng.uniform(1.5, 1.9), 0.8, 2.0, 0.6,
@@ -854,7 +885,10 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
                 opts = [o for o in opts if o[2] in ("straight", "right", "exit")] or opts
             wts = np.array([o[1] for o in opts])
             lanes, _, tag = opts[int(rng.choice(len(opts), p=wts / wts.sum()))]
-            path, offs = _route_path(net, lanes)
+            key = tuple(lanes)
+            if key not in path_cache:
+                path_cache[key] = _route_path(net, lanes)
+            path, offs = path_cache[key]
             if is_cyc:
                 length, width, height = rng.uniform(1.6, 2.0), rng.uniform(0.6, 0.8), rng.uniform(1.6, 1.9)
                 vdes = rng.uniform(4.0, 7.0)
@@ -909,36 +943,64 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
 def _lane_table(net: _Net, used: list[int]) -> dict[tuple[int, int], tuple]:
     """Proximity zones between lanes / pedestrian paths: (lo_a, hi_a, lo_b, hi_b, aligned) per pair.
 
-    Lane indices >= 0 are lanes; -1 - p is pedestrian path p. Pedestrian pairs are skipped.
+    Lane indices >= 0 are lanes; -1 - p is pedestrian path p; pedestrian pairs are skipped.
+    Close point pairs are found with a uniform grid (cells of the conflict distance), all
+    lanes at once.
     """
-    geo = {}
+    pts, s, h, owner = [], [], [], []
     for u in used:
         xy = net.lanes[u].xy if u >= 0 else net.peds[-1 - u].xy
-        pts = xy[::2]
-        s = np.arange(len(xy))[::2] * 0.0 + _arc(xy)[::2]
-        h = np.arctan2(*_tangent(xy)[::2][:, ::-1].T)
-        geo[u] = (pts, s, h, pts.min(0) - 3.0, pts.max(0) + 3.0)
+        sub = xy[::2]
+        pts.append(sub)
+        s.append(_arc(xy)[::2])
+        t = _tangent(xy)[::2]
+        h.append(np.arctan2(t[:, 1], t[:, 0]))
+        owner.append(np.full(len(sub), u))
+    pts, s, h, owner = np.concatenate(pts), np.concatenate(s), np.concatenate(h), np.concatenate(owner)
+    cell = np.floor(pts / _CONFLICT_VEHICLE).astype(np.int64)
+    key = cell[:, 0] * 100_003 + cell[:, 1]
+    order = np.argsort(key, kind="stable")
+    skey = key[order]
+    ia, ib = [], []
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            q = (cell[:, 0] + dx) * 100_003 + cell[:, 1] + dy
+            lo = np.searchsorted(skey, q, "left")
+            hi = np.searchsorted(skey, q, "right")
+            cnt = hi - lo
+            src = np.repeat(np.arange(len(q)), cnt)
+            start = np.repeat(lo - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt)
+            ia.append(src)
+            ib.append(order[np.arange(len(src)) + start])
+    ia, ib = np.concatenate(ia), np.concatenate(ib)
+    oa, ob = owner[ia], owner[ib]
+    d = np.hypot(*(pts[ia] - pts[ib]).T)
+    thr = np.where((oa < 0) | (ob < 0), _CONFLICT_PED, _CONFLICT_VEHICLE)
+    sel = (oa != ob) & ~((oa < 0) & (ob < 0)) & (d < thr)
+    ia, ib, oa, ob, d = ia[sel], ib[sel], oa[sel], ob[sel], d[sel]
     table = {}
-    for ia, a in enumerate(used):
-        pa, sa, ha, lo_a, hi_a = geo[a]
-        for b in used[ia + 1:]:
-            if a < 0 and b < 0:
-                continue
-            pb, sb, hb, lo_b, hi_b = geo[b]
-            if np.any(lo_a > hi_b) or np.any(lo_b > hi_a):
-                continue
-            thr = _CONFLICT_PED if (a < 0 or b < 0) else _CONFLICT_VEHICLE
-            d = np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1))
-            close = d < thr
-            if not close.any():
-                continue
-            ra, rb = np.nonzero(close)
-            k = int(np.argmin(d))
-            aligned = abs(_wrap(ha[k // d.shape[1]] - hb[k % d.shape[1]])) < np.deg2rad(40) and a >= 0 and b >= 0
-            za = (sa[ra.min()] - 0.5, sa[ra.max()] + 0.5)
-            zb = (sb[rb.min()] - 0.5, sb[rb.max()] + 0.5)
-            table[(a, b)] = (za[0], za[1], zb[0], zb[1], aligned)
-            table[(b, a)] = (zb[0], zb[1], za[0], za[1], aligned)
+    if len(ia) == 0:
+        return table
+    pair = (oa + 10_000) * 100_000 + (ob + 10_000)
+    uniq, inv = np.unique(pair, return_inverse=True)
+    m = len(uniq)
+    lo_a = np.full(m, np.inf)
+    hi_a = np.full(m, -np.inf)
+    lo_b = np.full(m, np.inf)
+    hi_b = np.full(m, -np.inf)
+    np.minimum.at(lo_a, inv, s[ia])
+    np.maximum.at(hi_a, inv, s[ia])
+    np.minimum.at(lo_b, inv, s[ib])
+    np.maximum.at(hi_b, inv, s[ib])
+    # Heading difference at the closest point pair of each lane pair.
+    best = np.lexsort((d, inv))
+    first = best[np.concatenate([[True], inv[best][1:] != inv[best][:-1]])]
+    dh = np.abs(_wrap(h[ia[first]] - h[ib[first]]))
+    a_own, b_own = oa[first], ob[first]
+    aligned = (dh < np.deg2rad(40)) & (a_own >= 0) & (b_own >= 0)
+    for k in range(m):
+        table[(int(a_own[k]), int(b_own[k]))] = (lo_a[k] - 0.5, hi_a[k] + 0.5, lo_b[k] - 0.5, hi_b[k] + 0.5,
+                                                   bool(aligned[k]))
     return table
 
 
@@ -1059,7 +1121,11 @@ class _Batch:
         self.p_len = (lens - 1) * _PATH_DS
         pts = np.concatenate([a.path for a in agents])
         self.px, self.py = pts[:, 0], pts[:, 1]
-        self.cap = np.concatenate([_speed_cap(a.path, a.kind) for a in agents])
+        caps: dict[int, np.ndarray] = {}
+        for a in agents:
+            if id(a.path) not in caps:
+                caps[id(a.path)] = _speed_cap(a.path, a.kind)
+        self.cap = np.concatenate([caps[id(a.path)] for a in agents])
         # Records.
         recs = [(base[k] + r[0], base[k] + r[1]) + tuple(r[2:]) for k, it in enumerate(items) for r in it["records"]]
         rec = np.array(recs, np.float64).reshape(-1, 9)
@@ -1431,9 +1497,9 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
     rs = np.linspace(r0, r1, cfg.route_points)
     grid = np.arange(b.p_n[g]) * _PATH_DS
     route_xy = np.stack([np.interp(rs, grid, ego_path[0]), np.interp(rs, grid, ego_path[1])], -1)
-    others = np.stack([out["x"][lo:hi, ::10][out["valid"][lo:hi, ::10]], out["y"][lo:hi, ::10][out["valid"][lo:hi, ::10]]],
-                      -1)
-    focus = np.concatenate([np.stack([out["x"][g], out["y"][g]], -1), route_xy, others])
+    sub_valid = out["valid"][lo:hi, ::30]
+    others = np.stack([out["x"][lo:hi, ::30][sub_valid], out["y"][lo:hi, ::30][sub_valid]], -1)
+    focus = np.concatenate([np.stack([out["x"][g, ::5], out["y"][g, ::5]], -1), route_xy[::2], others])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         roadmap, report = compile_roadmap(raw, focus, cfg.map_config(), source=f"procedural/{item['seed']}")
