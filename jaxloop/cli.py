@@ -13,10 +13,12 @@ import sys
 # name -> "module:function", or a group: name -> {subname: "module:function"}
 COMMANDS: dict[str, str | dict[str, str]] = {
     "demo": "jaxloop.demo:run",
+    "data": {"generate": "jaxloop.data.procedural:generate_cli"},
 }
 
 _HELP = {
     "demo": "the main job on built-in data: roll out baselines and print a comparison table",
+    "data": "datasets: generate built-in procedural scenarios",
 }
 
 

@@ -670,7 +670,16 @@ def _build_merge(rng: np.random.Generator, pr: ParamRanges) -> _Net:
     s_nose = s_g - np.sqrt((2 * _SHOULDER + 1.0) / c)
     s_a = np.append(np.arange(0.0, s_nose, 2.0), s_nose)
     s_b = np.append(np.arange(s_r0, s_nose, 2.0), s_nose)
-    gore = np.concatenate([at(s_a, np.full(len(s_a), -off)), at(s_b[::-1], l_ramp(s_b[::-1]) + off)])
+    main_side = at(s_a, np.full(len(s_a), -off))
+    ramp_side = at(s_b[::-1], l_ramp(s_b[::-1]) + off)
+    # Round nose: a half circle bulging downstream, so every vertex of the wedge is obtuse.
+    pa, pb = main_side[-1], ramp_side[0]
+    centre, rad = 0.5 * (pa + pb), 0.5 * np.linalg.norm(pb - pa)
+    i_n = min(int(np.searchsorted(s_ref, s_nose)), len(ref) - 1)
+    fwd, side = tan[i_n], pa - centre
+    th = np.linspace(0.0, np.pi, 8)[1:-1]
+    nose = centre + np.cos(th)[:, None] * side + np.sin(th)[:, None] * fwd * rad
+    gore = np.concatenate([main_side, nose, ramp_side])
     s_c = np.arange(s_r0, s_m, 2.0)
     s_d = np.arange(s_m, s_ref[-1], 4.0)
     outer = np.concatenate([at(s_c, l_ramp(s_c) - off), at(s_d, np.full(len(s_d), -off))])
