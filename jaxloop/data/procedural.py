@@ -1376,6 +1376,8 @@ def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConf
             continue
         bonus = {"left": 4.0, "merge": 4.0, "roundabout": 3.0, "right": 2.0}.get(ag.tag, 0.0)
         bonus += 3.0 if ag.stop_sign else (1.5 if ag.stop_sig >= 0 else 0.0)
+        if ag.stop_s < _INF and ag.stop_s - ag.s0 < 45.0:
+            bonus += 3.0
         cands.append((k, 1.0 + score[k] + bonus))
     if cands:
         w = np.array([c[1] for c in cands]) ** 2
@@ -1387,56 +1389,56 @@ def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConf
                 records=records, ego=ego, alive=np.ones(len(agents), bool), rng=rng)
 
 
-def _split_lanes(net: _Net, max_len: float) -> tuple[list[np.ndarray], list[int], dict[int, list[int]]]:
-    """Lane pieces no longer than `max_len` (so the compiler keeps them whole): xy list, lane of each, ids."""
-    pieces, owner, ids = [], [], {}
+def _raw_roadgraph(net: _Net, max_piece_len: float):
+    """The network as WOMD-layout roadgraph points, and the lane-piece ids of each lane.
+
+    Lanes are cut into pieces no longer than `max_piece_len` (so the map compiler keeps
+    each piece whole and its id names exactly one compiled lane); ids start at 1.
+    """
+    from jaxloop.data.mapcompile import RawRoadgraph
+    polys, types, pids = [], [], []
+    lane_ids: dict[int, list[int]] = {}
+    speed = {}
     for li, lane in enumerate(net.lanes):
         xy = lane.xy
-        total = _arc(xy)[-1]
-        num = max(1, int(np.ceil(total / max_len)))
+        num = max(1, int(np.ceil(lane.length / max_piece_len)))
         cuts = np.linspace(0, len(xy) - 1, num + 1).round().astype(int)
-        ids[li] = []
+        lane_ids[li] = []
         for a, c in zip(cuts[:-1], cuts[1:]):
-            pieces.append(xy[a:c + 1])
-            owner.append(li)
-            ids[li].append(len(pieces))  # ids start at 1
-    return pieces, owner, ids
-
-
-def _raw_roadgraph(net: _Net, max_piece_len: float):
-    from jaxloop.data.mapcompile import RawRoadgraph
-    from jaxloop.sim.datatypes import RG_SPEED_BUMP  # noqa: F401  (documented type list)
-    pieces, owner, lane_ids = _split_lanes(net, max_piece_len)
-    polys: list[tuple[np.ndarray, int, int]] = []
-    for k, xy in enumerate(pieces):
-        polys.append((xy[::2] if len(xy) > 4 else xy, net.lanes[owner[k]].rg_type, k + 1))
-        if len(xy) > 4 and (len(xy) - 1) % 2:
-            polys[-1] = (np.concatenate([xy[::2], xy[-1:]]), polys[-1][1], polys[-1][2])
+            idx = np.append(np.arange(a, c, 4), c)  # about 2 m between raw points
+            polys.append(xy[idx])
+            types.append(lane.rg_type)
+            pids.append(len(pids) + 1)
+            lane_ids[li].append(pids[-1])
+            speed[pids[-1]] = lane.speed
     for k, (xy, t) in enumerate(net.lines):
-        polys.append((xy, t, 40000 + k))
+        polys.append(xy)
+        types.append(t)
+        pids.append(40000 + k)
     for k, xy in enumerate(net.edges):
-        polys.append((xy, RG_ROAD_EDGE_BOUNDARY, 20000 + k))
+        polys.append(xy)
+        types.append(RG_ROAD_EDGE_BOUNDARY)
+        pids.append(20000 + k)
     for k, xy in enumerate(net.crosswalks):
-        polys.append((xy, RG_CROSSWALK, 30000 + k))
+        polys.append(xy)
+        types.append(RG_CROSSWALK)
+        pids.append(30000 + k)
     stop_lanes = {}
     for k, (xy, lane) in enumerate(net.signs):
-        polys.append((np.asarray(xy)[None], RG_STOP_SIGN, 10000 + k))
+        polys.append(np.asarray(xy)[None])
+        types.append(RG_STOP_SIGN)
+        pids.append(10000 + k)
         stop_lanes[10000 + k] = [lane_ids[lane][-1]]
-    xyz, dirs, types, ids = [], [], [], []
-    for xy, t, i in polys:
-        xy = np.asarray(xy, np.float64)
-        d = np.zeros_like(xy)
-        if len(xy) > 1:
-            d[:-1] = np.diff(xy, axis=0)
-            d[-1] = d[-2]
-        d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
-        xyz.append(np.concatenate([xy, np.zeros((len(xy), 1))], 1))
-        dirs.append(np.concatenate([d, np.zeros((len(xy), 1))], 1))
-        types.append(np.full(len(xy), t))
-        ids.append(np.full(len(xy), i))
-    speed = {pid: net.lanes[li].speed for li, pl in lane_ids.items() for pid in pl}
-    raw = RawRoadgraph(xyz=np.concatenate(xyz), dir=np.concatenate(dirs), types=np.concatenate(types),
-                       ids=np.concatenate(ids), valid=np.ones(sum(len(p[0]) for p in polys), bool),
+    lens = np.array([len(p) for p in polys])
+    xy = np.concatenate(polys).astype(np.float64)
+    d = np.zeros_like(xy)
+    d[:-1] = xy[1:] - xy[:-1]
+    last = np.cumsum(lens) - 1
+    d[last] = np.where((lens > 1)[:, None], d[np.maximum(last - 1, 0)], 0.0)
+    d /= np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
+    zeros = np.zeros((len(xy), 1))
+    raw = RawRoadgraph(xyz=np.concatenate([xy, zeros], 1), dir=np.concatenate([d, zeros], 1),
+                       types=np.repeat(types, lens), ids=np.repeat(pids, lens), valid=np.ones(len(xy), bool),
                        speed_limits=speed, stop_sign_lanes=stop_lanes)
     return raw, lane_ids
 
