@@ -239,6 +239,21 @@ def _bezier_kmax(ctrl: np.ndarray) -> float:
     return float(np.max(cr / np.maximum(np.hypot(d1[:, 0], d1[:, 1]) ** 3, 1e-9)))
 
 
+def _bezier_kmax_many(p0, d0, p3, d3) -> np.ndarray:
+    """`_bezier_kmax` of many cubics at once: endpoints and headings `[M, 2]` -> `[M]`."""
+    chord = np.hypot(*(p3 - p0).T)
+    phi = np.abs(_wrap(np.arctan2(d3[:, 1], d3[:, 0]) - np.arctan2(d0[:, 1], d0[:, 0])))
+    ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
+    h = (ratio * chord)[:, None]
+    p1, p2 = p0 + d0 * h, p3 - d3 * h
+    t = _BT[None]  # [1, 33, 1]
+    p0, p1, p2, p3 = p0[:, None], p1[:, None], p2[:, None], p3[:, None]
+    d1 = 3 * (1 - t) ** 2 * (p1 - p0) + 6 * (1 - t) * t * (p2 - p1) + 3 * t ** 2 * (p3 - p2)
+    d2 = 6 * (1 - t) * (p2 - 2 * p1 + p0) + 6 * t * (p3 - 2 * p2 + p1)
+    cr = np.abs(d1[..., 0] * d2[..., 1] - d1[..., 1] * d2[..., 0])
+    return np.max(cr / np.maximum(np.hypot(d1[..., 0], d1[..., 1]) ** 3, 1e-9), axis=1)
+
+
 def _bezier(p0, d0, p3, d3, spacing: float = _PATH_DS) -> np.ndarray:
     """Cubic Bezier from `p0` heading `d0` to `p3` heading `d3`, resampled every `spacing` metres."""
     p0, p1, p2, p3 = _bezier_ctrl(p0, d0, p3, d3)
@@ -298,8 +313,9 @@ class _Net:
     peds: list[_PedPath] = dataclasses.field(default_factory=list)
     bike_lanes: set[int] = dataclasses.field(default_factory=set)  # lanes cyclists may start on
 
-    def add_lane(self, xy, rg_type, speed, rank=2) -> int:
-        self.lanes.append(_Lane(_resample(np.asarray(xy, np.float64)), rg_type, float(speed), rank))
+    def add_lane(self, xy, rg_type, speed, rank=2, resampled=False) -> int:
+        xy = np.asarray(xy, np.float64)
+        self.lanes.append(_Lane(xy if resampled else _resample(xy), rg_type, float(speed), rank))
         return len(self.lanes) - 1
 
 
@@ -484,14 +500,20 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
     gaps = [_wrap(angles[(a + 1) % num_arms] - angles[a]) % (2 * np.pi) for a in range(num_arms)]
     min_gap = min(g for g in gaps if g < np.pi * 0.99) if num_arms == 3 else min(gaps)
     r_s = max(max_half / np.tan(min_gap / 2) + cw + 3.0, 12.0)
+    # Grow the junction radius until every movement (and every kerb corner, offset half a
+    # lane outwards) is gentle enough: all cubics checked at once.
+    spec = [(a, la + 0.5, b, lb + 0.5, 0.14) for (a, la, b, lb, _) in moves]
+    spec += [(a, n_in[a] - 0.5, (a + 1) % num_arms, n_out[(a + 1) % num_arms] - 0.5, 0.6 / (w / 2 + _SHOULDER))
+             for a in range(num_arms)]
+    ua = np.array([u[m[0]] for m in spec])
+    na = np.array([nv[m[0]] for m in spec])
+    ub = np.array([u[m[2]] for m in spec])
+    nb = np.array([nv[m[2]] for m in spec])
+    la = np.array([m[1] for m in spec])[:, None] * w
+    lb = np.array([m[3] for m in spec])[:, None] * w
+    kcap = np.array([m[4] for m in spec])
     for _ in range(40):
-        ok = all(_bezier_kmax(_bezier_ctrl(in_pt(a, la, r_s), -u[a], out_pt(b, lb, r_s), u[b])) <= 0.14
-                 for (a, la, b, lb, tag) in moves)
-        ok = ok and all(
-            _bezier_kmax(_bezier_ctrl(in_pt(a, n_in[a] - 1, r_s), -u[a], out_pt((a + 1) % num_arms,
-                                      n_out[(a + 1) % num_arms] - 1, r_s), u[(a + 1) % num_arms]))
-            * (w / 2 + _SHOULDER) <= 0.6 for a in range(num_arms))
-        if ok:
+        if np.all(_bezier_kmax_many(ua * r_s + na * la, -ua, ub * r_s - nb * lb, ub) <= kcap):
             break
         r_s += 1.0
     conns = {(a, la, b, lb): _bezier(in_pt(a, la, r_s), -u[a], out_pt(b, lb, r_s), u[b])
@@ -513,7 +535,8 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
             rank = 0 if a == minor else (1 if tag == "left" else 2)
         else:
             rank = 1 if (tag == "left" and not protected) else 2
-        cid = net.add_lane(conns[(a, la, b, lb)], RG_SURFACE_LANE, min(speed[road_of[a]], speed[road_of[b]]), rank)
+        cid = net.add_lane(conns[(a, la, b, lb)], RG_SURFACE_LANE, min(speed[road_of[a]], speed[road_of[b]]), rank,
+                           resampled=True)
         net.routes.append(([in_ids[a][la], cid, out_ids[b][lb]], weights[tag], tag))
     for a in range(num_arms):
         for k in range(n_out[a]):
@@ -959,10 +982,10 @@ def _lane_table(net: _Net, used: list[int]) -> dict[tuple[int, int], tuple]:
     pts, s, h, owner = [], [], [], []
     for u in used:
         xy = net.lanes[u].xy if u >= 0 else net.peds[-1 - u].xy
-        sub = xy[::2]
+        sub = xy[::4]  # about 2 m apart; zones are padded by the half spacing
         pts.append(sub)
-        s.append(_arc(xy)[::2])
-        t = _tangent(xy)[::2]
+        s.append(_arc(xy)[::4])
+        t = _tangent(xy)[::4]
         h.append(np.arctan2(t[:, 1], t[:, 0]))
         owner.append(np.full(len(sub), u))
     pts, s, h, owner = np.concatenate(pts), np.concatenate(s), np.concatenate(h), np.concatenate(owner)
@@ -1008,7 +1031,7 @@ def _lane_table(net: _Net, used: list[int]) -> dict[tuple[int, int], tuple]:
     a_own, b_own = oa[first], ob[first]
     aligned = (dh < np.deg2rad(40)) & (a_own >= 0) & (b_own >= 0)
     for k in range(m):
-        table[(int(a_own[k]), int(b_own[k]))] = (lo_a[k] - 0.5, hi_a[k] + 0.5, lo_b[k] - 0.5, hi_b[k] + 0.5,
+        table[(int(a_own[k]), int(b_own[k]))] = (lo_a[k] - 1.0, hi_a[k] + 1.0, lo_b[k] - 1.0, hi_b[k] + 1.0,
                                                    bool(aligned[k]))
     return table
 
@@ -1021,44 +1044,73 @@ def _records(net: _Net, agents: list[_Agent]) -> list[tuple]:
     """Conflict records (i, j, ai0, ai1, aj0, aj1, aligned, offset, priority) for interacting pairs.
 
     offset maps j's path position into i's (aligned zones); priority +1: i has right of
-    way, -1: j has, 0: neither (the earlier arrival goes first).
+    way, -1: j has, 0: neither (the earlier arrival goes first). Vectorised over all
+    agent pairs and route lanes.
     """
+    n = len(agents)
+    if n < 2:
+        return []
     used = sorted({lane for ag in agents for lane in ag.lanes})
     table = _lane_table(net, used)
+    col = {u: k for k, u in enumerate(used)}
+    nu = len(used) + 1  # the last index is "no lane"
+    tab = np.zeros((nu, nu, 4))
+    has = np.zeros((nu, nu), bool)
+    tal = np.zeros((nu, nu), bool)
+    for (a, b), z in table.items():
+        tab[col[a], col[b]] = z[:4]
+        has[col[a], col[b]] = True
+        tal[col[a], col[b]] = z[4]
+    length = np.array([(_lane_len(net, u) if u >= 0 else len(net.peds[-1 - u].xy) * _PATH_DS) for u in used] + [0.0])
+    rank = np.array([_rank(net, u) for u in used] + [0])
+    m = max(len(ag.lanes) for ag in agents)
+    rl = np.full((n, m), nu - 1)
+    off = np.zeros((n, m))
+    for i, ag in enumerate(agents):
+        rl[i, : len(ag.lanes)] = [col[u] for u in ag.lanes]
+        off[i, : len(ag.lanes)] = ag.lane_off
+    la, lb = rl[:, :, None, None], rl[None, None, :, :]  # [n, m, 1, 1], [1, 1, n, m]
+    same = (la == lb) & (la != nu - 1)
+    h = has[la, lb]
+    z = tab[la, lb]  # [n, m, n, m, 4]
+    lo_a = np.where(same, 0.0, z[..., 0]) + off[:, :, None, None]
+    hi_a = np.where(same, length[la], z[..., 1]) + off[:, :, None, None]
+    lo_b = np.where(same, 0.0, z[..., 2]) + off[None, None]
+    hi_b = np.where(same, length[lb], z[..., 3]) + off[None, None]
+    al = same | (h & tal[la, lb])
+    cr = h & ~tal[la, lb] & ~same
+    prio = np.sign(rank[la] - rank[lb])
+    ped = np.array([ag.kind == TYPE_PEDESTRIAN for ag in agents])
+    ii, jj = np.triu_indices(n, 1)
+    keep = ~(ped[ii] & ped[jj])
+    ii, jj = ii[keep], jj[keep]
+    flat = lambda x: x.transpose(0, 2, 1, 3)[ii, jj].reshape(len(ii), m * m)  # [pairs, m*m]
+    al_p, cr_p, same_p = flat(al), flat(cr), flat(same)
+    lo_a_p, hi_a_p, lo_b_p, hi_b_p = flat(lo_a), flat(hi_a), flat(lo_b), flat(hi_b)
+    prio_p = flat(np.broadcast_to(prio, al.shape))
+    off_ij = flat(np.broadcast_to(off[:, :, None, None] - off[None, None], al.shape))
     out = []
-    for i in range(len(agents)):
-        A = agents[i]
-        for j in range(i + 1, len(agents)):
-            B = agents[j]
-            if A.kind == TYPE_PEDESTRIAN and B.kind == TYPE_PEDESTRIAN:
-                continue
-            al, cr = [], []
-            shared_off = None
-            for ma, la in enumerate(A.lanes):
-                for mb, lb in enumerate(B.lanes):
-                    if la == lb:
-                        L = _lane_len(net, la)
-                        z = (0.0, L, 0.0, L, True)
-                        if shared_off is None:
-                            shared_off = A.lane_off[ma] - B.lane_off[mb]
-                    else:
-                        z = table.get((la, lb))
-                        if z is None:
-                            continue
-                    rec = (A.lane_off[ma] + z[0], A.lane_off[ma] + z[1], B.lane_off[mb] + z[2], B.lane_off[mb] + z[3],
-                           _rank(net, la) - _rank(net, lb))
-                    (al if z[4] else cr).append(rec)
-            if al:
-                ai0 = min(r[0] for r in al)
-                ai1 = max(r[1] for r in al)
-                aj0 = min(r[2] for r in al)
-                aj1 = max(r[3] for r in al)
-                off = shared_off if shared_off is not None else 0.5 * ((ai0 + ai1) - (aj0 + aj1))
-                first = min(al, key=lambda r: r[0])
-                out.append((i, j, ai0, ai1, aj0, aj1, True, off, int(np.sign(first[4]))))
-            if cr:
-                r = min(cr, key=lambda r: r[0])
-                out.append((i, j, r[0], r[1], r[2], r[3], False, 0.0, int(np.sign(r[4]))))
+    big = 1e9
+    has_al = al_p.any(1)
+    if has_al.any():
+        ai0 = np.where(al_p, lo_a_p, big).min(1)
+        ai1 = np.where(al_p, hi_a_p, -big).max(1)
+        aj0 = np.where(al_p, lo_b_p, big).min(1)
+        aj1 = np.where(al_p, hi_b_p, -big).max(1)
+        first_same = np.argmax(same_p, 1)
+        shared = np.take_along_axis(off_ij, first_same[:, None], 1)[:, 0]
+        offset = np.where(same_p.any(1), shared, 0.5 * ((ai0 + ai1) - (aj0 + aj1)))
+        first = np.argmin(np.where(al_p, lo_a_p, big), 1)
+        pr = np.take_along_axis(prio_p, first[:, None], 1)[:, 0]
+        for k in np.flatnonzero(has_al):
+            out.append((int(ii[k]), int(jj[k]), ai0[k], ai1[k], aj0[k], aj1[k], True, offset[k], int(pr[k])))
+    has_cr = cr_p.any(1)
+    if has_cr.any():
+        first = np.argmin(np.where(cr_p, lo_a_p, big), 1)[:, None]
+        pick = lambda x: np.take_along_axis(x, first, 1)[:, 0]
+        v0, v1, v2, v3, pr = pick(lo_a_p), pick(hi_a_p), pick(lo_b_p), pick(hi_b_p), pick(prio_p)
+        for k in np.flatnonzero(has_cr):
+            out.append((int(ii[k]), int(jj[k]), v0[k], v1[k], v2[k], v3[k], False, 0.0, int(pr[k])))
     return out
 
 
