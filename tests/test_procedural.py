@@ -42,30 +42,64 @@ def _boxes(traj):  # [..., N, T, 5]
 
 
 @jax.jit
+def _pair_overlap(boxes, valid):
+    """`geometry.pairwise_overlap` over many box pairs `[P, 2, 5]` -> `[P]` bool."""
+    return jax.vmap(geometry.pairwise_overlap)(boxes, valid)[:, 0, 1]
+
+
 def _overlaps(scenario):
-    """Per scenario `[B]`: number of (step, pair) overlaps among valid vehicles and cyclists."""
-    def one(sc):
-        traj = sc.log_trajectory
-        road_user = (sc.object_metadata.object_types == TYPE_VEHICLE) | (sc.object_metadata.object_types == TYPE_CYCLIST)
-        boxes = jnp.swapaxes(_boxes(traj), 0, 1)  # [T, N, 5]
-        valid = jnp.swapaxes(traj.valid & road_user[:, None], 0, 1)  # [T, N]
-        return jnp.sum(geometry.pairwise_overlap(boxes, valid)) // 2
-    return jax.vmap(one)(scenario)
+    """Per scenario `[B]`: number of (step, pair) overlaps among valid vehicles and cyclists.
+
+    Pairs whose centres are farther apart than the sum of their half diagonals cannot
+    overlap; the rest go through `geometry.pairwise_overlap` (in fixed-size chunks).
+    """
+    traj = jax.tree.map(np.asarray, scenario.log_trajectory)
+    types = np.asarray(scenario.object_metadata.object_types)
+    road_user = (types == TYPE_VEHICLE) | (types == TYPE_CYCLIST)  # [B, N]
+    num, n = types.shape
+    ii, jj = np.triu_indices(n, 1)
+    reach = 0.5 * (np.hypot(traj.length, traj.width)[:, ii] + np.hypot(traj.length, traj.width)[:, jj])  # [B, P, T]
+    close = np.hypot(traj.x[:, ii] - traj.x[:, jj], traj.y[:, ii] - traj.y[:, jj]) < reach + 0.1
+    ok = traj.valid[:, ii] & traj.valid[:, jj] & (road_user[:, ii] & road_user[:, jj])[..., None]
+    b, p, t = np.nonzero(close & ok)
+    fields = lambda k: np.stack([traj.x[b, k, t], traj.y[b, k, t], traj.yaw[b, k, t], traj.length[b, k, t],
+                                 traj.width[b, k, t]], -1)
+    boxes = np.stack([fields(ii[p]), fields(jj[p])], 1)  # [K, 2, 5]
+    chunk = 4096
+    pad = (-len(boxes)) % chunk
+    boxes = np.concatenate([boxes, np.zeros((pad, 2, 5), np.float32)])
+    valid = np.concatenate([np.ones((len(b), 2), bool), np.zeros((pad, 2), bool)])
+    hit = np.concatenate([np.asarray(_pair_overlap(boxes[i:i + chunk], valid[i:i + chunk]))
+                          for i in range(0, len(boxes), chunk)])[: len(b)]
+    return np.bincount(b[hit], minlength=num)
 
 
 @jax.jit
 def _offroad(scenario):
-    """Per scenario `[B]`: the largest signed distance of a valid vehicle's box corner to the road edges."""
+    """Per scenario `[B]`: the largest signed distance of a valid vehicle's box corner to the road edges.
+
+    The same quantity as `geometry.signed_distance_to_polylines` (nearest segment, sign of
+    its side), with the nearest segment found on squared distances to keep it cheap.
+    """
     def one(sc):
         traj = sc.log_trajectory
         rm = sc.roadmap
-        corners = geometry.box_corners(traj.x, traj.y, traj.yaw, traj.length, traj.width)  # [N, T, 4, 2]
-        n, t = traj.x.shape
-        d = geometry.signed_distance_to_polylines(corners.reshape(n * t * 4, 2), rm.edge_start, rm.edge_end,
-                                                  rm.edge_valid).reshape(n, t, 4)
-        mask = traj.valid & (sc.object_metadata.object_types == TYPE_VEHICLE)[:, None]
-        return jnp.max(jnp.where(mask[..., None], d, -jnp.inf))
-    return jax.vmap(one)(scenario)
+        corners = geometry.box_corners(traj.x, traj.y, traj.yaw, traj.length, traj.width).reshape(-1, 2)  # [C, 2]
+        seg = rm.edge_end - rm.edge_start  # [E, 2]
+        len2 = jnp.maximum(jnp.sum(seg ** 2, -1), 1e-12)
+        rel = corners[:, None, :] - rm.edge_start[None]  # [C, E, 2]
+        t = jnp.clip((rel[..., 0] * seg[:, 0] + rel[..., 1] * seg[:, 1]) / len2, 0.0, 1.0)
+        dx, dy = rel[..., 0] - t * seg[:, 0], rel[..., 1] - t * seg[:, 1]
+        d2 = jnp.where(rm.edge_valid, dx * dx + dy * dy, jnp.inf)
+        k = jnp.argmin(d2, axis=-1)  # [C]
+        near = jnp.take_along_axis(d2, k[:, None], -1)[:, 0]
+        rel_k = corners - rm.edge_start[k]
+        side = geometry.cross2(seg[k], rel_k)
+        signed = jnp.where(side > 0, 1.0, -1.0) * jnp.sqrt(near + 1e-12)
+        mask = traj.valid & (sc.object_metadata.object_types == TYPE_VEHICLE)[:, None]  # [N, T]
+        mask = jnp.repeat(mask.reshape(-1), 4)
+        return jnp.max(jnp.where(mask, signed, -jnp.inf))
+    return jax.lax.map(one, scenario)
 
 
 def _red_light_violations(scenario) -> int:
@@ -102,7 +136,7 @@ def _kinematics(scenario):
         mask = valid & ((types == TYPE_VEHICLE) | (types == TYPE_CYCLIST))[:, None]
         return (jnp.max(jnp.where(mask, jnp.abs(actions[..., 0]), 0.0)),
                 jnp.max(jnp.where(mask, jnp.abs(actions[..., 1]), 0.0)))
-    return jax.vmap(one)(scenario)
+    return jax.lax.map(one, scenario)
 
 
 @jax.jit
@@ -124,7 +158,7 @@ def _ego_round_trip(scenario):
             return nxt, jnp.hypot(nxt.x - traj.x[ego, t + 1], nxt.y - traj.y[ego, t + 1])
         _, err = jax.lax.scan(step, state, jnp.arange(10, traj.x.shape[-1] - 1))
         return err
-    return jax.vmap(one)(scenario)
+    return jax.lax.map(one, scenario)
 
 
 @jax.jit
@@ -136,7 +170,7 @@ def _ego_nearest_other(scenario):
         d = jnp.hypot(traj.x - traj.x[ego], traj.y - traj.y[ego])
         other = traj.valid & traj.valid[ego] & (jnp.arange(traj.x.shape[0]) != ego)[:, None]
         return jnp.min(jnp.where(other, d, jnp.inf))
-    return jax.vmap(one)(scenario)
+    return jax.lax.map(one, scenario)
 
 
 def _in_batches(fn, scenarios, size=100):
@@ -149,9 +183,9 @@ def _in_batches(fn, scenarios, size=100):
 
 def _quality(scenarios, infos, label):
     num = len(infos)
-    overlaps = _in_batches(_overlaps, scenarios)
+    overlaps = _overlaps(scenarios)
     assert int(overlaps.sum()) == 0, f"{label}: overlaps in {[infos[i]['scenario_id'] for i in np.flatnonzero(overlaps)]}"
-    off = _in_batches(_offroad, scenarios)
+    off = _in_batches(_offroad, scenarios, size=250)
     assert float(off.max()) <= 0.05, (f"{label}: offroad corners, worst {off.max():.3f} m in "
                                       f"{[infos[i]['scenario_id'] for i in np.flatnonzero(off > 0.05)]}")
     assert _red_light_violations(jax.tree.map(np.asarray, scenarios)) == 0, f"{label}: red-light crossings"
@@ -245,3 +279,40 @@ def test_config_validation():
         P.GeneratorConfig(num_objects=2)
     with pytest.raises(ValueError, match="lane_width"):
         P.ParamRanges(lane_width=(2.0, 3.0))
+
+
+def test_checks_detect_violations(train_set):
+    """The quality checks above are not vacuous: planted overlaps, offroad boxes and red-light runs are caught."""
+    scenarios, infos = train_set
+    fam = np.array([i["family"] for i in infos])
+    idx = int(np.flatnonzero(fam == "intersection")[0])
+    one = jax.tree.map(lambda a: np.array(a[idx: idx + 1]), scenarios)
+    traj = one.log_trajectory
+    types = one.object_metadata.object_types[0]
+    veh = np.flatnonzero((types == TYPE_VEHICLE) & traj.valid[0].all(-1))
+    a, b = veh[0], veh[1]
+    # Overlap: object b copies object a's pose at step 40 (and stays valid there).
+    planted = jax.tree.map(np.copy, one)
+    for f in ("x", "y", "yaw"):
+        getattr(planted.log_trajectory, f)[0, b, 40] = getattr(traj, f)[0, a, 40] + 0.5
+    assert _overlaps(planted)[0] >= 1
+    # Offroad: move a vehicle 40 m sideways of its lane, off the road.
+    planted = jax.tree.map(np.copy, one)
+    yaw = traj.yaw[0, a, 50]
+    planted.log_trajectory.x[0, a, 50] += 40.0 * -np.sin(yaw)
+    planted.log_trajectory.y[0, a, 50] += 40.0 * np.cos(yaw)
+    assert float(_offroad(planted)[0]) > 1.0
+    # Red light: a vehicle whose front passes a red stop point between two steps.
+    planted = jax.tree.map(np.copy, one)
+    tl, rm = planted.traffic_lights, planted.roadmap
+    light = int(np.flatnonzero(tl.valid[0, :, 0])[0])
+    tl.state[0, light] = 4  # red throughout
+    lane = int(np.flatnonzero(rm.lane_ids[0] == tl.lane_ids[0, light, 0])[0])
+    d = rm.lane_dir[0, lane, -1]
+    stop = np.array([tl.x[0, light, 0], tl.y[0, light, 0]])
+    half = traj.length[0, a, 0] / 2
+    for t, lon in ((30, -0.5), (31, 0.5)):
+        c = stop + d * (lon - half)
+        planted.log_trajectory.x[0, a, t], planted.log_trajectory.y[0, a, t] = c
+        planted.log_trajectory.yaw[0, a, t] = np.arctan2(d[1], d[0])
+    assert _red_light_violations(planted) >= 1
