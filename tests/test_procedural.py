@@ -16,7 +16,7 @@ import pytest
 
 from jaxloop.data import procedural as P
 from jaxloop.sim import geometry
-from jaxloop.sim.datatypes import DT, TYPE_CYCLIST, TYPE_PEDESTRIAN, TYPE_VEHICLE, ObjectState, index_batch
+from jaxloop.sim.datatypes import TYPE_CYCLIST, TYPE_PEDESTRIAN, TYPE_VEHICLE, ObjectState, index_batch
 from jaxloop.sim.dynamics import InvertibleBicycle
 from jaxloop.sim.env import expert_actions
 
@@ -184,7 +184,8 @@ def _in_batches(fn, scenarios, size=100):
 def _quality(scenarios, infos, label):
     num = len(infos)
     overlaps = _overlaps(scenarios)
-    assert int(overlaps.sum()) == 0, f"{label}: overlaps in {[infos[i]['scenario_id'] for i in np.flatnonzero(overlaps)]}"
+    bad = [infos[i]["scenario_id"] for i in np.flatnonzero(overlaps)]
+    assert int(overlaps.sum()) == 0, f"{label}: overlaps in {bad}"
     off = _in_batches(_offroad, scenarios, size=250)
     assert float(off.max()) <= 0.05, (f"{label}: offroad corners, worst {off.max():.3f} m in "
                                       f"{[infos[i]['scenario_id'] for i in np.flatnonzero(off > 0.05)]}")

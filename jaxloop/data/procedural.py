@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -457,7 +457,8 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
         n_road = [int(rng.integers(1, pr.max_lanes + 1)), int(rng.integers(1, 3))]
         road_of = [0, 1, 0]
         protected = False
-    speed = [rng.uniform(11.0, 15.0) * rng.uniform(*pr.speed_scale), rng.uniform(9.0, 13.0) * rng.uniform(*pr.speed_scale)]
+    scale = rng.uniform(*pr.speed_scale)
+    speed = [rng.uniform(11.0, 15.0) * scale, rng.uniform(9.0, 13.0) * scale]
     arm_len = 110.0
     cw = rng.uniform(3.0, 4.0)
     u = [_unit(a) for a in angles]
@@ -1352,8 +1353,8 @@ def _box_overlap(xa, ya, ha, la, wa, xb, yb, hb, lb, wb) -> np.ndarray:
     sep = np.full(np.broadcast(xa, xb).shape, -np.inf)
     for ang in (ha, ha + np.pi / 2, hb, hb + np.pi / 2):
         cx, cy = np.cos(ang), np.sin(ang)
-        ra = 0.5 * la * np.abs(cx * np.cos(ha) + cy * np.sin(ha)) + 0.5 * wa * np.abs(-cx * np.sin(ha) + cy * np.cos(ha))
-        rb = 0.5 * lb * np.abs(cx * np.cos(hb) + cy * np.sin(hb)) + 0.5 * wb * np.abs(-cx * np.sin(hb) + cy * np.cos(hb))
+        ra = 0.5 * la * np.abs(np.cos(ang - ha)) + 0.5 * wa * np.abs(np.sin(ang - ha))
+        rb = 0.5 * lb * np.abs(np.cos(ang - hb)) + 0.5 * wb * np.abs(np.sin(ang - hb))
         sep = np.maximum(sep, np.abs(dx * cx + dy * cy) - ra - rb)
     return sep < 0.05  # a 5 cm safety margin on top of the exact test
 
