@@ -13,12 +13,14 @@ import sys
 # name -> "module:function", or a group: name -> {subname: "module:function"}
 COMMANDS: dict[str, str | dict[str, str]] = {
     "demo": "jaxloop.demo:run",
-    "data": {"generate": "jaxloop.data.procedural:generate_cli"},
+    "data": {"convert": "jaxloop.data.cli:convert", "inspect": "jaxloop.data.cli:inspect",
+             "generate": "jaxloop.data.procedural:generate_cli"},
 }
 
 _HELP = {
     "demo": "the main job on built-in data: roll out baselines and print a comparison table",
-    "data": "datasets: generate built-in procedural scenarios",
+    "data": "scenario data: convert raw WOMD / AV2 files into a cache, inspect caches and raw files, "
+            "generate built-in procedural scenarios",
 }
 
 

@@ -107,17 +107,25 @@ def _lights(log: RawLog, num_lights: int, sdc_xy: np.ndarray, source: str, recor
     lane_ids = np.full(shape, -1, np.int32)
     out_valid = np.zeros(shape, bool)
     dropped = 0
-    dist = np.linalg.norm(xy - sdc_xy, axis=-1) if xy.size else np.zeros(valid.shape)
-    for t in range(t_len):  # T steps of host packing, once per scenario
-        k = np.flatnonzero(valid[t])
-        if k.shape[0] > num_lights:
-            dropped = max(dropped, int(k.shape[0] - num_lights))
-            k = np.sort(k[np.argsort(dist[t, k], kind="stable")[:num_lights]])
-        m = k.shape[0]
-        state[:m, t] = log.light_state[t, k]
-        x[:m, t], y[:m, t] = xy[t, k, 0], xy[t, k, 1]
-        lane_ids[:m, t] = lanes[t, k]
-        out_valid[:m, t] = True
+    if valid.shape[1] == 0:
+        return TrafficLights(state=state, x=x, y=y, lane_ids=lane_ids, valid=out_valid), 0
+    # Valid entries first, in source order; a step with too many keeps the nearest to the SDC.
+    key = np.where(valid, 0.0, np.inf)
+    over = valid.sum(axis=1) > num_lights
+    if over.any():
+        dist = np.sqrt(np.sum((xy - sdc_xy) ** 2, axis=-1))
+        key[over] = np.where(valid[over], dist[over], np.inf)
+        dropped = int((valid.sum(axis=1) - num_lights).max())
+    order = np.argsort(key, axis=1, kind="stable")[:, :num_lights]  # [T, <=L]
+    order[over] = np.sort(order[over], axis=1)  # kept lights of crowded steps back in source order
+    m = order.shape[1]
+    take = lambda a: np.take_along_axis(a, order, axis=1).T  # [m, T]
+    sel_valid = take(valid)
+    out_valid[:m] = sel_valid
+    state[:m] = np.where(sel_valid, take(np.asarray(log.light_state)), 0)
+    x[:m] = np.where(sel_valid, take(xy[..., 0]), 0.0)
+    y[:m] = np.where(sel_valid, take(xy[..., 1]), 0.0)
+    lane_ids[:m] = np.where(sel_valid, take(lanes), -1)
     return TrafficLights(state=state, x=x, y=y, lane_ids=lane_ids, valid=out_valid), dropped
 
 
@@ -211,7 +219,7 @@ def build_scenario(log: RawLog, config: LoadConfig, source: str = "", record: in
     try:
         roadmap, report = compile_roadmap(log.roadgraph, sdc_xy[sdc_valid], config.map, source=where)
     except DataError as e:
-        raise e.located(file=source or None, record=record) from None
+        raise DataError(e.reason, file=source or None, record=record, field=e.field) from None
     route = route_from_log(sdc_xy, sdc_valid, roadmap, num_points=config.route_points,
                            extend_m=config.route_extend_m, ego_yaw=traj["yaw"][sdc_index])
     lights, dropped_lights = _lights(log, config.num_lights, sdc_xy[cur], source, record)

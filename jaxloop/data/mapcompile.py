@@ -6,10 +6,12 @@ them: `compile_roadmap` turns them once, on the host, into
 - lanes: lane-centre polylines (types 1-3), split into pieces of at most
   `max_lane_length_m` arc length, each resampled by arc length to `lane_points` points
   with unit tangents;
-- road edges: directed segments (types 15, 16) of about `edge_segment_m`, keeping the
-  raw direction, which has the drivable area on the RIGHT (the WOMD convention; other
-  sources orient their edges that way before calling this); sharp corners of an edge
-  stay vertices so the resampled edge does not cut them;
+- road edges: directed segments (types 15, 16) of about `edge_segment_m`, each polyline
+  directed so the drivable area is on its RIGHT (the RoadMap convention). Raw directions
+  are not trusted: in the WOMD fixtures most raw edge polylines have the lanes on their
+  left, so with `orient_edges="lanes"` (default) a polyline is reversed when its nearby
+  lane centres lie on its left; sources that orient edges themselves (AV2's drivable-area
+  rings) pass "keep". Sharp corners of an edge stay vertices so resampling does not cut them;
 - crosswalks: the oriented (minimum-area) bounding box of each polygon, 4 corners CCW;
 - stop signs: one point per (sign, governed lane) pair.
 
@@ -202,25 +204,71 @@ def _interp_runs(xy: np.ndarray, arc: np.ndarray, lengths: np.ndarray, run_of: n
     return np.stack([np.interp(q, key, xy[:, 0]), np.interp(q, key, xy[:, 1])], -1)
 
 
-def _thin_focus(focus_xy: np.ndarray, spacing: float) -> np.ndarray:
-    """Focus points with consecutive near-duplicates removed (keeps the first and the last)."""
+def thin_polyline(xy: np.ndarray, spacing: float) -> np.ndarray:
+    """The points of `xy` `[K, 2]` at least `spacing` (straight-line) from the previously kept one.
+
+    The first point is kept; the last replaces the final kept point when closer than
+    `spacing` to it (so the polyline still ends where `xy` ends), unless that is the first
+    point: a path that never leaves `spacing` of its start (a stopped car's jitter)
+    collapses to one point. A sequential scan in plain Python floats (K is a log length).
+    """
+    if xy.shape[0] <= 1:
+        return xy
+    pts = xy.tolist()
     keep = [0]
-    last = focus_xy[0]
-    for i in range(1, focus_xy.shape[0]):  # <= a few hundred points
-        if np.hypot(*(focus_xy[i] - last)) >= spacing or i == focus_xy.shape[0] - 1:
+    lx, ly = pts[0]
+    s2 = spacing * spacing
+    for i in range(1, len(pts)):
+        x, y = pts[i]
+        if (x - lx) ** 2 + (y - ly) ** 2 >= s2:
             keep.append(i)
-            last = focus_xy[i]
-    return focus_xy[keep]
+            lx, ly = x, y
+    last = len(pts) - 1
+    if keep[-1] != last and len(keep) > 1:
+        keep[-1] = last
+    return xy[keep]
 
 
-def _min_dist(points: np.ndarray, focus: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[K, 2]`."""
-    out = np.empty(points.shape[0], np.float64)
-    f = focus.astype(np.float64)
-    for i in range(0, points.shape[0], chunk):
-        p = points[i:i + chunk].astype(np.float64)
-        d2 = (p[:, None, 0] - f[None, :, 0]) ** 2 + (p[:, None, 1] - f[None, :, 1]) ** 2
-        out[i:i + chunk] = np.sqrt(d2.min(axis=1))
+def nearest_points(points: np.ndarray, refs: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Index `[M]` of the nearest of `refs` `[K, 2]` to each point `[M, 2]`, and the distance `[M]`.
+
+    Brute force in float32 about a common origin (maps span a few hundred metres, so the
+    squared distances keep millimetre precision); chunked to bound the `[chunk, K]` temporaries.
+    """
+    m = points.shape[0]
+    idx = np.zeros(m, np.int64)
+    dist = np.full(m, np.inf)
+    if m == 0 or refs.shape[0] == 0:
+        return idx, dist
+    origin = refs.mean(axis=0)
+    rx = (refs[:, 0] - origin[0]).astype(np.float32)
+    ry = (refs[:, 1] - origin[1]).astype(np.float32)
+    for i in range(0, m, chunk):
+        px = (points[i:i + chunk, 0] - origin[0]).astype(np.float32)
+        py = (points[i:i + chunk, 1] - origin[1]).astype(np.float32)
+        dx = np.subtract.outer(px, rx)
+        dx *= dx
+        dy = np.subtract.outer(py, ry)
+        dy *= dy
+        dx += dy
+        j = np.argmin(dx, axis=1)
+        idx[i:i + chunk] = j
+        dist[i:i + chunk] = np.sqrt(dx[np.arange(j.shape[0]), j])
+    return idx, dist
+
+
+def _min_dist(points: np.ndarray, focus: np.ndarray, radius: float | None = None) -> np.ndarray:
+    """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[K, 2]`.
+
+    With `radius`, points outside the focus bounding box grown by it are beyond the
+    radius anyway: they get +inf without a distance computation.
+    """
+    if radius is None or points.shape[0] == 0:
+        return nearest_points(points, focus)[1]
+    lo, hi = focus.min(axis=0) - radius, focus.max(axis=0) + radius
+    inside = np.all((points >= lo) & (points <= hi), axis=1)
+    out = np.full(points.shape[0], np.inf)
+    out[inside] = nearest_points(points[inside], focus)[1]
     return out
 
 
@@ -311,7 +359,7 @@ def _lanes(xy, dir_xy, types, ids, starts, ends, config: MapConfig, focus, repor
     fallback = np.where(raw_norm > 1e-9, raw_dir / np.maximum(raw_norm, 1e-9), np.array([1.0, 0.0]))
     tangent = np.where(norm > 1e-6, tangent / np.maximum(norm, 1e-12), fallback[:, None, :])
 
-    dist = _min_dist(pts.reshape(-1, 2), focus).reshape(-1, q).min(axis=1) if pts.shape[0] else np.zeros(0)
+    dist = _min_dist(pts.reshape(-1, 2), focus, config.cull_radius_m).reshape(-1, q).min(axis=1) if pts.shape[0] else np.zeros(0)
     keep = _select(dist, config.cull_radius_m, config.max_lanes, report.lanes)
     p = config.max_lanes
     k = keep.shape[0]
@@ -345,14 +393,8 @@ def _orient_edges(e0, e1, polyline, lane_xy, config: MapConfig, report) -> tuple
         return e0, e1
     mid = 0.5 * (e0 + e1)
     d = e1 - e0
-    nearest = np.empty(mid.shape[0], np.int64)
-    best = np.empty(mid.shape[0])
-    lanes = lane_xy.astype(np.float64)
-    for i in range(0, mid.shape[0], 2048):
-        m = mid[i:i + 2048]
-        d2 = (m[:, None, 0] - lanes[None, :, 0]) ** 2 + (m[:, None, 1] - lanes[None, :, 1]) ** 2
-        nearest[i:i + 2048] = d2.argmin(axis=1)
-        best[i:i + 2048] = np.sqrt(d2.min(axis=1))
+    lanes = lane_xy.astype(np.float64)[::2]  # every other lane point: votes need sides, not precision
+    nearest, best = nearest_points(mid, lanes)
     rel = lanes[nearest] - mid
     side = np.sign(d[:, 0] * rel[:, 1] - d[:, 1] * rel[:, 0])  # +1: lane on the left
     vote = np.where(best <= config.orient_radius_m, side, 0.0)
@@ -409,7 +451,7 @@ def _edges(xy, types, starts, ends, config: MapConfig, focus, report, lane_xy=No
                            np.concatenate([a0, a0 + seg_len]))
     e0, e1 = ends_xy[:seg_run.shape[0]], ends_xy[seg_run.shape[0]:]
     probe = np.concatenate([e0, e1, 0.5 * (e0 + e1)])
-    dist = _min_dist(probe, focus).reshape(3, -1).min(axis=0) if seg_run.shape[0] else np.zeros(0)
+    dist = _min_dist(probe, focus, config.cull_radius_m).reshape(3, -1).min(axis=0) if seg_run.shape[0] else np.zeros(0)
     keep = _select(dist, config.cull_radius_m, config.max_edges, report.edges)
     e = config.max_edges
     k = keep.shape[0]
@@ -429,7 +471,7 @@ def _edges(xy, types, starts, ends, config: MapConfig, focus, report, lane_xy=No
 def _crosswalks(xy, starts, ends, config: MapConfig, focus, report):
     boxes = [oriented_bounding_box(xy[s:e]) for s, e in zip(starts, ends)]
     boxes = np.stack(boxes) if boxes else np.zeros((0, 4, 2), np.float32)
-    dist = _min_dist(boxes.reshape(-1, 2), focus).reshape(-1, 4).min(axis=1) if boxes.shape[0] else np.zeros(0)
+    dist = _min_dist(boxes.reshape(-1, 2), focus, config.cull_radius_m).reshape(-1, 4).min(axis=1) if boxes.shape[0] else np.zeros(0)
     keep = _select(dist, config.cull_radius_m, config.max_crosswalks, report.crosswalks)
     c = config.max_crosswalks
     out = np.zeros((c, 4, 2), np.float32)
@@ -451,7 +493,7 @@ def _stop_signs(xy, ids, starts, ends, config: MapConfig, focus, report, stop_si
             lanes.append(int(lane))
     pos = np.array(pos, np.float64).reshape(-1, 2)
     lanes = np.array(lanes, np.int64)
-    dist = _min_dist(pos, focus) if pos.shape[0] else np.zeros(0)
+    dist = _min_dist(pos, focus, config.cull_radius_m) if pos.shape[0] else np.zeros(0)
     keep = _select(dist, config.cull_radius_m, config.max_stop_signs, report.stop_signs)
     s = config.max_stop_signs
     out = np.zeros((s, 2), np.float32)
@@ -485,7 +527,7 @@ def compile_roadmap(raw: RawRoadgraph, focus_xy: np.ndarray, config: MapConfig =
     if focus.shape[0] == 0:
         raise DataError("no finite focus point to cull the map around (is the ego ever valid?)",
                         file=source or None, field="focus_xy")
-    focus = _thin_focus(focus, config.focus_spacing_m)
+    focus = thin_polyline(focus, config.focus_spacing_m)
 
     valid = raw.valid
     report.invalid_points = int((~valid).sum())

@@ -21,12 +21,14 @@ are several processes).
 
 from __future__ import annotations
 
+import atexit
 import collections
 import json
 import os
 import pathlib
 import queue
 import threading
+import weakref
 from typing import Any, Iterator, Sequence
 
 import jax
@@ -34,12 +36,11 @@ import numpy as np
 
 from jaxloop.data.errors import DataError
 from jaxloop.sim.datatypes import (ObjectMetadata, RoadMap, Route, Scenario, ShapeError, TrafficLights, Trajectory,
-                                   field_names, stack_scenarios)
+                                   field_names)
 
 CACHE_FORMAT = "jaxloop.scenario_cache"
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
-KNOWN_FORMATS = ("womd_tf_example", "womd_scenario", "av2", "procedural", "toy")
 
 
 class CacheError(DataError):
@@ -118,40 +119,14 @@ def _read_manifest(path: pathlib.Path) -> dict:
     return manifest
 
 
-def write_cache(scenarios: Scenario | Sequence[Scenario], out_dir: str | os.PathLike, infos: list[dict],
-                shard_size: int = 256) -> dict:
-    """Writes scenarios to a packed cache directory and returns its manifest.
+def _check_info(i: int, info: dict) -> dict:
+    if not isinstance(info, dict) or "scenario_id" not in info or "format" not in info:
+        raise ValueError(f"write_cache: infos[{i}] must be a dict with 'scenario_id' and 'format', got {info!r}")
+    return _jsonable(info)
 
-    Args:
-      scenarios: a batched `Scenario` (leading axis S) or a list of same-shape ones.
-      out_dir: the cache directory (created). An existing cache of the same version
-        is replaced; one of another version (or another kind of directory with a
-        manifest) is refused.
-      infos: one JSON-serialisable dict per scenario, with at least `scenario_id` and
-        `format` ("womd_tf_example", "womd_scenario", "av2", "procedural", ...);
-        optional `family`, `split`, `source`, `record`.
-      shard_size: scenarios per npz shard.
-    """
-    if shard_size < 1:
-        raise ValueError(f"write_cache: shard_size must be >= 1, got {shard_size}")
-    if isinstance(scenarios, Scenario):
-        batched = jax.tree.map(np.asarray, scenarios)
-    else:
-        batched = stack_scenarios(list(scenarios))
-    if np.ndim(batched.family) != 1:
-        raise ShapeError(f"write_cache: expected scenarios batched along one leading axis, got family shape "
-                         f"{list(np.shape(batched.family))}")
-    batched.validate()
-    count = int(np.shape(batched.family)[0])
-    if len(infos) != count:
-        raise ValueError(f"write_cache: {count} scenarios but {len(infos)} info dicts")
-    clean_infos = []
-    for i, info in enumerate(infos):
-        if not isinstance(info, dict) or "scenario_id" not in info or "format" not in info:
-            raise ValueError(f"write_cache: infos[{i}] must be a dict with 'scenario_id' and 'format', got {info!r}")
-        clean_infos.append(_jsonable(info))
 
-    out = pathlib.Path(out_dir)
+def _prepare_dir(out: pathlib.Path) -> None:
+    """Creates `out`, removing a same-version cache there and refusing any other."""
     if (out / MANIFEST).exists():
         try:
             old = json.loads((out / MANIFEST).read_text())
@@ -169,28 +144,147 @@ def write_cache(scenarios: Scenario | Sequence[Scenario], out_dir: str | os.Path
                 f.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
-    flat = flatten_scenario(batched)
-    shards = []
-    for shard_index, start in enumerate(range(0, count, shard_size)):
-        stop = min(start + shard_size, count)
-        name = f"shard_{shard_index:05d}.npz"
-        tmp = out / (name + ".tmp")
+
+class CacheWriter:
+    """Streams scenarios into a cache: a shard is written whenever `shard_size` have arrived,
+    the manifest last (on `close()` / leaving the `with` block), so memory stays at one shard.
+
+        with CacheWriter(out_dir) as writer:
+            for scenario, info in load_womd(path):
+                writer.add(scenario, info)
+        manifest = writer.manifest
+
+    Every scenario must have the shapes of the first (one MapConfig / N / T per cache).
+    A writer left by an exception writes no manifest: the directory is not a cache.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, shard_size: int = 256):
+        if shard_size < 1:
+            raise ValueError(f"write_cache: shard_size must be >= 1, got {shard_size}")
+        self.out = pathlib.Path(out_dir)
+        self.shard_size = shard_size
+        _prepare_dir(self.out)
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._fields: dict[str, dict] | None = None
+        self._shards: list[dict] = []
+        self._infos: list[dict] = []
+        self.manifest: dict | None = None
+
+    def add(self, scenario: Scenario, info: dict) -> None:
+        """Adds one unbatched scenario and its info dict."""
+        flat = flatten_scenario(scenario)
+        if self._fields is None:
+            if np.shape(scenario.family) != ():
+                raise ShapeError("CacheWriter.add: expected one unbatched scenario, got family shape "
+                                 f"{list(np.shape(scenario.family))}")
+            scenario.validate()
+            self._fields = {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in flat.items()}
+        else:
+            for k, v in flat.items():
+                spec = self._fields[k]
+                if list(v.shape) != spec["shape"] or v.dtype.name != spec["dtype"]:
+                    raise ShapeError(f"CacheWriter.add: scenario {len(self._infos)} ({info.get('scenario_id')!r}) "
+                                     f"field {k!r} has shape {list(v.shape)} {v.dtype.name}, the cache holds "
+                                     f"{spec['shape']} {spec['dtype']}; use one MapConfig / N / T per cache")
+        self._infos.append(_check_info(len(self._infos), info))
+        self._pending.append(flat)
+        if len(self._pending) >= self.shard_size:
+            self._flush()
+
+    def add_batch(self, scenarios: Scenario, infos: list[dict]) -> None:
+        """Adds a batched scenario `[S, ...]` with its S info dicts."""
+        count = int(np.shape(scenarios.family)[0])
+        if len(infos) != count:
+            raise ValueError(f"write_cache: {count} scenarios but {len(infos)} info dicts")
+        flat = flatten_scenario(scenarios)
+        treedef = jax.tree_util.tree_structure(_template())
+        keys = field_keys()
+        for i in range(count):
+            self.add(jax.tree_util.tree_unflatten(treedef, [flat[k][i] for k in keys]), infos[i])
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        name = f"shard_{len(self._shards):05d}.npz"
+        tmp = self.out / (name + ".tmp")
         with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: np.ascontiguousarray(v[start:stop]) for k, v in flat.items()})
-        os.replace(tmp, out / name)
-        shards.append({"file": name, "start": start, "count": stop - start})
-    from jaxloop import __version__
-    manifest = {
-        "format": CACHE_FORMAT, "version": CACHE_VERSION, "jaxloop_version": __version__,
-        "num_scenarios": count, "shard_size": shard_size, "shards": shards,
-        "fields": {k: {"shape": list(v.shape[1:]), "dtype": v.dtype.name} for k, v in flat.items()},
-        "counts": dict(collections.Counter(str(i["format"]) for i in clean_infos)),
-        "infos": clean_infos,
-    }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / MANIFEST)
-    return manifest
+            np.savez(fh, **{k: np.stack([p[k] for p in self._pending]) for k in self._pending[0]})
+        os.replace(tmp, self.out / name)
+        start = sum(sh["count"] for sh in self._shards)
+        self._shards.append({"file": name, "start": start, "count": len(self._pending)})
+        self._pending = []
+
+    def close(self) -> dict:
+        """Writes the last shard and the manifest; returns the manifest."""
+        if self.manifest is not None:
+            return self.manifest
+        if self._fields is None:
+            raise ValueError(f"{self.out}: no scenario was added; an empty cache is not written")
+        self._flush()
+        from jaxloop import __version__
+        manifest = {
+            "format": CACHE_FORMAT, "version": CACHE_VERSION, "jaxloop_version": __version__,
+            "num_scenarios": len(self._infos), "shard_size": self.shard_size, "shards": self._shards,
+            "fields": self._fields,
+            "counts": dict(collections.Counter(str(i["format"]) for i in self._infos)),
+            "infos": self._infos,
+        }
+        tmp = self.out / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, self.out / MANIFEST)
+        self.manifest = manifest
+        return manifest
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def write_cache(scenarios: Scenario | Sequence[Scenario], out_dir: str | os.PathLike, infos: list[dict],
+                shard_size: int = 256) -> dict:
+    """Writes scenarios to a packed cache directory and returns its manifest.
+
+    Args:
+      scenarios: a batched `Scenario` (leading axis S) or a list of same-shape ones.
+      out_dir: the cache directory (created). An existing cache of the same version
+        is replaced; one of another version (or another kind of directory with a
+        manifest) is refused.
+      infos: one JSON-serialisable dict per scenario, with at least `scenario_id` and
+        `format` ("womd_tf_example", "womd_scenario", "av2", "procedural", ...);
+        optional `family`, `split`, `source`, `record`.
+      shard_size: scenarios per npz shard.
+
+    For more scenarios than fit in memory, stream them through `CacheWriter`.
+    """
+    if shard_size < 1:
+        raise ValueError(f"write_cache: shard_size must be >= 1, got {shard_size}")
+    if isinstance(scenarios, Scenario):
+        if np.ndim(scenarios.family) != 1:
+            raise ShapeError(f"write_cache: expected scenarios batched along one leading axis, got family shape "
+                             f"{list(np.shape(scenarios.family))}")
+        scenarios = jax.tree.map(np.asarray, scenarios)
+        scenarios.validate()
+        count = int(np.shape(scenarios.family)[0])
+    else:
+        scenarios = list(scenarios)
+        count = len(scenarios)
+    if len(infos) != count:
+        raise ValueError(f"write_cache: {count} scenarios but {len(infos)} info dicts")
+    for i, info in enumerate(infos):
+        _check_info(i, info)
+    writer = CacheWriter(out_dir, shard_size)
+    if isinstance(scenarios, Scenario):
+        writer.add_batch(scenarios, infos)
+    else:
+        for scenario, info in zip(scenarios, infos):
+            writer.add(jax.tree.map(np.asarray, scenario), info)
+    return writer.close()
 
 
 # ----------------------------------------------------------------------------- reading
@@ -278,9 +372,10 @@ class ScenarioDataset:
             data = self._shard(int(s))
             pos = np.flatnonzero(shard_of == s)
             local = idx[pos] - self._starts[s]
-            if pos.size == idx.size:
+            if pos[-1] - pos[0] + 1 == pos.size:  # a contiguous run of the output: gather straight into it
+                a, b = int(pos[0]), int(pos[-1]) + 1
                 for k in self._keys:
-                    np.take(data[k], local, axis=0, out=out[k])
+                    np.take(data[k], local, axis=0, out=out[k][a:b])
             else:
                 for k in self._keys:
                     out[k][pos] = data[k][local]
@@ -329,12 +424,23 @@ class ScenarioDataset:
                     order = local[rng.permutation(local.size)]
                 stop = local.size - local.size % batch_size if drop_remainder else local.size
                 for start in range(0, stop, batch_size):
-                    yield order[start:start + batch_size]
+                    # Sorted within the batch (its order carries no information once
+                    # shuffled): each shard's part is then one contiguous gather.
+                    yield np.sort(order[start:start + batch_size]) if shuffle else order[start:start + batch_size]
                 epoch += 1
 
         if prefetch <= 0:
             return (to_device(self.get(ix)) for ix in index_batches())
         return _Prefetcher((to_device(self.get(ix)) for ix in index_batches()), prefetch)
+
+
+_LIVE: "weakref.WeakSet[_Prefetcher]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for prefetcher in list(_LIVE):
+        prefetcher.close()
 
 
 class _Prefetcher:
@@ -347,6 +453,7 @@ class _Prefetcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(source,), daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     def _put(self, entry) -> bool:
         while not self._stop.is_set():
@@ -380,14 +487,20 @@ class _Prefetcher:
             raise StopIteration
         return item
 
-    def close(self) -> None:
-        """Stops the background thread (also when the iterator is garbage-collected)."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stops the background thread and waits for it (also at exit and on garbage collection).
+
+        Waiting matters: a daemon thread torn down at interpreter exit in the middle of a
+        device transfer aborts the process.
+        """
         self._stop.set()
         try:
             while True:
                 self._queue.get_nowait()
         except queue.Empty:
             pass
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def __del__(self):
         try:

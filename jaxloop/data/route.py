@@ -20,15 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from jaxloop.data.errors import DataError
+from jaxloop.data.mapcompile import nearest_points, thin_polyline
 from jaxloop.sim.datatypes import RoadMap, Route
-
-
-def _dedupe(xy: np.ndarray, min_step: float) -> np.ndarray:
-    keep = [0]
-    for i in range(1, xy.shape[0]):  # T <= a few hundred
-        if np.hypot(*(xy[i] - xy[keep[-1]])) >= min_step:
-            keep.append(i)
-    return xy[keep]
 
 
 def resample_polyline(xy: np.ndarray, num_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +38,14 @@ def _lane_segments(roadmap: RoadMap):
     lane_valid = np.asarray(roadmap.lane_valid, bool)
     seg_valid = lane_valid[:, 1:] & lane_valid[:, :-1]
     return lane_xy, lane_valid, lane_xy[:, :-1], lane_xy[:, 1:], seg_valid
+
+
+def _lanes_near(path: np.ndarray, lane_xy: np.ndarray, lane_valid: np.ndarray, radius: float) -> np.ndarray:
+    """Indices of lanes with a point within `radius` of the path (a cheap filter before projecting)."""
+    pts = lane_xy[lane_valid]
+    owner = np.nonzero(lane_valid)[0]
+    _, dist = nearest_points(pts, path)
+    return np.unique(owner[dist <= radius])
 
 
 def _project(points: np.ndarray, start: np.ndarray, end: np.ndarray, seg_valid: np.ndarray):
@@ -85,18 +86,23 @@ def route_from_log(ego_xy: np.ndarray, ego_valid: np.ndarray, roadmap: RoadMap |
         raise DataError("the ego is never valid: no route", field="route")
     if not np.all(np.isfinite(pts)):
         raise DataError("non-finite ego position", field="route")
-    path = _dedupe(pts, 0.1)
+    path = thin_polyline(pts, 0.1)
 
-    # Final heading: the direction of the last ~2 m travelled, else the logged yaw, else +x.
+    # Final heading: the direction of the last ~2 m travelled; for an ego that moved less
+    # than that, its logged yaw (position jitter of a stopped car has no direction).
     heading = None
-    if path.shape[0] >= 2:
-        back = path[-1] - path[:-1]
-        far = np.flatnonzero(np.linalg.norm(back, axis=-1) >= 2.0)
-        d = back[far[-1]] if far.size else path[-1] - path[0]
-        heading = d / max(np.linalg.norm(d), 1e-12)
-    if heading is None and ego_yaw is not None:
-        yaw = np.asarray(ego_yaw, np.float64).reshape(-1)[ego_valid][-1]
-        heading = np.array([np.cos(yaw), np.sin(yaw)])
+    back = np.linalg.norm(path[-1] - path, axis=-1)
+    far = np.flatnonzero(back >= 2.0)
+    if far.size:
+        d = path[-1] - path[far[-1]]
+        heading = d / np.linalg.norm(d)
+    elif ego_yaw is not None:
+        yaw = float(np.asarray(ego_yaw, np.float64).reshape(-1)[ego_valid][-1])
+        if np.isfinite(yaw):
+            heading = np.array([np.cos(yaw), np.sin(yaw)])
+    if heading is None and back.max() > 1e-6:
+        d = path[-1] - path[int(np.argmax(back))]
+        heading = d / np.linalg.norm(d)
     if heading is None:
         heading = np.array([1.0, 0.0])
 
@@ -108,8 +114,15 @@ def route_from_log(ego_xy: np.ndarray, ego_valid: np.ndarray, roadmap: RoadMap |
         travel = _heading_of_travel(path)
         if path.shape[0] < 2:
             travel = heading[None]
-        dist, foot, t = _project(path, start, end, seg_valid)
-        seg_dir = end - start
+        # Only lanes passing near the path can be snapped to: a point of a snapped-to
+        # lane lies within the snap distance plus one lane step of the path.
+        spacing = np.linalg.norm(np.diff(lane_xy, axis=1), axis=-1)
+        step = float(spacing[seg_valid].max()) if seg_valid.any() else 0.0
+        near = _lanes_near(thin_polyline(path, 1.0), lane_xy, lane_valid, snap_distance_m + step + 1.0)
+        if near.size == 0:
+            near = np.zeros(1, np.int64)  # nothing within reach: one (far) lane keeps shapes non-empty
+        dist, foot, t = _project(path, start[near], end[near], seg_valid[near])
+        seg_dir = end[near] - start[near]
         seg_dir = seg_dir / np.maximum(np.linalg.norm(seg_dir, axis=-1, keepdims=True), 1e-12)
         agree = np.einsum("kd,psd->kps", travel, seg_dir) > np.cos(np.deg2rad(45.0))
         cand = np.where(agree, dist, np.inf)
@@ -120,8 +133,9 @@ def route_from_log(ego_xy: np.ndarray, ego_valid: np.ndarray, roadmap: RoadMap |
         path = np.where(on_lane[:, None], snapped, path)
 
         if on_lane[-1] and remaining > 0:
-            p, s = np.unravel_index(flat[-1], cand.shape[1:])
-            tail = np.concatenate([foot[-1, p, s][None], lane_xy[p, s + 1:][lane_valid[p, s + 1:]]])
+            ps, s = np.unravel_index(flat[-1], cand.shape[1:])
+            p = int(near[ps])
+            tail = np.concatenate([foot[-1, ps, s][None], lane_xy[p, s + 1:][lane_valid[p, s + 1:]]])
             visited = {int(p)}
             while remaining > 0:
                 seg_len = np.linalg.norm(np.diff(tail, axis=0), axis=-1)
@@ -158,7 +172,7 @@ def route_from_log(ego_xy: np.ndarray, ego_valid: np.ndarray, roadmap: RoadMap |
     full = np.concatenate([path] + extension) if extension else path
     if remaining > 0:
         full = np.concatenate([full, (full[-1] + remaining * heading)[None]])
-    full = _dedupe(full, 1e-3) if full.shape[0] > 1 else full
+    full = thin_polyline(full, 1e-3)
     if full.shape[0] == 1:
         full = np.concatenate([full, full])
     xy, arc = resample_polyline(full, num_points)

@@ -48,9 +48,10 @@ _PARTS = ("past", "current", "future")
 # ----------------------------------------------------------------------------- tf.Example
 
 
-def parse_example(data: bytes) -> dict[str, np.ndarray | list[bytes]]:
-    """Decodes a serialised tf.Example into {feature name: float32 / int64 array or list of bytes}."""
-    ex = protos.Example.FromString(data)
+def parse_example(data: bytes | object) -> dict[str, np.ndarray | list[bytes]]:
+    """Decodes a serialised tf.Example (or a parsed `protos.Example`) into {feature name: float32 / int64
+    array or list of bytes}."""
+    ex = protos.Example.FromString(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     out: dict = {}
     for key, feat in ex.features.feature.items():
         kind = feat.WhichOneof("kind")
@@ -110,7 +111,7 @@ def _example_to_raw(feats: dict, source: str, record: int | None) -> RawLog:
             steps[part] = parts[-1].shape[1]
         traj[f] = np.concatenate(parts, axis=1)
     traj["valid"] = traj["valid"] > 0
-    for f in ("is_sdc", "tracks_to_predict", "objects_of_interest"):
+    for f in ("type", "is_sdc", "tracks_to_predict", "objects_of_interest"):
         arr = req(f"state/{f}")
         if arr.size != num_objects:
             raise DataError(f"has {arr.size} values for {num_objects} objects", file=source or None, record=record,
@@ -158,7 +159,8 @@ def _example_to_raw(feats: dict, source: str, record: int | None) -> RawLog:
     scenario_id = feats.get("scenario/id", [b""])
     scenario_id = scenario_id[0].decode("utf-8", "replace") if isinstance(scenario_id, list) and scenario_id else ""
     return RawLog(
-        traj=traj, ids=traj_ids(feats["state/id"]), types=np.asarray(feats.get("state/type"), np.float64).astype(np.int32),
+        traj=traj, ids=traj_ids(feats["state/id"]),
+        types=np.nan_to_num(np.asarray(feats["state/type"], np.float64), nan=-1.0).astype(np.int32),
         is_sdc=feats["state/is_sdc"] > 0, is_modeled=feats["state/tracks_to_predict"] > 0,
         objects_of_interest=feats["state/objects_of_interest"] > 0, roadgraph=roadgraph,
         light_lane_ids=light["id"].astype(np.int64), light_state=light["state"].astype(np.int32),
@@ -314,13 +316,21 @@ def decode_record(data: bytes, config: LoadConfig = LoadConfig(), layout: str | 
     """One serialised WOMD record -> (Scenario, info). `layout` None detects it."""
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS} or None, got {layout!r}")
+    parsed_example = None
+    if layout in (None, "tf_example"):
+        try:
+            parsed_example = protos.Example.FromString(data)
+        except DecodeError:
+            parsed_example = None
+        if layout is None and parsed_example is not None and "state/current/x" in parsed_example.features.feature:
+            layout = "tf_example"
     chosen = layout or detect_layout(data)
     if chosen is None:
         raise DataError("record is neither a WOMD tf.Example (no 'state/current/x' feature) nor a WOMD Scenario "
                         "proto (no tracks)", file=source or None, record=record, field="layout")
     try:
         if chosen == "tf_example":
-            raw = _example_to_raw(parse_example(data), source, record)
+            raw = _example_to_raw(parse_example(data if parsed_example is None else parsed_example), source, record)
         else:
             raw = _scenario_to_raw(protos.Scenario.FromString(data), source, record)
     except DecodeError as e:
