@@ -376,7 +376,6 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
     cw = rng.uniform(3.0, 4.5)
     s_ref = _arc(ref)
     half = n * w + _SHOULDER
-    fwd_lanes, bwd_lanes = [], []
     light_states = None
     if signalised:
         green, yellow, red = rng.uniform(8, 16), rng.uniform(3.5, 4.5), rng.uniform(8, 14)
@@ -401,12 +400,10 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
                     net.lights.append(_Light(ids[0], light_states))
                     net.lanes[ids[0]].stop = ("light", len(net.lights) - 1)
             net.routes.append((ids, 1.0, "straight"))
-            lane_len = _arc(net.lanes[ids[0]].xy)[-1]
-            net.spawn[ids[0]] = (5.0, lane_len - 3.0)
+            net.spawn[ids[0]] = (5.0, net.lanes[ids[0]].length - 3.0)
             if len(ids) == 2:
-                net.spawn[ids[1]] = (3.0, _arc(net.lanes[ids[1]].xy)[-1] - 40.0)
+                net.spawn[ids[1]] = (3.0, net.lanes[ids[1]].length - 40.0)
                 net.routes.append(([ids[1]], 1.0, "straight"))
-            (fwd_lanes if direction > 0 else bwd_lanes).append(ids)
             if j == n - 1:
                 for i in ids:
                     net.bike_lanes.add(i)
