@@ -4,13 +4,14 @@
 
 JSON lines: `scenarios_per_s` of `jaxloop.data.procedural.generate` for one process
 and for a pool of `--workers` processes (default: every CPU), with the peak resident
-memory of the parent process.
+memory of the parent process and of the largest worker.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 from typing import Sequence
 
@@ -27,7 +28,7 @@ def bench(split: str, num: int, workers: int, env_meta: dict) -> None:
     retries = sum(i["attempt"] for i in infos)
     emit("generate", {"split": split, "num": num, "workers": workers}, "scenarios_per_s", num / elapsed, "1/s",
          seconds=elapsed, agents_removed=removed, scenario_retries=retries, peak_host_mb=peak_host_memory_mb(),
-         env=env_meta)
+         peak_worker_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0, env=env_meta)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -329,3 +329,15 @@ def test_cli_writes_cache(tmp_path, capsys):
     direct, infos = P.generate("test", 3, seed=7)
     np.testing.assert_array_equal(np.asarray(loaded.log_trajectory.x), direct.log_trajectory.x)
     assert [i["scenario_id"] for i in load_infos(out)] == [i["scenario_id"] for i in infos]
+
+
+def test_custom_sizes():
+    cfg = P.GeneratorConfig(num_objects=16, num_steps=51, init_steps=6, route_points=32, max_lights=8, max_lanes=48,
+                            max_edges=200, chunk_size=8)
+    scenarios, infos = P.generate("train", 10, seed=3, config=cfg)
+    scenarios.validate()
+    assert scenarios.log_trajectory.x.shape == (10, 16, 51)
+    assert scenarios.roadmap.lane_xy.shape == (10, 48, 20, 2) and scenarios.roadmap.edge_start.shape == (10, 200, 2)
+    assert scenarios.traffic_lights.state.shape == (10, 8, 51) and scenarios.route.xy.shape == (10, 32, 2)
+    ego = np.asarray(scenarios.object_metadata.is_sdc).argmax(-1)
+    assert np.asarray(scenarios.log_trajectory.valid)[np.arange(10), ego].all()
