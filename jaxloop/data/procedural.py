@@ -191,8 +191,12 @@ def _resample(xy: np.ndarray, spacing: float = _PATH_DS) -> np.ndarray:
 
 
 def _tangent(xy: np.ndarray) -> np.ndarray:
-    d = np.gradient(xy, axis=0)
-    return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
+    """Unit tangents `[K, 2]` (central differences inside, one-sided at the ends)."""
+    d = np.empty_like(xy)
+    d[1:-1] = xy[2:] - xy[:-2]
+    d[0] = xy[1] - xy[0]
+    d[-1] = xy[-1] - xy[-2]
+    return d / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
 
 
 def _left(d: np.ndarray) -> np.ndarray:
@@ -913,8 +917,8 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
             opts = routes_from[li]
             if is_cyc:
                 opts = [o for o in opts if o[2] in ("straight", "right", "exit")] or opts
-            wts = np.array([o[1] for o in opts])
-            lanes, _, tag = opts[int(rng.choice(len(opts), p=wts / wts.sum()))]
+            cum = np.cumsum([o[1] for o in opts])
+            lanes, _, tag = opts[min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(opts) - 1)]
             key = tuple(lanes)
             if key not in path_cache:
                 path_cache[key] = _route_path(net, lanes)
@@ -1513,20 +1517,16 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
                                                  "height")}
     valid = np.zeros(shape, bool)
     types = np.zeros(N, np.int32)
-    for a in keep:
-        sl = slot_of[int(a)]
-        g = lo + a
-        vm = out["valid"][g]
-        ag = agents[a]
-        f["x"][sl] = out["x"][g]
-        f["y"][sl] = out["y"][g]
-        f["yaw"][sl] = out["yaw"][g]
-        f["vel_x"][sl] = out["v"][g] * np.cos(out["yaw"][g])
-        f["vel_y"][sl] = out["v"][g] * np.sin(out["yaw"][g])
-        f["length"][sl], f["width"][sl], f["height"][sl] = ag.length, ag.width, ag.height
-        f["z"][sl] = ag.height / 2
-        valid[sl] = vm
-        types[sl] = ag.kind
+    g = lo + keep
+    f["x"][slots], f["y"][slots], f["yaw"][slots] = out["x"][g], out["y"][g], out["yaw"][g]
+    f["vel_x"][slots] = out["v"][g] * np.cos(out["yaw"][g])
+    f["vel_y"][slots] = out["v"][g] * np.sin(out["yaw"][g])
+    f["length"][slots] = b.length[g][:, None]
+    f["width"][slots] = b.width[g][:, None]
+    f["height"][slots] = np.array([agents[a].height for a in keep])[:, None]
+    f["z"][slots] = f["height"][slots] / 2
+    valid[slots] = out["valid"][g]
+    types[slots] = b.kind[g]
     for k in f:
         f[k][~valid] = 0.0
     traj = Trajectory(**f, valid=valid,
