@@ -1669,7 +1669,11 @@ def generate(split: str = "train", num: int = 32, seed: int = 0, config: Generat
     jobs = [(split, [int(x) for x in c], config) for c in chunks]
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
-        with mp.get_context("spawn").Pool(workers) as pool:
+        # A fork server that has imported this module once starts workers quickly, without
+        # forking a process whose JAX runtime may already hold threads.
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        with ctx.Pool(min(workers, len(jobs))) as pool:
             results = pool.map(_worker, jobs, chunksize=1)
     else:
         results = [_worker(j) for j in jobs]
