@@ -16,7 +16,8 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "render": "jaxloop.viz.cli:render",
     "eval": "jaxloop.eval.cli:run_eval",
     "gate": "jaxloop.eval.cli:run_gate",
-    "data": {"convert": "jaxloop.data.cli:convert", "inspect": "jaxloop.data.cli:inspect"},
+    "data": {"convert": "jaxloop.data.cli:convert", "inspect": "jaxloop.data.cli:inspect",
+             "generate": "jaxloop.data.procedural:generate_cli"},
 }
 
 _HELP = {
@@ -24,7 +25,8 @@ _HELP = {
     "render": "roll out one scenario and draw it top-down to PNG / GIF",
     "eval": "closed-loop evaluation of a checkpoint or baseline: metrics, per-family tables, perturbations",
     "gate": "safety gate: candidate vs baseline on held-out and perturbed scenarios (exit 0 pass / 1 fail)",
-    "data": "scenario data: convert raw WOMD / AV2 files into a cache, inspect caches and raw files",
+    "data": "scenario data: convert raw WOMD / AV2 files into a cache, inspect caches and raw files, "
+            "generate built-in procedural scenarios",
 }
 
 

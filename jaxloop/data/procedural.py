@@ -1,0 +1,1713 @@
+"""Built-in procedural driving scenarios: maps, traffic lights and expert logs.
+
+The default dataset of jaxloop: nothing to download. Each scenario is generated from
+one integer seed, deterministically, in the same `Scenario` format as the real-data
+loaders (the map goes through `jaxloop.data.mapcompile` like a WOMD roadgraph).
+
+Map families (`FAMILY_NAMES`): multi-lane straight and curved two-way roads (with
+mid-block crosswalks, signalised or not), a 4-way signalised intersection (protected
+or unprotected left turns, crosswalks with pedestrian phases), a T-junction with stop
+signs on the minor road, a highway on-ramp merge, and a single-lane roundabout (held
+out of the training splits).
+
+Expert logs come from a rule-based driver simulated jointly at 10 Hz in numpy,
+vectorised over all agents of a whole chunk of scenarios:
+
+- Longitudinal: IDM car following along each agent's path; stop lines (red and
+  yellow lights with a stop-or-go decision at yellow onset, stop signs with a full
+  stop) act as stopped leaders; a curvature speed cap slows agents before bends.
+- Interaction: every pair of agents whose paths come close gets a conflict zone
+  (precomputed from lane-pair proximity). Zones where the paths run the same way
+  (shared lanes, merges) give projected car following; crossing zones give
+  ordered passage: an agent does not enter while the agent ordered first has not
+  cleared. The order follows right of way (main road over ramp and stop-controlled
+  approaches, straight over unprotected left, pedestrians over turning vehicles)
+  unless the yielding agent can clear the zone a safe time gap before the other
+  arrives (gap acceptance); an agent that cannot stop comfortably is never
+  re-ordered behind.
+- Lateral: the state is integrated with the invertible kinematic bicycle of
+  DESIGN.md exactly, the curvature aiming each step at the path point one step
+  ahead, so the inverse bicycle recovers the logged actions and re-integrates the
+  log; |a| <= 5.5 m/s², |k| <= 0.28 1/m.
+
+Every generated log is then checked (box overlaps, red-light crossings, lateral
+deviation from the lane) and agents that violate are removed and the chunk
+re-simulated; a scenario whose ego violates is regenerated from the next sub-seed.
+
+Splits draw scenario seeds from disjoint ranges (`SPLIT_SEEDS`): `train` [0, 1e9),
+`val` [1e9, 1.1e9), `test` [1.1e9, 1.2e9) with the training parameter ranges and
+families; `test_ood` [1.2e9, 1.3e9) with held-out parameter ranges (narrower lanes,
+sharper curves and approach angles, denser and faster traffic, steeper ramps) and
+the held-out roundabout family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import numpy as np
+
+from jaxloop.sim.datatypes import (DT, RG_FREEWAY_LANE, RG_ROAD_EDGE_BOUNDARY, RG_CROSSWALK, RG_STOP_SIGN,
+                                   RG_SURFACE_LANE, TL_ARROW_CAUTION, TL_ARROW_GO, TL_ARROW_STOP, TL_CAUTION, TL_GO,
+                                   TL_STOP, TYPE_CYCLIST, TYPE_PEDESTRIAN, TYPE_VEHICLE, ObjectMetadata, Route,
+                                   Scenario, TrafficLights, Trajectory, stack_scenarios)
+
+FAMILY_NAMES = ("straight", "curved", "intersection", "t_junction", "merge", "roundabout")
+FAMILY_IDS = {name: i for i, name in enumerate(FAMILY_NAMES)}
+TRAIN_FAMILIES = ("straight", "curved", "intersection", "t_junction", "merge")
+OOD_FAMILIES = FAMILY_NAMES
+
+SPLITS = ("train", "val", "test", "test_ood")
+# Scenario seed ranges [start, stop) per split: disjoint, so no scenario is shared.
+SPLIT_SEEDS = {"train": (0, 1_000_000_000), "val": (1_000_000_000, 1_100_000_000),
+               "test": (1_100_000_000, 1_200_000_000), "test_ood": (1_200_000_000, 1_300_000_000)}
+
+# Painted road-line types (WOMD).
+_LINE_BROKEN_WHITE = 6
+_LINE_SOLID_WHITE = 7
+_LINE_SOLID_DOUBLE_YELLOW = 12
+
+_PATH_DS = 0.5  # metres between the points of lanes and agent paths
+_SHOULDER = 0.3  # metres of paved road between the outermost lane edge and the road edge
+_CONFLICT_VEHICLE = 2.6  # centre-line distance under which two vehicle paths conflict (m)
+_CONFLICT_PED = 1.9  # ... a pedestrian path and a vehicle path
+_ZONE_BUFFER = 0.5  # metres kept before a conflict zone / behind its exit
+_MAX_ACCEL = 5.5  # |a| bound of the driver (m/s²), under the action limit 6
+_MAX_CURVATURE = 0.28  # |k| bound of the driver (1/m), under the action limit 0.3
+_SPEED_EPS = 0.6  # the inverse bicycle's low-speed threshold (DESIGN.md)
+_INF = 1e9
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamRanges:
+    """Ranges the per-scenario parameters are drawn from (uniform in [lo, hi])."""
+
+    lane_width: tuple[float, float] = (3.2, 3.8)  # m
+    curve_radius: tuple[float, float] = (45.0, 160.0)  # m, curved roads
+    angle_jitter_deg: float = 12.0  # junction approach angles deviate from square by up to this
+    density: tuple[float, float] = (0.45, 0.9)  # fraction of the object slots filled
+    speed_scale: tuple[float, float] = (0.9, 1.05)  # times the nominal speed limits
+    ramp_curvature: tuple[float, float] = (0.002, 0.0035)  # on-ramp approach parabola coefficient (1/m)
+    max_lanes: int = 3  # lanes per direction at most
+
+    def __post_init__(self):
+        for name in ("lane_width", "curve_radius", "density", "speed_scale", "ramp_curvature"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"ParamRanges.{name} must satisfy 0 < lo <= hi, got {(lo, hi)}")
+        if self.lane_width[0] < 2.8:
+            raise ValueError(f"ParamRanges.lane_width must be >= 2.8 m (vehicles are up to 2.1 m wide), "
+                             f"got {self.lane_width}")
+        if not 1 <= self.max_lanes <= 3:
+            raise ValueError(f"ParamRanges.max_lanes must be in 1..3, got {self.max_lanes}")
+
+
+TRAIN_PARAMS = ParamRanges()
+OOD_PARAMS = ParamRanges(lane_width=(2.9, 3.2), curve_radius=(28.0, 45.0), angle_jitter_deg=22.0,
+                         density=(0.85, 1.0), speed_scale=(1.08, 1.2), ramp_curvature=(0.0045, 0.006))
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+    """Static sizes of the generated scenarios (hashable, validated).
+
+    num_objects: N object slots; num_steps: T log steps at 10 Hz; init_steps: the
+    first steps that initialise an episode (step init_steps-1 is "current");
+    route_points: R points of the ego route; max_lights: L traffic-light slots.
+    The map sizes go to `mapcompile.MapConfig`.
+    """
+
+    num_objects: int = 32
+    num_steps: int = 91
+    init_steps: int = 11
+    route_points: int = 64
+    max_lights: int = 16
+    max_lanes: int = 64
+    lane_points: int = 20
+    max_lane_length_m: float = 40.0
+    max_edges: int = 256
+    max_crosswalks: int = 8
+    max_stop_signs: int = 8
+    cull_radius_m: float = 80.0
+    edge_segment_m: float = 6.0
+    max_pedestrians: int = 6
+    max_cyclists: int = 3
+    chunk_size: int = 32  # scenarios simulated together (vectorised)
+
+    def __post_init__(self):
+        if self.num_objects < 4:
+            raise ValueError(f"GeneratorConfig.num_objects must be >= 4, got {self.num_objects}")
+        if self.num_steps < 2 or not 1 <= self.init_steps < self.num_steps:
+            raise ValueError(f"GeneratorConfig needs num_steps >= 2 and 1 <= init_steps < num_steps, "
+                             f"got {self.num_steps}, {self.init_steps}")
+        for name in ("route_points", "max_lights", "max_lanes", "lane_points", "max_edges", "max_crosswalks",
+                     "max_stop_signs", "chunk_size"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"GeneratorConfig.{name} must be >= 2, got {getattr(self, name)}")
+        if self.max_lane_length_m <= 5 or self.cull_radius_m <= 0:
+            raise ValueError(f"GeneratorConfig.max_lane_length_m must be > 5 and cull_radius_m > 0, got "
+                             f"{self.max_lane_length_m}, {self.cull_radius_m}")
+        if self.max_pedestrians < 0 or self.max_cyclists < 0:
+            raise ValueError("GeneratorConfig.max_pedestrians / max_cyclists must be >= 0")
+
+    def map_config(self):
+        from jaxloop.data.mapcompile import MapConfig
+        return MapConfig(max_lanes=self.max_lanes, lane_points=self.lane_points,
+                         max_lane_length_m=self.max_lane_length_m, max_edges=self.max_edges,
+                         max_crosswalks=self.max_crosswalks, max_stop_signs=self.max_stop_signs,
+                         cull_radius_m=self.cull_radius_m, edge_segment_m=self.edge_segment_m,
+                         orient_edges="keep", focus_spacing_m=4.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Polyline geometry (numpy, float64)
+
+
+def _wrap(a):
+    return (a + np.pi) % (2 * np.pi) - np.pi
+
+
+def _arc(xy: np.ndarray) -> np.ndarray:
+    """Cumulative arc length `[K]` of a polyline `[K, 2]`."""
+    d = xy[1:] - xy[:-1]
+    out = np.empty(len(xy))
+    out[0] = 0.0
+    np.cumsum(np.hypot(d[:, 0], d[:, 1]), out=out[1:])
+    return out
+
+
+def _resample(xy: np.ndarray, spacing: float = _PATH_DS) -> np.ndarray:
+    """Evenly spaced points (endpoints kept) at about `spacing` metres."""
+    s = _arc(xy)
+    n = max(int(np.ceil(s[-1] / spacing)), 1) + 1
+    t = np.linspace(0.0, s[-1], n)
+    return np.stack([np.interp(t, s, xy[:, 0]), np.interp(t, s, xy[:, 1])], -1)
+
+
+def _tangent(xy: np.ndarray) -> np.ndarray:
+    """Unit tangents `[K, 2]` (central differences inside, one-sided at the ends)."""
+    d = np.empty_like(xy)
+    d[1:-1] = xy[2:] - xy[:-2]
+    d[0] = xy[1] - xy[0]
+    d[-1] = xy[-1] - xy[-2]
+    return d / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
+
+
+def _left(d: np.ndarray) -> np.ndarray:
+    return np.stack([-d[..., 1], d[..., 0]], -1)
+
+
+def _offset(xy: np.ndarray, dist) -> np.ndarray:
+    """The polyline shifted `dist` metres to its left (negative: right)."""
+    return xy + np.asarray(dist)[..., None] * _left(_tangent(xy))
+
+
+def _curvature(xy: np.ndarray) -> np.ndarray:
+    """Signed curvature `[K]` of an evenly sampled polyline (1/m)."""
+    h = np.arctan2(*np.diff(xy, axis=0)[:, ::-1].T)
+    ds = np.maximum(np.linalg.norm(np.diff(xy, axis=0), axis=1), 1e-9)
+    k = _wrap(np.diff(h)) / (0.5 * (ds[1:] + ds[:-1]))
+    return np.concatenate([[k[0] if len(k) else 0.0], k, [k[-1] if len(k) else 0.0]])
+
+
+def _unit(angle) -> np.ndarray:
+    return np.array([np.cos(angle), np.sin(angle)])
+
+
+def _bezier_ctrl(p0, d0, p3, d3) -> np.ndarray:
+    """Control points `[4, 2]` of a cubic from `p0` heading `d0` to `p3` heading `d3`, handles sized to
+    approximate a circular arc."""
+    chord = float(np.linalg.norm(p3 - p0))
+    phi = abs(_wrap(np.arctan2(d3[1], d3[0]) - np.arctan2(d0[1], d0[0])))
+    ratio = 1.0 / 3.0 if phi < 1e-3 else (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(phi / 2))
+    h = ratio * chord
+    return np.stack([p0, p0 + d0 * h, p3 - d3 * h, p3])
+
+
+_BT = np.linspace(0.0, 1.0, 33)[:, None]
+
+
+def _bezier_kmax(ctrl: np.ndarray) -> float:
+    """Largest |curvature| of a cubic Bezier (analytic, at 33 parameter values)."""
+    p0, p1, p2, p3 = ctrl
+    t = _BT
+    d1 = 3 * (1 - t) ** 2 * (p1 - p0) + 6 * (1 - t) * t * (p2 - p1) + 3 * t ** 2 * (p3 - p2)
+    d2 = 6 * (1 - t) * (p2 - 2 * p1 + p0) + 6 * t * (p3 - 2 * p2 + p1)
+    cr = np.abs(d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0])
+    return float(np.max(cr / np.maximum(np.hypot(d1[:, 0], d1[:, 1]) ** 3, 1e-9)))
+
+
+def _bezier_kmax_many(p0, d0, p3, d3) -> np.ndarray:
+    """`_bezier_kmax` of many cubics at once: endpoints and headings `[M, 2]` -> `[M]`."""
+    chord = np.hypot(*(p3 - p0).T)
+    phi = np.abs(_wrap(np.arctan2(d3[:, 1], d3[:, 0]) - np.arctan2(d0[:, 1], d0[:, 0])))
+    ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
+    h = (ratio * chord)[:, None]
+    p1, p2 = p0 + d0 * h, p3 - d3 * h
+    t = _BT[None]  # [1, 33, 1]
+    p0, p1, p2, p3 = p0[:, None], p1[:, None], p2[:, None], p3[:, None]
+    d1 = 3 * (1 - t) ** 2 * (p1 - p0) + 6 * (1 - t) * t * (p2 - p1) + 3 * t ** 2 * (p3 - p2)
+    d2 = 6 * (1 - t) * (p2 - 2 * p1 + p0) + 6 * t * (p3 - 2 * p2 + p1)
+    cr = np.abs(d1[..., 0] * d2[..., 1] - d1[..., 1] * d2[..., 0])
+    return np.max(cr / np.maximum(np.hypot(d1[..., 0], d1[..., 1]) ** 3, 1e-9), axis=1)
+
+
+def _bezier(p0, d0, p3, d3, spacing: float = _PATH_DS) -> np.ndarray:
+    """Cubic Bezier from `p0` heading `d0` to `p3` heading `d3`, resampled every `spacing` metres."""
+    p0, p1, p2, p3 = _bezier_ctrl(p0, d0, p3, d3)
+    chord = float(np.linalg.norm(p3 - p0))
+    t = np.linspace(0.0, 1.0, max(int(chord / spacing) * 3, 16))[:, None]
+    pts = (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t ** 2 * p2 + t ** 3 * p3
+    return _resample(pts, spacing)
+
+
+def _integrate_heading(heading0: float, start: np.ndarray, curvature: np.ndarray, ds: float) -> np.ndarray:
+    """Polyline from a curvature profile `[K]` sampled every `ds` metres."""
+    h = heading0 + np.concatenate([[0.0], np.cumsum(curvature[:-1] * ds)])
+    steps = np.stack([np.cos(h), np.sin(h)], -1) * ds
+    return start + np.concatenate([[np.zeros(2)], np.cumsum(steps[:-1], axis=0)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Road network (internal): lanes at 0.5 m, edges, lines, crosswalks, signs, lights, routes
+
+
+@dataclasses.dataclass
+class _Lane:
+    xy: np.ndarray  # [K, 2] at _PATH_DS
+    rg_type: int  # RG_*_LANE
+    speed: float  # m/s
+    rank: int = 2  # right of way in conflicts: higher goes first
+    stop: tuple[str, int] | None = None  # ("light", light index) / ("sign", sign index) at the lane end
+    length: float = 0.0  # arc length (m), set on creation
+
+    def __post_init__(self):
+        self.length = float(_arc(self.xy)[-1])
+
+
+@dataclasses.dataclass
+class _Light:
+    lane: int  # governed lane (ends at the stop line)
+    states: np.ndarray  # [T] int TL_*
+
+
+@dataclasses.dataclass
+class _PedPath:
+    xy: np.ndarray  # [K, 2] at _PATH_DS
+    stop_s: float  # arc position of the kerb (waits behind it while the signal says don't walk)
+    walk: np.ndarray  # [T] bool, walking allowed
+
+
+@dataclasses.dataclass
+class _Net:
+    lanes: list[_Lane] = dataclasses.field(default_factory=list)
+    edges: list[np.ndarray] = dataclasses.field(default_factory=list)  # oriented: drivable on the right
+    lines: list[tuple[np.ndarray, int]] = dataclasses.field(default_factory=list)
+    crosswalks: list[np.ndarray] = dataclasses.field(default_factory=list)  # [4, 2]
+    signs: list[tuple[np.ndarray, int]] = dataclasses.field(default_factory=list)  # (xy, lane)
+    lights: list[_Light] = dataclasses.field(default_factory=list)
+    routes: list[tuple[list[int], float, str]] = dataclasses.field(default_factory=list)  # (lanes, weight, tag)
+    spawn: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)  # lane -> spawn s range
+    peds: list[_PedPath] = dataclasses.field(default_factory=list)
+    bike_lanes: set[int] = dataclasses.field(default_factory=set)  # lanes cyclists may start on
+
+    def add_lane(self, xy, rg_type, speed, rank=2, resampled=False) -> int:
+        xy = np.asarray(xy, np.float64)
+        self.lanes.append(_Lane(xy if resampled else _resample(xy), rg_type, float(speed), rank))
+        return len(self.lanes) - 1
+
+
+def _orient_edges(net: _Net) -> None:
+    """Orients each road edge so the drivable area (the side nearer the lanes) is on its right."""
+    lane_pts = np.concatenate([lane.xy[::4] for lane in net.lanes])
+    out = []
+    for e in net.edges:
+        m = len(e) // 2
+        i = min(m, len(e) - 2)
+        d = e[i + 1] - e[i]
+        d = d / max(np.linalg.norm(d), 1e-9)
+        mid = 0.5 * (e[i] + e[i + 1])
+        right, left = mid + 1.0 * np.array([d[1], -d[0]]), mid - 1.0 * np.array([d[1], -d[0]])
+        dr = np.min(np.linalg.norm(lane_pts - right, axis=1))
+        dl = np.min(np.linalg.norm(lane_pts - left, axis=1))
+        out.append(e if dr <= dl else e[::-1].copy())
+    net.edges = out
+
+
+def _phase_states(cycle: list[tuple[str, float]], offset: float, num_steps: int) -> list[str]:
+    """Phase name at each step of a repeating cycle [(name, seconds)], starting `offset` s into it."""
+    names = [p for p, _ in cycle]
+    ends = np.cumsum([d for _, d in cycle])
+    t = (offset + np.arange(num_steps) * DT) % ends[-1]
+    return [names[int(np.searchsorted(ends, x, side="right"))] for x in t]
+
+
+# ---------------------------------------------------------------- straight and curved roads
+
+
+def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_steps: int) -> _Net:
+    net = _Net()
+    w = rng.uniform(*pr.lane_width)
+    n = int(rng.integers(1, pr.max_lanes + 1))
+    speed = rng.uniform(11.0, 16.0) * rng.uniform(*pr.speed_scale)
+    length = 300.0
+    ds = 1.0
+    k = np.zeros(int(length / ds) + 1)
+    if curved:
+        radius = max(rng.uniform(*pr.curve_radius), n * w + 15.0)
+        sign = rng.choice([-1.0, 1.0])
+        start = int(rng.uniform(50, 90))
+        ramp = int(rng.uniform(15, 30))
+        hold = int(rng.uniform(30, 80))
+        prof = np.concatenate([np.linspace(0, 1, ramp), np.ones(hold), np.linspace(1, 0, ramp)])
+        k[start:start + len(prof)] = sign * prof / radius
+        if rng.random() < 0.5:  # S-curve
+            s2 = start + len(prof) + int(rng.uniform(10, 30))
+            r2 = max(rng.uniform(*pr.curve_radius), n * w + 15.0)
+            seg = -prof[: max(0, min(len(prof), len(k) - s2))] * radius / r2
+            k[s2:s2 + len(seg)] += sign * seg / radius
+    ref = _integrate_heading(rng.uniform(-np.pi, np.pi), np.zeros(2), k, ds)
+    ref = _resample(ref - ref[len(ref) // 2])
+    # Mid-block crosswalk on about half the roads (signalised on half of those).
+    cross_s = rng.uniform(100.0, 200.0) if rng.random() < 0.55 else None
+    signalised = cross_s is not None and rng.random() < 0.5
+    cw = rng.uniform(3.0, 4.5)
+    s_ref = _arc(ref)
+    half = n * w + _SHOULDER
+    light_states = None
+    if signalised:
+        green, yellow, red = rng.uniform(8, 16), rng.uniform(3.5, 4.5), rng.uniform(8, 14)
+        cycle = [("green", green), ("yellow", yellow), ("red", red)]
+        phases = _phase_states(cycle, rng.uniform(0, green + yellow + red), num_steps)
+        light_states = np.array([{"green": TL_GO, "yellow": TL_CAUTION, "red": TL_STOP}[p] for p in phases])
+    for direction in (1, -1):
+        for j in range(n):
+            lat = -direction * (j + 0.5) * w
+            xy = _offset(ref, np.full(len(ref), lat))
+            if direction < 0:
+                xy = xy[::-1]
+            pieces = [xy]
+            if cross_s is not None:
+                stop_at = (cross_s - cw / 2 - 2.0) if direction > 0 else (s_ref[-1] - cross_s - cw / 2 - 2.0)
+                s_l = _arc(xy)
+                i = int(np.searchsorted(s_l, stop_at))
+                pieces = [xy[: i + 1], xy[i:]]
+            ids = [net.add_lane(p, RG_SURFACE_LANE, speed) for p in pieces]
+            if len(ids) == 2:
+                if signalised:
+                    net.lights.append(_Light(ids[0], light_states))
+                    net.lanes[ids[0]].stop = ("light", len(net.lights) - 1)
+            net.routes.append((ids, 1.0, "straight"))
+            net.spawn[ids[0]] = (5.0, net.lanes[ids[0]].length - 3.0)
+            if len(ids) == 2:
+                net.spawn[ids[1]] = (3.0, net.lanes[ids[1]].length - 40.0)
+                net.routes.append(([ids[1]], 1.0, "straight"))
+            if j == n - 1:
+                for i in ids:
+                    net.bike_lanes.add(i)
+    net.edges = [_offset(ref, np.full(len(ref), half))[::4], _offset(ref, np.full(len(ref), -half))[::4]]
+    net.lines.append((ref[::4], _LINE_SOLID_DOUBLE_YELLOW))
+    for j in range(1, n):
+        for sgn in (1, -1):
+            net.lines.append((_offset(ref, np.full(len(ref), sgn * j * w))[::4], _LINE_BROKEN_WHITE))
+    if cross_s is not None:
+        i = int(np.searchsorted(s_ref, cross_s))
+        c, t = ref[i], _tangent(ref)[i]
+        nrm = _left(t)
+        corners = np.array([c - t * cw / 2 - nrm * (half + 0.5), c + t * cw / 2 - nrm * (half + 0.5),
+                            c + t * cw / 2 + nrm * (half + 0.5), c - t * cw / 2 + nrm * (half + 0.5)])
+        net.crosswalks.append(corners)
+        walk = (np.ones(num_steps, bool) if light_states is None
+                else _walk_window(light_states == TL_STOP, 2 * half / 1.1 + 4.0))
+        _add_peds_across(net, c, t, nrm, half, cw, walk)
+    _orient_edges(net)
+    return net
+
+
+def _add_peds_across(net: _Net, centre, along, nrm, half, cw, walk) -> None:
+    """Two kerb-to-kerb crossing paths (one each way) over a crosswalk centred at `centre`."""
+    for sgn in (1.0, -1.0):
+        a = centre + sgn * nrm * (half + 6.0) + along * sgn * cw * 0.2
+        b = centre - sgn * nrm * (half + 6.0) + along * sgn * cw * 0.2
+        xy = _resample(np.stack([a, b]))
+        net.peds.append(_PedPath(xy, stop_s=6.0 - 1.0, walk=walk))
+
+
+# ---------------------------------------------------------------- junctions
+
+
+def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, num_steps: int) -> _Net:
+    """A 4-way signalised intersection or a T-junction with stop signs on the minor road."""
+    net = _Net()
+    w = rng.uniform(*pr.lane_width)
+    jit = np.deg2rad(pr.angle_jitter_deg)
+    base = rng.uniform(-np.pi, np.pi)
+    if num_arms == 4:
+        angles = base + np.arange(4) * np.pi / 2 + rng.uniform(-jit, jit, 4)
+        n_road = [int(rng.integers(1, pr.max_lanes + 1)), int(rng.integers(1, pr.max_lanes + 1))]
+        road_of = [0, 1, 0, 1]
+        protected = bool(rng.random() < 0.5)
+    else:
+        angles = base + np.array([0.0, np.pi / 2 + rng.uniform(-1.5 * jit, 1.5 * jit), np.pi])
+        n_road = [int(rng.integers(1, pr.max_lanes + 1)), int(rng.integers(1, 3))]
+        road_of = [0, 1, 0]
+        protected = False
+    scale = rng.uniform(*pr.speed_scale)
+    speed = [rng.uniform(11.0, 15.0) * scale, rng.uniform(9.0, 13.0) * scale]
+    arm_len = 110.0
+    cw = rng.uniform(3.0, 4.0)
+    u = [_unit(a) for a in angles]
+    nv = [_left(x) for x in u]
+    n_out = [n_road[road_of[a]] for a in range(num_arms)]
+    left_lane = [protected for _ in range(num_arms)]
+    n_in = [n_out[a] + (1 if left_lane[a] else 0) for a in range(num_arms)]
+
+    def in_pt(a, lane, r):
+        return u[a] * r + nv[a] * (lane + 0.5) * w
+
+    def out_pt(a, lane, r):
+        return u[a] * r - nv[a] * (lane + 0.5) * w
+
+    def turn_of(a, b):
+        t = _wrap(angles[b] - angles[a] - np.pi)
+        return "straight" if abs(t) < np.deg2rad(40) else ("left" if t > 0 else "right")
+
+    # Movements: (in arm, in lane, out arm, out lane, tag).
+    def movements():
+        moves = []
+        for a in range(num_arms):
+            thr0 = 1 if left_lane[a] else 0
+            n_thr = n_in[a] - thr0
+            for b in range(num_arms):
+                if b == a:
+                    continue
+                tag = turn_of(a, b)
+                if tag == "straight":
+                    for k in range(min(n_thr, n_out[b])):
+                        moves.append((a, thr0 + k, b, k, tag))
+                elif tag == "left":
+                    moves.append((a, 0, b, 0, tag))
+                else:
+                    moves.append((a, n_in[a] - 1, b, n_out[b] - 1, tag))
+        return moves
+
+    moves = movements()
+    max_half = max(max(n_in), max(n_out)) * w + _SHOULDER
+    gaps = [_wrap(angles[(a + 1) % num_arms] - angles[a]) % (2 * np.pi) for a in range(num_arms)]
+    min_gap = min(g for g in gaps if g < np.pi * 0.99) if num_arms == 3 else min(gaps)
+    r_s = max(max_half / np.tan(min_gap / 2) + cw + 3.0, 12.0)
+    # Grow the junction radius until every movement (and every kerb corner, offset half a
+    # lane outwards) is gentle enough: all cubics checked at once.
+    spec = [(a, la + 0.5, b, lb + 0.5, 0.14) for (a, la, b, lb, _) in moves]
+    spec += [(a, n_in[a] - 0.5, (a + 1) % num_arms, n_out[(a + 1) % num_arms] - 0.5, 0.6 / (w / 2 + _SHOULDER))
+             for a in range(num_arms)]
+    ua = np.array([u[m[0]] for m in spec])
+    na = np.array([nv[m[0]] for m in spec])
+    ub = np.array([u[m[2]] for m in spec])
+    nb = np.array([nv[m[2]] for m in spec])
+    la = np.array([m[1] for m in spec])[:, None] * w
+    lb = np.array([m[3] for m in spec])[:, None] * w
+    kcap = np.array([m[4] for m in spec])
+    for _ in range(40):
+        if np.all(_bezier_kmax_many(ua * r_s + na * la, -ua, ub * r_s - nb * lb, ub) <= kcap):
+            break
+        r_s += 1.0
+    conns = {(a, la, b, lb): _bezier(in_pt(a, la, r_s), -u[a], out_pt(b, lb, r_s), u[b])
+             for (a, la, b, lb, tag) in moves}
+    corners = []
+    for a in range(num_arms):
+        b = (a + 1) % num_arms
+        xy = _bezier(in_pt(a, n_in[a] - 1, r_s), -u[a], out_pt(b, n_out[b] - 1, r_s), u[b])
+        corners.append(_offset(xy, -(w / 2 + _SHOULDER)))
+    # Lanes.
+    in_ids = [[net.add_lane([in_pt(a, k, r_s + arm_len), in_pt(a, k, r_s)], RG_SURFACE_LANE, speed[road_of[a]])
+               for k in range(n_in[a])] for a in range(num_arms)]
+    out_ids = [[net.add_lane([out_pt(a, k, r_s), out_pt(a, k, r_s + arm_len)], RG_SURFACE_LANE, speed[road_of[a]])
+                for k in range(n_out[a])] for a in range(num_arms)]
+    minor = 1 if num_arms == 3 else -1
+    weights = {"straight": 0.5, "left": 0.3, "right": 0.25}
+    for (a, la, b, lb, tag) in moves:
+        if num_arms == 3:
+            rank = 0 if a == minor else (1 if tag == "left" else 2)
+        else:
+            rank = 1 if (tag == "left" and not protected) else 2
+        cid = net.add_lane(conns[(a, la, b, lb)], RG_SURFACE_LANE, min(speed[road_of[a]], speed[road_of[b]]), rank,
+                           resampled=True)
+        net.routes.append(([in_ids[a][la], cid, out_ids[b][lb]], weights[tag], tag))
+    for a in range(num_arms):
+        for k in range(n_out[a]):
+            net.routes.append(([out_ids[a][k]], 0.6, "exit"))
+            net.spawn[out_ids[a][k]] = (2.0, arm_len - 60.0)
+        for k in range(n_in[a]):
+            net.spawn[in_ids[a][k]] = (5.0, arm_len - 1.0)
+        net.bike_lanes.add(in_ids[a][n_in[a] - 1])
+    # Traffic control.
+    if num_arms == 4:
+        grn = [rng.uniform(9.0, 16.0), rng.uniform(9.0, 16.0)]
+        yel = rng.uniform(3.5, 4.5)
+        allred = rng.uniform(1.0, 2.0)
+        cycle = []
+        for g in (0, 1):
+            if protected:
+                cycle += [(f"L{g}", rng.uniform(5.0, 8.0)), (f"LY{g}", 3.0)]
+            cycle += [(f"G{g}", grn[g]), (f"Y{g}", yel), ("R", allred)]
+        phases = _phase_states(cycle, rng.uniform(0, sum(d for _, d in cycle)), num_steps)
+        for a in range(num_arms):
+            g = road_of[a]
+            for k in range(n_in[a]):
+                if left_lane[a] and k == 0:
+                    states = [TL_ARROW_GO if p == f"L{g}" else TL_ARROW_CAUTION if p == f"LY{g}" else TL_ARROW_STOP
+                              for p in phases]
+                else:
+                    states = [TL_GO if p == f"G{g}" else TL_CAUTION if p == f"Y{g}" else TL_STOP for p in phases]
+                net.lights.append(_Light(in_ids[a][k], np.array(states, np.int64)))
+                net.lanes[in_ids[a][k]].stop = ("light", len(net.lights) - 1)
+        # Pedestrians cross arm a while the other road has its through green.
+        for a in range(num_arms):
+            other = 1 - road_of[a]
+            crossing_s = (n_in[a] + n_out[a]) * w / 1.1 + 4.0
+            green_other = np.array([p == f"G{other}" for p in phases])
+            walk = _walk_window(green_other, crossing_s)
+            _junction_crosswalk(net, u[a], nv[a], r_s, cw, n_in[a], n_out[a], w, walk)
+    else:
+        for k in range(n_in[minor]):
+            lane = in_ids[minor][k]
+            net.signs.append((in_pt(minor, k, r_s) + u[minor] * 1.0 + nv[minor] * 0.5 * w, lane))
+            net.lanes[lane].stop = ("sign", len(net.signs) - 1)
+        if rng.random() < 0.6:
+            walk = np.ones(num_steps, bool)
+            _junction_crosswalk(net, u[minor], nv[minor], r_s, cw, n_in[minor], n_out[minor], w, walk)
+    # Road edges: for each pair of neighbouring arms, kerb along arm b's outgoing side, round the
+    # corner (the outermost right-turn geometry shifted half a lane outwards), out along arm a.
+    for a in range(num_arms):
+        b = (a + 1) % num_arms
+        arm_a = np.stack([in_pt(a, n_in[a] - 0.5 + _SHOULDER / w, r) for r in (r_s + arm_len, r_s)])
+        arm_b = np.stack([out_pt(b, n_out[b] - 0.5 + _SHOULDER / w, r) for r in (r_s, r_s + arm_len)])
+        kerb = np.concatenate([_resample(arm_a, 5.0)[:-1], corners[a][::2], _resample(arm_b, 5.0)[1:]])
+        net.edges.append(kerb)
+    # Painted lines: centre lines and lane separators along each arm.
+    for a in range(num_arms):
+        net.lines.append((np.stack([u[a] * r_s, u[a] * (r_s + arm_len)]), _LINE_SOLID_DOUBLE_YELLOW))
+        for k in range(1, n_in[a]):
+            net.lines.append((np.stack([in_pt(a, k - 0.5, r_s + arm_len), in_pt(a, k - 0.5, r_s)]),
+                              _LINE_BROKEN_WHITE))
+        for k in range(1, n_out[a]):
+            net.lines.append((np.stack([out_pt(a, k - 0.5, r_s), out_pt(a, k - 0.5, r_s + arm_len)]),
+                              _LINE_BROKEN_WHITE))
+        # Stop line across the incoming lanes.
+        net.lines.append((np.stack([in_pt(a, -0.5, r_s), in_pt(a, n_in[a] - 0.5, r_s)]), _LINE_SOLID_WHITE))
+    _orient_edges(net)
+    return net
+
+
+def _walk_window(go: np.ndarray, crossing_s: float) -> np.ndarray:
+    """Walk allowed from 1 s into a `go` window while the window lasts `crossing_s` + 3 s more."""
+    num_steps = len(go)
+    walk = np.zeros(num_steps, bool)
+    remaining = np.zeros(num_steps)
+    run = 30.0  # a window open at the end of the log is assumed to last
+    for t in range(num_steps - 1, -1, -1):
+        run = run + DT if go[t] else 0.0
+        remaining[t] = run
+    since = 0.0
+    for t in range(num_steps):
+        since = (since + DT if t and go[t - 1] else (5.0 if t == 0 else 0.0)) if go[t] else 0.0
+        walk[t] = go[t] and remaining[t] >= crossing_s + 3.0 and since >= 1.0
+    return walk
+
+
+def _junction_crosswalk(net: _Net, u, nv, r_s, cw, n_in, n_out, w, walk) -> None:
+    r_m = r_s - 1.0 - cw / 2
+    hi, lo = n_in * w + _SHOULDER, n_out * w + _SHOULDER
+    corners = np.array([u * (r_m - cw / 2) - nv * (lo + 0.5), u * (r_m + cw / 2) - nv * (lo + 0.5),
+                        u * (r_m + cw / 2) + nv * (hi + 0.5), u * (r_m - cw / 2) + nv * (hi + 0.5)])
+    net.crosswalks.append(corners)
+    for sgn in (1.0, -1.0):
+        jitter = u * sgn * cw * 0.2
+        a = u * r_m + nv * (hi + 6.0) + jitter
+        b = u * r_m - nv * (lo + 6.0) + jitter
+        xy = _resample(np.stack([a, b] if sgn > 0 else [b, a]))
+        net.peds.append(_PedPath(xy, stop_s=5.0, walk=walk))
+
+
+# ---------------------------------------------------------------- highway on-ramp merge
+
+
+def _build_merge(rng: np.random.Generator, pr: ParamRanges) -> _Net:
+    net = _Net()
+    w = rng.uniform(*pr.lane_width)
+    n = int(rng.integers(2, 4))
+    vmain = rng.uniform(24.0, 29.0) * rng.uniform(*pr.speed_scale)
+    vramp = rng.uniform(17.0, 21.0) * rng.uniform(*pr.speed_scale)
+    length = 480.0
+    ds = 1.0
+    k = np.zeros(int(length / ds) + 1)
+    if rng.random() < 0.5:
+        k[:] = rng.choice([-1, 1]) / rng.uniform(600.0, 1500.0)
+    ref = _resample(_integrate_heading(rng.uniform(-np.pi, np.pi), np.zeros(2), k, ds))
+    ref = ref - ref[len(ref) // 3]
+    s_ref = _arc(ref)
+    tan = _tangent(ref)
+    nrm = _left(tan)
+    c = rng.uniform(*pr.ramp_curvature)
+    s_g = rng.uniform(150.0, 190.0)  # acceleration lane starts
+    s_m0 = s_g + rng.uniform(60.0, 110.0)  # taper starts
+    s_m = s_m0 + rng.uniform(50.0, 80.0)  # ramp fully merged
+    s_r0 = max(s_g - rng.uniform(70.0, 100.0), 10.0)
+
+    def l_ramp(s):
+        s = np.asarray(s, np.float64)
+        pre = -w - c * (s_g - s) ** 2
+        taper = -w * 0.5 * (1 + np.cos(np.pi * np.clip((s - s_m0) / (s_m - s_m0), 0, 1)))
+        return np.where(s < s_g, pre, np.where(s < s_m0, -w, taper))
+
+    def at(s_arr, lat):
+        i = np.clip(np.searchsorted(s_ref, s_arr), 0, len(ref) - 1)
+        return ref[i] + nrm[i] * np.asarray(lat)[..., None]
+
+    main = []
+    i_m = int(np.searchsorted(s_ref, s_m))
+    for j in range(n):
+        xy = _offset(ref, np.full(len(ref), j * w))
+        if j == 0:
+            main.append([net.add_lane(xy[: i_m + 1], RG_FREEWAY_LANE, vmain), net.add_lane(xy[i_m:], RG_FREEWAY_LANE,
+                                                                                           vmain)])
+        else:
+            main.append([net.add_lane(xy, RG_FREEWAY_LANE, vmain)])
+    s_ramp = np.arange(s_r0, s_m + 1e-6, 0.5)
+    ramp_xy = at(s_ramp, l_ramp(s_ramp))
+    ramp = net.add_lane(ramp_xy, RG_FREEWAY_LANE, vramp, rank=0)
+    for j in range(n):
+        net.routes.append((main[j], 1.0, "straight"))
+        net.spawn[main[j][0]] = (5.0, (s_m - 20.0) if j == 0 else 260.0)
+    net.routes.append(([ramp, main[0][1]], 1.0, "merge"))
+    net.spawn[ramp] = (3.0, max(s_m0 - s_r0 - 10.0, 5.0))
+    half_l = (n - 1) * w + w / 2 + _SHOULDER
+    off = w / 2 + _SHOULDER
+    # Gore: the unpaved wedge between the main road and the ramp, closed by a blunt 1 m nose (a
+    # sharp tip would make the nearest-edge side test ambiguous just beyond it).
+    s_nose = s_g - np.sqrt((2 * _SHOULDER + 1.0) / c)
+    s_a = np.append(np.arange(0.0, s_nose, 2.0), s_nose)
+    s_b = np.append(np.arange(s_r0, s_nose, 2.0), s_nose)
+    main_side = at(s_a, np.full(len(s_a), -off))
+    ramp_side = at(s_b[::-1], l_ramp(s_b[::-1]) + off)
+    # Round nose: a half circle bulging downstream, so every vertex of the wedge is obtuse.
+    pa, pb = main_side[-1], ramp_side[0]
+    centre, rad = 0.5 * (pa + pb), 0.5 * np.linalg.norm(pb - pa)
+    i_n = min(int(np.searchsorted(s_ref, s_nose)), len(ref) - 1)
+    fwd, side = tan[i_n], pa - centre
+    th = np.linspace(0.0, np.pi, 8)[1:-1]
+    nose = centre + np.cos(th)[:, None] * side + np.sin(th)[:, None] * fwd * rad
+    gore = np.concatenate([main_side, nose, ramp_side])
+    s_c = np.arange(s_r0, s_m, 2.0)
+    s_d = np.arange(s_m, s_ref[-1], 4.0)
+    outer = np.concatenate([at(s_c, l_ramp(s_c) - off), at(s_d, np.full(len(s_d), -off))])
+    net.edges = [gore, outer, _offset(ref, np.full(len(ref), half_l))[::4]]
+    for j in range(1, n):
+        net.lines.append((_offset(ref, np.full(len(ref), (j - 0.5) * w))[::4], _LINE_BROKEN_WHITE))
+    _orient_edges(net)
+    return net
+
+
+# ---------------------------------------------------------------- roundabout (held-out family)
+
+
+def _build_roundabout(rng: np.random.Generator, pr: ParamRanges) -> _Net:
+    """Single-lane roundabout with 3-4 arms; entering traffic yields to the circulating lane."""
+    net = _Net()
+    w = rng.uniform(max(pr.lane_width[0], 3.6), max(pr.lane_width[1], 4.2))  # wider circulating lane
+    R = rng.uniform(13.0, 18.0)  # circulating lane radius
+    num_arms = int(rng.integers(3, 5))
+    jit = np.deg2rad(pr.angle_jitter_deg) * 0.5
+    base = rng.uniform(-np.pi, np.pi)
+    angles = base + np.arange(num_arms) * 2 * np.pi / num_arms + rng.uniform(-jit, jit, num_arms)
+    speed = rng.uniform(10.0, 13.0) * rng.uniform(*pr.speed_scale)
+    vring = min(speed, 8.0)
+    arm_len = 100.0
+    r_a = R + 12.0  # where arm lanes end / start
+    u = [_unit(a) for a in angles]
+    nv = [_left(x) for x in u]
+    # Ring: counter-clockwise circle, split into arcs between consecutive junction angles.
+    d_in, d_out = 0.35, 0.35  # angular offsets (rad) of entry / exit points around each arm angle
+    ring_pts = []  # (angle, kind, arm)
+    for a in range(num_arms):
+        ring_pts.append((angles[a] - d_out, "exit", a))
+        ring_pts.append((angles[a] + d_in, "entry", a))
+    ring_pts.sort(key=lambda p: p[0] % (2 * np.pi))
+    arcs = []
+    for i in range(len(ring_pts)):
+        a0 = ring_pts[i][0]
+        a1 = ring_pts[(i + 1) % len(ring_pts)][0]
+        if a1 % (2 * np.pi) <= a0 % (2 * np.pi):
+            a1 += 2 * np.pi
+        a1 = a0 + ((a1 - a0) % (2 * np.pi))
+        th = np.linspace(a0, a1, max(int(R * (a1 - a0) / 0.5), 4))
+        arcs.append(net.add_lane(np.stack([R * np.cos(th), R * np.sin(th)], -1), RG_SURFACE_LANE, vring, rank=2))
+    point_arc = {}  # (kind, arm) -> index of arc starting at that point
+    for i, (_, kind, a) in enumerate(ring_pts):
+        point_arc[(kind, a)] = i
+    in_ids, out_ids, entries, exits = [], [], [], []
+    for a in range(num_arms):
+        in_ids.append(net.add_lane([u[a] * (r_a + arm_len) + nv[a] * 0.5 * w, u[a] * r_a + nv[a] * 0.5 * w],
+                                   RG_SURFACE_LANE, speed))
+        out_ids.append(net.add_lane([u[a] * r_a - nv[a] * 0.5 * w, u[a] * (r_a + arm_len) - nv[a] * 0.5 * w],
+                                    RG_SURFACE_LANE, speed))
+        ea = angles[a] + d_in
+        p_entry = R * _unit(ea)
+        t_entry = _left(_unit(ea))
+        entries.append(net.add_lane(_bezier(u[a] * r_a + nv[a] * 0.5 * w, -u[a], p_entry, t_entry), RG_SURFACE_LANE,
+                                    vring, rank=0))
+        xa = angles[a] - d_out
+        exits.append(net.add_lane(_bezier(R * _unit(xa), _left(_unit(xa)), u[a] * r_a - nv[a] * 0.5 * w, u[a]),
+                                  RG_SURFACE_LANE, vring, rank=2))
+    nring = len(ring_pts)
+    for a in range(num_arms):
+        start = point_arc[("entry", a)]
+        seq = [in_ids[a], entries[a]]
+        i = start
+        for _ in range(nring):
+            seq.append(arcs[i])
+            nxt = (i + 1) % nring
+            kind, b = ring_pts[nxt][1], ring_pts[nxt][2]
+            if kind == "exit" and b != a:
+                route = seq + [exits[b], out_ids[b]]
+                net.routes.append((route, 1.0, "roundabout"))
+            i = nxt
+        net.spawn[in_ids[a]] = (5.0, arm_len - 1.0)
+        net.routes.append(([out_ids[a]], 0.4, "exit"))
+        net.spawn[out_ids[a]] = (2.0, arm_len - 60.0)
+    # Edges: the central island (clockwise so the ring is on its right) and the outer kerbs.
+    th = np.linspace(0, 2 * np.pi, 73)
+    island = (R - w / 2 - _SHOULDER) * np.stack([np.cos(th), np.sin(th)], -1)
+    net.edges.append(island)
+    order = np.argsort(angles % (2 * np.pi))
+    for idx in range(num_arms):
+        a, b = order[idx], order[(idx + 1) % num_arms]
+        # Kerb from arm a's incoming side round the ring's outside to arm b's outgoing side.
+        off = w / 2 + _SHOULDER
+        pa = u[a] * r_a + nv[a] * (0.5 * w + off)
+        pb = u[b] * r_a - nv[b] * (0.5 * w + off)
+        a0 = angles[a] + d_in + 0.25
+        a1 = angles[b] - d_out - 0.25
+        a1 = a0 + ((a1 - a0) % (2 * np.pi))
+        ro = R + off
+        thk = np.linspace(a0, a1, max(int(ro * (a1 - a0) / 1.0), 3))
+        ring_out = ro * np.stack([np.cos(thk), np.sin(thk)], -1)
+        lead = _bezier(pa, -u[a], ring_out[0], _left(_unit(a0)), 1.0)
+        trail = _bezier(ring_out[-1], _left(_unit(a1)), pb, u[b], 1.0)
+        kerb = np.concatenate([
+            np.stack([u[a] * (r_a + arm_len) + nv[a] * (0.5 * w + off), pa]),
+            lead[1:], ring_out[1:-1], trail, np.stack([u[b] * (r_a + arm_len) - nv[b] * (0.5 * w + off)])])
+        net.edges.append(kerb)
+        net.lines.append((np.stack([u[a] * r_a, u[a] * (r_a + arm_len)]), _LINE_SOLID_DOUBLE_YELLOW))
+    for a in range(num_arms):
+        net.bike_lanes.add(in_ids[a])
+    _orient_edges(net)
+    return net
+
+
+def _build_net(family: str, rng: np.random.Generator, pr: ParamRanges, num_steps: int) -> _Net:
+    if family == "straight":
+        return _build_road(rng, pr, False, num_steps)
+    if family == "curved":
+        return _build_road(rng, pr, True, num_steps)
+    if family == "intersection":
+        return _build_junction(rng, pr, 4, num_steps)
+    if family == "t_junction":
+        return _build_junction(rng, pr, 3, num_steps)
+    if family == "merge":
+        return _build_merge(rng, pr)
+    if family == "roundabout":
+        return _build_roundabout(rng, pr)
+    raise ValueError(f"unknown procedural family {family!r}; expected one of {FAMILY_NAMES}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Traffic: agents on routes
+
+
+@dataclasses.dataclass
+class _Agent:
+    kind: int  # TYPE_*
+    path: np.ndarray  # [K, 2] at _PATH_DS
+    lanes: list[int]  # route lane indices (pedestrians: [-1 - ped path index])
+    lane_off: list[float]  # arc position of each lane's start on the path
+    s0: float
+    v0: float
+    vdes: float
+    length: float
+    width: float
+    height: float
+    amax: float
+    bdec: float
+    headway: float
+    gap0: float
+    stop_s: float = _INF
+    stop_sig: int = -1  # row of the scenario's signal table, -1 none
+    stop_sign: bool = False
+    tag: str = ""
+    slow: tuple[float, float, float] = (0.0, 0.0, 1.0)  # (t0, t1, factor) of a slow-down episode
+
+
+def _lane_len(net: _Net, i: int) -> float:
+    return net.lanes[i].length
+
+
+def _route_path(net: _Net, lanes: list[int]) -> tuple[np.ndarray, list[float]]:
+    """The route's centre line at exactly `_PATH_DS` spacing and each lane's start position on it."""
+    pts, offs, acc = [], [], 0.0
+    for j, li in enumerate(lanes):
+        xy = net.lanes[li].xy
+        offs.append(acc)
+        acc += net.lanes[li].length
+        pts.append(xy if j == 0 else xy[1:])
+    xy = np.concatenate(pts)
+    s = _arc(xy)
+    t = np.arange(0.0, s[-1] + 1e-9, _PATH_DS)
+    return np.stack([np.interp(t, s, xy[:, 0]), np.interp(t, s, xy[:, 1])], -1), offs
+
+
+def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorConfig, red_at0) -> list[_Agent]:
+    """Places vehicles, cyclists and pedestrians on the network at t = 0."""
+    agents: list[_Agent] = []
+    density = rng.uniform(*pr.density)
+    budget = max(3, int(round(density * cfg.num_objects)))
+    n_ped = min(cfg.max_pedestrians, len(net.peds), int(rng.integers(0, cfg.max_pedestrians + 1)))
+    n_cyc = int(rng.integers(0, cfg.max_cyclists + 1)) if net.bike_lanes else 0
+    routes_from: dict[int, list[tuple[list[int], float, str]]] = {}
+    for lanes, wgt, tag in net.routes:
+        routes_from.setdefault(lanes[0], []).append((lanes, wgt, tag))
+    spawn_lanes = [li for li in net.spawn if li in routes_from]
+    path_cache: dict[tuple[int, ...], tuple[np.ndarray, list[float]]] = {}
+    rng.shuffle(spawn_lanes)
+    # Pedestrians first (they are few), one per crossing path.
+    for pi in rng.permutation(len(net.peds))[:n_ped]:
+        p = net.peds[pi]
+        walking = bool(rng.random() < 0.5)
+        s0 = rng.uniform(0.5, p.stop_s - 0.6)
+        if walking and p.walk[0]:
+            s0 = rng.uniform(0.5, min(p.stop_s + 6.0, len(p.xy) * _PATH_DS - 12.0))
+        vdes = rng.uniform(1.0, 1.6)
+        agents.append(_Agent(TYPE_PEDESTRIAN, p.xy, [-1 - int(pi)], [0.0], s0, vdes * rng.uniform(0.0, 1.0), vdes,
+                             rng.uniform(0.4, 0.7), rng.uniform(0.4, 0.7), rng.uniform(1.5, 1.9), 0.8, 2.0, 0.6,
+                             0.6, stop_s=p.stop_s, tag="walk"))
+    # Vehicles and cyclists lane by lane, queued back from each lane's downstream end.
+    vehicles_left = budget - len(agents)
+    cyclists_left = n_cyc
+    per_lane = max(1, int(np.ceil(vehicles_left / max(len(spawn_lanes), 1))) + 1)
+    for li in spawn_lanes:
+        if vehicles_left <= 0:
+            break
+        lo, hi = net.spawn[li]
+        if hi <= lo:
+            continue
+        lane = net.lanes[li]
+        pos = hi - rng.uniform(0.0, 25.0 / density)
+        lead: _Agent | None = None
+        lead_s = None
+        count = 0
+        while pos > lo and vehicles_left > 0 and count < per_lane:
+            is_cyc = cyclists_left > 0 and li in net.bike_lanes and rng.random() < 0.3
+            opts = routes_from[li]
+            if is_cyc:
+                opts = [o for o in opts if o[2] in ("straight", "right", "exit")] or opts
+            cum = np.cumsum([o[1] for o in opts])
+            lanes, _, tag = opts[min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(opts) - 1)]
+            key = tuple(lanes)
+            if key not in path_cache:
+                path_cache[key] = _route_path(net, lanes)
+            path, offs = path_cache[key]
+            if is_cyc:
+                length, width, height = rng.uniform(1.6, 2.0), rng.uniform(0.6, 0.8), rng.uniform(1.6, 1.9)
+                vdes = rng.uniform(4.0, 7.0)
+                amax, bdec, headway, gap0 = 1.0, 2.0, 1.2, 1.5
+            else:
+                length, width, height = rng.uniform(4.2, 5.3), rng.uniform(1.8, 2.1), rng.uniform(1.4, 1.9)
+                vdes = lane.speed * rng.uniform(0.85, 1.05)
+                amax, bdec = rng.uniform(1.3, 2.2), rng.uniform(2.0, 3.0)
+                headway, gap0 = rng.uniform(1.0, 1.7), rng.uniform(2.0, 3.0)
+            s0 = pos - length / 2
+            if lead is not None:
+                room = lead_s - lead.length / 2 - (s0 + length / 2)
+                if room < gap0 + 0.5:
+                    pos -= gap0 + 1.0
+                    continue
+            # Initial speed: what the driver could stop from before the leader or an active stop line.
+            v0 = vdes * rng.uniform(0.6, 1.0)
+            if lead is not None:
+                room = lead_s - lead.length / 2 - (s0 + length / 2) - gap0
+                v0 = min(v0, np.sqrt(lead.v0 ** 2 + 2 * 1.5 * max(room, 0.0)), max(room, 0.0) / headway + lead.v0)
+            stop_s, stop_sig, stop_sign = _INF, -1, False
+            for j, lj in enumerate(lanes):
+                st = net.lanes[lj].stop
+                if st is not None and offs[j] + _lane_len(net, lj) > s0 + length / 2:
+                    stop_s = offs[j] + _lane_len(net, lj)
+                    stop_sig, stop_sign = (st[1], False) if st[0] == "light" else (-1, True)
+                    break
+            if stop_s < _INF and (stop_sign or red_at0(stop_sig)):
+                room = stop_s - (s0 + length / 2) - 1.0
+                v0 = min(v0, np.sqrt(2 * 1.5 * max(room, 0.0)))
+            v0 = float(max(v0, 0.0))
+            slow = (0.0, 0.0, 1.0)
+            if rng.random() < 0.15:
+                t0 = rng.uniform(0.0, 5.0)
+                slow = (t0, t0 + rng.uniform(2.0, 5.0), rng.uniform(0.0, 0.5))
+            kind = TYPE_CYCLIST if is_cyc else TYPE_VEHICLE
+            ag = _Agent(kind, path, list(lanes), offs, float(s0), v0, float(vdes), length, width, height, amax, bdec,
+                        headway, gap0, stop_s, stop_sig, stop_sign, tag, slow)
+            agents.append(ag)
+            vehicles_left -= 1
+            cyclists_left -= int(is_cyc)
+            count += 1
+            lead, lead_s = ag, s0
+            pos = s0 - length / 2 - gap0 - headway * v0 - rng.uniform(1.0, 30.0 / density)
+    return agents
+
+
+# ----------------------------------------------------------------------------------------------
+# Conflict zones between agent paths
+
+
+def _lane_table(net: _Net, used: list[int]) -> dict[tuple[int, int], tuple]:
+    """Proximity zones between lanes / pedestrian paths: (lo_a, hi_a, lo_b, hi_b, aligned) per pair.
+
+    Lane indices >= 0 are lanes; -1 - p is pedestrian path p; pedestrian pairs are skipped.
+    Close point pairs are found with a uniform grid (cells of the conflict distance), all
+    lanes at once.
+    """
+    pts, s, h, owner = [], [], [], []
+    for u in used:
+        xy = net.lanes[u].xy if u >= 0 else net.peds[-1 - u].xy
+        sub = xy[::4]  # about 2 m apart; zones are padded by the half spacing
+        pts.append(sub)
+        s.append(_arc(xy)[::4])
+        t = _tangent(xy)[::4]
+        h.append(np.arctan2(t[:, 1], t[:, 0]))
+        owner.append(np.full(len(sub), u))
+    pts, s, h, owner = np.concatenate(pts), np.concatenate(s), np.concatenate(h), np.concatenate(owner)
+    cell = np.floor(pts / _CONFLICT_VEHICLE).astype(np.int64)
+    key = cell[:, 0] * 100_003 + cell[:, 1]
+    order = np.argsort(key, kind="stable")
+    skey = key[order]
+    ia, ib = [], []
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            q = (cell[:, 0] + dx) * 100_003 + cell[:, 1] + dy
+            lo = np.searchsorted(skey, q, "left")
+            hi = np.searchsorted(skey, q, "right")
+            cnt = hi - lo
+            src = np.repeat(np.arange(len(q)), cnt)
+            start = np.repeat(lo - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt)
+            ia.append(src)
+            ib.append(order[np.arange(len(src)) + start])
+    ia, ib = np.concatenate(ia), np.concatenate(ib)
+    oa, ob = owner[ia], owner[ib]
+    d = np.hypot(*(pts[ia] - pts[ib]).T)
+    thr = np.where((oa < 0) | (ob < 0), _CONFLICT_PED, _CONFLICT_VEHICLE)
+    sel = (oa != ob) & ~((oa < 0) & (ob < 0)) & (d < thr)
+    ia, ib, oa, ob, d = ia[sel], ib[sel], oa[sel], ob[sel], d[sel]
+    table = {}
+    if len(ia) == 0:
+        return table
+    pair = (oa + 10_000) * 100_000 + (ob + 10_000)
+    uniq, inv = np.unique(pair, return_inverse=True)
+    m = len(uniq)
+    lo_a = np.full(m, np.inf)
+    hi_a = np.full(m, -np.inf)
+    lo_b = np.full(m, np.inf)
+    hi_b = np.full(m, -np.inf)
+    np.minimum.at(lo_a, inv, s[ia])
+    np.maximum.at(hi_a, inv, s[ia])
+    np.minimum.at(lo_b, inv, s[ib])
+    np.maximum.at(hi_b, inv, s[ib])
+    # Heading difference at the closest point pair of each lane pair.
+    best = np.lexsort((d, inv))
+    first = best[np.concatenate([[True], inv[best][1:] != inv[best][:-1]])]
+    dh = np.abs(_wrap(h[ia[first]] - h[ib[first]]))
+    a_own, b_own = oa[first], ob[first]
+    aligned = (dh < np.deg2rad(40)) & (a_own >= 0) & (b_own >= 0)
+    for k in range(m):
+        table[(int(a_own[k]), int(b_own[k]))] = (lo_a[k] - 1.0, hi_a[k] + 1.0, lo_b[k] - 1.0, hi_b[k] + 1.0,
+                                                   bool(aligned[k]))
+    return table
+
+
+def _rank(net: _Net, lane: int) -> int:
+    return 3 if lane < 0 else net.lanes[lane].rank
+
+
+def _records(net: _Net, agents: list[_Agent]) -> list[tuple]:
+    """Conflict records (i, j, ai0, ai1, aj0, aj1, aligned, offset, priority) for interacting pairs.
+
+    offset maps j's path position into i's (aligned zones); priority +1: i has right of
+    way, -1: j has, 0: neither (the earlier arrival goes first). Vectorised over all
+    agent pairs and route lanes.
+    """
+    n = len(agents)
+    if n < 2:
+        return []
+    used = sorted({lane for ag in agents for lane in ag.lanes})
+    table = _lane_table(net, used)
+    col = {u: k for k, u in enumerate(used)}
+    nu = len(used) + 1  # the last index is "no lane"
+    tab = np.zeros((nu, nu, 4))
+    has = np.zeros((nu, nu), bool)
+    tal = np.zeros((nu, nu), bool)
+    for (a, b), z in table.items():
+        tab[col[a], col[b]] = z[:4]
+        has[col[a], col[b]] = True
+        tal[col[a], col[b]] = z[4]
+    length = np.array([(_lane_len(net, u) if u >= 0 else len(net.peds[-1 - u].xy) * _PATH_DS) for u in used] + [0.0])
+    rank = np.array([_rank(net, u) for u in used] + [0])
+    m = max(len(ag.lanes) for ag in agents)
+    rl = np.full((n, m), nu - 1)
+    off = np.zeros((n, m))
+    for i, ag in enumerate(agents):
+        rl[i, : len(ag.lanes)] = [col[u] for u in ag.lanes]
+        off[i, : len(ag.lanes)] = ag.lane_off
+    la, lb = rl[:, :, None, None], rl[None, None, :, :]  # [n, m, 1, 1], [1, 1, n, m]
+    same = (la == lb) & (la != nu - 1)
+    h = has[la, lb]
+    z = tab[la, lb]  # [n, m, n, m, 4]
+    lo_a = np.where(same, 0.0, z[..., 0]) + off[:, :, None, None]
+    hi_a = np.where(same, length[la], z[..., 1]) + off[:, :, None, None]
+    lo_b = np.where(same, 0.0, z[..., 2]) + off[None, None]
+    hi_b = np.where(same, length[lb], z[..., 3]) + off[None, None]
+    al = same | (h & tal[la, lb])
+    cr = h & ~tal[la, lb] & ~same
+    prio = np.sign(rank[la] - rank[lb])
+    ped = np.array([ag.kind == TYPE_PEDESTRIAN for ag in agents])
+    ii, jj = np.triu_indices(n, 1)
+    keep = ~(ped[ii] & ped[jj])
+    ii, jj = ii[keep], jj[keep]
+    flat = lambda x: x.transpose(0, 2, 1, 3)[ii, jj].reshape(len(ii), m * m)  # [pairs, m*m]
+    al_p, cr_p, same_p = flat(al), flat(cr), flat(same)
+    lo_a_p, hi_a_p, lo_b_p, hi_b_p = flat(lo_a), flat(hi_a), flat(lo_b), flat(hi_b)
+    prio_p = flat(np.broadcast_to(prio, al.shape))
+    off_ij = flat(np.broadcast_to(off[:, :, None, None] - off[None, None], al.shape))
+    out = []
+    big = 1e9
+    has_al = al_p.any(1)
+    if has_al.any():
+        ai0 = np.where(al_p, lo_a_p, big).min(1)
+        ai1 = np.where(al_p, hi_a_p, -big).max(1)
+        aj0 = np.where(al_p, lo_b_p, big).min(1)
+        aj1 = np.where(al_p, hi_b_p, -big).max(1)
+        first_same = np.argmax(same_p, 1)
+        shared = np.take_along_axis(off_ij, first_same[:, None], 1)[:, 0]
+        offset = np.where(same_p.any(1), shared, 0.5 * ((ai0 + ai1) - (aj0 + aj1)))
+        first = np.argmin(np.where(al_p, lo_a_p, big), 1)
+        pr = np.take_along_axis(prio_p, first[:, None], 1)[:, 0]
+        for k in np.flatnonzero(has_al):
+            out.append((int(ii[k]), int(jj[k]), ai0[k], ai1[k], aj0[k], aj1[k], True, offset[k], int(pr[k])))
+    has_cr = cr_p.any(1)
+    if has_cr.any():
+        first = np.argmin(np.where(cr_p, lo_a_p, big), 1)[:, None]
+        pick = lambda x: np.take_along_axis(x, first, 1)[:, 0]
+        v0, v1, v2, v3, pr = pick(lo_a_p), pick(hi_a_p), pick(lo_b_p), pick(hi_b_p), pick(prio_p)
+        for k in np.flatnonzero(has_cr):
+            out.append((int(ii[k]), int(jj[k]), v0[k], v1[k], v2[k], v3[k], False, 0.0, int(pr[k])))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Joint simulation of many scenarios (flat over agents, vectorised)
+
+
+def _speed_cap(path: np.ndarray, kind: int) -> np.ndarray:
+    """Speed cap `[K]` for the path's curvature, reachable by braking at 1.5 m/s² (backwards profile)."""
+    if kind == TYPE_PEDESTRIAN:
+        return np.full(len(path), 50.0)
+    k = np.abs(_curvature(path))
+    k = np.convolve(k, np.ones(9) / 9.0, mode="same")
+    cap2 = np.minimum(2.2 / np.maximum(k, 1e-4), 50.0 ** 2)
+    s = np.arange(len(path)) * _PATH_DS
+    key = cap2 + 2 * 1.5 * s
+    return np.sqrt(np.maximum(np.minimum.accumulate(key[::-1])[::-1] - 2 * 1.5 * s, 0.0))
+
+
+class _Batch:
+    """Flat arrays over all agents (and conflict records) of a chunk of scenarios."""
+
+    def __init__(self, items: list[dict], num_steps: int):
+        self.num_steps = num_steps
+        agents = [a for it in items for a in it["agents"]]
+        self.scen = np.concatenate([np.full(len(it["agents"]), k) for k, it in enumerate(items)]).astype(np.int64)
+        base = np.concatenate([[0], np.cumsum([len(it["agents"]) for it in items])[:-1]]).astype(np.int64)
+        self.base = base
+        self.alive = np.concatenate([it["alive"] for it in items])
+        n = len(agents)
+        f = lambda name: np.array([getattr(a, name) for a in agents], np.float64)
+        self.kind = np.array([a.kind for a in agents], np.int64)
+        self.length, self.width = f("length"), f("width")
+        self.s0, self.v0, self.vdes = f("s0"), f("v0"), f("vdes")
+        self.amax, self.bdec, self.headway, self.gap0 = f("amax"), f("bdec"), f("headway"), f("gap0")
+        self.stop_s = f("stop_s")
+        self.stop_sign = np.array([a.stop_sign for a in agents], bool)
+        slow = np.array([a.slow for a in agents], np.float64).reshape(n, 3)
+        self.slow_t0, self.slow_t1, self.slow_f = slow[:, 0], slow[:, 1], slow[:, 2]
+        # Signals: one table for the chunk; pedestrian paths use their walk signal.
+        sig_red, sig_yel, sig_base = [], [], []
+        for it in items:
+            sig_base.append(len(sig_red))
+            net = it["net"]
+            for lt in net.lights:
+                sig_red.append((lt.states == TL_STOP) | (lt.states == TL_ARROW_STOP))
+                sig_yel.append((lt.states == TL_CAUTION) | (lt.states == TL_ARROW_CAUTION))
+            for p in net.peds:
+                sig_red.append(~p.walk)
+                sig_yel.append(np.zeros(num_steps, bool))
+        sig_red.append(np.zeros(num_steps, bool))
+        sig_yel.append(np.zeros(num_steps, bool))
+        self.sig_red, self.sig_yel = np.array(sig_red), np.array(sig_yel)
+        none = len(sig_red) - 1
+        sig = []
+        for k, it in enumerate(items):
+            nl = len(it["net"].lights)
+            for a in it["agents"]:
+                if a.kind == TYPE_PEDESTRIAN:
+                    sig.append(sig_base[k] + nl + (-1 - a.lanes[0]))
+                else:
+                    sig.append(sig_base[k] + a.stop_sig if a.stop_sig >= 0 else none)
+        self.sig = np.array(sig, np.int64)
+        self.has_light = self.sig != none
+        # Paths: concatenated, uniform spacing.
+        lens = np.array([len(a.path) for a in agents], np.int64)
+        self.p_start = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        self.p_n = lens
+        self.p_len = (lens - 1) * _PATH_DS
+        pts = np.concatenate([a.path for a in agents])
+        self.px, self.py = pts[:, 0], pts[:, 1]
+        caps: dict[int, np.ndarray] = {}
+        for a in agents:
+            if id(a.path) not in caps:
+                caps[id(a.path)] = _speed_cap(a.path, a.kind)
+        self.cap = np.concatenate([caps[id(a.path)] for a in agents])
+        # Records.
+        recs = [(base[k] + r[0], base[k] + r[1]) + tuple(r[2:]) for k, it in enumerate(items) for r in it["records"]]
+        rec = np.array(recs, np.float64).reshape(-1, 9)
+        self.ri, self.rj = rec[:, 0].astype(np.int64), rec[:, 1].astype(np.int64)
+        self.ai0, self.ai1, self.aj0, self.aj1 = rec[:, 2], rec[:, 3], rec[:, 4], rec[:, 5]
+        self.aligned = rec[:, 6].astype(bool)
+        self.off = rec[:, 7]
+        self.prio = rec[:, 8]
+
+    def lookup(self, s: np.ndarray):
+        """Path point and unit tangent at arc position `s` `[G]` (linear extrapolation past the ends)."""
+        u = s / _PATH_DS
+        i0 = np.clip(np.floor(u).astype(np.int64), 0, self.p_n - 2)
+        f = u - i0
+        g = self.p_start + i0
+        x0, y0, x1, y1 = self.px[g], self.py[g], self.px[g + 1], self.py[g + 1]
+        tx, ty = x1 - x0, y1 - y0
+        nrm = np.maximum(np.hypot(tx, ty), 1e-9)
+        return x0 + f * tx, y0 + f * ty, tx / nrm, ty / nrm
+
+
+def _simulate(b: _Batch) -> dict[str, np.ndarray]:
+    """Runs the joint driver model; returns logs `[G, T]` (x, y, yaw, v, valid) and the worst lateral error `[G]`."""
+    T = b.num_steps
+    G = len(b.kind)
+    dt = DT
+    s = b.s0.copy()
+    v = np.where(b.alive, b.v0, 0.0)
+    x, y, tx, ty = b.lookup(s)
+    yaw = np.arctan2(ty, tx)
+    valid = b.alive.copy()
+    commit = np.zeros(G, bool)
+    stop_timer = np.zeros(G)
+    served = np.zeros(G, bool)
+    order_i = np.zeros(len(b.ri), bool)  # True: i goes first
+    decided = np.zeros(len(b.ri), bool)
+    out = {k: np.zeros((G, T)) for k in ("x", "y", "yaw", "v", "s")}
+    out["valid"] = np.zeros((G, T), bool)
+    lat_err = np.zeros(G)
+    ri, rj = b.ri, b.rj
+    half = b.length / 2
+    sqrt_ab = 2.0 * np.sqrt(b.amax * b.bdec)
+    for t in range(T):
+        out["x"][:, t], out["y"][:, t], out["yaw"][:, t], out["v"][:, t], out["s"][:, t] = x, y, yaw, v, s
+        out["valid"][:, t] = valid
+        if t == T - 1:
+            break
+        front, rear = s + half, s - half
+        # Stop lines: lights (stop-or-go decision at yellow onset) and stop signs (full stop, 1 s).
+        red = b.sig_red[b.sig, t] & b.has_light
+        yel = b.sig_yel[b.sig, t] & b.has_light
+        before = front < b.stop_s
+        dist_stop = b.stop_s - front
+        can_stop = dist_stop - 0.5 >= v * v / (2 * 3.5)
+        commit |= yel & before & ~can_stop & ~commit & (b.kind != TYPE_PEDESTRIAN)
+        near_stopped = b.stop_sign & before & (dist_stop < 4.0) & (v < 0.3)
+        stop_timer = np.where(near_stopped, stop_timer + dt, stop_timer)
+        served |= stop_timer >= 1.0
+        stop_active = before & ((((red | yel) & ~commit) | (b.stop_sign & ~served)))
+        hard = np.where(stop_active, b.stop_s, _INF)
+        # Conflict records.
+        act = valid[ri] & valid[rj]
+        fi, fj = front[ri], front[rj]
+        vi, vj = v[ri], v[rj]
+        ins_i, ins_j = fi > b.ai0 - _ZONE_BUFFER, fj > b.aj0 - _ZONE_BUFFER
+        clr_i = ~b.aligned & (rear[ri] > b.ai1 + _ZONE_BUFFER)
+        clr_j = ~b.aligned & (rear[rj] > b.aj1 + _ZONE_BUFFER)
+        eta_i = np.where(hard[ri] < b.ai0, 1e4, np.maximum(b.ai0 - _ZONE_BUFFER - fi, 0.0) / np.maximum(vi, 1.0))
+        eta_j = np.where(hard[rj] < b.aj0, 1e4, np.maximum(b.aj0 - _ZONE_BUFFER - fj, 0.0) / np.maximum(vj, 1.0))
+        eta_i, eta_j = np.minimum(eta_i, 1e4), np.minimum(eta_j, 1e4)
+        tc_i = np.where(b.aligned, 1.5, (b.ai1 + _ZONE_BUFFER - rear[ri]) / np.maximum(vi, 3.0))
+        tc_j = np.where(b.aligned, 1.5, (b.aj1 + _ZONE_BUFFER - rear[rj]) / np.maximum(vj, 3.0))
+        gap_t = 2.0
+        margin = np.where(b.prio > 0, eta_j + tc_j + gap_t - eta_i,
+                          np.where(b.prio < 0, eta_j - (eta_i + tc_i + gap_t), eta_j - eta_i))
+        hyst = np.where(decided, np.where(order_i, -0.5, 0.5), 0.0)
+        rule = margin > hyst
+        proj_i_ahead = s[ri] > s[rj] + b.off
+        both = ins_i & ins_j
+        prov = np.where(ins_i & ~ins_j, True, np.where(ins_j & ~ins_i, False,
+                        np.where(both, np.where(decided, order_i, np.where(b.aligned, proj_i_ahead, rule)), rule)))
+        can_i = (b.ai0 - _ZONE_BUFFER - fi) > vi * vi / (2 * 3.0) + 0.3
+        can_j = (b.aj0 - _ZONE_BUFFER - fj) > vj * vj / (2 * 3.0) + 0.3
+        second_can = np.where(prov, can_j, can_i)
+        first_can = np.where(prov, can_i, can_j)
+        keep_prev = decided & (prov != order_i) & ~second_can & ~both
+        prov = np.where(keep_prev, order_i, prov)
+        swap = ~decided & ~second_can & first_can & ~both & ~(ins_i | ins_j)
+        prov = np.where(swap, ~prov, prov)
+        order_i = np.where(act, prov, order_i)
+        decided |= act
+        # Constraints on the second of each record: (agent, gap, leader speed, standstill gap).
+        k_idx = np.where(order_i, rj, ri)
+        f_idx = np.where(order_i, ri, rj)
+        k_a0 = np.where(order_i, b.aj0, b.ai0)
+        k_a1 = np.where(order_i, b.aj1, b.ai1)
+        f_a1 = np.where(order_i, b.ai1, b.aj1)
+        f_clr = np.where(order_i, clr_i, clr_j)
+        # position of the first in the second's path coordinates (aligned zones)
+        p_f = np.where(order_i, s[ri] - b.off, s[rj] + b.off)
+        k_front = front[k_idx]
+        gap_zone = k_a0 - _ZONE_BUFFER - k_front
+        cross_c = act & ~b.aligned & ~f_clr & (gap_zone > -0.5)
+        f_in_region = rear[f_idx] < f_a1 + _ZONE_BUFFER
+        k_in_region = k_front < k_a1 + _ZONE_BUFFER
+        lead_ok = b.aligned & act & f_in_region & k_in_region
+        follow_c = lead_ok & (p_f > s[k_idx])
+        wait_c = lead_ok & ~(p_f > s[k_idx]) & (gap_zone > -0.5)
+        gap_follow = p_f - s[k_idx] - 0.5 * (b.length[k_idx] + b.length[f_idx])
+        c_agent = np.concatenate([np.flatnonzero(stop_active), k_idx[cross_c], k_idx[follow_c], k_idx[wait_c]])
+        c_gap = np.concatenate([dist_stop[stop_active] - 0.5, gap_zone[cross_c], gap_follow[follow_c],
+                                gap_zone[wait_c]])
+        c_vl = np.concatenate([np.zeros(int(stop_active.sum()) + int(cross_c.sum())), v[f_idx[follow_c]],
+                               np.zeros(int(wait_c.sum()))])
+        c_s0 = np.concatenate([np.full(int(stop_active.sum()) + int(cross_c.sum()), 0.5), b.gap0[k_idx[follow_c]],
+                               np.full(int(wait_c.sum()), 0.5)])
+        # IDM.
+        t_now = t * dt
+        slow = (t_now >= b.slow_t0) & (t_now < b.slow_t1)
+        u = s / _PATH_DS
+        ci = np.clip(np.round(u).astype(np.int64), 0, b.p_n - 1)
+        v_goal = np.minimum(b.vdes * np.where(slow, b.slow_f, 1.0), b.cap[b.p_start + ci])
+        a_free = b.amax * (1.0 - (v / np.maximum(v_goal, 0.1)) ** 4)
+        a_free = np.maximum(a_free, -3.0)
+        vc = v[c_agent]
+        s_star = c_s0 + np.maximum(0.0, vc * b.headway[c_agent] + vc * (vc - c_vl) / sqrt_ab[c_agent])
+        inter = b.amax[c_agent] * (s_star / np.maximum(c_gap, 0.05)) ** 2
+        worst = np.zeros(G)
+        np.maximum.at(worst, c_agent, inter)
+        a = np.clip(a_free - worst, -_MAX_ACCEL, b.amax)
+        a = np.maximum(a, -v / dt)
+        # Bicycle step (DESIGN.md equations), curvature aimed at the path one step ahead.
+        c, sn = np.cos(yaw), np.sin(yaw)
+        travel = v * dt + 0.5 * a * dt * dt
+        x1 = x + v * c * dt + 0.5 * a * c * dt * dt
+        y1 = y + v * sn * dt + 0.5 * a * sn * dt * dt
+        v1 = v + a * dt
+        s_pred = s + travel
+        px, py, ptx, pty = b.lookup(s_pred)
+        s1 = s_pred + (x1 - px) * ptx + (y1 - py) * pty
+        lat = np.abs(-(x1 - px) * pty + (y1 - py) * ptx)
+        ahead = np.maximum(v1 * dt, 1.0)
+        gx, gy, _, _ = b.lookup(s1 + ahead)
+        yaw_goal = np.arctan2(gy - y1, gx - x1)
+        k = _wrap(yaw_goal - yaw) / np.maximum(travel, 1e-6)
+        k = np.clip(k, -_MAX_CURVATURE, _MAX_CURVATURE)
+        k = np.where((v < _SPEED_EPS) | (v1 < _SPEED_EPS), 0.0, k)
+        yaw1 = _wrap(yaw + k * travel)
+        lat_err = np.maximum(lat_err, np.where(valid, lat, 0.0))
+        x, y, yaw, v, s = x1, y1, yaw1, v1, s1
+        valid = valid & (s + half < b.p_len - 0.5)
+    out["lat_err"] = lat_err
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks of a simulated log (per scenario)
+
+
+def _box_overlap(xa, ya, ha, la, wa, xb, yb, hb, lb, wb) -> np.ndarray:
+    """Separating-axis overlap test of oriented boxes (broadcast arrays)."""
+    dx, dy = xb - xa, yb - ya
+    sep = np.full(np.broadcast(xa, xb).shape, -np.inf)
+    for ang in (ha, ha + np.pi / 2, hb, hb + np.pi / 2):
+        cx, cy = np.cos(ang), np.sin(ang)
+        ra = 0.5 * la * np.abs(np.cos(ang - ha)) + 0.5 * wa * np.abs(np.sin(ang - ha))
+        rb = 0.5 * lb * np.abs(np.cos(ang - hb)) + 0.5 * wb * np.abs(np.sin(ang - hb))
+        sep = np.maximum(sep, np.abs(dx * cx + dy * cy) - ra - rb)
+    return sep < 0.05  # a 5 cm safety margin on top of the exact test
+
+
+def _violations(b: _Batch, out: dict, lo: int, hi: int) -> np.ndarray:
+    """Agents (local indices) of one scenario whose log overlaps another, runs a red light or leaves its lane."""
+    x, y, yaw, valid = out["x"][lo:hi], out["y"][lo:hi], out["yaw"][lo:hi], out["valid"][lo:hi]
+    kind = b.kind[lo:hi]
+    L, W = b.length[lo:hi], b.width[lo:hi]
+    n = hi - lo
+    bad = np.zeros(n, bool)
+    ii, jj = np.triu_indices(n, 1)
+    keep = ~((kind[ii] == TYPE_PEDESTRIAN) & (kind[jj] == TYPE_PEDESTRIAN))
+    ii, jj = ii[keep], jj[keep]
+    reach = 0.5 * (np.hypot(L[ii], W[ii]) + np.hypot(L[jj], W[jj]))
+    d = np.hypot(x[ii] - x[jj], y[ii] - y[jj])
+    near = (d < reach[:, None] + 0.1) & valid[ii] & valid[jj]
+    pi, ti = np.nonzero(near)
+    if pi.size:
+        a, c = ii[pi], jj[pi]
+        ov = _box_overlap(x[a, ti], y[a, ti], yaw[a, ti], L[a], W[a], x[c, ti], y[c, ti], yaw[c, ti], L[c], W[c])
+        bad[a[ov]] = True
+        bad[c[ov]] = True
+    # Red lights: the front crosses the stop point while the governing light is red.
+    s = out["s"][lo:hi]
+    front = s + L[:, None] / 2
+    stop = b.stop_s[lo:hi][:, None]
+    crossed = (front[:, :-1] < stop) & (front[:, 1:] >= stop) & valid[:, 1:]
+    red = b.sig_red[b.sig[lo:hi]] & b.has_light[lo:hi, None]
+    veh = kind != TYPE_PEDESTRIAN
+    bad |= veh & np.any(crossed & (red[:, 1:] | red[:, :-1]), axis=1)
+    bad |= veh & (out["lat_err"][lo:hi] > 0.35)
+    return bad
+
+
+# ----------------------------------------------------------------------------------------------
+# One scenario: build, choose the ego, assemble
+
+
+def _scenario_rng(split: str, scenario_seed: int, attempt: int) -> np.random.Generator:
+    return np.random.default_rng([SPLITS.index(split), scenario_seed, attempt])
+
+
+def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConfig) -> dict:
+    rng = _scenario_rng(split, scenario_seed, attempt)
+    ood = split == "test_ood"
+    families = OOD_FAMILIES if ood else TRAIN_FAMILIES
+    family = families[int(rng.integers(len(families)))]
+    pr = OOD_PARAMS if ood else TRAIN_PARAMS
+    net = _build_net(family, rng, pr, cfg.num_steps)
+
+    def red_at0(sig):
+        if sig < 0:
+            return False
+        st = net.lights[sig].states[: cfg.init_steps + 20]
+        return bool(np.any((st == TL_STOP) | (st == TL_ARROW_STOP) | (st == TL_CAUTION) | (st == TL_ARROW_CAUTION)))
+
+    agents = _spawn(net, rng, pr, cfg, red_at0)[: cfg.num_objects]
+    records = _records(net, agents)
+    # The ego: a vehicle that stays on the map for the whole log, preferring interactions.
+    horizon = (cfg.num_steps - 1) * DT
+    score = np.zeros(len(agents))
+    for r in records:
+        for k in (r[0], r[1]):
+            score[k] += 1.0 if r[6] else 2.0
+    cands = []
+    for k, ag in enumerate(agents):
+        if ag.kind != TYPE_VEHICLE:
+            continue
+        room = (len(ag.path) - 1) * _PATH_DS - ag.s0 - ag.length / 2
+        if room < ag.vdes * horizon + 10.0:
+            continue
+        bonus = {"left": 4.0, "merge": 4.0, "roundabout": 3.0, "right": 2.0}.get(ag.tag, 0.0)
+        bonus += 3.0 if ag.stop_sign else (1.5 if ag.stop_sig >= 0 else 0.0)
+        if ag.stop_s < _INF and ag.stop_s - ag.s0 < 45.0:
+            bonus += 3.0
+        cands.append((k, 1.0 + score[k] + bonus))
+    if cands:
+        w = np.array([c[1] for c in cands]) ** 2
+        ego = cands[int(rng.choice(len(cands), p=w / w.sum()))][0]
+    else:
+        veh = [k for k, a in enumerate(agents) if a.kind == TYPE_VEHICLE]
+        ego = veh[0] if veh else 0
+    return dict(split=split, seed=scenario_seed, attempt=attempt, family=family, net=net, agents=agents,
+                records=records, ego=ego, alive=np.ones(len(agents), bool), rng=rng)
+
+
+def _raw_roadgraph(net: _Net, max_piece_len: float):
+    """The network as WOMD-layout roadgraph points, and the lane-piece ids of each lane.
+
+    Lanes are cut into pieces no longer than `max_piece_len` (so the map compiler keeps
+    each piece whole and its id names exactly one compiled lane); ids start at 1.
+    """
+    from jaxloop.data.mapcompile import RawRoadgraph
+    polys, types, pids = [], [], []
+    lane_ids: dict[int, list[int]] = {}
+    speed = {}
+    for li, lane in enumerate(net.lanes):
+        xy = lane.xy
+        num = max(1, int(np.ceil(lane.length / max_piece_len)))
+        cuts = np.linspace(0, len(xy) - 1, num + 1).round().astype(int)
+        lane_ids[li] = []
+        for a, c in zip(cuts[:-1], cuts[1:]):
+            idx = np.append(np.arange(a, c, 4), c)  # about 2 m between raw points
+            polys.append(xy[idx])
+            types.append(lane.rg_type)
+            pids.append(len(pids) + 1)
+            lane_ids[li].append(pids[-1])
+            speed[pids[-1]] = lane.speed
+    for k, (xy, t) in enumerate(net.lines):
+        polys.append(xy)
+        types.append(t)
+        pids.append(40000 + k)
+    for k, xy in enumerate(net.edges):
+        polys.append(xy)
+        types.append(RG_ROAD_EDGE_BOUNDARY)
+        pids.append(20000 + k)
+    for k, xy in enumerate(net.crosswalks):
+        polys.append(xy)
+        types.append(RG_CROSSWALK)
+        pids.append(30000 + k)
+    stop_lanes = {}
+    for k, (xy, lane) in enumerate(net.signs):
+        polys.append(np.asarray(xy)[None])
+        types.append(RG_STOP_SIGN)
+        pids.append(10000 + k)
+        stop_lanes[10000 + k] = [lane_ids[lane][-1]]
+    lens = np.array([len(p) for p in polys])
+    xy = np.concatenate(polys).astype(np.float64)
+    d = np.zeros_like(xy)
+    d[:-1] = xy[1:] - xy[:-1]
+    last = np.cumsum(lens) - 1
+    d[last] = np.where((lens > 1)[:, None], d[np.maximum(last - 1, 0)], 0.0)
+    d /= np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
+    zeros = np.zeros((len(xy), 1))
+    raw = RawRoadgraph(xyz=np.concatenate([xy, zeros], 1), dir=np.concatenate([d, zeros], 1),
+                       types=np.repeat(types, lens), ids=np.repeat(pids, lens), valid=np.ones(len(xy), bool),
+                       speed_limits=speed, stop_sign_lanes=stop_lanes)
+    return raw, lane_ids
+
+
+def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -> tuple[Scenario, dict]:
+    import warnings
+
+    from jaxloop.data.mapcompile import compile_roadmap
+    rng = item["rng"]
+    agents = item["agents"]
+    n_ag = len(agents)
+    N, T = cfg.num_objects, cfg.num_steps
+    hi = lo + n_ag
+    alive = item["alive"]
+    keep = np.flatnonzero(alive)
+    ego = item["ego"]
+    # Random slots for the kept agents among the first len(keep) object slots.
+    slots = rng.permutation(len(keep))
+    slot_of = {int(a): int(sl) for a, sl in zip(keep, slots)}
+    shape = (N, T)
+    f = {k: np.zeros(shape, np.float32) for k in ("x", "y", "z", "vel_x", "vel_y", "yaw", "length", "width",
+                                                 "height")}
+    valid = np.zeros(shape, bool)
+    types = np.zeros(N, np.int32)
+    g = lo + keep
+    f["x"][slots], f["y"][slots], f["yaw"][slots] = out["x"][g], out["y"][g], out["yaw"][g]
+    f["vel_x"][slots] = out["v"][g] * np.cos(out["yaw"][g])
+    f["vel_y"][slots] = out["v"][g] * np.sin(out["yaw"][g])
+    f["length"][slots] = b.length[g][:, None]
+    f["width"][slots] = b.width[g][:, None]
+    f["height"][slots] = np.array([agents[a].height for a in keep])[:, None]
+    f["z"][slots] = f["height"][slots] / 2
+    valid[slots] = out["valid"][g]
+    types[slots] = b.kind[g]
+    for k in f:
+        f[k][~valid] = 0.0
+    traj = Trajectory(**f, valid=valid,
+                      timestamp_micros=np.broadcast_to(np.arange(T, dtype=np.int32) * 100_000, shape).copy())
+    ego_slot = slot_of[ego]
+    is_sdc = np.arange(N) == ego_slot
+    interacting = set()
+    for r in item["records"]:
+        if ego in (r[0], r[1]):
+            other = r[1] if r[0] == ego else r[0]
+            if alive[other]:
+                interacting.add(slot_of[other])
+    interest = np.zeros(N, bool)
+    interest[sorted(interacting)] = True
+    modeled = is_sdc.copy()
+    veh_slots = [sl for sl in sorted(interacting) if types[sl] == TYPE_VEHICLE][:7]
+    modeled[veh_slots] = True
+    ids = np.full(N, -1, np.int32)
+    ids[: len(keep)] = np.arange(len(keep))
+    meta = ObjectMetadata(ids=ids, object_types=types, is_sdc=is_sdc, is_modeled=modeled, is_valid=valid.any(-1),
+                          objects_of_interest=interest)
+    # Map.
+    net = item["net"]
+    raw, lane_ids = _raw_roadgraph(net, 0.97 * cfg.max_lane_length_m)
+    g = lo + ego
+    ego_path = b.px[b.p_start[g]: b.p_start[g] + b.p_n[g]], b.py[b.p_start[g]: b.p_start[g] + b.p_n[g]]
+    s_ego = out["s"][g]
+    r0, r1 = max(s_ego[0] - 5.0, 0.0), min(s_ego[-1] + 60.0, b.p_len[g])
+    rs = np.linspace(r0, r1, cfg.route_points)
+    grid = np.arange(b.p_n[g]) * _PATH_DS
+    route_xy = np.stack([np.interp(rs, grid, ego_path[0]), np.interp(rs, grid, ego_path[1])], -1)
+    sub_valid = out["valid"][lo:hi, ::30]
+    others = np.stack([out["x"][lo:hi, ::30][sub_valid], out["y"][lo:hi, ::30][sub_valid]], -1)
+    focus = np.concatenate([np.stack([out["x"][g, ::5], out["y"][g, ::5]], -1), route_xy[::2], others])
+    # One focus point per 4 m cell is as good for culling and keeps the compiler's work small.
+    _, first = np.unique(np.floor(focus / 4.0).astype(np.int64), axis=0, return_index=True)
+    focus = focus[np.sort(first)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        roadmap, report = compile_roadmap(raw, focus, cfg.map_config(), source=f"procedural/{item['seed']}")
+    # Lights: the governed lane is the last piece of the approach lane, the stop point its end.
+    L = cfg.max_lights
+    tl = dict(state=np.zeros((L, T), np.int32), x=np.zeros((L, T), np.float32), y=np.zeros((L, T), np.float32),
+              lane_ids=np.full((L, T), -1, np.int32), valid=np.zeros((L, T), bool))
+    kept_ids = set(int(i) for i in np.asarray(roadmap.lane_ids)[np.asarray(roadmap.lane_ids) >= 0])
+    lights = [lt for lt in net.lights if lane_ids[lt.lane][-1] in kept_ids]
+    if len(lights) > L:
+        end = np.array([net.lanes[lt.lane].xy[-1] for lt in lights])
+        d = np.min(np.linalg.norm(end[:, None] - focus[None], axis=-1), axis=1)
+        lights = [lights[i] for i in np.argsort(d, kind="stable")[:L]]
+    for k, lt in enumerate(lights):
+        stop = net.lanes[lt.lane].xy[-1]
+        tl["state"][k] = lt.states
+        tl["x"][k], tl["y"][k] = stop[0], stop[1]
+        tl["lane_ids"][k] = lane_ids[lt.lane][-1]
+        tl["valid"][k] = True
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(route_xy, axis=0), axis=1))])
+    route = Route(xy=route_xy.astype(np.float32), arc_length=arc.astype(np.float32),
+                  valid=np.ones(cfg.route_points, bool))
+    scenario = Scenario(log_trajectory=traj, object_metadata=meta, roadmap=roadmap, traffic_lights=TrafficLights(**tl),
+                        route=route, family=np.asarray(FAMILY_IDS[item["family"]], np.int32))
+    kinds = [agents[a].kind for a in keep]
+    info = dict(scenario_id=f"procedural-{item['split']}-{item['seed']}", format="procedural",
+                family=item["family"], split=item["split"], seed=int(item["seed"]), attempt=int(item["attempt"]),
+                ego_route=agents[ego].tag, num_vehicles=kinds.count(TYPE_VEHICLE),
+                num_pedestrians=kinds.count(TYPE_PEDESTRIAN), num_cyclists=kinds.count(TYPE_CYCLIST),
+                num_removed=int(n_ag - len(keep)), map_dropped=bool(report.dropped_any))
+    return scenario, info
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+
+
+def scenario_seeds(split: str, num: int, seed: int = 0) -> np.ndarray:
+    """The scenario seeds `[num]` of `generate(split, num, seed)`: `start + seed + i` in the split's range."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if num < 0 or seed < 0:
+        raise ValueError(f"num and seed must be >= 0, got num={num}, seed={seed}")
+    start, stop = SPLIT_SEEDS[split]
+    if start + seed + num > stop:
+        raise ValueError(f"split {split!r} has scenario seeds [{start}, {stop}): seed {seed} + num {num} "
+                         f"runs past its end")
+    return start + seed + np.arange(num, dtype=np.int64)
+
+
+def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> tuple[list[Scenario], list[dict]]:
+    items = {k: _build_item(split, int(sd), 0, cfg) for k, sd in enumerate(seeds)}
+    done: dict[int, tuple[Scenario, dict]] = {}
+    pending = list(items)
+    for _ in range(12):
+        if not pending:
+            break
+        batch_items = [items[k] for k in pending]
+        b = _Batch(batch_items, cfg.num_steps)
+        out = _simulate(b)
+        nxt = []
+        for pos, k in enumerate(pending):
+            it = items[k]
+            lo = int(b.base[pos])
+            hi = lo + len(it["agents"])
+            bad = _violations(b, out, lo, hi) & it["alive"]
+            ego = it["ego"]
+            if bad[ego] or not out["valid"][lo + ego].all():
+                items[k] = _build_item(split, it["seed"], it["attempt"] + 1, cfg)
+                nxt.append(k)
+            elif bad.any():
+                it["alive"] = it["alive"] & ~bad
+                nxt.append(k)
+            else:
+                done[k] = _assemble(it, b, out, lo, cfg)
+        pending = nxt
+    if pending:
+        raise RuntimeError(f"procedural: scenarios {[items[k]['seed'] for k in pending]} of split {split!r} "
+                           "failed their checks after 12 rounds")
+    return [done[k][0] for k in range(len(seeds))], [done[k][1] for k in range(len(seeds))]
+
+
+def _worker(args):
+    split, seeds, cfg = args
+    scenarios, infos = _generate_chunk(split, seeds, cfg)
+    return stack_scenarios(scenarios), infos
+
+
+def generate(split: str = "train", num: int = 32, seed: int = 0, config: GeneratorConfig = GeneratorConfig(),
+             workers: int = 1) -> tuple[Scenario, list[dict]]:
+    """Generates `num` scenarios of `split` from scenario seeds `scenario_seeds(split, num, seed)`.
+
+    Deterministic: the same (split, num, seed, config) gives byte-identical scenarios, for
+    any `workers` (a process pool over chunks of `config.chunk_size` seeds).
+
+    Returns a batched `Scenario` (numpy leaves, leading axis `num`) and one info dict per
+    scenario: scenario_id, format="procedural", family, split, seed, and generation stats.
+    """
+    seeds = scenario_seeds(split, num, seed)
+    if num == 0:
+        raise ValueError("generate: num must be >= 1")
+    chunks = [seeds[i:i + config.chunk_size] for i in range(0, num, config.chunk_size)]
+    jobs = [(split, [int(x) for x in c], config) for c in chunks]
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        # A fork server that has imported this module once starts workers quickly, without
+        # forking a process whose JAX runtime may already hold threads.
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        with ctx.Pool(min(workers, len(jobs))) as pool:
+            results = pool.map(_worker, jobs, chunksize=1)
+    else:
+        results = [_worker(j) for j in jobs]
+    import jax
+    batched = jax.tree.map(lambda *xs: np.concatenate(xs), *[r[0] for r in results])
+    infos = [i for r in results for i in r[1]]
+    return batched, infos
+
+
+def generate_cli(split: str = "train", num: int = 2000, seed: int = 0, out: str = "data/procedural_train",
+                 workers: int = 0, shard_size: int = 256) -> int:
+    """Generates procedural scenarios and writes them as a packed cache (see `jaxloop.data.pipeline`).
+
+    Args:
+      split: train | val | test | test_ood.
+      num: number of scenarios.
+      seed: offset into the split's seed range (scenario seeds start + seed + i).
+      out: the cache directory.
+      workers: processes generating in parallel (0: one per CPU).
+      shard_size: scenarios per shard file.
+    """
+    from jaxloop.data.pipeline import write_cache
+    t0 = time.perf_counter()
+    import os
+    scenarios, infos = generate(split, num, seed, workers=workers or os.cpu_count() or 1)
+    t_gen = time.perf_counter() - t0
+    write_cache(scenarios, out, infos, shard_size=shard_size)
+    t_all = time.perf_counter() - t0
+    counts: dict[str, int] = {}
+    for info in infos:
+        counts[info["family"]] = counts.get(info["family"], 0) + 1
+    print(f"wrote {num} {split} scenarios to {out} in {t_all:.1f} s "
+          f"(generation {t_gen:.1f} s, {num / max(t_gen, 1e-9):.0f} scenarios/s)")
+    for name in FAMILY_NAMES:
+        if name in counts:
+            print(f"  {name:<13} {counts[name]}")
+    return 0
