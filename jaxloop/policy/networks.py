@@ -2,7 +2,7 @@
 
 Both map `Features` (see `jaxloop.policy.observation`) of one observer to a
 `PolicyOutput`: the mean and log standard deviation of a pre-tanh Gaussian over the
-action and, optionally, a value estimate. Actions live in [-1, 1] (the dynamics run
+action and, optionally, a value estimate from a separate critic MLP. Actions live in [-1, 1] (the dynamics run
 with `normalize_actions=True`):
 
 - deterministic head: `action = tanh(mean)`;
@@ -72,19 +72,28 @@ def _run_mlp(layers, x: jax.Array, final_activation: bool = False) -> jax.Array:
 
 
 class _Heads(nnx.Module):
-    """Mean, state-independent log-std, optional value."""
+    """Mean and a state-independent log-std."""
 
     def __init__(self, in_dim: int, action_dim: int, config: ModelConfig, rngs: nnx.Rngs):
         self.mean = nnx.Linear(in_dim, action_dim, kernel_init=nnx.initializers.variance_scaling(
             0.01, "fan_in", "truncated_normal"), rngs=rngs)
         self.log_std = nnx.Param(jnp.full((action_dim,), config.init_log_std, jnp.float32))
-        self.value = nnx.Linear(in_dim, 1, rngs=rngs) if config.value_head else None
 
-    def __call__(self, h: jax.Array) -> PolicyOutput:
+    def __call__(self, h: jax.Array, value: jax.Array | None = None) -> PolicyOutput:
         mean = self.mean(h)
         log_std = jnp.broadcast_to(jnp.clip(self.log_std[...], LOG_STD_MIN, LOG_STD_MAX), mean.shape)
-        value = self.value(h)[..., 0] if self.value is not None else jnp.zeros(mean.shape[:-1])
+        value = jnp.zeros(mean.shape[:-1]) if value is None else value
         return PolicyOutput(mean=mean, log_std=log_std, value=value)
+
+
+class _ValueNet(nnx.Module):
+    """A critic on the flat features with its own trunk, so value errors do not steer the actor's features."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...], rngs: nnx.Rngs):
+        self.layers = _mlp([in_dim, *hidden, 1], rngs)
+
+    def __call__(self, feats: Features) -> jax.Array:
+        return _run_mlp(self.layers, flatten(feats))[..., 0]
 
 
 class MLPPolicy(nnx.Module):
@@ -96,10 +105,11 @@ class MLPPolicy(nnx.Module):
         sizes = [flat_dim(obs_config, history_length), *config.hidden]
         self.trunk = _mlp(sizes, rngs)
         self.heads = _Heads(sizes[-1], action_dim, config, rngs)
+        self.value_net = _ValueNet(sizes[0], config.hidden, rngs) if config.value_head else None
 
     def __call__(self, feats: Features) -> PolicyOutput:
         h = _run_mlp(self.trunk, flatten(feats), final_activation=True)
-        return self.heads(h)
+        return self.heads(h, None if self.value_net is None else self.value_net(feats))
 
 
 class AttentionPolicy(nnx.Module):
@@ -128,6 +138,8 @@ class AttentionPolicy(nnx.Module):
         self.norm = nnx.LayerNorm(d, rngs=rngs)
         self.out = _mlp([2 * d, *config.hidden], rngs)
         self.heads = _Heads(config.hidden[-1], action_dim, config, rngs)
+        self.value_net = (_ValueNet(flat_dim(obs_config, history_length), config.hidden, rngs)
+                          if config.value_head else None)
 
     def __call__(self, feats: Features) -> PolicyOutput:
         batch = feats.ego.shape[:-1]
@@ -155,7 +167,7 @@ class AttentionPolicy(nnx.Module):
         ctx = jnp.einsum("...hs,...shc->...hc", attn, v).reshape(*batch, d)
         ctx = self.norm(query + self.o(ctx))
         h = _run_mlp(self.out, jnp.concatenate([query, ctx], -1), final_activation=True)
-        return self.heads(h)
+        return self.heads(h, None if self.value_net is None else self.value_net(feats))
 
 
 def make_model(config: ModelConfig, obs_config: ObsConfig, history_length: int, action_dim: int,

@@ -54,6 +54,7 @@ class PPOConfig:
     num_epochs: int = 4
     num_minibatches: int = 4
     value_coef: float = 0.5
+    value_huber_delta: float = 1.0
     entropy_coef: float = 0.0
     normalize_advantages: bool = True
 

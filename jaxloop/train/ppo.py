@@ -4,7 +4,7 @@ One jitted step: B episodes of H steps sampled with the tanh-Gaussian policy, GA
 advantages (the episode is truncated at H, so the last state is bootstrapped with its
 value), then `num_epochs` passes over the B*H samples in `num_minibatches` shuffled
 minibatches, all inside `lax.scan`. Loss per minibatch: clipped ratio surrogate +
-`value_coef` * squared value error - `entropy_coef` * entropy; each minibatch update is
+`value_coef` * Huber value error - `entropy_coef` * entropy; each minibatch update is
 clipped by global norm and skipped when non-finite.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxloop.policy import networks
 from jaxloop.sim.datatypes import Scenario
@@ -48,7 +49,9 @@ def ppo_loss(ctx: Context, params, data: dict) -> tuple[jax.Array, dict]:
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
     mask = data["valid"]
     policy_loss = -mean_over(surrogate, mask)
-    value_loss = mean_over((out.value - data["ret"]) ** 2, mask)
+    # Huber: the critic's gradient stays O(1) whatever the return scale, so the shared
+    # global-norm clip does not starve the policy gradient.
+    value_loss = mean_over(optax.huber_loss(out.value, data["ret"], delta=cfg.value_huber_delta), mask)
     ent = mean_over(networks.entropy(out), mask)
     loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * ent
     approx_kl = mean_over((ratio - 1) - jnp.log(ratio), mask)
