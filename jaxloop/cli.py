@@ -13,10 +13,12 @@ import sys
 # name -> "module:function", or a group: name -> {subname: "module:function"}
 COMMANDS: dict[str, str | dict[str, str]] = {
     "demo": "jaxloop.demo:run",
+    "render": "jaxloop.viz.cli:render",
 }
 
 _HELP = {
     "demo": "the main job on built-in data: roll out baselines and print a comparison table",
+    "render": "roll out one scenario and draw it top-down to PNG / GIF",
 }
 
 
