@@ -14,11 +14,15 @@ import sys
 COMMANDS: dict[str, str | dict[str, str]] = {
     "demo": "jaxloop.demo:run",
     "render": "jaxloop.viz.cli:render",
+    "train": "jaxloop.train.cli:train",
+    "export": "jaxloop.train.cli:export",
 }
 
 _HELP = {
     "demo": "the main job on built-in data: roll out baselines and print a comparison table",
     "render": "roll out one scenario and draw it top-down to PNG / GIF",
+    "train": "train a policy: bc | apg | ppo | grpo, with checkpoints, logs and resume",
+    "export": "export a trained policy checkpoint with jax.export (runs without jaxloop)",
 }
 
 

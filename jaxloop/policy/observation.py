@@ -233,3 +233,28 @@ def flat_dim(config: ObsConfig, history_length: int) -> int:
 def observer_features(scenario: Scenario, state: SimState, observers: jax.Array, config: ObsConfig) -> Features:
     """Features `[N_obs, ...]` for several observers at once (one policy driving many objects)."""
     return jax.vmap(features, in_axes=(None, None, 0, None))(scenario, state, observers, config)
+
+
+def unflatten(flat: jax.Array, config: ObsConfig, history_length: int) -> Features:
+    """Inverse of `flatten`: `Features` from flat vectors `[..., D]` (masks read back as `> 0.5`)."""
+    c = config
+    batch = flat.shape[:-1]
+    sizes = [("ego", (c.ego_dim(history_length),)), ("objects", (c.num_objects, c.object_dim)),
+             ("objects_valid", (c.num_objects,)), ("lanes", (c.num_lanes, c.lane_dim)),
+             ("lanes_valid", (c.num_lanes,)), ("edges", (c.num_edges, c.edge_dim)), ("edges_valid", (c.num_edges,)),
+             ("lights", (c.num_lights, c.light_dim)), ("lights_valid", (c.num_lights,)),
+             ("route", (c.route_points, c.route_dim))]
+    expected = flat_dim(config, history_length)
+    if flat.shape[-1] != expected:
+        raise ValueError(f"unflatten: expected a feature vector of length {expected} for this ObsConfig, "
+                         f"got {flat.shape[-1]}")
+    out, start = {}, 0
+    for name, shape in sizes:
+        size = 1
+        for s in shape:
+            size *= s
+        part = flat[..., start:start + size].reshape(*batch, *shape)
+        out[name] = part > 0.5 if name.endswith("_valid") else part
+        start += size
+    out["route_valid"] = out["route"][..., 2] > 0.5
+    return Features(**out)
