@@ -123,7 +123,7 @@ def route_waypoints(scenario: Scenario, point: jax.Array, num_points: int, spaci
 
     Waypoints past the end of the route are invalid.
     """
-    route = scenario.route
+    route = jax.tree.map(jnp.asarray, scenario.route)
     s0, _, _ = project_to_polyline(point, route.xy, route.arc_length, route.valid)
     targets = s0 + spacing * jnp.arange(1, num_points + 1, dtype=jnp.float32)
     arc = jnp.where(route.valid, route.arc_length, jnp.inf)
@@ -141,6 +141,7 @@ def features(scenario: Scenario, state: SimState, observer: jax.Array | int, con
     """Features of the scene seen by object `observer` (a traced or static index) at `state`."""
     with jax.named_scope("policy.features"):
         observer = jnp.asarray(observer, jnp.int32)
+        scenario, state = jax.tree.map(jnp.asarray, (scenario, state))  # host numpy in, traced indices below
         cur = state.current
         origin = jnp.stack([cur.x[observer], cur.y[observer]])
         yaw0 = cur.yaw[observer]

@@ -11,6 +11,7 @@ that samples batches and runs every step inside one `lax.scan`, for small experi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from typing import Any, Callable
 
@@ -49,9 +50,19 @@ class Trainer:
 
 def make_trainer(config: TrainConfig, mesh: Mesh | None = None, reward_fn: StepFn | None = None,
                  surrogate_fn: StepFn | None = None) -> Trainer:
-    """The trainer of `config.algo` on `mesh` (default: every device on one data axis)."""
+    """The trainer of `config.algo` on `mesh` (default: every device on one data axis).
+
+    Trainers are cached by (config, mesh, reward functions): a second run with the same
+    settings in one process (a resume, a sweep over data) reuses the compiled step.
+    """
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_batch_size(config.batch_size, mesh)
+    return _cached_trainer(config, mesh, reward_fn, surrogate_fn)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_trainer(config: TrainConfig, mesh: Mesh, reward_fn: StepFn | None,
+                    surrogate_fn: StepFn | None) -> Trainer:
     ctx = make_context(config, reward_fn, surrogate_fn)
     step_fn = _step_module(config.algo).make_step_fn(ctx)
     return Trainer(config=config, ctx=ctx, mesh=mesh, step_fn=step_fn,
