@@ -57,7 +57,7 @@ def apply_update(state: TrainState, grads: nnx.State, loss: jax.Array,
             params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
             skipped=state.skipped + (~finite).astype(jnp.int32),
             consecutive_skipped=jnp.where(finite, 0, state.consecutive_skipped + 1).astype(jnp.int32))
-        return new_state, {"grad_norm": optax.global_norm(safe), "update_skipped": (~finite).astype(jnp.float32)}
+        return new_state, {"grad_norm": optax.tree.norm(safe), "update_skipped": (~finite).astype(jnp.float32)}
 
 
 # --- checkpoint form: a flat {path: array} dict, independent of container classes ------------
