@@ -49,7 +49,7 @@ def make_policy_fn(model_graphdef: nnx.GraphDef, params: nnx.State, obs_config: 
 def config_from_checkpoint(ckpt_dir: str | os.PathLike) -> TrainConfig:
     """The `TrainConfig` saved beside a checkpoint's weights."""
     from jaxloop.io.checkpoint import read_config
-    data = read_config(ckpt_dir)
+    data = read_config(resolve_checkpoint_dir(ckpt_dir))
     if CONFIG_KEY not in data:
         raise ValueError(f"{ckpt_dir}/config.json: no {CONFIG_KEY!r} entry; not a jaxloop training checkpoint")
     return config_from_dict(TrainConfig, data[CONFIG_KEY])
@@ -57,10 +57,11 @@ def config_from_checkpoint(ckpt_dir: str | os.PathLike) -> TrainConfig:
 
 def load_params(ckpt_dir: str | os.PathLike, config: TrainConfig | None = None,
                 step: int | None = None) -> tuple[nnx.GraphDef, nnx.State, TrainConfig]:
-    """(graphdef, params, config) of the checkpoint at `step` (latest if None)."""
+    """(graphdef, params, config) of the checkpoint at `step` (latest if None); a run directory works too."""
     from jaxloop.io.checkpoint import CheckpointManager
     from jaxloop.train.common import build_model
     from jaxloop.train.state import from_flat_dict, to_flat_dict
+    ckpt_dir = resolve_checkpoint_dir(ckpt_dir)
     config = config_from_checkpoint(ckpt_dir) if config is None else config
     graphdef, template = nnx.split(build_model(config, jax.random.PRNGKey(0)))
     manager = CheckpointManager(ckpt_dir)
@@ -74,7 +75,10 @@ def load_params(ckpt_dir: str | os.PathLike, config: TrainConfig | None = None,
 
 def load_policy_from_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = None,
                                 deterministic: bool = True, controlled: str = "sdc") -> tuple[PolicyFn, TrainConfig]:
-    """`(policy_fn, config)` of a training checkpoint directory."""
+    """`(policy_fn, config)` of a training checkpoint directory (or its run directory).
+
+    The policy emits normalised actions: roll it out in `Env(config.env_config())`.
+    """
     graphdef, params, config = load_params(ckpt_dir, step=step)
     return make_policy_fn(graphdef, params, config.obs, deterministic, controlled), config
 
