@@ -129,3 +129,13 @@ def test_sigterm_leaves_a_restorable_checkpoint(tmp_path):
     env = Env(config.env_config())
     action = jax.jit(lambda k: policy(scenario, env.reset(scenario, k), k))(jax.random.PRNGKey(0))
     assert action.shape == (2,) and bool(jnp.all(jnp.isfinite(action)))
+
+
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_cli_commands_parse(command, capsys):
+    from jaxloop.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert ("--algo" in text and "--init-from" in text) if command == "train" else ("CKPT" in text and "--out" in text)

@@ -122,7 +122,7 @@ def test_apply_update_guard_directly():
 
 def test_real_reward_preset_runs(data):
     # The default reward comes from jaxloop.sim.rewards (progress_safety) when none is injected.
-    config = tiny_config("grpo", horizon=5, batch_size=2)
+    config = tiny_config("grpo", horizon=2, batch_size=2, grpo=tiny_config("grpo").grpo.__class__(group_size=2))
     trainer = make_trainer(config)
     state = trainer.init(jax.random.PRNGKey(0))
     batch = trainer.shard(jax.tree.map(lambda a: a[:2], data))
@@ -140,3 +140,17 @@ def test_bad_config_messages(data):
     with pytest.raises(ValueError, match="horizon 36 exceeds"):
         trainer.train_step(trainer.init(jax.random.PRNGKey(0)), trainer.shard(jax.tree.map(lambda a: a[:2], data)),
                            jax.random.PRNGKey(0))
+
+
+def test_logged_state_matches_reset(data):
+    # The BC observation state at log step init_steps - 1 is exactly the env's initial state.
+    from jaxloop.sim.env import Env
+    from jaxloop.train.bc import logged_state
+    config = tiny_config("bc")
+    env = Env(config.env_config())
+    scenario = jax.tree.map(lambda a: a[1], data)
+    key = jax.random.PRNGKey(3)
+    a = jax.jit(lambda s: env.reset(s, key))(scenario)
+    b = jax.jit(lambda s, t: logged_state(env, s, t, key))(scenario, jnp.asarray(config.init_steps - 1))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -114,6 +114,16 @@ def _nearest(dist: jax.Array, valid: jax.Array, k: int) -> tuple[jax.Array, jax.
     return idx, ok
 
 
+def _gather(values: jax.Array, idx: jax.Array) -> jax.Array:
+    """`values[idx]` along the leading axis as a one-hot contraction.
+
+    Dense on purpose: the backward pass of a gather is a scatter-add, which is far slower
+    than a small matmul on CPU and dominates the cost of differentiating a rollout.
+    """
+    onehot = jax.nn.one_hot(idx, values.shape[0], dtype=values.dtype)
+    return jnp.tensordot(onehot, values, axes=((-1,), (0,)))
+
+
 def _subsample_indices(num: int, keep: int) -> jax.Array:
     return jnp.round(jnp.linspace(0, num - 1, keep)).astype(jnp.int32)
 
@@ -143,20 +153,21 @@ def features(scenario: Scenario, state: SimState, observer: jax.Array | int, con
         observer = jnp.asarray(observer, jnp.int32)
         scenario, state = jax.tree.map(jnp.asarray, (scenario, state))  # host numpy in, traced indices below
         cur = state.current
-        origin = jnp.stack([cur.x[observer], cur.y[observer]])
-        yaw0 = cur.yaw[observer]
+        origin = jnp.stack([_gather(cur.x, observer), _gather(cur.y, observer)])
+        yaw0 = _gather(cur.yaw, observer)
         ps, vs = config.position_scale, config.velocity_scale
 
         # Ego: own history in the current frame.
         hist = state.history
-        hxy = to_local(jnp.stack([hist.x[observer], hist.y[observer]], -1), origin, yaw0)  # [K, 2]
-        hyaw = hist.yaw[observer] - yaw0
-        hvel = rotate(jnp.stack([hist.vel_x[observer], hist.vel_y[observer]], -1), -yaw0)
+        own = lambda a: _gather(a, observer)  # [N, K] -> [K]
+        hxy = to_local(jnp.stack([own(hist.x), own(hist.y)], -1), origin, yaw0)  # [K, 2]
+        hyaw = own(hist.yaw) - yaw0
+        hvel = rotate(jnp.stack([own(hist.vel_x), own(hist.vel_y)], -1), -yaw0)
         hvalid = hist.valid[observer]
         ego_hist = jnp.concatenate([hxy / ps, jnp.cos(hyaw)[:, None], jnp.sin(hyaw)[:, None], hvel / vs,
                                     hvalid[:, None].astype(jnp.float32)], -1)
         ego_hist = jnp.where(hvalid[:, None], ego_hist, 0.0)
-        ego = jnp.concatenate([ego_hist.reshape(-1), jnp.stack([cur.length[observer], cur.width[observer]]) / 5.0])
+        ego = jnp.concatenate([ego_hist.reshape(-1), jnp.stack([own(cur.length), own(cur.width)]) / 5.0])
 
         # Nearest other objects.
         num_all = cur.x.shape[-1]
@@ -164,12 +175,13 @@ def features(scenario: Scenario, state: SimState, observer: jax.Array | int, con
         obj_dist = jnp.linalg.norm(obj_xy, axis=-1)
         others = cur.valid & (jnp.arange(num_all) != observer) & (obj_dist < config.max_distance)
         oidx, ovalid = _nearest(obj_dist, others, config.num_objects)
-        oyaw = cur.yaw[oidx] - yaw0
-        ovel = rotate(jnp.stack([cur.vel_x[oidx], cur.vel_y[oidx]], -1), -yaw0)
+        oyaw = _gather(cur.yaw, oidx) - yaw0
+        ovel = rotate(jnp.stack([_gather(cur.vel_x, oidx), _gather(cur.vel_y, oidx)], -1), -yaw0)
         otype = jax.nn.one_hot(jnp.clip(scenario.object_metadata.object_types[oidx], 0, NUM_OBJECT_TYPES - 1),
                                NUM_OBJECT_TYPES)
-        objects = jnp.concatenate([obj_xy[oidx] / ps, jnp.cos(oyaw)[:, None], jnp.sin(oyaw)[:, None], ovel / vs,
-                                   jnp.stack([cur.length[oidx], cur.width[oidx]], -1) / 5.0, otype], -1)
+        objects = jnp.concatenate([_gather(obj_xy, oidx) / ps, jnp.cos(oyaw)[:, None], jnp.sin(oyaw)[:, None],
+                                   ovel / vs, jnp.stack([_gather(cur.length, oidx), _gather(cur.width, oidx)], -1) / 5.0,
+                                   otype], -1)
         objects = jnp.where(ovalid[:, None], objects, 0.0)
 
         # Nearest lanes, subsampled.
@@ -179,7 +191,7 @@ def features(scenario: Scenario, state: SimState, observer: jax.Array | int, con
         lane_dist = jnp.min(lane_pt_dist, axis=-1)  # [P]
         lidx, lvalid = _nearest(lane_dist, jnp.any(rm.lane_valid, -1), config.num_lanes)
         sub = _subsample_indices(rm.lane_xy.shape[-2], config.lane_points)
-        lxy = lane_local[lidx][:, sub]  # [M, Q', 2]
+        lxy = _gather(lane_local[:, sub], lidx)  # [M, Q', 2]
         ldir = rotate(rm.lane_dir[lidx][:, sub], -yaw0)
         lpv = rm.lane_valid[lidx][:, sub] & lvalid[:, None]
         lanes = jnp.concatenate([lxy / ps, ldir, lpv[..., None].astype(jnp.float32)], -1)
@@ -192,7 +204,7 @@ def features(scenario: Scenario, state: SimState, observer: jax.Array | int, con
         t = jnp.clip(jnp.sum(-es * seg, -1) / jnp.maximum(jnp.sum(seg ** 2, -1), 1e-9), 0.0, 1.0)
         edge_dist = jnp.linalg.norm(es + t[:, None] * seg, axis=-1)
         eidx, evalid = _nearest(edge_dist, rm.edge_valid, config.num_edges)
-        edges = jnp.where(evalid[:, None], jnp.concatenate([es[eidx], ee[eidx]], -1) / ps, 0.0)
+        edges = jnp.where(evalid[:, None], jnp.concatenate([_gather(es, eidx), _gather(ee, eidx)], -1) / ps, 0.0)
 
         # Traffic lights governing the selected lanes (or with an unknown lane) near the observer.
         tl = scenario.traffic_lights
@@ -204,7 +216,7 @@ def features(scenario: Scenario, state: SimState, observer: jax.Array | int, con
         governs = jnp.any(l_lane[:, None] == near_lane_ids[None, :], -1) | (l_lane < 0)
         tidx, tvalid = _nearest(l_dist, l_valid & governs & (l_dist < config.max_distance), config.num_lights)
         onehot = jax.nn.one_hot(jnp.clip(l_state[tidx], 0, NUM_LIGHT_STATES - 1), NUM_LIGHT_STATES)
-        lights = jnp.where(tvalid[:, None], jnp.concatenate([l_xy[tidx] / ps, onehot], -1), 0.0)
+        lights = jnp.where(tvalid[:, None], jnp.concatenate([_gather(l_xy, tidx) / ps, onehot], -1), 0.0)
 
         # Route waypoints ahead.
         rxy, rvalid = route_waypoints(scenario, origin, config.route_points, config.route_spacing)

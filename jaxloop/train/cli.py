@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import tyro
 
 from jaxloop.train.loop import train
 from jaxloop.train.policy_fn import export as _export
 
 
-def export(ckpt: tyro.conf.Positional[str], out: str, step: int | None = None) -> int:
+def export(ckpt: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CKPT")], out: str, step: int | None = None) -> int:
     """Exports a trained policy (deterministic, flat observation features -> normalised action).
 
     Args:
