@@ -9,7 +9,9 @@ JSON lines (benchmarks.common.emit):
   (B/G scenarios) x G rollouts x H, so 64 episodes too; BC: B * samples_per_scenario
   logged samples), with the compile time and peak host memory;
 - `apg_over_forward`: the APG train step (rollout + backward + update) over a
-  forward-only closed-loop rollout of the same policy and batch (target <= 4).
+  forward-only closed-loop rollout of the same policy and batch that evaluates the same
+  surrogate loss (target <= 4); `apg_over_bare_rollout` is the same step over a rollout
+  without the loss.
 
 Rewards are the `progress_safety` preset of `jaxloop.sim.rewards`.
 """
@@ -79,15 +81,21 @@ def bench(algos: Sequence[str], models: Sequence[str], batch: int, num_objects: 
                 policy = make_policy_fn(trainer.ctx.graphdef, state.params, config.obs)
                 env = trainer.ctx.env
 
-                def forward(scenarios, k):
+                surrogate = trainer.ctx.surrogate_fn
+
+                def forward(scenarios, k, with_loss):
                     def episode(scenario, kk):
-                        final, out = rollout(env, scenario, env.reset(scenario, kk), policy, horizon)
-                        return jnp.mean(out.states.x)
+                        extras = (lambda sc, prev, new, info: {"loss": surrogate(sc, prev, new)}) if with_loss else None
+                        _, out = rollout(env, scenario, env.reset(scenario, kk), policy, horizon, extras_fn=extras)
+                        return jnp.mean(out.extras["loss"]) if with_loss else jnp.mean(out.states.x)
                     return jnp.mean(jax.vmap(episode)(scenarios, jax.random.split(k, batch)))
 
-                fwd = time_fn(jax.jit(forward), batch_data, key, repeats=repeats, min_time=0.0)
+                fwd = time_fn(jax.jit(lambda s, k: forward(s, k, True)), batch_data, key, repeats=repeats, min_time=0.0)
+                bare = time_fn(jax.jit(lambda s, k: forward(s, k, False)), batch_data, key, repeats=repeats,
+                               min_time=0.0)
                 emit(BENCH, case, "apg_over_forward", timing["median_s"] / fwd["median_s"], "ratio",
                      apg_step_s=timing["median_s"], forward_s=fwd["median_s"], forward_compile_s=fwd["compile_s"],
+                     apg_over_bare_rollout=timing["median_s"] / bare["median_s"], bare_rollout_s=bare["median_s"],
                      target=4.0, env=env_meta)
 
 
