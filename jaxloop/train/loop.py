@@ -50,7 +50,10 @@ def load_data(data: str, num_toy: int = 64, toy_objects: int = 16) -> Scenario:
         return stack_scenarios([make_toy_scenario(num_objects=toy_objects, seed=i) for i in range(num_toy)])
     if not os.path.isdir(data):
         raise FileNotFoundError(f"--data {data!r}: not 'toy' and not a directory of packed scenarios")
-    from jaxloop.data.pipeline import load_scenarios
+    try:
+        from jaxloop.data.pipeline import load_scenarios
+    except ImportError as e:
+        raise ImportError(f"--data {data!r}: reading a scenario cache needs jaxloop.data.pipeline ({e})") from e
     scenarios = load_scenarios(data)
     scenarios.validate()
     if not scenarios.batch_shape or len(scenarios.batch_shape) != 1:
