@@ -18,6 +18,8 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "gate": "jaxloop.eval.cli:run_gate",
     "data": {"convert": "jaxloop.data.cli:convert", "inspect": "jaxloop.data.cli:inspect",
              "generate": "jaxloop.data.procedural:generate_cli"},
+    "train": "jaxloop.train.cli:train",
+    "export": "jaxloop.train.cli:export",
 }
 
 _HELP = {
@@ -27,6 +29,8 @@ _HELP = {
     "gate": "safety gate: candidate vs baseline on held-out and perturbed scenarios (exit 0 pass / 1 fail)",
     "data": "scenario data: convert raw WOMD / AV2 files into a cache, inspect caches and raw files, "
             "generate built-in procedural scenarios",
+    "train": "train a policy: bc | apg | ppo | grpo, with checkpoints, logs and resume",
+    "export": "export a trained policy checkpoint with jax.export (runs without jaxloop)",
 }
 
 

@@ -1,0 +1,117 @@
+"""Training throughput: env-steps trained per second for each algorithm and policy network.
+
+    python benchmarks/train_throughput.py --quick
+
+JSON lines (benchmarks.common.emit):
+
+- `train_env_steps_per_s` per (algo, model) at B=64 scenarios, N=32 objects, H=80 steps:
+  closed-loop env steps consumed by one compiled train step (APG, PPO: B*H; GRPO:
+  (B/G scenarios) x G rollouts x H, so 64 episodes too; BC: B * samples_per_scenario
+  logged samples), with the compile time and peak host memory;
+- `apg_over_forward`: the APG train step (rollout + backward + update) over a
+  forward-only closed-loop rollout of the same policy and batch that evaluates the same
+  surrogate loss (target <= 4); `apg_over_bare_rollout` is the same step over a rollout
+  without the loss.
+
+Rewards are the `progress_safety` preset of `jaxloop.sim.rewards`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.common import emit, environment, peak_device_memory_mb, peak_host_memory_mb, time_fn
+from jaxloop.data.toy import make_toy_scenario
+from jaxloop.policy.networks import ModelConfig
+from jaxloop.sim.datatypes import stack_scenarios
+from jaxloop.sim.rollout import rollout
+from jaxloop.train.config import GRPOConfig, TrainConfig
+from jaxloop.train.policy_fn import make_policy_fn
+from jaxloop.train.trainer import make_trainer
+
+BENCH = "train_throughput"
+
+
+def _scenarios(batch: int, num_objects: int, num_steps: int):
+    base = [make_toy_scenario(num_objects=num_objects, num_cars=min(16, num_objects), num_steps=num_steps, seed=s)
+            for s in range(4)]
+    return stack_scenarios([base[i % 4] for i in range(batch)])
+
+
+def _config(algo: str, model: str, batch: int, horizon: int, group: int) -> TrainConfig:
+    scen = batch // group if algo == "grpo" else batch
+    return TrainConfig(algo=algo, batch_size=scen, horizon=horizon,
+                       model=ModelConfig(kind=model, hidden=(128, 128), embed_dim=64, num_heads=4),
+                       grpo=dataclasses.replace(GRPOConfig(), group_size=group))
+
+
+def _env_steps(config: TrainConfig) -> int:
+    if config.algo == "bc":
+        return config.batch_size * config.bc.samples_per_scenario
+    if config.algo == "grpo":
+        return config.batch_size * config.grpo.group_size * config.horizon
+    return config.batch_size * config.horizon
+
+
+def bench(algos: Sequence[str], models: Sequence[str], batch: int, num_objects: int, horizon: int, group: int,
+          repeats: int, env_meta: dict) -> None:
+    data = _scenarios(batch, num_objects, horizon + 11)
+    for model in models:
+        for algo in algos:
+            config = _config(algo, model, batch, horizon, group)
+            trainer = make_trainer(config)
+            state = trainer.init(jax.random.PRNGKey(0))
+            batch_data = trainer.shard(jax.tree.map(lambda a: a[:config.batch_size], data))
+            key = jax.random.PRNGKey(1)
+            step = lambda s: trainer.train_step(s, batch_data, key)
+            timing = time_fn(step, state, repeats=repeats, min_time=0.0)
+            rate = _env_steps(config) / timing["median_s"]
+            case = {"algo": algo, "model": model, "B": batch, "N": num_objects, "H": horizon}
+            if algo == "grpo":
+                case["G"] = group
+            emit(BENCH, case, "train_env_steps_per_s", rate, "1/s", step_s=timing["median_s"],
+                 compile_s=timing["compile_s"], repeats=timing["repeats"], peak_host_mb=peak_host_memory_mb(),
+                 peak_device_mb=peak_device_memory_mb(), env=env_meta)
+            if algo == "apg":
+                policy = make_policy_fn(trainer.ctx.graphdef, state.params, config.obs)
+                env = trainer.ctx.env
+
+                surrogate = trainer.ctx.surrogate_fn
+
+                def forward(scenarios, k, with_loss):
+                    def episode(scenario, kk):
+                        extras = (lambda sc, prev, new, info: {"loss": surrogate(sc, prev, new)}) if with_loss else None
+                        _, out = rollout(env, scenario, env.reset(scenario, kk), policy, horizon, extras_fn=extras)
+                        return jnp.mean(out.extras["loss"]) if with_loss else jnp.mean(out.states.x)
+                    return jnp.mean(jax.vmap(episode)(scenarios, jax.random.split(k, batch)))
+
+                fwd = time_fn(jax.jit(lambda s, k: forward(s, k, True)), batch_data, key, repeats=repeats, min_time=0.0)
+                bare = time_fn(jax.jit(lambda s, k: forward(s, k, False)), batch_data, key, repeats=repeats,
+                               min_time=0.0)
+                emit(BENCH, case, "apg_over_forward", timing["median_s"] / fwd["median_s"], "ratio",
+                     apg_step_s=timing["median_s"], forward_s=fwd["median_s"], forward_compile_s=fwd["compile_s"],
+                     apg_over_bare_rollout=timing["median_s"] / bare["median_s"], bare_rollout_s=bare["median_s"],
+                     target=4.0, env=env_meta)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="few repeats (CI-sized)")
+    parser.add_argument("--algos", nargs="*", default=["bc", "apg", "ppo", "grpo"])
+    parser.add_argument("--models", nargs="*", default=["mlp", "attention"])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--num-objects", type=int, default=32)
+    parser.add_argument("--horizon", type=int, default=80)
+    parser.add_argument("--group-size", type=int, default=4)
+    args = parser.parse_args(argv)
+    bench(args.algos, args.models, args.batch, args.num_objects, args.horizon, args.group_size,
+          repeats=2 if args.quick else 5, env_meta=environment())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Pieces every trainer shares: the model / env context, the ego policy, on-policy collection.
+
+A `Context` bundles the static parts of a trainer (config, env, the model's graph
+definition, the optimiser, the reward functions). Per-scenario functions here are
+unbatched; the algorithms vmap them over the batch.
+
+Reward functions are injectable components with the signature
+`fn(scenario, prev_state, state) -> scalar`; by default they come from the reward
+presets of `jaxloop.sim.rewards` (`step_reward` for RL, `step_surrogate_loss` for APG).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from jaxloop.policy import networks
+from jaxloop.policy.observation import Features, features
+from jaxloop.sim.datatypes import Scenario, SimState
+from jaxloop.sim.env import Env
+from jaxloop.train import state as state_lib
+from jaxloop.train.config import TrainConfig
+
+StepFn = Callable[[Scenario, SimState, SimState], jax.Array]
+
+
+def default_reward_fn(preset: str) -> StepFn:
+    """`rewards.step_reward` under the named preset (the RL reward)."""
+    from jaxloop.sim import rewards
+    weights = rewards.get_preset(preset)
+    return lambda scenario, prev, state: rewards.step_reward(scenario, prev, state, weights)
+
+
+def default_surrogate_fn(preset: str) -> StepFn:
+    """`rewards.step_surrogate_loss` under the named preset (the APG loss per step)."""
+    from jaxloop.sim import rewards
+    weights = rewards.get_preset(preset)
+    return lambda scenario, prev, state: rewards.step_surrogate_loss(scenario, prev, state, weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    config: TrainConfig
+    env: Env
+    graphdef: nnx.GraphDef
+    optimizer: optax.GradientTransformation
+    reward_fn: StepFn | None = None
+    surrogate_fn: StepFn | None = None
+
+
+def build_model(config: TrainConfig, key: jax.Array) -> nnx.Module:
+    env_cfg = config.env_config()
+    return networks.make_model(config.model, config.obs, config.history_length, env_cfg.action_dim, key)
+
+
+def make_context(config: TrainConfig, reward_fn: StepFn | None = None,
+                 surrogate_fn: StepFn | None = None) -> Context:
+    env = Env(config.env_config())
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, jax.random.PRNGKey(0))))
+    if config.algo in ("ppo", "grpo") and reward_fn is None:
+        reward_fn = default_reward_fn(config.reward_preset)
+    if config.algo == "apg" and surrogate_fn is None:
+        surrogate_fn = default_surrogate_fn(config.reward_preset)
+    return Context(config=config, env=env, graphdef=graphdef,
+                   optimizer=state_lib.make_optimizer(config.learning_rate, config.max_grad_norm),
+                   reward_fn=reward_fn, surrogate_fn=surrogate_fn)
+
+
+def init_state(ctx: Context, key: jax.Array) -> state_lib.TrainState:
+    """Fresh parameters and optimiser state; GRPO's reference policy starts as a copy of the parameters."""
+    key_model, key_state = jax.random.split(key)
+    _, params = nnx.split(build_model(ctx.config, key_model))
+    ref = jax.tree.map(jnp.copy, params) if ctx.config.algo == "grpo" else None
+    return state_lib.create(params, ctx.optimizer, key_state, ref)
+
+
+def ego_features(ctx: Context, scenario: Scenario, state: SimState) -> Features:
+    return features(scenario, state, scenario.object_metadata.sdc_index, ctx.config.obs)
+
+
+def apply_model(ctx: Context, params: nnx.State, feats: Features) -> networks.PolicyOutput:
+    return nnx.merge(ctx.graphdef, params)(feats)
+
+
+def check_horizon(ctx: Context, scenario: Scenario) -> None:
+    """Static check that the closed-loop horizon fits in the log (called at trace time)."""
+    available = scenario.log_trajectory.x.shape[-1] - ctx.config.init_steps
+    if ctx.config.horizon > available:
+        raise ValueError(f"horizon {ctx.config.horizon} exceeds the {available} closed-loop steps of the scenarios "
+                         f"(T={scenario.log_trajectory.x.shape[-1]}, init_steps={ctx.config.init_steps})")
+
+
+@struct.dataclass
+class Transitions:
+    """On-policy samples of one episode; leading axis H."""
+
+    feats: Features  # [H, ...] observation before each action
+    u: jax.Array  # [H, A] pre-tanh action sample
+    log_prob: jax.Array  # [H] log-prob of the action under the behaviour policy
+    value: jax.Array  # [H] value estimate (zeros without a value head)
+    reward: jax.Array  # [H]
+    valid: jax.Array  # [H] bool: the ego exists before and after the step
+
+
+def collect(ctx: Context, params: nnx.State, scenario: Scenario, key: jax.Array,
+            num_steps: int) -> tuple[Transitions, jax.Array, SimState]:
+    """Samples one episode with the tanh-Gaussian policy: (transitions, value of the final state, final state)."""
+    env = ctx.env
+    model = nnx.merge(ctx.graphdef, params)
+    ego = scenario.object_metadata.sdc_index
+    key_reset, key_run = jax.random.split(key)
+    state = env.reset(scenario, key_reset).replace(key=key_run)
+
+    def body(carry: SimState, _):
+        key, key_policy = jax.random.split(carry.key)
+        carry = carry.replace(key=key)
+        feats = features(scenario, carry, ego, ctx.config.obs)
+        out = model(feats)
+        action, u, log_prob = networks.sample(out, key_policy)
+        new_state, _ = env.step(scenario, carry, action)
+        reward = ctx.reward_fn(scenario, carry, new_state)
+        valid = carry.current.valid[ego] & new_state.current.valid[ego]
+        return new_state, Transitions(feats=feats, u=u, log_prob=log_prob, value=out.value,
+                                      reward=jnp.where(valid, reward, 0.0), valid=valid)
+
+    with jax.named_scope("train.collect"):
+        final, traj = jax.lax.scan(body, state, None, length=num_steps)
+        last_value = model(features(scenario, final, ego, ctx.config.obs)).value
+    return traj, last_value, final
+
+
+def mean_over(x: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = mask.astype(x.dtype)
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -1,0 +1,129 @@
+"""Trained policies as `jaxloop.sim.rollout.PolicyFn`s: `policy(scenario, state, key) -> action`.
+
+    policy, config = load_policy_from_checkpoint("runs/bc/checkpoints")
+    env = Env(config.env_config())          # normalised actions: the policy emits [-1, 1]
+    final, out = rollout(env, scenario, env.reset(scenario, key), policy, num_steps)
+
+The action is `[A]` for the ego (`controlled="sdc"`) or `[N, A]` when one policy drives
+every object (`controlled="vehicles"` / `"all"`: every object is an observer; the env
+applies the action only to the objects it controls).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxloop.policy import networks
+from jaxloop.policy.observation import ObsConfig, features, observer_features
+from jaxloop.sim.datatypes import Scenario, SimState
+from jaxloop.sim.rollout import PolicyFn
+from jaxloop.train.config import TrainConfig, config_from_dict
+
+CONFIG_KEY = "train_config"
+
+
+def make_policy_fn(model_graphdef: nnx.GraphDef, params: nnx.State, obs_config: ObsConfig,
+                   deterministic: bool = True, controlled: str = "sdc") -> PolicyFn:
+    """A rollout policy from a model's graph definition and parameters.
+
+    deterministic: `tanh(mean)`; otherwise a tanh-Gaussian sample drawn with `key`.
+    """
+
+    def policy(scenario: Scenario, state: SimState, key: jax.Array) -> jax.Array:
+        model = nnx.merge(model_graphdef, params)
+        if controlled == "sdc":
+            out = model(features(scenario, state, scenario.object_metadata.sdc_index, obs_config))
+        else:
+            observers = jnp.arange(state.current.x.shape[-1])
+            out = model(observer_features(scenario, state, observers, obs_config))
+        return networks.mode(out) if deterministic else networks.sample(out, key)[0]
+
+    return policy
+
+
+def config_from_checkpoint(ckpt_dir: str | os.PathLike) -> TrainConfig:
+    """The `TrainConfig` saved beside a checkpoint's weights."""
+    from jaxloop.io.checkpoint import read_config
+    data = read_config(resolve_checkpoint_dir(ckpt_dir))
+    if CONFIG_KEY not in data:
+        raise ValueError(f"{ckpt_dir}/config.json: no {CONFIG_KEY!r} entry; not a jaxloop training checkpoint")
+    return config_from_dict(TrainConfig, data[CONFIG_KEY])
+
+
+def load_params(ckpt_dir: str | os.PathLike, config: TrainConfig | None = None,
+                step: int | None = None) -> tuple[nnx.GraphDef, nnx.State, TrainConfig]:
+    """(graphdef, params, config) of the checkpoint at `step` (latest if None); a run directory works too."""
+    from jaxloop.io.checkpoint import CheckpointManager
+    from jaxloop.train.common import build_model
+    from jaxloop.train.state import from_flat_dict, to_flat_dict
+    ckpt_dir = resolve_checkpoint_dir(ckpt_dir)
+    config = config_from_checkpoint(ckpt_dir) if config is None else config
+    graphdef, template = nnx.split(build_model(config, jax.random.PRNGKey(0)))
+    manager = CheckpointManager(ckpt_dir)
+    try:
+        restored = manager.restore(step)
+    finally:
+        manager.close()
+    params = from_flat_dict(template, to_flat_dict(restored), prefix="params")
+    return graphdef, params, config
+
+
+def load_policy_from_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = None,
+                                deterministic: bool = True, controlled: str = "sdc") -> tuple[PolicyFn, TrainConfig]:
+    """`(policy_fn, config)` of a training checkpoint directory (or its run directory).
+
+    The policy emits normalised actions: roll it out in `Env(config.env_config())`.
+    """
+    graphdef, params, config = load_params(ckpt_dir, step=step)
+    return make_policy_fn(graphdef, params, config.obs, deterministic, controlled), config
+
+
+def export(ckpt: str, out: str, step: int | None = None) -> int:
+    """Exports a checkpoint's deterministic policy: Features -> action in [-1, 1] (jax.export + npz params).
+
+    The exported function takes the flat feature vector `[b, D]` of
+    `jaxloop.policy.observation.flatten` (D from the saved observation config) and returns
+    actions `[b, A]`.
+
+    Args:
+        ckpt: checkpoint directory written by `jaxloop train` (its `checkpoints/` folder or the run folder).
+        out: output directory of the artefact.
+        step: checkpoint step (default: the latest).
+    """
+    from jaxloop.io.export import export_policy
+    ckpt_dir = resolve_checkpoint_dir(ckpt)
+    graphdef, params, config = load_params(ckpt_dir, step=step)
+    apply_fn, example = flat_apply_fn(graphdef, config)
+    export_policy(apply_fn, params, [example], out,
+                  metadata={CONFIG_KEY: _to_dict(config), "input": "flat observation features",
+                            "output": "normalised action in [-1, 1]"})
+    print(f"exported {ckpt_dir} -> {out}")
+    return 0
+
+
+def flat_apply_fn(graphdef: nnx.GraphDef, config: TrainConfig) -> tuple[Any, jax.Array]:
+    """`apply(params, flat_features [b, D]) -> action [b, A]` and an example input `[1, D]`."""
+    from jaxloop.policy.observation import flat_dim, unflatten
+    dim = flat_dim(config.obs, config.history_length)
+
+    def apply(params, flat):
+        feats = unflatten(flat, config.obs, config.history_length)
+        return networks.mode(nnx.merge(graphdef, params)(feats))
+
+    return apply, jnp.zeros((1, dim), jnp.float32)
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> str:
+    """A run directory's `checkpoints/` sub-folder if it has one, else the path itself."""
+    sub = os.path.join(path, "checkpoints")
+    return sub if os.path.isfile(os.path.join(sub, "config.json")) else str(path)
+
+
+def _to_dict(config: TrainConfig) -> dict:
+    from jaxloop.train.config import config_to_dict
+    return config_to_dict(config)

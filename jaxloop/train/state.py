@@ -1,0 +1,106 @@
+"""`TrainState` and the guarded optimiser update shared by every trainer.
+
+A non-finite loss or gradient skips the update inside `jit`: the new parameters and
+optimiser state are selected with `where` against the old ones, and the skip is counted
+in `TrainState.skipped` (total) and `TrainState.consecutive_skipped` (in a row), which
+the training loop reads at logging granularity to stop a diverged run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # [] int32, train steps taken
+    params: nnx.State  # the policy's parameters (replicated)
+    opt_state: optax.OptState
+    ref_params: Any  # frozen reference policy (GRPO's KL anchor) or None
+    key: jax.Array  # [2] uint32 PRNG key (raw, so checkpoints are plain arrays)
+    skipped: jax.Array  # [] int32, updates skipped for a non-finite loss / gradient
+    consecutive_skipped: jax.Array  # [] int32, skipped in a row (reset by a good update)
+
+
+def make_optimizer(learning_rate: float, max_grad_norm: float) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate))
+
+
+def create(params: nnx.State, optimizer: optax.GradientTransformation, key: jax.Array,
+           ref_params: Any = None) -> TrainState:
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=optimizer.init(params), ref_params=ref_params, key=key,
+                      skipped=zero, consecutive_skipped=zero)
+
+
+def all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def apply_update(state: TrainState, grads: nnx.State, loss: jax.Array,
+                 optimizer: optax.GradientTransformation) -> tuple[TrainState, dict]:
+    """One optax update, skipped (params and optimiser state unchanged) if `loss` or `grads` is non-finite."""
+    with jax.named_scope("train.update"):
+        finite = jnp.isfinite(loss) & all_finite(grads)
+        safe = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+        updates, opt_state = optimizer.update(safe, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = state.replace(
+            params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+            consecutive_skipped=jnp.where(finite, 0, state.consecutive_skipped + 1).astype(jnp.int32))
+        return new_state, {"grad_norm": optax.tree.norm(safe), "update_skipped": (~finite).astype(jnp.float32)}
+
+
+# --- checkpoint form: a flat {path: array} dict, independent of container classes ------------
+
+def _path_name(path) -> str:
+    parts = []
+    for p in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(p, attr):
+                parts.append(str(getattr(p, attr)))
+                break
+        else:
+            parts.append(str(p))
+    return "/".join(parts)
+
+
+def to_flat_dict(tree: Any) -> dict[str, np.ndarray]:
+    """`{"params/trunk/0/kernel/value": array, ...}` of any pytree (host numpy arrays)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    out = {}
+    for path, leaf in leaves:
+        name = _path_name(path)
+        if name in out:
+            raise ValueError(f"to_flat_dict: duplicate leaf path {name!r}")
+        out[name] = np.asarray(jax.device_get(leaf))
+    return out
+
+
+def from_flat_dict(template: Any, flat: dict[str, Any], prefix: str = "", strict: bool = True) -> Any:
+    """Rebuilds `template`'s structure from a flat dict (`prefix/` names the subtree in `flat`).
+
+    With `strict=False`, leaves missing from `flat` (or of a different shape) keep the
+    template's value: a BC checkpoint initialises a PPO policy whose value head is new.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    new = []
+    for path, leaf in leaves:
+        name = (prefix + "/" if prefix else "") + _path_name(path)
+        if name in flat and np.shape(flat[name]) == np.shape(leaf):
+            new.append(jnp.asarray(flat[name], dtype=leaf.dtype))
+        elif strict:
+            got = "missing" if name not in flat else f"shape {np.shape(flat[name])}"
+            raise ValueError(f"checkpoint: leaf {name!r} expected shape {np.shape(leaf)}, {got}")
+        else:
+            new.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, new)

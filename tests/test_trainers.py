@@ -1,0 +1,156 @@
+"""Trainers on tiny problems: one compile per step, learning, gradients, GRPO groups, safety."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from _train_utils import ego_log_distance, forward_progress, scenarios, tiny_config
+from jaxloop.train.grpo import group_advantages
+from jaxloop.train.ppo import gae
+from jaxloop.train.state import apply_update, create, make_optimizer
+from jaxloop.train.trainer import make_train, make_trainer
+
+
+def final_step_distance(scenario, prev_state, state):
+    """Distance to the log counted only at the last step of a 20-step episode (init_steps 11 -> t = 30)."""
+    return jnp.where(state.timestep == 30, ego_log_distance(scenario, prev_state, state), 0.0)
+
+
+CASES = {
+    "bc": dict(config=tiny_config("bc"), reward_fn=None, surrogate_fn=None),
+    "apg": dict(config=tiny_config("apg", horizon=20, learning_rate=1e-3), reward_fn=None,
+                surrogate_fn=final_step_distance),
+    "ppo": dict(config=tiny_config("ppo"), reward_fn=forward_progress, surrogate_fn=None),
+    "grpo": dict(config=tiny_config("grpo"), reward_fn=forward_progress, surrogate_fn=None),
+}
+METRIC = {"bc": ("loss", -1), "apg": ("loss", -1), "ppo": ("episode_return", 1), "grpo": ("episode_return", 1)}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return scenarios()
+
+
+@pytest.mark.parametrize("algo", list(CASES))
+def test_step_compiles_once_and_learns(algo, data):
+    case = CASES[algo]
+    trainer = make_trainer(case["config"], reward_fn=case["reward_fn"], surrogate_fn=case["surrogate_fn"])
+    state = trainer.init(jax.random.PRNGKey(0))
+    batch = trainer.shard(data)
+    history = []
+    for i in range(30):
+        state, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(i))
+        history.append(metrics)
+    history = jax.device_get(history)
+    assert trainer.train_step._cache_size() == 1  # 30 steps, one trace / compile
+    name, sign = METRIC[algo]
+    values = np.array([m[name] for m in history])
+    assert np.all(np.isfinite(values)) and int(state.skipped) == 0 and int(state.step) == 30
+    if algo == "apg":
+        # The APG loss counts the distance to the log at step 20 only, so a finite, non-zero
+        # gradient on the first step reached the policy through 20 steps of dynamics.
+        assert np.isfinite(history[0]["grad_norm"]) and history[0]["grad_norm"] > 1e-6
+    first, last = values[:5].mean(), values[-5:].mean()
+    # Lower loss (sign -1) or higher return (sign +1) after 30 steps on the same 8 scenarios.
+    assert sign * (last - first) > 0.05 * abs(first), (algo, first, last)
+
+
+def test_grpo_advantages_zero_mean_per_group():
+    returns = jax.random.normal(jax.random.PRNGKey(0), (5, 4)) * jnp.arange(1.0, 6.0)[:, None] + 3.0
+    adv = group_advantages(returns)
+    np.testing.assert_allclose(np.asarray(adv.mean(-1)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(adv.std(-1)), 1.0, atol=1e-4)
+    # By hand for returns (1, 2, 3, 6): mean 3, std sqrt((4 + 1 + 0 + 9) / 4) = sqrt(3.5).
+    np.testing.assert_allclose(group_advantages(jnp.array([[1.0, 2.0, 3.0, 6.0]]), eps=0.0),
+                               [[-2 / 3.5 ** 0.5, -1 / 3.5 ** 0.5, 0.0, 3 / 3.5 ** 0.5]], rtol=1e-5)
+
+
+def test_gae_by_hand():
+    # gamma = 0.5, lambda = 1, zero values: A_1 = r_1 = 1, A_0 = r_0 + 0.5 * A_1 = 1.5.
+    adv, ret = gae(jnp.array([1.0, 1.0]), jnp.zeros(2), jnp.zeros(()), jnp.array([True, True]), 0.5, 1.0)
+    np.testing.assert_allclose(adv, [1.5, 1.0])
+    # Bootstrapped tail: last value 4 adds 0.5 * 4 to A_1 and 0.25 * 4 to A_0.
+    adv, _ = gae(jnp.array([1.0, 1.0]), jnp.zeros(2), jnp.asarray(4.0), jnp.array([True, True]), 0.5, 1.0)
+    np.testing.assert_allclose(adv, [2.5, 3.0])
+
+
+def test_same_seed_same_params_and_vmapped_seeds(data):
+    # make_train: the whole run (batch sampling, 3 steps) is one compiled function, vmapped over seeds.
+    train = jax.jit(jax.vmap(make_train(tiny_config("bc"), data, num_steps=3)))
+    keys = jnp.stack([jax.random.PRNGKey(7), jax.random.PRNGKey(8)])
+    a, metrics = train(keys)
+    b, _ = train(keys)
+    assert metrics["loss"].shape == (2, 3)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # same seed, same parameters
+        assert not np.allclose(np.asarray(x[0]), np.asarray(x[1]))  # another seed, other parameters
+
+
+def test_nan_gradient_is_skipped_and_counted(data):
+    trainer = make_trainer(CASES["bc"]["config"])
+    state = trainer.init(jax.random.PRNGKey(0))
+    # A NaN in the logged ego positions makes the loss and the gradient NaN.
+    bad = jax.tree.map(np.copy, data)
+    bad.log_trajectory.x[:, 0, :] = np.nan
+    bad_batch, good_batch = trainer.shard(bad), trainer.shard(data)
+    before = jax.device_get(state.params)
+    for i in range(2):
+        state, metrics = trainer.train_step(state, bad_batch, jax.random.PRNGKey(i))
+        assert float(metrics["update_skipped"]) == 1.0
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state.params))):
+        np.testing.assert_array_equal(x, y)
+    assert (int(state.skipped), int(state.consecutive_skipped), int(state.step)) == (2, 2, 2)
+    state, metrics = trainer.train_step(state, good_batch, jax.random.PRNGKey(5))
+    assert (int(state.skipped), int(state.consecutive_skipped)) == (2, 0)
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before),
+                                                         jax.tree.leaves(jax.device_get(state.params))))
+
+
+def test_apply_update_guard_directly():
+    params = {"w": jnp.ones(3)}
+    opt = make_optimizer(0.1, 1.0)
+    state = create(params, opt, jax.random.PRNGKey(0))
+    new, info = apply_update(state, {"w": jnp.array([1.0, jnp.nan, 0.0])}, jnp.asarray(1.0), opt)
+    np.testing.assert_array_equal(new.params["w"], params["w"])
+    assert int(new.skipped) == 1 and float(info["update_skipped"]) == 1.0
+    new, _ = apply_update(new, {"w": jnp.ones(3)}, jnp.asarray(1.0), opt)
+    # Adam's first step moves every coordinate by the learning rate: 1 - 0.1.
+    np.testing.assert_allclose(new.params["w"], 0.9, rtol=1e-5)
+    assert int(new.consecutive_skipped) == 0 and int(new.skipped) == 1
+
+
+def test_real_reward_preset_runs(data):
+    # The default reward comes from jaxloop.sim.rewards (progress_safety) when none is injected.
+    config = tiny_config("grpo", horizon=2, batch_size=2, grpo=tiny_config("grpo").grpo.__class__(group_size=2))
+    trainer = make_trainer(config)
+    state = trainer.init(jax.random.PRNGKey(0))
+    batch = trainer.shard(jax.tree.map(lambda a: a[:2], data))
+    state, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(0))
+    assert np.isfinite(float(metrics["episode_return"])) and float(metrics["group_adv_mean"]) < 1e-4
+    assert int(state.skipped) == 0
+
+
+def test_bad_config_messages(data):
+    with pytest.raises(ValueError, match="algo"):
+        tiny_config("dqn")
+    with pytest.raises(ValueError, match="divide"):
+        tiny_config("apg", horizon=10, apg=tiny_config("apg").apg.__class__(truncate_every=3))
+    trainer = make_trainer(tiny_config("ppo", horizon=36, batch_size=2))
+    with pytest.raises(ValueError, match="horizon 36 exceeds"):
+        trainer.train_step(trainer.init(jax.random.PRNGKey(0)), trainer.shard(jax.tree.map(lambda a: a[:2], data)),
+                           jax.random.PRNGKey(0))
+
+
+def test_logged_state_matches_reset(data):
+    # The BC observation state at log step init_steps - 1 is exactly the env's initial state.
+    from jaxloop.sim.env import Env
+    from jaxloop.train.bc import logged_state
+    config = tiny_config("bc")
+    env = Env(config.env_config())
+    scenario = jax.tree.map(lambda a: a[1], data)
+    key = jax.random.PRNGKey(3)
+    a = jax.jit(lambda s: env.reset(s, key))(scenario)
+    b = jax.jit(lambda s, t: logged_state(env, s, t, key))(scenario, jnp.asarray(config.init_steps - 1))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
