@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxloop.policy import networks
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.datatypes import Scenario, SimState, trajectory_at
-from jaxloop.sim.env import Env, controlled_mask, expert_actions
+from jaxloop.sim.env import Env, controlled_mask, controlled_slots, expert_actions
 from jaxloop.train import state as state_lib
 from jaxloop.train.common import Context, apply_model, ego_features, mean_over
 
@@ -33,7 +33,9 @@ def logged_state(env: Env, scenario: Scenario, t: jax.Array, key: jax.Array) -> 
     policy = controlled_mask(scenario, cfg.controlled)
     kind = jnp.where(policy, agents_lib.AGENT_POLICY, agents_lib.AGENT_NAMES[cfg.non_ego_agent]).astype(jnp.int32)
     return SimState(timestep=t, current=current, history=history, agent_kind=kind,
-                    agent_state=agents_lib.init_agent_state(scenario, current, t), key=key)
+                    controlled=controlled_slots(scenario, cfg.controlled),
+                    agent_state=agents_lib.init_agent_state(scenario, current, t, cfg.non_ego_agent == "idm"),
+                    key=key)
 
 
 def bc_loss(ctx: Context, params, batch: Scenario, key: jax.Array) -> tuple[jax.Array, dict]:

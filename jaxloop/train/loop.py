@@ -43,18 +43,13 @@ class TrainingDiverged(RuntimeError):
 
 
 def load_data(data: str, num_toy: int = 64, toy_objects: int = 16) -> Scenario:
-    """Scenarios `[S, ...]` (numpy): `"toy"` for generated toy scenarios, else a packed cache directory."""
+    """Scenarios `[S, ...]` (numpy): `"toy"`, `procedural:SPLIT:NUM[:SEED]`, a cache directory or raw files."""
     if data == "toy":
         from jaxloop.data.toy import make_toy_scenario
         from jaxloop.sim.datatypes import stack_scenarios
         return stack_scenarios([make_toy_scenario(num_objects=toy_objects, seed=i) for i in range(num_toy)])
-    if not os.path.isdir(data):
-        raise FileNotFoundError(f"--data {data!r}: not 'toy' and not a directory of packed scenarios")
-    try:
-        from jaxloop.data.pipeline import load_scenarios
-    except ImportError as e:
-        raise ImportError(f"--data {data!r}: reading a scenario cache needs jaxloop.data.pipeline ({e})") from e
-    scenarios = load_scenarios(data)
+    from jaxloop.data.sources import load_source
+    scenarios, _ = load_source(data)
     scenarios.validate()
     if not scenarios.batch_shape or len(scenarios.batch_shape) != 1:
         raise ValueError(f"--data {data!r}: expected scenarios with one leading batch axis, "
