@@ -31,7 +31,7 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
     "quick": [
         ("benchmarks.sim_step", ["--quick"]),
         ("benchmarks.scaling", ["--quick"]),
-        ("benchmarks.train_throughput", ["--quick"]),
+        ("benchmarks.train_throughput", ["--quick", "--models", "mlp"]),
         ("benchmarks.data_throughput", ["--quick"]),
         ("benchmarks.generate", ["--quick"]),
         ("benchmarks.waymax_compare", ["--quick"]),

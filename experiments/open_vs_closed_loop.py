@@ -52,7 +52,7 @@ def configs(p: dict, seed: int):
     base = TrainConfig(algo="bc", seed=seed, batch_size=p["batch_size"], learning_rate=1e-3, horizon=80,
                        model=ModelConfig(kind="mlp", head="gaussian", hidden=(256, 256)),
                        bc=BCConfig(samples_per_scenario=8))
-    apg = dataclasses.replace(base, algo="apg", learning_rate=1e-4, horizon=80)
+    apg = dataclasses.replace(base, algo="apg", learning_rate=3e-4, horizon=80, reward_preset="closed_loop_tracking")
     grpo = dataclasses.replace(base, algo="grpo", learning_rate=1e-4, batch_size=p["grpo_batch"], horizon=80,
                                grpo=GRPOConfig(group_size=p["group_size"], kl_coef=0.02, num_epochs=2),
                                reward_preset="safety_first")
@@ -200,7 +200,11 @@ def to_markdown(result: dict) -> str:
         for name, res in result["policies"].items():
             lines.append(f"| {name} | " + " | ".join(f"{res[s][key]:.3f}" if s in res else "" for s in sets) + " |")
         lines.append("")
-    lines += ["### Targets", ""]
+    lines += ["### Baselines on test (no network)", "", "| baseline | " + " | ".join(SUMMARY_KEYS) + " |",
+              "|---" * (len(SUMMARY_KEYS) + 1) + "|"]
+    for name, res in result.get("baselines", {}).items():
+        lines.append(f"| {name} | " + " | ".join(f"{res['test'][k]:.3f}" for k in SUMMARY_KEYS) + " |")
+    lines += ["", "### Targets", ""]
     for k, v in result["targets"].items():
         lines.append(f"- {k}: {v}")
     lines += ["", "### Safety gate (post-trained vs BC, held-out test + perturbations)", ""]
@@ -265,6 +269,14 @@ def main(argv=None) -> dict:
                                                                      args.seed)
         results[name].pop("perturbed_base", None)
 
+    from jaxloop.eval.evaluate import EvalConfig, evaluate
+    from jaxloop.sim.env import EnvConfig
+    baselines = {}
+    for name in ("expert", "constant_velocity", "idm"):
+        rep = evaluate(name, test[0], test[1], EvalConfig(env=EnvConfig()), args.seed)
+        baselines[name] = {"test": {k: rep.aggregate[k] for k in ("num_scenarios",) + SUMMARY_KEYS}}
+        log(f"  baseline {name} on test: failure {rep.aggregate['failure_rate']:.3f}")
+
     bc_fail = results["bc"]["test"]["failure_rate"]
     targets = {}
     for name in ("apg", "grpo"):
@@ -297,7 +309,7 @@ def main(argv=None) -> dict:
         "command": " ".join(["python", "experiments/open_vs_closed_loop.py"] + list(argv if argv is not None else sys.argv[1:])),
         "seed": args.seed, "profile": args.profile, "machine": f"{env.platform} ({os.cpu_count()} cores), jax {jax.__version__}",
         "wall_s": time.perf_counter() - t_start, "sizes": p,
-        "policies": results, "targets": targets, "gate": gate,
+        "policies": results, "baselines": baselines, "targets": targets, "gate": gate,
         "training": {n: {k: s[k] for k in ("steps", "wall_s", "env_steps_per_s", "skipped_updates")} for n, s in training.items()},
         "plots": [str(x) for x in plots], "gifs": [str(x) for x in gifs],
     }

@@ -1,46 +1,46 @@
-"""`make demo`: the main job on built-in data.
+"""`make demo` / `jaxloop demo`: the main job on built-in data, end to end, on a CPU.
 
-Rolls out the ego under three baselines on toy scenarios (batched, jitted, one compile
-each) and prints how far each strays from the log.
+Generates procedural scenarios, pretrains a policy open loop (behaviour cloning),
+post-trains it closed loop (APG and GRPO), evaluates everything against the
+no-network baselines on held-out, out-of-distribution, perturbed and real scenarios,
+runs the safety gate, renders GIFs, prints the results table and where every output
+is. It is `experiments/open_vs_closed_loop.py` with its small `demo` profile.
 """
 
 from __future__ import annotations
 
-import time
+import importlib.util
+import pathlib
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from jaxloop.data.toy import make_toy_scenario
-from jaxloop.sim.datatypes import stack_scenarios
-from jaxloop.sim.env import Env, EnvConfig, num_closed_loop_steps
-from jaxloop.sim.rollout import constant_action_policy, log_replay_policy, rollout
+EXPERIMENT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "open_vs_closed_loop.py"
 
 
-def run(num_scenarios: int = 64, seed: int = 0) -> int:
-    """Rolls out baselines on toy scenarios and prints a table of ego log divergence."""
-    scenarios = stack_scenarios([make_toy_scenario(seed=seed + i) for i in range(num_scenarios)])
-    env = Env(EnvConfig())
-    steps = num_closed_loop_steps(jax.tree.map(lambda a: a[0], scenarios), env.config)
-    policies = {
-        "expert (inverse bicycle)": log_replay_policy(env),
-        "coast (zero action)": constant_action_policy(jnp.zeros(env.config.action_dim)),
-    }
-    print(f"{'policy':<28}{'ADE m':>10}{'FDE m':>10}{'wall s':>10}")
-    for name, policy in policies.items():
-        def episode(scenario, key):
-            state = env.reset(scenario, key)
-            _, out = rollout(env, scenario, state, policy, steps)
-            ego = scenario.object_metadata.sdc_index
-            err = jnp.hypot(out.states.x[:, ego] - out.log_states.x[:, ego], out.states.y[:, ego] - out.log_states.y[:, ego])
-            return err.mean(), err[-1]
+def run(out: str = "runs/demo", seed: int = 0, profile: str = "demo") -> int:
+    """Runs the open-loop vs closed-loop pipeline (small profile) and prints the results.
 
-        fn = jax.jit(jax.vmap(episode))
-        keys = jax.random.split(jax.random.key(seed), num_scenarios)
-        t0 = time.perf_counter()
-        ade, fde = jax.block_until_ready(fn(scenarios, keys))
-        print(f"{name:<28}{float(np.mean(ade)):>10.3f}{float(np.mean(fde)):>10.3f}{time.perf_counter() - t0:>10.2f}")
+    Args:
+        out: where results, plots, GIFs, checkpoints and logs go.
+        seed: seeds data, training and evaluation.
+        profile: "demo" (minutes on a 2-core CPU) or "full" (the committed experiment).
+    """
+    if not EXPERIMENT.is_file():
+        raise SystemExit(f"the demo runs {EXPERIMENT}, which is not there: run it from a jaxloop checkout")
+    spec = importlib.util.spec_from_file_location("open_vs_closed_loop", EXPERIMENT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--profile", profile, "--out", out, "--seed", str(seed), "--fresh"])
+    stem = "open_vs_closed_loop" if profile == "full" else f"open_vs_closed_loop_{profile}"
+    print()
+    print((pathlib.Path(out) / f"{stem}.md").read_text())
+    root = pathlib.Path(out)
+    print("Outputs:")
+    print(f"  results      {root / (stem + '.json')}  and  {root / (stem + '.md')}")
+    print(f"  plots        " + "  ".join(result["plots"]))
+    print(f"  GIFs         " + "  ".join(result["gifs"]))
+    print(f"  checkpoints  {root / 'runs' / profile}/{{bc,apg,grpo}}/checkpoints")
+    print(f"  logs         {root / 'runs' / profile}/{{bc,apg,grpo}}/logs (metrics.jsonl, TensorBoard)")
+    gate = result["gate"]
+    print("  gate         " + ", ".join(f"{k}: {'PASS' if v['passed'] else 'FAIL'}" for k, v in gate.items()))
     return 0
 
 

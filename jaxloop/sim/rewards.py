@@ -53,6 +53,11 @@ PRESETS: dict[str, RewardWeights] = {
                                   wrong_way=5.0, infeasible=1.0, discomfort=0.1, log_divergence=0.01),
     # Imitation: stay on the log, with light safety terms.
     "imitation": RewardWeights(progress=0.0, collision=1.0, offroad=1.0, red_light=0.0, log_divergence=1.0),
+    # Closed-loop post-training by analytic gradients: track the log, keep clear of others
+    # and of the road edge; a little progress so stopping short is not free.
+    # Wider surrogate margins give a warning well before contact.
+    "closed_loop_tracking": RewardWeights(progress=0.1, collision=10.0, offroad=5.0, log_divergence=1.0,
+                                          overlap_margin=1.5, offroad_margin=0.5, temperature=0.3),
     # Everything the scorecard counts, moderately weighted.
     "scorecard": RewardWeights(progress=0.5, collision=10.0, offroad=5.0, red_light=5.0, off_route=1.0,
                                wrong_way=2.0, infeasible=0.5, discomfort=0.05, log_divergence=0.01),
