@@ -31,7 +31,7 @@ import numpy as np
 
 PROFILES = {
     # The committed results: ~30 min on a 2-core CPU.
-    "full": dict(num_train=1024, num_test=200, num_ood=200, num_perturbed=64, bc_steps=3000, apg_steps=400,
+    "full": dict(num_train=1024, num_test=200, num_ood=200, num_perturbed=64, bc_steps=3000, apg_steps=350,
                  grpo_steps=300, batch_size=64, grpo_batch=16, group_size=4, suite="full"),
     # `make demo`: the same pipeline, small.
     "demo": dict(num_train=256, num_test=64, num_ood=64, num_perturbed=32, bc_steps=800, apg_steps=120,
@@ -52,7 +52,7 @@ def configs(p: dict, seed: int):
     base = TrainConfig(algo="bc", seed=seed, batch_size=p["batch_size"], learning_rate=1e-3, horizon=80,
                        model=ModelConfig(kind="mlp", head="gaussian", hidden=(256, 256)),
                        bc=BCConfig(samples_per_scenario=8))
-    apg = dataclasses.replace(base, algo="apg", learning_rate=3e-4, horizon=80, reward_preset="closed_loop_tracking")
+    apg = dataclasses.replace(base, algo="apg", learning_rate=1e-3, horizon=80, reward_preset="closed_loop_tracking")
     grpo = dataclasses.replace(base, algo="grpo", learning_rate=1e-4, batch_size=p["grpo_batch"], horizon=80,
                                grpo=GRPOConfig(group_size=p["group_size"], kl_coef=0.02, num_epochs=2),
                                reward_preset="safety_first")
