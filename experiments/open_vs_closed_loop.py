@@ -31,7 +31,7 @@ import numpy as np
 
 PROFILES = {
     # The committed results: ~30 min on a 2-core CPU.
-    "full": dict(num_train=1024, num_test=200, num_ood=200, num_perturbed=64, bc_steps=3000, apg_steps=350,
+    "full": dict(num_train=1024, num_test=200, num_ood=200, num_perturbed=64, bc_steps=3000, apg_steps=900,
                  grpo_steps=300, batch_size=64, grpo_batch=16, group_size=4, suite="full"),
     # `make demo`: the same pipeline, small.
     "demo": dict(num_train=256, num_test=64, num_ood=64, num_perturbed=32, bc_steps=800, apg_steps=120,
@@ -212,7 +212,9 @@ def to_markdown(result: dict) -> str:
         lines.append(f"- {name}: {'PASS' if g['passed'] else 'FAIL'}" + ("" if g["passed"] else f" — {'; '.join(g['reasons'][:4])}"))
     lines += ["", "### Training", ""]
     for name, s in result["training"].items():
-        lines.append(f"- {name}: {s['steps']} steps in {s['wall_s']:.0f} s ({s['env_steps_per_s']:.0f} env-steps/s)")
+        resumed = f" (resumed at step {s['start_step']})" if s.get("start_step") else ""
+        lines.append(f"- {name}: {s['final_step']} steps; this invocation ran {s['steps']}{resumed} in "
+                     f"{s['wall_s']:.0f} s ({s['env_steps_per_s']:.0f} env-steps/s)")
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in result["plots"]), "", "GIFs: " + ", ".join(f"`{p}`" for p in result["gifs"])]
     return "\n".join(lines) + "\n"
 
@@ -310,7 +312,8 @@ def main(argv=None) -> dict:
         "seed": args.seed, "profile": args.profile, "machine": f"{env.platform} ({os.cpu_count()} cores), jax {jax.__version__}",
         "wall_s": time.perf_counter() - t_start, "sizes": p,
         "policies": results, "baselines": baselines, "targets": targets, "gate": gate,
-        "training": {n: {k: s[k] for k in ("steps", "wall_s", "env_steps_per_s", "skipped_updates")} for n, s in training.items()},
+        "training": {n: {k: s[k] for k in ("start_step", "final_step", "steps", "wall_s", "env_steps_per_s",
+                                            "skipped_updates")} for n, s in training.items()},
         "plots": [str(x) for x in plots], "gifs": [str(x) for x in gifs],
     }
     stem = "open_vs_closed_loop" if args.profile == "full" else f"open_vs_closed_loop_{args.profile}"
