@@ -31,7 +31,7 @@ CONFIG_FILE = "config.json"
 _STATE, _CONFIG, _KEYS = "state", "config", "prng_keys"
 
 
-def _path_str(path: tuple) -> str:
+def path_str(path: tuple) -> str:
     """A key path as 'a/b/0/value', the same for a pytree and its orbax-restored nested dicts."""
     parts = []
     for entry in path:
@@ -63,7 +63,7 @@ def _unwrap_keys(tree: Any) -> tuple[Any, dict[str, str]]:
 
     def unwrap(path, leaf):
         if _is_key(leaf):
-            impls[_path_str(path)] = _key_impl_name(leaf)
+            impls[path_str(path)] = _key_impl_name(leaf)
             return jax.random.key_data(leaf)
         return leaf
 
@@ -187,7 +187,7 @@ class CheckpointManager:
                 **{_STATE: ocp.args.StandardRestore()}))[_STATE]
 
             def rewrap(path, leaf):
-                impl = key_impls.get(_path_str(path))
+                impl = key_impls.get(path_str(path))
                 return leaf if impl is None else jax.random.wrap_key_data(leaf, impl=impl)
 
             return jax.tree_util.tree_map_with_path(rewrap, restored)

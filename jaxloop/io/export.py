@@ -35,16 +35,11 @@ FORMAT_VERSION = 1
 BATCH_DIM = "b"
 
 
-def _path_str(path: tuple) -> str:
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
+def path_str(path: tuple) -> str:
+    """Key-path naming shared with checkpoints (imported here, not at module level, so a
+    downstream script can load this file with only jax + numpy)."""
+    from jaxloop.io.checkpoint import path_str as shared
+    return shared(path)
 
 
 def _flatten_params(params: Any) -> tuple[dict[str, jax.Array], Any, list[str]]:
@@ -53,7 +48,7 @@ def _flatten_params(params: Any) -> tuple[dict[str, jax.Array], Any, list[str]]:
     flat: dict[str, Any] = {}
     names = []
     for path, leaf in leaves:
-        name = _path_str(path) or "params"
+        name = path_str(path) or "params"
         if name in flat:
             raise ValueError(f"export_policy: two parameters share the key path {name!r}")
         dtype = getattr(leaf, "dtype", None)
@@ -75,7 +70,7 @@ def _structure(tree: Any) -> Any:
         return "leaf"
     # Other pytree nodes (dataclasses, named tuples): a dict keyed by their key paths.
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"dict": {_path_str(p): "leaf" for p, _ in leaves}}
+    return {"dict": {path_str(p): "leaf" for p, _ in leaves}}
 
 
 def _plain(tree: Any, structure: Any) -> list:

@@ -25,6 +25,18 @@ def _evolve(state: ObjectState, x, y, yaw, vel_x, vel_y) -> ObjectState:
     return state.replace(x=x, y=y, yaw=yaw, vel_x=vel_x, vel_y=vel_y)
 
 
+def bicycle_inverse_unclipped(state: ObjectState, next_state: ObjectState, dt: float = DT) -> tuple[jax.Array, jax.Array]:
+    """(acceleration, curvature) `[...]` of a transition by the inverse bicycle of DESIGN.md, before clipping."""
+    v0 = jnp.hypot(state.vel_x, state.vel_y)
+    v1 = jnp.hypot(next_state.vel_x, next_state.vel_y)
+    a = (v1 - v0) / dt
+    yaw1 = jnp.where(v1 > _SPEED_EPS, jnp.arctan2(next_state.vel_y, next_state.vel_x), next_state.yaw)
+    travel = v0 * dt + 0.5 * a * dt ** 2
+    moving = (v0 >= _SPEED_EPS) & (v1 >= _SPEED_EPS)
+    k = jnp.where(moving, wrap_angle(yaw1 - state.yaw) / jnp.where(moving, travel, 1.0), 0.0)
+    return a, k
+
+
 @dataclasses.dataclass(frozen=True)
 class InvertibleBicycle:
     """Kinematic bicycle with action (acceleration m/s², curvature 1/m).
@@ -67,14 +79,7 @@ class InvertibleBicycle:
 
     def inverse(self, state: ObjectState, next_state: ObjectState) -> tuple[jax.Array, jax.Array]:
         """Expert action reproducing `state -> next_state`; invalid transitions give zeros."""
-        dt = self.dt
-        v0 = jnp.hypot(state.vel_x, state.vel_y)
-        v1 = jnp.hypot(next_state.vel_x, next_state.vel_y)
-        a = (v1 - v0) / dt
-        yaw1 = jnp.where(v1 > _SPEED_EPS, jnp.arctan2(next_state.vel_y, next_state.vel_x), next_state.yaw)
-        travel = v0 * dt + 0.5 * a * dt ** 2
-        moving = (v0 >= _SPEED_EPS) & (v1 >= _SPEED_EPS)
-        k = jnp.where(moving, wrap_angle(yaw1 - state.yaw) / jnp.where(moving, travel, 1.0), 0.0)
+        a, k = bicycle_inverse_unclipped(state, next_state, self.dt)
         valid = state.valid & next_state.valid
         action = jnp.where(valid[..., None], jnp.stack([a, k], -1), 0.0)
         action = jnp.clip(action, -self.limits, self.limits)

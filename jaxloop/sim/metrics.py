@@ -61,6 +61,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxloop.sim import geometry as geo
+from jaxloop.sim.dynamics import bicycle_inverse_unclipped
 from jaxloop.sim.datatypes import DT, ObjectState, RoadMap, Route, Scenario, SimState, trajectory_at
 
 ACCEL_LIMIT = 10.4  # m/s², kinematic infeasibility
@@ -314,14 +315,7 @@ def log_divergence(state: ObjectState, log_state: ObjectState) -> tuple[jax.Arra
 
 def inverse_bicycle_unclipped(prev: ObjectState, state: ObjectState, dt: float = DT) -> tuple[jax.Array, jax.Array]:
     """(acceleration, curvature) `[...]` of the transition, the inverse bicycle without clipping."""
-    v0 = jnp.hypot(prev.vel_x, prev.vel_y)
-    v1 = jnp.hypot(state.vel_x, state.vel_y)
-    a = (v1 - v0) / dt
-    yaw1 = jnp.where(v1 > _SPEED_EPS, jnp.arctan2(state.vel_y, state.vel_x), state.yaw)
-    travel = v0 * dt + 0.5 * a * dt ** 2
-    moving = (v0 >= _SPEED_EPS) & (v1 >= _SPEED_EPS)
-    k = jnp.where(moving, geo.wrap_angle(yaw1 - prev.yaw) / jnp.where(moving, travel, 1.0), 0.0)
-    return a, k
+    return bicycle_inverse_unclipped(prev, state, dt)
 
 
 def kinematic_infeasibility(prev: ObjectState, state: ObjectState, dt: float = DT) -> jax.Array:

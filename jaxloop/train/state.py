@@ -16,6 +16,8 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
+from jaxloop.io.checkpoint import path_str
+
 
 @struct.dataclass
 class TrainState:
@@ -62,24 +64,12 @@ def apply_update(state: TrainState, grads: nnx.State, loss: jax.Array,
 
 # --- checkpoint form: a flat {path: array} dict, independent of container classes ------------
 
-def _path_name(path) -> str:
-    parts = []
-    for p in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(p, attr):
-                parts.append(str(getattr(p, attr)))
-                break
-        else:
-            parts.append(str(p))
-    return "/".join(parts)
-
-
 def to_flat_dict(tree: Any) -> dict[str, np.ndarray]:
     """`{"params/trunk/0/kernel/value": array, ...}` of any pytree (host numpy arrays)."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     out = {}
     for path, leaf in leaves:
-        name = _path_name(path)
+        name = path_str(path)
         if name in out:
             raise ValueError(f"to_flat_dict: duplicate leaf path {name!r}")
         out[name] = np.asarray(jax.device_get(leaf))
@@ -95,7 +85,7 @@ def from_flat_dict(template: Any, flat: dict[str, Any], prefix: str = "", strict
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     new = []
     for path, leaf in leaves:
-        name = (prefix + "/" if prefix else "") + _path_name(path)
+        name = (prefix + "/" if prefix else "") + path_str(path)
         if name in flat and np.shape(flat[name]) == np.shape(leaf):
             new.append(jnp.asarray(flat[name], dtype=leaf.dtype))
         elif strict:
