@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import emit, environment, peak_host_memory_mb, time_fn
+from benchmarks.sim_step import open_loop_policy
 from jaxloop.data.toy import make_toy_scenario
 from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.env import Env, EnvConfig
@@ -32,13 +33,6 @@ def _scenarios(batch: int, num_objects: int, num_lanes: int = 4):
     base = [make_toy_scenario(num_objects=num_objects, num_cars=min(16, num_objects), num_lanes=num_lanes, seed=s)
             for s in range(4)]
     return stack_scenarios([base[i % 4] for i in range(batch)])
-
-
-def _policy(actions):
-    def policy(scenario, state, key):
-        del scenario, key
-        return actions[state.timestep - 10]
-    return policy
 
 
 def _extras_fn(with_metrics: bool):
@@ -53,7 +47,7 @@ def _programs(env: Env, horizon: int, remat: bool, with_metrics: bool):
 
     def loss(acts, scenario, key):
         state = env.reset(scenario, key)
-        final, out = rollout(env, scenario, state, _policy(acts), horizon, remat=remat, extras_fn=extras_fn)
+        final, out = rollout(env, scenario, state, open_loop_policy(acts), horizon, remat=remat, extras_fn=extras_fn)
         ego = scenario.object_metadata.sdc_index
         err = (out.states.x[:, ego] - out.log_states.x[:, ego]) ** 2 + (out.states.y[:, ego] - out.log_states.y[:, ego]) ** 2
         extra = sum(jnp.sum(jnp.asarray(v, jnp.float32)) for v in jax.tree.leaves(out.extras)) if extras_fn else 0.0

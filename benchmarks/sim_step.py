@@ -41,7 +41,7 @@ def _womd_sized_batch(batch: int, num_objects: int):
     return stack_scenarios([base[i % 4] for i in range(batch)])
 
 
-def _open_loop_policy(actions):
+def open_loop_policy(actions):
     """Policy reading a per-step action table `[H, A]` by the state's timestep."""
     def policy(scenario, state, key):
         del scenario, key
@@ -57,7 +57,7 @@ def bench_steps(batches: Sequence[int], num_objects: int, agents: str, env_meta:
 
         def episode(scenario, acts, key):
             state = env.reset(scenario, key)
-            final, _ = rollout(env, scenario, state, _open_loop_policy(acts), STEPS_PER_CALL)
+            final, _ = rollout(env, scenario, state, open_loop_policy(acts), STEPS_PER_CALL)
             return final.current.x
 
         fn = jax.jit(jax.vmap(episode))
@@ -80,7 +80,7 @@ def bench_steps_full(batches: Sequence[int], num_objects: int, env_meta: dict,
 
         def episode(scenario, acts, key):
             state = env.reset(scenario, key)
-            final, out = rollout(env, scenario, state, _open_loop_policy(acts), STEPS_PER_CALL, extras_fn=extras_fn)
+            final, out = rollout(env, scenario, state, open_loop_policy(acts), STEPS_PER_CALL, extras_fn=extras_fn)
             # Reduce every metric so none of them is dead code.
             return final.current.x, jax.tree.map(lambda a: jnp.sum(a.astype(jnp.float32)), out.extras)
 
@@ -101,7 +101,7 @@ def bench_backward(batch: int, num_objects: int, horizon: int, env_meta: dict) -
 
     def loss(acts, scenario, key):
         state = env.reset(scenario, key)
-        final, _ = rollout(env, scenario, state, _open_loop_policy(acts), horizon)
+        final, _ = rollout(env, scenario, state, open_loop_policy(acts), horizon)
         ego = scenario.object_metadata.sdc_index
         return final.current.x[ego] + final.current.y[ego]
 

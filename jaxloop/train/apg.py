@@ -27,8 +27,7 @@ from jaxloop.sim.agents import select_objects
 from jaxloop.sim.datatypes import Scenario, SimState
 from jaxloop.sim.env import Env
 from jaxloop.sim.rollout import rollout
-from jaxloop.train import state as state_lib
-from jaxloop.train.common import Context, check_horizon
+from jaxloop.train.common import Context, gradient_step_fn, check_horizon
 
 
 class _AgentGradientGate(Env):
@@ -85,11 +84,4 @@ def apg_loss(ctx: Context, params, batch: Scenario, key: jax.Array) -> tuple[jax
 
 
 def make_step_fn(ctx: Context):
-    def step_fn(state: state_lib.TrainState, batch: Scenario, key: jax.Array):
-        with jax.named_scope("apg.step"):
-            (loss, metrics), grads = jax.value_and_grad(lambda p: apg_loss(ctx, p, batch, key), has_aux=True)(
-                state.params)
-            state, upd = state_lib.apply_update(state, grads, loss, ctx.optimizer)
-            return state.replace(step=state.step + 1), {**metrics, **upd}
-
-    return step_fn
+    return gradient_step_fn(ctx, apg_loss, "apg.step")

@@ -19,8 +19,7 @@ from jaxloop.policy import networks
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.datatypes import Scenario, SimState, trajectory_at
 from jaxloop.sim.env import Env, controlled_mask, controlled_slots, expert_actions
-from jaxloop.train import state as state_lib
-from jaxloop.train.common import Context, apply_model, ego_features, mean_over
+from jaxloop.train.common import Context, gradient_step_fn, apply_model, ego_features, mean_over
 
 
 def logged_state(env: Env, scenario: Scenario, t: jax.Array, key: jax.Array) -> SimState:
@@ -65,11 +64,4 @@ def bc_loss(ctx: Context, params, batch: Scenario, key: jax.Array) -> tuple[jax.
 
 
 def make_step_fn(ctx: Context):
-    def step_fn(state: state_lib.TrainState, batch: Scenario, key: jax.Array):
-        with jax.named_scope("bc.step"):
-            (loss, metrics), grads = jax.value_and_grad(lambda p: bc_loss(ctx, p, batch, key), has_aux=True)(
-                state.params)
-            state, upd = state_lib.apply_update(state, grads, loss, ctx.optimizer)
-            return state.replace(step=state.step + 1), {**metrics, **upd}
-
-    return step_fn
+    return gradient_step_fn(ctx, bc_loss, "bc.step")

@@ -137,3 +137,17 @@ def collect(ctx: Context, params: nnx.State, scenario: Scenario, key: jax.Array,
 def mean_over(x: jax.Array, mask: jax.Array) -> jax.Array:
     mask = mask.astype(x.dtype)
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def gradient_step_fn(ctx: "Context", loss_fn: Callable, scope: str):
+    """`train_step(state, batch, key)` for a differentiable `loss_fn(ctx, params, batch, key) -> (loss, metrics)`:
+    value and gradient, a guarded optimiser update (non-finite updates are skipped), step + 1."""
+
+    def step_fn(state, batch: Scenario, key: jax.Array):
+        with jax.named_scope(scope):
+            (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(ctx, p, batch, key), has_aux=True)(
+                state.params)
+            state, upd = state_lib.apply_update(state, grads, loss, ctx.optimizer)
+            return state.replace(step=state.step + 1), {**metrics, **upd}
+
+    return step_fn
