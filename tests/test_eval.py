@@ -102,7 +102,7 @@ def test_speed_scale_warps_other_logs_only():
 
 def test_inject_crossing_fills_one_slot_that_crosses_the_ego_path():
     sc = make_toy_scenario(num_cars=3)  # slots 3.. are padding
-    p = perturb.inject_crossing(TYPE_PEDESTRIAN, ahead_steps=30)
+    p = perturb.inject_crossing(TYPE_PEDESTRIAN, ahead_steps=30, lead_s=0.0)
     out = p.scenario_fn(sc, jax.random.key(1))
     changed = [i for i in range(sc.num_objects)
                if not np.array_equal(np.asarray(out.log_trajectory.x[i]), np.asarray(sc.log_trajectory.x[i]))]
@@ -155,3 +155,15 @@ def test_observation_noise_and_latency_change_only_what_the_policy_sees():
     s = seen["state"]
     np.testing.assert_array_equal(s.current.x, state.history.x[:, -3])
     assert int(s.timestep) == int(state.timestep) - 2
+
+
+def test_injected_crossing_hits_the_log_replay_ego_but_a_yielding_driver_avoids_it(toy_set):
+    # The crosser is on the ego's logged path when the logged ego gets there, so replaying
+    # the log collides; the IDM ego sees it in its lane early enough to stop.
+    scenarios, infos = toy_set
+    cfg = EvalConfig(batch_size=6, horizon=60)
+    p = perturb.inject_crossing(TYPE_PEDESTRIAN)
+    expert = evaluate("expert", scenarios, infos, cfg, perturbation=p).aggregate
+    idm = evaluate("idm", scenarios, infos, cfg, perturbation=p).aggregate
+    assert expert["collision_rate"] == 1.0
+    assert idm["collision_rate"] == 0.0 and idm["progress_ratio"] > 0.5

@@ -106,26 +106,52 @@ def speed_scale(scale: float = 1.3, init_steps: int = 11) -> Perturbation:
                         description=f"other agents {scale:g}x their logged speed")
 
 
-def inject_crossing(object_type: int = TYPE_PEDESTRIAN, ahead_steps: int = 30, speed: float | None = None,
+def inject_crossing(object_type: int = TYPE_PEDESTRIAN, ahead_steps: int = 40, speed: float | None = None,
+                    lead_s: float | None = None, min_distance: float = 20.0, reactive: bool = True,
                     init_steps: int = 11) -> Perturbation:
-    """A pedestrian (or cyclist) crosses the ego's logged path, reaching it when the logged
-    ego would be `ahead_steps` steps away. It takes a padding slot (or the farthest object)."""
-    speed = speed if speed is not None else (1.4 if object_type == TYPE_PEDESTRIAN else 4.0)
+    """A pedestrian (or cyclist) crosses the ego's logged path at the point the logged ego
+    reaches `ahead_steps` steps after the start (or `min_distance` metres along its path,
+    whichever is farther), getting there `lead_s` seconds before the logged ego.
+    It takes a padding slot (or the object farthest from the ego).
+
+    Log replay of the ego runs into it by construction; a driver that yields to a road
+    user in its lane can stop in time: the crosser enters the lane (within ~1.4 m of the
+    path) `1.4 / speed + lead_s` seconds before the logged ego arrives, 1.9 s at the
+    defaults (slow walker 1.0 m/s, lead 0.5 s; cyclist 2.5 m/s, lead 0.6 s), and stays in
+    it for about as long.
+    With `reactive`, the other objects are IDM agents, so a follower stops behind a
+    yielding ego instead of replaying a log that drives through it.
+    """
+    speed = speed if speed is not None else (1.0 if object_type == TYPE_PEDESTRIAN else 2.5)
     size = (0.8, 0.8, 1.8) if object_type == TYPE_PEDESTRIAN else (1.8, 0.8, 1.6)
+    lead_s = lead_s if lead_s is not None else (0.5 if object_type == TYPE_PEDESTRIAN else 0.6)
+    lead_steps = lead_s / 0.1
 
     def scenario_fn(scenario: Scenario, key: jax.Array) -> Scenario:
         traj, meta = scenario.log_trajectory, scenario.object_metadata
         ego = meta.sdc_index
         num_steps = traj.num_steps
         t0 = init_steps - 1
-        t_cross = min(t0 + ahead_steps, num_steps - 1)
-        cx, cy, cyaw = traj.x[ego, t_cross], traj.y[ego, t_cross], traj.yaw[ego, t_cross]
+        # The crossing point: where the logged ego is `ahead_steps` after the start, but at
+        # least `min_distance` along its path (a slow or waiting ego is not walked into).
+        ev = traj.valid[ego]
+        step = jnp.where(ev[1:] & ev[:-1], jnp.hypot(jnp.diff(traj.x[ego]), jnp.diff(traj.y[ego])), 0.0)
+        s = jnp.concatenate([jnp.zeros(1), jnp.cumsum(step)])
+        s = s - s[t0]
+        t_nominal = min(t0 + ahead_steps, num_steps - 1)
+        steps = jnp.arange(num_steps)
+        reached = (steps >= t0) & ev & (s >= jnp.maximum(s[t_nominal], min_distance))
+        last_valid = num_steps - 1 - jnp.argmax(ev[::-1])
+        at = jnp.where(jnp.any(reached), jnp.argmax(reached), last_valid)
+        # When the logged ego gets there (the nominal time if it never does).
+        t_cross = jnp.where(jnp.any(reached), at, t_nominal).astype(jnp.float32)
+        cx, cy, cyaw = traj.x[ego, at], traj.y[ego, at], traj.yaw[ego, at]
         side = jnp.where(jax.random.bernoulli(key), 1.0, -1.0)
         normal = jnp.stack([-jnp.sin(cyaw), jnp.cos(cyaw)]) * side  # from the path towards the start side
         heading = jnp.arctan2(-normal[1], -normal[0])
         t = jnp.arange(num_steps, dtype=jnp.float32)
-        # Standing until t0, then walking across: on the logged path exactly at t_cross.
-        offset = speed * 0.1 * (t_cross - jnp.maximum(t, t0))
+        # Standing until t0, then walking across: on the logged path `lead_s` before the logged ego.
+        offset = speed * 0.1 * (t_cross - lead_steps - jnp.maximum(t, t0))
         xy = jnp.stack([cx, cy]) + offset[:, None] * normal
         moving = t >= t0
         # The slot: the first never-valid object, else the one farthest from the ego at t0.
@@ -145,8 +171,17 @@ def inject_crossing(object_type: int = TYPE_PEDESTRIAN, ahead_steps: int = 30, s
                                 ids=jnp.asarray(meta.ids).at[slot].set(jnp.max(meta.ids) + 1))
         return scenario.replace(log_trajectory=new_traj, object_metadata=new_meta)
 
+    def agent_kind_fn(scenario: Scenario, kind: jax.Array) -> jax.Array:
+        # The crosser (the newest id) keeps walking its path; the traffic around the ego reacts.
+        meta = scenario.object_metadata
+        switch = (kind != agents_lib.AGENT_POLICY) & ~meta.is_sdc & (meta.ids != jnp.max(meta.ids))
+        return jnp.where(switch, agents_lib.AGENT_IDM, kind)
+
     name = "inject_pedestrian" if object_type == TYPE_PEDESTRIAN else "inject_cyclist"
-    return Perturbation(name, scenario_fn=scenario_fn, description=f"{name.split('_')[1]} crossing the ego's path")
+    extra = dict(agent_kind_fn=agent_kind_fn, uses_idm=True) if reactive else {}
+    return Perturbation(name, scenario_fn=scenario_fn, **extra,
+                        description=f"{name.split('_')[1]} crossing the ego's path"
+                                    + (", other traffic IDM" if reactive else ""))
 
 
 # ----------------------------------------------------------------------------- geometry
