@@ -274,3 +274,43 @@ def test_rewards_presets_and_signs():
         late1.current.x[0])
     # Penetration along x: d(penalty)/dx ~ +10, progress -1: backing off lowers the loss.
     assert np.isfinite(float(g)) and float(g) > 5.0
+
+
+def test_anticipation_surrogates_hand_values_gradients_and_gates():
+    light = dict(x=25.0, y=0.0, lane_id=0, state=np.where(np.arange(T) < 50, TL_STOP, TL_GO))
+    sc = make_track_scenario([_straight_track(0.0), _straight_track(20.0)], lights=[light])
+    w = rewards.get_preset("closed_loop_safety")  # T = 0.3, brake 4, stop margin 1, headway 0.6 s + 1 m
+    with jax.enable_x64(True):
+        s0 = Env().reset(sc, jax.random.key(0))
+
+        def at(p, other, t):  # ego at (p[0], p[1]) heading +x at speed p[2]
+            o = _objs([(0.0, 0.0, 0.0, 0.0), other], dtype=jnp.float64)
+            o = o.replace(x=o.x.at[0].set(p[0]), y=o.y.at[0].set(p[1]), vel_x=o.vel_x.at[0].set(p[2]))
+            return s0.replace(current=o, timestep=jnp.int32(t))
+
+        red = jax.jit(lambda p, t: rewards.red_light_surrogate(sc, at(p, (60.0, 0, 0, 0), t), 0, w))
+        # Front at 12, 13 m before the line: need = 10^2 / (2 * 4) + 1 - 13 = 0.5;
+        # penalty 0.3 * softplus(0.5 / 0.3) = 0.552; d/dv = sigmoid(0.5 / 0.3) * v / 4 = 2.102.
+        p = jnp.array([10.0, 0.0, 10.0])
+        np.testing.assert_allclose(float(red(p, 20)), 0.3 * np.log1p(np.exp(0.5 / 0.3)), rtol=1e-6)
+        g = np.asarray(jax.grad(red)(p, 20))
+        np.testing.assert_allclose(g, _fd(lambda q: float(red(jnp.asarray(q), 20)), np.asarray(p)), rtol=1e-5)
+        np.testing.assert_allclose(g[2], 2.5 / (1 + np.exp(-0.5 / 0.3)), rtol=1e-6)
+        assert g[0] > 0  # closer to the line is worse
+        assert float(red(p, 60)) == 0.0  # green
+        assert float(red(jnp.array([10.0, 3.5, 10.0]), 20)) == 0.0  # beside the stop point: another lane
+        assert float(red(jnp.array([25.0, 0.0, 10.0]), 20)) == 0.0  # already 2 m past the line
+
+        head = lambda p, lead: rewards.headway_shortfall(at(p, lead, 20), 0, w)
+        # Car 20 m ahead at 5 m/s: bumper gap 16; need = 1 + 0.6 * 10 + (100 - 25) / 8 - 16 = 0.375.
+        lead = (20.0, 0.0, 0.0, 5.0)
+        p = jnp.array([0.0, 0.3, 10.0])  # 0.3 m beside the lead's centre line
+        in_lane = 1 / (1 + np.exp(-(2.5 - 0.3) / 0.25))
+        np.testing.assert_allclose(float(head(p, lead)), in_lane * 0.3 * np.log1p(np.exp(0.375 / 0.3)), rtol=1e-6)
+        g = np.asarray(jax.grad(head)(p, lead))
+        np.testing.assert_allclose(g, _fd(lambda q: float(head(jnp.asarray(q), lead)), np.asarray(p)), rtol=1e-5)
+        assert g[0] > 0 and g[2] > 0  # closer or faster is worse
+        assert float(head(p, (-20.0, 0.0, 0.0, 5.0))) == 0.0  # behind the ego
+        assert float(head(p, (20.0, 4.0, 0.0, 5.0))) < 0.02 * float(head(p, lead))  # next lane: 3.7 m beside the ego
+        # A pedestrian crossing 8 m ahead (its long axis across) counts like a stopped object.
+        assert float(head(p, (8.0, 0.5, np.pi / 2, 1.0, 0.8, 0.8))) > 10.0

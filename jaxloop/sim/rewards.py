@@ -9,10 +9,26 @@ can be vmapped, swept or annealed without recompiling:
                 - off_route * off-route - wrong_way * wrong-way - infeasible * kinematic infeasibility
                 - discomfort * (not comfortable) - log_divergence * (distance to the log, m)
 
+                - headway * headway_shortfall (m, below)
+
     step_surrogate_loss = log_divergence * (distance to the log, m)
                         + collision * overlap_surrogate(margin=overlap_margin)
                         + offroad * offroad_surrogate(margin=offroad_margin)
+                        + red_light * red_light_surrogate (m, below)
+                        + headway * headway_shortfall (m, below)
                         - progress * (metres along the route this step)
+
+The two anticipation terms are smooth (softplus with `temperature`) and warn before the
+discrete event, so analytic gradients slow the ego down in time:
+
+    red_light_surrogate = sum over red lights ahead in the ego's lane of
+        softplus(v^2 / (2 brake_decel) + stop_margin - (distance from the front to the stop line))
+    headway_shortfall = sum over objects ahead in the ego's corridor of
+        softplus(headway_gap + headway_time v + max(v^2 - v_lead^2, 0) / (2 brake_decel) - bumper gap)
+
+with `v` the ego's speed and `v_lead` the other object's speed along the ego's heading:
+how far the ego is from being able to stop before the line, or behind the other object
+with a time gap to spare.
 
 Both are 0 on a step where the ego is invalid.
 """
@@ -42,7 +58,12 @@ class RewardWeights:
     log_divergence: float | jax.Array = 0.01  # per metre from the logged position
     overlap_margin: float | jax.Array = 0.5  # m, surrogate: clearance below which overlap is penalised
     offroad_margin: float | jax.Array = 0.5  # m, surrogate: distance inside the road edge that is penalised
-    temperature: float | jax.Array = 0.1  # m, softplus sharpness of both surrogates
+    temperature: float | jax.Array = 0.1  # m, softplus sharpness of the surrogates
+    headway: float | jax.Array = 0.0  # per metre of headway shortfall (reward and surrogate)
+    headway_time: float | jax.Array = 0.6  # s, time gap kept to an object ahead
+    headway_gap: float | jax.Array = 1.0  # m, bumper gap kept when stopped
+    brake_decel: float | jax.Array = 4.0  # m/s^2, braking the anticipation terms assume
+    stop_margin: float | jax.Array = 1.0  # m, stop this far before a red stop line
 
 
 PRESETS: dict[str, RewardWeights] = {
@@ -58,6 +79,11 @@ PRESETS: dict[str, RewardWeights] = {
     # Wider surrogate margins give a warning well before contact.
     "closed_loop_tracking": RewardWeights(progress=0.1, collision=10.0, offroad=5.0, log_divergence=1.0,
                                           overlap_margin=1.5, offroad_margin=0.5, temperature=0.3),
+    # Closed-loop tracking plus anticipation: slow down in time for red lights and for
+    # whatever is ahead in the lane (vehicles, crossing pedestrians and cyclists).
+    "closed_loop_safety": RewardWeights(progress=0.1, collision=10.0, offroad=5.0, red_light=2.0, headway=2.0,
+                                        log_divergence=1.0, overlap_margin=1.5, offroad_margin=0.5,
+                                        temperature=0.3),
     # Everything the scorecard counts, moderately weighted.
     "scorecard": RewardWeights(progress=0.5, collision=10.0, offroad=5.0, red_light=5.0, off_route=1.0,
                                wrong_way=2.0, infeasible=0.5, discomfort=0.05, log_divergence=0.01),
@@ -86,6 +112,63 @@ def _route_step(scenario: Scenario, prev_state: SimState, state: SimState, ego: 
     return s - s_prev
 
 
+def _heading(yaw: jax.Array) -> jax.Array:
+    return jnp.stack([jnp.cos(yaw), jnp.sin(yaw)], -1)
+
+
+def _softplus(x: jax.Array, temperature: float | jax.Array) -> jax.Array:
+    return temperature * jax.nn.softplus(x / temperature)
+
+
+def red_light_surrogate(scenario: Scenario, state: SimState, ego: jax.Array, weights: RewardWeights) -> jax.Array:
+    """Smooth `[]` (m): how far the ego is from being able to stop before a red stop line ahead of it.
+
+    A light counts while it is red, governs a lane heading the ego's way, its stop point is
+    within `metrics.RED_LIGHT_LATERAL` of the ego's front sideways, and the front is before
+    the line (up to 50 m) or less than 0.5 m past it.
+    """
+    e = m.take_object(state.current, ego)
+    stop, direction, red, known = m.light_geometry(scenario, state.timestep)  # [L, 2], [L, 2], [L], [L]
+    heading = _heading(e.yaw)
+    front = jnp.stack([e.x, e.y]) + e.length / 2 * heading
+    rel = front[None, :] - stop
+    along = jnp.sum(rel * direction, -1)  # < 0 before the line
+    lateral = jnp.abs(rel[:, 0] * direction[:, 1] - rel[:, 1] * direction[:, 0])
+    aligned = direction @ heading > 0.5
+    active = red & known & aligned & (lateral < m.RED_LIGHT_LATERAL) & (along < 0.5) & (along > -50.0)
+    v2 = e.vel_x ** 2 + e.vel_y ** 2
+    need = v2 / (2 * weights.brake_decel) + weights.stop_margin + along
+    return jnp.sum(jnp.where(active, _softplus(need, weights.temperature), 0.0))
+
+
+def headway_shortfall(state: SimState, ego: jax.Array, weights: RewardWeights) -> jax.Array:
+    """Smooth `[]` (m): the shortfall of the bumper gap to objects ahead in the ego's corridor.
+
+    An object is ahead when its centre is in front of the ego's centre; its weight in the
+    corridor falls off smoothly (sigmoid, 0.25 m) beyond the half widths plus 0.5 m
+    sideways. Its extent along the ego's heading is half its box's diagonal projection.
+    """
+    cur = state.current
+    e = m.take_object(cur, ego)
+    heading = _heading(e.yaw)
+    rel = jnp.stack([cur.x - e.x, cur.y - e.y], -1)  # [N, 2]
+    lon = rel @ heading
+    lat = rel[:, 1] * heading[0] - rel[:, 0] * heading[1]
+    rel_yaw = cur.yaw - e.yaw
+    # Half extents of the other box along and across the ego's heading.
+    other_lon = (jnp.abs(jnp.cos(rel_yaw)) * cur.length + jnp.abs(jnp.sin(rel_yaw)) * cur.width) / 2
+    other_lat = (jnp.abs(jnp.sin(rel_yaw)) * cur.length + jnp.abs(jnp.cos(rel_yaw)) * cur.width) / 2
+    in_lane = jax.nn.sigmoid((e.width / 2 + other_lat + 0.5 - jnp.abs(lat)) / 0.25)
+    gap = lon - e.length / 2 - other_lon
+    v2 = e.vel_x ** 2 + e.vel_y ** 2
+    v = jnp.sqrt(v2 + 1e-6)
+    v_lead = jnp.maximum(jnp.stack([cur.vel_x, cur.vel_y], -1) @ heading, 0.0)
+    closing = jnp.maximum(v2 - v_lead ** 2, 0.0) / (2 * weights.brake_decel)
+    need = weights.headway_gap + weights.headway_time * v + closing - gap
+    ahead = cur.valid & ~m.object_mask(ego, cur.x.shape[-1]) & (lon > 0.0) & (lon < 80.0)
+    return jnp.sum(jnp.where(ahead, in_lane * _softplus(need, weights.temperature), 0.0))
+
+
 def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weights: RewardWeights) -> jax.Array:
     """The RL reward `[]` of the transition `prev_state -> state` (discrete metrics, ego only)."""
     with jax.named_scope("rewards.step_reward"):
@@ -103,6 +186,7 @@ def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weigh
         if state.history.x.shape[-1] >= 2:
             r -= weights.discomfort * f(~m.comfort(m.take_object(state.history, ego))["comfortable"])
         r -= weights.log_divergence * _ego_log_distance(scenario, state, ego)
+        r -= weights.headway * headway_shortfall(state, ego, weights)
         return jnp.where(e.valid, r, 0.0)
 
 
@@ -116,5 +200,7 @@ def step_surrogate_loss(scenario: Scenario, prev_state: SimState, state: SimStat
         loss += weights.collision * m.overlap_surrogate(cur, ego, weights.overlap_margin, weights.temperature)
         loss += weights.offroad * m.offroad_surrogate(cur, scenario.roadmap, ego, weights.offroad_margin,
                                                       weights.temperature)
+        loss += weights.red_light * red_light_surrogate(scenario, state, ego, weights)
+        loss += weights.headway * headway_shortfall(state, ego, weights)
         loss -= weights.progress * _route_step(scenario, prev_state, state, ego)
         return jnp.where(m.select_index(cur.valid, ego), loss, 0.0)
