@@ -120,6 +120,20 @@ def test_apply_update_guard_directly():
     assert int(new.consecutive_skipped) == 0 and int(new.skipped) == 1
 
 
+def test_cosine_learning_rate_decay_steps():
+    # Adam moves each coordinate by the current learning rate per step (unit gradients):
+    # 0.1 * (0.1 + 0.9 * (1 + cos(pi * k / 4)) / 2) at k = 0..3, then 0.01 from step 4 on.
+    opt = make_optimizer(0.1, 10.0, decay_steps=4)
+    state = create({"w": jnp.zeros(())}, opt, jax.random.PRNGKey(0))
+    moves = []
+    for _ in range(6):
+        new, _ = apply_update(state, {"w": jnp.ones(())}, jnp.asarray(1.0), opt)
+        moves.append(float(state.params["w"] - new.params["w"]))
+        state = new
+    expected = [0.1 * (0.1 + 0.9 * (1 + np.cos(np.pi * min(k, 4) / 4)) / 2) for k in range(6)]
+    np.testing.assert_allclose(moves, expected, rtol=1e-4)
+
+
 def test_real_reward_preset_runs(data):
     # The default reward comes from jaxloop.sim.rewards (progress_safety) when none is injected.
     config = tiny_config("grpo", horizon=2, batch_size=2, grpo=tiny_config("grpo").grpo.__class__(group_size=2))
@@ -154,3 +168,24 @@ def test_logged_state_matches_reset(data):
     b = jax.jit(lambda s, t: logged_state(env, s, t, key))(scenario, jnp.asarray(config.init_steps - 1))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_crosser_augmentation_adds_a_crossing_road_user_and_makes_traffic_reactive(data):
+    from jaxloop.sim import agents
+    from jaxloop.sim.datatypes import TYPE_CYCLIST, TYPE_PEDESTRIAN
+    from jaxloop.train.common import make_context, start_episode
+
+    sc = jax.tree.map(lambda a: a[0], data)  # 4 cars in 8 slots: slot 4 is the first free one
+    on = make_context(tiny_config("apg", horizon=10, crosser_prob=1.0))
+    off = make_context(tiny_config("apg", horizon=10, crosser_prob=0.0))
+    aug, state = start_episode(on, on.env, sc, jax.random.PRNGKey(3))
+    assert int(aug.object_metadata.object_types[4]) in (TYPE_PEDESTRIAN, TYPE_CYCLIST)
+    assert bool(aug.object_metadata.is_valid[4]) and not bool(sc.object_metadata.is_valid[4])
+    kinds = np.asarray(state.agent_kind)
+    assert kinds[4] == agents.AGENT_LOG and np.all(kinds[1:4] == agents.AGENT_IDM)  # crosser walks, cars react
+    same, state_off = start_episode(off, off.env, sc, jax.random.PRNGKey(3))
+    assert same is sc and np.all(np.asarray(state_off.agent_kind)[1:4] == agents.AGENT_LOG)
+    # The APG step runs with augmentation and gives finite, non-zero gradients.
+    trainer = make_trainer(tiny_config("apg", horizon=10, crosser_prob=0.5))
+    st, metrics = trainer.train_step(trainer.init(jax.random.PRNGKey(0)), trainer.shard(data), jax.random.PRNGKey(1))
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0

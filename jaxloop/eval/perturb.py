@@ -106,6 +106,88 @@ def speed_scale(scale: float = 1.3, init_steps: int = 11) -> Perturbation:
                         description=f"other agents {scale:g}x their logged speed")
 
 
+PEDESTRIAN_SIZE = (0.8, 0.8, 1.8)  # length, width, height (m)
+CYCLIST_SIZE = (1.8, 0.8, 1.6)
+
+
+def add_crosser(scenario: Scenario, key: jax.Array, object_type: int | jax.Array = TYPE_PEDESTRIAN,
+                ahead_steps: int | jax.Array = 40, speed: float | jax.Array = 1.0, lead_s: float | jax.Array = 0.5,
+                min_distance: float = 20.0, init_steps: int = 11, enabled: bool | jax.Array = True) -> Scenario:
+    """The scenario with a pedestrian or cyclist crossing the ego's logged path (every
+    argument but `min_distance` and `init_steps` may be traced; see `inject_crossing`).
+
+    The crosser takes a padding slot (or the object farthest from the ego) and gets the
+    largest object id. With `enabled` False the scenario comes back unchanged.
+    """
+    traj, meta = scenario.log_trajectory, scenario.object_metadata
+    ego = meta.sdc_index
+    num_steps = traj.num_steps
+    t0 = init_steps - 1
+    # The crossing point: where the logged ego is `ahead_steps` after the start, but at
+    # least `min_distance` along its path (a slow or waiting ego is not walked into).
+    ev = traj.valid[ego]
+    step = jnp.where(ev[1:] & ev[:-1], jnp.hypot(jnp.diff(traj.x[ego]), jnp.diff(traj.y[ego])), 0.0)
+    s = jnp.concatenate([jnp.zeros(1), jnp.cumsum(step)])
+    s = s - s[t0]
+    t_nominal = jnp.minimum(t0 + jnp.asarray(ahead_steps, jnp.int32), num_steps - 1)
+    steps = jnp.arange(num_steps)
+    reached = (steps >= t0) & ev & (s >= jnp.maximum(s[t_nominal], min_distance))
+    last_valid = num_steps - 1 - jnp.argmax(ev[::-1])
+    at = jnp.where(jnp.any(reached), jnp.argmax(reached), last_valid)
+    # When the logged ego gets there (the nominal time if it never does).
+    t_cross = jnp.where(jnp.any(reached), at, t_nominal).astype(jnp.float32)
+    cx, cy, cyaw = traj.x[ego, at], traj.y[ego, at], traj.yaw[ego, at]
+    side = jnp.where(jax.random.bernoulli(key), 1.0, -1.0)
+    normal = jnp.stack([-jnp.sin(cyaw), jnp.cos(cyaw)]) * side  # from the path towards the start side
+    heading = jnp.arctan2(-normal[1], -normal[0])
+    t = jnp.arange(num_steps, dtype=jnp.float32)
+    # Standing until t0, then walking across: on the logged path `lead_s` before the logged ego.
+    offset = speed * 0.1 * (t_cross - lead_s / 0.1 - jnp.maximum(t, t0))
+    xy = jnp.stack([cx, cy]) + offset[:, None] * normal
+    moving = t >= t0
+    is_ped = jnp.asarray(object_type) == TYPE_PEDESTRIAN
+    size = jnp.where(is_ped, jnp.asarray(PEDESTRIAN_SIZE), jnp.asarray(CYCLIST_SIZE))
+    # The slot: the first never-valid object, else the one farthest from the ego at t0.
+    free = ~meta.is_valid & ~meta.is_sdc
+    dist = jnp.hypot(traj.x[:, t0] - traj.x[ego, t0], traj.y[:, t0] - traj.y[ego, t0])
+    dist = jnp.where(meta.is_sdc, -1.0, jnp.where(traj.valid[:, t0], dist, 1e9))
+    slot = jnp.where(jnp.any(free), jnp.argmax(free), jnp.argmax(dist))
+    row = dict(x=xy[:, 0], y=xy[:, 1], z=jnp.zeros(num_steps), yaw=jnp.full(num_steps, heading),
+               vel_x=jnp.where(moving, speed * jnp.cos(heading), 0.0),
+               vel_y=jnp.where(moving, speed * jnp.sin(heading), 0.0),
+               length=jnp.full(num_steps, size[0]), width=jnp.full(num_steps, size[1]),
+               height=jnp.full(num_steps, size[2]), valid=jnp.ones(num_steps, bool))
+    slot = jnp.where(enabled, slot, traj.x.shape[0])  # out of range: the update is dropped
+    put = lambda a, v: jnp.asarray(a).at[slot].set(v.astype(jnp.asarray(a).dtype), mode="drop")
+    new_traj = traj.replace(**{f: put(getattr(traj, f), v) for f, v in row.items()})
+    new_meta = meta.replace(object_types=put(meta.object_types, jnp.asarray(object_type)),
+                            is_valid=put(meta.is_valid, jnp.asarray(True)),
+                            ids=put(meta.ids, jnp.max(meta.ids) + 1))
+    return scenario.replace(log_trajectory=new_traj, object_metadata=new_meta)
+
+
+def random_crosser(scenario: Scenario, key: jax.Array, prob: float | jax.Array = 0.5,
+                   init_steps: int = 11) -> Scenario:
+    """With probability `prob`, a crosser of random type, side, timing and speed (training
+    augmentation): pedestrians at 0.8-1.6 m/s, cyclists at 2-4 m/s, on the path 2.5-6 s
+    after the start and 0-1 s before the logged ego."""
+    k_on, k_type, k_ahead, k_speed, k_lead, k_side = jax.random.split(key, 6)
+    is_ped = jax.random.bernoulli(k_type, 0.6)
+    u = jax.random.uniform(k_speed)
+    return add_crosser(scenario, k_side, jnp.where(is_ped, TYPE_PEDESTRIAN, TYPE_CYCLIST),
+                       ahead_steps=jax.random.randint(k_ahead, (), 25, 61),
+                       speed=jnp.where(is_ped, 0.8 + 0.8 * u, 2.0 + 2.0 * u),
+                       lead_s=jax.random.uniform(k_lead), init_steps=init_steps,
+                       enabled=jax.random.bernoulli(k_on, prob))
+
+
+def react_to_crosser(scenario: Scenario, kind: jax.Array) -> jax.Array:
+    """Agent kinds `[N]` with every non-policy object but the crosser (the largest id) IDM."""
+    meta = scenario.object_metadata
+    switch = (kind != agents_lib.AGENT_POLICY) & ~meta.is_sdc & (meta.ids != jnp.max(meta.ids))
+    return jnp.where(switch, agents_lib.AGENT_IDM, kind)
+
+
 def inject_crossing(object_type: int = TYPE_PEDESTRIAN, ahead_steps: int = 40, speed: float | None = None,
                     lead_s: float | None = None, min_distance: float = 20.0, reactive: bool = True,
                     init_steps: int = 11) -> Perturbation:
@@ -123,62 +205,13 @@ def inject_crossing(object_type: int = TYPE_PEDESTRIAN, ahead_steps: int = 40, s
     yielding ego instead of replaying a log that drives through it.
     """
     speed = speed if speed is not None else (1.0 if object_type == TYPE_PEDESTRIAN else 2.5)
-    size = (0.8, 0.8, 1.8) if object_type == TYPE_PEDESTRIAN else (1.8, 0.8, 1.6)
     lead_s = lead_s if lead_s is not None else (0.5 if object_type == TYPE_PEDESTRIAN else 0.6)
-    lead_steps = lead_s / 0.1
 
     def scenario_fn(scenario: Scenario, key: jax.Array) -> Scenario:
-        traj, meta = scenario.log_trajectory, scenario.object_metadata
-        ego = meta.sdc_index
-        num_steps = traj.num_steps
-        t0 = init_steps - 1
-        # The crossing point: where the logged ego is `ahead_steps` after the start, but at
-        # least `min_distance` along its path (a slow or waiting ego is not walked into).
-        ev = traj.valid[ego]
-        step = jnp.where(ev[1:] & ev[:-1], jnp.hypot(jnp.diff(traj.x[ego]), jnp.diff(traj.y[ego])), 0.0)
-        s = jnp.concatenate([jnp.zeros(1), jnp.cumsum(step)])
-        s = s - s[t0]
-        t_nominal = min(t0 + ahead_steps, num_steps - 1)
-        steps = jnp.arange(num_steps)
-        reached = (steps >= t0) & ev & (s >= jnp.maximum(s[t_nominal], min_distance))
-        last_valid = num_steps - 1 - jnp.argmax(ev[::-1])
-        at = jnp.where(jnp.any(reached), jnp.argmax(reached), last_valid)
-        # When the logged ego gets there (the nominal time if it never does).
-        t_cross = jnp.where(jnp.any(reached), at, t_nominal).astype(jnp.float32)
-        cx, cy, cyaw = traj.x[ego, at], traj.y[ego, at], traj.yaw[ego, at]
-        side = jnp.where(jax.random.bernoulli(key), 1.0, -1.0)
-        normal = jnp.stack([-jnp.sin(cyaw), jnp.cos(cyaw)]) * side  # from the path towards the start side
-        heading = jnp.arctan2(-normal[1], -normal[0])
-        t = jnp.arange(num_steps, dtype=jnp.float32)
-        # Standing until t0, then walking across: on the logged path `lead_s` before the logged ego.
-        offset = speed * 0.1 * (t_cross - lead_steps - jnp.maximum(t, t0))
-        xy = jnp.stack([cx, cy]) + offset[:, None] * normal
-        moving = t >= t0
-        # The slot: the first never-valid object, else the one farthest from the ego at t0.
-        free = ~meta.is_valid & ~meta.is_sdc
-        dist = jnp.hypot(traj.x[:, t0] - traj.x[ego, t0], traj.y[:, t0] - traj.y[ego, t0])
-        dist = jnp.where(meta.is_sdc, -1.0, jnp.where(traj.valid[:, t0], dist, 1e9))
-        slot = jnp.where(jnp.any(free), jnp.argmax(free), jnp.argmax(dist))
-        row = dict(x=xy[:, 0], y=xy[:, 1], z=jnp.zeros(num_steps), yaw=jnp.full(num_steps, heading),
-                   vel_x=jnp.where(moving, speed * jnp.cos(heading), 0.0),
-                   vel_y=jnp.where(moving, speed * jnp.sin(heading), 0.0),
-                   length=jnp.full(num_steps, size[0]), width=jnp.full(num_steps, size[1]),
-                   height=jnp.full(num_steps, size[2]), valid=jnp.ones(num_steps, bool))
-        new_traj = traj.replace(**{f: jnp.asarray(getattr(traj, f)).at[slot].set(v.astype(getattr(traj, f).dtype))
-                                   for f, v in row.items()})
-        new_meta = meta.replace(object_types=jnp.asarray(meta.object_types).at[slot].set(object_type),
-                                is_valid=jnp.asarray(meta.is_valid).at[slot].set(True),
-                                ids=jnp.asarray(meta.ids).at[slot].set(jnp.max(meta.ids) + 1))
-        return scenario.replace(log_trajectory=new_traj, object_metadata=new_meta)
-
-    def agent_kind_fn(scenario: Scenario, kind: jax.Array) -> jax.Array:
-        # The crosser (the newest id) keeps walking its path; the traffic around the ego reacts.
-        meta = scenario.object_metadata
-        switch = (kind != agents_lib.AGENT_POLICY) & ~meta.is_sdc & (meta.ids != jnp.max(meta.ids))
-        return jnp.where(switch, agents_lib.AGENT_IDM, kind)
+        return add_crosser(scenario, key, object_type, ahead_steps, speed, lead_s, min_distance, init_steps)
 
     name = "inject_pedestrian" if object_type == TYPE_PEDESTRIAN else "inject_cyclist"
-    extra = dict(agent_kind_fn=agent_kind_fn, uses_idm=True) if reactive else {}
+    extra = dict(agent_kind_fn=react_to_crosser, uses_idm=True) if reactive else {}
     return Perturbation(name, scenario_fn=scenario_fn, **extra,
                         description=f"{name.split('_')[1]} crossing the ego's path"
                                     + (", other traffic IDM" if reactive else ""))

@@ -27,7 +27,7 @@ from jaxloop.sim.agents import select_objects
 from jaxloop.sim.datatypes import Scenario, SimState
 from jaxloop.sim.env import Env
 from jaxloop.sim.rollout import rollout
-from jaxloop.train.common import Context, gradient_step_fn, check_horizon
+from jaxloop.train.common import Context, check_horizon, gradient_step_fn, start_episode
 
 
 class _AgentGradientGate(Env):
@@ -61,7 +61,7 @@ def episode_loss(ctx: Context, params, scenario: Scenario, key: jax.Array) -> tu
     env = ctx.env if cfg.apg.grad_through_agents else _AgentGradientGate(ctx.env.config, ctx.env.params)
     policy = _policy(ctx, params)
     extras_fn = lambda s, prev, new, info: {"loss": ctx.surrogate_fn(s, prev, new)}
-    state = env.reset(scenario, key)
+    scenario, state = start_episode(ctx, env, scenario, key)
     horizon, window = cfg.horizon, cfg.apg.truncate_every or cfg.horizon
 
     def run_window(carry: SimState, _):

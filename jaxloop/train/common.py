@@ -67,7 +67,8 @@ def make_context(config: TrainConfig, reward_fn: StepFn | None = None,
     if config.algo == "apg" and surrogate_fn is None:
         surrogate_fn = default_surrogate_fn(config.reward_preset)
     return Context(config=config, env=env, graphdef=graphdef,
-                   optimizer=state_lib.make_optimizer(config.learning_rate, config.max_grad_norm),
+                   optimizer=state_lib.make_optimizer(config.learning_rate, config.max_grad_norm,
+                                                      config.lr_decay_steps),
                    reward_fn=reward_fn, surrogate_fn=surrogate_fn)
 
 
@@ -95,6 +96,26 @@ def check_horizon(ctx: Context, scenario: Scenario) -> None:
                          f"(T={scenario.log_trajectory.x.shape[-1]}, init_steps={ctx.config.init_steps})")
 
 
+def start_episode(ctx: Context, env: Env, scenario: Scenario, key: jax.Array,
+                  key_aug: jax.Array | None = None) -> tuple[Scenario, SimState]:
+    """The (possibly augmented) scenario and its initial state for one closed-loop episode.
+
+    With `config.crosser_prob > 0`, a random crossing pedestrian or cyclist drawn with
+    `key_aug` (default: from `key`) is added (`jaxloop.eval.perturb.random_crosser`) and
+    every other non-policy object is IDM. Episodes sharing `key_aug` share the crosser.
+    """
+    if ctx.config.crosser_prob <= 0:
+        return scenario, env.reset(scenario, key)
+    from jaxloop.eval.perturb import random_crosser, react_to_crosser
+    key_reset = key
+    if key_aug is None:
+        key_aug, key_reset = jax.random.split(key)
+    scenario = random_crosser(scenario, key_aug, ctx.config.crosser_prob, ctx.config.init_steps)
+    state = env.reset(scenario, key_reset)
+    kind = react_to_crosser(scenario, state.agent_kind)
+    return scenario, env.reset(scenario, key_reset, agent_kind=kind, with_idm=True)
+
+
 @struct.dataclass
 class Transitions:
     """On-policy samples of one episode; leading axis H."""
@@ -108,13 +129,17 @@ class Transitions:
 
 
 def collect(ctx: Context, params: nnx.State, scenario: Scenario, key: jax.Array,
-            num_steps: int) -> tuple[Transitions, jax.Array, SimState]:
-    """Samples one episode with the tanh-Gaussian policy: (transitions, value of the final state, final state)."""
+            num_steps: int, key_aug: jax.Array | None = None) -> tuple[Transitions, jax.Array, SimState]:
+    """Samples one episode with the tanh-Gaussian policy: (transitions, value of the final state, final state).
+
+    `key_aug` draws the episode's augmentation (see `start_episode`).
+    """
     env = ctx.env
     model = nnx.merge(ctx.graphdef, params)
     ego = scenario.object_metadata.sdc_index
     key_reset, key_run = jax.random.split(key)
-    state = env.reset(scenario, key_reset).replace(key=key_run)
+    scenario, state = start_episode(ctx, env, scenario, key_reset, key_aug)
+    state = state.replace(key=key_run)
 
     def body(carry: SimState, _):
         key, key_policy = jax.random.split(carry.key)

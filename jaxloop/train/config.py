@@ -86,6 +86,7 @@ class TrainConfig:
     seed: int = 0
     batch_size: int = 16  # scenarios per step (sharded over the data axis)
     learning_rate: float = 3e-4
+    lr_decay_steps: int = 0  # > 0: cosine decay to 0.1 x learning_rate over this many updates
     max_grad_norm: float = 1.0
     horizon: int = 80  # closed-loop steps per episode (apg / ppo / grpo)
     reward_preset: str = "progress_safety"
@@ -93,6 +94,9 @@ class TrainConfig:
     init_steps: int = 11
     history_length: int = 5
     non_ego_agent: str = "log"
+    # Closed-loop episodes (apg / grpo) get a random crossing pedestrian or cyclist with
+    # this probability, the other traffic then reactive (IDM): events with no expert log.
+    crosser_prob: float = 0.0
     obs: ObsConfig = ObsConfig()
     model: ModelConfig = ModelConfig()
     bc: BCConfig = BCConfig()
@@ -107,6 +111,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.dynamics must be one of {DYNAMICS}, got {self.dynamics!r}")
         if self.batch_size < 1 or self.horizon < 1:
             raise ValueError(f"TrainConfig: batch_size and horizon must be >= 1, got {self.batch_size}, {self.horizon}")
+        if self.lr_decay_steps < 0:
+            raise ValueError(f"TrainConfig.lr_decay_steps must be >= 0, got {self.lr_decay_steps}")
+        if not 0.0 <= self.crosser_prob <= 1.0:
+            raise ValueError(f"TrainConfig.crosser_prob must be in [0, 1], got {self.crosser_prob}")
         if self.learning_rate <= 0 or self.max_grad_norm <= 0:
             raise ValueError("TrainConfig: learning_rate and max_grad_norm must be positive")
         if self.algo == "ppo" and (self.batch_size * self.horizon) % self.ppo.num_minibatches:

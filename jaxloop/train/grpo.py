@@ -57,7 +57,9 @@ def make_step_fn(ctx: Context):
             keys = jax.random.split(key, num * group).reshape(num, group, -1)
 
             def per_scenario(scenario, ks):
-                return jax.vmap(lambda k: collect(ctx, state.params, scenario, k, cfg.horizon)[0])(ks)
+                # One augmentation per group: advantages compare rollouts of the same episode.
+                key_aug = jax.random.fold_in(ks[0], 1)
+                return jax.vmap(lambda k: collect(ctx, state.params, scenario, k, cfg.horizon, key_aug)[0])(ks)
 
             traj = jax.vmap(per_scenario)(batch, keys)  # leaves [B, G, H, ...]
             returns = jnp.sum(traj.reward, -1)  # [B, G]

@@ -30,8 +30,15 @@ class TrainState:
     consecutive_skipped: jax.Array  # [] int32, skipped in a row (reset by a good update)
 
 
-def make_optimizer(learning_rate: float, max_grad_norm: float) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate))
+def make_optimizer(learning_rate: float, max_grad_norm: float, decay_steps: int = 0,
+                   final_lr_fraction: float = 0.1) -> optax.GradientTransformation:
+    """Global-norm clipping then Adam; with `decay_steps > 0` the learning rate follows a
+    cosine from `learning_rate` to `final_lr_fraction * learning_rate` over that many
+    updates and stays there (the count lives in the optimiser state, so resuming keeps it)."""
+    lr = learning_rate
+    if decay_steps > 0:
+        lr = optax.cosine_decay_schedule(learning_rate, decay_steps, alpha=final_lr_fraction)
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr))
 
 
 def create(params: nnx.State, optimizer: optax.GradientTransformation, key: jax.Array,
