@@ -167,18 +167,20 @@ def add_crosser(scenario: Scenario, key: jax.Array, object_type: int | jax.Array
 
 
 def random_crosser(scenario: Scenario, key: jax.Array, prob: float | jax.Array = 0.5,
-                   init_steps: int = 11) -> Scenario:
+                   init_steps: int = 11) -> tuple[Scenario, jax.Array]:
     """With probability `prob`, a crosser of random type, side, timing and speed (training
     augmentation): pedestrians at 0.8-1.6 m/s, cyclists at 2-4 m/s, on the path 2.5-6 s
-    after the start and 0-1 s before the logged ego."""
+    after the start and 0-1 s before the logged ego. Returns the scenario and whether a
+    crosser was added `[]`."""
     k_on, k_type, k_ahead, k_speed, k_lead, k_side = jax.random.split(key, 6)
     is_ped = jax.random.bernoulli(k_type, 0.6)
     u = jax.random.uniform(k_speed)
-    return add_crosser(scenario, k_side, jnp.where(is_ped, TYPE_PEDESTRIAN, TYPE_CYCLIST),
-                       ahead_steps=jax.random.randint(k_ahead, (), 25, 61),
-                       speed=jnp.where(is_ped, 0.8 + 0.8 * u, 2.0 + 2.0 * u),
-                       lead_s=jax.random.uniform(k_lead), init_steps=init_steps,
-                       enabled=jax.random.bernoulli(k_on, prob))
+    enabled = jax.random.bernoulli(k_on, prob)
+    out = add_crosser(scenario, k_side, jnp.where(is_ped, TYPE_PEDESTRIAN, TYPE_CYCLIST),
+                      ahead_steps=jax.random.randint(k_ahead, (), 25, 61),
+                      speed=jnp.where(is_ped, 0.8 + 0.8 * u, 2.0 + 2.0 * u),
+                      lead_s=jax.random.uniform(k_lead), init_steps=init_steps, enabled=enabled)
+    return out, enabled
 
 
 def react_to_crosser(scenario: Scenario, kind: jax.Array) -> jax.Array:

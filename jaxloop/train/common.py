@@ -102,7 +102,8 @@ def start_episode(ctx: Context, env: Env, scenario: Scenario, key: jax.Array,
 
     With `config.crosser_prob > 0`, a random crossing pedestrian or cyclist drawn with
     `key_aug` (default: from `key`) is added (`jaxloop.eval.perturb.random_crosser`) and
-    every other non-policy object is IDM. Episodes sharing `key_aug` share the crosser.
+    then every other non-policy object is IDM (episodes without one keep the configured
+    traffic). Episodes sharing `key_aug` share the crosser.
     """
     if ctx.config.crosser_prob <= 0:
         return scenario, env.reset(scenario, key)
@@ -110,9 +111,9 @@ def start_episode(ctx: Context, env: Env, scenario: Scenario, key: jax.Array,
     key_reset = key
     if key_aug is None:
         key_aug, key_reset = jax.random.split(key)
-    scenario = random_crosser(scenario, key_aug, ctx.config.crosser_prob, ctx.config.init_steps)
+    scenario, added = random_crosser(scenario, key_aug, ctx.config.crosser_prob, ctx.config.init_steps)
     state = env.reset(scenario, key_reset)
-    kind = react_to_crosser(scenario, state.agent_kind)
+    kind = jnp.where(added, react_to_crosser(scenario, state.agent_kind), state.agent_kind)
     return scenario, env.reset(scenario, key_reset, agent_kind=kind, with_idm=True)
 
 
