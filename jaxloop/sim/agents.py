@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxloop.sim import geometry as geo
+from jaxloop.sim.compute import cos_sin, materialize
 from jaxloop.sim.datatypes import DT, ObjectState, Scenario, trajectory_at
 
 AGENT_LOG = 0
@@ -82,9 +83,20 @@ class IdmState:
     stop_cleared: jax.Array  # [N] arc position up to which stop signs have been obeyed
 
 
+_BLOCK = 8  # arc positions per block of the two-level segment search
+
+
 @struct.dataclass
 class LoggedPaths:
-    """Every object's valid logged positions as a polyline (recomputed from the scenario, never carried)."""
+    """Every object's valid logged positions as a polyline (recomputed from the scenario, never carried).
+
+    A lookup at arc position s finds its segment with a two-level search (a count
+    over one arc value per block of `_BLOCK` points, then a count inside that block)
+    and reads the segment's fields with one row gather, so a step touches `[N, T/8]`
+    values rather than the whole `[N, T]` arc table for every query. Everything here
+    depends on the scenario only, so inside a rollout XLA computes it once, outside
+    the scan loop.
+    """
 
     x: jax.Array  # [N, T] logged positions
     y: jax.Array  # [N, T]
@@ -92,6 +104,8 @@ class LoggedPaths:
     first_seg: jax.Array  # [N] int32, first segment of positive length
     last_seg: jax.Array  # [N] int32, last segment of positive length
     max_speed: jax.Array  # [N] largest valid logged speed, m/s
+    arc_blocks: jax.Array  # [N, T8, _BLOCK] arc padded with +inf to T8 * _BLOCK points, in blocks
+    segments: jax.Array  # [N, T-1, 8] per segment: x, y (start), dx, dy, arc at start, max(length, 1e-6), heading, 0
 
     @property
     def length(self) -> jax.Array:  # [N]
@@ -108,42 +122,70 @@ def logged_paths(scenario: Scenario) -> LoggedPaths:
     traj = scenario.log_trajectory
     valid = traj.valid
     both = valid[..., 1:] & valid[..., :-1]
-    seg = jnp.where(both, jnp.hypot(jnp.diff(traj.x, axis=-1), jnp.diff(traj.y, axis=-1)), 0.0)  # [N, T-1]
+    dx, dy = jnp.diff(traj.x, axis=-1), jnp.diff(traj.y, axis=-1)
+    seg = jnp.where(both, jnp.hypot(dx, dy), 0.0)  # [N, T-1]
     arc = jnp.concatenate([jnp.zeros_like(seg[..., :1]), jnp.cumsum(seg, -1)], -1)
     positive = seg > 1e-4
     seg_idx = jnp.arange(seg.shape[-1], dtype=jnp.int32)
     first_seg = jnp.min(jnp.where(positive, seg_idx, seg.shape[-1] - 1), -1).astype(jnp.int32)
     last_seg = jnp.max(jnp.where(positive, seg_idx, 0), -1).astype(jnp.int32)
     max_speed = jnp.max(jnp.where(valid, traj.speed, 0.0), -1)
-    return LoggedPaths(x=traj.x, y=traj.y, arc=arc, first_seg=first_seg, last_seg=last_seg, max_speed=max_speed)
+    num_points = arc.shape[-1]
+    num_blocks = -(-num_points // _BLOCK)
+    pad = [(0, 0)] * (arc.ndim - 1) + [(0, num_blocks * _BLOCK - num_points)]
+    arc_blocks = jnp.pad(arc, pad, constant_values=jnp.inf).reshape(arc.shape[:-1] + (num_blocks, _BLOCK))
+    segments = jnp.stack([traj.x[..., :-1], traj.y[..., :-1], dx, dy, arc[..., :-1],
+                          jnp.maximum(arc[..., 1:] - arc[..., :-1], 1e-6), jnp.arctan2(dy, dx), jnp.zeros_like(dx)], -1)
+    return LoggedPaths(x=traj.x, y=traj.y, arc=arc, first_seg=first_seg, last_seg=last_seg, max_speed=max_speed,
+                       arc_blocks=arc_blocks, segments=segments)
+
+
+def _segment_index(paths: LoggedPaths, s: jax.Array) -> jax.Array:
+    """Index `[N]` of the segment holding arc position `s` `[N]`, clamped to [first_seg, last_seg].
+
+    The number of path points with arc < s, minus one. Arc is non-decreasing, so the
+    count is `_BLOCK` times the number of whole blocks before the block where s falls
+    plus the count inside that block: exactly the count over all points.
+    """
+    block_first = paths.arc_blocks[..., 0]  # [N, T8]
+    num_before = jnp.sum(block_first < s[:, None], -1).astype(jnp.int32)  # blocks starting below s
+    block = jnp.maximum(num_before - 1, 0)
+    rows = jnp.take_along_axis(paths.arc_blocks, block[:, None, None], axis=1)[:, 0, :]  # [N, _BLOCK]
+    inside = jnp.sum(rows < s[:, None], -1).astype(jnp.int32)
+    count = jnp.where(num_before > 0, block * _BLOCK + inside, 0)
+    return jnp.clip(count - 1, paths.first_seg, paths.last_seg)
 
 
 def path_points(paths: LoggedPaths, s: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Points x, y `[N, M]` and tangent headings `[N, M]` at arc positions `s` `[N, M]` along each path.
+    """Points x, y `[N]` and tangent headings `[N]` at arc positions `s` `[N]` along each path.
 
     Positions before the start or past the end extrapolate straight along the first /
     last segment of positive length (an object past its log keeps its final heading).
     """
-    # Index of the segment holding s: the number of path points strictly before it, minus one.
-    j = jnp.sum(paths.arc[:, None, :] < s[..., None], -1) - 1  # [N, M]
-    j = jnp.clip(j, paths.first_seg[:, None], paths.last_seg[:, None])
-    take = lambda a, i: jnp.take_along_axis(a, i, -1)
-    x0, y0, x1, y1 = take(paths.x, j), take(paths.y, j), take(paths.x, j + 1), take(paths.y, j + 1)
-    a0, a1 = take(paths.arc, j), take(paths.arc, j + 1)
-    u = (s - a0) / jnp.maximum(a1 - a0, 1e-6)
-    return x0 + u * (x1 - x0), y0 + u * (y1 - y0), jnp.arctan2(y1 - y0, x1 - x0)
+    j = _segment_index(paths, s)
+    seg = jnp.take_along_axis(paths.segments, j[:, None, None], axis=1)[:, 0, :]  # [N, 8]
+    x0, y0, dx, dy, a0, den, heading = (seg[:, k] for k in range(7))
+    u = (s - a0) / den
+    return x0 + u * dx, y0 + u * dy, heading
 
 
-def _path_frame(px: jax.Array, py: jax.Array, x0: jax.Array, y0: jax.Array, yaw0: jax.Array,
+def path_heading(paths: LoggedPaths, s: jax.Array) -> jax.Array:
+    """Tangent headings `[N]` at arc positions `s` `[N]` (as `path_points`, heading only)."""
+    j = _segment_index(paths, s)
+    return jnp.take_along_axis(paths.segments[..., 6], j[:, None], axis=1)[:, 0]
+
+
+def _path_frame(px: jax.Array, py: jax.Array, x0: jax.Array, y0: jax.Array, c0: jax.Array, s0: jax.Array,
                 kappa: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Points `[K]` in every object's path frame `[N]`: (distance ahead `[N, K]`, |lateral offset| `[N, K]`).
 
     The path ahead is approximated by the parabola of curvature `kappa` tangent at
-    (x0, y0, yaw0): elementwise work, ~20 flops per pair, so the `[N, N]` lead search
-    stays cheap. Good for the gentle curvature of a 50 m look-ahead; sharp turns
-    (radius < ~15 m) widen the lateral error towards the end of the window.
+    (x0, y0) with heading cosine / sine (c0, s0): elementwise work, ~20 flops per pair,
+    so the `[N, N]` lead search stays cheap. Good for the gentle curvature of a 50 m
+    look-ahead; sharp turns (radius < ~15 m) widen the lateral error towards the end of
+    the window.
     """
-    c, s = jnp.cos(yaw0)[:, None], jnp.sin(yaw0)[:, None]
+    c, s = c0[:, None], s0[:, None]
     dx, dy = px[None, :] - x0[:, None], py[None, :] - y0[:, None]
     lon = dx * c + dy * s
     lat = dy * c - dx * s - 0.5 * kappa[:, None] * lon * lon
@@ -181,32 +223,34 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         paths = logged_paths(scenario) if paths is None else paths
         n = current.x.shape[-1]
         # Tangent and curvature of the path from its headings at s and s + 20 m.
-        window_s = idm.s[:, None] + jnp.array([0.0, 1.0]) * IDM_CURVATURE_BASE
-        wx, wy, wyaw = path_points(paths, window_s)  # [N, 2]
-        x0, y0, yaw0 = wx[:, 0], wy[:, 0], wyaw[:, 0]
-        kappa = geo.wrap_angle(wyaw[:, 1] - wyaw[:, 0]) / IDM_CURVATURE_BASE
+        x0, y0, yaw0 = path_points(paths, idm.s)  # [N]
+        yaw_ahead = path_heading(paths, idm.s + IDM_CURVATURE_BASE)
+        kappa = geo.wrap_angle(yaw_ahead - yaw0) / IDM_CURVATURE_BASE
+        # Every [N, N] / [N, L] pass below reads these per-object values: computed once.
+        c0, s0 = cos_sin(yaw0)
+        x0, y0, kappa = materialize(x0, y0, kappa)
         half_len = current.length / 2
         ahead = lambda lon: (lon > 1e-3) & (lon < IDM_LOOKAHEAD)
 
         # Leads among all valid objects (ego and policy objects included).
-        offset, lateral = _path_frame(current.x, current.y, x0, y0, yaw0, kappa)  # [N, N]
+        offset, lateral = _path_frame(current.x, current.y, x0, y0, c0, s0, kappa)  # [N, N]
         others = current.valid[None, :] & ~jnp.eye(n, dtype=bool)
         is_lead = others & ahead(offset) & (lateral < current.width[None, :] / 2 + IDM_LATERAL_TOLERANCE)
         gap = offset - half_len[:, None] - half_len[None, :]
-        lead_v = jnp.cos(yaw0)[:, None] * current.vel_x[None, :] + jnp.sin(yaw0)[:, None] * current.vel_y[None, :]
+        lead_v = c0[:, None] * current.vel_x[None, :] + s0[:, None] * current.vel_y[None, :]
 
         # Red lights: stopped leads at the stop point.
         tl = scenario.traffic_lights
         at_t = jnp.arange(tl.state.shape[-1]) == jnp.clip(timestep, 0, tl.state.shape[-1] - 1)  # [T] one-hot
         red = jnp.any(tl.is_red & at_t, -1)
         light_x, light_y = jnp.sum(jnp.where(at_t, tl.x, 0.0), -1), jnp.sum(jnp.where(at_t, tl.y, 0.0), -1)
-        l_off, l_lat = _path_frame(light_x, light_y, x0, y0, yaw0, kappa)  # [N, L]
+        l_off, l_lat = _path_frame(light_x, light_y, x0, y0, c0, s0, kappa)  # [N, L]
         light_lead = red[None, :] & (l_lat < IDM_LIGHT_LATERAL) & (l_off > half_len[:, None]) & (l_off < IDM_LOOKAHEAD)
         light_gap = l_off - half_len[:, None]
 
         # Stop signs: stopped leads until the object has halted at them.
         rm = scenario.roadmap
-        s_off, s_lat = _path_frame(rm.stop_sign_xy[:, 0], rm.stop_sign_xy[:, 1], x0, y0, yaw0, kappa)  # [N, S]
+        s_off, s_lat = _path_frame(rm.stop_sign_xy[:, 0], rm.stop_sign_xy[:, 1], x0, y0, c0, s0, kappa)  # [N, S]
         sign_s = idm.s[:, None] + s_off
         sign_lead = (rm.stop_sign_valid[None, :] & (s_lat < IDM_STOP_SIGN_LATERAL)
                      & (s_off > half_len[:, None] - 1.0) & (s_off < IDM_LOOKAHEAD)
@@ -251,7 +295,6 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         # The step's arc length along the local parabola: within kappa * ds^2 / 2 of the path,
         # and the next step starts again from the exact path point at s (no drift).
         step = s_next - idm.s
-        c0, s0 = jnp.cos(yaw0), jnp.sin(yaw0)
         x = jnp.where(parked, current.x, x0 + step * c0 - 0.5 * kappa * step ** 2 * s0)
         y = jnp.where(parked, current.y, y0 + step * s0 + 0.5 * kappa * step ** 2 * c0)
         yaw = geo.wrap_angle(yaw0 + kappa * step)

@@ -61,6 +61,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxloop.sim import geometry as geo
+from jaxloop.sim.compute import cos_sin, materialize
 from jaxloop.sim.dynamics import bicycle_inverse_unclipped
 from jaxloop.sim.datatypes import DT, ObjectState, RoadMap, Route, Scenario, SimState, trajectory_at
 
@@ -154,8 +155,18 @@ def take_object(state: ObjectState, index: jax.Array | int) -> ObjectState:
     return jax.tree.map(lambda a: select_index(a, index, 0), state)
 
 
+_CORNER_SIGN_L = (1.0, -1.0, -1.0, 1.0)  # front-left, rear-left, rear-right, front-right (CCW)
+_CORNER_SIGN_W = (1.0, 1.0, -1.0, -1.0)
+
+
 def _corners(state: ObjectState) -> jax.Array:  # [..., 4, 2]
-    return geo.box_corners(state.x, state.y, state.yaw, state.length, state.width)
+    """Box corners as `geometry.box_corners`, with the trigonometry computed once per box."""
+    c, s = cos_sin(state.yaw)
+    dl = (state.length / 2)[..., None] * jnp.array(_CORNER_SIGN_L)
+    dw = (state.width / 2)[..., None] * jnp.array(_CORNER_SIGN_W)
+    cx = state.x[..., None] + dl * c[..., None] - dw * s[..., None]
+    cy = state.y[..., None] + dl * s[..., None] + dw * c[..., None]
+    return jnp.stack(materialize(cx, cy), -1)
 
 
 def _heading(yaw: jax.Array) -> jax.Array:
@@ -171,10 +182,17 @@ def pair_separation(a: ObjectState, b: ObjectState) -> jax.Array:
     The same quantity as `geometry.box_separation` (positive: apart, negative: minus the
     penetration depth along the best axis), written with the four face-normal
     projections in closed form so all-pairs work fuses into one loop (no small matmuls).
+    The trigonometry is computed once per box (`a` and `b` as given, before
+    broadcasting), not once per pair.
     """
-    ca, sa, cb, sb = jnp.cos(a.yaw), jnp.sin(a.yaw), jnp.cos(b.yaw), jnp.sin(b.yaw)
-    hla, hwa, hlb, hwb = a.length / 2, a.width / 2, b.length / 2, b.width / 2
-    dx, dy = b.x - a.x, b.y - a.y
+    ca, sa = cos_sin(a.yaw)
+    cb, sb = cos_sin(b.yaw)
+    return _separation(a.x, a.y, ca, sa, a.length / 2, a.width / 2, b.x, b.y, cb, sb, b.length / 2, b.width / 2)
+
+
+def _separation(xa, ya, ca, sa, hla, hwa, xb, yb, cb, sb, hlb, hwb) -> jax.Array:
+    """`pair_separation` from box centres, heading cosines / sines and half sizes (broadcast)."""
+    dx, dy = xb - xa, yb - ya
     cd = jnp.abs(ca * cb + sa * sb)  # |cos(yaw_b - yaw_a)|
     sd = jnp.abs(ca * sb - sa * cb)  # |sin(yaw_b - yaw_a)|
     g1 = jnp.abs(dx * ca + dy * sa) - hla - (hlb * cd + hwb * sd)
@@ -353,7 +371,8 @@ def wrong_way(obj: ObjectState, roadmap: RoadMap) -> jax.Array:
     near = roadmap.lane_valid[:, :-1] & roadmap.lane_valid[:, 1:] & (d2 < WRONG_WAY_LANE_RADIUS ** 2)
     speed = jnp.hypot(obj.vel_x, obj.vel_y)
     heading = jnp.where(speed > _SPEED_EPS, jnp.arctan2(obj.vel_y, obj.vel_x), obj.yaw)
-    cos_lane = roadmap.lane_dir[:, :-1, 0] * jnp.cos(heading) + roadmap.lane_dir[:, :-1, 1] * jnp.sin(heading)
+    ch, sh = cos_sin(heading)
+    cos_lane = roadmap.lane_dir[:, :-1, 0] * ch + roadmap.lane_dir[:, :-1, 1] * sh
     aligned = jnp.any(near & (cos_lane > math.cos(WRONG_WAY_ANGLE)))
     return obj.valid & (speed > WRONG_WAY_MIN_SPEED) & jnp.any(near) & ~aligned
 
@@ -368,36 +387,44 @@ def light_geometry(scenario: Scenario, t: jax.Array) -> tuple[jax.Array, jax.Arr
     points are where the governed lane starts); `known` is False when the light is
     invalid or its lane is not in the map.
     """
+    stop_x, stop_y, dir_x, dir_y, red, known = _light_terms(scenario, t)
+    return jnp.stack([stop_x, stop_y], -1), jnp.stack([dir_x, dir_y], -1), red, known
+
+
+def _light_terms(scenario: Scenario, t: jax.Array):
+    """`light_geometry` as separate components `[L]`: stop x, y, direction x, y, red, known."""
     tl = scenario.traffic_lights
-    tc = jnp.clip(t, 0, tl.state.shape[-1] - 1)
-    lights = jax.tree.map(lambda a: select_index(a, tc, -1), tl)
-    red = select_index(tl.is_red, tc, -1)
+    at_t = jnp.arange(tl.state.shape[-1]) == jnp.clip(t, 0, tl.state.shape[-1] - 1)  # [T] one-hot
+    pick = lambda a: jnp.sum(jnp.where(at_t, a, jnp.zeros((), a.dtype)), -1)
+    lane_ids, stop_x, stop_y = pick(tl.lane_ids), pick(tl.x), pick(tl.y)
+    valid, red = jnp.any(tl.valid & at_t, -1), jnp.any(tl.is_red & at_t, -1)
     rm = scenario.roadmap
-    match = (rm.lane_ids[None, :] == lights.lane_ids[:, None]) & (rm.lane_ids[None, :] >= 0)  # [L, P]
+    match = (rm.lane_ids[None, :] == lane_ids[:, None]) & (rm.lane_ids[None, :] >= 0)  # [L, P]
     found = jnp.any(match, -1)
     # WOMD stop points sit where the governed lane starts: its direction there, by masked
     # sums over [L, P] (no gathers, no [L, P, Q] work).
-    first_dir = rm.lane_dir[:, 0, :]  # [P, 2]
-    direction = jnp.stack([jnp.sum(jnp.where(match, first_dir[None, :, 0], 0.0), -1),
-                           jnp.sum(jnp.where(match, first_dir[None, :, 1], 0.0), -1)], -1)  # [L, 2]
-    stop = jnp.stack([lights.x, lights.y], -1)  # [L, 2]
-    direction = direction / jnp.maximum(jnp.linalg.norm(direction, axis=-1, keepdims=True), 1e-6)
-    return stop, direction, red, lights.valid & found
+    dir_x = jnp.sum(jnp.where(match, rm.lane_dir[None, :, 0, 0], 0.0), -1)
+    dir_y = jnp.sum(jnp.where(match, rm.lane_dir[None, :, 0, 1], 0.0), -1)
+    norm = jnp.maximum(jnp.sqrt(dir_x * dir_x + dir_y * dir_y), 1e-6)
+    return stop_x, stop_y, dir_x / norm, dir_y / norm, red, valid & found
 
 
 def red_light_crossing(scenario: Scenario, prev: ObjectState, state: ObjectState, t: jax.Array) -> jax.Array:
     """`[...]` bool per object (any leading shape): the object's front crossed a red stop line at step `t`."""
-    stop, direction, red, known = light_geometry(scenario, t)
+    # The [L] terms end in reductions, so they are computed once, not per object.
+    stop_x, stop_y, dir_x, dir_y, red, known = _light_terms(scenario, t)
 
-    def front(s: ObjectState) -> jax.Array:  # [..., 2]
-        return jnp.stack([s.x, s.y], -1) + (s.length / 2)[..., None] * _heading(s.yaw)
+    def front(s: ObjectState) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:  # [..., 1] each
+        c, sn = cos_sin(s.yaw)
+        half = s.length / 2
+        return (s.x + half * c)[..., None], (s.y + half * sn)[..., None], c[..., None], sn[..., None]
 
-    f0 = front(prev)[..., None, :] - stop  # [..., L, 2]
-    f1 = front(state)[..., None, :] - stop
-    along0 = jnp.sum(f0 * direction, -1)
-    along1 = jnp.sum(f1 * direction, -1)
-    lateral = jnp.abs(geo.cross2(direction, f1))
-    aligned = jnp.sum(_heading(state.yaw)[..., None, :] * direction, -1) > 0.0
+    fx0, fy0, _, _ = front(prev)
+    fx1, fy1, c1, s1 = front(state)
+    along0 = (fx0 - stop_x) * dir_x + (fy0 - stop_y) * dir_y  # [..., L]
+    along1 = (fx1 - stop_x) * dir_x + (fy1 - stop_y) * dir_y
+    lateral = jnp.abs(dir_x * (fy1 - stop_y) - dir_y * (fx1 - stop_x))
+    aligned = c1 * dir_x + s1 * dir_y > 0.0
     crossed = (along0 < 0.0) & (along1 >= 0.0) & (lateral < RED_LIGHT_LATERAL) & aligned & red & known
     return prev.valid & state.valid & jnp.any(crossed, -1)
 
@@ -451,15 +478,17 @@ def time_to_collision(state: ObjectState, ego: jax.Array) -> jax.Array:
     """
     with jax.named_scope("metrics.ttc"):
         e = take_object(state, ego)
-        corners = geo.to_local(_corners(state), jnp.stack([e.x, e.y]), e.yaw)  # [N, 4, 2]
-        min_x, max_x = jnp.min(corners[..., 0], -1), jnp.max(corners[..., 0], -1)
-        min_y, max_y = jnp.min(corners[..., 1], -1), jnp.max(corners[..., 1], -1)
+        ce, se = cos_sin(e.yaw)
+        corners = _corners(state)  # [N, 4, 2]
+        dx, dy = corners[..., 0] - e.x, corners[..., 1] - e.y
+        local_x, local_y = ce * dx + se * dy, ce * dy - se * dx  # in the ego's frame
+        min_x, max_x = jnp.min(local_x, -1), jnp.max(local_x, -1)
+        min_y, max_y = jnp.min(local_y, -1), jnp.max(local_y, -1)
         others = state.valid & ~object_mask(ego, state.x.shape[-1])
         in_corridor = others & (min_y < e.width / 2) & (max_y > -e.width / 2)
         gap = min_x - e.length / 2
         overlapping = in_corridor & (gap <= 0.0) & (max_x >= -e.length / 2)
-        head = _heading(e.yaw)
-        closing = jnp.sum(jnp.stack([e.vel_x, e.vel_y]) * head) - (state.vel_x * head[0] + state.vel_y * head[1])
+        closing = (e.vel_x * ce + e.vel_y * se) - (state.vel_x * ce + state.vel_y * se)
         ttc = jnp.where(in_corridor & (gap > 0.0) & (closing > 1e-3), gap / jnp.maximum(closing, 1e-3), TTC_CAP)
         ttc = jnp.where(overlapping, 0.0, jnp.minimum(ttc, TTC_CAP))
         return jnp.where(e.valid, jnp.min(ttc), TTC_CAP)
