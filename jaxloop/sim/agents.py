@@ -91,11 +91,11 @@ class LoggedPaths:
     """Every object's valid logged positions as a polyline (recomputed from the scenario, never carried).
 
     A lookup at arc position s finds its segment with a two-level search (a count
-    over one arc value per block of `_BLOCK` points, then a count inside that block)
-    and reads the segment's fields with one row gather, so a step touches `[N, T/8]`
-    values rather than the whole `[N, T]` arc table for every query. Everything here
-    depends on the scenario only, so inside a rollout XLA computes it once, outside
-    the scan loop.
+    over the first arc value of every block of `_BLOCK` points, then a count inside
+    one block) and reads the segment's end points with gathers of `[N]` values, so a
+    step touches `[N, T / _BLOCK]` values rather than the whole `[N, T]` arc table per
+    query. Everything here depends on the scenario only: inside a rollout XLA computes
+    it once, outside the scan loop.
     """
 
     x: jax.Array  # [N, T] logged positions
@@ -104,8 +104,6 @@ class LoggedPaths:
     first_seg: jax.Array  # [N] int32, first segment of positive length
     last_seg: jax.Array  # [N] int32, last segment of positive length
     max_speed: jax.Array  # [N] largest valid logged speed, m/s
-    arc_blocks: jax.Array  # [N, T8, _BLOCK] arc padded with +inf to T8 * _BLOCK points, in blocks
-    segments: jax.Array  # [N, T-1, 8] per segment: x, y (start), dx, dy, arc at start, max(length, 1e-6), heading, 0
 
     @property
     def length(self) -> jax.Array:  # [N]
@@ -122,37 +120,42 @@ def logged_paths(scenario: Scenario) -> LoggedPaths:
     traj = scenario.log_trajectory
     valid = traj.valid
     both = valid[..., 1:] & valid[..., :-1]
-    dx, dy = jnp.diff(traj.x, axis=-1), jnp.diff(traj.y, axis=-1)
-    seg = jnp.where(both, jnp.hypot(dx, dy), 0.0)  # [N, T-1]
+    seg = jnp.where(both, jnp.hypot(jnp.diff(traj.x, axis=-1), jnp.diff(traj.y, axis=-1)), 0.0)  # [N, T-1]
     arc = jnp.concatenate([jnp.zeros_like(seg[..., :1]), jnp.cumsum(seg, -1)], -1)
     positive = seg > 1e-4
     seg_idx = jnp.arange(seg.shape[-1], dtype=jnp.int32)
     first_seg = jnp.min(jnp.where(positive, seg_idx, seg.shape[-1] - 1), -1).astype(jnp.int32)
     last_seg = jnp.max(jnp.where(positive, seg_idx, 0), -1).astype(jnp.int32)
     max_speed = jnp.max(jnp.where(valid, traj.speed, 0.0), -1)
-    num_points = arc.shape[-1]
-    num_blocks = -(-num_points // _BLOCK)
-    pad = [(0, 0)] * (arc.ndim - 1) + [(0, num_blocks * _BLOCK - num_points)]
-    arc_blocks = jnp.pad(arc, pad, constant_values=jnp.inf).reshape(arc.shape[:-1] + (num_blocks, _BLOCK))
-    segments = jnp.stack([traj.x[..., :-1], traj.y[..., :-1], dx, dy, arc[..., :-1],
-                          jnp.maximum(arc[..., 1:] - arc[..., :-1], 1e-6), jnp.arctan2(dy, dx), jnp.zeros_like(dx)], -1)
-    return LoggedPaths(x=traj.x, y=traj.y, arc=arc, first_seg=first_seg, last_seg=last_seg, max_speed=max_speed,
-                       arc_blocks=arc_blocks, segments=segments)
+    return LoggedPaths(x=traj.x, y=traj.y, arc=arc, first_seg=first_seg, last_seg=last_seg, max_speed=max_speed)
+
+
+def _row_slices(a: jax.Array, start: jax.Array, size: int) -> jax.Array:
+    """`a[n, start[n] : start[n] + size]` for every row `n` of `a` `[N, T]` (in bounds) -> `[N, size]`."""
+    return jax.vmap(lambda row, i: jax.lax.dynamic_slice_in_dim(row, i, size))(a, start)
+
+
+def _row_take(a: jax.Array, index: jax.Array) -> jax.Array:
+    """`a[n, index[n]]` for every row of `a` `[N, T]` -> `[N]`."""
+    return jnp.take_along_axis(a, index[:, None], axis=1)[:, 0]
 
 
 def _segment_index(paths: LoggedPaths, s: jax.Array) -> jax.Array:
     """Index `[N]` of the segment holding arc position `s` `[N]`, clamped to [first_seg, last_seg].
 
-    The number of path points with arc < s, minus one. Arc is non-decreasing, so the
-    count is `_BLOCK` times the number of whole blocks before the block where s falls
-    plus the count inside that block: exactly the count over all points.
+    The segment is the number of path points with arc < s, minus one. Arc is
+    non-decreasing, so with b the last block whose first point is below s, every
+    point before block b is below s and every point from block b + 1 on is not: the
+    count over all points is the start of block b plus the count inside it (the block
+    window is shifted left to stay inside the array, which keeps that true).
     """
-    block_first = paths.arc_blocks[..., 0]  # [N, T8]
-    num_before = jnp.sum(block_first < s[:, None], -1).astype(jnp.int32)  # blocks starting below s
-    block = jnp.maximum(num_before - 1, 0)
-    rows = jnp.take_along_axis(paths.arc_blocks, block[:, None, None], axis=1)[:, 0, :]  # [N, _BLOCK]
-    inside = jnp.sum(rows < s[:, None], -1).astype(jnp.int32)
-    count = jnp.where(num_before > 0, block * _BLOCK + inside, 0)
+    num_points = paths.arc.shape[-1]
+    size = min(_BLOCK, num_points)
+    block_first = paths.arc[:, ::size]  # [N, ceil(T / size)]
+    num_before = jnp.sum(block_first < s[:, None], -1).astype(jnp.int32)
+    start = jnp.minimum(jnp.maximum(num_before - 1, 0) * size, num_points - size)
+    inside = jnp.sum(_row_slices(paths.arc, start, size) < s[:, None], -1).astype(jnp.int32)
+    count = jnp.where(num_before > 0, start + inside, 0)
     return jnp.clip(count - 1, paths.first_seg, paths.last_seg)
 
 
@@ -163,16 +166,16 @@ def path_points(paths: LoggedPaths, s: jax.Array) -> tuple[jax.Array, jax.Array,
     last segment of positive length (an object past its log keeps its final heading).
     """
     j = _segment_index(paths, s)
-    seg = jnp.take_along_axis(paths.segments, j[:, None, None], axis=1)[:, 0, :]  # [N, 8]
-    x0, y0, dx, dy, a0, den, heading = (seg[:, k] for k in range(7))
-    u = (s - a0) / den
-    return x0 + u * dx, y0 + u * dy, heading
+    x0, y0, a0 = _row_take(paths.x, j), _row_take(paths.y, j), _row_take(paths.arc, j)
+    x1, y1, a1 = _row_take(paths.x, j + 1), _row_take(paths.y, j + 1), _row_take(paths.arc, j + 1)
+    u = (s - a0) / jnp.maximum(a1 - a0, 1e-6)
+    return x0 + u * (x1 - x0), y0 + u * (y1 - y0), jnp.arctan2(y1 - y0, x1 - x0)
 
 
 def path_heading(paths: LoggedPaths, s: jax.Array) -> jax.Array:
     """Tangent headings `[N]` at arc positions `s` `[N]` (as `path_points`, heading only)."""
     j = _segment_index(paths, s)
-    return jnp.take_along_axis(paths.segments[..., 6], j[:, None], axis=1)[:, 0]
+    return jnp.arctan2(_row_take(paths.y, j + 1) - _row_take(paths.y, j), _row_take(paths.x, j + 1) - _row_take(paths.x, j))
 
 
 def _path_frame(px: jax.Array, py: jax.Array, x0: jax.Array, y0: jax.Array, c0: jax.Array, s0: jax.Array,
@@ -337,7 +340,7 @@ def step_non_policy(scenario: Scenario, current: ObjectState, timestep: jax.Arra
     nxt = select_objects(is_idm, idm_next, nxt)
     # Objects not driven by IDM this step keep IDM memory that restarts from the log.
     t1 = jnp.clip(timestep + 1, 0, paths.arc.shape[-1] - 1)
-    restart_s = jnp.sum(jnp.where(jnp.arange(paths.arc.shape[-1]) == t1, paths.arc, 0.0), -1)
+    restart_s = jax.lax.dynamic_index_in_dim(paths.arc, t1, axis=1, keepdims=False)
     new_state = IdmState(s=jnp.where(is_idm, idm_state.s, restart_s),
                          v=jnp.where(is_idm, idm_state.v, logged.speed),
                          stop_cleared=jnp.where(is_idm, idm_state.stop_cleared, agent_state.stop_cleared))

@@ -160,13 +160,13 @@ _CORNER_SIGN_W = (1.0, 1.0, -1.0, -1.0)
 
 
 def _corners(state: ObjectState) -> jax.Array:  # [..., 4, 2]
-    """Box corners as `geometry.box_corners`, with the trigonometry computed once per box."""
+    """Box corners as `geometry.box_corners`, with the trigonometry computed once per box (not per corner)."""
     c, s = cos_sin(state.yaw)
     dl = (state.length / 2)[..., None] * jnp.array(_CORNER_SIGN_L)
     dw = (state.width / 2)[..., None] * jnp.array(_CORNER_SIGN_W)
     cx = state.x[..., None] + dl * c[..., None] - dw * s[..., None]
     cy = state.y[..., None] + dl * s[..., None] + dw * c[..., None]
-    return jnp.stack(materialize(cx, cy), -1)
+    return jnp.stack([cx, cy], -1)
 
 
 def _heading(yaw: jax.Array) -> jax.Array:
@@ -294,7 +294,8 @@ def _culled_edges(center: jax.Array, roadmap: RoadMap, k: int):
 def ego_corner_road_distance(state: ObjectState, roadmap: RoadMap, ego: jax.Array, edge_cull: int = 0) -> jax.Array:
     """Signed distance `[4]` of the ego's corners to the nearest road edge (> 0: off road)."""
     e = take_object(state, ego)
-    corners = _corners(e)
+    # The four corners meet every edge: computed once, not per (corner, edge) pair.
+    corners = jnp.stack(materialize(*jnp.moveaxis(_corners(e), -1, 0)), -1)
     if edge_cull > 0:
         start, end, valid = _culled_edges(jnp.stack([e.x, e.y]), roadmap, edge_cull)
         return signed_edge_distance(corners, start, end, valid)
