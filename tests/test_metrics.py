@@ -60,6 +60,20 @@ def test_closed_form_separation_matches_geometry():
     assert (want[off_diag] < 0).any() and (want[off_diag] > 0).any()
 
 
+def test_half_pair_overlap_equals_all_pairs():
+    # `overlap` tests each unordered pair once (cyclic shifts 1..N/2); it must equal the
+    # all-pairs answer for odd and even N, with invalid objects, in dense random scenes.
+    rng = np.random.default_rng(1)
+    for n in (2, 3, 8, 17):
+        rows = np.stack([rng.uniform(-n, n, n), rng.uniform(-n, n, n), rng.uniform(-np.pi, np.pi, n),
+                         np.zeros(n), rng.uniform(1, 6, n), rng.uniform(0.5, 2.5, n)], -1)
+        s = _objs(rows).replace(valid=jnp.asarray(rng.uniform(size=n) < 0.8))
+        want = np.asarray(jnp.min(m.pairwise_separation(s), -1) < 0.0)
+        got = np.asarray(jax.jit(m.overlap)(s))
+        np.testing.assert_array_equal(got, want)
+        assert n < 8 or 0 < want.sum() < n  # dense enough to have both answers
+
+
 def test_offroad_corner_across_edge():
     sc = make_toy_scenario()  # road edges at y = -1.75 (directed -x) and y = 5.25 (+x)
     rm = sc.roadmap
