@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxloop.sim import geometry as geo
-from jaxloop.sim.compute import cos_sin, materialize
+from jaxloop.sim.compute import materialize
 from jaxloop.sim.datatypes import DT, ObjectState, Scenario, trajectory_at
 
 AGENT_LOG = 0
@@ -230,8 +230,7 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         yaw_ahead = path_heading(paths, idm.s + IDM_CURVATURE_BASE)
         kappa = geo.wrap_angle(yaw_ahead - yaw0) / IDM_CURVATURE_BASE
         # Every [N, N] / [N, L] pass below reads these per-object values: computed once.
-        c0, s0 = cos_sin(yaw0)
-        x0, y0, kappa = materialize(x0, y0, kappa)
+        c0, s0, x0, y0, kappa = materialize(jnp.cos(yaw0), jnp.sin(yaw0), x0, y0, kappa)
         half_len = current.length / 2
         ahead = lambda lon: (lon > 1e-3) & (lon < IDM_LOOKAHEAD)
 

@@ -467,13 +467,11 @@ def red_light_crossing(scenario: Scenario, prev: ObjectState, state: ObjectState
     # The [L] terms end in reductions, so they are computed once, not per object.
     stop_x, stop_y, dir_x, dir_y, red, known = _light_terms(scenario, t)
 
-    def front(s: ObjectState) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:  # [..., 1] each
-        c, sn = cos_sin(s.yaw)
-        half = s.length / 2
-        return (s.x + half * c)[..., None], (s.y + half * sn)[..., None], c[..., None], sn[..., None]
-
-    fx0, fy0, _, _ = front(prev)
-    fx1, fy1, c1, s1 = front(state)
+    c0, s0, c1, s1 = jnp.cos(prev.yaw), jnp.sin(prev.yaw), jnp.cos(state.yaw), jnp.sin(state.yaw)
+    # Fronts and headings `[..., 1]`, computed once per object (not per light) in one op.
+    fx0, fy0, fx1, fy1, c1, s1 = (a[..., None] for a in materialize(
+        prev.x + prev.length / 2 * c0, prev.y + prev.length / 2 * s0,
+        state.x + state.length / 2 * c1, state.y + state.length / 2 * s1, c1, s1))
     along0 = (fx0 - stop_x) * dir_x + (fy0 - stop_y) * dir_y  # [..., L]
     along1 = (fx1 - stop_x) * dir_x + (fy1 - stop_y) * dir_y
     lateral = jnp.abs(dir_x * (fy1 - stop_y) - dir_y * (fx1 - stop_x))
