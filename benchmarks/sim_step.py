@@ -1,6 +1,7 @@
 """Simulator throughput: batched env steps and the cost of differentiating a rollout.
 
     python benchmarks/sim_step.py --quick
+    python -m benchmarks.sim_step --quick --only full    # just the IDM + every-metric case
 
 JSON lines: `scenario_steps_per_s` for B in (1, 64, 1024) at N=128 (dynamics + log
 replay for every non-ego object); the same with `{"agents": "idm", "metrics": "all"}`:
