@@ -175,7 +175,8 @@ def path_points(paths: LoggedPaths, s: jax.Array) -> tuple[jax.Array, jax.Array,
 def path_heading(paths: LoggedPaths, s: jax.Array) -> jax.Array:
     """Tangent headings `[N]` at arc positions `s` `[N]` (as `path_points`, heading only)."""
     j = _segment_index(paths, s)
-    return jnp.arctan2(_row_take(paths.y, j + 1) - _row_take(paths.y, j), _row_take(paths.x, j + 1) - _row_take(paths.x, j))
+    dy = _row_take(paths.y, j + 1) - _row_take(paths.y, j)
+    return jnp.arctan2(dy, _row_take(paths.x, j + 1) - _row_take(paths.x, j))
 
 
 def _path_frame(px: jax.Array, py: jax.Array, x0: jax.Array, y0: jax.Array, c0: jax.Array, s0: jax.Array,
