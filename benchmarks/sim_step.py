@@ -1,6 +1,7 @@
 """Simulator throughput: batched env steps and the cost of differentiating a rollout.
 
     python benchmarks/sim_step.py --quick
+    python -m benchmarks.sim_step --quick --only full    # just the IDM + every-metric case
 
 JSON lines: `scenario_steps_per_s` for B in (1, 64, 1024) at N=128 (dynamics + log
 replay for every non-ego object); the same with `{"agents": "idm", "metrics": "all"}`:
@@ -121,12 +122,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="the small sweep (CI-sized)")
     parser.add_argument("--batches", type=int, nargs="*", default=None)
     parser.add_argument("--num-objects", type=int, default=128)
+    parser.add_argument("--only", choices=("log", "full", "backward"), nargs="*", default=None,
+                        help="run only these cases (log: log-replay steps; full: IDM + every metric; "
+                             "backward: rollout gradient); default all")
+    parser.add_argument("--edge-cull", type=int, default=0, help="MetricsConfig.edge_cull of the full case")
     args = parser.parse_args(argv)
     env_meta = environment()
     batches = args.batches or ([1, 64, 1024] if args.quick else [1, 64, 256, 1024, 4096])
-    bench_steps(batches, args.num_objects, "log", env_meta)
-    bench_steps_full(batches, args.num_objects, env_meta)
-    bench_backward(64, args.num_objects, 80, env_meta)
+    only = set(args.only or ("log", "full", "backward"))
+    if "log" in only:
+        bench_steps(batches, args.num_objects, "log", env_meta)
+    if "full" in only:
+        bench_steps_full(batches, args.num_objects, env_meta, metrics.MetricsConfig(edge_cull=args.edge_cull))
+    if "backward" in only:
+        bench_backward(64, args.num_objects, 80, env_meta)
 
 
 if __name__ == "__main__":

@@ -135,3 +135,36 @@ def test_env_idm_config_on_toy_scenario():
         np.testing.assert_allclose(np.asarray(out.states.y[:, i]), y_on_path, atol=0.1)
     # A log-replay config carries no IDM memory.
     assert Env(EnvConfig()).reset(scenario, jax.random.key(0)).agent_state == ()
+
+
+def test_path_lookup_matches_full_count_with_gaps_and_extrapolation():
+    # The two-level segment search must equal the count over every path point, including
+    # a gap in the log (a jump at one arc position), stationary stretches (zero-length
+    # segments), positions before the start and past the end (extrapolation along the
+    # first / last segment of positive length), and a path shorter than one block.
+    rng = np.random.default_rng(0)
+    x = np.cumsum(rng.uniform(0.0, 2.0, T))
+    x[30:40] = x[30]  # stationary: zero-length segments
+    y = np.sin(x / 7.0) * 3.0
+    valid = np.ones(T, bool)
+    valid[60:64] = False  # a gap: the path jumps from step 59 to step 64
+    short = np.zeros(T, bool)
+    short[5:9] = True  # four valid points
+    scenario = make_track_scenario([_track(x, y, valid=valid), _track(x + 1.0, y, valid=short)], num_objects=2)
+    paths = agents.logged_paths(scenario)
+    arc = np.asarray(paths.arc)
+    first, last = np.asarray(paths.first_seg), np.asarray(paths.last_seg)
+    xs, ys = np.asarray(paths.x), np.asarray(paths.y)
+    queries = np.concatenate([[-5.0, 0.0], np.sort(rng.uniform(0.0, arc[0, -1], 200)), arc[0, 28:36],
+                              [arc[0, -1], arc[0, -1] + 7.5]]).astype(np.float32)
+    lookup = jax.jit(jax.vmap(agents.path_points, in_axes=(None, 1), out_axes=1))
+    px, py, heading = (np.asarray(a) for a in lookup(paths, jnp.stack([queries, queries], 0)))
+    for n in range(2):
+        for q, s in enumerate(queries):
+            j = int(np.clip(np.sum(arc[n] < s) - 1, first[n], last[n]))  # the full count, clamped
+            u = (s - arc[n, j]) / max(arc[n, j + 1] - arc[n, j], 1e-6)
+            np.testing.assert_allclose(px[n, q], xs[n, j] + u * (xs[n, j + 1] - xs[n, j]), rtol=1e-6, atol=1e-4)
+            np.testing.assert_allclose(py[n, q], ys[n, j] + u * (ys[n, j + 1] - ys[n, j]), rtol=1e-6, atol=1e-4)
+            want_heading = np.arctan2(ys[n, j + 1] - ys[n, j], xs[n, j + 1] - xs[n, j])
+            np.testing.assert_allclose(heading[n, q], want_heading, atol=1e-5)
+    assert (first[1], last[1]) == (5, 7)  # the short path's three segments

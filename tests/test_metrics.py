@@ -6,7 +6,7 @@ import pytest
 from jaxloop.data.toy import make_toy_scenario, make_track_scenario
 from jaxloop.sim import metrics as m
 from jaxloop.sim import rewards
-from jaxloop.sim.datatypes import DT, TL_GO, TL_STOP, ObjectState
+from jaxloop.sim.datatypes import DT, TL_GO, TL_STOP, ObjectState, trajectory_at
 from jaxloop.sim.env import Env, EnvConfig
 from jaxloop.sim.rollout import log_replay_policy, rollout
 
@@ -58,6 +58,20 @@ def test_closed_form_separation_matches_geometry():
     off_diag = ~np.eye(12, dtype=bool)
     np.testing.assert_allclose(got[off_diag], want[off_diag], atol=1e-5)
     assert (want[off_diag] < 0).any() and (want[off_diag] > 0).any()
+
+
+def test_half_pair_overlap_equals_all_pairs():
+    # `overlap` tests each unordered pair once (cyclic shifts 1..N/2); it must equal the
+    # all-pairs answer for odd and even N, with invalid objects, in dense random scenes.
+    rng = np.random.default_rng(1)
+    for n in (2, 3, 8, 17):
+        rows = np.stack([rng.uniform(-n, n, n), rng.uniform(-n, n, n), rng.uniform(-np.pi, np.pi, n),
+                         np.zeros(n), rng.uniform(1, 6, n), rng.uniform(0.5, 2.5, n)], -1)
+        s = _objs(rows).replace(valid=jnp.asarray(rng.uniform(size=n) < 0.8))
+        want = np.asarray(jnp.min(m.pairwise_separation(s), -1) < 0.0)
+        got = np.asarray(jax.jit(m.overlap)(s))
+        np.testing.assert_array_equal(got, want)
+        assert n < 8 or 0 < want.sum() < n  # dense enough to have both answers
 
 
 def test_offroad_corner_across_edge():
@@ -191,6 +205,37 @@ def test_womd_log_replay_is_clean(shared_data):
     ep, ex = go(scenario)
     assert float(ep["ade"]) == 0.0 and float(ep["fde"]) == 0.0
     assert float(ep["collision"]) == 0.0 and float(ep["offroad"]) == 0.0
+    assert float(ep["wrong_way"]) == 0.0  # step_metrics judges the ego with its route (see below)
+
+
+def _real_fixtures(shared_data):
+    from jaxloop.data.av2 import load_av2
+    from jaxloop.data.womd import load_womd
+
+    yield "womd_tf_example", next(load_womd(shared_data / "womd" / "motion_data_one_example.tfrecord"))[0]
+    yield "womd_scenario", next(load_womd(shared_data / "womd" / "motion_data_one_scenario.tfrecord"))[0]
+    av2 = shared_data / "av2" / "scenario_0a1e6f0a-1817-4a98-b02e-db8c9327d151.parquet"
+    yield "av2", load_av2(av2)[0]
+
+
+def test_logged_sdc_never_drives_the_wrong_way(shared_data):
+    # The logged SDC of every real fixture, step by step through the ego wrong-way test.
+    def per_step(sc, use_route):
+        traj = sc.log_trajectory
+        ego = sc.object_metadata.is_sdc
+        states = jax.vmap(lambda t: m.take_object(trajectory_at(traj, t), ego))(jnp.arange(traj.num_steps))
+        route = sc.route if use_route else None
+        return jax.vmap(lambda e: m.wrong_way(e, sc.roadmap, route))(states)
+
+    for name, sc in _real_fixtures(shared_data):
+        flagged = np.flatnonzero(np.asarray(jax.jit(per_step, static_argnums=1)(sc, True)))
+        assert flagged.size == 0, f"{name}: logged SDC flagged wrong-way at steps {flagged.tolist()}"
+        if name == "womd_tf_example":
+            # Without the route the left turn from step 40 on is flagged: the lanes within
+            # 2 m are the oncoming ones it crosses (heading ~150 deg vs the SDC's ~-60 deg),
+            # its own turn lane is not in the 20,000-sample roadgraph.
+            without = np.flatnonzero(np.asarray(jax.jit(per_step, static_argnums=1)(sc, False)))
+            assert without.size > 0 and 40 <= without.min() <= without.max() <= 55, without
 
 
 # ---------------------------------------------------------------- surrogates and rewards

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxloop.sim import geometry as geo
+from jaxloop.sim.compute import materialize
 from jaxloop.sim.datatypes import DT, ObjectState, Scenario, trajectory_at
 
 AGENT_LOG = 0
@@ -82,9 +83,20 @@ class IdmState:
     stop_cleared: jax.Array  # [N] arc position up to which stop signs have been obeyed
 
 
+_BLOCK = 8  # arc positions per block of the two-level segment search
+
+
 @struct.dataclass
 class LoggedPaths:
-    """Every object's valid logged positions as a polyline (recomputed from the scenario, never carried)."""
+    """Every object's valid logged positions as a polyline (recomputed from the scenario, never carried).
+
+    A lookup at arc position s finds its segment with a two-level search (a count
+    over the first arc value of every block of `_BLOCK` points, then a count inside
+    one block) and reads the segment's end points with gathers of `[N]` values, so a
+    step touches `[N, T / _BLOCK]` values rather than the whole `[N, T]` arc table per
+    query. Everything here depends on the scenario only: inside a rollout XLA computes
+    it once, outside the scan loop.
+    """
 
     x: jax.Array  # [N, T] logged positions
     y: jax.Array  # [N, T]
@@ -118,32 +130,66 @@ def logged_paths(scenario: Scenario) -> LoggedPaths:
     return LoggedPaths(x=traj.x, y=traj.y, arc=arc, first_seg=first_seg, last_seg=last_seg, max_speed=max_speed)
 
 
+def _row_slices(a: jax.Array, start: jax.Array, size: int) -> jax.Array:
+    """`a[n, start[n] : start[n] + size]` for every row `n` of `a` `[N, T]` (in bounds) -> `[N, size]`."""
+    return jax.vmap(lambda row, i: jax.lax.dynamic_slice_in_dim(row, i, size))(a, start)
+
+
+def _row_take(a: jax.Array, index: jax.Array) -> jax.Array:
+    """`a[n, index[n]]` for every row of `a` `[N, T]` -> `[N]`."""
+    return jnp.take_along_axis(a, index[:, None], axis=1)[:, 0]
+
+
+def _segment_index(paths: LoggedPaths, s: jax.Array) -> jax.Array:
+    """Index `[N]` of the segment holding arc position `s` `[N]`, clamped to [first_seg, last_seg].
+
+    The segment is the number of path points with arc < s, minus one. Arc is
+    non-decreasing, so with b the last block whose first point is below s, every
+    point before block b is below s and every point from block b + 1 on is not: the
+    count over all points is the start of block b plus the count inside it (the block
+    window is shifted left to stay inside the array, which keeps that true).
+    """
+    num_points = paths.arc.shape[-1]
+    size = min(_BLOCK, num_points)
+    block_first = paths.arc[:, ::size]  # [N, ceil(T / size)]
+    num_before = jnp.sum(block_first < s[:, None], -1).astype(jnp.int32)
+    start = jnp.minimum(jnp.maximum(num_before - 1, 0) * size, num_points - size)
+    inside = jnp.sum(_row_slices(paths.arc, start, size) < s[:, None], -1).astype(jnp.int32)
+    count = jnp.where(num_before > 0, start + inside, 0)
+    return jnp.clip(count - 1, paths.first_seg, paths.last_seg)
+
+
 def path_points(paths: LoggedPaths, s: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Points x, y `[N, M]` and tangent headings `[N, M]` at arc positions `s` `[N, M]` along each path.
+    """Points x, y `[N]` and tangent headings `[N]` at arc positions `s` `[N]` along each path.
 
     Positions before the start or past the end extrapolate straight along the first /
     last segment of positive length (an object past its log keeps its final heading).
     """
-    # Index of the segment holding s: the number of path points strictly before it, minus one.
-    j = jnp.sum(paths.arc[:, None, :] < s[..., None], -1) - 1  # [N, M]
-    j = jnp.clip(j, paths.first_seg[:, None], paths.last_seg[:, None])
-    take = lambda a, i: jnp.take_along_axis(a, i, -1)
-    x0, y0, x1, y1 = take(paths.x, j), take(paths.y, j), take(paths.x, j + 1), take(paths.y, j + 1)
-    a0, a1 = take(paths.arc, j), take(paths.arc, j + 1)
+    j = _segment_index(paths, s)
+    x0, y0, a0 = _row_take(paths.x, j), _row_take(paths.y, j), _row_take(paths.arc, j)
+    x1, y1, a1 = _row_take(paths.x, j + 1), _row_take(paths.y, j + 1), _row_take(paths.arc, j + 1)
     u = (s - a0) / jnp.maximum(a1 - a0, 1e-6)
     return x0 + u * (x1 - x0), y0 + u * (y1 - y0), jnp.arctan2(y1 - y0, x1 - x0)
 
 
-def _path_frame(px: jax.Array, py: jax.Array, x0: jax.Array, y0: jax.Array, yaw0: jax.Array,
+def path_heading(paths: LoggedPaths, s: jax.Array) -> jax.Array:
+    """Tangent headings `[N]` at arc positions `s` `[N]` (as `path_points`, heading only)."""
+    j = _segment_index(paths, s)
+    dy = _row_take(paths.y, j + 1) - _row_take(paths.y, j)
+    return jnp.arctan2(dy, _row_take(paths.x, j + 1) - _row_take(paths.x, j))
+
+
+def _path_frame(px: jax.Array, py: jax.Array, x0: jax.Array, y0: jax.Array, c0: jax.Array, s0: jax.Array,
                 kappa: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Points `[K]` in every object's path frame `[N]`: (distance ahead `[N, K]`, |lateral offset| `[N, K]`).
 
     The path ahead is approximated by the parabola of curvature `kappa` tangent at
-    (x0, y0, yaw0): elementwise work, ~20 flops per pair, so the `[N, N]` lead search
-    stays cheap. Good for the gentle curvature of a 50 m look-ahead; sharp turns
-    (radius < ~15 m) widen the lateral error towards the end of the window.
+    (x0, y0) with heading cosine / sine (c0, s0): elementwise work, ~20 flops per pair,
+    so the `[N, N]` lead search stays cheap. Good for the gentle curvature of a 50 m
+    look-ahead; sharp turns (radius < ~15 m) widen the lateral error towards the end of
+    the window.
     """
-    c, s = jnp.cos(yaw0)[:, None], jnp.sin(yaw0)[:, None]
+    c, s = c0[:, None], s0[:, None]
     dx, dy = px[None, :] - x0[:, None], py[None, :] - y0[:, None]
     lon = dx * c + dy * s
     lat = dy * c - dx * s - 0.5 * kappa[:, None] * lon * lon
@@ -181,32 +227,33 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         paths = logged_paths(scenario) if paths is None else paths
         n = current.x.shape[-1]
         # Tangent and curvature of the path from its headings at s and s + 20 m.
-        window_s = idm.s[:, None] + jnp.array([0.0, 1.0]) * IDM_CURVATURE_BASE
-        wx, wy, wyaw = path_points(paths, window_s)  # [N, 2]
-        x0, y0, yaw0 = wx[:, 0], wy[:, 0], wyaw[:, 0]
-        kappa = geo.wrap_angle(wyaw[:, 1] - wyaw[:, 0]) / IDM_CURVATURE_BASE
+        x0, y0, yaw0 = path_points(paths, idm.s)  # [N]
+        yaw_ahead = path_heading(paths, idm.s + IDM_CURVATURE_BASE)
+        kappa = geo.wrap_angle(yaw_ahead - yaw0) / IDM_CURVATURE_BASE
+        # Every [N, N] / [N, L] pass below reads these per-object values: computed once.
+        c0, s0, x0, y0, kappa = materialize(jnp.cos(yaw0), jnp.sin(yaw0), x0, y0, kappa)
         half_len = current.length / 2
         ahead = lambda lon: (lon > 1e-3) & (lon < IDM_LOOKAHEAD)
 
         # Leads among all valid objects (ego and policy objects included).
-        offset, lateral = _path_frame(current.x, current.y, x0, y0, yaw0, kappa)  # [N, N]
+        offset, lateral = _path_frame(current.x, current.y, x0, y0, c0, s0, kappa)  # [N, N]
         others = current.valid[None, :] & ~jnp.eye(n, dtype=bool)
         is_lead = others & ahead(offset) & (lateral < current.width[None, :] / 2 + IDM_LATERAL_TOLERANCE)
         gap = offset - half_len[:, None] - half_len[None, :]
-        lead_v = jnp.cos(yaw0)[:, None] * current.vel_x[None, :] + jnp.sin(yaw0)[:, None] * current.vel_y[None, :]
+        lead_v = c0[:, None] * current.vel_x[None, :] + s0[:, None] * current.vel_y[None, :]
 
         # Red lights: stopped leads at the stop point.
         tl = scenario.traffic_lights
         at_t = jnp.arange(tl.state.shape[-1]) == jnp.clip(timestep, 0, tl.state.shape[-1] - 1)  # [T] one-hot
         red = jnp.any(tl.is_red & at_t, -1)
         light_x, light_y = jnp.sum(jnp.where(at_t, tl.x, 0.0), -1), jnp.sum(jnp.where(at_t, tl.y, 0.0), -1)
-        l_off, l_lat = _path_frame(light_x, light_y, x0, y0, yaw0, kappa)  # [N, L]
+        l_off, l_lat = _path_frame(light_x, light_y, x0, y0, c0, s0, kappa)  # [N, L]
         light_lead = red[None, :] & (l_lat < IDM_LIGHT_LATERAL) & (l_off > half_len[:, None]) & (l_off < IDM_LOOKAHEAD)
         light_gap = l_off - half_len[:, None]
 
         # Stop signs: stopped leads until the object has halted at them.
         rm = scenario.roadmap
-        s_off, s_lat = _path_frame(rm.stop_sign_xy[:, 0], rm.stop_sign_xy[:, 1], x0, y0, yaw0, kappa)  # [N, S]
+        s_off, s_lat = _path_frame(rm.stop_sign_xy[:, 0], rm.stop_sign_xy[:, 1], x0, y0, c0, s0, kappa)  # [N, S]
         sign_s = idm.s[:, None] + s_off
         sign_lead = (rm.stop_sign_valid[None, :] & (s_lat < IDM_STOP_SIGN_LATERAL)
                      & (s_off > half_len[:, None] - 1.0) & (s_off < IDM_LOOKAHEAD)
@@ -251,7 +298,6 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         # The step's arc length along the local parabola: within kappa * ds^2 / 2 of the path,
         # and the next step starts again from the exact path point at s (no drift).
         step = s_next - idm.s
-        c0, s0 = jnp.cos(yaw0), jnp.sin(yaw0)
         x = jnp.where(parked, current.x, x0 + step * c0 - 0.5 * kappa * step ** 2 * s0)
         y = jnp.where(parked, current.y, y0 + step * s0 + 0.5 * kappa * step ** 2 * c0)
         yaw = geo.wrap_angle(yaw0 + kappa * step)
@@ -294,7 +340,7 @@ def step_non_policy(scenario: Scenario, current: ObjectState, timestep: jax.Arra
     nxt = select_objects(is_idm, idm_next, nxt)
     # Objects not driven by IDM this step keep IDM memory that restarts from the log.
     t1 = jnp.clip(timestep + 1, 0, paths.arc.shape[-1] - 1)
-    restart_s = jnp.sum(jnp.where(jnp.arange(paths.arc.shape[-1]) == t1, paths.arc, 0.0), -1)
+    restart_s = jax.lax.dynamic_index_in_dim(paths.arc, t1, axis=1, keepdims=False)
     new_state = IdmState(s=jnp.where(is_idm, idm_state.s, restart_s),
                          v=jnp.where(is_idm, idm_state.v, logged.speed),
                          stop_cleared=jnp.where(is_idm, idm_state.stop_cleared, agent_state.stop_cleared))

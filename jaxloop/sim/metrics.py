@@ -61,6 +61,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxloop.sim import geometry as geo
+from jaxloop.sim.compute import cos_sin, materialize
 from jaxloop.sim.dynamics import bicycle_inverse_unclipped
 from jaxloop.sim.datatypes import DT, ObjectState, RoadMap, Route, Scenario, SimState, trajectory_at
 
@@ -154,8 +155,18 @@ def take_object(state: ObjectState, index: jax.Array | int) -> ObjectState:
     return jax.tree.map(lambda a: select_index(a, index, 0), state)
 
 
+_CORNER_SIGN_L = (1.0, -1.0, -1.0, 1.0)  # front-left, rear-left, rear-right, front-right (CCW)
+_CORNER_SIGN_W = (1.0, 1.0, -1.0, -1.0)
+
+
 def _corners(state: ObjectState) -> jax.Array:  # [..., 4, 2]
-    return geo.box_corners(state.x, state.y, state.yaw, state.length, state.width)
+    """Box corners as `geometry.box_corners`, with the trigonometry computed once per box (not per corner)."""
+    c, s = cos_sin(state.yaw)
+    dl = (state.length / 2)[..., None] * jnp.array(_CORNER_SIGN_L)
+    dw = (state.width / 2)[..., None] * jnp.array(_CORNER_SIGN_W)
+    cx = state.x[..., None] + dl * c[..., None] - dw * s[..., None]
+    cy = state.y[..., None] + dl * s[..., None] + dw * c[..., None]
+    return jnp.stack([cx, cy], -1)
 
 
 def _heading(yaw: jax.Array) -> jax.Array:
@@ -171,10 +182,17 @@ def pair_separation(a: ObjectState, b: ObjectState) -> jax.Array:
     The same quantity as `geometry.box_separation` (positive: apart, negative: minus the
     penetration depth along the best axis), written with the four face-normal
     projections in closed form so all-pairs work fuses into one loop (no small matmuls).
+    The trigonometry is computed once per box (`a` and `b` as given, before
+    broadcasting), not once per pair.
     """
-    ca, sa, cb, sb = jnp.cos(a.yaw), jnp.sin(a.yaw), jnp.cos(b.yaw), jnp.sin(b.yaw)
-    hla, hwa, hlb, hwb = a.length / 2, a.width / 2, b.length / 2, b.width / 2
-    dx, dy = b.x - a.x, b.y - a.y
+    ca, sa = cos_sin(a.yaw)
+    cb, sb = cos_sin(b.yaw)
+    return _separation(a.x, a.y, ca, sa, a.length / 2, a.width / 2, b.x, b.y, cb, sb, b.length / 2, b.width / 2)
+
+
+def _separation(xa, ya, ca, sa, hla, hwa, xb, yb, cb, sb, hlb, hwb) -> jax.Array:
+    """`pair_separation` from box centres, heading cosines / sines and half sizes (broadcast)."""
+    dx, dy = xb - xa, yb - ya
     cd = jnp.abs(ca * cb + sa * sb)  # |cos(yaw_b - yaw_a)|
     sd = jnp.abs(ca * sb - sa * cb)  # |sin(yaw_b - yaw_a)|
     g1 = jnp.abs(dx * ca + dy * sa) - hla - (hlb * cd + hwb * sd)
@@ -193,10 +211,45 @@ def pairwise_separation(state: ObjectState) -> jax.Array:
     return jnp.where(mask, pair_separation(a, b), jnp.inf)
 
 
+def _shifted_rows(v: jax.Array, rows: int) -> jax.Array:
+    """`out[r, i] = v[(i + r + 1) % N]` `[rows, N]` for `v` `[N]`: every row a cyclic shift, by static slicing.
+
+    Row r of the tiled `[v, v]` read from offset r + 1 is row r of a `[rows, 2N + 1]`
+    reshape of the flattened tiles (skewed rows), so no gather is needed.
+    """
+    n = v.shape[-1]
+    flat = jnp.broadcast_to(jnp.concatenate([v, v]), (rows, 2 * n)).reshape(-1)
+    flat = jnp.concatenate([flat, jnp.zeros((rows + 1,), v.dtype)])
+    return flat[1:1 + rows * (2 * n + 1)].reshape(rows, 2 * n + 1)[:, :n]
+
+
+def _unshifted_rows(a: jax.Array) -> jax.Array:
+    """Inverse of `_shifted_rows` on `[rows, N]`: `out[r, j] = a[r, (j - r - 1) % N]`."""
+    rows, n = a.shape
+    flat = jnp.concatenate([a, a], -1).reshape(-1)
+    flat = jnp.concatenate([flat, jnp.zeros((n,), a.dtype)])
+    return flat[n - 1:n - 1 + rows * (2 * n - 1)].reshape(rows, 2 * n - 1)[:, :n]
+
+
 def overlap(state: ObjectState) -> jax.Array:
-    """Per object `[N]` bool: the object is valid and overlaps another valid object (all pairs)."""
+    """Per object `[N]` bool: the object is valid and overlaps another valid object (all pairs).
+
+    Exactly the all-pairs test of `pairwise_separation`, evaluated once per unordered
+    pair: the separation is symmetric, so object i is tested against i + 1 ... i + N/2
+    (cyclically), which covers every pair (the N/2 shift twice for even N), and each
+    pair's result goes to both members. Half the `[N, N]` work.
+    """
     with jax.named_scope("metrics.overlap"):
-        return jnp.any(pairwise_separation(state) < 0.0, axis=-1)
+        n = state.x.shape[-1]
+        rows = n // 2
+        if rows == 0:
+            return jnp.zeros((n,), bool)
+        c, s = cos_sin(state.yaw)
+        boxes = (state.x, state.y, c, s, state.length / 2, state.width / 2)
+        partners = [_shifted_rows(f, rows) for f in boxes]  # [N/2, N]: object (i + r + 1) % N
+        sep = _separation(*[f[None, :] for f in boxes], *partners)
+        hit = (sep < 0.0) & state.valid[None, :] & _shifted_rows(state.valid, rows)  # pair (i, i + r + 1)
+        return jnp.any(hit, 0) | jnp.any(_unshifted_rows(hit), 0)
 
 
 def ego_separation(state: ObjectState, ego: jax.Array) -> jax.Array:
@@ -251,7 +304,9 @@ def signed_edge_distance(points: jax.Array, start: jax.Array, end: jax.Array, va
                            end[None, :, 0], end[None, :, 1])
     d2 = jnp.where(valid[None, :], d2, jnp.inf)
     d2_min = jnp.min(d2, -1)
-    off = jnp.any((d2 <= d2_min[:, None]) & (side > 0.0), -1)
+    # "Some nearest segment has the point on its left", as two float min-reductions
+    # (boolean any-reductions are slow on CPU).
+    off = jnp.min(jnp.where(side > 0.0, d2, jnp.inf), -1) <= d2_min
     dist = jnp.sqrt(jnp.where(jnp.isfinite(d2_min), d2_min, 0.0) + 1e-12)
     return jnp.where(jnp.any(valid), jnp.where(off, dist, -dist), -1e3)
 
@@ -276,7 +331,8 @@ def _culled_edges(center: jax.Array, roadmap: RoadMap, k: int):
 def ego_corner_road_distance(state: ObjectState, roadmap: RoadMap, ego: jax.Array, edge_cull: int = 0) -> jax.Array:
     """Signed distance `[4]` of the ego's corners to the nearest road edge (> 0: off road)."""
     e = take_object(state, ego)
-    corners = _corners(e)
+    # The four corners meet every edge: computed once, not per (corner, edge) pair.
+    corners = jnp.stack(materialize(*jnp.moveaxis(_corners(e), -1, 0)), -1)
     if edge_cull > 0:
         start, end, valid = _culled_edges(jnp.stack([e.x, e.y]), roadmap, edge_cull)
         return signed_edge_distance(corners, start, end, valid)
@@ -341,21 +397,37 @@ def off_route(xy: jax.Array, route: Route) -> jax.Array:
     return jnp.any(route.valid) & (lat > OFF_ROUTE_DISTANCE)
 
 
-def wrong_way(obj: ObjectState, roadmap: RoadMap) -> jax.Array:
+def wrong_way(obj: ObjectState, roadmap: RoadMap, route: Route | None = None) -> jax.Array:
     """`[]` bool for one object: moving, inside some lane, and against every lane it is inside.
 
     "Inside a lane" is within WRONG_WAY_LANE_RADIUS of its centre-line segments
     (`[P, Q-1]` elementwise work). Where lanes overlap (intersections, merges) one
-    lane in the direction of travel is enough to be right.
+    lane in the direction of travel is enough to be right. With `route` (the ego's),
+    the route counts as such a lane too: it follows the logged path, which is legal,
+    and it covers turns whose own lane is missing from the map, where the only lanes
+    near the object are the ones it crosses (a left turn across oncoming lanes in the
+    WOMD tf.Example fixture, whose roadgraph is capped at 20,000 samples).
     """
     a, b = roadmap.lane_xy[:, :-1], roadmap.lane_xy[:, 1:]
     d2, _ = _segment_d2(obj.x, obj.y, a[..., 0], a[..., 1], b[..., 0], b[..., 1])  # [P, Q-1]
-    near = roadmap.lane_valid[:, :-1] & roadmap.lane_valid[:, 1:] & (d2 < WRONG_WAY_LANE_RADIUS ** 2)
+    d2 = jnp.where(roadmap.lane_valid[:, :-1] & roadmap.lane_valid[:, 1:], d2, jnp.inf)
     speed = jnp.hypot(obj.vel_x, obj.vel_y)
     heading = jnp.where(speed > _SPEED_EPS, jnp.arctan2(obj.vel_y, obj.vel_x), obj.yaw)
-    cos_lane = roadmap.lane_dir[:, :-1, 0] * jnp.cos(heading) + roadmap.lane_dir[:, :-1, 1] * jnp.sin(heading)
-    aligned = jnp.any(near & (cos_lane > math.cos(WRONG_WAY_ANGLE)))
-    return obj.valid & (speed > WRONG_WAY_MIN_SPEED) & jnp.any(near) & ~aligned
+    ch, sh = cos_sin(heading)
+    cos_lane = roadmap.lane_dir[:, :-1, 0] * ch + roadmap.lane_dir[:, :-1, 1] * sh
+    radius2 = WRONG_WAY_LANE_RADIUS ** 2
+    # Float min-reductions rather than boolean any-reductions (faster on CPU).
+    in_lane = jnp.min(d2) < radius2
+    aligned = jnp.min(jnp.where(cos_lane > math.cos(WRONG_WAY_ANGLE), d2, jnp.inf)) < radius2
+    if route is not None:
+        ra, rb = route.xy[:-1], route.xy[1:]
+        rd2, _ = _segment_d2(obj.x, obj.y, ra[:, 0], ra[:, 1], rb[:, 0], rb[:, 1])  # [R-1]
+        rx, ry = rb[:, 0] - ra[:, 0], rb[:, 1] - ra[:, 1]
+        length = jnp.sqrt(rx * rx + ry * ry)
+        along = (rx * ch + ry * sh) > math.cos(WRONG_WAY_ANGLE) * length
+        use = route.valid[:-1] & route.valid[1:] & (length > 1e-6) & along
+        aligned = aligned | (jnp.min(jnp.where(use, rd2, jnp.inf)) < radius2)
+    return obj.valid & (speed > WRONG_WAY_MIN_SPEED) & in_lane & ~aligned
 
 
 # ----------------------------------------------------------------------------- red lights
@@ -368,36 +440,42 @@ def light_geometry(scenario: Scenario, t: jax.Array) -> tuple[jax.Array, jax.Arr
     points are where the governed lane starts); `known` is False when the light is
     invalid or its lane is not in the map.
     """
+    stop_x, stop_y, dir_x, dir_y, red, known = _light_terms(scenario, t)
+    return jnp.stack([stop_x, stop_y], -1), jnp.stack([dir_x, dir_y], -1), red, known
+
+
+def _light_terms(scenario: Scenario, t: jax.Array):
+    """`light_geometry` as separate components `[L]`: stop x, y, direction x, y, red, known."""
     tl = scenario.traffic_lights
-    tc = jnp.clip(t, 0, tl.state.shape[-1] - 1)
-    lights = jax.tree.map(lambda a: select_index(a, tc, -1), tl)
-    red = select_index(tl.is_red, tc, -1)
+    at_t = jnp.arange(tl.state.shape[-1]) == jnp.clip(t, 0, tl.state.shape[-1] - 1)  # [T] one-hot
+    pick = lambda a: jnp.sum(jnp.where(at_t, a, jnp.zeros((), a.dtype)), -1)
+    lane_ids, stop_x, stop_y = pick(tl.lane_ids), pick(tl.x), pick(tl.y)
+    valid, red = jnp.any(tl.valid & at_t, -1), jnp.any(tl.is_red & at_t, -1)
     rm = scenario.roadmap
-    match = (rm.lane_ids[None, :] == lights.lane_ids[:, None]) & (rm.lane_ids[None, :] >= 0)  # [L, P]
+    match = (rm.lane_ids[None, :] == lane_ids[:, None]) & (rm.lane_ids[None, :] >= 0)  # [L, P]
     found = jnp.any(match, -1)
     # WOMD stop points sit where the governed lane starts: its direction there, by masked
     # sums over [L, P] (no gathers, no [L, P, Q] work).
-    first_dir = rm.lane_dir[:, 0, :]  # [P, 2]
-    direction = jnp.stack([jnp.sum(jnp.where(match, first_dir[None, :, 0], 0.0), -1),
-                           jnp.sum(jnp.where(match, first_dir[None, :, 1], 0.0), -1)], -1)  # [L, 2]
-    stop = jnp.stack([lights.x, lights.y], -1)  # [L, 2]
-    direction = direction / jnp.maximum(jnp.linalg.norm(direction, axis=-1, keepdims=True), 1e-6)
-    return stop, direction, red, lights.valid & found
+    dir_x = jnp.sum(jnp.where(match, rm.lane_dir[None, :, 0, 0], 0.0), -1)
+    dir_y = jnp.sum(jnp.where(match, rm.lane_dir[None, :, 0, 1], 0.0), -1)
+    norm = jnp.maximum(jnp.sqrt(dir_x * dir_x + dir_y * dir_y), 1e-6)
+    return stop_x, stop_y, dir_x / norm, dir_y / norm, red, valid & found
 
 
 def red_light_crossing(scenario: Scenario, prev: ObjectState, state: ObjectState, t: jax.Array) -> jax.Array:
     """`[...]` bool per object (any leading shape): the object's front crossed a red stop line at step `t`."""
-    stop, direction, red, known = light_geometry(scenario, t)
+    # The [L] terms end in reductions, so they are computed once, not per object.
+    stop_x, stop_y, dir_x, dir_y, red, known = _light_terms(scenario, t)
 
-    def front(s: ObjectState) -> jax.Array:  # [..., 2]
-        return jnp.stack([s.x, s.y], -1) + (s.length / 2)[..., None] * _heading(s.yaw)
-
-    f0 = front(prev)[..., None, :] - stop  # [..., L, 2]
-    f1 = front(state)[..., None, :] - stop
-    along0 = jnp.sum(f0 * direction, -1)
-    along1 = jnp.sum(f1 * direction, -1)
-    lateral = jnp.abs(geo.cross2(direction, f1))
-    aligned = jnp.sum(_heading(state.yaw)[..., None, :] * direction, -1) > 0.0
+    c0, s0, c1, s1 = jnp.cos(prev.yaw), jnp.sin(prev.yaw), jnp.cos(state.yaw), jnp.sin(state.yaw)
+    # Fronts and headings `[..., 1]`, computed once per object (not per light) in one op.
+    fx0, fy0, fx1, fy1, c1, s1 = (a[..., None] for a in materialize(
+        prev.x + prev.length / 2 * c0, prev.y + prev.length / 2 * s0,
+        state.x + state.length / 2 * c1, state.y + state.length / 2 * s1, c1, s1))
+    along0 = (fx0 - stop_x) * dir_x + (fy0 - stop_y) * dir_y  # [..., L]
+    along1 = (fx1 - stop_x) * dir_x + (fy1 - stop_y) * dir_y
+    lateral = jnp.abs(dir_x * (fy1 - stop_y) - dir_y * (fx1 - stop_x))
+    aligned = c1 * dir_x + s1 * dir_y > 0.0
     crossed = (along0 < 0.0) & (along1 >= 0.0) & (lateral < RED_LIGHT_LATERAL) & aligned & red & known
     return prev.valid & state.valid & jnp.any(crossed, -1)
 
@@ -451,15 +529,17 @@ def time_to_collision(state: ObjectState, ego: jax.Array) -> jax.Array:
     """
     with jax.named_scope("metrics.ttc"):
         e = take_object(state, ego)
-        corners = geo.to_local(_corners(state), jnp.stack([e.x, e.y]), e.yaw)  # [N, 4, 2]
-        min_x, max_x = jnp.min(corners[..., 0], -1), jnp.max(corners[..., 0], -1)
-        min_y, max_y = jnp.min(corners[..., 1], -1), jnp.max(corners[..., 1], -1)
+        ce, se = cos_sin(e.yaw)
+        corners = _corners(state)  # [N, 4, 2]
+        dx, dy = corners[..., 0] - e.x, corners[..., 1] - e.y
+        local_x, local_y = ce * dx + se * dy, ce * dy - se * dx  # in the ego's frame
+        min_x, max_x = jnp.min(local_x, -1), jnp.max(local_x, -1)
+        min_y, max_y = jnp.min(local_y, -1), jnp.max(local_y, -1)
         others = state.valid & ~object_mask(ego, state.x.shape[-1])
         in_corridor = others & (min_y < e.width / 2) & (max_y > -e.width / 2)
         gap = min_x - e.length / 2
         overlapping = in_corridor & (gap <= 0.0) & (max_x >= -e.length / 2)
-        head = _heading(e.yaw)
-        closing = jnp.sum(jnp.stack([e.vel_x, e.vel_y]) * head) - (state.vel_x * head[0] + state.vel_y * head[1])
+        closing = (e.vel_x * ce + e.vel_y * se) - (state.vel_x * ce + state.vel_y * se)
         ttc = jnp.where(in_corridor & (gap > 0.0) & (closing > 1e-3), gap / jnp.maximum(closing, 1e-3), TTC_CAP)
         ttc = jnp.where(overlapping, 0.0, jnp.minimum(ttc, TTC_CAP))
         return jnp.where(e.valid, jnp.min(ttc), TTC_CAP)
@@ -513,7 +593,7 @@ def step_metrics(scenario: Scenario, prev_state: SimState, state: SimState, info
         has_route = jnp.any(scenario.route.valid)
         out["ego_route_s"], out["ego_route_s_prev"], out["ego_route_lateral"] = s, s_prev, lat
         out["ego_off_route"] = e.valid & has_route & (lat > OFF_ROUTE_DISTANCE)
-        out["ego_wrong_way"] = wrong_way(e, rm)
+        out["ego_wrong_way"] = wrong_way(e, rm, scenario.route)
         if config.per_object_red_light:
             rl = red_light_crossing(scenario, prev, cur, state.timestep)
             out["red_light"] = rl
