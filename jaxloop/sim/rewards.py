@@ -181,7 +181,7 @@ def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weigh
         r -= weights.offroad * f(m.ego_offroad(cur, scenario.roadmap, ego))
         r -= weights.red_light * f(m.red_light_crossing(scenario, e_prev, e, state.timestep))
         r -= weights.off_route * f(m.off_route(jnp.stack([e.x, e.y]), scenario.route))
-        r -= weights.wrong_way * f(m.wrong_way(e, scenario.roadmap))
+        r -= weights.wrong_way * f(m.wrong_way(e, scenario.roadmap, scenario.route))
         r -= weights.infeasible * f(m.kinematic_infeasibility(e_prev, e))
         if state.history.x.shape[-1] >= 2:
             r -= weights.discomfort * f(~m.comfort(m.take_object(state.history, ego))["comfortable"])
