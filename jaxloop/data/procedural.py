@@ -51,7 +51,7 @@ import numpy as np
 
 from jaxloop.sim.datatypes import (DT, RG_FREEWAY_LANE, RG_ROAD_EDGE_BOUNDARY, RG_CROSSWALK, RG_STOP_SIGN,
                                    RG_SURFACE_LANE, TL_ARROW_CAUTION, TL_ARROW_GO, TL_ARROW_STOP, TL_CAUTION, TL_GO,
-                                   TL_STOP, TYPE_CYCLIST, TYPE_PEDESTRIAN, TYPE_VEHICLE, ObjectMetadata, Route,
+                                   TL_STOP, TYPE_CYCLIST, TYPE_PEDESTRIAN, TYPE_VEHICLE, ObjectMetadata, RoadMap, Route,
                                    Scenario, TrafficLights, Trajectory, stack_scenarios)
 
 FAMILY_NAMES = ("straight", "curved", "intersection", "t_junction", "merge", "roundabout")
@@ -1443,64 +1443,137 @@ def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConf
                 records=records, ego=ego, alive=np.ones(len(agents), bool), rng=rng)
 
 
-def _raw_roadgraph(net: _Net, max_piece_len: float):
-    """The network as WOMD-layout roadgraph points, and the lane-piece ids of each lane.
+def _min_dist_to(points: np.ndarray, focus: np.ndarray) -> np.ndarray:
+    """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[F, 2]` (one matrix product)."""
+    if len(points) == 0:
+        return np.zeros(0)
+    o = focus.mean(axis=0)
+    p, f = points - o, focus - o
+    d2 = np.sum(p * p, 1)[:, None] + np.sum(f * f, 1)[None] - 2.0 * (p @ f.T)
+    return np.sqrt(np.maximum(d2.min(axis=1), 0.0))
 
-    Lanes are cut into pieces no longer than `max_piece_len` (so the map compiler keeps
-    each piece whole and its id names exactly one compiled lane); ids start at 1.
+
+def _edge_segments(edges: list[np.ndarray], seg_len: float, corner_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Road-edge polylines cut into segments `[M, 2]` (start, end) of at most about `seg_len`.
+
+    As `jaxloop.data.mapcompile` does for raw edges: each polyline is split at vertices
+    turning more than `corner_deg` (so corners stay vertices) and each piece divided into
+    equal segments by arc length; all polylines at once on one increasing arc key.
     """
-    from jaxloop.data.mapcompile import RawRoadgraph
-    polys, types, pids = [], [], []
-    lane_ids: dict[int, list[int]] = {}
-    speed = {}
-    for li, lane in enumerate(net.lanes):
-        xy = lane.xy
-        num = max(1, int(np.ceil(lane.length / max_piece_len)))
-        cuts = np.linspace(0, len(xy) - 1, num + 1).round().astype(int)
-        lane_ids[li] = []
-        for a, c in zip(cuts[:-1], cuts[1:]):
-            idx = np.append(np.arange(a, c, 4), c)  # about 2 m between raw points
-            polys.append(xy[idx])
-            types.append(lane.rg_type)
-            pids.append(len(pids) + 1)
-            lane_ids[li].append(pids[-1])
-            speed[pids[-1]] = lane.speed
-    for k, (xy, t) in enumerate(net.lines):
-        polys.append(xy)
-        types.append(t)
-        pids.append(40000 + k)
-    for k, xy in enumerate(net.edges):
-        polys.append(xy)
-        types.append(RG_ROAD_EDGE_BOUNDARY)
-        pids.append(20000 + k)
-    for k, xy in enumerate(net.crosswalks):
-        polys.append(xy)
-        types.append(RG_CROSSWALK)
-        pids.append(30000 + k)
-    stop_lanes = {}
-    for k, (xy, lane) in enumerate(net.signs):
-        polys.append(np.asarray(xy)[None])
-        types.append(RG_STOP_SIGN)
-        pids.append(10000 + k)
-        stop_lanes[10000 + k] = [lane_ids[lane][-1]]
-    lens = np.array([len(p) for p in polys])
-    xy = np.concatenate(polys).astype(np.float64)
-    d = np.zeros_like(xy)
-    d[:-1] = xy[1:] - xy[:-1]
-    last = np.cumsum(lens) - 1
-    d[last] = np.where((lens > 1)[:, None], d[np.maximum(last - 1, 0)], 0.0)
-    d /= np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
-    zeros = np.zeros((len(xy), 1))
-    raw = RawRoadgraph(xyz=np.concatenate([xy, zeros], 1), dir=np.concatenate([d, zeros], 1),
-                       types=np.repeat(types, lens), ids=np.repeat(pids, lens), valid=np.ones(len(xy), bool),
-                       speed_limits=speed, stop_sign_lanes=stop_lanes)
-    return raw, lane_ids
+    xy = np.concatenate(edges)
+    n = len(xy)
+    lens = np.array([len(e) for e in edges])
+    run_start = np.zeros(n, bool)
+    run_start[np.cumsum(lens) - lens] = True
+    d = xy[1:] - xy[:-1]
+    dl = np.hypot(d[:, 0], d[:, 1])
+    same = ~run_start[1:]  # d[i] joins two points of one polyline
+    key = np.concatenate([[0.0], np.cumsum(np.where(same, dl, 1.0))])  # polylines 1 m apart on the key
+    corner = np.zeros(n, bool)
+    cos = np.sum(d[:-1] * d[1:], 1) / np.maximum(dl[:-1] * dl[1:], 1e-12)
+    corner[1:-1] = same[:-1] & same[1:] & (dl[:-1] > 1e-6) & (dl[1:] > 1e-6) & (cos < np.cos(np.deg2rad(corner_deg)))
+    starts = np.flatnonzero(run_start | corner)
+    nxt = np.append(starts[1:], n)
+    stops = np.where(np.append(corner[starts[1:]], False), nxt, nxt - 1)  # a corner ends one piece, starts the next
+    length = key[stops] - key[starts]
+    nseg = np.where(length > 1e-6, np.maximum(1, np.ceil(length / seg_len - 1e-9)), 0).astype(np.int64)
+    piece = np.repeat(np.arange(len(starts)), nseg)
+    j = np.arange(len(piece)) - np.repeat(np.cumsum(nseg) - nseg, nseg)
+    step = (length / np.maximum(nseg, 1))[piece]
+    a0 = key[starts][piece] + j * step
+    a = np.concatenate([a0, a0 + step])
+    pts = np.stack([np.interp(a, key, xy[:, 0]), np.interp(a, key, xy[:, 1])], -1)
+    return pts[:len(piece)], pts[len(piece):]
+
+
+def _compile_map(net: _Net, focus: np.ndarray, cfg: GeneratorConfig):
+    """The network compiled straight into a `RoadMap` (the layout of `jaxloop.data.mapcompile`).
+
+    Lanes are cut into equal pieces no longer than `cfg.max_lane_length_m` (ids from 1, in
+    lane order) and resampled to `cfg.lane_points` points by arc length (lane points are
+    evenly spaced, so by index); road edges go through the shared edge compiler; every
+    feature is culled to `cfg.cull_radius_m` of `focus` `[F, 2]`, nearest first.
+
+    Returns (RoadMap, CompileReport, ids `[num lanes]` of the last piece of each lane).
+    """
+    from jaxloop.data.mapcompile import CompileReport, _select
+    report = CompileReport(source="procedural")
+    radius = cfg.cull_radius_m
+    # Lanes.
+    q = cfg.lane_points
+    lens = np.array([ln.length for ln in net.lanes])
+    npts = np.array([len(ln.xy) for ln in net.lanes])
+    num = np.maximum(1, np.ceil(lens / cfg.max_lane_length_m - 1e-9)).astype(np.int64)
+    last_id = np.cumsum(num)  # ids 1..: lane li has pieces last_id[li] - num[li] + 1 .. last_id[li]
+    lane_of = np.repeat(np.arange(len(lens)), num)
+    piece = np.arange(len(lane_of)) - (last_id - num)[lane_of]
+    xy_all = np.concatenate([ln.xy for ln in net.lanes])
+    start = np.concatenate([[0], np.cumsum(npts)[:-1]])
+    u = (piece[:, None] + np.linspace(0.0, 1.0, q)[None]) / num[lane_of, None] * (npts[lane_of, None] - 1)
+    i0 = np.clip(np.floor(u).astype(np.int64), 0, npts[lane_of, None] - 2)
+    f = (u - i0)[..., None]
+    g = start[lane_of, None] + i0
+    pts = xy_all[g] * (1.0 - f) + xy_all[g + 1] * f  # [K, Q, 2]
+    tan = np.empty_like(pts)
+    tan[:, 1:-1] = pts[:, 2:] - pts[:, :-2]
+    tan[:, 0] = pts[:, 1] - pts[:, 0]
+    tan[:, -1] = pts[:, -1] - pts[:, -2]
+    tan /= np.maximum(np.hypot(tan[..., 0], tan[..., 1]), 1e-12)[..., None]
+    probe = pts[:, ::3]
+    dist = _min_dist_to(probe.reshape(-1, 2), focus).reshape(probe.shape[:2]).min(axis=1)
+    keep = _select(dist, radius, cfg.max_lanes, report.lanes)
+    p, k = cfg.max_lanes, len(keep)
+    lane_xy = np.zeros((p, q, 2), np.float32)
+    lane_dir = np.zeros((p, q, 2), np.float32)
+    lane_valid = np.zeros((p, q), bool)
+    lane_ids = np.full(p, -1, np.int32)
+    lane_types = np.zeros(p, np.int32)
+    lane_speed = np.zeros(p, np.float32)
+    lane_xy[:k], lane_dir[:k], lane_valid[:k] = pts[keep], tan[keep], True
+    lane_ids[:k] = keep + 1
+    lane_types[:k] = np.array([ln.rg_type for ln in net.lanes])[lane_of[keep]]
+    lane_speed[:k] = np.array([ln.speed for ln in net.lanes])[lane_of[keep]]
+    fields = dict(lane_xy=lane_xy, lane_dir=lane_dir, lane_valid=lane_valid, lane_ids=lane_ids,
+                  lane_types=lane_types, lane_speed_limit=lane_speed)
+    # Road edges (oriented by the builders).
+    e0, e1 = _edge_segments(net.edges, cfg.edge_segment_m, 25.0)
+    probe = np.concatenate([e0, e1, 0.5 * (e0 + e1)])
+    keep = _select(_min_dist_to(probe, focus).reshape(3, -1).min(axis=0), radius, cfg.max_edges, report.edges)
+    e, k = cfg.max_edges, len(keep)
+    edge_start, edge_end = np.zeros((e, 2), np.float32), np.zeros((e, 2), np.float32)
+    edge_valid = np.zeros(e, bool)
+    edge_start[:k], edge_end[:k], edge_valid[:k] = e0[keep], e1[keep], True
+    fields.update(edge_start=edge_start, edge_end=edge_end, edge_valid=edge_valid,
+                  edge_types=np.where(edge_valid, RG_ROAD_EDGE_BOUNDARY, 0).astype(np.int32))
+    # Crosswalks: the builders' rectangles, corners counter-clockwise.
+    c = cfg.max_crosswalks
+    cw_xy = np.zeros((c, 4, 2), np.float32)
+    cw_valid = np.zeros(c, bool)
+    if net.crosswalks:
+        boxes = np.stack(net.crosswalks)
+        keep = _select(_min_dist_to(boxes.reshape(-1, 2), focus).reshape(-1, 4).min(axis=1), radius, c,
+                       report.crosswalks)
+        cw_xy[:len(keep)], cw_valid[:len(keep)] = boxes[keep], True
+    else:
+        _select(np.zeros(0), radius, c, report.crosswalks)
+    fields.update(crosswalk_xy=cw_xy, crosswalk_valid=cw_valid)
+    # Stop signs: one per governed lane (its last piece).
+    s = cfg.max_stop_signs
+    ss_xy = np.zeros((s, 2), np.float32)
+    ss_lane = np.full(s, -1, np.int32)
+    ss_valid = np.zeros(s, bool)
+    if net.signs:
+        sxy = np.array([xy for xy, _ in net.signs], np.float64).reshape(-1, 2)
+        keep = _select(_min_dist_to(sxy, focus), radius, s, report.stop_signs)
+        ss_xy[:len(keep)], ss_valid[:len(keep)] = sxy[keep], True
+        ss_lane[:len(keep)] = last_id[np.array([lane for _, lane in net.signs])[keep]]
+    else:
+        _select(np.zeros(0), radius, s, report.stop_signs)
+    fields.update(stop_sign_xy=ss_xy, stop_sign_lane_ids=ss_lane, stop_sign_valid=ss_valid)
+    return RoadMap(**fields), report, last_id
 
 
 def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -> tuple[Scenario, dict]:
-    import warnings
-
-    from jaxloop.data.mapcompile import compile_roadmap
     rng = item["rng"]
     agents = item["agents"]
     n_ag = len(agents)
@@ -1550,7 +1623,6 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
                           objects_of_interest=interest)
     # Map.
     net = item["net"]
-    raw, lane_ids = _raw_roadgraph(net, 0.97 * cfg.max_lane_length_m)
     g = lo + ego
     ego_path = b.px[b.p_start[g]: b.p_start[g] + b.p_n[g]], b.py[b.p_start[g]: b.p_start[g] + b.p_n[g]]
     s_ego = out["s"][g]
@@ -1564,15 +1636,13 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
     # One focus point per 4 m cell is as good for culling and keeps the compiler's work small.
     _, first = np.unique(np.floor(focus / 4.0).astype(np.int64), axis=0, return_index=True)
     focus = focus[np.sort(first)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        roadmap, report = compile_roadmap(raw, focus, cfg.map_config(), source=f"procedural/{item['seed']}")
+    roadmap, report, last_id = _compile_map(net, focus, cfg)
     # Lights: the governed lane is the last piece of the approach lane, the stop point its end.
     L = cfg.max_lights
     tl = dict(state=np.zeros((L, T), np.int32), x=np.zeros((L, T), np.float32), y=np.zeros((L, T), np.float32),
               lane_ids=np.full((L, T), -1, np.int32), valid=np.zeros((L, T), bool))
     kept_ids = set(int(i) for i in np.asarray(roadmap.lane_ids)[np.asarray(roadmap.lane_ids) >= 0])
-    lights = [lt for lt in net.lights if lane_ids[lt.lane][-1] in kept_ids]
+    lights = [lt for lt in net.lights if last_id[lt.lane] in kept_ids]
     if len(lights) > L:
         end = np.array([net.lanes[lt.lane].xy[-1] for lt in lights])
         d = np.min(np.linalg.norm(end[:, None] - focus[None], axis=-1), axis=1)
@@ -1581,7 +1651,7 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
         stop = net.lanes[lt.lane].xy[-1]
         tl["state"][k] = lt.states
         tl["x"][k], tl["y"][k] = stop[0], stop[1]
-        tl["lane_ids"][k] = lane_ids[lt.lane][-1]
+        tl["lane_ids"][k] = last_id[lt.lane]
         tl["valid"][k] = True
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(route_xy, axis=0), axis=1))])
     route = Route(xy=route_xy.astype(np.float32), arc_length=arc.astype(np.float32),
