@@ -1211,113 +1211,127 @@ class _Batch:
 
 
 def _simulate(b: _Batch) -> dict[str, np.ndarray]:
-    """Runs the joint driver model; returns logs `[G, T]` (x, y, yaw, v, valid) and the worst lateral error `[G]`."""
+    """Runs the joint driver model; returns logs `[G, T]` (x, y, yaw, v, s, valid) and the worst lateral error `[G]`."""
     T = b.num_steps
     G = len(b.kind)
     dt = DT
+    # Static per-agent / per-record terms, hoisted out of the step loop.
+    seg_x, seg_y = b.px[1:] - b.px[:-1], b.py[1:] - b.py[:-1]  # path segment vectors (last of a path unused)
+    seg_n = np.maximum(np.hypot(seg_x, seg_y), 1e-9)
+    seg_ux, seg_uy = seg_x / seg_n, seg_y / seg_n
+    i_max = b.p_n - 2
+    n_max = b.p_n - 1
+
+    def locate(s):
+        u = s / _PATH_DS
+        i0 = np.clip(np.floor(u).astype(np.int64), 0, i_max)
+        return b.p_start + i0, u - i0
+
+    red_tg = np.ascontiguousarray((b.sig_red[b.sig] & b.has_light[:, None]).T)  # [T, G]
+    yel_tg = np.ascontiguousarray((b.sig_yel[b.sig] & b.has_light[:, None]).T)
+    not_ped = b.kind != TYPE_PEDESTRIAN
+    stop_s, stop_sign = b.stop_s, b.stop_sign
+    ri, rj, aligned, crossing, prio = b.ri, b.rj, b.aligned, ~b.aligned, b.prio
+    ai0b, aj0b = b.ai0 - _ZONE_BUFFER, b.aj0 - _ZONE_BUFFER
+    ai1b, aj1b = b.ai1 + _ZONE_BUFFER, b.aj1 + _ZONE_BUFFER
+    prio_pos, prio_neg = prio > 0, prio < 0
+    half = b.length / 2
+    len_ri, len_rj = b.length[ri], b.length[rj]
+    sqrt_ab = 2.0 * np.sqrt(b.amax * b.bdec)
+    cap_base = b.p_start
+    exit_len = b.p_len - 0.5 - half
+    # State.
     s = b.s0.copy()
     v = np.where(b.alive, b.v0, 0.0)
-    x, y, tx, ty = b.lookup(s)
-    yaw = np.arctan2(ty, tx)
+    g, f = locate(s)
+    x, y = b.px[g] + f * seg_x[g], b.py[g] + f * seg_y[g]
+    yaw = np.arctan2(seg_uy[g], seg_ux[g])
     valid = b.alive.copy()
     commit = np.zeros(G, bool)
     stop_timer = np.zeros(G)
     served = np.zeros(G, bool)
-    order_i = np.zeros(len(b.ri), bool)  # True: i goes first
-    decided = np.zeros(len(b.ri), bool)
-    out = {k: np.zeros((G, T)) for k in ("x", "y", "yaw", "v", "s")}
-    out["valid"] = np.zeros((G, T), bool)
+    order_i = np.zeros(len(ri), bool)  # True: i goes first
+    decided = np.zeros(len(ri), bool)
+    out = {k: np.zeros((T, G)) for k in ("x", "y", "yaw", "v", "s")}
+    out["valid"] = np.zeros((T, G), bool)
     lat_err = np.zeros(G)
-    ri, rj = b.ri, b.rj
-    half = b.length / 2
-    sqrt_ab = 2.0 * np.sqrt(b.amax * b.bdec)
     for t in range(T):
-        out["x"][:, t], out["y"][:, t], out["yaw"][:, t], out["v"][:, t], out["s"][:, t] = x, y, yaw, v, s
-        out["valid"][:, t] = valid
+        out["x"][t], out["y"][t], out["yaw"][t], out["v"][t], out["s"][t] = x, y, yaw, v, s
+        out["valid"][t] = valid
         if t == T - 1:
             break
         front, rear = s + half, s - half
         # Stop lines: lights (stop-or-go decision at yellow onset) and stop signs (full stop, 1 s).
-        red = b.sig_red[b.sig, t] & b.has_light
-        yel = b.sig_yel[b.sig, t] & b.has_light
-        before = front < b.stop_s
-        dist_stop = b.stop_s - front
+        red, yel = red_tg[t], yel_tg[t]
+        before = front < stop_s
+        dist_stop = stop_s - front
         can_stop = dist_stop - 0.5 >= v * v / (2 * 3.5)
-        commit |= yel & before & ~can_stop & ~commit & (b.kind != TYPE_PEDESTRIAN)
-        near_stopped = b.stop_sign & before & (dist_stop < 4.0) & (v < 0.3)
-        stop_timer = np.where(near_stopped, stop_timer + dt, stop_timer)
+        commit |= yel & before & ~can_stop & not_ped
+        near_stopped = stop_sign & before & (dist_stop < 4.0) & (v < 0.3)
+        stop_timer += np.where(near_stopped, dt, 0.0)
         served |= stop_timer >= 1.0
-        stop_active = before & ((((red | yel) & ~commit) | (b.stop_sign & ~served)))
-        hard = np.where(stop_active, b.stop_s, _INF)
+        stop_active = before & (((red | yel) & ~commit) | (stop_sign & ~served))
+        hard = np.where(stop_active, stop_s, _INF)
         # Conflict records.
         act = valid[ri] & valid[rj]
         fi, fj = front[ri], front[rj]
         vi, vj = v[ri], v[rj]
-        ins_i, ins_j = fi > b.ai0 - _ZONE_BUFFER, fj > b.aj0 - _ZONE_BUFFER
-        clr_i = ~b.aligned & (rear[ri] > b.ai1 + _ZONE_BUFFER)
-        clr_j = ~b.aligned & (rear[rj] > b.aj1 + _ZONE_BUFFER)
-        eta_i = np.where(hard[ri] < b.ai0, 1e4, np.maximum(b.ai0 - _ZONE_BUFFER - fi, 0.0) / np.maximum(vi, 1.0))
-        eta_j = np.where(hard[rj] < b.aj0, 1e4, np.maximum(b.aj0 - _ZONE_BUFFER - fj, 0.0) / np.maximum(vj, 1.0))
-        eta_i, eta_j = np.minimum(eta_i, 1e4), np.minimum(eta_j, 1e4)
-        tc_i = np.where(b.aligned, 1.5, (b.ai1 + _ZONE_BUFFER - rear[ri]) / np.maximum(vi, 3.0))
-        tc_j = np.where(b.aligned, 1.5, (b.aj1 + _ZONE_BUFFER - rear[rj]) / np.maximum(vj, 3.0))
-        gap_t = 2.0
-        margin = np.where(b.prio > 0, eta_j + tc_j + gap_t - eta_i,
-                          np.where(b.prio < 0, eta_j - (eta_i + tc_i + gap_t), eta_j - eta_i))
-        hyst = np.where(decided, np.where(order_i, -0.5, 0.5), 0.0)
-        rule = margin > hyst
-        proj_i_ahead = s[ri] > s[rj] + b.off
+        si, sj = s[ri], s[rj]
+        rear_i, rear_j = si - len_ri / 2, sj - len_rj / 2
+        ins_i, ins_j = fi > ai0b, fj > aj0b
+        clr_i = crossing & (rear_i > ai1b)
+        clr_j = crossing & (rear_j > aj1b)
+        eta_i = np.minimum(np.where(hard[ri] < b.ai0, 1e4, np.maximum(ai0b - fi, 0.0) / np.maximum(vi, 1.0)), 1e4)
+        eta_j = np.minimum(np.where(hard[rj] < b.aj0, 1e4, np.maximum(aj0b - fj, 0.0) / np.maximum(vj, 1.0)), 1e4)
+        tc_i = np.where(aligned, 1.5, (ai1b - rear_i) / np.maximum(vi, 3.0))
+        tc_j = np.where(aligned, 1.5, (aj1b - rear_j) / np.maximum(vj, 3.0))
+        margin = np.where(prio_pos, eta_j + tc_j + 2.0 - eta_i,
+                          np.where(prio_neg, eta_j - (eta_i + tc_i + 2.0), eta_j - eta_i))
+        rule = margin > np.where(decided, np.where(order_i, -0.5, 0.5), 0.0)
         both = ins_i & ins_j
+        either = ins_i | ins_j
         prov = np.where(ins_i & ~ins_j, True, np.where(ins_j & ~ins_i, False,
-                        np.where(both, np.where(decided, order_i, np.where(b.aligned, proj_i_ahead, rule)), rule)))
-        can_i = (b.ai0 - _ZONE_BUFFER - fi) > vi * vi / (2 * 3.0) + 0.3
-        can_j = (b.aj0 - _ZONE_BUFFER - fj) > vj * vj / (2 * 3.0) + 0.3
+                        np.where(both, np.where(decided, order_i, np.where(aligned, si > sj + b.off, rule)), rule)))
+        can_i = (ai0b - fi) > vi * vi / (2 * 3.0) + 0.3
+        can_j = (aj0b - fj) > vj * vj / (2 * 3.0) + 0.3
         second_can = np.where(prov, can_j, can_i)
         first_can = np.where(prov, can_i, can_j)
-        keep_prev = decided & (prov != order_i) & ~second_can & ~both
-        prov = np.where(keep_prev, order_i, prov)
-        swap = ~decided & ~second_can & first_can & ~both & ~(ins_i | ins_j)
-        prov = np.where(swap, ~prov, prov)
+        prov = np.where(decided & (prov != order_i) & ~second_can & ~both, order_i, prov)
+        prov ^= ~decided & ~second_can & first_can & ~either
         order_i = np.where(act, prov, order_i)
         decided |= act
-        # Constraints on the second of each record: (agent, gap, leader speed, standstill gap).
+        # Constraints on the second of each record (at most one per record): gap, leader speed, standstill gap.
         k_idx = np.where(order_i, rj, ri)
         f_idx = np.where(order_i, ri, rj)
-        k_a0 = np.where(order_i, b.aj0, b.ai0)
-        k_a1 = np.where(order_i, b.aj1, b.ai1)
-        f_a1 = np.where(order_i, b.ai1, b.aj1)
+        k_front = np.where(order_i, fj, fi)
+        k_s = np.where(order_i, sj, si)
+        gap_zone = np.where(order_i, aj0b, ai0b) - k_front
         f_clr = np.where(order_i, clr_i, clr_j)
-        # position of the first in the second's path coordinates (aligned zones)
-        p_f = np.where(order_i, s[ri] - b.off, s[rj] + b.off)
-        k_front = front[k_idx]
-        gap_zone = k_a0 - _ZONE_BUFFER - k_front
-        cross_c = act & ~b.aligned & ~f_clr & (gap_zone > -0.5)
-        f_in_region = rear[f_idx] < f_a1 + _ZONE_BUFFER
-        k_in_region = k_front < k_a1 + _ZONE_BUFFER
-        lead_ok = b.aligned & act & f_in_region & k_in_region
-        follow_c = lead_ok & (p_f > s[k_idx])
-        wait_c = lead_ok & ~(p_f > s[k_idx]) & (gap_zone > -0.5)
-        gap_follow = p_f - s[k_idx] - 0.5 * (b.length[k_idx] + b.length[f_idx])
-        c_agent = np.concatenate([np.flatnonzero(stop_active), k_idx[cross_c], k_idx[follow_c], k_idx[wait_c]])
-        c_gap = np.concatenate([dist_stop[stop_active] - 0.5, gap_zone[cross_c], gap_follow[follow_c],
-                                gap_zone[wait_c]])
-        c_vl = np.concatenate([np.zeros(int(stop_active.sum()) + int(cross_c.sum())), v[f_idx[follow_c]],
-                               np.zeros(int(wait_c.sum()))])
-        c_s0 = np.concatenate([np.full(int(stop_active.sum()) + int(cross_c.sum()), 0.5), b.gap0[k_idx[follow_c]],
-                               np.full(int(wait_c.sum()), 0.5)])
+        p_f = np.where(order_i, si - b.off, sj + b.off)  # the first's position in the second's path coordinates
+        open_zone = gap_zone > -0.5
+        cross_c = act & crossing & ~f_clr & open_zone
+        lead_ok = (aligned & act & (np.where(order_i, rear_i, rear_j) < np.where(order_i, ai1b, aj1b))
+                   & (k_front < np.where(order_i, aj1b, ai1b)))
+        ahead = p_f > k_s
+        follow_c = lead_ok & ahead
+        on = cross_c | follow_c | (lead_ok & ~ahead & open_zone)
         # IDM.
         t_now = t * dt
         slow = (t_now >= b.slow_t0) & (t_now < b.slow_t1)
-        u = s / _PATH_DS
-        ci = np.clip(np.round(u).astype(np.int64), 0, b.p_n - 1)
-        v_goal = np.minimum(b.vdes * np.where(slow, b.slow_f, 1.0), b.cap[b.p_start + ci])
-        a_free = b.amax * (1.0 - (v / np.maximum(v_goal, 0.1)) ** 4)
-        a_free = np.maximum(a_free, -3.0)
-        vc = v[c_agent]
-        s_star = c_s0 + np.maximum(0.0, vc * b.headway[c_agent] + vc * (vc - c_vl) / sqrt_ab[c_agent])
-        inter = b.amax[c_agent] * (s_star / np.maximum(c_gap, 0.05)) ** 2
-        worst = np.zeros(G)
-        np.maximum.at(worst, c_agent, inter)
+        ci = np.clip(np.round(s / _PATH_DS).astype(np.int64), 0, n_max)
+        v_goal = np.minimum(b.vdes * np.where(slow, b.slow_f, 1.0), b.cap[cap_base + ci])
+        a_free = np.maximum(b.amax * (1.0 - (v / np.maximum(v_goal, 0.1)) ** 4), -3.0)
+        # Stop lines (per agent), then the records, IDM interaction term max-reduced per agent.
+        s_star = 0.5 + np.maximum(0.0, v * b.headway + v * v / sqrt_ab)
+        worst = np.where(stop_active, b.amax * (s_star / np.maximum(dist_stop - 0.5, 0.05)) ** 2, 0.0)
+        if on.any():
+            ka, fa = k_idx[on], f_idx[on]
+            fol = follow_c[on]
+            gap = np.where(fol, p_f[on] - k_s[on] - 0.5 * (b.length[ka] + b.length[fa]), gap_zone[on])
+            vc = v[ka]
+            vl = np.where(fol, v[fa], 0.0)
+            s_star = np.where(fol, b.gap0[ka], 0.5) + np.maximum(0.0, vc * b.headway[ka] + vc * (vc - vl) / sqrt_ab[ka])
+            np.maximum.at(worst, ka, b.amax[ka] * (s_star / np.maximum(gap, 0.05)) ** 2)
         a = np.clip(a_free - worst, -_MAX_ACCEL, b.amax)
         a = np.maximum(a, -v / dt)
         # Bicycle step (DESIGN.md equations), curvature aimed at the path one step ahead.
@@ -1327,19 +1341,21 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         y1 = y + v * sn * dt + 0.5 * a * sn * dt * dt
         v1 = v + a * dt
         s_pred = s + travel
-        px, py, ptx, pty = b.lookup(s_pred)
-        s1 = s_pred + (x1 - px) * ptx + (y1 - py) * pty
-        lat = np.abs(-(x1 - px) * pty + (y1 - py) * ptx)
-        ahead = np.maximum(v1 * dt, 1.0)
-        gx, gy, _, _ = b.lookup(s1 + ahead)
-        yaw_goal = np.arctan2(gy - y1, gx - x1)
+        g, f = locate(s_pred)
+        px, py, ptx, pty = b.px[g] + f * seg_x[g], b.py[g] + f * seg_y[g], seg_ux[g], seg_uy[g]
+        dx, dy = x1 - px, y1 - py
+        s1 = s_pred + dx * ptx + dy * pty
+        lat = np.abs(-dx * pty + dy * ptx)
+        g, f = locate(s1 + np.maximum(v1 * dt, 1.0))
+        yaw_goal = np.arctan2(b.py[g] + f * seg_y[g] - y1, b.px[g] + f * seg_x[g] - x1)
         k = _wrap(yaw_goal - yaw) / np.maximum(travel, 1e-6)
         k = np.clip(k, -_MAX_CURVATURE, _MAX_CURVATURE)
         k = np.where((v < _SPEED_EPS) | (v1 < _SPEED_EPS), 0.0, k)
         yaw1 = _wrap(yaw + k * travel)
         lat_err = np.maximum(lat_err, np.where(valid, lat, 0.0))
         x, y, yaw, v, s = x1, y1, yaw1, v1, s1
-        valid = valid & (s + half < b.p_len - 0.5)
+        valid = valid & (s < exit_len)
+    out = {k: np.ascontiguousarray(a.T) for k, a in out.items()}
     out["lat_err"] = lat_err
     return out
 
