@@ -64,11 +64,6 @@ SPLITS = ("train", "val", "test", "test_ood")
 SPLIT_SEEDS = {"train": (0, 1_000_000_000), "val": (1_000_000_000, 1_100_000_000),
                "test": (1_100_000_000, 1_200_000_000), "test_ood": (1_200_000_000, 1_300_000_000)}
 
-# Painted road-line types (WOMD).
-_LINE_BROKEN_WHITE = 6
-_LINE_SOLID_WHITE = 7
-_LINE_SOLID_DOUBLE_YELLOW = 12
-
 _PATH_DS = 0.5  # metres between the points of lanes and agent paths
 _SHOULDER = 0.3  # metres of paved road between the outermost lane edge and the road edge
 _CONFLICT_VEHICLE = 2.6  # centre-line distance under which two vehicle paths conflict (m)
@@ -184,10 +179,34 @@ def _arc(xy: np.ndarray) -> np.ndarray:
 
 def _resample(xy: np.ndarray, spacing: float = _PATH_DS) -> np.ndarray:
     """Evenly spaced points (endpoints kept) at about `spacing` metres."""
+    xy = np.asarray(xy, np.float64)
+    if len(xy) == 2:  # a straight segment: no interpolation table needed
+        d = xy[1] - xy[0]
+        n = max(int(np.ceil(np.hypot(d[0], d[1]) / spacing)), 1) + 1
+        return xy[0] + (np.arange(n) / (n - 1))[:, None] * d
     s = _arc(xy)
     n = max(int(np.ceil(s[-1] / spacing)), 1) + 1
-    t = np.linspace(0.0, s[-1], n)
+    t = np.arange(n) * (s[-1] / (n - 1))
+    t[-1] = s[-1]
     return np.stack([np.interp(t, s, xy[:, 0]), np.interp(t, s, xy[:, 1])], -1)
+
+
+def _resample_many(polys: list[np.ndarray], spacing: float = _PATH_DS) -> list[np.ndarray]:
+    """`_resample` of many polylines at once (one interpolation on a shared increasing arc key)."""
+    lens = np.array([len(p) for p in polys])
+    xy = np.concatenate(polys)
+    d = np.diff(xy, axis=0)
+    step = np.hypot(d[:, 0], d[:, 1])
+    first = np.cumsum(lens) - lens
+    step[first[1:] - 1] = 1.0  # 1 m between polylines on the key
+    key = np.concatenate([[0.0], np.cumsum(step)])
+    length = key[first + lens - 1] - key[first]
+    n = np.maximum(np.ceil(length / spacing).astype(np.int64), 1) + 1
+    owner = np.repeat(np.arange(len(polys)), n)
+    j = np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)
+    t = key[first][owner] + np.minimum(j / (n - 1)[owner], 1.0) * length[owner]
+    pts = np.stack([np.interp(t, key, xy[:, 0]), np.interp(t, key, xy[:, 1])], -1)
+    return np.split(pts, np.cumsum(n)[:-1])
 
 
 def _tangent(xy: np.ndarray) -> np.ndarray:
@@ -260,11 +279,22 @@ def _bezier_kmax_many(p0, d0, p3, d3) -> np.ndarray:
 
 def _bezier(p0, d0, p3, d3, spacing: float = _PATH_DS) -> np.ndarray:
     """Cubic Bezier from `p0` heading `d0` to `p3` heading `d3`, resampled every `spacing` metres."""
-    p0, p1, p2, p3 = _bezier_ctrl(p0, d0, p3, d3)
-    chord = float(np.linalg.norm(p3 - p0))
-    t = np.linspace(0.0, 1.0, max(int(chord / spacing) * 3, 16))[:, None]
-    pts = (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t ** 2 * p2 + t ** 3 * p3
-    return _resample(pts, spacing)
+    return _bezier_many(*(np.asarray(a, np.float64)[None] for a in (p0, d0, p3, d3)), spacing)[0]
+
+
+def _bezier_many(p0, d0, p3, d3, spacing: float = _PATH_DS) -> list[np.ndarray]:
+    """`_bezier` of many cubics at once: endpoints and unit headings `[M, 2]` -> M polylines."""
+    chord = np.hypot(*(p3 - p0).T)
+    phi = np.abs(_wrap(np.arctan2(d3[:, 1], d3[:, 0]) - np.arctan2(d0[:, 1], d0[:, 0])))
+    ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
+    h = (ratio * chord)[:, None]
+    p1, p2 = p0 + d0 * h, p3 - d3 * h
+    n = np.maximum((chord / spacing).astype(np.int64) * 3, 16)
+    owner = np.repeat(np.arange(len(n)), n)
+    t = ((np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)) / (n - 1)[owner])[:, None]
+    pts = ((1 - t) ** 3 * p0[owner] + 3 * (1 - t) ** 2 * t * p1[owner] + 3 * (1 - t) * t ** 2 * p2[owner]
+           + t ** 3 * p3[owner])
+    return _resample_many(np.split(pts, np.cumsum(n)[:-1]), spacing)
 
 
 def _integrate_heading(heading0: float, start: np.ndarray, curvature: np.ndarray, ds: float) -> np.ndarray:
@@ -275,7 +305,7 @@ def _integrate_heading(heading0: float, start: np.ndarray, curvature: np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------
-# Road network (internal): lanes at 0.5 m, edges, lines, crosswalks, signs, lights, routes
+# Road network (internal): lanes at 0.5 m, edges, crosswalks, signs, lights, routes
 
 
 @dataclasses.dataclass
@@ -288,7 +318,9 @@ class _Lane:
     length: float = 0.0  # arc length (m), set on creation
 
     def __post_init__(self):
-        self.length = float(_arc(self.xy)[-1])
+        if not self.length:  # evenly spaced points
+            d = self.xy[1] - self.xy[0]
+            self.length = float(np.hypot(d[0], d[1]) * (len(self.xy) - 1))
 
 
 @dataclasses.dataclass
@@ -308,7 +340,6 @@ class _PedPath:
 class _Net:
     lanes: list[_Lane] = dataclasses.field(default_factory=list)
     edges: list[np.ndarray] = dataclasses.field(default_factory=list)  # oriented: drivable on the right
-    lines: list[tuple[np.ndarray, int]] = dataclasses.field(default_factory=list)
     crosswalks: list[np.ndarray] = dataclasses.field(default_factory=list)  # [4, 2]
     signs: list[tuple[np.ndarray, int]] = dataclasses.field(default_factory=list)  # (xy, lane)
     lights: list[_Light] = dataclasses.field(default_factory=list)
@@ -326,26 +357,23 @@ class _Net:
 def _orient_edges(net: _Net) -> None:
     """Orients each road edge so the drivable area (the side nearer the lanes) is on its right."""
     lane_pts = np.concatenate([lane.xy[::4] for lane in net.lanes])
-    out = []
-    for e in net.edges:
-        m = len(e) // 2
-        i = min(m, len(e) - 2)
-        d = e[i + 1] - e[i]
-        d = d / max(np.linalg.norm(d), 1e-9)
-        mid = 0.5 * (e[i] + e[i + 1])
-        right, left = mid + 1.0 * np.array([d[1], -d[0]]), mid - 1.0 * np.array([d[1], -d[0]])
-        dr = np.min(np.linalg.norm(lane_pts - right, axis=1))
-        dl = np.min(np.linalg.norm(lane_pts - left, axis=1))
-        out.append(e if dr <= dl else e[::-1].copy())
-    net.edges = out
+    i = np.array([min(len(e) // 2, len(e) - 2) for e in net.edges])
+    a = np.array([e[k] for e, k in zip(net.edges, i)])
+    b = np.array([e[k + 1] for e, k in zip(net.edges, i)])
+    d = b - a
+    d /= np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
+    right = np.stack([d[:, 1], -d[:, 0]], -1)
+    mid = 0.5 * (a + b)
+    dist = _min_dist_to(np.concatenate([mid + right, mid - right]), lane_pts).reshape(2, -1)
+    net.edges = [e if dr <= dl else e[::-1].copy() for e, dr, dl in zip(net.edges, dist[0], dist[1])]
 
 
-def _phase_states(cycle: list[tuple[str, float]], offset: float, num_steps: int) -> list[str]:
-    """Phase name at each step of a repeating cycle [(name, seconds)], starting `offset` s into it."""
-    names = [p for p, _ in cycle]
+def _phase_states(cycle: list[tuple[str, float]], offset: float, num_steps: int) -> np.ndarray:
+    """Phase name `[T]` at each step of a repeating cycle [(name, seconds)], starting `offset` s into it."""
+    names = np.array([p for p, _ in cycle])
     ends = np.cumsum([d for _, d in cycle])
     t = (offset + np.arange(num_steps) * DT) % ends[-1]
-    return [names[int(np.searchsorted(ends, x, side="right"))] for x in t]
+    return names[np.minimum(np.searchsorted(ends, t, side="right"), len(names) - 1)]
 
 
 # ---------------------------------------------------------------- straight and curved roads
@@ -385,11 +413,11 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
         green, yellow, red = rng.uniform(8, 16), rng.uniform(3.5, 4.5), rng.uniform(8, 14)
         cycle = [("green", green), ("yellow", yellow), ("red", red)]
         phases = _phase_states(cycle, rng.uniform(0, green + yellow + red), num_steps)
-        light_states = np.array([{"green": TL_GO, "yellow": TL_CAUTION, "red": TL_STOP}[p] for p in phases])
+        light_states = np.where(phases == "green", TL_GO, np.where(phases == "yellow", TL_CAUTION, TL_STOP))
+    nrm_ref = _left(_tangent(ref))
     for direction in (1, -1):
         for j in range(n):
-            lat = -direction * (j + 0.5) * w
-            xy = _offset(ref, np.full(len(ref), lat))
+            xy = ref - (direction * (j + 0.5) * w) * nrm_ref
             if direction < 0:
                 xy = xy[::-1]
             pieces = [xy]
@@ -411,11 +439,7 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
             if j == n - 1:
                 for i in ids:
                     net.bike_lanes.add(i)
-    net.edges = [_offset(ref, np.full(len(ref), half))[::4], _offset(ref, np.full(len(ref), -half))[::4]]
-    net.lines.append((ref[::4], _LINE_SOLID_DOUBLE_YELLOW))
-    for j in range(1, n):
-        for sgn in (1, -1):
-            net.lines.append((_offset(ref, np.full(len(ref), sgn * j * w))[::4], _LINE_BROKEN_WHITE))
+    net.edges = [(ref + half * nrm_ref)[::4], (ref - half * nrm_ref)[::4]]
     if cross_s is not None:
         i = int(np.searchsorted(s_ref, cross_s))
         c, t = ref[i], _tangent(ref)[i]
@@ -518,13 +542,13 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
         if np.all(_bezier_kmax_many(ua * r_s + na * la, -ua, ub * r_s - nb * lb, ub) <= kcap):
             break
         r_s += 1.0
-    conns = {(a, la, b, lb): _bezier(in_pt(a, la, r_s), -u[a], out_pt(b, lb, r_s), u[b])
-             for (a, la, b, lb, tag) in moves}
-    corners = []
-    for a in range(num_arms):
-        b = (a + 1) % num_arms
-        xy = _bezier(in_pt(a, n_in[a] - 1, r_s), -u[a], out_pt(b, n_out[b] - 1, r_s), u[b])
-        corners.append(_offset(xy, -(w / 2 + _SHOULDER)))
+    # Connectors of every movement, then the kerb corners (outermost right turns): all cubics at once.
+    ends = [(a, la, b, lb) for (a, la, b, lb, _) in moves]
+    ends += [(a, n_in[a] - 1, (a + 1) % num_arms, n_out[(a + 1) % num_arms] - 1) for a in range(num_arms)]
+    curves = _bezier_many(np.array([in_pt(a, la, r_s) for a, la, _, _ in ends]), np.array([-u[e[0]] for e in ends]),
+                          np.array([out_pt(b, lb, r_s) for _, _, b, lb in ends]), np.array([u[e[2]] for e in ends]))
+    conns = dict(zip(ends[:len(moves)], curves[:len(moves)]))
+    corners = [_offset(xy, -(w / 2 + _SHOULDER)) for xy in curves[len(moves):]]
     # Lanes.
     in_ids = [[net.add_lane([in_pt(a, k, r_s + arm_len), in_pt(a, k, r_s)], RG_SURFACE_LANE, speed[road_of[a]])
                for k in range(n_in[a])] for a in range(num_arms)]
@@ -562,17 +586,17 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
             g = road_of[a]
             for k in range(n_in[a]):
                 if left_lane[a] and k == 0:
-                    states = [TL_ARROW_GO if p == f"L{g}" else TL_ARROW_CAUTION if p == f"LY{g}" else TL_ARROW_STOP
-                              for p in phases]
+                    states = np.where(phases == f"L{g}", TL_ARROW_GO,
+                                      np.where(phases == f"LY{g}", TL_ARROW_CAUTION, TL_ARROW_STOP))
                 else:
-                    states = [TL_GO if p == f"G{g}" else TL_CAUTION if p == f"Y{g}" else TL_STOP for p in phases]
-                net.lights.append(_Light(in_ids[a][k], np.array(states, np.int64)))
+                    states = np.where(phases == f"G{g}", TL_GO, np.where(phases == f"Y{g}", TL_CAUTION, TL_STOP))
+                net.lights.append(_Light(in_ids[a][k], states.astype(np.int64)))
                 net.lanes[in_ids[a][k]].stop = ("light", len(net.lights) - 1)
         # Pedestrians cross arm a while the other road has its through green.
         for a in range(num_arms):
             other = 1 - road_of[a]
             crossing_s = (n_in[a] + n_out[a]) * w / 1.1 + 4.0
-            green_other = np.array([p == f"G{other}" for p in phases])
+            green_other = phases == f"G{other}"
             walk = _walk_window(green_other, crossing_s)
             _junction_crosswalk(net, u[a], nv[a], r_s, cw, n_in[a], n_out[a], w, walk)
     else:
@@ -591,17 +615,6 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
         arm_b = np.stack([out_pt(b, n_out[b] - 0.5 + _SHOULDER / w, r) for r in (r_s, r_s + arm_len)])
         kerb = np.concatenate([_resample(arm_a, 5.0)[:-1], corners[a][::2], _resample(arm_b, 5.0)[1:]])
         net.edges.append(kerb)
-    # Painted lines: centre lines and lane separators along each arm.
-    for a in range(num_arms):
-        net.lines.append((np.stack([u[a] * r_s, u[a] * (r_s + arm_len)]), _LINE_SOLID_DOUBLE_YELLOW))
-        for k in range(1, n_in[a]):
-            net.lines.append((np.stack([in_pt(a, k - 0.5, r_s + arm_len), in_pt(a, k - 0.5, r_s)]),
-                              _LINE_BROKEN_WHITE))
-        for k in range(1, n_out[a]):
-            net.lines.append((np.stack([out_pt(a, k - 0.5, r_s), out_pt(a, k - 0.5, r_s + arm_len)]),
-                              _LINE_BROKEN_WHITE))
-        # Stop line across the incoming lanes.
-        net.lines.append((np.stack([in_pt(a, -0.5, r_s), in_pt(a, n_in[a] - 0.5, r_s)]), _LINE_SOLID_WHITE))
     _orient_edges(net)
     return net
 
@@ -709,8 +722,6 @@ def _build_merge(rng: np.random.Generator, pr: ParamRanges) -> _Net:
     s_d = np.arange(s_m, s_ref[-1], 4.0)
     outer = np.concatenate([at(s_c, l_ramp(s_c) - off), at(s_d, np.full(len(s_d), -off))])
     net.edges = [gore, outer, _offset(ref, np.full(len(ref), half_l))[::4]]
-    for j in range(1, n):
-        net.lines.append((_offset(ref, np.full(len(ref), (j - 0.5) * w))[::4], _LINE_BROKEN_WHITE))
     _orient_edges(net)
     return net
 
@@ -805,7 +816,6 @@ def _build_roundabout(rng: np.random.Generator, pr: ParamRanges) -> _Net:
             np.stack([u[a] * (r_a + arm_len) + nv[a] * (0.5 * w + off), pa]),
             lead[1:], ring_out[1:-1], trail, np.stack([u[b] * (r_a + arm_len) - nv[b] * (0.5 * w + off)])])
         net.edges.append(kerb)
-        net.lines.append((np.stack([u[a] * r_a, u[a] * (r_a + arm_len)]), _LINE_SOLID_DOUBLE_YELLOW))
     for a in range(num_arms):
         net.bike_lanes.add(in_ids[a])
     _orient_edges(net)
@@ -974,76 +984,70 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
 # Conflict zones between agent paths
 
 
-def _lane_table(net: _Net, used: list[int]) -> dict[tuple[int, int], tuple]:
-    """Proximity zones between lanes / pedestrian paths: (lo_a, hi_a, lo_b, hi_b, aligned) per pair.
+def _lane_table(net: _Net, used: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Proximity zones between the lanes / pedestrian paths `used` (lane index >= 0, -1 - p for path p).
 
-    Lane indices >= 0 are lanes; -1 - p is pedestrian path p; pedestrian pairs are skipped.
-    Close point pairs are found with a uniform grid (cells of the conflict distance), all
-    lanes at once.
+    Returns `zone [U, U, 4]` (lo_a, hi_a, lo_b, hi_b: the arc range of a, then of b, that
+    comes within the conflict distance of the other, padded 1 m), `has [U, U]` and
+    `aligned [U, U]` (vehicle lanes running the same way at their closest points), indexed
+    by position in `used`; pedestrian pairs are skipped. Close point pairs are found
+    with a uniform grid (cells of the conflict distance), all lanes at once.
     """
-    pts, s, h, owner = [], [], [], []
-    for u in used:
-        xy = net.lanes[u].xy if u >= 0 else net.peds[-1 - u].xy
-        sub = xy[::4]  # about 2 m apart; zones are padded by the half spacing
-        pts.append(sub)
-        s.append(_arc(xy)[::4])
-        t = _tangent(xy)[::4]
-        h.append(np.arctan2(t[:, 1], t[:, 0]))
-        owner.append(np.full(len(sub), u))
-    pts, s, h, owner = np.concatenate(pts), np.concatenate(s), np.concatenate(h), np.concatenate(owner)
+    nu = len(used)
+    polys = [net.lanes[u].xy if u >= 0 else net.peds[-1 - u].xy for u in used]
+    npts = np.array([len(p) for p in polys])
+    xy = np.concatenate(polys)
+    start = np.cumsum(npts) - npts
+    nsub = (npts + 3) // 4  # every 4th point, about 2 m apart; zones are padded by the half spacing
+    owner = np.repeat(np.arange(nu), nsub)
+    k = np.arange(len(owner)) - np.repeat(np.cumsum(nsub) - nsub, nsub)
+    idx = start[owner] + 4 * k
+    pts = xy[idx]
+    spacing = np.array([np.hypot(*(p[1] - p[0])) for p in polys])
+    s = 4 * k * spacing[owner]
+    t = xy[np.minimum(idx + 1, (start + npts - 1)[owner])] - xy[np.maximum(idx - 1, start[owner])]
+    h = np.arctan2(t[:, 1], t[:, 0])
+    is_ped = np.array([u < 0 for u in used])[owner]
     cell = np.floor(pts / _CONFLICT_VEHICLE).astype(np.int64)
     key = cell[:, 0] * 100_003 + cell[:, 1]
     order = np.argsort(key, kind="stable")
     skey = key[order]
-    ia, ib = [], []
-    for dx in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            q = (cell[:, 0] + dx) * 100_003 + cell[:, 1] + dy
-            lo = np.searchsorted(skey, q, "left")
-            hi = np.searchsorted(skey, q, "right")
-            cnt = hi - lo
-            src = np.repeat(np.arange(len(q)), cnt)
-            start = np.repeat(lo - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt)
-            ia.append(src)
-            ib.append(order[np.arange(len(src)) + start])
-    ia, ib = np.concatenate(ia), np.concatenate(ib)
+    nb = (np.array([-1, 0, 1])[:, None] * 100_003 + np.array([-1, 0, 1])[None]).reshape(-1)
+    q = (key[:, None] + nb[None]).reshape(-1)  # the 9 neighbouring cells of every point
+    lo = np.searchsorted(skey, q, "left")
+    cnt = np.searchsorted(skey, q, "right") - lo
+    ia = np.repeat(np.arange(len(q)) // 9, cnt)
+    ib = order[np.arange(len(ia)) + np.repeat(lo - (np.cumsum(cnt) - cnt), cnt)]
     oa, ob = owner[ia], owner[ib]
     d = np.hypot(*(pts[ia] - pts[ib]).T)
-    thr = np.where((oa < 0) | (ob < 0), _CONFLICT_PED, _CONFLICT_VEHICLE)
-    sel = (oa != ob) & ~((oa < 0) & (ob < 0)) & (d < thr)
-    ia, ib, oa, ob, d = ia[sel], ib[sel], oa[sel], ob[sel], d[sel]
-    table = {}
-    if len(ia) == 0:
-        return table
-    pair = (oa + 10_000) * 100_000 + (ob + 10_000)
-    uniq, inv = np.unique(pair, return_inverse=True)
-    m = len(uniq)
-    lo_a = np.full(m, np.inf)
-    hi_a = np.full(m, -np.inf)
-    lo_b = np.full(m, np.inf)
-    hi_b = np.full(m, -np.inf)
-    np.minimum.at(lo_a, inv, s[ia])
-    np.maximum.at(hi_a, inv, s[ia])
-    np.minimum.at(lo_b, inv, s[ib])
-    np.maximum.at(hi_b, inv, s[ib])
-    # Heading difference at the closest point pair of each lane pair.
-    best = np.lexsort((d, inv))
-    first = best[np.concatenate([[True], inv[best][1:] != inv[best][:-1]])]
+    pa, pb = is_ped[ia], is_ped[ib]
+    sel = (oa != ob) & ~(pa & pb) & (d < np.where(pa | pb, _CONFLICT_PED, _CONFLICT_VEHICLE))
+    zone = np.zeros((nu, nu, 4))
+    has = np.zeros((nu, nu), bool)
+    aligned = np.zeros((nu, nu), bool)
+    if not sel.any():
+        return zone, has, aligned
+    ia, ib, d = ia[sel], ib[sel], d[sel]
+    pair = oa[sel] * nu + ob[sel]
+    srt = np.lexsort((d, pair))  # by lane pair, closest point pair first
+    pair, ia, ib = pair[srt], ia[srt], ib[srt]
+    first = np.flatnonzero(np.concatenate([[True], pair[1:] != pair[:-1]]))
+    sa, sb = s[ia], s[ib]
+    a_own, b_own = pair[first] // nu, pair[first] % nu
+    zone[a_own, b_own] = np.stack([np.minimum.reduceat(sa, first) - 1.0, np.maximum.reduceat(sa, first) + 1.0,
+                                   np.minimum.reduceat(sb, first) - 1.0, np.maximum.reduceat(sb, first) + 1.0], -1)
+    has[a_own, b_own] = True
     dh = np.abs(_wrap(h[ia[first]] - h[ib[first]]))
-    a_own, b_own = oa[first], ob[first]
-    aligned = (dh < np.deg2rad(40)) & (a_own >= 0) & (b_own >= 0)
-    for k in range(m):
-        table[(int(a_own[k]), int(b_own[k]))] = (lo_a[k] - 1.0, hi_a[k] + 1.0, lo_b[k] - 1.0, hi_b[k] + 1.0,
-                                                   bool(aligned[k]))
-    return table
+    aligned[a_own, b_own] = (dh < np.deg2rad(40)) & ~is_ped[ia[first]] & ~is_ped[ib[first]]
+    return zone, has, aligned
 
 
 def _rank(net: _Net, lane: int) -> int:
     return 3 if lane < 0 else net.lanes[lane].rank
 
 
-def _records(net: _Net, agents: list[_Agent]) -> list[tuple]:
-    """Conflict records (i, j, ai0, ai1, aj0, aj1, aligned, offset, priority) for interacting pairs.
+def _records(net: _Net, agents: list[_Agent]) -> np.ndarray:
+    """Conflict records `[R, 9]` (i, j, ai0, ai1, aj0, aj1, aligned, offset, priority) of interacting pairs.
 
     offset maps j's path position into i's (aligned zones); priority +1: i has right of
     way, -1: j has, 0: neither (the earlier arrival goes first). Vectorised over all
@@ -1051,18 +1055,15 @@ def _records(net: _Net, agents: list[_Agent]) -> list[tuple]:
     """
     n = len(agents)
     if n < 2:
-        return []
+        return np.zeros((0, 9))
     used = sorted({lane for ag in agents for lane in ag.lanes})
-    table = _lane_table(net, used)
+    zone, has, tal = _lane_table(net, used)
     col = {u: k for k, u in enumerate(used)}
     nu = len(used) + 1  # the last index is "no lane"
     tab = np.zeros((nu, nu, 4))
-    has = np.zeros((nu, nu), bool)
-    tal = np.zeros((nu, nu), bool)
-    for (a, b), z in table.items():
-        tab[col[a], col[b]] = z[:4]
-        has[col[a], col[b]] = True
-        tal[col[a], col[b]] = z[4]
+    tab[:-1, :-1] = zone
+    has = np.pad(has, ((0, 1), (0, 1)))
+    tal = np.pad(tal, ((0, 1), (0, 1)))
     length = np.array([(_lane_len(net, u) if u >= 0 else len(net.peds[-1 - u].xy) * _PATH_DS) for u in used] + [0.0])
     rank = np.array([_rank(net, u) for u in used] + [0])
     m = max(len(ag.lanes) for ag in agents)
@@ -1071,49 +1072,49 @@ def _records(net: _Net, agents: list[_Agent]) -> list[tuple]:
     for i, ag in enumerate(agents):
         rl[i, : len(ag.lanes)] = [col[u] for u in ag.lanes]
         off[i, : len(ag.lanes)] = ag.lane_off
-    la, lb = rl[:, :, None, None], rl[None, None, :, :]  # [n, m, 1, 1], [1, 1, n, m]
-    same = (la == lb) & (la != nu - 1)
-    h = has[la, lb]
-    z = tab[la, lb]  # [n, m, n, m, 4]
-    lo_a = np.where(same, 0.0, z[..., 0]) + off[:, :, None, None]
-    hi_a = np.where(same, length[la], z[..., 1]) + off[:, :, None, None]
-    lo_b = np.where(same, 0.0, z[..., 2]) + off[None, None]
-    hi_b = np.where(same, length[lb], z[..., 3]) + off[None, None]
-    al = same | (h & tal[la, lb])
-    cr = h & ~tal[la, lb] & ~same
-    prio = np.sign(rank[la] - rank[lb])
     ped = np.array([ag.kind == TYPE_PEDESTRIAN for ag in agents])
     ii, jj = np.triu_indices(n, 1)
     keep = ~(ped[ii] & ped[jj])
     ii, jj = ii[keep], jj[keep]
-    flat = lambda x: x.transpose(0, 2, 1, 3)[ii, jj].reshape(len(ii), m * m)  # [pairs, m*m]
-    al_p, cr_p, same_p = flat(al), flat(cr), flat(same)
-    lo_a_p, hi_a_p, lo_b_p, hi_b_p = flat(lo_a), flat(hi_a), flat(lo_b), flat(hi_b)
-    prio_p = flat(np.broadcast_to(prio, al.shape))
-    off_ij = flat(np.broadcast_to(off[:, :, None, None] - off[None, None], al.shape))
-    out = []
+    la, lb = rl[ii][:, :, None], rl[jj][:, None, :]  # [pairs, m, 1], [pairs, 1, m]
+    oa, ob = off[ii][:, :, None], off[jj][:, None, :]
+    same = ((la == lb) & (la != nu - 1)).reshape(len(ii), -1)  # [pairs, m*m]
+    h = has[la, lb].reshape(same.shape)
+    t_al = tal[la, lb].reshape(same.shape)
+    z = tab[la, lb].reshape(len(ii), -1, 4)
+    len_a = np.broadcast_to(length[la], (len(ii), m, m)).reshape(same.shape)
+    len_b = np.broadcast_to(length[lb], (len(ii), m, m)).reshape(same.shape)
+    oa = np.broadcast_to(oa, (len(ii), m, m)).reshape(same.shape)
+    ob = np.broadcast_to(ob, (len(ii), m, m)).reshape(same.shape)
+    lo_a = np.where(same, 0.0, z[..., 0]) + oa
+    hi_a = np.where(same, len_a, z[..., 1]) + oa
+    lo_b = np.where(same, 0.0, z[..., 2]) + ob
+    hi_b = np.where(same, len_b, z[..., 3]) + ob
+    al = same | (h & t_al)
+    cr = h & ~t_al & ~same
+    prio = np.sign(rank[la] - rank[lb]).reshape(same.shape)
     big = 1e9
-    has_al = al_p.any(1)
-    if has_al.any():
-        ai0 = np.where(al_p, lo_a_p, big).min(1)
-        ai1 = np.where(al_p, hi_a_p, -big).max(1)
-        aj0 = np.where(al_p, lo_b_p, big).min(1)
-        aj1 = np.where(al_p, hi_b_p, -big).max(1)
-        first_same = np.argmax(same_p, 1)
-        shared = np.take_along_axis(off_ij, first_same[:, None], 1)[:, 0]
-        offset = np.where(same_p.any(1), shared, 0.5 * ((ai0 + ai1) - (aj0 + aj1)))
-        first = np.argmin(np.where(al_p, lo_a_p, big), 1)
-        pr = np.take_along_axis(prio_p, first[:, None], 1)[:, 0]
-        for k in np.flatnonzero(has_al):
-            out.append((int(ii[k]), int(jj[k]), ai0[k], ai1[k], aj0[k], aj1[k], True, offset[k], int(pr[k])))
-    has_cr = cr_p.any(1)
-    if has_cr.any():
-        first = np.argmin(np.where(cr_p, lo_a_p, big), 1)[:, None]
-        pick = lambda x: np.take_along_axis(x, first, 1)[:, 0]
-        v0, v1, v2, v3, pr = pick(lo_a_p), pick(hi_a_p), pick(lo_b_p), pick(hi_b_p), pick(prio_p)
-        for k in np.flatnonzero(has_cr):
-            out.append((int(ii[k]), int(jj[k]), v0[k], v1[k], v2[k], v3[k], False, 0.0, int(pr[k])))
-    return out
+    recs = []
+    sel = np.flatnonzero(al.any(1))
+    if len(sel):
+        al_s, same_s = al[sel], same[sel]
+        ai0 = np.where(al_s, lo_a[sel], big).min(1)
+        ai1 = np.where(al_s, hi_a[sel], -big).max(1)
+        aj0 = np.where(al_s, lo_b[sel], big).min(1)
+        aj1 = np.where(al_s, hi_b[sel], -big).max(1)
+        r = np.arange(len(sel))
+        shared = (oa - ob)[sel, np.argmax(same_s, 1)]
+        offset = np.where(same_s.any(1), shared, 0.5 * ((ai0 + ai1) - (aj0 + aj1)))
+        pr = prio[sel, np.argmin(np.where(al_s, lo_a[sel], big), 1)]
+        recs.append(np.stack([ii[sel], jj[sel], ai0, ai1, aj0, aj1, np.ones(len(sel)), offset, pr], -1))
+    sel = np.flatnonzero(cr.any(1))
+    if len(sel):
+        r = np.arange(len(sel))
+        first = np.argmin(np.where(cr[sel], lo_a[sel], big), 1)
+        pick = lambda x: x[sel, first]
+        recs.append(np.stack([ii[sel], jj[sel], pick(lo_a), pick(hi_a), pick(lo_b), pick(hi_b), np.zeros(len(sel)),
+                              np.zeros(len(sel)), pick(prio)], -1).astype(np.float64))
+    return np.concatenate(recs) if recs else np.zeros((0, 9))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1190,9 +1191,9 @@ class _Batch:
                 caps[id(a.path)] = _speed_cap(a.path, a.kind)
         self.cap = np.concatenate([caps[id(a.path)] for a in agents])
         # Records.
-        recs = [(base[k] + r[0], base[k] + r[1]) + tuple(r[2:]) for k, it in enumerate(items) for r in it["records"]]
-        rec = np.array(recs, np.float64).reshape(-1, 9)
-        self.ri, self.rj = rec[:, 0].astype(np.int64), rec[:, 1].astype(np.int64)
+        rec = np.concatenate([it["records"] for it in items]).reshape(-1, 9)
+        rec_base = np.repeat(base, [len(it["records"]) for it in items])
+        self.ri, self.rj = rec[:, 0].astype(np.int64) + rec_base, rec[:, 1].astype(np.int64) + rec_base
         self.ai0, self.ai1, self.aj0, self.aj1 = rec[:, 2], rec[:, 3], rec[:, 4], rec[:, 5]
         self.aligned = rec[:, 6].astype(bool)
         self.off = rec[:, 7]
@@ -1434,9 +1435,9 @@ def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConf
     # The ego: a vehicle that stays on the map for the whole log, preferring interactions.
     horizon = (cfg.num_steps - 1) * DT
     score = np.zeros(len(agents))
-    for r in records:
-        for k in (r[0], r[1]):
-            score[k] += 1.0 if r[6] else 2.0
+    w_rec = np.where(records[:, 6] > 0, 1.0, 2.0)
+    score += np.bincount(records[:, 0].astype(np.int64), w_rec, len(agents))
+    score += np.bincount(records[:, 1].astype(np.int64), w_rec, len(agents))
     cands = []
     for k, ag in enumerate(agents):
         if ag.kind != TYPE_VEHICLE:
@@ -1622,12 +1623,9 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
                       timestamp_micros=np.broadcast_to(np.arange(T, dtype=np.int32) * 100_000, shape).copy())
     ego_slot = slot_of[ego]
     is_sdc = np.arange(N) == ego_slot
-    interacting = set()
-    for r in item["records"]:
-        if ego in (r[0], r[1]):
-            other = r[1] if r[0] == ego else r[0]
-            if alive[other]:
-                interacting.add(slot_of[other])
+    rec = item["records"][:, :2].astype(np.int64)
+    other = np.concatenate([rec[rec[:, 0] == ego, 1], rec[rec[:, 1] == ego, 0]])
+    interacting = {slot_of[int(o)] for o in other if alive[o]}
     interest = np.zeros(N, bool)
     interest[sorted(interacting)] = True
     modeled = is_sdc.copy()
