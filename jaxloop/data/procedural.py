@@ -44,14 +44,14 @@ the held-out roundabout family.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Sequence
 
 import numpy as np
 
-from jaxloop.sim.datatypes import (DT, RG_FREEWAY_LANE, RG_ROAD_EDGE_BOUNDARY, RG_CROSSWALK, RG_STOP_SIGN,
-                                   RG_SURFACE_LANE, TL_ARROW_CAUTION, TL_ARROW_GO, TL_ARROW_STOP, TL_CAUTION, TL_GO,
-                                   TL_STOP, TYPE_CYCLIST, TYPE_PEDESTRIAN, TYPE_VEHICLE, ObjectMetadata, RoadMap, Route,
+from jaxloop.sim.datatypes import (DT, RG_FREEWAY_LANE, RG_ROAD_EDGE_BOUNDARY, RG_SURFACE_LANE, TL_ARROW_CAUTION,
+                                   TL_ARROW_GO, TL_ARROW_STOP, TL_CAUTION, TL_GO, TL_STOP, TYPE_CYCLIST, TYPE_PEDESTRIAN, TYPE_VEHICLE, ObjectMetadata, RoadMap, Route,
                                    Scenario, TrafficLights, Trajectory, stack_scenarios)
 
 FAMILY_NAMES = ("straight", "curved", "intersection", "t_junction", "merge", "roundabout")
@@ -225,14 +225,6 @@ def _left(d: np.ndarray) -> np.ndarray:
 def _offset(xy: np.ndarray, dist) -> np.ndarray:
     """The polyline shifted `dist` metres to its left (negative: right)."""
     return xy + np.asarray(dist)[..., None] * _left(_tangent(xy))
-
-
-def _curvature(xy: np.ndarray) -> np.ndarray:
-    """Signed curvature `[K]` of an evenly sampled polyline (1/m)."""
-    h = np.arctan2(*np.diff(xy, axis=0)[:, ::-1].T)
-    ds = np.maximum(np.linalg.norm(np.diff(xy, axis=0), axis=1), 1e-9)
-    k = _wrap(np.diff(h)) / (0.5 * (ds[1:] + ds[:-1]))
-    return np.concatenate([[k[0] if len(k) else 0.0], k, [k[-1] if len(k) else 0.0]])
 
 
 def _unit(angle) -> np.ndarray:
@@ -883,6 +875,24 @@ def _route_path(net: _Net, lanes: list[int]) -> tuple[np.ndarray, list[float]]:
     return np.stack([np.interp(t, s, xy[:, 0]), np.interp(t, s, xy[:, 1])], -1), offs
 
 
+class _Draws:
+    """Uniform draws from `rng` taken a block at a time (scalar generator calls are slow in Python)."""
+
+    def __init__(self, rng: np.random.Generator, block: int = 256):
+        self.rng, self.block = rng, block
+        self.buf: list[float] = []
+        self.pos = 0
+
+    def random(self) -> float:
+        if self.pos == len(self.buf):
+            self.buf, self.pos = self.rng.random(self.block).tolist(), 0
+        self.pos += 1
+        return self.buf[self.pos - 1]
+
+    def uniform(self, lo: float, hi: float) -> float:
+        return lo + (hi - lo) * self.random()
+
+
 def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorConfig, red_at0) -> list[_Agent]:
     """Places vehicles, cyclists and pedestrians on the network at t = 0."""
     agents: list[_Agent] = []
@@ -894,23 +904,25 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
     for lanes, wgt, tag in net.routes:
         routes_from.setdefault(lanes[0], []).append((lanes, wgt, tag))
     spawn_lanes = [li for li in net.spawn if li in routes_from]
-    path_cache: dict[tuple[int, ...], tuple[np.ndarray, list[float]]] = {}
+    path_cache: dict[tuple[int, ...], tuple[np.ndarray, list[float], tuple]] = {}
     rng.shuffle(spawn_lanes)
+    dr = _Draws(rng)
     # Pedestrians first (they are few), one per crossing path.
     for pi in rng.permutation(len(net.peds))[:n_ped]:
         p = net.peds[pi]
-        walking = bool(rng.random() < 0.5)
-        s0 = rng.uniform(0.5, p.stop_s - 0.6)
+        walking = dr.random() < 0.5
+        s0 = dr.uniform(0.5, p.stop_s - 0.6)
         if walking and p.walk[0]:
-            s0 = rng.uniform(0.5, min(p.stop_s + 6.0, len(p.xy) * _PATH_DS - 12.0))
-        vdes = rng.uniform(1.0, 1.6)
-        agents.append(_Agent(TYPE_PEDESTRIAN, p.xy, [-1 - int(pi)], [0.0], s0, vdes * rng.uniform(0.0, 1.0), vdes,
-                             rng.uniform(0.4, 0.7), rng.uniform(0.4, 0.7), rng.uniform(1.5, 1.9), 0.8, 2.0, 0.6,
+            s0 = dr.uniform(0.5, min(p.stop_s + 6.0, len(p.xy) * _PATH_DS - 12.0))
+        vdes = dr.uniform(1.0, 1.6)
+        agents.append(_Agent(TYPE_PEDESTRIAN, p.xy, [-1 - int(pi)], [0.0], s0, vdes * dr.random(), vdes,
+                             dr.uniform(0.4, 0.7), dr.uniform(0.4, 0.7), dr.uniform(1.5, 1.9), 0.8, 2.0, 0.6,
                              0.6, stop_s=p.stop_s, tag="walk"))
     # Vehicles and cyclists lane by lane, queued back from each lane's downstream end.
     vehicles_left = budget - len(agents)
     cyclists_left = n_cyc
     per_lane = max(1, int(np.ceil(vehicles_left / max(len(spawn_lanes), 1))) + 1)
+    red0: dict[int, bool] = {}
     for li in spawn_lanes:
         if vehicles_left <= 0:
             break
@@ -918,30 +930,42 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
         if hi <= lo:
             continue
         lane = net.lanes[li]
-        pos = hi - rng.uniform(0.0, 25.0 / density)
+        pos = hi - dr.uniform(0.0, 25.0 / density)
         lead: _Agent | None = None
-        lead_s = None
+        lead_s = 0.0
         count = 0
+        all_opts = routes_from[li]
+        cyc_opts = [o for o in all_opts if o[2] in ("straight", "right", "exit")] or all_opts
         while pos > lo and vehicles_left > 0 and count < per_lane:
-            is_cyc = cyclists_left > 0 and li in net.bike_lanes and rng.random() < 0.3
-            opts = routes_from[li]
-            if is_cyc:
-                opts = [o for o in opts if o[2] in ("straight", "right", "exit")] or opts
-            cum = np.cumsum([o[1] for o in opts])
-            lanes, _, tag = opts[min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(opts) - 1)]
+            is_cyc = cyclists_left > 0 and li in net.bike_lanes and dr.random() < 0.3
+            opts = cyc_opts if is_cyc else all_opts
+            pick = dr.random() * sum(o[1] for o in opts)
+            k, acc = 0, opts[0][1]
+            while acc <= pick and k < len(opts) - 1:
+                k += 1
+                acc += opts[k][1]
+            lanes, _, tag = opts[k]
             key = tuple(lanes)
             if key not in path_cache:
-                path_cache[key] = _route_path(net, lanes)
-            path, offs = path_cache[key]
+                path, offs = _route_path(net, lanes)
+                stop = (_INF, -1, False, 0.0)  # (stop position, signal, stop sign, start of the stop lane)
+                for j, lj in enumerate(lanes):
+                    st = net.lanes[lj].stop
+                    if st is not None:
+                        stop = (offs[j] + _lane_len(net, lj), st[1] if st[0] == "light" else -1, st[0] == "sign",
+                                offs[j])
+                        break
+                path_cache[key] = (path, offs, stop)
+            path, offs, stop = path_cache[key]
             if is_cyc:
-                length, width, height = rng.uniform(1.6, 2.0), rng.uniform(0.6, 0.8), rng.uniform(1.6, 1.9)
-                vdes = rng.uniform(4.0, 7.0)
+                length, width, height = dr.uniform(1.6, 2.0), dr.uniform(0.6, 0.8), dr.uniform(1.6, 1.9)
+                vdes = dr.uniform(4.0, 7.0)
                 amax, bdec, headway, gap0 = 1.0, 2.0, 1.2, 1.5
             else:
-                length, width, height = rng.uniform(4.2, 5.3), rng.uniform(1.8, 2.1), rng.uniform(1.4, 1.9)
-                vdes = lane.speed * rng.uniform(0.85, 1.05)
-                amax, bdec = rng.uniform(1.3, 2.2), rng.uniform(2.0, 3.0)
-                headway, gap0 = rng.uniform(1.0, 1.7), rng.uniform(2.0, 3.0)
+                length, width, height = dr.uniform(4.2, 5.3), dr.uniform(1.8, 2.1), dr.uniform(1.4, 1.9)
+                vdes = lane.speed * dr.uniform(0.85, 1.05)
+                amax, bdec = dr.uniform(1.3, 2.2), dr.uniform(2.0, 3.0)
+                headway, gap0 = dr.uniform(1.0, 1.7), dr.uniform(2.0, 3.0)
             s0 = pos - length / 2
             if lead is not None:
                 room = lead_s - lead.length / 2 - (s0 + length / 2)
@@ -949,34 +973,31 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
                     pos -= gap0 + 1.0
                     continue
             # Initial speed: what the driver could stop from before the leader or an active stop line.
-            v0 = vdes * rng.uniform(0.6, 1.0)
+            v0 = vdes * dr.uniform(0.6, 1.0)
             if lead is not None:
-                room = lead_s - lead.length / 2 - (s0 + length / 2) - gap0
-                v0 = min(v0, np.sqrt(lead.v0 ** 2 + 2 * 1.5 * max(room, 0.0)), max(room, 0.0) / headway + lead.v0)
+                room = max(lead_s - lead.length / 2 - (s0 + length / 2) - gap0, 0.0)
+                v0 = min(v0, math.sqrt(lead.v0 ** 2 + 2 * 1.5 * room), room / headway + lead.v0)
             stop_s, stop_sig, stop_sign = _INF, -1, False
-            for j, lj in enumerate(lanes):
-                st = net.lanes[lj].stop
-                if st is not None and offs[j] + _lane_len(net, lj) > s0 + length / 2:
-                    stop_s = offs[j] + _lane_len(net, lj)
-                    stop_sig, stop_sign = (st[1], False) if st[0] == "light" else (-1, True)
-                    break
-            if stop_s < _INF and (stop_sign or red_at0(stop_sig)):
-                room = stop_s - (s0 + length / 2) - 1.0
-                v0 = min(v0, np.sqrt(2 * 1.5 * max(room, 0.0)))
-            v0 = float(max(v0, 0.0))
+            if stop[0] < _INF and stop[0] > s0 + length / 2:  # the first stop line is still ahead
+                stop_s, stop_sig, stop_sign = stop[0], stop[1], stop[2]
+                if stop_sig not in red0:
+                    red0[stop_sig] = bool(red_at0(stop_sig))
+                if stop_sign or red0[stop_sig]:
+                    v0 = min(v0, math.sqrt(2 * 1.5 * max(stop_s - (s0 + length / 2) - 1.0, 0.0)))
+            v0 = max(v0, 0.0)
             slow = (0.0, 0.0, 1.0)
-            if rng.random() < 0.15:
-                t0 = rng.uniform(0.0, 5.0)
-                slow = (t0, t0 + rng.uniform(2.0, 5.0), rng.uniform(0.0, 0.5))
+            if dr.random() < 0.15:
+                t0 = dr.uniform(0.0, 5.0)
+                slow = (t0, t0 + dr.uniform(2.0, 5.0), dr.uniform(0.0, 0.5))
             kind = TYPE_CYCLIST if is_cyc else TYPE_VEHICLE
-            ag = _Agent(kind, path, list(lanes), offs, float(s0), v0, float(vdes), length, width, height, amax, bdec,
+            ag = _Agent(kind, path, list(lanes), offs, s0, v0, vdes, length, width, height, amax, bdec,
                         headway, gap0, stop_s, stop_sig, stop_sign, tag, slow)
             agents.append(ag)
             vehicles_left -= 1
             cyclists_left -= int(is_cyc)
             count += 1
             lead, lead_s = ag, s0
-            pos = s0 - length / 2 - gap0 - headway * v0 - rng.uniform(1.0, 30.0 / density)
+            pos = s0 - length / 2 - gap0 - headway * v0 - dr.uniform(1.0, 30.0 / density)
     return agents
 
 
@@ -1121,16 +1142,35 @@ def _records(net: _Net, agents: list[_Agent]) -> np.ndarray:
 # Joint simulation of many scenarios (flat over agents, vectorised)
 
 
-def _speed_cap(path: np.ndarray, kind: int) -> np.ndarray:
-    """Speed cap `[K]` for the path's curvature, reachable by braking at 1.5 m/s² (backwards profile)."""
-    if kind == TYPE_PEDESTRIAN:
-        return np.full(len(path), 50.0)
-    k = np.abs(_curvature(path))
-    k = np.convolve(k, np.ones(9) / 9.0, mode="same")
+def _speed_caps(paths: list[np.ndarray]) -> list[np.ndarray]:
+    """Speed caps `[K]` for each evenly sampled path's curvature, reachable by braking at 1.5 m/s².
+
+    All paths at once: curvature from the heading change per point, smoothed over 9
+    points (zero padded), the cap sqrt(2.2 / |k|) propagated backwards as a braking
+    profile (a reversed running minimum that restarts at every path).
+    """
+    lens = np.array([len(p) for p in paths])
+    xy = np.concatenate(paths)
+    n = len(xy)
+    start = np.cumsum(lens) - lens
+    end = start + lens - 1
+    owner = np.repeat(np.arange(len(paths)), lens)
+    d = xy[1:] - xy[:-1]
+    h = np.arctan2(d[:, 1], d[:, 0])
+    ds = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
+    k = np.zeros(n)
+    k[1:-1] = np.abs(_wrap(h[1:] - h[:-1])) / (0.5 * (ds[1:] + ds[:-1]))  # exact inside each path
+    k[start] = k[np.minimum(start + 1, end)]
+    k[end] = k[np.maximum(end - 1, start)]
+    csum = np.concatenate([[0.0], np.cumsum(k)])
+    i = np.arange(n)
+    k = (csum[np.minimum(i + 4, end[owner]) + 1] - csum[np.maximum(i - 4, start[owner])]) / 9.0
     cap2 = np.minimum(2.2 / np.maximum(k, 1e-4), 50.0 ** 2)
-    s = np.arange(len(path)) * _PATH_DS
-    key = cap2 + 2 * 1.5 * s
-    return np.sqrt(np.maximum(np.minimum.accumulate(key[::-1])[::-1] - 2 * 1.5 * s, 0.0))
+    s = (i - start[owner]) * _PATH_DS
+    lift = owner * 1e5  # earlier paths sit lower, so the reversed running minimum restarts at each path
+    key = cap2 + 2 * 1.5 * s + lift
+    run = np.minimum.accumulate(key[::-1])[::-1] - lift
+    return np.split(np.sqrt(np.maximum(run - 2 * 1.5 * s, 0.0)), np.cumsum(lens)[:-1])
 
 
 class _Batch:
@@ -1185,10 +1225,9 @@ class _Batch:
         self.p_len = (lens - 1) * _PATH_DS
         pts = np.concatenate([a.path for a in agents])
         self.px, self.py = pts[:, 0], pts[:, 1]
-        caps: dict[int, np.ndarray] = {}
-        for a in agents:
-            if id(a.path) not in caps:
-                caps[id(a.path)] = _speed_cap(a.path, a.kind)
+        uniq = {id(a.path): a.path for a in agents if a.kind != TYPE_PEDESTRIAN}
+        caps = dict(zip(uniq, _speed_caps(list(uniq.values())))) if uniq else {}
+        caps.update({id(a.path): np.full(len(a.path), 50.0) for a in agents if a.kind == TYPE_PEDESTRIAN})
         self.cap = np.concatenate([caps[id(a.path)] for a in agents])
         # Records.
         rec = np.concatenate([it["records"] for it in items]).reshape(-1, 9)
