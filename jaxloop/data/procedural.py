@@ -281,11 +281,11 @@ def _bezier_many(p0, d0, p3, d3, spacing: float = _PATH_DS) -> list[np.ndarray]:
     ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
     h = (ratio * chord)[:, None]
     p1, p2 = p0 + d0 * h, p3 - d3 * h
+    c1, c2, c3 = 3 * (p1 - p0), 3 * (p2 - 2 * p1 + p0), p3 - 3 * p2 + 3 * p1 - p0  # power basis
     n = np.maximum((chord / spacing).astype(np.int64) * 3, 16)
     owner = np.repeat(np.arange(len(n)), n)
     t = ((np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)) / (n - 1)[owner])[:, None]
-    pts = ((1 - t) ** 3 * p0[owner] + 3 * (1 - t) ** 2 * t * p1[owner] + 3 * (1 - t) * t ** 2 * p2[owner]
-           + t ** 3 * p3[owner])
+    pts = p0[owner] + t * (c1[owner] + t * (c2[owner] + t * c3[owner]))
     return _resample_many(np.split(pts, np.cumsum(n)[:-1]), spacing)
 
 
@@ -542,10 +542,22 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
     conns = dict(zip(ends[:len(moves)], curves[:len(moves)]))
     corners = [_offset(xy, -(w / 2 + _SHOULDER)) for xy in curves[len(moves):]]
     # Lanes.
-    in_ids = [[net.add_lane([in_pt(a, k, r_s + arm_len), in_pt(a, k, r_s)], RG_SURFACE_LANE, speed[road_of[a]])
-               for k in range(n_in[a])] for a in range(num_arms)]
-    out_ids = [[net.add_lane([out_pt(a, k, r_s), out_pt(a, k, r_s + arm_len)], RG_SURFACE_LANE, speed[road_of[a]])
-                for k in range(n_out[a])] for a in range(num_arms)]
+    # Arm lanes (all the same length): in lanes towards the centre, then out lanes away from it.
+    arm = [(a, k, +1) for a in range(num_arms) for k in range(n_in[a])]
+    arm += [(a, k, -1) for a in range(num_arms) for k in range(n_out[a])]
+    ua_arm = np.array([u[a] for a, _, _ in arm])
+    lat = np.array([nv[a] * (k + 0.5) * w * side for a, k, side in arm])
+    near, far = ua_arm * r_s + lat, ua_arm * (r_s + arm_len) + lat
+    sgn = np.array([side for _, _, side in arm])[:, None]
+    p0, p1 = np.where(sgn > 0, far, near), np.where(sgn > 0, near, far)
+    n_pts = max(int(np.ceil(arm_len / _PATH_DS)), 1) + 1
+    arm_xy = p0[:, None] + (np.arange(n_pts) / (n_pts - 1))[None, :, None] * (p1 - p0)[:, None]
+    arm_ids = {}
+    for (a, k, side), xy in zip(arm, arm_xy):
+        net.lanes.append(_Lane(xy, RG_SURFACE_LANE, float(speed[road_of[a]]), length=arm_len))
+        arm_ids[(a, k, side)] = len(net.lanes) - 1
+    in_ids = [[arm_ids[(a, k, 1)] for k in range(n_in[a])] for a in range(num_arms)]
+    out_ids = [[arm_ids[(a, k, -1)] for k in range(n_out[a])] for a in range(num_arms)]
     minor = 1 if num_arms == 3 else -1
     weights = {"straight": 0.5, "left": 0.3, "right": 0.25}
     for (a, la, b, lb, tag) in moves:
@@ -612,19 +624,19 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
 
 
 def _walk_window(go: np.ndarray, crossing_s: float) -> np.ndarray:
-    """Walk allowed from 1 s into a `go` window while the window lasts `crossing_s` + 3 s more."""
+    """Walk allowed from just over 1 s into a `go` window while it lasts `crossing_s` + 3 s more.
+
+    A window open at the start of the log counts as open for 5 s already; one open at the
+    end is assumed to last 30 s more.
+    """
     num_steps = len(go)
-    walk = np.zeros(num_steps, bool)
-    remaining = np.zeros(num_steps)
-    run = 30.0  # a window open at the end of the log is assumed to last
-    for t in range(num_steps - 1, -1, -1):
-        run = run + DT if go[t] else 0.0
-        remaining[t] = run
-    since = 0.0
-    for t in range(num_steps):
-        since = (since + DT if t and go[t - 1] else (5.0 if t == 0 else 0.0)) if go[t] else 0.0
-        walk[t] = go[t] and remaining[t] >= crossing_s + 3.0 and since >= 1.0
-    return walk
+    t = np.arange(num_steps)
+    opens = go & np.concatenate([[True], ~go[:-1]])
+    start = np.maximum.accumulate(np.where(opens, t, -1))
+    stop = np.minimum.accumulate(np.where(~go, t, num_steps)[::-1])[::-1]  # first closed step at or after t
+    remaining = (stop - t + 1) * DT + np.where(stop == num_steps, 30.0 - DT, 0.0)
+    since = np.where(start == 0, 5.0 + t * DT, (t - start) * DT)
+    return go & (remaining >= crossing_s + 3.0) & (since > 1.0 + 1e-9)
 
 
 def _junction_crosswalk(net: _Net, u, nv, r_s, cw, n_in, n_out, w, walk) -> None:
@@ -1775,6 +1787,26 @@ def _worker(args):
     return stack_scenarios(scenarios), infos
 
 
+def _pool(processes: int):
+    """A process pool for `_worker`.
+
+    Forked from this process while its JAX runtime is not started (no runtime threads to
+    copy, and the modules are already imported, so workers start in milliseconds);
+    otherwise from a fork server that imports this module once.
+    """
+    import multiprocessing as mp
+    try:
+        from jax._src import xla_bridge
+        started = xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):
+        started = True
+    if not started and "fork" in mp.get_all_start_methods():
+        return mp.get_context("fork").Pool(processes)
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx.Pool(processes)
+
+
 def generate(split: str = "train", num: int = 32, seed: int = 0, config: GeneratorConfig = GeneratorConfig(),
              workers: int = 1) -> tuple[Scenario, list[dict]]:
     """Generates `num` scenarios of `split` from scenario seeds `scenario_seeds(split, num, seed)`.
@@ -1791,12 +1823,7 @@ def generate(split: str = "train", num: int = 32, seed: int = 0, config: Generat
     chunks = [seeds[i:i + config.chunk_size] for i in range(0, num, config.chunk_size)]
     jobs = [(split, [int(x) for x in c], config) for c in chunks]
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        # A fork server that has imported this module once starts workers quickly, without
-        # forking a process whose JAX runtime may already hold threads.
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        with ctx.Pool(min(workers, len(jobs))) as pool:
+        with _pool(min(workers, len(jobs))) as pool:
             results = pool.map(_worker, jobs, chunksize=1)
     else:
         results = [_worker(j) for j in jobs]
