@@ -218,6 +218,11 @@ def _tangent(xy: np.ndarray) -> np.ndarray:
     return d / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
 
 
+def _wrap_near(a: np.ndarray) -> np.ndarray:
+    """`_wrap` of angles within one turn of [-pi, pi) (cheaper than the modulo)."""
+    return np.where(a >= np.pi, a - 2 * np.pi, np.where(a < -np.pi, a + 2 * np.pi, a))
+
+
 def _left(d: np.ndarray) -> np.ndarray:
     return np.stack([-d[..., 1], d[..., 0]], -1)
 
@@ -1045,23 +1050,28 @@ def _lane_table(net: _Net, used: list[int]) -> tuple[np.ndarray, np.ndarray, np.
     key = cell[:, 0] * 100_003 + cell[:, 1]
     order = np.argsort(key, kind="stable")
     skey = key[order]
-    nb = (np.array([-1, 0, 1])[:, None] * 100_003 + np.array([-1, 0, 1])[None]).reshape(-1)
-    q = (key[:, None] + nb[None]).reshape(-1)  # the 9 neighbouring cells of every point
+    # Half of the 3x3 neighbourhood (the cell itself and 4 neighbours) finds every close pair once
+    # (twice within a cell: kept where ia < ib); the mirrored pairs are appended after filtering.
+    nb = np.array([0, 100_003 - 1, 100_003, 100_003 + 1, 1])
+    q = (key[:, None] + nb[None]).reshape(-1)
     lo = np.searchsorted(skey, q, "left")
     cnt = np.searchsorted(skey, q, "right") - lo
-    ia = np.repeat(np.arange(len(q)) // 9, cnt)
+    ia = np.repeat(np.arange(len(q)) // len(nb), cnt)
     ib = order[np.arange(len(ia)) + np.repeat(lo - (np.cumsum(cnt) - cnt), cnt)]
     oa, ob = owner[ia], owner[ib]
-    d = np.hypot(*(pts[ia] - pts[ib]).T)
     pa, pb = is_ped[ia], is_ped[ib]
-    sel = (oa != ob) & ~(pa & pb) & (d < np.where(pa | pb, _CONFLICT_PED, _CONFLICT_VEHICLE))
+    sel = (oa != ob) & ~(pa & pb) & ((np.repeat(np.arange(len(q)) % len(nb), cnt) > 0) | (ia < ib))
+    ia, ib, pa, pb = ia[sel], ib[sel], pa[sel], pb[sel]
+    d = np.hypot(*(pts[ia] - pts[ib]).T)
+    sel = d < np.where(pa | pb, _CONFLICT_PED, _CONFLICT_VEHICLE)
+    ia, ib, d = np.concatenate([ia[sel], ib[sel]]), np.concatenate([ib[sel], ia[sel]]), np.concatenate([d[sel]] * 2)
+    oa, ob = owner[ia], owner[ib]
     zone = np.zeros((nu, nu, 4))
     has = np.zeros((nu, nu), bool)
     aligned = np.zeros((nu, nu), bool)
-    if not sel.any():
+    if not len(ia):
         return zone, has, aligned
-    ia, ib, d = ia[sel], ib[sel], d[sel]
-    pair = oa[sel] * nu + ob[sel]
+    pair = oa * nu + ob
     srt = np.lexsort((d, pair))  # by lane pair, closest point pair first
     pair, ia, ib = pair[srt], ia[srt], ib[srt]
     first = np.flatnonzero(np.concatenate([[True], pair[1:] != pair[:-1]]))
@@ -1276,7 +1286,7 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
 
     def locate(s):
         u = s / _PATH_DS
-        i0 = np.clip(np.floor(u).astype(np.int64), 0, i_max)
+        i0 = np.minimum(np.maximum(u.astype(np.int64), 0), i_max)  # truncation = floor where it matters
         return b.p_start + i0, u - i0
 
     red_tg = np.ascontiguousarray((b.sig_red[b.sig] & b.has_light[:, None]).T)  # [T, G]
@@ -1370,9 +1380,10 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         # IDM.
         t_now = t * dt
         slow = (t_now >= b.slow_t0) & (t_now < b.slow_t1)
-        ci = np.clip(np.round(s / _PATH_DS).astype(np.int64), 0, n_max)
-        v_goal = np.minimum(b.vdes * np.where(slow, b.slow_f, 1.0), b.cap[cap_base + ci])
-        a_free = np.maximum(b.amax * (1.0 - (v / np.maximum(v_goal, 0.1)) ** 4), -3.0)
+        ci = np.minimum(np.maximum(np.round(s / _PATH_DS).astype(np.int64), 0), n_max)
+        v_goal = np.minimum(np.where(slow, b.vdes * b.slow_f, b.vdes), b.cap[cap_base + ci])
+        ratio2 = np.square(v / np.maximum(v_goal, 0.1))
+        a_free = np.maximum(b.amax * (1.0 - ratio2 * ratio2), -3.0)
         # Stop lines (per agent), then the records, IDM interaction term max-reduced per agent.
         s_star = 0.5 + np.maximum(0.0, v * b.headway + v * v / sqrt_ab)
         worst = np.where(stop_active, b.amax * (s_star / np.maximum(dist_stop - 0.5, 0.05)) ** 2, 0.0)
@@ -1400,10 +1411,10 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         lat = np.abs(-dx * pty + dy * ptx)
         g, f = locate(s1 + np.maximum(v1 * dt, 1.0))
         yaw_goal = np.arctan2(b.py[g] + f * seg_y[g] - y1, b.px[g] + f * seg_x[g] - x1)
-        k = _wrap(yaw_goal - yaw) / np.maximum(travel, 1e-6)
-        k = np.clip(k, -_MAX_CURVATURE, _MAX_CURVATURE)
+        k = _wrap_near(yaw_goal - yaw) / np.maximum(travel, 1e-6)
+        k = np.minimum(np.maximum(k, -_MAX_CURVATURE), _MAX_CURVATURE)
         k = np.where((v < _SPEED_EPS) | (v1 < _SPEED_EPS), 0.0, k)
-        yaw1 = _wrap(yaw + k * travel)
+        yaw1 = _wrap_near(yaw + k * travel)
         lat_err = np.maximum(lat_err, np.where(valid, lat, 0.0))
         x, y, yaw, v, s = x1, y1, yaw1, v1, s1
         valid = valid & (s < exit_len)
@@ -1428,19 +1439,26 @@ def _box_overlap(xa, ya, ha, la, wa, xb, yb, hb, lb, wb) -> np.ndarray:
     return sep < 0.05  # a 5 cm safety margin on top of the exact test
 
 
-def _violations(b: _Batch, out: dict, lo: int, hi: int) -> np.ndarray:
-    """Agents (local indices) of one scenario whose log overlaps another, runs a red light or leaves its lane."""
-    x, y, yaw, valid = out["x"][lo:hi], out["y"][lo:hi], out["yaw"][lo:hi], out["valid"][lo:hi]
-    kind = b.kind[lo:hi]
-    L, W = b.length[lo:hi], b.width[lo:hi]
-    n = hi - lo
-    bad = np.zeros(n, bool)
-    ii, jj = np.triu_indices(n, 1)
-    keep = ~((kind[ii] == TYPE_PEDESTRIAN) & (kind[jj] == TYPE_PEDESTRIAN))
+def _violations(b: _Batch, out: dict) -> np.ndarray:
+    """Agents `[G]` whose log overlaps another agent's, runs a red light or leaves its lane (all scenarios at once)."""
+    x, y, yaw, valid = out["x"], out["y"], out["yaw"], out["valid"]
+    L, W = b.length, b.width
+    G = len(L)
+    bad = np.zeros(G, bool)
+    # Agent pairs of the same scenario (not two pedestrians).
+    sizes = np.diff(np.append(b.base, G))
+    ii, jj = [], []
+    for base, n in zip(b.base, sizes):
+        i, j = np.triu_indices(n, 1)
+        ii.append(i + base)
+        jj.append(j + base)
+    ii, jj = np.concatenate(ii), np.concatenate(jj)
+    ped = b.kind == TYPE_PEDESTRIAN
+    keep = ~(ped[ii] & ped[jj])
     ii, jj = ii[keep], jj[keep]
-    reach = 0.5 * (np.hypot(L[ii], W[ii]) + np.hypot(L[jj], W[jj]))
-    d = np.hypot(x[ii] - x[jj], y[ii] - y[jj])
-    near = (d < reach[:, None] + 0.1) & valid[ii] & valid[jj]
+    diag = np.hypot(L, W)
+    reach = 0.5 * (diag[ii] + diag[jj]) + 0.1
+    near = (np.hypot(x[ii] - x[jj], y[ii] - y[jj]) < reach[:, None]) & valid[ii] & valid[jj]
     pi, ti = np.nonzero(near)
     if pi.size:
         a, c = ii[pi], jj[pi]
@@ -1448,14 +1466,13 @@ def _violations(b: _Batch, out: dict, lo: int, hi: int) -> np.ndarray:
         bad[a[ov]] = True
         bad[c[ov]] = True
     # Red lights: the front crosses the stop point while the governing light is red.
-    s = out["s"][lo:hi]
-    front = s + L[:, None] / 2
-    stop = b.stop_s[lo:hi][:, None]
+    front = out["s"] + L[:, None] / 2
+    stop = b.stop_s[:, None]
     crossed = (front[:, :-1] < stop) & (front[:, 1:] >= stop) & valid[:, 1:]
-    red = b.sig_red[b.sig[lo:hi]] & b.has_light[lo:hi, None]
-    veh = kind != TYPE_PEDESTRIAN
+    red = b.sig_red[b.sig] & b.has_light[:, None]
+    veh = ~ped
     bad |= veh & np.any(crossed & (red[:, 1:] | red[:, :-1]), axis=1)
-    bad |= veh & (out["lat_err"][lo:hi] > 0.35)
+    bad |= veh & (out["lat_err"] > 0.35)
     return bad
 
 
@@ -1654,23 +1671,21 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
     slots = rng.permutation(len(keep))
     slot_of = {int(a): int(sl) for a, sl in zip(keep, slots)}
     shape = (N, T)
-    f = {k: np.zeros(shape, np.float32) for k in ("x", "y", "z", "vel_x", "vel_y", "yaw", "length", "width",
-                                                 "height")}
-    valid = np.zeros(shape, bool)
-    types = np.zeros(N, np.int32)
     g = lo + keep
-    f["x"][slots], f["y"][slots], f["yaw"][slots] = out["x"][g], out["y"][g], out["yaw"][g]
-    f["vel_x"][slots] = out["v"][g] * np.cos(out["yaw"][g])
-    f["vel_y"][slots] = out["v"][g] * np.sin(out["yaw"][g])
-    f["length"][slots] = b.length[g][:, None]
-    f["width"][slots] = b.width[g][:, None]
-    f["height"][slots] = np.array([agents[a].height for a in keep])[:, None]
-    f["z"][slots] = f["height"][slots] / 2
-    valid[slots] = out["valid"][g]
+    valid = np.zeros(shape, bool)
+    valid[slots] = v_rows = out["valid"][g]
+    types = np.zeros(N, np.int32)
     types[slots] = b.kind[g]
-    for k in f:
-        f[k][~valid] = 0.0
-    traj = Trajectory(**f, valid=valid,
+    # Fields (x, y, vel_x, vel_y, yaw, length, width, height, z), zero where not valid.
+    fields = np.zeros((9, N, T), np.float32)
+    yaw, speed = out["yaw"][g], out["v"][g]
+    fields[0:5, slots] = np.where(v_rows, np.stack([out["x"][g], out["y"][g], speed * np.cos(yaw), speed * np.sin(yaw),
+                                                    yaw]), 0.0)
+    dims = np.stack([b.length[g], b.width[g], np.array([agents[a].height for a in keep], np.float64)])
+    fields[5:8, slots] = np.where(v_rows, dims[:, :, None], 0.0)
+    fields[8] = fields[7] / 2
+    traj = Trajectory(x=fields[0], y=fields[1], vel_x=fields[2], vel_y=fields[3], yaw=fields[4], length=fields[5],
+                      width=fields[6], height=fields[7], z=fields[8], valid=valid,
                       timestamp_micros=np.broadcast_to(np.arange(T, dtype=np.int32) * 100_000, shape).copy())
     ego_slot = slot_of[ego]
     is_sdc = np.arange(N) == ego_slot
@@ -1699,7 +1714,8 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
     others = np.stack([out["x"][lo:hi, ::30][sub_valid], out["y"][lo:hi, ::30][sub_valid]], -1)
     focus = np.concatenate([np.stack([out["x"][g, ::5], out["y"][g, ::5]], -1), route_xy[::2], others])
     # One focus point per 4 m cell is as good for culling and keeps the compiler's work small.
-    _, first = np.unique(np.floor(focus / 4.0).astype(np.int64), axis=0, return_index=True)
+    cell = np.floor(focus / 4.0).astype(np.int64)
+    _, first = np.unique(cell[:, 0] * 1_000_003 + cell[:, 1], return_index=True)
     focus = focus[np.sort(first)]
     roadmap, report, last_id = _compile_map(net, focus, cfg)
     # Lights: the governed lane is the last piece of the approach lane, the stop point its end.
@@ -1759,12 +1775,13 @@ def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> t
         batch_items = [items[k] for k in pending]
         b = _Batch(batch_items, cfg.num_steps)
         out = _simulate(b)
+        bad_all = _violations(b, out)
         nxt = []
         for pos, k in enumerate(pending):
             it = items[k]
             lo = int(b.base[pos])
             hi = lo + len(it["agents"])
-            bad = _violations(b, out, lo, hi) & it["alive"]
+            bad = bad_all[lo:hi] & it["alive"]
             ego = it["ego"]
             if bad[ego] or not out["valid"][lo + ego].all():
                 items[k] = _build_item(split, it["seed"], it["attempt"] + 1, cfg)
