@@ -125,7 +125,7 @@ class GeneratorConfig:
     max_lights: int = 16
     max_lanes: int = 64
     lane_points: int = 20
-    max_lane_length_m: float = 40.0
+    max_lane_length_m: float = 56.0  # 110 m junction arms in two pieces; 20 points about 2.9 m apart
     max_edges: int = 256
     max_crosswalks: int = 8
     max_stop_signs: int = 8
@@ -1164,35 +1164,34 @@ def _records(net: _Net, agents: list[_Agent]) -> np.ndarray:
 # Joint simulation of many scenarios (flat over agents, vectorised)
 
 
-def _speed_caps(paths: list[np.ndarray]) -> list[np.ndarray]:
-    """Speed caps `[K]` for each evenly sampled path's curvature, reachable by braking at 1.5 m/s².
+def _speed_caps(xy: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Speed caps `[K]` for the curvature of evenly sampled paths laid end to end (`xy [K, 2]`, `lens [P]`).
 
-    All paths at once: curvature from the heading change per point, smoothed over 9
-    points (zero padded), the cap sqrt(2.2 / |k|) propagated backwards as a braking
-    profile (a reversed running minimum that restarts at every path).
+    Curvature from the turn between neighbouring segments (cross product over the
+    lengths: the sine of the small turn angle), smoothed over 9 points (zero padded);
+    the cap sqrt(2.2 / |k|) is propagated backwards as a braking profile at 1.5 m/s² (a
+    reversed running minimum that restarts at every path).
     """
-    lens = np.array([len(p) for p in paths])
-    xy = np.concatenate(paths)
     n = len(xy)
     start = np.cumsum(lens) - lens
     end = start + lens - 1
-    owner = np.repeat(np.arange(len(paths)), lens)
+    owner = np.repeat(np.arange(len(lens)), lens)
     d = xy[1:] - xy[:-1]
-    h = np.arctan2(d[:, 1], d[:, 0])
     ds = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
     k = np.zeros(n)
-    k[1:-1] = np.abs(_wrap(h[1:] - h[:-1])) / (0.5 * (ds[1:] + ds[:-1]))  # exact inside each path
+    cross = d[:-1, 0] * d[1:, 1] - d[:-1, 1] * d[1:, 0]
+    k[1:-1] = np.abs(cross) / (ds[:-1] * ds[1:] * 0.5 * (ds[1:] + ds[:-1]))  # exact inside each path
     k[start] = k[np.minimum(start + 1, end)]
     k[end] = k[np.maximum(end - 1, start)]
     csum = np.concatenate([[0.0], np.cumsum(k)])
     i = np.arange(n)
-    k = (csum[np.minimum(i + 4, end[owner]) + 1] - csum[np.maximum(i - 4, start[owner])]) / 9.0
-    cap2 = np.minimum(2.2 / np.maximum(k, 1e-4), 50.0 ** 2)
-    s = (i - start[owner]) * _PATH_DS
+    own_start, own_end = start[owner], end[owner]
+    k = (csum[np.minimum(i + 4, own_end) + 1] - csum[np.maximum(i - 4, own_start)]) / 9.0
+    s3 = (i - own_start) * (2 * 1.5 * _PATH_DS)
     lift = owner * 1e5  # earlier paths sit lower, so the reversed running minimum restarts at each path
-    key = cap2 + 2 * 1.5 * s + lift
+    key = np.minimum(2.2 / np.maximum(k, 1e-4), 50.0 ** 2) + s3 + lift
     run = np.minimum.accumulate(key[::-1])[::-1] - lift
-    return np.split(np.sqrt(np.maximum(run - 2 * 1.5 * s, 0.0)), np.cumsum(lens)[:-1])
+    return np.sqrt(np.maximum(run - s3, 0.0))
 
 
 class _Batch:
@@ -1240,17 +1239,26 @@ class _Batch:
                     sig.append(sig_base[k] + a.stop_sig if a.stop_sig >= 0 else none)
         self.sig = np.array(sig, np.int64)
         self.has_light = self.sig != none
-        # Paths: concatenated, uniform spacing.
-        lens = np.array([len(a.path) for a in agents], np.int64)
-        self.p_start = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-        self.p_n = lens
-        self.p_len = (lens - 1) * _PATH_DS
-        pts = np.concatenate([a.path for a in agents])
+        # Paths (uniform spacing): each distinct path once, vehicle paths first; agents index into them.
+        uniq: dict[int, int] = {}
+        paths: list[np.ndarray] = []
+        for ped in (False, True):
+            for a in agents:
+                if (a.kind == TYPE_PEDESTRIAN) == ped and id(a.path) not in uniq:
+                    uniq[id(a.path)] = len(paths)
+                    paths.append(a.path)
+        num_veh = len({id(a.path) for a in agents if a.kind != TYPE_PEDESTRIAN})
+        plens = np.array([len(p) for p in paths], np.int64)
+        pstart = np.cumsum(plens) - plens
+        which = np.array([uniq[id(a.path)] for a in agents], np.int64)
+        self.p_start, self.p_n = pstart[which], plens[which]
+        self.p_len = (self.p_n - 1) * _PATH_DS
+        pts = np.concatenate(paths)
         self.px, self.py = pts[:, 0], pts[:, 1]
-        uniq = {id(a.path): a.path for a in agents if a.kind != TYPE_PEDESTRIAN}
-        caps = dict(zip(uniq, _speed_caps(list(uniq.values())))) if uniq else {}
-        caps.update({id(a.path): np.full(len(a.path), 50.0) for a in agents if a.kind == TYPE_PEDESTRIAN})
-        self.cap = np.concatenate([caps[id(a.path)] for a in agents])
+        self.cap = np.full(len(pts), 50.0)  # pedestrians: no curvature cap
+        if num_veh:
+            n_veh = int(pstart[num_veh - 1] + plens[num_veh - 1])
+            self.cap[:n_veh] = _speed_caps(pts[:n_veh], plens[:num_veh])
         # Records.
         rec = np.concatenate([it["records"] for it in items]).reshape(-1, 9)
         rec_base = np.repeat(base, [len(it["records"]) for it in items])
@@ -1259,17 +1267,6 @@ class _Batch:
         self.aligned = rec[:, 6].astype(bool)
         self.off = rec[:, 7]
         self.prio = rec[:, 8]
-
-    def lookup(self, s: np.ndarray):
-        """Path point and unit tangent at arc position `s` `[G]` (linear extrapolation past the ends)."""
-        u = s / _PATH_DS
-        i0 = np.clip(np.floor(u).astype(np.int64), 0, self.p_n - 2)
-        f = u - i0
-        g = self.p_start + i0
-        x0, y0, x1, y1 = self.px[g], self.py[g], self.px[g + 1], self.py[g + 1]
-        tx, ty = x1 - x0, y1 - y0
-        nrm = np.maximum(np.hypot(tx, ty), 1e-9)
-        return x0 + f * tx, y0 + f * ty, tx / nrm, ty / nrm
 
 
 def _simulate(b: _Batch) -> dict[str, np.ndarray]:
@@ -1713,8 +1710,8 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
     sub_valid = out["valid"][lo:hi, ::30]
     others = np.stack([out["x"][lo:hi, ::30][sub_valid], out["y"][lo:hi, ::30][sub_valid]], -1)
     focus = np.concatenate([np.stack([out["x"][g, ::5], out["y"][g, ::5]], -1), route_xy[::2], others])
-    # One focus point per 4 m cell is as good for culling and keeps the compiler's work small.
-    cell = np.floor(focus / 4.0).astype(np.int64)
+    # One focus point per 8 m cell is as good for culling (80 m) and keeps the compiler's work small.
+    cell = np.floor(focus / 8.0).astype(np.int64)
     _, first = np.unique(cell[:, 0] * 1_000_003 + cell[:, 1], return_index=True)
     focus = focus[np.sort(first)]
     roadmap, report, last_id = _compile_map(net, focus, cfg)
@@ -1842,11 +1839,13 @@ def generate(split: str = "train", num: int = 32, seed: int = 0, config: Generat
     if workers > 1 and len(jobs) > 1:
         with _pool(min(workers, len(jobs))) as pool:
             results = pool.map(_worker, jobs, chunksize=1)
-    else:
-        results = [_worker(j) for j in jobs]
-    import jax
-    batched = jax.tree.map(lambda *xs: np.concatenate(xs), *[r[0] for r in results])
-    infos = [i for r in results for i in r[1]]
+        import jax
+        batched = jax.tree.map(lambda *xs: np.concatenate(xs), *[r[0] for r in results])
+        infos = [i for r in results for i in r[1]]
+    else:  # one copy: stack every scenario once
+        results = [_generate_chunk(*j) for j in jobs]
+        batched = stack_scenarios([s for r in results for s in r[0]])
+        infos = [i for r in results for i in r[1]]
     return batched, infos
 
 
