@@ -1022,17 +1022,17 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
 # Conflict zones between agent paths
 
 
-def _lane_table(net: _Net, used: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Proximity zones between the lanes / pedestrian paths `used` (lane index >= 0, -1 - p for path p).
+def _lane_table(polys: list[np.ndarray], scen: np.ndarray, is_ped: np.ndarray):
+    """Proximity zones between lanes / pedestrian paths `polys` (evenly sampled) of the same scenario.
 
-    Returns `zone [U, U, 4]` (lo_a, hi_a, lo_b, hi_b: the arc range of a, then of b, that
-    comes within the conflict distance of the other, padded 1 m), `has [U, U]` and
-    `aligned [U, U]` (vehicle lanes running the same way at their closest points), indexed
-    by position in `used`; pedestrian pairs are skipped. Close point pairs are found
-    with a uniform grid (cells of the conflict distance), all lanes at once.
+    `scen [U]` names each polyline's scenario, `is_ped [U]` marks pedestrian paths (pairs of
+    two are skipped). Returns `zone [U, U, 4]` (lo_a, hi_a, lo_b, hi_b: the arc range of a,
+    then of b, that comes within the conflict distance of the other, padded 1 m), `has
+    [U, U]` and `aligned [U, U]` (vehicle lanes running the same way at their closest
+    points). Close point pairs are found with a uniform grid (cells of the conflict
+    distance, keyed by scenario too), every polyline of every scenario at once.
     """
-    nu = len(used)
-    polys = [net.lanes[u].xy if u >= 0 else net.peds[-1 - u].xy for u in used]
+    nu = len(polys)
     npts = np.array([len(p) for p in polys])
     xy = np.concatenate(polys)
     start = np.cumsum(npts) - npts
@@ -1041,37 +1041,40 @@ def _lane_table(net: _Net, used: list[int]) -> tuple[np.ndarray, np.ndarray, np.
     k = np.arange(len(owner)) - np.repeat(np.cumsum(nsub) - nsub, nsub)
     idx = start[owner] + 4 * k
     pts = xy[idx]
-    spacing = np.array([np.hypot(*(p[1] - p[0])) for p in polys])
-    s = 4 * k * spacing[owner]
+    d01 = xy[start + 1] - xy[start]
+    s = 4 * k * np.hypot(d01[:, 0], d01[:, 1])[owner]
     t = xy[np.minimum(idx + 1, (start + npts - 1)[owner])] - xy[np.maximum(idx - 1, start[owner])]
     h = np.arctan2(t[:, 1], t[:, 0])
-    is_ped = np.array([u < 0 for u in used])[owner]
-    cell = np.floor(pts / _CONFLICT_VEHICLE).astype(np.int64)
-    key = cell[:, 0] * 100_003 + cell[:, 1]
+    ped = is_ped[owner]
+    cell = np.floor(pts / _CONFLICT_VEHICLE).astype(np.int64) + 50_000  # maps span far less than 100 km
+    key = (scen[owner] * 100_003 + cell[:, 0]) * 100_003 + cell[:, 1]
     order = np.argsort(key, kind="stable")
     skey = key[order]
     # Half of the 3x3 neighbourhood (the cell itself and 4 neighbours) finds every close pair once
     # (twice within a cell: kept where ia < ib); the mirrored pairs are appended after filtering.
-    nb = np.array([0, 100_003 - 1, 100_003, 100_003 + 1, 1])
-    q = (key[:, None] + nb[None]).reshape(-1)
-    lo = np.searchsorted(skey, q, "left")
-    cnt = np.searchsorted(skey, q, "right") - lo
-    ia = np.repeat(np.arange(len(q)) // len(nb), cnt)
-    ib = order[np.arange(len(ia)) + np.repeat(lo - (np.cumsum(cnt) - cnt), cnt)]
-    oa, ob = owner[ia], owner[ib]
-    pa, pb = is_ped[ia], is_ped[ib]
-    sel = (oa != ob) & ~(pa & pb) & ((np.repeat(np.arange(len(q)) % len(nb), cnt) > 0) | (ia < ib))
+    ia, ib, first_cell = [], [], []
+    pos = np.arange(len(skey))
+    for k, o in enumerate((0, 100_003 - 1, 100_003, 100_003 + 1, 1)):  # sorted queries: fast lookups
+        lo = np.searchsorted(skey, skey + o, "left")
+        cnt = np.searchsorted(skey, skey + o, "right") - lo
+        ia.append(np.repeat(pos, cnt))
+        ib.append(np.arange(cnt.sum()) + np.repeat(lo - (np.cumsum(cnt) - cnt), cnt))
+        first_cell.append(np.full(len(ia[-1]), k == 0))
+    ia, ib, same_cell = np.concatenate(ia), np.concatenate(ib), np.concatenate(first_cell)
+    keep = ~same_cell | (ia < ib)
+    ia, ib = order[ia[keep]], order[ib[keep]]
+    pa, pb = ped[ia], ped[ib]
+    sel = (owner[ia] != owner[ib]) & ~(pa & pb)
     ia, ib, pa, pb = ia[sel], ib[sel], pa[sel], pb[sel]
     d = np.hypot(*(pts[ia] - pts[ib]).T)
     sel = d < np.where(pa | pb, _CONFLICT_PED, _CONFLICT_VEHICLE)
     ia, ib, d = np.concatenate([ia[sel], ib[sel]]), np.concatenate([ib[sel], ia[sel]]), np.concatenate([d[sel]] * 2)
-    oa, ob = owner[ia], owner[ib]
     zone = np.zeros((nu, nu, 4))
     has = np.zeros((nu, nu), bool)
     aligned = np.zeros((nu, nu), bool)
     if not len(ia):
         return zone, has, aligned
-    pair = oa * nu + ob
+    pair = owner[ia] * nu + owner[ib]
     srt = np.lexsort((d, pair))  # by lane pair, closest point pair first
     pair, ia, ib = pair[srt], ia[srt], ib[srt]
     first = np.flatnonzero(np.concatenate([[True], pair[1:] != pair[:-1]]))
@@ -1081,61 +1084,74 @@ def _lane_table(net: _Net, used: list[int]) -> tuple[np.ndarray, np.ndarray, np.
                                    np.minimum.reduceat(sb, first) - 1.0, np.maximum.reduceat(sb, first) + 1.0], -1)
     has[a_own, b_own] = True
     dh = np.abs(_wrap(h[ia[first]] - h[ib[first]]))
-    aligned[a_own, b_own] = (dh < np.deg2rad(40)) & ~is_ped[ia[first]] & ~is_ped[ib[first]]
+    aligned[a_own, b_own] = (dh < np.deg2rad(40)) & ~ped[ia[first]] & ~ped[ib[first]]
     return zone, has, aligned
 
 
-def _rank(net: _Net, lane: int) -> int:
-    return 3 if lane < 0 else net.lanes[lane].rank
-
-
-def _records(net: _Net, agents: list[_Agent]) -> np.ndarray:
-    """Conflict records `[R, 9]` (i, j, ai0, ai1, aj0, aj1, aligned, offset, priority) of interacting pairs.
+def _records(items: list[dict]) -> list[np.ndarray]:
+    """Conflict records `[R, 9]` (i, j, ai0, ai1, aj0, aj1, aligned, offset, priority) of each item's agent pairs.
 
     offset maps j's path position into i's (aligned zones); priority +1: i has right of
     way, -1: j has, 0: neither (the earlier arrival goes first). Vectorised over all
-    agent pairs and route lanes.
+    agent pairs and route lanes of all items (agent indices in a record are the item's own).
     """
-    n = len(agents)
-    if n < 2:
-        return np.zeros((0, 9))
-    used = sorted({lane for ag in agents for lane in ag.lanes})
-    zone, has, tal = _lane_table(net, used)
-    col = {u: k for k, u in enumerate(used)}
-    nu = len(used) + 1  # the last index is "no lane"
-    tab = np.zeros((nu, nu, 4))
+    # Every (item, lane or pedestrian path) used by an agent gets a column.
+    cols: dict[tuple[int, int], int] = {}
+    polys, scen, is_ped, length, rank = [], [], [], [], []
+    for k, it in enumerate(items):
+        net = it["net"]
+        for u in sorted({lane for ag in it["agents"] for lane in ag.lanes}):
+            cols[(k, u)] = len(polys)
+            if u >= 0:
+                polys.append(net.lanes[u].xy)
+                length.append(net.lanes[u].length)
+                rank.append(net.lanes[u].rank)
+            else:
+                polys.append(net.peds[-1 - u].xy)
+                length.append(len(net.peds[-1 - u].xy) * _PATH_DS)
+                rank.append(3)
+            scen.append(k)
+            is_ped.append(u < 0)
+    none = len(polys)  # the column of "no lane"
+    zone, has, tal = _lane_table(polys, np.array(scen, np.int64), np.array(is_ped, bool))
+    tab = np.zeros((none + 1, none + 1, 4))
     tab[:-1, :-1] = zone
     has = np.pad(has, ((0, 1), (0, 1)))
     tal = np.pad(tal, ((0, 1), (0, 1)))
-    length = np.array([(_lane_len(net, u) if u >= 0 else len(net.peds[-1 - u].xy) * _PATH_DS) for u in used] + [0.0])
-    rank = np.array([_rank(net, u) for u in used] + [0])
-    m = max(len(ag.lanes) for ag in agents)
-    rl = np.full((n, m), nu - 1)
-    off = np.zeros((n, m))
-    for i, ag in enumerate(agents):
-        rl[i, : len(ag.lanes)] = [col[u] for u in ag.lanes]
+    length = np.array(length + [0.0])
+    rank = np.array(rank + [0])
+    agents = [(k, ag) for k, it in enumerate(items) for ag in it["agents"]]
+    sizes = [len(it["agents"]) for it in items]
+    base = np.cumsum(sizes) - sizes
+    m = max(len(ag.lanes) for _, ag in agents)
+    rl = np.full((len(agents), m), none)
+    off = np.zeros((len(agents), m))
+    for i, (k, ag) in enumerate(agents):
+        rl[i, : len(ag.lanes)] = [cols[(k, u)] for u in ag.lanes]
         off[i, : len(ag.lanes)] = ag.lane_off
-    ped = np.array([ag.kind == TYPE_PEDESTRIAN for ag in agents])
-    ii, jj = np.triu_indices(n, 1)
+    ped = np.array([ag.kind == TYPE_PEDESTRIAN for _, ag in agents])
+    ii, jj = [], []
+    for b0, n in zip(base, sizes):
+        i, j = np.triu_indices(n, 1)
+        ii.append(i + b0)
+        jj.append(j + b0)
+    ii, jj = np.concatenate(ii), np.concatenate(jj)
     keep = ~(ped[ii] & ped[jj])
     ii, jj = ii[keep], jj[keep]
+    npair = len(ii)
     la, lb = rl[ii][:, :, None], rl[jj][:, None, :]  # [pairs, m, 1], [pairs, 1, m]
-    oa, ob = off[ii][:, :, None], off[jj][:, None, :]
-    same = ((la == lb) & (la != nu - 1)).reshape(len(ii), -1)  # [pairs, m*m]
-    h = has[la, lb].reshape(same.shape)
-    t_al = tal[la, lb].reshape(same.shape)
-    z = tab[la, lb].reshape(len(ii), -1, 4)
-    len_a = np.broadcast_to(length[la], (len(ii), m, m)).reshape(same.shape)
-    len_b = np.broadcast_to(length[lb], (len(ii), m, m)).reshape(same.shape)
-    oa = np.broadcast_to(oa, (len(ii), m, m)).reshape(same.shape)
-    ob = np.broadcast_to(ob, (len(ii), m, m)).reshape(same.shape)
+    flat = lambda x: np.broadcast_to(x, (npair, m, m)).reshape(npair, m * m)
+    same = flat((la == lb) & (la != none))  # [pairs, m*m]
+    h, t_al = flat(has[la, lb]), flat(tal[la, lb])
+    z = tab[la, lb].reshape(npair, m * m, 4)
+    oa, ob = flat(off[ii][:, :, None]), flat(off[jj][:, None, :])
     lo_a = np.where(same, 0.0, z[..., 0]) + oa
-    hi_a = np.where(same, len_a, z[..., 1]) + oa
+    hi_a = np.where(same, flat(length[la]), z[..., 1]) + oa
     lo_b = np.where(same, 0.0, z[..., 2]) + ob
-    hi_b = np.where(same, len_b, z[..., 3]) + ob
+    hi_b = np.where(same, flat(length[lb]), z[..., 3]) + ob
     al = same | (h & t_al)
     cr = h & ~t_al & ~same
-    prio = np.sign(rank[la] - rank[lb]).reshape(same.shape)
+    prio = flat(np.sign(rank[la] - rank[lb]))
     big = 1e9
     recs = []
     sel = np.flatnonzero(al.any(1))
@@ -1145,19 +1161,21 @@ def _records(net: _Net, agents: list[_Agent]) -> np.ndarray:
         ai1 = np.where(al_s, hi_a[sel], -big).max(1)
         aj0 = np.where(al_s, lo_b[sel], big).min(1)
         aj1 = np.where(al_s, hi_b[sel], -big).max(1)
-        r = np.arange(len(sel))
         shared = (oa - ob)[sel, np.argmax(same_s, 1)]
         offset = np.where(same_s.any(1), shared, 0.5 * ((ai0 + ai1) - (aj0 + aj1)))
         pr = prio[sel, np.argmin(np.where(al_s, lo_a[sel], big), 1)]
         recs.append(np.stack([ii[sel], jj[sel], ai0, ai1, aj0, aj1, np.ones(len(sel)), offset, pr], -1))
     sel = np.flatnonzero(cr.any(1))
     if len(sel):
-        r = np.arange(len(sel))
         first = np.argmin(np.where(cr[sel], lo_a[sel], big), 1)
         pick = lambda x: x[sel, first]
         recs.append(np.stack([ii[sel], jj[sel], pick(lo_a), pick(hi_a), pick(lo_b), pick(hi_b), np.zeros(len(sel)),
                               np.zeros(len(sel)), pick(prio)], -1).astype(np.float64))
-    return np.concatenate(recs) if recs else np.zeros((0, 9))
+    rec = np.concatenate(recs) if recs else np.zeros((0, 9))
+    # Per item, in the order of its agent pairs (aligned records first), with the item's agent indices.
+    owner_item = np.repeat(np.arange(len(items)), sizes)[rec[:, 0].astype(np.int64)]
+    rec[:, :2] -= base[owner_item][:, None]
+    return [rec[owner_item == k] for k in range(len(items))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1496,33 +1514,39 @@ def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConf
         return bool(np.any((st == TL_STOP) | (st == TL_ARROW_STOP) | (st == TL_CAUTION) | (st == TL_ARROW_CAUTION)))
 
     agents = _spawn(net, rng, pr, cfg, red_at0)[: cfg.num_objects]
-    records = _records(net, agents)
-    # The ego: a vehicle that stays on the map for the whole log, preferring interactions.
-    horizon = (cfg.num_steps - 1) * DT
-    score = np.zeros(len(agents))
-    w_rec = np.where(records[:, 6] > 0, 1.0, 2.0)
-    score += np.bincount(records[:, 0].astype(np.int64), w_rec, len(agents))
-    score += np.bincount(records[:, 1].astype(np.int64), w_rec, len(agents))
-    cands = []
-    for k, ag in enumerate(agents):
-        if ag.kind != TYPE_VEHICLE:
-            continue
-        room = (len(ag.path) - 1) * _PATH_DS - ag.s0 - ag.length / 2
-        if room < ag.vdes * horizon + 10.0:
-            continue
-        bonus = {"left": 4.0, "merge": 4.0, "roundabout": 3.0, "right": 2.0}.get(ag.tag, 0.0)
-        bonus += 3.0 if ag.stop_sign else (1.5 if ag.stop_sig >= 0 else 0.0)
-        if ag.stop_s < _INF and ag.stop_s - ag.s0 < 45.0:
-            bonus += 3.0
-        cands.append((k, 1.0 + score[k] + bonus))
-    if cands:
-        w = np.array([c[1] for c in cands]) ** 2
-        ego = cands[int(rng.choice(len(cands), p=w / w.sum()))][0]
-    else:
-        veh = [k for k, a in enumerate(agents) if a.kind == TYPE_VEHICLE]
-        ego = veh[0] if veh else 0
     return dict(split=split, seed=scenario_seed, attempt=attempt, family=family, net=net, agents=agents,
-                records=records, ego=ego, alive=np.ones(len(agents), bool), rng=rng)
+                alive=np.ones(len(agents), bool), rng=rng)
+
+
+def _choose_egos(items: list[dict], cfg: GeneratorConfig) -> None:
+    """Conflict records of the items (all at once), then each item's ego: a vehicle that stays on the
+    map for the whole log, preferring interactions."""
+    horizon = (cfg.num_steps - 1) * DT
+    for item, records in zip(items, _records(items)):
+        agents, rng = item["agents"], item["rng"]
+        score = np.zeros(len(agents))
+        w_rec = np.where(records[:, 6] > 0, 1.0, 2.0)
+        score += np.bincount(records[:, 0].astype(np.int64), w_rec, len(agents))
+        score += np.bincount(records[:, 1].astype(np.int64), w_rec, len(agents))
+        cands = []
+        for k, ag in enumerate(agents):
+            if ag.kind != TYPE_VEHICLE:
+                continue
+            room = (len(ag.path) - 1) * _PATH_DS - ag.s0 - ag.length / 2
+            if room < ag.vdes * horizon + 10.0:
+                continue
+            bonus = {"left": 4.0, "merge": 4.0, "roundabout": 3.0, "right": 2.0}.get(ag.tag, 0.0)
+            bonus += 3.0 if ag.stop_sign else (1.5 if ag.stop_sig >= 0 else 0.0)
+            if ag.stop_s < _INF and ag.stop_s - ag.s0 < 45.0:
+                bonus += 3.0
+            cands.append((k, 1.0 + score[k] + bonus))
+        if cands:
+            w = np.array([c[1] for c in cands]) ** 2
+            ego = cands[int(rng.choice(len(cands), p=w / w.sum()))][0]
+        else:
+            veh = [k for k, a in enumerate(agents) if a.kind == TYPE_VEHICLE]
+            ego = veh[0] if veh else 0
+        item["records"], item["ego"] = records, ego
 
 
 def _min_dist_to(points: np.ndarray, focus: np.ndarray) -> np.ndarray:
@@ -1764,6 +1788,7 @@ def scenario_seeds(split: str, num: int, seed: int = 0) -> np.ndarray:
 
 def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> tuple[list[Scenario], list[dict]]:
     items = {k: _build_item(split, int(sd), 0, cfg) for k, sd in enumerate(seeds)}
+    _choose_egos(list(items.values()), cfg)
     done: dict[int, tuple[Scenario, dict]] = {}
     pending = list(items)
     for _ in range(12):
@@ -1782,6 +1807,7 @@ def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> t
             ego = it["ego"]
             if bad[ego] or not out["valid"][lo + ego].all():
                 items[k] = _build_item(split, it["seed"], it["attempt"] + 1, cfg)
+                _choose_egos([items[k]], cfg)
                 nxt.append(k)
             elif bad.any():
                 it["alive"] = it["alive"] & ~bad
