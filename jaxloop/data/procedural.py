@@ -1092,12 +1092,17 @@ def _records(items: list[dict]) -> list[np.ndarray]:
     """Conflict records `[R, 9]` (i, j, ai0, ai1, aj0, aj1, aligned, offset, priority) of each item's agent pairs.
 
     offset maps j's path position into i's (aligned zones); priority +1: i has right of
-    way, -1: j has, 0: neither (the earlier arrival goes first). Vectorised over all
-    agent pairs and route lanes of all items (agent indices in a record are the item's own).
+    way, -1: j has, 0: neither (the earlier arrival goes first). A pair of agents gets an
+    aligned record if any lane of i's route is shared with, or runs alongside, one of j's
+    (the union of those zones), and a crossing record for the first crossing zone along
+    i's route. All items at once, as a sparse join: (agent, route lane) entries x lane
+    pairs in proximity x entries; agent indices in the records are the item's own.
     """
     # Every (item, lane or pedestrian path) used by an agent gets a column.
     cols: dict[tuple[int, int], int] = {}
     polys, scen, is_ped, length, rank = [], [], [], [], []
+    e_agent, e_col, e_off, e_pos = [], [], [], []
+    g = 0
     for k, it in enumerate(items):
         net = it["net"]
         for u in sorted({lane for ag in it["agents"] for lane in ag.lanes}):
@@ -1112,67 +1117,73 @@ def _records(items: list[dict]) -> list[np.ndarray]:
                 rank.append(3)
             scen.append(k)
             is_ped.append(u < 0)
-    none = len(polys)  # the column of "no lane"
-    zone, has, tal = _lane_table(polys, np.array(scen, np.int64), np.array(is_ped, bool))
-    tab = np.zeros((none + 1, none + 1, 4))
-    tab[:-1, :-1] = zone
-    has = np.pad(has, ((0, 1), (0, 1)))
-    tal = np.pad(tal, ((0, 1), (0, 1)))
-    length = np.array(length + [0.0])
-    rank = np.array(rank + [0])
-    agents = [(k, ag) for k, it in enumerate(items) for ag in it["agents"]]
-    sizes = [len(it["agents"]) for it in items]
+        for ag in it["agents"]:
+            for p, (u, o) in enumerate(zip(ag.lanes, ag.lane_off)):
+                e_agent.append(g)
+                e_col.append(cols[(k, u)])
+                e_off.append(o)
+                e_pos.append(p)
+            g += 1
+    sizes = np.array([len(it["agents"]) for it in items])
     base = np.cumsum(sizes) - sizes
-    m = max(len(ag.lanes) for _, ag in agents)
-    rl = np.full((len(agents), m), none)
-    off = np.zeros((len(agents), m))
-    for i, (k, ag) in enumerate(agents):
-        rl[i, : len(ag.lanes)] = [cols[(k, u)] for u in ag.lanes]
-        off[i, : len(ag.lanes)] = ag.lane_off
-    ped = np.array([ag.kind == TYPE_PEDESTRIAN for _, ag in agents])
-    ii, jj = [], []
-    for b0, n in zip(base, sizes):
-        i, j = np.triu_indices(n, 1)
-        ii.append(i + b0)
-        jj.append(j + b0)
-    ii, jj = np.concatenate(ii), np.concatenate(jj)
-    keep = ~(ped[ii] & ped[jj])
-    ii, jj = ii[keep], jj[keep]
-    npair = len(ii)
-    la, lb = rl[ii][:, :, None], rl[jj][:, None, :]  # [pairs, m, 1], [pairs, 1, m]
-    flat = lambda x: np.broadcast_to(x, (npair, m, m)).reshape(npair, m * m)
-    same = flat((la == lb) & (la != none))  # [pairs, m*m]
-    h, t_al = flat(has[la, lb]), flat(tal[la, lb])
-    z = tab[la, lb].reshape(npair, m * m, 4)
-    oa, ob = flat(off[ii][:, :, None]), flat(off[jj][:, None, :])
-    lo_a = np.where(same, 0.0, z[..., 0]) + oa
-    hi_a = np.where(same, flat(length[la]), z[..., 1]) + oa
-    lo_b = np.where(same, 0.0, z[..., 2]) + ob
-    hi_b = np.where(same, flat(length[lb]), z[..., 3]) + ob
-    al = same | (h & t_al)
-    cr = h & ~t_al & ~same
-    prio = flat(np.sign(rank[la] - rank[lb]))
-    big = 1e9
+    nu = len(polys)
+    zone, has, tal = _lane_table(polys, np.array(scen, np.int64), np.array(is_ped, bool))
+    length, rank = np.array(length), np.array(rank)
+    e_agent, e_col, e_off, e_pos = np.array(e_agent), np.array(e_col), np.array(e_off), np.array(e_pos)
+    ped = np.array([ag.kind == TYPE_PEDESTRIAN for it in items for ag in it["agents"]])
+    # Lane pairs that interact: in proximity, or the same lane.
+    la, lb = np.nonzero(has)
+    la, lb = np.concatenate([la, np.arange(nu)]), np.concatenate([lb, np.arange(nu)])
+    # Join: entries on la x entries on lb (two expansions through entries grouped by column).
+    by_col = np.argsort(e_col, kind="stable")
+    cnt = np.bincount(e_col, minlength=nu)
+    first = np.cumsum(cnt) - cnt
+
+    def expand(n, start):
+        rep = np.repeat(np.arange(len(n)), n)
+        return rep, by_col[start[rep] + np.arange(len(rep)) - np.repeat(np.cumsum(n) - n, n)]
+
+    l1, ea = expand(cnt[la], first[la])
+    l2, eb = expand(cnt[lb[l1]], first[lb[l1]])
+    ea = ea[l2]
+    ai, aj = e_agent[ea], e_agent[eb]
+    keep = (ai < aj) & ~(ped[ai] & ped[aj])
+    ea, eb, ai, aj = ea[keep], eb[keep], ai[keep], aj[keep]
+    ca, cb = e_col[ea], e_col[eb]
+    same = ca == cb
+    z = zone[ca, cb]
+    oa, ob = e_off[ea], e_off[eb]
+    lo_a = np.where(same, 0.0, z[:, 0]) + oa
+    hi_a = np.where(same, length[ca], z[:, 1]) + oa
+    lo_b = np.where(same, 0.0, z[:, 2]) + ob
+    hi_b = np.where(same, length[cb], z[:, 3]) + ob
+    al = same | tal[ca, cb]
+    prio = np.sign(rank[ca] - rank[cb]).astype(np.float64)
+    key = ai * len(ped) + aj  # agent pairs in (i, j) order
+    rowmajor = e_pos[ea] * (int(e_pos.max()) + 1) + e_pos[eb]  # ties go to the earliest route lanes (i's first)
     recs = []
-    sel = np.flatnonzero(al.any(1))
-    if len(sel):
-        al_s, same_s = al[sel], same[sel]
-        ai0 = np.where(al_s, lo_a[sel], big).min(1)
-        ai1 = np.where(al_s, hi_a[sel], -big).max(1)
-        aj0 = np.where(al_s, lo_b[sel], big).min(1)
-        aj1 = np.where(al_s, hi_b[sel], -big).max(1)
-        shared = (oa - ob)[sel, np.argmax(same_s, 1)]
-        offset = np.where(same_s.any(1), shared, 0.5 * ((ai0 + ai1) - (aj0 + aj1)))
-        pr = prio[sel, np.argmin(np.where(al_s, lo_a[sel], big), 1)]
-        recs.append(np.stack([ii[sel], jj[sel], ai0, ai1, aj0, aj1, np.ones(len(sel)), offset, pr], -1))
-    sel = np.flatnonzero(cr.any(1))
-    if len(sel):
-        first = np.argmin(np.where(cr[sel], lo_a[sel], big), 1)
-        pick = lambda x: x[sel, first]
-        recs.append(np.stack([ii[sel], jj[sel], pick(lo_a), pick(hi_a), pick(lo_b), pick(hi_b), np.zeros(len(sel)),
-                              np.zeros(len(sel)), pick(prio)], -1).astype(np.float64))
-    rec = np.concatenate(recs) if recs else np.zeros((0, 9))
-    # Per item, in the order of its agent pairs (aligned records first), with the item's agent indices.
+    for sel, aligned in ((al, True), (~al, False)):
+        idx = np.flatnonzero(sel)
+        if not len(idx):
+            continue
+        # The combination with the smallest lo_a leads each pair (ties: earliest route lanes).
+        idx = idx[np.lexsort((rowmajor[idx], lo_a[idx], key[idx]))]
+        k_s = key[idx]
+        head = np.flatnonzero(np.concatenate([[True], k_s[1:] != k_s[:-1]]))
+        lead = idx[head]
+        if aligned:
+            ai0, ai1 = np.minimum.reduceat(lo_a[idx], head), np.maximum.reduceat(hi_a[idx], head)
+            aj0, aj1 = np.minimum.reduceat(lo_b[idx], head), np.maximum.reduceat(hi_b[idx], head)
+            # A shared lane fixes the offset between the two paths (its first occurrence); else zone centres.
+            srt = idx[np.lexsort((rowmajor[idx], ~same[idx], key[idx]))]
+            first_same = srt[np.flatnonzero(np.concatenate([[True], key[srt][1:] != key[srt][:-1]]))]
+            offset = np.where(same[first_same], (oa - ob)[first_same], 0.5 * ((ai0 + ai1) - (aj0 + aj1)))
+            recs.append(np.stack([ai[lead], aj[lead], ai0, ai1, aj0, aj1, np.ones(len(lead)), offset, prio[lead]], -1))
+        else:
+            recs.append(np.stack([ai[lead], aj[lead], lo_a[lead], hi_a[lead], lo_b[lead], hi_b[lead],
+                                  np.zeros(len(lead)), np.zeros(len(lead)), prio[lead]], -1))
+    rec = np.concatenate(recs).astype(np.float64) if recs else np.zeros((0, 9))
+    # Per item, with the item's agent indices.
     owner_item = np.repeat(np.arange(len(items)), sizes)[rec[:, 0].astype(np.int64)]
     rec[:, :2] -= base[owner_item][:, None]
     return [rec[owner_item == k] for k in range(len(items))]
