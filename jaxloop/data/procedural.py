@@ -1324,7 +1324,8 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
     ai1b, aj1b = b.ai1 + _ZONE_BUFFER, b.aj1 + _ZONE_BUFFER
     prio_pos, prio_neg = prio > 0, prio < 0
     half = b.length / 2
-    len_ri, len_rj = b.length[ri], b.length[rj]
+    half_ri, half_rj = half[ri], half[rj]
+    stop_first_i, stop_first_j = b.stop_s[ri] < b.ai0, b.stop_s[rj] < b.aj0  # a stop line before the zone
     sqrt_ab = 2.0 * np.sqrt(b.amax * b.bdec)
     cap_base = b.p_start
     exit_len = b.p_len - 0.5 - half
@@ -1359,18 +1360,18 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         stop_timer += np.where(near_stopped, dt, 0.0)
         served |= stop_timer >= 1.0
         stop_active = before & (((red | yel) & ~commit) | (stop_sign & ~served))
-        hard = np.where(stop_active, stop_s, _INF)
         # Conflict records.
         act = valid[ri] & valid[rj]
         fi, fj = front[ri], front[rj]
         vi, vj = v[ri], v[rj]
         si, sj = s[ri], s[rj]
-        rear_i, rear_j = si - len_ri / 2, sj - len_rj / 2
+        rear_i, rear_j = si - half_ri, sj - half_rj
         ins_i, ins_j = fi > ai0b, fj > aj0b
         clr_i = crossing & (rear_i > ai1b)
         clr_j = crossing & (rear_j > aj1b)
-        eta_i = np.minimum(np.where(hard[ri] < b.ai0, 1e4, np.maximum(ai0b - fi, 0.0) / np.maximum(vi, 1.0)), 1e4)
-        eta_j = np.minimum(np.where(hard[rj] < b.aj0, 1e4, np.maximum(aj0b - fj, 0.0) / np.maximum(vj, 1.0)), 1e4)
+        # Time to reach the zone (1e4: held at an active stop line before it; paths are far shorter than 1e4 m).
+        eta_i = np.where(stop_active[ri] & stop_first_i, 1e4, np.maximum(ai0b - fi, 0.0) / np.maximum(vi, 1.0))
+        eta_j = np.where(stop_active[rj] & stop_first_j, 1e4, np.maximum(aj0b - fj, 0.0) / np.maximum(vj, 1.0))
         tc_i = np.where(aligned, 1.5, (ai1b - rear_i) / np.maximum(vi, 3.0))
         tc_j = np.where(aligned, 1.5, (aj1b - rear_j) / np.maximum(vj, 3.0))
         margin = np.where(prio_pos, eta_j + tc_j + 2.0 - eta_i,
@@ -1380,8 +1381,8 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         either = ins_i | ins_j
         prov = np.where(ins_i & ~ins_j, True, np.where(ins_j & ~ins_i, False,
                         np.where(both, np.where(decided, order_i, np.where(aligned, si > sj + b.off, rule)), rule)))
-        can_i = (ai0b - fi) > vi * vi / (2 * 3.0) + 0.3
-        can_j = (aj0b - fj) > vj * vj / (2 * 3.0) + 0.3
+        can_i = (ai0b - fi) > vi * vi * (1 / 6.0) + 0.3  # can stop before the zone at 3 m/s²
+        can_j = (aj0b - fj) > vj * vj * (1 / 6.0) + 0.3
         second_can = np.where(prov, can_j, can_i)
         first_can = np.where(prov, can_i, can_j)
         prov = np.where(decided & (prov != order_i) & ~second_can & ~both, order_i, prov)
@@ -1424,17 +1425,16 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         a = np.clip(a_free - worst, -_MAX_ACCEL, b.amax)
         a = np.maximum(a, -v / dt)
         # Bicycle step (DESIGN.md equations), curvature aimed at the path one step ahead.
-        c, sn = np.cos(yaw), np.sin(yaw)
-        travel = v * dt + 0.5 * a * dt * dt
-        x1 = x + v * c * dt + 0.5 * a * c * dt * dt
-        y1 = y + v * sn * dt + 0.5 * a * sn * dt * dt
+        travel = v * dt + a * (0.5 * dt * dt)
+        x1 = x + travel * np.cos(yaw)
+        y1 = y + travel * np.sin(yaw)
         v1 = v + a * dt
         s_pred = s + travel
         g, f = locate(s_pred)
         px, py, ptx, pty = b.px[g] + f * seg_x[g], b.py[g] + f * seg_y[g], seg_ux[g], seg_uy[g]
         dx, dy = x1 - px, y1 - py
         s1 = s_pred + dx * ptx + dy * pty
-        lat = np.abs(-dx * pty + dy * ptx)
+        lat = np.abs(dy * ptx - dx * pty)
         g, f = locate(s1 + np.maximum(v1 * dt, 1.0))
         yaw_goal = np.arctan2(b.py[g] + f * seg_y[g] - y1, b.px[g] + f * seg_x[g] - x1)
         k = _wrap_near(yaw_goal - yaw) / np.maximum(travel, 1e-6)
@@ -1578,10 +1578,14 @@ def _edge_segments(edges: list[np.ndarray], seg_len: float, corner_deg: float) -
     equal segments by arc length; all polylines at once on one increasing arc key.
     """
     xy = np.concatenate(edges)
-    n = len(xy)
     lens = np.array([len(e) for e in edges])
-    run_start = np.zeros(n, bool)
+    run_start = np.zeros(len(xy), bool)
     run_start[np.cumsum(lens) - lens] = True
+    # Drop vertices within 5 cm of the previous one: a near-zero segment has no reliable side.
+    step = np.hypot(*np.diff(xy, axis=0).T)
+    keep = np.concatenate([[True], step >= 0.05]) | run_start
+    xy, run_start = xy[keep], run_start[keep]
+    n = len(xy)
     d = xy[1:] - xy[:-1]
     dl = np.hypot(d[:, 0], d[:, 1])
     same = ~run_start[1:]  # d[i] joins two points of one polyline
