@@ -1193,34 +1193,38 @@ def _records(items: list[dict]) -> list[np.ndarray]:
 # Joint simulation of many scenarios (flat over agents, vectorised)
 
 
-def _speed_caps(xy: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Speed caps `[K]` for the curvature of evenly sampled paths laid end to end (`xy [K, 2]`, `lens [P]`).
+def _speed_caps(paths: list[np.ndarray]) -> list[np.ndarray]:
+    """Speed caps `[K]` for the curvature of each evenly sampled path `[K, 2]`.
 
     Curvature from the turn between neighbouring segments (cross product over the
     lengths: the sine of the small turn angle), smoothed over 9 points (zero padded);
-    the cap sqrt(2.2 / |k|) is propagated backwards as a braking profile at 1.5 m/s² (a
-    reversed running minimum that restarts at every path).
+    the cap sqrt(2.2 / |k|) is propagated backwards as a braking profile at 1.5 m/s².
+    All paths at once as rows of one padded array, every value computed from its own
+    path only (so a path's caps do not depend on which others share the batch).
     """
-    n = len(xy)
-    start = np.cumsum(lens) - lens
-    end = start + lens - 1
-    owner = np.repeat(np.arange(len(lens)), lens)
-    d = xy[1:] - xy[:-1]
-    ds = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
-    k = np.zeros(n)
-    cross = d[:-1, 0] * d[1:, 1] - d[:-1, 1] * d[1:, 0]
-    k[1:-1] = np.abs(cross) / (ds[:-1] * ds[1:] * 0.5 * (ds[1:] + ds[:-1]))  # exact inside each path
-    k[start] = k[np.minimum(start + 1, end)]
-    k[end] = k[np.maximum(end - 1, start)]
-    csum = np.concatenate([[0.0], np.cumsum(k)])
-    i = np.arange(n)
-    own_start, own_end = start[owner], end[owner]
-    k = (csum[np.minimum(i + 4, own_end) + 1] - csum[np.maximum(i - 4, own_start)]) / 9.0
-    s3 = (i - own_start) * (2 * 1.5 * _PATH_DS)
-    lift = owner * 1e5  # earlier paths sit lower, so the reversed running minimum restarts at each path
-    key = np.minimum(2.2 / np.maximum(k, 1e-4), 50.0 ** 2) + s3 + lift
-    run = np.minimum.accumulate(key[::-1])[::-1] - lift
-    return np.sqrt(np.maximum(run - s3, 0.0))
+    lens = np.array([len(p) for p in paths])
+    n, width = len(paths), int(lens.max())
+    xy = np.zeros((n, width, 2))
+    inside = np.arange(width)[None] < lens[:, None]
+    xy[inside] = np.concatenate(paths)
+    d = xy[:, 1:] - xy[:, :-1]
+    ds = np.maximum(np.hypot(d[..., 0], d[..., 1]), 1e-9)
+    k = np.zeros((n, width + 8))  # 4 zeros of padding on each side for the smoothing window
+    cross = d[:, :-1, 0] * d[:, 1:, 1] - d[:, :-1, 1] * d[:, 1:, 0]
+    k[:, 5:width + 3] = np.abs(cross) / (ds[:, :-1] * ds[:, 1:] * 0.5 * (ds[:, 1:] + ds[:, :-1]))
+    rows = np.arange(n)
+    k[:, 4] = k[:, 5]  # the ends repeat their neighbour
+    k[rows, lens + 3] = k[rows, lens + 2]
+    k[:, 4:width + 4] *= inside  # zero past each path's end (and its padding)
+    smooth = k[:, 0:width].copy()
+    for shift in range(1, 9):
+        smooth += k[:, shift:shift + width]
+    smooth /= 9.0
+    s3 = np.arange(width) * (2 * 1.5 * _PATH_DS)
+    key = np.where(inside, np.minimum(2.2 / np.maximum(smooth, 1e-4), 50.0 ** 2) + s3, np.inf)
+    run = np.minimum.accumulate(key[:, ::-1], axis=1)[:, ::-1]
+    caps = np.sqrt(np.maximum(run - s3, 0.0))
+    return [caps[i, :m] for i, m in enumerate(lens)]
 
 
 class _Batch:
@@ -1286,8 +1290,7 @@ class _Batch:
         self.px, self.py = pts[:, 0], pts[:, 1]
         self.cap = np.full(len(pts), 50.0)  # pedestrians: no curvature cap
         if num_veh:
-            n_veh = int(pstart[num_veh - 1] + plens[num_veh - 1])
-            self.cap[:n_veh] = _speed_caps(pts[:n_veh], plens[:num_veh])
+            self.cap[:int(pstart[num_veh - 1] + plens[num_veh - 1])] = np.concatenate(_speed_caps(paths[:num_veh]))
         # Records.
         rec = np.concatenate([it["records"] for it in items]).reshape(-1, 9)
         rec_base = np.repeat(base, [len(it["records"]) for it in items])
@@ -1561,13 +1564,12 @@ def _choose_egos(items: list[dict], cfg: GeneratorConfig) -> None:
 
 
 def _min_dist_to(points: np.ndarray, focus: np.ndarray) -> np.ndarray:
-    """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[F, 2]` (one matrix product)."""
+    """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[F, 2]` (exact per pair, no BLAS)."""
     if len(points) == 0:
         return np.zeros(0)
-    o = focus.mean(axis=0)
-    p, f = points - o, focus - o
-    d2 = np.sum(p * p, 1)[:, None] + np.sum(f * f, 1)[None] - 2.0 * (p @ f.T)
-    return np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+    dx = points[:, 0, None] - focus[None, :, 0]
+    dy = points[:, 1, None] - focus[None, :, 1]
+    return np.sqrt(np.min(dx * dx + dy * dy, axis=1))
 
 
 def _edge_segments(edges: list[np.ndarray], seg_len: float, corner_deg: float) -> tuple[np.ndarray, np.ndarray]:
@@ -1607,31 +1609,53 @@ def _edge_segments(edges: list[np.ndarray], seg_len: float, corner_deg: float) -
     return pts[:len(piece)], pts[len(piece):]
 
 
-def _compile_map(net: _Net, focus: np.ndarray, cfg: GeneratorConfig):
-    """The network compiled straight into a `RoadMap` (the layout of `jaxloop.data.mapcompile`).
+def _select_many(dist: np.ndarray, scen: np.ndarray, num: int, radius: float, capacity: int):
+    """Features to keep per scenario: within `radius`, nearest first, at most `capacity` each.
+
+    Returns (scenario `[K]`, slot `[K]`, feature index `[K]`) of the kept features and the
+    number dropped for capacity per scenario `[num]`.
+    """
+    inside = np.flatnonzero(dist <= radius)
+    order = inside[np.lexsort((dist[inside], scen[inside]))]
+    sc = scen[order]
+    count = np.bincount(sc, minlength=num)
+    slot = np.arange(len(order)) - (np.cumsum(count) - count)[sc]
+    keep = slot < capacity
+    return sc[keep], slot[keep], order[keep], np.maximum(count - capacity, 0)
+
+
+def _compile_maps(nets: list[_Net], focuses: list[np.ndarray], cfg: GeneratorConfig):
+    """The networks compiled straight into `RoadMap`s (the layout of `jaxloop.data.mapcompile`), all at once.
 
     Lanes are cut into equal pieces no longer than `cfg.max_lane_length_m` (ids from 1, in
     lane order) and resampled to `cfg.lane_points` points by arc length (lane points are
-    evenly spaced, so by index); road edges go through the shared edge compiler; every
-    feature is culled to `cfg.cull_radius_m` of `focus` `[F, 2]`, nearest first.
+    evenly spaced, so by index); road edges are cut into segments of about
+    `cfg.edge_segment_m` (corners kept); crosswalks and stop signs are taken as built.
+    Every feature is culled to `cfg.cull_radius_m` of its scenario's focus points `[F, 2]`,
+    nearest first, up to the capacities of `cfg`.
 
-    Returns (RoadMap, CompileReport, ids `[num lanes]` of the last piece of each lane).
+    Returns per network: (RoadMap, whether features within the radius were dropped for
+    capacity, ids `[num lanes]` of the last piece of each lane).
     """
-    from jaxloop.data.mapcompile import CompileReport, _select
-    report = CompileReport(source="procedural")
+    S = len(nets)
     radius = cfg.cull_radius_m
-    # Lanes.
-    q = cfg.lane_points
-    lens = np.array([ln.length for ln in net.lanes])
-    npts = np.array([len(ln.xy) for ln in net.lanes])
+    # Lane pieces of every network, resampled by index.
+    lanes = [ln for net in nets for ln in net.lanes]
+    lane_scen = np.repeat(np.arange(S), [len(net.lanes) for net in nets])
+    lens = np.array([ln.length for ln in lanes])
+    npts = np.array([len(ln.xy) for ln in lanes])
     num = np.maximum(1, np.ceil(lens / cfg.max_lane_length_m - 1e-9)).astype(np.int64)
-    last_id = np.cumsum(num)  # ids 1..: lane li has pieces last_id[li] - num[li] + 1 .. last_id[li]
-    lane_of = np.repeat(np.arange(len(lens)), num)
-    piece = np.arange(len(lane_of)) - (last_id - num)[lane_of]
-    xy_all = np.concatenate([ln.xy for ln in net.lanes])
-    start = np.concatenate([[0], np.cumsum(npts)[:-1]])
+    cum = np.cumsum(num)
+    first_lane = np.cumsum([len(net.lanes) for net in nets]) - [len(net.lanes) for net in nets]
+    scen_first = (cum - num)[first_lane]  # first piece of each network
+    last_id = cum - scen_first[lane_scen]  # local ids 1..: a lane's pieces end at last_id
+    lane_of = np.repeat(np.arange(len(lanes)), num)
+    piece = np.arange(len(lane_of)) - (cum - num)[lane_of]
+    xy_all = np.concatenate([ln.xy for ln in lanes])
+    start = np.cumsum(npts) - npts
+    q = cfg.lane_points
     u = (piece[:, None] + np.linspace(0.0, 1.0, q)[None]) / num[lane_of, None] * (npts[lane_of, None] - 1)
-    i0 = np.clip(np.floor(u).astype(np.int64), 0, npts[lane_of, None] - 2)
+    i0 = np.minimum(u.astype(np.int64), npts[lane_of, None] - 2)
     f = (u - i0)[..., None]
     g = start[lane_of, None] + i0
     pts = xy_all[g] * (1.0 - f) + xy_all[g + 1] * f  # [K, Q, 2]
@@ -1640,66 +1664,87 @@ def _compile_map(net: _Net, focus: np.ndarray, cfg: GeneratorConfig):
     tan[:, 0] = pts[:, 1] - pts[:, 0]
     tan[:, -1] = pts[:, -1] - pts[:, -2]
     tan /= np.maximum(np.hypot(tan[..., 0], tan[..., 1]), 1e-12)[..., None]
-    probe = pts[:, ::3]
-    dist = _min_dist_to(probe.reshape(-1, 2), focus).reshape(probe.shape[:2]).min(axis=1)
-    keep = _select(dist, radius, cfg.max_lanes, report.lanes)
-    p, k = cfg.max_lanes, len(keep)
-    lane_xy = np.zeros((p, q, 2), np.float32)
-    lane_dir = np.zeros((p, q, 2), np.float32)
-    lane_valid = np.zeros((p, q), bool)
-    lane_ids = np.full(p, -1, np.int32)
-    lane_types = np.zeros(p, np.int32)
-    lane_speed = np.zeros(p, np.float32)
-    lane_xy[:k], lane_dir[:k], lane_valid[:k] = pts[keep], tan[keep], True
-    lane_ids[:k] = keep + 1
-    lane_types[:k] = np.array([ln.rg_type for ln in net.lanes])[lane_of[keep]]
-    lane_speed[:k] = np.array([ln.speed for ln in net.lanes])[lane_of[keep]]
-    fields = dict(lane_xy=lane_xy, lane_dir=lane_dir, lane_valid=lane_valid, lane_ids=lane_ids,
-                  lane_types=lane_types, lane_speed_limit=lane_speed)
-    # Road edges (oriented by the builders).
-    e0, e1 = _edge_segments(net.edges, cfg.edge_segment_m, 25.0)
-    probe = np.concatenate([e0, e1, 0.5 * (e0 + e1)])
-    keep = _select(_min_dist_to(probe, focus).reshape(3, -1).min(axis=0), radius, cfg.max_edges, report.edges)
-    e, k = cfg.max_edges, len(keep)
-    edge_start, edge_end = np.zeros((e, 2), np.float32), np.zeros((e, 2), np.float32)
-    edge_valid = np.zeros(e, bool)
-    edge_start[:k], edge_end[:k], edge_valid[:k] = e0[keep], e1[keep], True
-    fields.update(edge_start=edge_start, edge_end=edge_end, edge_valid=edge_valid,
-                  edge_types=np.where(edge_valid, RG_ROAD_EDGE_BOUNDARY, 0).astype(np.int32))
-    # Crosswalks: the builders' rectangles, corners counter-clockwise.
-    c = cfg.max_crosswalks
-    cw_xy = np.zeros((c, 4, 2), np.float32)
-    cw_valid = np.zeros(c, bool)
-    if net.crosswalks:
-        boxes = np.stack(net.crosswalks)
-        keep = _select(_min_dist_to(boxes.reshape(-1, 2), focus).reshape(-1, 4).min(axis=1), radius, c,
-                       report.crosswalks)
-        cw_xy[:len(keep)], cw_valid[:len(keep)] = boxes[keep], True
-    else:
-        _select(np.zeros(0), radius, c, report.crosswalks)
-    fields.update(crosswalk_xy=cw_xy, crosswalk_valid=cw_valid)
-    # Stop signs: one per governed lane (its last piece).
-    s = cfg.max_stop_signs
-    ss_xy = np.zeros((s, 2), np.float32)
-    ss_lane = np.full(s, -1, np.int32)
-    ss_valid = np.zeros(s, bool)
-    if net.signs:
-        sxy = np.array([xy for xy, _ in net.signs], np.float64).reshape(-1, 2)
-        keep = _select(_min_dist_to(sxy, focus), radius, s, report.stop_signs)
-        ss_xy[:len(keep)], ss_valid[:len(keep)] = sxy[keep], True
-        ss_lane[:len(keep)] = last_id[np.array([lane for _, lane in net.signs])[keep]]
-    else:
-        _select(np.zeros(0), radius, s, report.stop_signs)
-    fields.update(stop_sign_xy=ss_xy, stop_sign_lane_ids=ss_lane, stop_sign_valid=ss_valid)
-    return RoadMap(**fields), report, last_id
+    piece_scen = lane_scen[lane_of]
+    # Road edges, crosswalks, stop signs.
+    segs = [_edge_segments(net.edges, cfg.edge_segment_m, 25.0) for net in nets]  # per network: batch-independent
+    e0, e1 = np.concatenate([s[0] for s in segs]), np.concatenate([s[1] for s in segs])
+    edge_scen = np.repeat(np.arange(S), [len(s[0]) for s in segs])
+    boxes = np.array([c for net in nets for c in net.crosswalks], np.float64).reshape(-1, 4, 2)
+    cw_scen = np.repeat(np.arange(S), [len(net.crosswalks) for net in nets])
+    sign_xy = np.array([xy for net in nets for xy, _ in net.signs], np.float64).reshape(-1, 2)
+    sign_scen = np.repeat(np.arange(S), [len(net.signs) for net in nets])
+    lane_first = np.repeat(first_lane, [len(net.signs) for net in nets])
+    sign_lane = last_id[lane_first + np.array([lane for net in nets for _, lane in net.signs], np.int64)]
+    # Distances to the focus: one product per scenario over all its probe points.
+    probe_pts = pts[:, ::3]
+    nl, ne, nc = probe_pts.shape[0] * probe_pts.shape[1], 3 * len(e0), 4 * len(boxes)
+    probes = np.concatenate([probe_pts.reshape(-1, 2), e0, e1, 0.5 * (e0 + e1), boxes.reshape(-1, 2), sign_xy])
+    p_scen = np.concatenate([np.repeat(piece_scen, probe_pts.shape[1]), np.tile(edge_scen, 3),
+                             np.repeat(cw_scen, 4), sign_scen])
+    by = np.argsort(p_scen, kind="stable")
+    bounds = np.searchsorted(p_scen[by], np.arange(S + 1))
+    dist = np.empty(len(probes))
+    for k in range(S):
+        sel = by[bounds[k]:bounds[k + 1]]
+        dist[sel] = _min_dist_to(probes[sel], focuses[k])
+    lane_d = dist[:nl].reshape(probe_pts.shape[:2]).min(axis=1)
+    edge_d = dist[nl:nl + ne].reshape(3, -1).min(axis=0)
+    cw_d = dist[nl + ne:nl + ne + nc].reshape(-1, 4).min(axis=1)
+    sign_d = dist[nl + ne + nc:]
+    # Fixed-size arrays [S, ...].
+    P, E, C, SS = cfg.max_lanes, cfg.max_edges, cfg.max_crosswalks, cfg.max_stop_signs
+    fields = dict(lane_xy=np.zeros((S, P, q, 2), np.float32), lane_dir=np.zeros((S, P, q, 2), np.float32),
+                  lane_valid=np.zeros((S, P, q), bool), lane_ids=np.full((S, P), -1, np.int32),
+                  lane_types=np.zeros((S, P), np.int32), lane_speed_limit=np.zeros((S, P), np.float32),
+                  edge_start=np.zeros((S, E, 2), np.float32), edge_end=np.zeros((S, E, 2), np.float32),
+                  edge_types=np.zeros((S, E), np.int32), edge_valid=np.zeros((S, E), bool),
+                  crosswalk_xy=np.zeros((S, C, 4, 2), np.float32), crosswalk_valid=np.zeros((S, C), bool),
+                  stop_sign_xy=np.zeros((S, SS, 2), np.float32), stop_sign_lane_ids=np.full((S, SS), -1, np.int32),
+                  stop_sign_valid=np.zeros((S, SS), bool))
+    sc, sl, i, dropped = _select_many(lane_d, piece_scen, S, radius, P)
+    fields["lane_xy"][sc, sl], fields["lane_dir"][sc, sl], fields["lane_valid"][sc, sl] = pts[i], tan[i], True
+    fields["lane_ids"][sc, sl] = np.arange(len(lane_of))[i] - scen_first[sc] + 1
+    fields["lane_types"][sc, sl] = np.array([ln.rg_type for ln in lanes])[lane_of[i]]
+    fields["lane_speed_limit"][sc, sl] = np.array([ln.speed for ln in lanes])[lane_of[i]]
+    sc, sl, i, d_edges = _select_many(edge_d, edge_scen, S, radius, E)
+    fields["edge_start"][sc, sl], fields["edge_end"][sc, sl], fields["edge_valid"][sc, sl] = e0[i], e1[i], True
+    fields["edge_types"][sc, sl] = RG_ROAD_EDGE_BOUNDARY
+    sc, sl, i, d_cw = _select_many(cw_d, cw_scen, S, radius, C)
+    fields["crosswalk_xy"][sc, sl], fields["crosswalk_valid"][sc, sl] = boxes[i], True
+    sc, sl, i, d_signs = _select_many(sign_d, sign_scen, S, radius, SS)
+    fields["stop_sign_xy"][sc, sl], fields["stop_sign_valid"][sc, sl] = sign_xy[i], True
+    fields["stop_sign_lane_ids"][sc, sl] = sign_lane[i]
+    dropped = (dropped + d_edges + d_cw + d_signs) > 0
+    ids = np.split(last_id, first_lane[1:])
+    return [(RoadMap(**{name: a[k] for name, a in fields.items()}), bool(dropped[k]), ids[k]) for k in range(S)]
 
 
-def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -> tuple[Scenario, dict]:
+def _focus(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The ego route `[R, 2]` (from 5 m behind its start to 60 m past its end) and the map's focus points `[F, 2]`:
+    the ego's log and route and every agent's log every 3 s, one point per 8 m cell (as good for
+    culling at 80 m, and it keeps the distance computations small)."""
+    g = lo + item["ego"]
+    hi = lo + len(item["agents"])
+    ego_path = b.px[b.p_start[g]: b.p_start[g] + b.p_n[g]], b.py[b.p_start[g]: b.p_start[g] + b.p_n[g]]
+    s_ego = out["s"][g]
+    r0, r1 = max(s_ego[0] - 5.0, 0.0), min(s_ego[-1] + 60.0, b.p_len[g])
+    rs = np.linspace(r0, r1, cfg.route_points)
+    grid = np.arange(b.p_n[g]) * _PATH_DS
+    route_xy = np.stack([np.interp(rs, grid, ego_path[0]), np.interp(rs, grid, ego_path[1])], -1)
+    sub_valid = out["valid"][lo:hi, ::30]
+    others = np.stack([out["x"][lo:hi, ::30][sub_valid], out["y"][lo:hi, ::30][sub_valid]], -1)
+    focus = np.concatenate([np.stack([out["x"][g, ::5], out["y"][g, ::5]], -1), route_xy[::2], others])
+    cell = np.floor(focus / 8.0).astype(np.int64)
+    _, first = np.unique(cell[:, 0] * 1_000_003 + cell[:, 1], return_index=True)
+    return route_xy, focus[np.sort(first)]
+
+
+def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig, route_xy: np.ndarray,
+              focus: np.ndarray, compiled: tuple) -> tuple[Scenario, dict]:
     rng = item["rng"]
     agents = item["agents"]
     n_ag = len(agents)
     N, T = cfg.num_objects, cfg.num_steps
-    hi = lo + n_ag
     alive = item["alive"]
     keep = np.flatnonzero(alive)
     ego = item["ego"]
@@ -1737,23 +1782,8 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
     ids[: len(keep)] = np.arange(len(keep))
     meta = ObjectMetadata(ids=ids, object_types=types, is_sdc=is_sdc, is_modeled=modeled, is_valid=valid.any(-1),
                           objects_of_interest=interest)
-    # Map.
     net = item["net"]
-    g = lo + ego
-    ego_path = b.px[b.p_start[g]: b.p_start[g] + b.p_n[g]], b.py[b.p_start[g]: b.p_start[g] + b.p_n[g]]
-    s_ego = out["s"][g]
-    r0, r1 = max(s_ego[0] - 5.0, 0.0), min(s_ego[-1] + 60.0, b.p_len[g])
-    rs = np.linspace(r0, r1, cfg.route_points)
-    grid = np.arange(b.p_n[g]) * _PATH_DS
-    route_xy = np.stack([np.interp(rs, grid, ego_path[0]), np.interp(rs, grid, ego_path[1])], -1)
-    sub_valid = out["valid"][lo:hi, ::30]
-    others = np.stack([out["x"][lo:hi, ::30][sub_valid], out["y"][lo:hi, ::30][sub_valid]], -1)
-    focus = np.concatenate([np.stack([out["x"][g, ::5], out["y"][g, ::5]], -1), route_xy[::2], others])
-    # One focus point per 8 m cell is as good for culling (80 m) and keeps the compiler's work small.
-    cell = np.floor(focus / 8.0).astype(np.int64)
-    _, first = np.unique(cell[:, 0] * 1_000_003 + cell[:, 1], return_index=True)
-    focus = focus[np.sort(first)]
-    roadmap, report, last_id = _compile_map(net, focus, cfg)
+    roadmap, dropped, last_id = compiled
     # Lights: the governed lane is the last piece of the approach lane, the stop point its end.
     L = cfg.max_lights
     tl = dict(state=np.zeros((L, T), np.int32), x=np.zeros((L, T), np.float32), y=np.zeros((L, T), np.float32),
@@ -1780,7 +1810,7 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
                 family=item["family"], split=item["split"], seed=int(item["seed"]), attempt=int(item["attempt"]),
                 ego_route=agents[ego].tag, num_vehicles=kinds.count(TYPE_VEHICLE),
                 num_pedestrians=kinds.count(TYPE_PEDESTRIAN), num_cyclists=kinds.count(TYPE_CYCLIST),
-                num_removed=int(n_ag - len(keep)), map_dropped=bool(report.dropped_any))
+                num_removed=int(n_ag - len(keep)), map_dropped=dropped)
     return scenario, info
 
 
@@ -1813,12 +1843,11 @@ def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> t
         b = _Batch(batch_items, cfg.num_steps)
         out = _simulate(b)
         bad_all = _violations(b, out)
-        nxt = []
+        nxt, fin = [], []
         for pos, k in enumerate(pending):
             it = items[k]
             lo = int(b.base[pos])
-            hi = lo + len(it["agents"])
-            bad = bad_all[lo:hi] & it["alive"]
+            bad = bad_all[lo:lo + len(it["agents"])] & it["alive"]
             ego = it["ego"]
             if bad[ego] or not out["valid"][lo + ego].all():
                 items[k] = _build_item(split, it["seed"], it["attempt"] + 1, cfg)
@@ -1828,7 +1857,12 @@ def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> t
                 it["alive"] = it["alive"] & ~bad
                 nxt.append(k)
             else:
-                done[k] = _assemble(it, b, out, lo, cfg)
+                fin.append((k, lo))
+        if fin:  # the maps of every scenario finished this round, compiled together
+            focus = [_focus(items[k], b, out, lo, cfg) for k, lo in fin]
+            maps = _compile_maps([items[k]["net"] for k, _ in fin], [f for _, f in focus], cfg)
+            for (k, lo), (route_xy, fxy), compiled in zip(fin, focus, maps):
+                done[k] = _assemble(items[k], b, out, lo, cfg, route_xy, fxy, compiled)
         pending = nxt
     if pending:
         raise RuntimeError(f"procedural: scenarios {[items[k]['seed'] for k in pending]} of split {split!r} "
