@@ -1203,6 +1203,14 @@ def _speed_caps(paths: list[np.ndarray]) -> list[np.ndarray]:
     path only (so a path's caps do not depend on which others share the batch).
     """
     lens = np.array([len(p) for p in paths])
+    bucket = np.ceil(np.log2(np.maximum(lens, 64))).astype(np.int64)
+    if len(np.unique(bucket)) > 1:  # rows padded to similar lengths: one pass per power-of-two bucket
+        out: list[np.ndarray] = [np.zeros(0)] * len(paths)
+        for bk in np.unique(bucket):
+            idx = np.flatnonzero(bucket == bk)
+            for i, c in zip(idx, _speed_caps([paths[i] for i in idx])):
+                out[i] = c
+        return out
     n, width = len(paths), int(lens.max())
     xy = np.zeros((n, width, 2))
     inside = np.arange(width)[None] < lens[:, None]
