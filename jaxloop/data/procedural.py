@@ -51,8 +51,9 @@ from typing import Sequence
 import numpy as np
 
 from jaxloop.sim.datatypes import (DT, RG_FREEWAY_LANE, RG_ROAD_EDGE_BOUNDARY, RG_SURFACE_LANE, TL_ARROW_CAUTION,
-                                   TL_ARROW_GO, TL_ARROW_STOP, TL_CAUTION, TL_GO, TL_STOP, TYPE_CYCLIST, TYPE_PEDESTRIAN, TYPE_VEHICLE, ObjectMetadata, RoadMap, Route,
-                                   Scenario, TrafficLights, Trajectory, stack_scenarios)
+                                   TL_ARROW_GO, TL_ARROW_STOP, TL_CAUTION, TL_GO, TL_STOP, TYPE_CYCLIST,
+                                   TYPE_PEDESTRIAN, TYPE_VEHICLE, ObjectMetadata, RoadMap, Route, Scenario,
+                                   TrafficLights, Trajectory, stack_scenarios)
 
 FAMILY_NAMES = ("straight", "curved", "intersection", "t_junction", "merge", "roundabout")
 FAMILY_IDS = {name: i for i, name in enumerate(FAMILY_NAMES)}
@@ -236,27 +237,7 @@ def _unit(angle) -> np.ndarray:
     return np.array([np.cos(angle), np.sin(angle)])
 
 
-def _bezier_ctrl(p0, d0, p3, d3) -> np.ndarray:
-    """Control points `[4, 2]` of a cubic from `p0` heading `d0` to `p3` heading `d3`, handles sized to
-    approximate a circular arc."""
-    chord = float(np.linalg.norm(p3 - p0))
-    phi = abs(_wrap(np.arctan2(d3[1], d3[0]) - np.arctan2(d0[1], d0[0])))
-    ratio = 1.0 / 3.0 if phi < 1e-3 else (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(phi / 2))
-    h = ratio * chord
-    return np.stack([p0, p0 + d0 * h, p3 - d3 * h, p3])
-
-
 _BT = np.linspace(0.0, 1.0, 33)[:, None]
-
-
-def _bezier_kmax(ctrl: np.ndarray) -> float:
-    """Largest |curvature| of a cubic Bezier (analytic, at 33 parameter values)."""
-    p0, p1, p2, p3 = ctrl
-    t = _BT
-    d1 = 3 * (1 - t) ** 2 * (p1 - p0) + 6 * (1 - t) * t * (p2 - p1) + 3 * t ** 2 * (p3 - p2)
-    d2 = 6 * (1 - t) * (p2 - 2 * p1 + p0) + 6 * t * (p3 - 2 * p2 + p1)
-    cr = np.abs(d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0])
-    return float(np.max(cr / np.maximum(np.hypot(d1[:, 0], d1[:, 1]) ** 3, 1e-9)))
 
 
 def _bezier_kmax_many(p0, d0, p3, d3) -> np.ndarray:
