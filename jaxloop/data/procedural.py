@@ -1860,9 +1860,30 @@ def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> t
 
 
 def _worker(args):
+    """Generates one chunk in a pool worker and stacks it straight into a new shared-memory block.
+
+    Returns the block's name, the layout of the stacked leaves in it ((shape, dtype, byte
+    offset) in tree order), the tree structure and the infos: only these small values are
+    pickled back; the parent copies the arrays out and unlinks the block.
+    """
+    import jax
+    from multiprocessing import shared_memory
     split, seeds, cfg = args
     scenarios, infos = _generate_chunk(split, seeds, cfg)
-    return stack_scenarios(scenarios), infos
+    per = [jax.tree.flatten(s) for s in scenarios]
+    treedef = per[0][1]
+    layout, size = [], 0
+    for leaf in per[0][0]:
+        leaf = np.asarray(leaf)
+        layout.append(((len(scenarios),) + leaf.shape, leaf.dtype.str, size))
+        size += -(-len(scenarios) * leaf.nbytes // 64) * 64  # 64-byte aligned
+    shm = shared_memory.SharedMemory(create=True, size=max(size, 1))
+    try:
+        for i, (shape, dtype, offset) in enumerate(layout):
+            np.stack([np.asarray(leaves[i]) for leaves, _ in per], out=np.ndarray(shape, dtype, shm.buf, offset))
+    finally:
+        shm.close()
+    return shm.name, layout, treedef, infos
 
 
 def _pool(processes: int):
@@ -1901,11 +1922,25 @@ def generate(split: str = "train", num: int = 32, seed: int = 0, config: Generat
     chunks = [seeds[i:i + config.chunk_size] for i in range(0, num, config.chunk_size)]
     jobs = [(split, [int(x) for x in c], config) for c in chunks]
     if workers > 1 and len(jobs) > 1:
-        with _pool(min(workers, len(jobs))) as pool:
-            results = pool.map(_worker, jobs, chunksize=1)
         import jax
-        batched = jax.tree.map(lambda *xs: np.concatenate(xs), *[r[0] for r in results])
-        infos = [i for r in results for i in r[1]]
+        from multiprocessing import resource_tracker, shared_memory
+        resource_tracker.ensure_running()  # shared with the workers, so blocks they create and we unlink stay tracked
+        out: list[np.ndarray] = []
+        infos, pos = [], 0
+        with _pool(min(workers, len(jobs))) as pool:
+            for name, layout, treedef, chunk_infos in pool.imap(_worker, jobs, chunksize=1):
+                shm = shared_memory.SharedMemory(name=name)
+                try:
+                    if not out:
+                        out = [np.empty((num,) + shape[1:], dtype) for shape, dtype, _ in layout]
+                    for dst, (shape, dtype, offset) in zip(out, layout):
+                        dst[pos:pos + shape[0]] = np.ndarray(shape, dtype, shm.buf, offset)
+                finally:
+                    shm.close()
+                    shm.unlink()
+                pos += len(chunk_infos)
+                infos += chunk_infos
+        batched = jax.tree.unflatten(treedef, out)
     else:  # one copy: stack every scenario once
         results = [_generate_chunk(*j) for j in jobs]
         batched = stack_scenarios([s for r in results for s in r[0]])
