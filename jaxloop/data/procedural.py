@@ -255,13 +255,9 @@ def _bezier_kmax_many(p0, d0, p3, d3) -> np.ndarray:
     return np.max(cr / np.maximum(np.hypot(d1[..., 0], d1[..., 1]) ** 3, 1e-9), axis=1)
 
 
-def _bezier(p0, d0, p3, d3, spacing: float = _PATH_DS) -> np.ndarray:
-    """Cubic Bezier from `p0` heading `d0` to `p3` heading `d3`, resampled every `spacing` metres."""
-    return _bezier_many(*(np.asarray(a, np.float64)[None] for a in (p0, d0, p3, d3)), spacing)[0]
-
-
 def _bezier_many(p0, d0, p3, d3, spacing: float = _PATH_DS) -> list[np.ndarray]:
-    """`_bezier` of many cubics at once: endpoints and unit headings `[M, 2]` -> M polylines."""
+    """Cubics from `p0` heading `d0` to `p3` heading `d3` (handles sized to approximate circular arcs),
+    resampled every `spacing` metres; many at once: endpoints and unit headings `[M, 2]` -> M polylines."""
     chord = np.hypot(*(p3 - p0).T)
     phi = np.abs(_wrap(np.arctan2(d3[:, 1], d3[:, 0]) - np.arctan2(d0[:, 1], d0[:, 0])))
     ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
@@ -754,19 +750,20 @@ def _build_roundabout(rng: np.random.Generator, pr: ParamRanges) -> _Net:
     for i, (_, kind, a) in enumerate(ring_pts):
         point_arc[(kind, a)] = i
     in_ids, out_ids, entries, exits = [], [], [], []
+    # Entry and exit links of every arm (all cubics at once): arm lane end -> ring, ring -> arm lane start.
+    ends = []
+    for a in range(num_arms):
+        ea, xa = angles[a] + d_in, angles[a] - d_out
+        ends.append((u[a] * r_a + nv[a] * 0.5 * w, -u[a], R * _unit(ea), _left(_unit(ea))))
+        ends.append((R * _unit(xa), _left(_unit(xa)), u[a] * r_a - nv[a] * 0.5 * w, u[a]))
+    links = _bezier_many(*(np.array([e[i] for e in ends]) for i in range(4)))
     for a in range(num_arms):
         in_ids.append(net.add_lane([u[a] * (r_a + arm_len) + nv[a] * 0.5 * w, u[a] * r_a + nv[a] * 0.5 * w],
                                    RG_SURFACE_LANE, speed))
         out_ids.append(net.add_lane([u[a] * r_a - nv[a] * 0.5 * w, u[a] * (r_a + arm_len) - nv[a] * 0.5 * w],
                                     RG_SURFACE_LANE, speed))
-        ea = angles[a] + d_in
-        p_entry = R * _unit(ea)
-        t_entry = _left(_unit(ea))
-        entries.append(net.add_lane(_bezier(u[a] * r_a + nv[a] * 0.5 * w, -u[a], p_entry, t_entry), RG_SURFACE_LANE,
-                                    vring, rank=0))
-        xa = angles[a] - d_out
-        exits.append(net.add_lane(_bezier(R * _unit(xa), _left(_unit(xa)), u[a] * r_a - nv[a] * 0.5 * w, u[a]),
-                                  RG_SURFACE_LANE, vring, rank=2))
+        entries.append(net.add_lane(links[2 * a], RG_SURFACE_LANE, vring, rank=0, resampled=True))
+        exits.append(net.add_lane(links[2 * a + 1], RG_SURFACE_LANE, vring, rank=2, resampled=True))
     nring = len(ring_pts)
     for a in range(num_arms):
         start = point_arc[("entry", a)]
@@ -788,20 +785,25 @@ def _build_roundabout(rng: np.random.Generator, pr: ParamRanges) -> _Net:
     island = (R - w / 2 - _SHOULDER) * np.stack([np.cos(th), np.sin(th)], -1)
     net.edges.append(island)
     order = np.argsort(angles % (2 * np.pi))
+    off = w / 2 + _SHOULDER
+    ro = R + off
+    kerbs, ends = [], []
     for idx in range(num_arms):
         a, b = order[idx], order[(idx + 1) % num_arms]
         # Kerb from arm a's incoming side round the ring's outside to arm b's outgoing side.
-        off = w / 2 + _SHOULDER
         pa = u[a] * r_a + nv[a] * (0.5 * w + off)
         pb = u[b] * r_a - nv[b] * (0.5 * w + off)
         a0 = angles[a] + d_in + 0.25
         a1 = angles[b] - d_out - 0.25
         a1 = a0 + ((a1 - a0) % (2 * np.pi))
-        ro = R + off
         thk = np.linspace(a0, a1, max(int(ro * (a1 - a0) / 1.0), 3))
         ring_out = ro * np.stack([np.cos(thk), np.sin(thk)], -1)
-        lead = _bezier(pa, -u[a], ring_out[0], _left(_unit(a0)), 1.0)
-        trail = _bezier(ring_out[-1], _left(_unit(a1)), pb, u[b], 1.0)
+        kerbs.append((a, b, pa, ring_out))
+        ends.append((pa, -u[a], ring_out[0], _left(_unit(a0))))
+        ends.append((ring_out[-1], _left(_unit(a1)), pb, u[b]))
+    joins = _bezier_many(*(np.array([e[i] for e in ends]) for i in range(4)), spacing=1.0)
+    for idx, (a, b, pa, ring_out) in enumerate(kerbs):
+        lead, trail = joins[2 * idx], joins[2 * idx + 1]
         kerb = np.concatenate([
             np.stack([u[a] * (r_a + arm_len) + nv[a] * (0.5 * w + off), pa]),
             lead[1:], ring_out[1:-1], trail, np.stack([u[b] * (r_a + arm_len) - nv[b] * (0.5 * w + off)])])
