@@ -2,7 +2,7 @@
 
 The default dataset of jaxloop: nothing to download. Each scenario is generated from
 one integer seed, deterministically, in the same `Scenario` format as the real-data
-loaders (the map goes through `jaxloop.data.mapcompile` like a WOMD roadgraph).
+loaders (the map is compiled straight into the `RoadMap` layout of `jaxloop.data.mapcompile`).
 
 Map families (`FAMILY_NAMES`): multi-lane straight and curved two-way roads (with
 mid-block crosswalks, signalised or not), a 4-way signalised intersection (protected
@@ -33,6 +33,11 @@ vectorised over all agents of a whole chunk of scenarios:
 Every generated log is then checked (box overlaps, red-light crossings, lateral
 deviation from the lane) and agents that violate are removed and the chunk
 re-simulated; a scenario whose ego violates is regenerated from the next sub-seed.
+
+Speed: every stage past building a scenario's network and traffic runs on a whole chunk
+of scenarios at once (conflict records, simulation, checks, map compilation), with
+every value computed from its own scenario only, so results do not depend on the chunk
+size or the number of worker processes.
 
 Splits draw scenario seeds from disjoint ranges (`SPLIT_SEEDS`): `train` [0, 1e9),
 `val` [1e9, 1.1e9), `test` [1.1e9, 1.2e9) with the training parameter ranges and
@@ -116,7 +121,8 @@ class GeneratorConfig:
     num_objects: N object slots; num_steps: T log steps at 10 Hz; init_steps: the
     first steps that initialise an episode (step init_steps-1 is "current");
     route_points: R points of the ego route; max_lights: L traffic-light slots.
-    The map sizes go to `mapcompile.MapConfig`.
+    The map sizes are those of `mapcompile.MapConfig` (`map_config()`): lanes are cut
+    into pieces of at most `max_lane_length_m`, each resampled to `lane_points` points.
     """
 
     num_objects: int = 32
