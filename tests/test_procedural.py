@@ -258,6 +258,11 @@ def test_deterministic_by_seed():
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
     assert ia == ib
+    # Chunks are simulated (and their maps compiled) together: a scenario does not depend on its chunk.
+    d, _ = P.generate("test_ood", 10, seed=0, config=P.GeneratorConfig(chunk_size=10))
+    e, _ = P.generate("test_ood", 10, seed=0, config=P.GeneratorConfig(chunk_size=3))
+    for x, y in zip(jax.tree.leaves(d), jax.tree.leaves(e)):
+        assert x.tobytes() == y.tobytes()
     c, _ = P.generate("val", 6, seed=4, config=cfg)
     # Seed offset 4 shifts the seeds by one: scenario i of c is scenario i+1 of a, and the rest differ.
     np.testing.assert_array_equal(np.asarray(c.log_trajectory.x[:5]), np.asarray(a.log_trajectory.x[1:]))

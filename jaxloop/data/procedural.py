@@ -2,7 +2,7 @@
 
 The default dataset of jaxloop: nothing to download. Each scenario is generated from
 one integer seed, deterministically, in the same `Scenario` format as the real-data
-loaders (the map goes through `jaxloop.data.mapcompile` like a WOMD roadgraph).
+loaders (the map is compiled straight into the `RoadMap` layout of `jaxloop.data.mapcompile`).
 
 Map families (`FAMILY_NAMES`): multi-lane straight and curved two-way roads (with
 mid-block crosswalks, signalised or not), a 4-way signalised intersection (protected
@@ -34,6 +34,11 @@ Every generated log is then checked (box overlaps, red-light crossings, lateral
 deviation from the lane) and agents that violate are removed and the chunk
 re-simulated; a scenario whose ego violates is regenerated from the next sub-seed.
 
+Speed: every stage past building a scenario's network and traffic runs on a whole chunk
+of scenarios at once (conflict records, simulation, checks, map compilation), with
+every value computed from its own scenario only, so results do not depend on the chunk
+size or the number of worker processes.
+
 Splits draw scenario seeds from disjoint ranges (`SPLIT_SEEDS`): `train` [0, 1e9),
 `val` [1e9, 1.1e9), `test` [1.1e9, 1.2e9) with the training parameter ranges and
 families; `test_ood` [1.2e9, 1.3e9) with held-out parameter ranges (narrower lanes,
@@ -44,15 +49,16 @@ the held-out roundabout family.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Sequence
 
 import numpy as np
 
-from jaxloop.sim.datatypes import (DT, RG_FREEWAY_LANE, RG_ROAD_EDGE_BOUNDARY, RG_CROSSWALK, RG_STOP_SIGN,
-                                   RG_SURFACE_LANE, TL_ARROW_CAUTION, TL_ARROW_GO, TL_ARROW_STOP, TL_CAUTION, TL_GO,
-                                   TL_STOP, TYPE_CYCLIST, TYPE_PEDESTRIAN, TYPE_VEHICLE, ObjectMetadata, Route,
-                                   Scenario, TrafficLights, Trajectory, stack_scenarios)
+from jaxloop.sim.datatypes import (DT, RG_FREEWAY_LANE, RG_ROAD_EDGE_BOUNDARY, RG_SURFACE_LANE, TL_ARROW_CAUTION,
+                                   TL_ARROW_GO, TL_ARROW_STOP, TL_CAUTION, TL_GO, TL_STOP, TYPE_CYCLIST,
+                                   TYPE_PEDESTRIAN, TYPE_VEHICLE, ObjectMetadata, RoadMap, Route, Scenario,
+                                   TrafficLights, Trajectory, stack_scenarios)
 
 FAMILY_NAMES = ("straight", "curved", "intersection", "t_junction", "merge", "roundabout")
 FAMILY_IDS = {name: i for i, name in enumerate(FAMILY_NAMES)}
@@ -63,11 +69,6 @@ SPLITS = ("train", "val", "test", "test_ood")
 # Scenario seed ranges [start, stop) per split: disjoint, so no scenario is shared.
 SPLIT_SEEDS = {"train": (0, 1_000_000_000), "val": (1_000_000_000, 1_100_000_000),
                "test": (1_100_000_000, 1_200_000_000), "test_ood": (1_200_000_000, 1_300_000_000)}
-
-# Painted road-line types (WOMD).
-_LINE_BROKEN_WHITE = 6
-_LINE_SOLID_WHITE = 7
-_LINE_SOLID_DOUBLE_YELLOW = 12
 
 _PATH_DS = 0.5  # metres between the points of lanes and agent paths
 _SHOULDER = 0.3  # metres of paved road between the outermost lane edge and the road edge
@@ -120,7 +121,8 @@ class GeneratorConfig:
     num_objects: N object slots; num_steps: T log steps at 10 Hz; init_steps: the
     first steps that initialise an episode (step init_steps-1 is "current");
     route_points: R points of the ego route; max_lights: L traffic-light slots.
-    The map sizes go to `mapcompile.MapConfig`.
+    The map sizes are those of `mapcompile.MapConfig` (`map_config()`): lanes are cut
+    into pieces of at most `max_lane_length_m`, each resampled to `lane_points` points.
     """
 
     num_objects: int = 32
@@ -130,7 +132,7 @@ class GeneratorConfig:
     max_lights: int = 16
     max_lanes: int = 64
     lane_points: int = 20
-    max_lane_length_m: float = 40.0
+    max_lane_length_m: float = 56.0  # 110 m junction arms in two pieces; 20 points about 2.9 m apart
     max_edges: int = 256
     max_crosswalks: int = 8
     max_stop_signs: int = 8
@@ -184,10 +186,34 @@ def _arc(xy: np.ndarray) -> np.ndarray:
 
 def _resample(xy: np.ndarray, spacing: float = _PATH_DS) -> np.ndarray:
     """Evenly spaced points (endpoints kept) at about `spacing` metres."""
+    xy = np.asarray(xy, np.float64)
+    if len(xy) == 2:  # a straight segment: no interpolation table needed
+        d = xy[1] - xy[0]
+        n = max(int(np.ceil(np.hypot(d[0], d[1]) / spacing)), 1) + 1
+        return xy[0] + (np.arange(n) / (n - 1))[:, None] * d
     s = _arc(xy)
     n = max(int(np.ceil(s[-1] / spacing)), 1) + 1
-    t = np.linspace(0.0, s[-1], n)
+    t = np.arange(n) * (s[-1] / (n - 1))
+    t[-1] = s[-1]
     return np.stack([np.interp(t, s, xy[:, 0]), np.interp(t, s, xy[:, 1])], -1)
+
+
+def _resample_many(polys: list[np.ndarray], spacing: float = _PATH_DS) -> list[np.ndarray]:
+    """`_resample` of many polylines at once (one interpolation on a shared increasing arc key)."""
+    lens = np.array([len(p) for p in polys])
+    xy = np.concatenate(polys)
+    d = np.diff(xy, axis=0)
+    step = np.hypot(d[:, 0], d[:, 1])
+    first = np.cumsum(lens) - lens
+    step[first[1:] - 1] = 1.0  # 1 m between polylines on the key
+    key = np.concatenate([[0.0], np.cumsum(step)])
+    length = key[first + lens - 1] - key[first]
+    n = np.maximum(np.ceil(length / spacing).astype(np.int64), 1) + 1
+    owner = np.repeat(np.arange(len(polys)), n)
+    j = np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)
+    t = key[first][owner] + np.minimum(j / (n - 1)[owner], 1.0) * length[owner]
+    pts = np.stack([np.interp(t, key, xy[:, 0]), np.interp(t, key, xy[:, 1])], -1)
+    return np.split(pts, np.cumsum(n)[:-1])
 
 
 def _tangent(xy: np.ndarray) -> np.ndarray:
@@ -199,6 +225,11 @@ def _tangent(xy: np.ndarray) -> np.ndarray:
     return d / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
 
 
+def _wrap_near(a: np.ndarray) -> np.ndarray:
+    """`_wrap` of angles within one turn of [-pi, pi) (cheaper than the modulo)."""
+    return np.where(a >= np.pi, a - 2 * np.pi, np.where(a < -np.pi, a + 2 * np.pi, a))
+
+
 def _left(d: np.ndarray) -> np.ndarray:
     return np.stack([-d[..., 1], d[..., 0]], -1)
 
@@ -208,39 +239,11 @@ def _offset(xy: np.ndarray, dist) -> np.ndarray:
     return xy + np.asarray(dist)[..., None] * _left(_tangent(xy))
 
 
-def _curvature(xy: np.ndarray) -> np.ndarray:
-    """Signed curvature `[K]` of an evenly sampled polyline (1/m)."""
-    h = np.arctan2(*np.diff(xy, axis=0)[:, ::-1].T)
-    ds = np.maximum(np.linalg.norm(np.diff(xy, axis=0), axis=1), 1e-9)
-    k = _wrap(np.diff(h)) / (0.5 * (ds[1:] + ds[:-1]))
-    return np.concatenate([[k[0] if len(k) else 0.0], k, [k[-1] if len(k) else 0.0]])
-
-
 def _unit(angle) -> np.ndarray:
     return np.array([np.cos(angle), np.sin(angle)])
 
 
-def _bezier_ctrl(p0, d0, p3, d3) -> np.ndarray:
-    """Control points `[4, 2]` of a cubic from `p0` heading `d0` to `p3` heading `d3`, handles sized to
-    approximate a circular arc."""
-    chord = float(np.linalg.norm(p3 - p0))
-    phi = abs(_wrap(np.arctan2(d3[1], d3[0]) - np.arctan2(d0[1], d0[0])))
-    ratio = 1.0 / 3.0 if phi < 1e-3 else (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(phi / 2))
-    h = ratio * chord
-    return np.stack([p0, p0 + d0 * h, p3 - d3 * h, p3])
-
-
 _BT = np.linspace(0.0, 1.0, 33)[:, None]
-
-
-def _bezier_kmax(ctrl: np.ndarray) -> float:
-    """Largest |curvature| of a cubic Bezier (analytic, at 33 parameter values)."""
-    p0, p1, p2, p3 = ctrl
-    t = _BT
-    d1 = 3 * (1 - t) ** 2 * (p1 - p0) + 6 * (1 - t) * t * (p2 - p1) + 3 * t ** 2 * (p3 - p2)
-    d2 = 6 * (1 - t) * (p2 - 2 * p1 + p0) + 6 * t * (p3 - 2 * p2 + p1)
-    cr = np.abs(d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0])
-    return float(np.max(cr / np.maximum(np.hypot(d1[:, 0], d1[:, 1]) ** 3, 1e-9)))
 
 
 def _bezier_kmax_many(p0, d0, p3, d3) -> np.ndarray:
@@ -258,13 +261,20 @@ def _bezier_kmax_many(p0, d0, p3, d3) -> np.ndarray:
     return np.max(cr / np.maximum(np.hypot(d1[..., 0], d1[..., 1]) ** 3, 1e-9), axis=1)
 
 
-def _bezier(p0, d0, p3, d3, spacing: float = _PATH_DS) -> np.ndarray:
-    """Cubic Bezier from `p0` heading `d0` to `p3` heading `d3`, resampled every `spacing` metres."""
-    p0, p1, p2, p3 = _bezier_ctrl(p0, d0, p3, d3)
-    chord = float(np.linalg.norm(p3 - p0))
-    t = np.linspace(0.0, 1.0, max(int(chord / spacing) * 3, 16))[:, None]
-    pts = (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t ** 2 * p2 + t ** 3 * p3
-    return _resample(pts, spacing)
+def _bezier_many(p0, d0, p3, d3, spacing: float = _PATH_DS) -> list[np.ndarray]:
+    """Cubics from `p0` heading `d0` to `p3` heading `d3` (handles sized to approximate circular arcs),
+    resampled every `spacing` metres; many at once: endpoints and unit headings `[M, 2]` -> M polylines."""
+    chord = np.hypot(*(p3 - p0).T)
+    phi = np.abs(_wrap(np.arctan2(d3[:, 1], d3[:, 0]) - np.arctan2(d0[:, 1], d0[:, 0])))
+    ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
+    h = (ratio * chord)[:, None]
+    p1, p2 = p0 + d0 * h, p3 - d3 * h
+    c1, c2, c3 = 3 * (p1 - p0), 3 * (p2 - 2 * p1 + p0), p3 - 3 * p2 + 3 * p1 - p0  # power basis
+    n = np.maximum((chord / spacing).astype(np.int64) * 3, 16)
+    owner = np.repeat(np.arange(len(n)), n)
+    t = ((np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)) / (n - 1)[owner])[:, None]
+    pts = p0[owner] + t * (c1[owner] + t * (c2[owner] + t * c3[owner]))
+    return _resample_many(np.split(pts, np.cumsum(n)[:-1]), spacing)
 
 
 def _integrate_heading(heading0: float, start: np.ndarray, curvature: np.ndarray, ds: float) -> np.ndarray:
@@ -275,7 +285,7 @@ def _integrate_heading(heading0: float, start: np.ndarray, curvature: np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------
-# Road network (internal): lanes at 0.5 m, edges, lines, crosswalks, signs, lights, routes
+# Road network (internal): lanes at 0.5 m, edges, crosswalks, signs, lights, routes
 
 
 @dataclasses.dataclass
@@ -288,7 +298,9 @@ class _Lane:
     length: float = 0.0  # arc length (m), set on creation
 
     def __post_init__(self):
-        self.length = float(_arc(self.xy)[-1])
+        if not self.length:  # evenly spaced points
+            d = self.xy[1] - self.xy[0]
+            self.length = float(np.hypot(d[0], d[1]) * (len(self.xy) - 1))
 
 
 @dataclasses.dataclass
@@ -308,7 +320,6 @@ class _PedPath:
 class _Net:
     lanes: list[_Lane] = dataclasses.field(default_factory=list)
     edges: list[np.ndarray] = dataclasses.field(default_factory=list)  # oriented: drivable on the right
-    lines: list[tuple[np.ndarray, int]] = dataclasses.field(default_factory=list)
     crosswalks: list[np.ndarray] = dataclasses.field(default_factory=list)  # [4, 2]
     signs: list[tuple[np.ndarray, int]] = dataclasses.field(default_factory=list)  # (xy, lane)
     lights: list[_Light] = dataclasses.field(default_factory=list)
@@ -326,26 +337,23 @@ class _Net:
 def _orient_edges(net: _Net) -> None:
     """Orients each road edge so the drivable area (the side nearer the lanes) is on its right."""
     lane_pts = np.concatenate([lane.xy[::4] for lane in net.lanes])
-    out = []
-    for e in net.edges:
-        m = len(e) // 2
-        i = min(m, len(e) - 2)
-        d = e[i + 1] - e[i]
-        d = d / max(np.linalg.norm(d), 1e-9)
-        mid = 0.5 * (e[i] + e[i + 1])
-        right, left = mid + 1.0 * np.array([d[1], -d[0]]), mid - 1.0 * np.array([d[1], -d[0]])
-        dr = np.min(np.linalg.norm(lane_pts - right, axis=1))
-        dl = np.min(np.linalg.norm(lane_pts - left, axis=1))
-        out.append(e if dr <= dl else e[::-1].copy())
-    net.edges = out
+    i = np.array([min(len(e) // 2, len(e) - 2) for e in net.edges])
+    a = np.array([e[k] for e, k in zip(net.edges, i)])
+    b = np.array([e[k + 1] for e, k in zip(net.edges, i)])
+    d = b - a
+    d /= np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
+    right = np.stack([d[:, 1], -d[:, 0]], -1)
+    mid = 0.5 * (a + b)
+    dist = _min_dist_to(np.concatenate([mid + right, mid - right]), lane_pts).reshape(2, -1)
+    net.edges = [e if dr <= dl else e[::-1].copy() for e, dr, dl in zip(net.edges, dist[0], dist[1])]
 
 
-def _phase_states(cycle: list[tuple[str, float]], offset: float, num_steps: int) -> list[str]:
-    """Phase name at each step of a repeating cycle [(name, seconds)], starting `offset` s into it."""
-    names = [p for p, _ in cycle]
+def _phase_states(cycle: list[tuple[str, float]], offset: float, num_steps: int) -> np.ndarray:
+    """Phase name `[T]` at each step of a repeating cycle [(name, seconds)], starting `offset` s into it."""
+    names = np.array([p for p, _ in cycle])
     ends = np.cumsum([d for _, d in cycle])
     t = (offset + np.arange(num_steps) * DT) % ends[-1]
-    return [names[int(np.searchsorted(ends, x, side="right"))] for x in t]
+    return names[np.minimum(np.searchsorted(ends, t, side="right"), len(names) - 1)]
 
 
 # ---------------------------------------------------------------- straight and curved roads
@@ -385,11 +393,11 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
         green, yellow, red = rng.uniform(8, 16), rng.uniform(3.5, 4.5), rng.uniform(8, 14)
         cycle = [("green", green), ("yellow", yellow), ("red", red)]
         phases = _phase_states(cycle, rng.uniform(0, green + yellow + red), num_steps)
-        light_states = np.array([{"green": TL_GO, "yellow": TL_CAUTION, "red": TL_STOP}[p] for p in phases])
+        light_states = np.where(phases == "green", TL_GO, np.where(phases == "yellow", TL_CAUTION, TL_STOP))
+    nrm_ref = _left(_tangent(ref))
     for direction in (1, -1):
         for j in range(n):
-            lat = -direction * (j + 0.5) * w
-            xy = _offset(ref, np.full(len(ref), lat))
+            xy = ref - (direction * (j + 0.5) * w) * nrm_ref
             if direction < 0:
                 xy = xy[::-1]
             pieces = [xy]
@@ -411,11 +419,7 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
             if j == n - 1:
                 for i in ids:
                     net.bike_lanes.add(i)
-    net.edges = [_offset(ref, np.full(len(ref), half))[::4], _offset(ref, np.full(len(ref), -half))[::4]]
-    net.lines.append((ref[::4], _LINE_SOLID_DOUBLE_YELLOW))
-    for j in range(1, n):
-        for sgn in (1, -1):
-            net.lines.append((_offset(ref, np.full(len(ref), sgn * j * w))[::4], _LINE_BROKEN_WHITE))
+    net.edges = [(ref + half * nrm_ref)[::4], (ref - half * nrm_ref)[::4]]
     if cross_s is not None:
         i = int(np.searchsorted(s_ref, cross_s))
         c, t = ref[i], _tangent(ref)[i]
@@ -518,18 +522,30 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
         if np.all(_bezier_kmax_many(ua * r_s + na * la, -ua, ub * r_s - nb * lb, ub) <= kcap):
             break
         r_s += 1.0
-    conns = {(a, la, b, lb): _bezier(in_pt(a, la, r_s), -u[a], out_pt(b, lb, r_s), u[b])
-             for (a, la, b, lb, tag) in moves}
-    corners = []
-    for a in range(num_arms):
-        b = (a + 1) % num_arms
-        xy = _bezier(in_pt(a, n_in[a] - 1, r_s), -u[a], out_pt(b, n_out[b] - 1, r_s), u[b])
-        corners.append(_offset(xy, -(w / 2 + _SHOULDER)))
+    # Connectors of every movement, then the kerb corners (outermost right turns): all cubics at once.
+    ends = [(a, la, b, lb) for (a, la, b, lb, _) in moves]
+    ends += [(a, n_in[a] - 1, (a + 1) % num_arms, n_out[(a + 1) % num_arms] - 1) for a in range(num_arms)]
+    curves = _bezier_many(np.array([in_pt(a, la, r_s) for a, la, _, _ in ends]), np.array([-u[e[0]] for e in ends]),
+                          np.array([out_pt(b, lb, r_s) for _, _, b, lb in ends]), np.array([u[e[2]] for e in ends]))
+    conns = dict(zip(ends[:len(moves)], curves[:len(moves)]))
+    corners = [_offset(xy, -(w / 2 + _SHOULDER)) for xy in curves[len(moves):]]
     # Lanes.
-    in_ids = [[net.add_lane([in_pt(a, k, r_s + arm_len), in_pt(a, k, r_s)], RG_SURFACE_LANE, speed[road_of[a]])
-               for k in range(n_in[a])] for a in range(num_arms)]
-    out_ids = [[net.add_lane([out_pt(a, k, r_s), out_pt(a, k, r_s + arm_len)], RG_SURFACE_LANE, speed[road_of[a]])
-                for k in range(n_out[a])] for a in range(num_arms)]
+    # Arm lanes (all the same length): in lanes towards the centre, then out lanes away from it.
+    arm = [(a, k, +1) for a in range(num_arms) for k in range(n_in[a])]
+    arm += [(a, k, -1) for a in range(num_arms) for k in range(n_out[a])]
+    ua_arm = np.array([u[a] for a, _, _ in arm])
+    lat = np.array([nv[a] * (k + 0.5) * w * side for a, k, side in arm])
+    near, far = ua_arm * r_s + lat, ua_arm * (r_s + arm_len) + lat
+    sgn = np.array([side for _, _, side in arm])[:, None]
+    p0, p1 = np.where(sgn > 0, far, near), np.where(sgn > 0, near, far)
+    n_pts = max(int(np.ceil(arm_len / _PATH_DS)), 1) + 1
+    arm_xy = p0[:, None] + (np.arange(n_pts) / (n_pts - 1))[None, :, None] * (p1 - p0)[:, None]
+    arm_ids = {}
+    for (a, k, side), xy in zip(arm, arm_xy):
+        net.lanes.append(_Lane(xy, RG_SURFACE_LANE, float(speed[road_of[a]]), length=arm_len))
+        arm_ids[(a, k, side)] = len(net.lanes) - 1
+    in_ids = [[arm_ids[(a, k, 1)] for k in range(n_in[a])] for a in range(num_arms)]
+    out_ids = [[arm_ids[(a, k, -1)] for k in range(n_out[a])] for a in range(num_arms)]
     minor = 1 if num_arms == 3 else -1
     weights = {"straight": 0.5, "left": 0.3, "right": 0.25}
     for (a, la, b, lb, tag) in moves:
@@ -562,17 +578,17 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
             g = road_of[a]
             for k in range(n_in[a]):
                 if left_lane[a] and k == 0:
-                    states = [TL_ARROW_GO if p == f"L{g}" else TL_ARROW_CAUTION if p == f"LY{g}" else TL_ARROW_STOP
-                              for p in phases]
+                    states = np.where(phases == f"L{g}", TL_ARROW_GO,
+                                      np.where(phases == f"LY{g}", TL_ARROW_CAUTION, TL_ARROW_STOP))
                 else:
-                    states = [TL_GO if p == f"G{g}" else TL_CAUTION if p == f"Y{g}" else TL_STOP for p in phases]
-                net.lights.append(_Light(in_ids[a][k], np.array(states, np.int64)))
+                    states = np.where(phases == f"G{g}", TL_GO, np.where(phases == f"Y{g}", TL_CAUTION, TL_STOP))
+                net.lights.append(_Light(in_ids[a][k], states.astype(np.int64)))
                 net.lanes[in_ids[a][k]].stop = ("light", len(net.lights) - 1)
         # Pedestrians cross arm a while the other road has its through green.
         for a in range(num_arms):
             other = 1 - road_of[a]
             crossing_s = (n_in[a] + n_out[a]) * w / 1.1 + 4.0
-            green_other = np.array([p == f"G{other}" for p in phases])
+            green_other = phases == f"G{other}"
             walk = _walk_window(green_other, crossing_s)
             _junction_crosswalk(net, u[a], nv[a], r_s, cw, n_in[a], n_out[a], w, walk)
     else:
@@ -591,35 +607,24 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
         arm_b = np.stack([out_pt(b, n_out[b] - 0.5 + _SHOULDER / w, r) for r in (r_s, r_s + arm_len)])
         kerb = np.concatenate([_resample(arm_a, 5.0)[:-1], corners[a][::2], _resample(arm_b, 5.0)[1:]])
         net.edges.append(kerb)
-    # Painted lines: centre lines and lane separators along each arm.
-    for a in range(num_arms):
-        net.lines.append((np.stack([u[a] * r_s, u[a] * (r_s + arm_len)]), _LINE_SOLID_DOUBLE_YELLOW))
-        for k in range(1, n_in[a]):
-            net.lines.append((np.stack([in_pt(a, k - 0.5, r_s + arm_len), in_pt(a, k - 0.5, r_s)]),
-                              _LINE_BROKEN_WHITE))
-        for k in range(1, n_out[a]):
-            net.lines.append((np.stack([out_pt(a, k - 0.5, r_s), out_pt(a, k - 0.5, r_s + arm_len)]),
-                              _LINE_BROKEN_WHITE))
-        # Stop line across the incoming lanes.
-        net.lines.append((np.stack([in_pt(a, -0.5, r_s), in_pt(a, n_in[a] - 0.5, r_s)]), _LINE_SOLID_WHITE))
     _orient_edges(net)
     return net
 
 
 def _walk_window(go: np.ndarray, crossing_s: float) -> np.ndarray:
-    """Walk allowed from 1 s into a `go` window while the window lasts `crossing_s` + 3 s more."""
+    """Walk allowed from just over 1 s into a `go` window while it lasts `crossing_s` + 3 s more.
+
+    A window open at the start of the log counts as open for 5 s already; one open at the
+    end is assumed to last 30 s more.
+    """
     num_steps = len(go)
-    walk = np.zeros(num_steps, bool)
-    remaining = np.zeros(num_steps)
-    run = 30.0  # a window open at the end of the log is assumed to last
-    for t in range(num_steps - 1, -1, -1):
-        run = run + DT if go[t] else 0.0
-        remaining[t] = run
-    since = 0.0
-    for t in range(num_steps):
-        since = (since + DT if t and go[t - 1] else (5.0 if t == 0 else 0.0)) if go[t] else 0.0
-        walk[t] = go[t] and remaining[t] >= crossing_s + 3.0 and since >= 1.0
-    return walk
+    t = np.arange(num_steps)
+    opens = go & np.concatenate([[True], ~go[:-1]])
+    start = np.maximum.accumulate(np.where(opens, t, -1))
+    stop = np.minimum.accumulate(np.where(~go, t, num_steps)[::-1])[::-1]  # first closed step at or after t
+    remaining = (stop - t + 1) * DT + np.where(stop == num_steps, 30.0 - DT, 0.0)
+    since = np.where(start == 0, 5.0 + t * DT, (t - start) * DT)
+    return go & (remaining >= crossing_s + 3.0) & (since > 1.0 + 1e-9)
 
 
 def _junction_crosswalk(net: _Net, u, nv, r_s, cw, n_in, n_out, w, walk) -> None:
@@ -709,8 +714,6 @@ def _build_merge(rng: np.random.Generator, pr: ParamRanges) -> _Net:
     s_d = np.arange(s_m, s_ref[-1], 4.0)
     outer = np.concatenate([at(s_c, l_ramp(s_c) - off), at(s_d, np.full(len(s_d), -off))])
     net.edges = [gore, outer, _offset(ref, np.full(len(ref), half_l))[::4]]
-    for j in range(1, n):
-        net.lines.append((_offset(ref, np.full(len(ref), (j - 0.5) * w))[::4], _LINE_BROKEN_WHITE))
     _orient_edges(net)
     return net
 
@@ -753,19 +756,20 @@ def _build_roundabout(rng: np.random.Generator, pr: ParamRanges) -> _Net:
     for i, (_, kind, a) in enumerate(ring_pts):
         point_arc[(kind, a)] = i
     in_ids, out_ids, entries, exits = [], [], [], []
+    # Entry and exit links of every arm (all cubics at once): arm lane end -> ring, ring -> arm lane start.
+    ends = []
+    for a in range(num_arms):
+        ea, xa = angles[a] + d_in, angles[a] - d_out
+        ends.append((u[a] * r_a + nv[a] * 0.5 * w, -u[a], R * _unit(ea), _left(_unit(ea))))
+        ends.append((R * _unit(xa), _left(_unit(xa)), u[a] * r_a - nv[a] * 0.5 * w, u[a]))
+    links = _bezier_many(*(np.array([e[i] for e in ends]) for i in range(4)))
     for a in range(num_arms):
         in_ids.append(net.add_lane([u[a] * (r_a + arm_len) + nv[a] * 0.5 * w, u[a] * r_a + nv[a] * 0.5 * w],
                                    RG_SURFACE_LANE, speed))
         out_ids.append(net.add_lane([u[a] * r_a - nv[a] * 0.5 * w, u[a] * (r_a + arm_len) - nv[a] * 0.5 * w],
                                     RG_SURFACE_LANE, speed))
-        ea = angles[a] + d_in
-        p_entry = R * _unit(ea)
-        t_entry = _left(_unit(ea))
-        entries.append(net.add_lane(_bezier(u[a] * r_a + nv[a] * 0.5 * w, -u[a], p_entry, t_entry), RG_SURFACE_LANE,
-                                    vring, rank=0))
-        xa = angles[a] - d_out
-        exits.append(net.add_lane(_bezier(R * _unit(xa), _left(_unit(xa)), u[a] * r_a - nv[a] * 0.5 * w, u[a]),
-                                  RG_SURFACE_LANE, vring, rank=2))
+        entries.append(net.add_lane(links[2 * a], RG_SURFACE_LANE, vring, rank=0, resampled=True))
+        exits.append(net.add_lane(links[2 * a + 1], RG_SURFACE_LANE, vring, rank=2, resampled=True))
     nring = len(ring_pts)
     for a in range(num_arms):
         start = point_arc[("entry", a)]
@@ -787,25 +791,29 @@ def _build_roundabout(rng: np.random.Generator, pr: ParamRanges) -> _Net:
     island = (R - w / 2 - _SHOULDER) * np.stack([np.cos(th), np.sin(th)], -1)
     net.edges.append(island)
     order = np.argsort(angles % (2 * np.pi))
+    off = w / 2 + _SHOULDER
+    ro = R + off
+    kerbs, ends = [], []
     for idx in range(num_arms):
         a, b = order[idx], order[(idx + 1) % num_arms]
         # Kerb from arm a's incoming side round the ring's outside to arm b's outgoing side.
-        off = w / 2 + _SHOULDER
         pa = u[a] * r_a + nv[a] * (0.5 * w + off)
         pb = u[b] * r_a - nv[b] * (0.5 * w + off)
         a0 = angles[a] + d_in + 0.25
         a1 = angles[b] - d_out - 0.25
         a1 = a0 + ((a1 - a0) % (2 * np.pi))
-        ro = R + off
         thk = np.linspace(a0, a1, max(int(ro * (a1 - a0) / 1.0), 3))
         ring_out = ro * np.stack([np.cos(thk), np.sin(thk)], -1)
-        lead = _bezier(pa, -u[a], ring_out[0], _left(_unit(a0)), 1.0)
-        trail = _bezier(ring_out[-1], _left(_unit(a1)), pb, u[b], 1.0)
+        kerbs.append((a, b, pa, ring_out))
+        ends.append((pa, -u[a], ring_out[0], _left(_unit(a0))))
+        ends.append((ring_out[-1], _left(_unit(a1)), pb, u[b]))
+    joins = _bezier_many(*(np.array([e[i] for e in ends]) for i in range(4)), spacing=1.0)
+    for idx, (a, b, pa, ring_out) in enumerate(kerbs):
+        lead, trail = joins[2 * idx], joins[2 * idx + 1]
         kerb = np.concatenate([
             np.stack([u[a] * (r_a + arm_len) + nv[a] * (0.5 * w + off), pa]),
             lead[1:], ring_out[1:-1], trail, np.stack([u[b] * (r_a + arm_len) - nv[b] * (0.5 * w + off)])])
         net.edges.append(kerb)
-        net.lines.append((np.stack([u[a] * r_a, u[a] * (r_a + arm_len)]), _LINE_SOLID_DOUBLE_YELLOW))
     for a in range(num_arms):
         net.bike_lanes.add(in_ids[a])
     _orient_edges(net)
@@ -873,6 +881,24 @@ def _route_path(net: _Net, lanes: list[int]) -> tuple[np.ndarray, list[float]]:
     return np.stack([np.interp(t, s, xy[:, 0]), np.interp(t, s, xy[:, 1])], -1), offs
 
 
+class _Draws:
+    """Uniform draws from `rng` taken a block at a time (scalar generator calls are slow in Python)."""
+
+    def __init__(self, rng: np.random.Generator, block: int = 256):
+        self.rng, self.block = rng, block
+        self.buf: list[float] = []
+        self.pos = 0
+
+    def random(self) -> float:
+        if self.pos == len(self.buf):
+            self.buf, self.pos = self.rng.random(self.block).tolist(), 0
+        self.pos += 1
+        return self.buf[self.pos - 1]
+
+    def uniform(self, lo: float, hi: float) -> float:
+        return lo + (hi - lo) * self.random()
+
+
 def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorConfig, red_at0) -> list[_Agent]:
     """Places vehicles, cyclists and pedestrians on the network at t = 0."""
     agents: list[_Agent] = []
@@ -884,23 +910,25 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
     for lanes, wgt, tag in net.routes:
         routes_from.setdefault(lanes[0], []).append((lanes, wgt, tag))
     spawn_lanes = [li for li in net.spawn if li in routes_from]
-    path_cache: dict[tuple[int, ...], tuple[np.ndarray, list[float]]] = {}
+    path_cache: dict[tuple[int, ...], tuple[np.ndarray, list[float], tuple]] = {}
     rng.shuffle(spawn_lanes)
+    dr = _Draws(rng)
     # Pedestrians first (they are few), one per crossing path.
     for pi in rng.permutation(len(net.peds))[:n_ped]:
         p = net.peds[pi]
-        walking = bool(rng.random() < 0.5)
-        s0 = rng.uniform(0.5, p.stop_s - 0.6)
+        walking = dr.random() < 0.5
+        s0 = dr.uniform(0.5, p.stop_s - 0.6)
         if walking and p.walk[0]:
-            s0 = rng.uniform(0.5, min(p.stop_s + 6.0, len(p.xy) * _PATH_DS - 12.0))
-        vdes = rng.uniform(1.0, 1.6)
-        agents.append(_Agent(TYPE_PEDESTRIAN, p.xy, [-1 - int(pi)], [0.0], s0, vdes * rng.uniform(0.0, 1.0), vdes,
-                             rng.uniform(0.4, 0.7), rng.uniform(0.4, 0.7), rng.uniform(1.5, 1.9), 0.8, 2.0, 0.6,
+            s0 = dr.uniform(0.5, min(p.stop_s + 6.0, len(p.xy) * _PATH_DS - 12.0))
+        vdes = dr.uniform(1.0, 1.6)
+        agents.append(_Agent(TYPE_PEDESTRIAN, p.xy, [-1 - int(pi)], [0.0], s0, vdes * dr.random(), vdes,
+                             dr.uniform(0.4, 0.7), dr.uniform(0.4, 0.7), dr.uniform(1.5, 1.9), 0.8, 2.0, 0.6,
                              0.6, stop_s=p.stop_s, tag="walk"))
     # Vehicles and cyclists lane by lane, queued back from each lane's downstream end.
     vehicles_left = budget - len(agents)
     cyclists_left = n_cyc
     per_lane = max(1, int(np.ceil(vehicles_left / max(len(spawn_lanes), 1))) + 1)
+    red0: dict[int, bool] = {}
     for li in spawn_lanes:
         if vehicles_left <= 0:
             break
@@ -908,30 +936,42 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
         if hi <= lo:
             continue
         lane = net.lanes[li]
-        pos = hi - rng.uniform(0.0, 25.0 / density)
+        pos = hi - dr.uniform(0.0, 25.0 / density)
         lead: _Agent | None = None
-        lead_s = None
+        lead_s = 0.0
         count = 0
+        all_opts = routes_from[li]
+        cyc_opts = [o for o in all_opts if o[2] in ("straight", "right", "exit")] or all_opts
         while pos > lo and vehicles_left > 0 and count < per_lane:
-            is_cyc = cyclists_left > 0 and li in net.bike_lanes and rng.random() < 0.3
-            opts = routes_from[li]
-            if is_cyc:
-                opts = [o for o in opts if o[2] in ("straight", "right", "exit")] or opts
-            cum = np.cumsum([o[1] for o in opts])
-            lanes, _, tag = opts[min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(opts) - 1)]
+            is_cyc = cyclists_left > 0 and li in net.bike_lanes and dr.random() < 0.3
+            opts = cyc_opts if is_cyc else all_opts
+            pick = dr.random() * sum(o[1] for o in opts)
+            k, acc = 0, opts[0][1]
+            while acc <= pick and k < len(opts) - 1:
+                k += 1
+                acc += opts[k][1]
+            lanes, _, tag = opts[k]
             key = tuple(lanes)
             if key not in path_cache:
-                path_cache[key] = _route_path(net, lanes)
-            path, offs = path_cache[key]
+                path, offs = _route_path(net, lanes)
+                stop = (_INF, -1, False, 0.0)  # (stop position, signal, stop sign, start of the stop lane)
+                for j, lj in enumerate(lanes):
+                    st = net.lanes[lj].stop
+                    if st is not None:
+                        stop = (offs[j] + _lane_len(net, lj), st[1] if st[0] == "light" else -1, st[0] == "sign",
+                                offs[j])
+                        break
+                path_cache[key] = (path, offs, stop)
+            path, offs, stop = path_cache[key]
             if is_cyc:
-                length, width, height = rng.uniform(1.6, 2.0), rng.uniform(0.6, 0.8), rng.uniform(1.6, 1.9)
-                vdes = rng.uniform(4.0, 7.0)
+                length, width, height = dr.uniform(1.6, 2.0), dr.uniform(0.6, 0.8), dr.uniform(1.6, 1.9)
+                vdes = dr.uniform(4.0, 7.0)
                 amax, bdec, headway, gap0 = 1.0, 2.0, 1.2, 1.5
             else:
-                length, width, height = rng.uniform(4.2, 5.3), rng.uniform(1.8, 2.1), rng.uniform(1.4, 1.9)
-                vdes = lane.speed * rng.uniform(0.85, 1.05)
-                amax, bdec = rng.uniform(1.3, 2.2), rng.uniform(2.0, 3.0)
-                headway, gap0 = rng.uniform(1.0, 1.7), rng.uniform(2.0, 3.0)
+                length, width, height = dr.uniform(4.2, 5.3), dr.uniform(1.8, 2.1), dr.uniform(1.4, 1.9)
+                vdes = lane.speed * dr.uniform(0.85, 1.05)
+                amax, bdec = dr.uniform(1.3, 2.2), dr.uniform(2.0, 3.0)
+                headway, gap0 = dr.uniform(1.0, 1.7), dr.uniform(2.0, 3.0)
             s0 = pos - length / 2
             if lead is not None:
                 room = lead_s - lead.length / 2 - (s0 + length / 2)
@@ -939,34 +979,31 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
                     pos -= gap0 + 1.0
                     continue
             # Initial speed: what the driver could stop from before the leader or an active stop line.
-            v0 = vdes * rng.uniform(0.6, 1.0)
+            v0 = vdes * dr.uniform(0.6, 1.0)
             if lead is not None:
-                room = lead_s - lead.length / 2 - (s0 + length / 2) - gap0
-                v0 = min(v0, np.sqrt(lead.v0 ** 2 + 2 * 1.5 * max(room, 0.0)), max(room, 0.0) / headway + lead.v0)
+                room = max(lead_s - lead.length / 2 - (s0 + length / 2) - gap0, 0.0)
+                v0 = min(v0, math.sqrt(lead.v0 ** 2 + 2 * 1.5 * room), room / headway + lead.v0)
             stop_s, stop_sig, stop_sign = _INF, -1, False
-            for j, lj in enumerate(lanes):
-                st = net.lanes[lj].stop
-                if st is not None and offs[j] + _lane_len(net, lj) > s0 + length / 2:
-                    stop_s = offs[j] + _lane_len(net, lj)
-                    stop_sig, stop_sign = (st[1], False) if st[0] == "light" else (-1, True)
-                    break
-            if stop_s < _INF and (stop_sign or red_at0(stop_sig)):
-                room = stop_s - (s0 + length / 2) - 1.0
-                v0 = min(v0, np.sqrt(2 * 1.5 * max(room, 0.0)))
-            v0 = float(max(v0, 0.0))
+            if stop[0] < _INF and stop[0] > s0 + length / 2:  # the first stop line is still ahead
+                stop_s, stop_sig, stop_sign = stop[0], stop[1], stop[2]
+                if stop_sig not in red0:
+                    red0[stop_sig] = bool(red_at0(stop_sig))
+                if stop_sign or red0[stop_sig]:
+                    v0 = min(v0, math.sqrt(2 * 1.5 * max(stop_s - (s0 + length / 2) - 1.0, 0.0)))
+            v0 = max(v0, 0.0)
             slow = (0.0, 0.0, 1.0)
-            if rng.random() < 0.15:
-                t0 = rng.uniform(0.0, 5.0)
-                slow = (t0, t0 + rng.uniform(2.0, 5.0), rng.uniform(0.0, 0.5))
+            if dr.random() < 0.15:
+                t0 = dr.uniform(0.0, 5.0)
+                slow = (t0, t0 + dr.uniform(2.0, 5.0), dr.uniform(0.0, 0.5))
             kind = TYPE_CYCLIST if is_cyc else TYPE_VEHICLE
-            ag = _Agent(kind, path, list(lanes), offs, float(s0), v0, float(vdes), length, width, height, amax, bdec,
+            ag = _Agent(kind, path, list(lanes), offs, s0, v0, vdes, length, width, height, amax, bdec,
                         headway, gap0, stop_s, stop_sig, stop_sign, tag, slow)
             agents.append(ag)
             vehicles_left -= 1
             cyclists_left -= int(is_cyc)
             count += 1
             lead, lead_s = ag, s0
-            pos = s0 - length / 2 - gap0 - headway * v0 - rng.uniform(1.0, 30.0 / density)
+            pos = s0 - length / 2 - gap0 - headway * v0 - dr.uniform(1.0, 30.0 / density)
     return agents
 
 
@@ -974,162 +1011,217 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
 # Conflict zones between agent paths
 
 
-def _lane_table(net: _Net, used: list[int]) -> dict[tuple[int, int], tuple]:
-    """Proximity zones between lanes / pedestrian paths: (lo_a, hi_a, lo_b, hi_b, aligned) per pair.
+def _lane_table(polys: list[np.ndarray], scen: np.ndarray, is_ped: np.ndarray):
+    """Proximity zones between lanes / pedestrian paths `polys` (evenly sampled) of the same scenario.
 
-    Lane indices >= 0 are lanes; -1 - p is pedestrian path p; pedestrian pairs are skipped.
-    Close point pairs are found with a uniform grid (cells of the conflict distance), all
-    lanes at once.
+    `scen [U]` names each polyline's scenario, `is_ped [U]` marks pedestrian paths (pairs of
+    two are skipped). Returns `zone [U, U, 4]` (lo_a, hi_a, lo_b, hi_b: the arc range of a,
+    then of b, that comes within the conflict distance of the other, padded 1 m), `has
+    [U, U]` and `aligned [U, U]` (vehicle lanes running the same way at their closest
+    points). Close point pairs are found with a uniform grid (cells of the conflict
+    distance, keyed by scenario too), every polyline of every scenario at once.
     """
-    pts, s, h, owner = [], [], [], []
-    for u in used:
-        xy = net.lanes[u].xy if u >= 0 else net.peds[-1 - u].xy
-        sub = xy[::4]  # about 2 m apart; zones are padded by the half spacing
-        pts.append(sub)
-        s.append(_arc(xy)[::4])
-        t = _tangent(xy)[::4]
-        h.append(np.arctan2(t[:, 1], t[:, 0]))
-        owner.append(np.full(len(sub), u))
-    pts, s, h, owner = np.concatenate(pts), np.concatenate(s), np.concatenate(h), np.concatenate(owner)
-    cell = np.floor(pts / _CONFLICT_VEHICLE).astype(np.int64)
-    key = cell[:, 0] * 100_003 + cell[:, 1]
+    nu = len(polys)
+    npts = np.array([len(p) for p in polys])
+    xy = np.concatenate(polys)
+    start = np.cumsum(npts) - npts
+    nsub = (npts + 3) // 4  # every 4th point, about 2 m apart; zones are padded by the half spacing
+    owner = np.repeat(np.arange(nu), nsub)
+    k = np.arange(len(owner)) - np.repeat(np.cumsum(nsub) - nsub, nsub)
+    idx = start[owner] + 4 * k
+    pts = xy[idx]
+    d01 = xy[start + 1] - xy[start]
+    s = 4 * k * np.hypot(d01[:, 0], d01[:, 1])[owner]
+    t = xy[np.minimum(idx + 1, (start + npts - 1)[owner])] - xy[np.maximum(idx - 1, start[owner])]
+    h = np.arctan2(t[:, 1], t[:, 0])
+    ped = is_ped[owner]
+    cell = np.floor(pts / _CONFLICT_VEHICLE).astype(np.int64) + 50_000  # maps span far less than 100 km
+    key = (scen[owner] * 100_003 + cell[:, 0]) * 100_003 + cell[:, 1]
     order = np.argsort(key, kind="stable")
     skey = key[order]
-    ia, ib = [], []
-    for dx in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            q = (cell[:, 0] + dx) * 100_003 + cell[:, 1] + dy
-            lo = np.searchsorted(skey, q, "left")
-            hi = np.searchsorted(skey, q, "right")
-            cnt = hi - lo
-            src = np.repeat(np.arange(len(q)), cnt)
-            start = np.repeat(lo - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt)
-            ia.append(src)
-            ib.append(order[np.arange(len(src)) + start])
-    ia, ib = np.concatenate(ia), np.concatenate(ib)
-    oa, ob = owner[ia], owner[ib]
+    # Half of the 3x3 neighbourhood (the cell itself and 4 neighbours) finds every close pair once
+    # (twice within a cell: kept where ia < ib); the mirrored pairs are appended after filtering.
+    ia, ib, first_cell = [], [], []
+    pos = np.arange(len(skey))
+    for k, o in enumerate((0, 100_003 - 1, 100_003, 100_003 + 1, 1)):  # sorted queries: fast lookups
+        lo = np.searchsorted(skey, skey + o, "left")
+        cnt = np.searchsorted(skey, skey + o, "right") - lo
+        ia.append(np.repeat(pos, cnt))
+        ib.append(np.arange(cnt.sum()) + np.repeat(lo - (np.cumsum(cnt) - cnt), cnt))
+        first_cell.append(np.full(len(ia[-1]), k == 0))
+    ia, ib, same_cell = np.concatenate(ia), np.concatenate(ib), np.concatenate(first_cell)
+    keep = ~same_cell | (ia < ib)
+    ia, ib = order[ia[keep]], order[ib[keep]]
+    pa, pb = ped[ia], ped[ib]
+    sel = (owner[ia] != owner[ib]) & ~(pa & pb)
+    ia, ib, pa, pb = ia[sel], ib[sel], pa[sel], pb[sel]
     d = np.hypot(*(pts[ia] - pts[ib]).T)
-    thr = np.where((oa < 0) | (ob < 0), _CONFLICT_PED, _CONFLICT_VEHICLE)
-    sel = (oa != ob) & ~((oa < 0) & (ob < 0)) & (d < thr)
-    ia, ib, oa, ob, d = ia[sel], ib[sel], oa[sel], ob[sel], d[sel]
-    table = {}
-    if len(ia) == 0:
-        return table
-    pair = (oa + 10_000) * 100_000 + (ob + 10_000)
-    uniq, inv = np.unique(pair, return_inverse=True)
-    m = len(uniq)
-    lo_a = np.full(m, np.inf)
-    hi_a = np.full(m, -np.inf)
-    lo_b = np.full(m, np.inf)
-    hi_b = np.full(m, -np.inf)
-    np.minimum.at(lo_a, inv, s[ia])
-    np.maximum.at(hi_a, inv, s[ia])
-    np.minimum.at(lo_b, inv, s[ib])
-    np.maximum.at(hi_b, inv, s[ib])
-    # Heading difference at the closest point pair of each lane pair.
-    best = np.lexsort((d, inv))
-    first = best[np.concatenate([[True], inv[best][1:] != inv[best][:-1]])]
+    sel = d < np.where(pa | pb, _CONFLICT_PED, _CONFLICT_VEHICLE)
+    ia, ib, d = np.concatenate([ia[sel], ib[sel]]), np.concatenate([ib[sel], ia[sel]]), np.concatenate([d[sel]] * 2)
+    zone = np.zeros((nu, nu, 4))
+    has = np.zeros((nu, nu), bool)
+    aligned = np.zeros((nu, nu), bool)
+    if not len(ia):
+        return zone, has, aligned
+    pair = owner[ia] * nu + owner[ib]
+    srt = np.lexsort((d, pair))  # by lane pair, closest point pair first
+    pair, ia, ib = pair[srt], ia[srt], ib[srt]
+    first = np.flatnonzero(np.concatenate([[True], pair[1:] != pair[:-1]]))
+    sa, sb = s[ia], s[ib]
+    a_own, b_own = pair[first] // nu, pair[first] % nu
+    zone[a_own, b_own] = np.stack([np.minimum.reduceat(sa, first) - 1.0, np.maximum.reduceat(sa, first) + 1.0,
+                                   np.minimum.reduceat(sb, first) - 1.0, np.maximum.reduceat(sb, first) + 1.0], -1)
+    has[a_own, b_own] = True
     dh = np.abs(_wrap(h[ia[first]] - h[ib[first]]))
-    a_own, b_own = oa[first], ob[first]
-    aligned = (dh < np.deg2rad(40)) & (a_own >= 0) & (b_own >= 0)
-    for k in range(m):
-        table[(int(a_own[k]), int(b_own[k]))] = (lo_a[k] - 1.0, hi_a[k] + 1.0, lo_b[k] - 1.0, hi_b[k] + 1.0,
-                                                   bool(aligned[k]))
-    return table
+    aligned[a_own, b_own] = (dh < np.deg2rad(40)) & ~ped[ia[first]] & ~ped[ib[first]]
+    return zone, has, aligned
 
 
-def _rank(net: _Net, lane: int) -> int:
-    return 3 if lane < 0 else net.lanes[lane].rank
-
-
-def _records(net: _Net, agents: list[_Agent]) -> list[tuple]:
-    """Conflict records (i, j, ai0, ai1, aj0, aj1, aligned, offset, priority) for interacting pairs.
+def _records(items: list[dict]) -> list[np.ndarray]:
+    """Conflict records `[R, 9]` (i, j, ai0, ai1, aj0, aj1, aligned, offset, priority) of each item's agent pairs.
 
     offset maps j's path position into i's (aligned zones); priority +1: i has right of
-    way, -1: j has, 0: neither (the earlier arrival goes first). Vectorised over all
-    agent pairs and route lanes.
+    way, -1: j has, 0: neither (the earlier arrival goes first). A pair of agents gets an
+    aligned record if any lane of i's route is shared with, or runs alongside, one of j's
+    (the union of those zones), and a crossing record for the first crossing zone along
+    i's route. All items at once, as a sparse join: (agent, route lane) entries x lane
+    pairs in proximity x entries; agent indices in the records are the item's own.
     """
-    n = len(agents)
-    if n < 2:
-        return []
-    used = sorted({lane for ag in agents for lane in ag.lanes})
-    table = _lane_table(net, used)
-    col = {u: k for k, u in enumerate(used)}
-    nu = len(used) + 1  # the last index is "no lane"
-    tab = np.zeros((nu, nu, 4))
-    has = np.zeros((nu, nu), bool)
-    tal = np.zeros((nu, nu), bool)
-    for (a, b), z in table.items():
-        tab[col[a], col[b]] = z[:4]
-        has[col[a], col[b]] = True
-        tal[col[a], col[b]] = z[4]
-    length = np.array([(_lane_len(net, u) if u >= 0 else len(net.peds[-1 - u].xy) * _PATH_DS) for u in used] + [0.0])
-    rank = np.array([_rank(net, u) for u in used] + [0])
-    m = max(len(ag.lanes) for ag in agents)
-    rl = np.full((n, m), nu - 1)
-    off = np.zeros((n, m))
-    for i, ag in enumerate(agents):
-        rl[i, : len(ag.lanes)] = [col[u] for u in ag.lanes]
-        off[i, : len(ag.lanes)] = ag.lane_off
-    la, lb = rl[:, :, None, None], rl[None, None, :, :]  # [n, m, 1, 1], [1, 1, n, m]
-    same = (la == lb) & (la != nu - 1)
-    h = has[la, lb]
-    z = tab[la, lb]  # [n, m, n, m, 4]
-    lo_a = np.where(same, 0.0, z[..., 0]) + off[:, :, None, None]
-    hi_a = np.where(same, length[la], z[..., 1]) + off[:, :, None, None]
-    lo_b = np.where(same, 0.0, z[..., 2]) + off[None, None]
-    hi_b = np.where(same, length[lb], z[..., 3]) + off[None, None]
-    al = same | (h & tal[la, lb])
-    cr = h & ~tal[la, lb] & ~same
-    prio = np.sign(rank[la] - rank[lb])
-    ped = np.array([ag.kind == TYPE_PEDESTRIAN for ag in agents])
-    ii, jj = np.triu_indices(n, 1)
-    keep = ~(ped[ii] & ped[jj])
-    ii, jj = ii[keep], jj[keep]
-    flat = lambda x: x.transpose(0, 2, 1, 3)[ii, jj].reshape(len(ii), m * m)  # [pairs, m*m]
-    al_p, cr_p, same_p = flat(al), flat(cr), flat(same)
-    lo_a_p, hi_a_p, lo_b_p, hi_b_p = flat(lo_a), flat(hi_a), flat(lo_b), flat(hi_b)
-    prio_p = flat(np.broadcast_to(prio, al.shape))
-    off_ij = flat(np.broadcast_to(off[:, :, None, None] - off[None, None], al.shape))
-    out = []
-    big = 1e9
-    has_al = al_p.any(1)
-    if has_al.any():
-        ai0 = np.where(al_p, lo_a_p, big).min(1)
-        ai1 = np.where(al_p, hi_a_p, -big).max(1)
-        aj0 = np.where(al_p, lo_b_p, big).min(1)
-        aj1 = np.where(al_p, hi_b_p, -big).max(1)
-        first_same = np.argmax(same_p, 1)
-        shared = np.take_along_axis(off_ij, first_same[:, None], 1)[:, 0]
-        offset = np.where(same_p.any(1), shared, 0.5 * ((ai0 + ai1) - (aj0 + aj1)))
-        first = np.argmin(np.where(al_p, lo_a_p, big), 1)
-        pr = np.take_along_axis(prio_p, first[:, None], 1)[:, 0]
-        for k in np.flatnonzero(has_al):
-            out.append((int(ii[k]), int(jj[k]), ai0[k], ai1[k], aj0[k], aj1[k], True, offset[k], int(pr[k])))
-    has_cr = cr_p.any(1)
-    if has_cr.any():
-        first = np.argmin(np.where(cr_p, lo_a_p, big), 1)[:, None]
-        pick = lambda x: np.take_along_axis(x, first, 1)[:, 0]
-        v0, v1, v2, v3, pr = pick(lo_a_p), pick(hi_a_p), pick(lo_b_p), pick(hi_b_p), pick(prio_p)
-        for k in np.flatnonzero(has_cr):
-            out.append((int(ii[k]), int(jj[k]), v0[k], v1[k], v2[k], v3[k], False, 0.0, int(pr[k])))
-    return out
+    # Every (item, lane or pedestrian path) used by an agent gets a column.
+    cols: dict[tuple[int, int], int] = {}
+    polys, scen, is_ped, length, rank = [], [], [], [], []
+    e_agent, e_col, e_off, e_pos = [], [], [], []
+    g = 0
+    for k, it in enumerate(items):
+        net = it["net"]
+        for u in sorted({lane for ag in it["agents"] for lane in ag.lanes}):
+            cols[(k, u)] = len(polys)
+            if u >= 0:
+                polys.append(net.lanes[u].xy)
+                length.append(net.lanes[u].length)
+                rank.append(net.lanes[u].rank)
+            else:
+                polys.append(net.peds[-1 - u].xy)
+                length.append(len(net.peds[-1 - u].xy) * _PATH_DS)
+                rank.append(3)
+            scen.append(k)
+            is_ped.append(u < 0)
+        for ag in it["agents"]:
+            for p, (u, o) in enumerate(zip(ag.lanes, ag.lane_off)):
+                e_agent.append(g)
+                e_col.append(cols[(k, u)])
+                e_off.append(o)
+                e_pos.append(p)
+            g += 1
+    sizes = np.array([len(it["agents"]) for it in items])
+    base = np.cumsum(sizes) - sizes
+    nu = len(polys)
+    zone, has, tal = _lane_table(polys, np.array(scen, np.int64), np.array(is_ped, bool))
+    length, rank = np.array(length), np.array(rank)
+    e_agent, e_col, e_off, e_pos = np.array(e_agent), np.array(e_col), np.array(e_off), np.array(e_pos)
+    ped = np.array([ag.kind == TYPE_PEDESTRIAN for it in items for ag in it["agents"]])
+    # Lane pairs that interact: in proximity, or the same lane.
+    la, lb = np.nonzero(has)
+    la, lb = np.concatenate([la, np.arange(nu)]), np.concatenate([lb, np.arange(nu)])
+    # Join: entries on la x entries on lb (two expansions through entries grouped by column).
+    by_col = np.argsort(e_col, kind="stable")
+    cnt = np.bincount(e_col, minlength=nu)
+    first = np.cumsum(cnt) - cnt
+
+    def expand(n, start):
+        rep = np.repeat(np.arange(len(n)), n)
+        return rep, by_col[start[rep] + np.arange(len(rep)) - np.repeat(np.cumsum(n) - n, n)]
+
+    l1, ea = expand(cnt[la], first[la])
+    l2, eb = expand(cnt[lb[l1]], first[lb[l1]])
+    ea = ea[l2]
+    ai, aj = e_agent[ea], e_agent[eb]
+    keep = (ai < aj) & ~(ped[ai] & ped[aj])
+    ea, eb, ai, aj = ea[keep], eb[keep], ai[keep], aj[keep]
+    ca, cb = e_col[ea], e_col[eb]
+    same = ca == cb
+    z = zone[ca, cb]
+    oa, ob = e_off[ea], e_off[eb]
+    lo_a = np.where(same, 0.0, z[:, 0]) + oa
+    hi_a = np.where(same, length[ca], z[:, 1]) + oa
+    lo_b = np.where(same, 0.0, z[:, 2]) + ob
+    hi_b = np.where(same, length[cb], z[:, 3]) + ob
+    al = same | tal[ca, cb]
+    prio = np.sign(rank[ca] - rank[cb]).astype(np.float64)
+    key = ai * len(ped) + aj  # agent pairs in (i, j) order
+    rowmajor = e_pos[ea] * (int(e_pos.max()) + 1) + e_pos[eb]  # ties go to the earliest route lanes (i's first)
+    recs = []
+    for sel, aligned in ((al, True), (~al, False)):
+        idx = np.flatnonzero(sel)
+        if not len(idx):
+            continue
+        # The combination with the smallest lo_a leads each pair (ties: earliest route lanes).
+        idx = idx[np.lexsort((rowmajor[idx], lo_a[idx], key[idx]))]
+        k_s = key[idx]
+        head = np.flatnonzero(np.concatenate([[True], k_s[1:] != k_s[:-1]]))
+        lead = idx[head]
+        if aligned:
+            ai0, ai1 = np.minimum.reduceat(lo_a[idx], head), np.maximum.reduceat(hi_a[idx], head)
+            aj0, aj1 = np.minimum.reduceat(lo_b[idx], head), np.maximum.reduceat(hi_b[idx], head)
+            # A shared lane fixes the offset between the two paths (its first occurrence); else zone centres.
+            srt = idx[np.lexsort((rowmajor[idx], ~same[idx], key[idx]))]
+            first_same = srt[np.flatnonzero(np.concatenate([[True], key[srt][1:] != key[srt][:-1]]))]
+            offset = np.where(same[first_same], (oa - ob)[first_same], 0.5 * ((ai0 + ai1) - (aj0 + aj1)))
+            recs.append(np.stack([ai[lead], aj[lead], ai0, ai1, aj0, aj1, np.ones(len(lead)), offset, prio[lead]], -1))
+        else:
+            recs.append(np.stack([ai[lead], aj[lead], lo_a[lead], hi_a[lead], lo_b[lead], hi_b[lead],
+                                  np.zeros(len(lead)), np.zeros(len(lead)), prio[lead]], -1))
+    rec = np.concatenate(recs).astype(np.float64) if recs else np.zeros((0, 9))
+    # Per item, with the item's agent indices.
+    owner_item = np.repeat(np.arange(len(items)), sizes)[rec[:, 0].astype(np.int64)]
+    rec[:, :2] -= base[owner_item][:, None]
+    return [rec[owner_item == k] for k in range(len(items))]
 
 
 # ----------------------------------------------------------------------------------------------
 # Joint simulation of many scenarios (flat over agents, vectorised)
 
 
-def _speed_cap(path: np.ndarray, kind: int) -> np.ndarray:
-    """Speed cap `[K]` for the path's curvature, reachable by braking at 1.5 m/s² (backwards profile)."""
-    if kind == TYPE_PEDESTRIAN:
-        return np.full(len(path), 50.0)
-    k = np.abs(_curvature(path))
-    k = np.convolve(k, np.ones(9) / 9.0, mode="same")
-    cap2 = np.minimum(2.2 / np.maximum(k, 1e-4), 50.0 ** 2)
-    s = np.arange(len(path)) * _PATH_DS
-    key = cap2 + 2 * 1.5 * s
-    return np.sqrt(np.maximum(np.minimum.accumulate(key[::-1])[::-1] - 2 * 1.5 * s, 0.0))
+def _speed_caps(paths: list[np.ndarray]) -> list[np.ndarray]:
+    """Speed caps `[K]` for the curvature of each evenly sampled path `[K, 2]`.
+
+    Curvature from the turn between neighbouring segments (cross product over the
+    lengths: the sine of the small turn angle), smoothed over 9 points (zero padded);
+    the cap sqrt(2.2 / |k|) is propagated backwards as a braking profile at 1.5 m/s².
+    All paths at once as rows of one padded array, every value computed from its own
+    path only (so a path's caps do not depend on which others share the batch).
+    """
+    lens = np.array([len(p) for p in paths])
+    bucket = np.ceil(np.log2(np.maximum(lens, 64))).astype(np.int64)
+    if len(np.unique(bucket)) > 1:  # rows padded to similar lengths: one pass per power-of-two bucket
+        out: list[np.ndarray] = [np.zeros(0)] * len(paths)
+        for bk in np.unique(bucket):
+            idx = np.flatnonzero(bucket == bk)
+            for i, c in zip(idx, _speed_caps([paths[i] for i in idx])):
+                out[i] = c
+        return out
+    n, width = len(paths), int(lens.max())
+    xy = np.zeros((n, width, 2))
+    inside = np.arange(width)[None] < lens[:, None]
+    xy[inside] = np.concatenate(paths)
+    d = xy[:, 1:] - xy[:, :-1]
+    ds = np.maximum(np.hypot(d[..., 0], d[..., 1]), 1e-9)
+    k = np.zeros((n, width + 8))  # 4 zeros of padding on each side for the smoothing window
+    cross = d[:, :-1, 0] * d[:, 1:, 1] - d[:, :-1, 1] * d[:, 1:, 0]
+    k[:, 5:width + 3] = np.abs(cross) / (ds[:, :-1] * ds[:, 1:] * 0.5 * (ds[:, 1:] + ds[:, :-1]))
+    rows = np.arange(n)
+    k[:, 4] = k[:, 5]  # the ends repeat their neighbour
+    k[rows, lens + 3] = k[rows, lens + 2]
+    k[:, 4:width + 4] *= inside  # zero past each path's end (and its padding)
+    smooth = k[:, 0:width].copy()
+    for shift in range(1, 9):
+        smooth += k[:, shift:shift + width]
+    smooth /= 9.0
+    s3 = np.arange(width) * (2 * 1.5 * _PATH_DS)
+    key = np.where(inside, np.minimum(2.2 / np.maximum(smooth, 1e-4), 50.0 ** 2) + s3, np.inf)
+    run = np.minimum.accumulate(key[:, ::-1], axis=1)[:, ::-1]
+    caps = np.sqrt(np.maximum(run - s3, 0.0))
+    return [caps[i, :m] for i, m in enumerate(lens)]
 
 
 class _Batch:
@@ -1177,169 +1269,182 @@ class _Batch:
                     sig.append(sig_base[k] + a.stop_sig if a.stop_sig >= 0 else none)
         self.sig = np.array(sig, np.int64)
         self.has_light = self.sig != none
-        # Paths: concatenated, uniform spacing.
-        lens = np.array([len(a.path) for a in agents], np.int64)
-        self.p_start = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-        self.p_n = lens
-        self.p_len = (lens - 1) * _PATH_DS
-        pts = np.concatenate([a.path for a in agents])
+        # Paths (uniform spacing): each distinct path once, vehicle paths first; agents index into them.
+        uniq: dict[int, int] = {}
+        paths: list[np.ndarray] = []
+        for ped in (False, True):
+            for a in agents:
+                if (a.kind == TYPE_PEDESTRIAN) == ped and id(a.path) not in uniq:
+                    uniq[id(a.path)] = len(paths)
+                    paths.append(a.path)
+        num_veh = len({id(a.path) for a in agents if a.kind != TYPE_PEDESTRIAN})
+        plens = np.array([len(p) for p in paths], np.int64)
+        pstart = np.cumsum(plens) - plens
+        which = np.array([uniq[id(a.path)] for a in agents], np.int64)
+        self.p_start, self.p_n = pstart[which], plens[which]
+        self.p_len = (self.p_n - 1) * _PATH_DS
+        pts = np.concatenate(paths)
         self.px, self.py = pts[:, 0], pts[:, 1]
-        caps: dict[int, np.ndarray] = {}
-        for a in agents:
-            if id(a.path) not in caps:
-                caps[id(a.path)] = _speed_cap(a.path, a.kind)
-        self.cap = np.concatenate([caps[id(a.path)] for a in agents])
+        self.cap = np.full(len(pts), 50.0)  # pedestrians: no curvature cap
+        if num_veh:
+            self.cap[:int(pstart[num_veh - 1] + plens[num_veh - 1])] = np.concatenate(_speed_caps(paths[:num_veh]))
         # Records.
-        recs = [(base[k] + r[0], base[k] + r[1]) + tuple(r[2:]) for k, it in enumerate(items) for r in it["records"]]
-        rec = np.array(recs, np.float64).reshape(-1, 9)
-        self.ri, self.rj = rec[:, 0].astype(np.int64), rec[:, 1].astype(np.int64)
+        rec = np.concatenate([it["records"] for it in items]).reshape(-1, 9)
+        rec_base = np.repeat(base, [len(it["records"]) for it in items])
+        self.ri, self.rj = rec[:, 0].astype(np.int64) + rec_base, rec[:, 1].astype(np.int64) + rec_base
         self.ai0, self.ai1, self.aj0, self.aj1 = rec[:, 2], rec[:, 3], rec[:, 4], rec[:, 5]
         self.aligned = rec[:, 6].astype(bool)
         self.off = rec[:, 7]
         self.prio = rec[:, 8]
 
-    def lookup(self, s: np.ndarray):
-        """Path point and unit tangent at arc position `s` `[G]` (linear extrapolation past the ends)."""
-        u = s / _PATH_DS
-        i0 = np.clip(np.floor(u).astype(np.int64), 0, self.p_n - 2)
-        f = u - i0
-        g = self.p_start + i0
-        x0, y0, x1, y1 = self.px[g], self.py[g], self.px[g + 1], self.py[g + 1]
-        tx, ty = x1 - x0, y1 - y0
-        nrm = np.maximum(np.hypot(tx, ty), 1e-9)
-        return x0 + f * tx, y0 + f * ty, tx / nrm, ty / nrm
-
 
 def _simulate(b: _Batch) -> dict[str, np.ndarray]:
-    """Runs the joint driver model; returns logs `[G, T]` (x, y, yaw, v, valid) and the worst lateral error `[G]`."""
+    """Runs the joint driver model; returns logs `[G, T]` (x, y, yaw, v, s, valid) and the worst lateral error `[G]`."""
     T = b.num_steps
     G = len(b.kind)
     dt = DT
+    # Static per-agent / per-record terms, hoisted out of the step loop.
+    seg_x, seg_y = b.px[1:] - b.px[:-1], b.py[1:] - b.py[:-1]  # path segment vectors (last of a path unused)
+    seg_n = np.maximum(np.hypot(seg_x, seg_y), 1e-9)
+    seg_ux, seg_uy = seg_x / seg_n, seg_y / seg_n
+    i_max = b.p_n - 2
+    n_max = b.p_n - 1
+
+    def locate(s):
+        u = s / _PATH_DS
+        i0 = np.minimum(np.maximum(u.astype(np.int64), 0), i_max)  # truncation = floor where it matters
+        return b.p_start + i0, u - i0
+
+    red_tg = np.ascontiguousarray((b.sig_red[b.sig] & b.has_light[:, None]).T)  # [T, G]
+    yel_tg = np.ascontiguousarray((b.sig_yel[b.sig] & b.has_light[:, None]).T)
+    not_ped = b.kind != TYPE_PEDESTRIAN
+    stop_s, stop_sign = b.stop_s, b.stop_sign
+    ri, rj, aligned, crossing, prio = b.ri, b.rj, b.aligned, ~b.aligned, b.prio
+    ai0b, aj0b = b.ai0 - _ZONE_BUFFER, b.aj0 - _ZONE_BUFFER
+    ai1b, aj1b = b.ai1 + _ZONE_BUFFER, b.aj1 + _ZONE_BUFFER
+    prio_pos, prio_neg = prio > 0, prio < 0
+    half = b.length / 2
+    half_ri, half_rj = half[ri], half[rj]
+    stop_first_i, stop_first_j = b.stop_s[ri] < b.ai0, b.stop_s[rj] < b.aj0  # a stop line before the zone
+    sqrt_ab = 2.0 * np.sqrt(b.amax * b.bdec)
+    cap_base = b.p_start
+    exit_len = b.p_len - 0.5 - half
+    # State.
     s = b.s0.copy()
     v = np.where(b.alive, b.v0, 0.0)
-    x, y, tx, ty = b.lookup(s)
-    yaw = np.arctan2(ty, tx)
+    g, f = locate(s)
+    x, y = b.px[g] + f * seg_x[g], b.py[g] + f * seg_y[g]
+    yaw = np.arctan2(seg_uy[g], seg_ux[g])
     valid = b.alive.copy()
     commit = np.zeros(G, bool)
     stop_timer = np.zeros(G)
     served = np.zeros(G, bool)
-    order_i = np.zeros(len(b.ri), bool)  # True: i goes first
-    decided = np.zeros(len(b.ri), bool)
-    out = {k: np.zeros((G, T)) for k in ("x", "y", "yaw", "v", "s")}
-    out["valid"] = np.zeros((G, T), bool)
+    order_i = np.zeros(len(ri), bool)  # True: i goes first
+    decided = np.zeros(len(ri), bool)
+    out = {k: np.zeros((T, G)) for k in ("x", "y", "yaw", "v", "s")}
+    out["valid"] = np.zeros((T, G), bool)
     lat_err = np.zeros(G)
-    ri, rj = b.ri, b.rj
-    half = b.length / 2
-    sqrt_ab = 2.0 * np.sqrt(b.amax * b.bdec)
     for t in range(T):
-        out["x"][:, t], out["y"][:, t], out["yaw"][:, t], out["v"][:, t], out["s"][:, t] = x, y, yaw, v, s
-        out["valid"][:, t] = valid
+        out["x"][t], out["y"][t], out["yaw"][t], out["v"][t], out["s"][t] = x, y, yaw, v, s
+        out["valid"][t] = valid
         if t == T - 1:
             break
         front, rear = s + half, s - half
         # Stop lines: lights (stop-or-go decision at yellow onset) and stop signs (full stop, 1 s).
-        red = b.sig_red[b.sig, t] & b.has_light
-        yel = b.sig_yel[b.sig, t] & b.has_light
-        before = front < b.stop_s
-        dist_stop = b.stop_s - front
+        red, yel = red_tg[t], yel_tg[t]
+        before = front < stop_s
+        dist_stop = stop_s - front
         can_stop = dist_stop - 0.5 >= v * v / (2 * 3.5)
-        commit |= yel & before & ~can_stop & ~commit & (b.kind != TYPE_PEDESTRIAN)
-        near_stopped = b.stop_sign & before & (dist_stop < 4.0) & (v < 0.3)
-        stop_timer = np.where(near_stopped, stop_timer + dt, stop_timer)
+        commit |= yel & before & ~can_stop & not_ped
+        near_stopped = stop_sign & before & (dist_stop < 4.0) & (v < 0.3)
+        stop_timer += np.where(near_stopped, dt, 0.0)
         served |= stop_timer >= 1.0
-        stop_active = before & ((((red | yel) & ~commit) | (b.stop_sign & ~served)))
-        hard = np.where(stop_active, b.stop_s, _INF)
+        stop_active = before & (((red | yel) & ~commit) | (stop_sign & ~served))
         # Conflict records.
         act = valid[ri] & valid[rj]
         fi, fj = front[ri], front[rj]
         vi, vj = v[ri], v[rj]
-        ins_i, ins_j = fi > b.ai0 - _ZONE_BUFFER, fj > b.aj0 - _ZONE_BUFFER
-        clr_i = ~b.aligned & (rear[ri] > b.ai1 + _ZONE_BUFFER)
-        clr_j = ~b.aligned & (rear[rj] > b.aj1 + _ZONE_BUFFER)
-        eta_i = np.where(hard[ri] < b.ai0, 1e4, np.maximum(b.ai0 - _ZONE_BUFFER - fi, 0.0) / np.maximum(vi, 1.0))
-        eta_j = np.where(hard[rj] < b.aj0, 1e4, np.maximum(b.aj0 - _ZONE_BUFFER - fj, 0.0) / np.maximum(vj, 1.0))
-        eta_i, eta_j = np.minimum(eta_i, 1e4), np.minimum(eta_j, 1e4)
-        tc_i = np.where(b.aligned, 1.5, (b.ai1 + _ZONE_BUFFER - rear[ri]) / np.maximum(vi, 3.0))
-        tc_j = np.where(b.aligned, 1.5, (b.aj1 + _ZONE_BUFFER - rear[rj]) / np.maximum(vj, 3.0))
-        gap_t = 2.0
-        margin = np.where(b.prio > 0, eta_j + tc_j + gap_t - eta_i,
-                          np.where(b.prio < 0, eta_j - (eta_i + tc_i + gap_t), eta_j - eta_i))
-        hyst = np.where(decided, np.where(order_i, -0.5, 0.5), 0.0)
-        rule = margin > hyst
-        proj_i_ahead = s[ri] > s[rj] + b.off
+        si, sj = s[ri], s[rj]
+        rear_i, rear_j = si - half_ri, sj - half_rj
+        ins_i, ins_j = fi > ai0b, fj > aj0b
+        clr_i = crossing & (rear_i > ai1b)
+        clr_j = crossing & (rear_j > aj1b)
+        # Time to reach the zone (1e4: held at an active stop line before it; paths are far shorter than 1e4 m).
+        eta_i = np.where(stop_active[ri] & stop_first_i, 1e4, np.maximum(ai0b - fi, 0.0) / np.maximum(vi, 1.0))
+        eta_j = np.where(stop_active[rj] & stop_first_j, 1e4, np.maximum(aj0b - fj, 0.0) / np.maximum(vj, 1.0))
+        tc_i = np.where(aligned, 1.5, (ai1b - rear_i) / np.maximum(vi, 3.0))
+        tc_j = np.where(aligned, 1.5, (aj1b - rear_j) / np.maximum(vj, 3.0))
+        margin = np.where(prio_pos, eta_j + tc_j + 2.0 - eta_i,
+                          np.where(prio_neg, eta_j - (eta_i + tc_i + 2.0), eta_j - eta_i))
+        rule = margin > np.where(decided, np.where(order_i, -0.5, 0.5), 0.0)
         both = ins_i & ins_j
+        either = ins_i | ins_j
         prov = np.where(ins_i & ~ins_j, True, np.where(ins_j & ~ins_i, False,
-                        np.where(both, np.where(decided, order_i, np.where(b.aligned, proj_i_ahead, rule)), rule)))
-        can_i = (b.ai0 - _ZONE_BUFFER - fi) > vi * vi / (2 * 3.0) + 0.3
-        can_j = (b.aj0 - _ZONE_BUFFER - fj) > vj * vj / (2 * 3.0) + 0.3
+                        np.where(both, np.where(decided, order_i, np.where(aligned, si > sj + b.off, rule)), rule)))
+        can_i = (ai0b - fi) > vi * vi * (1 / 6.0) + 0.3  # can stop before the zone at 3 m/s²
+        can_j = (aj0b - fj) > vj * vj * (1 / 6.0) + 0.3
         second_can = np.where(prov, can_j, can_i)
         first_can = np.where(prov, can_i, can_j)
-        keep_prev = decided & (prov != order_i) & ~second_can & ~both
-        prov = np.where(keep_prev, order_i, prov)
-        swap = ~decided & ~second_can & first_can & ~both & ~(ins_i | ins_j)
-        prov = np.where(swap, ~prov, prov)
+        prov = np.where(decided & (prov != order_i) & ~second_can & ~both, order_i, prov)
+        prov ^= ~decided & ~second_can & first_can & ~either
         order_i = np.where(act, prov, order_i)
         decided |= act
-        # Constraints on the second of each record: (agent, gap, leader speed, standstill gap).
+        # Constraints on the second of each record (at most one per record): gap, leader speed, standstill gap.
         k_idx = np.where(order_i, rj, ri)
         f_idx = np.where(order_i, ri, rj)
-        k_a0 = np.where(order_i, b.aj0, b.ai0)
-        k_a1 = np.where(order_i, b.aj1, b.ai1)
-        f_a1 = np.where(order_i, b.ai1, b.aj1)
+        k_front = np.where(order_i, fj, fi)
+        k_s = np.where(order_i, sj, si)
+        gap_zone = np.where(order_i, aj0b, ai0b) - k_front
         f_clr = np.where(order_i, clr_i, clr_j)
-        # position of the first in the second's path coordinates (aligned zones)
-        p_f = np.where(order_i, s[ri] - b.off, s[rj] + b.off)
-        k_front = front[k_idx]
-        gap_zone = k_a0 - _ZONE_BUFFER - k_front
-        cross_c = act & ~b.aligned & ~f_clr & (gap_zone > -0.5)
-        f_in_region = rear[f_idx] < f_a1 + _ZONE_BUFFER
-        k_in_region = k_front < k_a1 + _ZONE_BUFFER
-        lead_ok = b.aligned & act & f_in_region & k_in_region
-        follow_c = lead_ok & (p_f > s[k_idx])
-        wait_c = lead_ok & ~(p_f > s[k_idx]) & (gap_zone > -0.5)
-        gap_follow = p_f - s[k_idx] - 0.5 * (b.length[k_idx] + b.length[f_idx])
-        c_agent = np.concatenate([np.flatnonzero(stop_active), k_idx[cross_c], k_idx[follow_c], k_idx[wait_c]])
-        c_gap = np.concatenate([dist_stop[stop_active] - 0.5, gap_zone[cross_c], gap_follow[follow_c],
-                                gap_zone[wait_c]])
-        c_vl = np.concatenate([np.zeros(int(stop_active.sum()) + int(cross_c.sum())), v[f_idx[follow_c]],
-                               np.zeros(int(wait_c.sum()))])
-        c_s0 = np.concatenate([np.full(int(stop_active.sum()) + int(cross_c.sum()), 0.5), b.gap0[k_idx[follow_c]],
-                               np.full(int(wait_c.sum()), 0.5)])
+        p_f = np.where(order_i, si - b.off, sj + b.off)  # the first's position in the second's path coordinates
+        open_zone = gap_zone > -0.5
+        cross_c = act & crossing & ~f_clr & open_zone
+        lead_ok = (aligned & act & (np.where(order_i, rear_i, rear_j) < np.where(order_i, ai1b, aj1b))
+                   & (k_front < np.where(order_i, aj1b, ai1b)))
+        ahead = p_f > k_s
+        follow_c = lead_ok & ahead
+        on = cross_c | follow_c | (lead_ok & ~ahead & open_zone)
         # IDM.
         t_now = t * dt
         slow = (t_now >= b.slow_t0) & (t_now < b.slow_t1)
-        u = s / _PATH_DS
-        ci = np.clip(np.round(u).astype(np.int64), 0, b.p_n - 1)
-        v_goal = np.minimum(b.vdes * np.where(slow, b.slow_f, 1.0), b.cap[b.p_start + ci])
-        a_free = b.amax * (1.0 - (v / np.maximum(v_goal, 0.1)) ** 4)
-        a_free = np.maximum(a_free, -3.0)
-        vc = v[c_agent]
-        s_star = c_s0 + np.maximum(0.0, vc * b.headway[c_agent] + vc * (vc - c_vl) / sqrt_ab[c_agent])
-        inter = b.amax[c_agent] * (s_star / np.maximum(c_gap, 0.05)) ** 2
-        worst = np.zeros(G)
-        np.maximum.at(worst, c_agent, inter)
+        ci = np.minimum(np.maximum(np.round(s / _PATH_DS).astype(np.int64), 0), n_max)
+        v_goal = np.minimum(np.where(slow, b.vdes * b.slow_f, b.vdes), b.cap[cap_base + ci])
+        ratio2 = np.square(v / np.maximum(v_goal, 0.1))
+        a_free = np.maximum(b.amax * (1.0 - ratio2 * ratio2), -3.0)
+        # Stop lines (per agent), then the records, IDM interaction term max-reduced per agent.
+        s_star = 0.5 + np.maximum(0.0, v * b.headway + v * v / sqrt_ab)
+        worst = np.where(stop_active, b.amax * (s_star / np.maximum(dist_stop - 0.5, 0.05)) ** 2, 0.0)
+        if on.any():
+            ka, fa = k_idx[on], f_idx[on]
+            fol = follow_c[on]
+            gap = np.where(fol, p_f[on] - k_s[on] - 0.5 * (b.length[ka] + b.length[fa]), gap_zone[on])
+            vc = v[ka]
+            vl = np.where(fol, v[fa], 0.0)
+            s_star = np.where(fol, b.gap0[ka], 0.5) + np.maximum(0.0, vc * b.headway[ka] + vc * (vc - vl) / sqrt_ab[ka])
+            np.maximum.at(worst, ka, b.amax[ka] * (s_star / np.maximum(gap, 0.05)) ** 2)
         a = np.clip(a_free - worst, -_MAX_ACCEL, b.amax)
         a = np.maximum(a, -v / dt)
         # Bicycle step (DESIGN.md equations), curvature aimed at the path one step ahead.
-        c, sn = np.cos(yaw), np.sin(yaw)
-        travel = v * dt + 0.5 * a * dt * dt
-        x1 = x + v * c * dt + 0.5 * a * c * dt * dt
-        y1 = y + v * sn * dt + 0.5 * a * sn * dt * dt
+        travel = v * dt + a * (0.5 * dt * dt)
+        x1 = x + travel * np.cos(yaw)
+        y1 = y + travel * np.sin(yaw)
         v1 = v + a * dt
         s_pred = s + travel
-        px, py, ptx, pty = b.lookup(s_pred)
-        s1 = s_pred + (x1 - px) * ptx + (y1 - py) * pty
-        lat = np.abs(-(x1 - px) * pty + (y1 - py) * ptx)
-        ahead = np.maximum(v1 * dt, 1.0)
-        gx, gy, _, _ = b.lookup(s1 + ahead)
-        yaw_goal = np.arctan2(gy - y1, gx - x1)
-        k = _wrap(yaw_goal - yaw) / np.maximum(travel, 1e-6)
-        k = np.clip(k, -_MAX_CURVATURE, _MAX_CURVATURE)
+        g, f = locate(s_pred)
+        px, py, ptx, pty = b.px[g] + f * seg_x[g], b.py[g] + f * seg_y[g], seg_ux[g], seg_uy[g]
+        dx, dy = x1 - px, y1 - py
+        s1 = s_pred + dx * ptx + dy * pty
+        lat = np.abs(dy * ptx - dx * pty)
+        g, f = locate(s1 + np.maximum(v1 * dt, 1.0))
+        yaw_goal = np.arctan2(b.py[g] + f * seg_y[g] - y1, b.px[g] + f * seg_x[g] - x1)
+        k = _wrap_near(yaw_goal - yaw) / np.maximum(travel, 1e-6)
+        k = np.minimum(np.maximum(k, -_MAX_CURVATURE), _MAX_CURVATURE)
         k = np.where((v < _SPEED_EPS) | (v1 < _SPEED_EPS), 0.0, k)
-        yaw1 = _wrap(yaw + k * travel)
+        yaw1 = _wrap_near(yaw + k * travel)
         lat_err = np.maximum(lat_err, np.where(valid, lat, 0.0))
         x, y, yaw, v, s = x1, y1, yaw1, v1, s1
-        valid = valid & (s + half < b.p_len - 0.5)
+        valid = valid & (s < exit_len)
+    out = {k: np.ascontiguousarray(a.T) for k, a in out.items()}
     out["lat_err"] = lat_err
     return out
 
@@ -1360,19 +1465,29 @@ def _box_overlap(xa, ya, ha, la, wa, xb, yb, hb, lb, wb) -> np.ndarray:
     return sep < 0.05  # a 5 cm safety margin on top of the exact test
 
 
-def _violations(b: _Batch, out: dict, lo: int, hi: int) -> np.ndarray:
-    """Agents (local indices) of one scenario whose log overlaps another, runs a red light or leaves its lane."""
-    x, y, yaw, valid = out["x"][lo:hi], out["y"][lo:hi], out["yaw"][lo:hi], out["valid"][lo:hi]
-    kind = b.kind[lo:hi]
-    L, W = b.length[lo:hi], b.width[lo:hi]
-    n = hi - lo
-    bad = np.zeros(n, bool)
-    ii, jj = np.triu_indices(n, 1)
-    keep = ~((kind[ii] == TYPE_PEDESTRIAN) & (kind[jj] == TYPE_PEDESTRIAN))
+def _violations(b: _Batch, out: dict) -> np.ndarray:
+    """Agents `[G]` whose log overlaps another agent's, runs a red light or leaves its lane (all scenarios at once)."""
+    x, y, yaw, valid = out["x"], out["y"], out["yaw"], out["valid"]
+    L, W = b.length, b.width
+    G = len(L)
+    bad = np.zeros(G, bool)
+    # Agent pairs of the same scenario (not two pedestrians).
+    sizes = np.diff(np.append(b.base, G))
+    ii, jj = [], []
+    for base, n in zip(b.base, sizes):
+        i, j = np.triu_indices(n, 1)
+        ii.append(i + base)
+        jj.append(j + base)
+    ii, jj = np.concatenate(ii), np.concatenate(jj)
+    ped = b.kind == TYPE_PEDESTRIAN
+    keep = ~(ped[ii] & ped[jj])
     ii, jj = ii[keep], jj[keep]
-    reach = 0.5 * (np.hypot(L[ii], W[ii]) + np.hypot(L[jj], W[jj]))
-    d = np.hypot(x[ii] - x[jj], y[ii] - y[jj])
-    near = (d < reach[:, None] + 0.1) & valid[ii] & valid[jj]
+    diag = np.hypot(L, W)
+    reach2 = ((0.5 * (diag[ii] + diag[jj]) + 0.1) ** 2).astype(np.float32)
+    # Candidates (centres closer than the half diagonals): a float32 prefilter, the margin dwarfs its rounding.
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    dx, dy = x32[ii] - x32[jj], y32[ii] - y32[jj]
+    near = (dx * dx + dy * dy < reach2[:, None]) & valid[ii] & valid[jj]
     pi, ti = np.nonzero(near)
     if pi.size:
         a, c = ii[pi], jj[pi]
@@ -1380,14 +1495,13 @@ def _violations(b: _Batch, out: dict, lo: int, hi: int) -> np.ndarray:
         bad[a[ov]] = True
         bad[c[ov]] = True
     # Red lights: the front crosses the stop point while the governing light is red.
-    s = out["s"][lo:hi]
-    front = s + L[:, None] / 2
-    stop = b.stop_s[lo:hi][:, None]
+    front = out["s"] + L[:, None] / 2
+    stop = b.stop_s[:, None]
     crossed = (front[:, :-1] < stop) & (front[:, 1:] >= stop) & valid[:, 1:]
-    red = b.sig_red[b.sig[lo:hi]] & b.has_light[lo:hi, None]
-    veh = kind != TYPE_PEDESTRIAN
+    red = b.sig_red[b.sig] & b.has_light[:, None]
+    veh = ~ped
     bad |= veh & np.any(crossed & (red[:, 1:] | red[:, :-1]), axis=1)
-    bad |= veh & (out["lat_err"][lo:hi] > 0.35)
+    bad |= veh & (out["lat_err"] > 0.35)
     return bad
 
 
@@ -1414,144 +1528,203 @@ def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConf
         return bool(np.any((st == TL_STOP) | (st == TL_ARROW_STOP) | (st == TL_CAUTION) | (st == TL_ARROW_CAUTION)))
 
     agents = _spawn(net, rng, pr, cfg, red_at0)[: cfg.num_objects]
-    records = _records(net, agents)
-    # The ego: a vehicle that stays on the map for the whole log, preferring interactions.
-    horizon = (cfg.num_steps - 1) * DT
-    score = np.zeros(len(agents))
-    for r in records:
-        for k in (r[0], r[1]):
-            score[k] += 1.0 if r[6] else 2.0
-    cands = []
-    for k, ag in enumerate(agents):
-        if ag.kind != TYPE_VEHICLE:
-            continue
-        room = (len(ag.path) - 1) * _PATH_DS - ag.s0 - ag.length / 2
-        if room < ag.vdes * horizon + 10.0:
-            continue
-        bonus = {"left": 4.0, "merge": 4.0, "roundabout": 3.0, "right": 2.0}.get(ag.tag, 0.0)
-        bonus += 3.0 if ag.stop_sign else (1.5 if ag.stop_sig >= 0 else 0.0)
-        if ag.stop_s < _INF and ag.stop_s - ag.s0 < 45.0:
-            bonus += 3.0
-        cands.append((k, 1.0 + score[k] + bonus))
-    if cands:
-        w = np.array([c[1] for c in cands]) ** 2
-        ego = cands[int(rng.choice(len(cands), p=w / w.sum()))][0]
-    else:
-        veh = [k for k, a in enumerate(agents) if a.kind == TYPE_VEHICLE]
-        ego = veh[0] if veh else 0
     return dict(split=split, seed=scenario_seed, attempt=attempt, family=family, net=net, agents=agents,
-                records=records, ego=ego, alive=np.ones(len(agents), bool), rng=rng)
+                alive=np.ones(len(agents), bool), rng=rng)
 
 
-def _raw_roadgraph(net: _Net, max_piece_len: float):
-    """The network as WOMD-layout roadgraph points, and the lane-piece ids of each lane.
+def _choose_egos(items: list[dict], cfg: GeneratorConfig) -> None:
+    """Conflict records of the items (all at once), then each item's ego: a vehicle that stays on the
+    map for the whole log, preferring interactions."""
+    horizon = (cfg.num_steps - 1) * DT
+    for item, records in zip(items, _records(items)):
+        agents, rng = item["agents"], item["rng"]
+        score = np.zeros(len(agents))
+        w_rec = np.where(records[:, 6] > 0, 1.0, 2.0)
+        score += np.bincount(records[:, 0].astype(np.int64), w_rec, len(agents))
+        score += np.bincount(records[:, 1].astype(np.int64), w_rec, len(agents))
+        cands = []
+        for k, ag in enumerate(agents):
+            if ag.kind != TYPE_VEHICLE:
+                continue
+            room = (len(ag.path) - 1) * _PATH_DS - ag.s0 - ag.length / 2
+            if room < ag.vdes * horizon + 10.0:
+                continue
+            bonus = {"left": 4.0, "merge": 4.0, "roundabout": 3.0, "right": 2.0}.get(ag.tag, 0.0)
+            bonus += 3.0 if ag.stop_sign else (1.5 if ag.stop_sig >= 0 else 0.0)
+            if ag.stop_s < _INF and ag.stop_s - ag.s0 < 45.0:
+                bonus += 3.0
+            cands.append((k, 1.0 + score[k] + bonus))
+        if cands:
+            w = np.array([c[1] for c in cands]) ** 2
+            ego = cands[int(rng.choice(len(cands), p=w / w.sum()))][0]
+        else:
+            veh = [k for k, a in enumerate(agents) if a.kind == TYPE_VEHICLE]
+            ego = veh[0] if veh else 0
+        item["records"], item["ego"] = records, ego
 
-    Lanes are cut into pieces no longer than `max_piece_len` (so the map compiler keeps
-    each piece whole and its id names exactly one compiled lane); ids start at 1.
+
+def _min_dist_to(points: np.ndarray, focus: np.ndarray) -> np.ndarray:
+    """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[F, 2]` (exact per pair, no BLAS)."""
+    if len(points) == 0:
+        return np.zeros(0)
+    dx = points[:, 0, None] - focus[None, :, 0]
+    dy = points[:, 1, None] - focus[None, :, 1]
+    return np.sqrt(np.min(dx * dx + dy * dy, axis=1))
+
+
+def _edge_segments(edges: list[np.ndarray], seg_len: float, corner_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Road-edge polylines cut into segments `[M, 2]` (start, end) of at most about `seg_len`.
+
+    As `jaxloop.data.mapcompile` does for raw edges: each polyline is split at vertices
+    turning more than `corner_deg` (so corners stay vertices) and each piece divided into
+    equal segments by arc length; all polylines at once on one increasing arc key.
     """
-    from jaxloop.data.mapcompile import RawRoadgraph
-    polys, types, pids = [], [], []
-    lane_ids: dict[int, list[int]] = {}
-    speed = {}
-    for li, lane in enumerate(net.lanes):
-        xy = lane.xy
-        num = max(1, int(np.ceil(lane.length / max_piece_len)))
-        cuts = np.linspace(0, len(xy) - 1, num + 1).round().astype(int)
-        lane_ids[li] = []
-        for a, c in zip(cuts[:-1], cuts[1:]):
-            idx = np.append(np.arange(a, c, 4), c)  # about 2 m between raw points
-            polys.append(xy[idx])
-            types.append(lane.rg_type)
-            pids.append(len(pids) + 1)
-            lane_ids[li].append(pids[-1])
-            speed[pids[-1]] = lane.speed
-    for k, (xy, t) in enumerate(net.lines):
-        polys.append(xy)
-        types.append(t)
-        pids.append(40000 + k)
-    for k, xy in enumerate(net.edges):
-        polys.append(xy)
-        types.append(RG_ROAD_EDGE_BOUNDARY)
-        pids.append(20000 + k)
-    for k, xy in enumerate(net.crosswalks):
-        polys.append(xy)
-        types.append(RG_CROSSWALK)
-        pids.append(30000 + k)
-    stop_lanes = {}
-    for k, (xy, lane) in enumerate(net.signs):
-        polys.append(np.asarray(xy)[None])
-        types.append(RG_STOP_SIGN)
-        pids.append(10000 + k)
-        stop_lanes[10000 + k] = [lane_ids[lane][-1]]
-    lens = np.array([len(p) for p in polys])
-    xy = np.concatenate(polys).astype(np.float64)
-    d = np.zeros_like(xy)
-    d[:-1] = xy[1:] - xy[:-1]
-    last = np.cumsum(lens) - 1
-    d[last] = np.where((lens > 1)[:, None], d[np.maximum(last - 1, 0)], 0.0)
-    d /= np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
-    zeros = np.zeros((len(xy), 1))
-    raw = RawRoadgraph(xyz=np.concatenate([xy, zeros], 1), dir=np.concatenate([d, zeros], 1),
-                       types=np.repeat(types, lens), ids=np.repeat(pids, lens), valid=np.ones(len(xy), bool),
-                       speed_limits=speed, stop_sign_lanes=stop_lanes)
-    return raw, lane_ids
+    xy = np.concatenate(edges)
+    lens = np.array([len(e) for e in edges])
+    run_start = np.zeros(len(xy), bool)
+    run_start[np.cumsum(lens) - lens] = True
+    # Drop vertices within 5 cm of the previous one: a near-zero segment has no reliable side.
+    step = np.hypot(*np.diff(xy, axis=0).T)
+    keep = np.concatenate([[True], step >= 0.05]) | run_start
+    xy, run_start = xy[keep], run_start[keep]
+    n = len(xy)
+    d = xy[1:] - xy[:-1]
+    dl = np.hypot(d[:, 0], d[:, 1])
+    same = ~run_start[1:]  # d[i] joins two points of one polyline
+    key = np.concatenate([[0.0], np.cumsum(np.where(same, dl, 1.0))])  # polylines 1 m apart on the key
+    corner = np.zeros(n, bool)
+    cos = np.sum(d[:-1] * d[1:], 1) / np.maximum(dl[:-1] * dl[1:], 1e-12)
+    corner[1:-1] = same[:-1] & same[1:] & (dl[:-1] > 1e-6) & (dl[1:] > 1e-6) & (cos < np.cos(np.deg2rad(corner_deg)))
+    starts = np.flatnonzero(run_start | corner)
+    nxt = np.append(starts[1:], n)
+    stops = np.where(np.append(corner[starts[1:]], False), nxt, nxt - 1)  # a corner ends one piece, starts the next
+    length = key[stops] - key[starts]
+    nseg = np.where(length > 1e-6, np.maximum(1, np.ceil(length / seg_len - 1e-9)), 0).astype(np.int64)
+    piece = np.repeat(np.arange(len(starts)), nseg)
+    j = np.arange(len(piece)) - np.repeat(np.cumsum(nseg) - nseg, nseg)
+    step = (length / np.maximum(nseg, 1))[piece]
+    a0 = key[starts][piece] + j * step
+    a = np.concatenate([a0, a0 + step])
+    pts = np.stack([np.interp(a, key, xy[:, 0]), np.interp(a, key, xy[:, 1])], -1)
+    return pts[:len(piece)], pts[len(piece):]
 
 
-def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -> tuple[Scenario, dict]:
-    import warnings
+def _select_many(dist: np.ndarray, scen: np.ndarray, num: int, radius: float, capacity: int):
+    """Features to keep per scenario: within `radius`, nearest first, at most `capacity` each.
 
-    from jaxloop.data.mapcompile import compile_roadmap
-    rng = item["rng"]
-    agents = item["agents"]
-    n_ag = len(agents)
-    N, T = cfg.num_objects, cfg.num_steps
-    hi = lo + n_ag
-    alive = item["alive"]
-    keep = np.flatnonzero(alive)
-    ego = item["ego"]
-    # Random slots for the kept agents among the first len(keep) object slots.
-    slots = rng.permutation(len(keep))
-    slot_of = {int(a): int(sl) for a, sl in zip(keep, slots)}
-    shape = (N, T)
-    f = {k: np.zeros(shape, np.float32) for k in ("x", "y", "z", "vel_x", "vel_y", "yaw", "length", "width",
-                                                 "height")}
-    valid = np.zeros(shape, bool)
-    types = np.zeros(N, np.int32)
-    g = lo + keep
-    f["x"][slots], f["y"][slots], f["yaw"][slots] = out["x"][g], out["y"][g], out["yaw"][g]
-    f["vel_x"][slots] = out["v"][g] * np.cos(out["yaw"][g])
-    f["vel_y"][slots] = out["v"][g] * np.sin(out["yaw"][g])
-    f["length"][slots] = b.length[g][:, None]
-    f["width"][slots] = b.width[g][:, None]
-    f["height"][slots] = np.array([agents[a].height for a in keep])[:, None]
-    f["z"][slots] = f["height"][slots] / 2
-    valid[slots] = out["valid"][g]
-    types[slots] = b.kind[g]
-    for k in f:
-        f[k][~valid] = 0.0
-    traj = Trajectory(**f, valid=valid,
-                      timestamp_micros=np.broadcast_to(np.arange(T, dtype=np.int32) * 100_000, shape).copy())
-    ego_slot = slot_of[ego]
-    is_sdc = np.arange(N) == ego_slot
-    interacting = set()
-    for r in item["records"]:
-        if ego in (r[0], r[1]):
-            other = r[1] if r[0] == ego else r[0]
-            if alive[other]:
-                interacting.add(slot_of[other])
-    interest = np.zeros(N, bool)
-    interest[sorted(interacting)] = True
-    modeled = is_sdc.copy()
-    veh_slots = [sl for sl in sorted(interacting) if types[sl] == TYPE_VEHICLE][:7]
-    modeled[veh_slots] = True
-    ids = np.full(N, -1, np.int32)
-    ids[: len(keep)] = np.arange(len(keep))
-    meta = ObjectMetadata(ids=ids, object_types=types, is_sdc=is_sdc, is_modeled=modeled, is_valid=valid.any(-1),
-                          objects_of_interest=interest)
-    # Map.
-    net = item["net"]
-    raw, lane_ids = _raw_roadgraph(net, 0.97 * cfg.max_lane_length_m)
-    g = lo + ego
+    Returns (scenario `[K]`, slot `[K]`, feature index `[K]`) of the kept features and the
+    number dropped for capacity per scenario `[num]`.
+    """
+    inside = np.flatnonzero(dist <= radius)
+    order = inside[np.lexsort((dist[inside], scen[inside]))]
+    sc = scen[order]
+    count = np.bincount(sc, minlength=num)
+    slot = np.arange(len(order)) - (np.cumsum(count) - count)[sc]
+    keep = slot < capacity
+    return sc[keep], slot[keep], order[keep], np.maximum(count - capacity, 0)
+
+
+def _compile_maps(nets: list[_Net], focuses: list[np.ndarray], cfg: GeneratorConfig):
+    """The networks compiled straight into `RoadMap`s (the layout of `jaxloop.data.mapcompile`), all at once.
+
+    Lanes are cut into equal pieces no longer than `cfg.max_lane_length_m` (ids from 1, in
+    lane order) and resampled to `cfg.lane_points` points by arc length (lane points are
+    evenly spaced, so by index); road edges are cut into segments of about
+    `cfg.edge_segment_m` (corners kept); crosswalks and stop signs are taken as built.
+    Every feature is culled to `cfg.cull_radius_m` of its scenario's focus points `[F, 2]`,
+    nearest first, up to the capacities of `cfg`.
+
+    Returns per network: (RoadMap, whether features within the radius were dropped for
+    capacity, ids `[num lanes]` of the last piece of each lane).
+    """
+    S = len(nets)
+    radius = cfg.cull_radius_m
+    # Lane pieces of every network, resampled by index.
+    lanes = [ln for net in nets for ln in net.lanes]
+    lane_scen = np.repeat(np.arange(S), [len(net.lanes) for net in nets])
+    lens = np.array([ln.length for ln in lanes])
+    npts = np.array([len(ln.xy) for ln in lanes])
+    num = np.maximum(1, np.ceil(lens / cfg.max_lane_length_m - 1e-9)).astype(np.int64)
+    cum = np.cumsum(num)
+    first_lane = np.cumsum([len(net.lanes) for net in nets]) - [len(net.lanes) for net in nets]
+    scen_first = (cum - num)[first_lane]  # first piece of each network
+    last_id = cum - scen_first[lane_scen]  # local ids 1..: a lane's pieces end at last_id
+    lane_of = np.repeat(np.arange(len(lanes)), num)
+    piece = np.arange(len(lane_of)) - (cum - num)[lane_of]
+    xy_all = np.concatenate([ln.xy for ln in lanes])
+    start = np.cumsum(npts) - npts
+    q = cfg.lane_points
+    u = (piece[:, None] + np.linspace(0.0, 1.0, q)[None]) / num[lane_of, None] * (npts[lane_of, None] - 1)
+    i0 = np.minimum(u.astype(np.int64), npts[lane_of, None] - 2)
+    f = (u - i0)[..., None]
+    g = start[lane_of, None] + i0
+    pts = xy_all[g] * (1.0 - f) + xy_all[g + 1] * f  # [K, Q, 2]
+    tan = np.empty_like(pts)
+    tan[:, 1:-1] = pts[:, 2:] - pts[:, :-2]
+    tan[:, 0] = pts[:, 1] - pts[:, 0]
+    tan[:, -1] = pts[:, -1] - pts[:, -2]
+    tan /= np.maximum(np.hypot(tan[..., 0], tan[..., 1]), 1e-12)[..., None]
+    piece_scen = lane_scen[lane_of]
+    # Road edges, crosswalks, stop signs.
+    segs = [_edge_segments(net.edges, cfg.edge_segment_m, 25.0) for net in nets]  # per network: batch-independent
+    e0, e1 = np.concatenate([s[0] for s in segs]), np.concatenate([s[1] for s in segs])
+    edge_scen = np.repeat(np.arange(S), [len(s[0]) for s in segs])
+    boxes = np.array([c for net in nets for c in net.crosswalks], np.float64).reshape(-1, 4, 2)
+    cw_scen = np.repeat(np.arange(S), [len(net.crosswalks) for net in nets])
+    sign_xy = np.array([xy for net in nets for xy, _ in net.signs], np.float64).reshape(-1, 2)
+    sign_scen = np.repeat(np.arange(S), [len(net.signs) for net in nets])
+    lane_first = np.repeat(first_lane, [len(net.signs) for net in nets])
+    sign_lane = last_id[lane_first + np.array([lane for net in nets for _, lane in net.signs], np.int64)]
+    # Distances to the focus: one product per scenario over all its probe points.
+    probe_pts = pts[:, ::3]
+    nl, ne, nc = probe_pts.shape[0] * probe_pts.shape[1], 3 * len(e0), 4 * len(boxes)
+    probes = np.concatenate([probe_pts.reshape(-1, 2), e0, e1, 0.5 * (e0 + e1), boxes.reshape(-1, 2), sign_xy])
+    p_scen = np.concatenate([np.repeat(piece_scen, probe_pts.shape[1]), np.tile(edge_scen, 3),
+                             np.repeat(cw_scen, 4), sign_scen])
+    by = np.argsort(p_scen, kind="stable")
+    bounds = np.searchsorted(p_scen[by], np.arange(S + 1))
+    dist = np.empty(len(probes))
+    for k in range(S):
+        sel = by[bounds[k]:bounds[k + 1]]
+        dist[sel] = _min_dist_to(probes[sel], focuses[k])
+    lane_d = dist[:nl].reshape(probe_pts.shape[:2]).min(axis=1)
+    edge_d = dist[nl:nl + ne].reshape(3, -1).min(axis=0)
+    cw_d = dist[nl + ne:nl + ne + nc].reshape(-1, 4).min(axis=1)
+    sign_d = dist[nl + ne + nc:]
+    # Fixed-size arrays [S, ...].
+    P, E, C, SS = cfg.max_lanes, cfg.max_edges, cfg.max_crosswalks, cfg.max_stop_signs
+    fields = dict(lane_xy=np.zeros((S, P, q, 2), np.float32), lane_dir=np.zeros((S, P, q, 2), np.float32),
+                  lane_valid=np.zeros((S, P, q), bool), lane_ids=np.full((S, P), -1, np.int32),
+                  lane_types=np.zeros((S, P), np.int32), lane_speed_limit=np.zeros((S, P), np.float32),
+                  edge_start=np.zeros((S, E, 2), np.float32), edge_end=np.zeros((S, E, 2), np.float32),
+                  edge_types=np.zeros((S, E), np.int32), edge_valid=np.zeros((S, E), bool),
+                  crosswalk_xy=np.zeros((S, C, 4, 2), np.float32), crosswalk_valid=np.zeros((S, C), bool),
+                  stop_sign_xy=np.zeros((S, SS, 2), np.float32), stop_sign_lane_ids=np.full((S, SS), -1, np.int32),
+                  stop_sign_valid=np.zeros((S, SS), bool))
+    sc, sl, i, dropped = _select_many(lane_d, piece_scen, S, radius, P)
+    fields["lane_xy"][sc, sl], fields["lane_dir"][sc, sl], fields["lane_valid"][sc, sl] = pts[i], tan[i], True
+    fields["lane_ids"][sc, sl] = np.arange(len(lane_of))[i] - scen_first[sc] + 1
+    fields["lane_types"][sc, sl] = np.array([ln.rg_type for ln in lanes])[lane_of[i]]
+    fields["lane_speed_limit"][sc, sl] = np.array([ln.speed for ln in lanes])[lane_of[i]]
+    sc, sl, i, d_edges = _select_many(edge_d, edge_scen, S, radius, E)
+    fields["edge_start"][sc, sl], fields["edge_end"][sc, sl], fields["edge_valid"][sc, sl] = e0[i], e1[i], True
+    fields["edge_types"][sc, sl] = RG_ROAD_EDGE_BOUNDARY
+    sc, sl, i, d_cw = _select_many(cw_d, cw_scen, S, radius, C)
+    fields["crosswalk_xy"][sc, sl], fields["crosswalk_valid"][sc, sl] = boxes[i], True
+    sc, sl, i, d_signs = _select_many(sign_d, sign_scen, S, radius, SS)
+    fields["stop_sign_xy"][sc, sl], fields["stop_sign_valid"][sc, sl] = sign_xy[i], True
+    fields["stop_sign_lane_ids"][sc, sl] = sign_lane[i]
+    dropped = (dropped + d_edges + d_cw + d_signs) > 0
+    ids = np.split(last_id, first_lane[1:])
+    return [(RoadMap(**{name: a[k] for name, a in fields.items()}), bool(dropped[k]), ids[k]) for k in range(S)]
+
+
+def _focus(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The ego route `[R, 2]` (from 5 m behind its start to 60 m past its end) and the map's focus points `[F, 2]`:
+    the ego's log and route and every agent's log every 3 s, one point per 8 m cell (as good for
+    culling at 80 m, and it keeps the distance computations small)."""
+    g = lo + item["ego"]
+    hi = lo + len(item["agents"])
     ego_path = b.px[b.p_start[g]: b.p_start[g] + b.p_n[g]], b.py[b.p_start[g]: b.p_start[g] + b.p_n[g]]
     s_ego = out["s"][g]
     r0, r1 = max(s_ego[0] - 5.0, 0.0), min(s_ego[-1] + 60.0, b.p_len[g])
@@ -1561,18 +1734,62 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
     sub_valid = out["valid"][lo:hi, ::30]
     others = np.stack([out["x"][lo:hi, ::30][sub_valid], out["y"][lo:hi, ::30][sub_valid]], -1)
     focus = np.concatenate([np.stack([out["x"][g, ::5], out["y"][g, ::5]], -1), route_xy[::2], others])
-    # One focus point per 4 m cell is as good for culling and keeps the compiler's work small.
-    _, first = np.unique(np.floor(focus / 4.0).astype(np.int64), axis=0, return_index=True)
-    focus = focus[np.sort(first)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        roadmap, report = compile_roadmap(raw, focus, cfg.map_config(), source=f"procedural/{item['seed']}")
+    cell = np.floor(focus / 8.0).astype(np.int64)
+    _, first = np.unique(cell[:, 0] * 1_000_003 + cell[:, 1], return_index=True)
+    return route_xy, focus[np.sort(first)]
+
+
+def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig, route_xy: np.ndarray,
+              focus: np.ndarray, compiled: tuple) -> tuple[Scenario, dict]:
+    rng = item["rng"]
+    agents = item["agents"]
+    n_ag = len(agents)
+    N, T = cfg.num_objects, cfg.num_steps
+    alive = item["alive"]
+    keep = np.flatnonzero(alive)
+    ego = item["ego"]
+    # Random slots for the kept agents among the first len(keep) object slots.
+    slots = rng.permutation(len(keep))
+    slot_of = {int(a): int(sl) for a, sl in zip(keep, slots)}
+    shape = (N, T)
+    g = lo + keep
+    valid = np.zeros(shape, bool)
+    valid[slots] = v_rows = out["valid"][g]
+    types = np.zeros(N, np.int32)
+    types[slots] = b.kind[g]
+    # Fields (x, y, vel_x, vel_y, yaw, length, width, height, z), zero where not valid.
+    fields = np.zeros((9, N, T), np.float32)
+    yaw, speed = out["yaw"][g], out["v"][g]
+    fields[0:5, slots] = np.where(v_rows, np.stack([out["x"][g], out["y"][g], speed * np.cos(yaw), speed * np.sin(yaw),
+                                                    yaw]), 0.0)
+    dims = np.stack([b.length[g], b.width[g], np.array([agents[a].height for a in keep], np.float64)])
+    fields[5:8, slots] = np.where(v_rows, dims[:, :, None], 0.0)
+    fields[8] = fields[7] / 2
+    traj = Trajectory(x=fields[0], y=fields[1], vel_x=fields[2], vel_y=fields[3], yaw=fields[4], length=fields[5],
+                      width=fields[6], height=fields[7], z=fields[8], valid=valid,
+                      timestamp_micros=np.broadcast_to(np.arange(T, dtype=np.int32) * 100_000, shape).copy())
+    ego_slot = slot_of[ego]
+    is_sdc = np.arange(N) == ego_slot
+    rec = item["records"][:, :2].astype(np.int64)
+    other = np.concatenate([rec[rec[:, 0] == ego, 1], rec[rec[:, 1] == ego, 0]])
+    interacting = {slot_of[int(o)] for o in other if alive[o]}
+    interest = np.zeros(N, bool)
+    interest[sorted(interacting)] = True
+    modeled = is_sdc.copy()
+    veh_slots = [sl for sl in sorted(interacting) if types[sl] == TYPE_VEHICLE][:7]
+    modeled[veh_slots] = True
+    ids = np.full(N, -1, np.int32)
+    ids[: len(keep)] = np.arange(len(keep))
+    meta = ObjectMetadata(ids=ids, object_types=types, is_sdc=is_sdc, is_modeled=modeled, is_valid=valid.any(-1),
+                          objects_of_interest=interest)
+    net = item["net"]
+    roadmap, dropped, last_id = compiled
     # Lights: the governed lane is the last piece of the approach lane, the stop point its end.
     L = cfg.max_lights
     tl = dict(state=np.zeros((L, T), np.int32), x=np.zeros((L, T), np.float32), y=np.zeros((L, T), np.float32),
               lane_ids=np.full((L, T), -1, np.int32), valid=np.zeros((L, T), bool))
     kept_ids = set(int(i) for i in np.asarray(roadmap.lane_ids)[np.asarray(roadmap.lane_ids) >= 0])
-    lights = [lt for lt in net.lights if lane_ids[lt.lane][-1] in kept_ids]
+    lights = [lt for lt in net.lights if last_id[lt.lane] in kept_ids]
     if len(lights) > L:
         end = np.array([net.lanes[lt.lane].xy[-1] for lt in lights])
         d = np.min(np.linalg.norm(end[:, None] - focus[None], axis=-1), axis=1)
@@ -1581,7 +1798,7 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
         stop = net.lanes[lt.lane].xy[-1]
         tl["state"][k] = lt.states
         tl["x"][k], tl["y"][k] = stop[0], stop[1]
-        tl["lane_ids"][k] = lane_ids[lt.lane][-1]
+        tl["lane_ids"][k] = last_id[lt.lane]
         tl["valid"][k] = True
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(route_xy, axis=0), axis=1))])
     route = Route(xy=route_xy.astype(np.float32), arc_length=arc.astype(np.float32),
@@ -1593,7 +1810,7 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -
                 family=item["family"], split=item["split"], seed=int(item["seed"]), attempt=int(item["attempt"]),
                 ego_route=agents[ego].tag, num_vehicles=kinds.count(TYPE_VEHICLE),
                 num_pedestrians=kinds.count(TYPE_PEDESTRIAN), num_cyclists=kinds.count(TYPE_CYCLIST),
-                num_removed=int(n_ag - len(keep)), map_dropped=bool(report.dropped_any))
+                num_removed=int(n_ag - len(keep)), map_dropped=dropped)
     return scenario, info
 
 
@@ -1616,6 +1833,7 @@ def scenario_seeds(split: str, num: int, seed: int = 0) -> np.ndarray:
 
 def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> tuple[list[Scenario], list[dict]]:
     items = {k: _build_item(split, int(sd), 0, cfg) for k, sd in enumerate(seeds)}
+    _choose_egos(list(items.values()), cfg)
     done: dict[int, tuple[Scenario, dict]] = {}
     pending = list(items)
     for _ in range(12):
@@ -1624,21 +1842,27 @@ def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> t
         batch_items = [items[k] for k in pending]
         b = _Batch(batch_items, cfg.num_steps)
         out = _simulate(b)
-        nxt = []
+        bad_all = _violations(b, out)
+        nxt, fin = [], []
         for pos, k in enumerate(pending):
             it = items[k]
             lo = int(b.base[pos])
-            hi = lo + len(it["agents"])
-            bad = _violations(b, out, lo, hi) & it["alive"]
+            bad = bad_all[lo:lo + len(it["agents"])] & it["alive"]
             ego = it["ego"]
             if bad[ego] or not out["valid"][lo + ego].all():
                 items[k] = _build_item(split, it["seed"], it["attempt"] + 1, cfg)
+                _choose_egos([items[k]], cfg)
                 nxt.append(k)
             elif bad.any():
                 it["alive"] = it["alive"] & ~bad
                 nxt.append(k)
             else:
-                done[k] = _assemble(it, b, out, lo, cfg)
+                fin.append((k, lo))
+        if fin:  # the maps of every scenario finished this round, compiled together
+            focus = [_focus(items[k], b, out, lo, cfg) for k, lo in fin]
+            maps = _compile_maps([items[k]["net"] for k, _ in fin], [f for _, f in focus], cfg)
+            for (k, lo), (route_xy, fxy), compiled in zip(fin, focus, maps):
+                done[k] = _assemble(items[k], b, out, lo, cfg, route_xy, fxy, compiled)
         pending = nxt
     if pending:
         raise RuntimeError(f"procedural: scenarios {[items[k]['seed'] for k in pending]} of split {split!r} "
@@ -1647,9 +1871,50 @@ def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> t
 
 
 def _worker(args):
+    """Generates one chunk in a pool worker and stacks it straight into a new shared-memory block.
+
+    Returns the block's name, the layout of the stacked leaves in it ((shape, dtype, byte
+    offset) in tree order), the tree structure and the infos: only these small values are
+    pickled back; the parent copies the arrays out and unlinks the block.
+    """
+    import jax
+    from multiprocessing import shared_memory
     split, seeds, cfg = args
     scenarios, infos = _generate_chunk(split, seeds, cfg)
-    return stack_scenarios(scenarios), infos
+    per = [jax.tree.flatten(s) for s in scenarios]
+    treedef = per[0][1]
+    layout, size = [], 0
+    for leaf in per[0][0]:
+        leaf = np.asarray(leaf)
+        layout.append(((len(scenarios),) + leaf.shape, leaf.dtype.str, size))
+        size += -(-len(scenarios) * leaf.nbytes // 64) * 64  # 64-byte aligned
+    shm = shared_memory.SharedMemory(create=True, size=max(size, 1))
+    try:
+        for i, (shape, dtype, offset) in enumerate(layout):
+            np.stack([np.asarray(leaves[i]) for leaves, _ in per], out=np.ndarray(shape, dtype, shm.buf, offset))
+    finally:
+        shm.close()
+    return shm.name, layout, treedef, infos
+
+
+def _pool(processes: int):
+    """A process pool for `_worker`.
+
+    Forked from this process while its JAX runtime is not started (no runtime threads to
+    copy, and the modules are already imported, so workers start in milliseconds);
+    otherwise from a fork server that imports this module once.
+    """
+    import multiprocessing as mp
+    try:
+        from jax._src import xla_bridge
+        started = xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):
+        started = True
+    if not started and "fork" in mp.get_all_start_methods():
+        return mp.get_context("fork").Pool(processes)
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx.Pool(processes)
 
 
 def generate(split: str = "train", num: int = 32, seed: int = 0, config: GeneratorConfig = GeneratorConfig(),
@@ -1668,18 +1933,29 @@ def generate(split: str = "train", num: int = 32, seed: int = 0, config: Generat
     chunks = [seeds[i:i + config.chunk_size] for i in range(0, num, config.chunk_size)]
     jobs = [(split, [int(x) for x in c], config) for c in chunks]
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        # A fork server that has imported this module once starts workers quickly, without
-        # forking a process whose JAX runtime may already hold threads.
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        with ctx.Pool(min(workers, len(jobs))) as pool:
-            results = pool.map(_worker, jobs, chunksize=1)
-    else:
-        results = [_worker(j) for j in jobs]
-    import jax
-    batched = jax.tree.map(lambda *xs: np.concatenate(xs), *[r[0] for r in results])
-    infos = [i for r in results for i in r[1]]
+        import jax
+        from multiprocessing import resource_tracker, shared_memory
+        resource_tracker.ensure_running()  # shared with the workers, so blocks they create and we unlink stay tracked
+        out: list[np.ndarray] = []
+        infos, pos = [], 0
+        with _pool(min(workers, len(jobs))) as pool:
+            for name, layout, treedef, chunk_infos in pool.imap(_worker, jobs, chunksize=1):
+                shm = shared_memory.SharedMemory(name=name)
+                try:
+                    if not out:
+                        out = [np.empty((num,) + shape[1:], dtype) for shape, dtype, _ in layout]
+                    for dst, (shape, dtype, offset) in zip(out, layout):
+                        dst[pos:pos + shape[0]] = np.ndarray(shape, dtype, shm.buf, offset)
+                finally:
+                    shm.close()
+                    shm.unlink()
+                pos += len(chunk_infos)
+                infos += chunk_infos
+        batched = jax.tree.unflatten(treedef, out)
+    else:  # one copy: stack every scenario once
+        results = [_generate_chunk(*j) for j in jobs]
+        batched = stack_scenarios([s for r in results for s in r[0]])
+        infos = [i for r in results for i in r[1]]
     return batched, infos
 
 
