@@ -31,7 +31,7 @@ import numpy as np
 
 PROFILES = {
     # The committed results: ~30 min on a 2-core CPU.
-    "full": dict(num_train=1024, num_test=200, num_ood=200, num_perturbed=64, bc_steps=3000, apg_steps=900,
+    "full": dict(num_train=1024, num_test=200, num_ood=200, num_perturbed=64, bc_steps=3000, apg_steps=600,
                  grpo_steps=300, batch_size=64, grpo_batch=16, group_size=4, suite="full"),
     # `make demo`: the same pipeline, small.
     "demo": dict(num_train=256, num_test=64, num_ood=64, num_perturbed=32, bc_steps=800, apg_steps=120,
