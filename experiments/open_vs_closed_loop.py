@@ -32,10 +32,12 @@ import numpy as np
 PROFILES = {
     # The committed results: ~30 min on a 2-core CPU.
     "full": dict(num_train=1024, num_test=200, num_ood=200, num_perturbed=64, bc_steps=3000, apg_steps=600,
-                 grpo_steps=300, batch_size=64, grpo_batch=16, group_size=4, suite="full"),
-    # `make demo`: the same pipeline, small.
+                 grpo_steps=300, batch_size=64, grpo_batch=16, group_size=4, suite="full", post=("apg", "grpo"),
+                 baseline_suites=True),
+    # `make demo`: the same pipeline, small (APG only).
     "demo": dict(num_train=256, num_test=64, num_ood=64, num_perturbed=32, bc_steps=800, apg_steps=120,
-                 grpo_steps=60, batch_size=32, grpo_batch=8, group_size=4, suite="short"),
+                 grpo_steps=60, batch_size=32, grpo_batch=8, group_size=4, suite="short", post=("apg",),
+                 baseline_suites=False),
 }
 SUMMARY_KEYS = ("failure_rate", "collision_rate", "offroad_rate", "red_light_rate", "progress_ratio", "score")
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -53,9 +55,9 @@ def configs(p: dict, seed: int):
                        model=ModelConfig(kind="mlp", head="gaussian", hidden=(256, 256)),
                        bc=BCConfig(samples_per_scenario=8))
     # APG: anticipation surrogates (red lights, headway), random crossing road users in
-    # half the episodes with reactive traffic, cosine learning-rate decay.
+    # half the episodes with reactive traffic, noisy starts, cosine learning-rate decay.
     apg = dataclasses.replace(base, algo="apg", learning_rate=1e-3, lr_decay_steps=p["apg_steps"], horizon=80,
-                              reward_preset="closed_loop_safety", crosser_prob=0.5)
+                              reward_preset="closed_loop_safety", crosser_prob=0.5, start_noise=1.0)
     grpo = dataclasses.replace(base, algo="grpo", learning_rate=1e-4, batch_size=p["grpo_batch"], horizon=80,
                                grpo=GRPOConfig(group_size=p["group_size"], kl_coef=0.02, num_epochs=2),
                                reward_preset="safety_first", crosser_prob=0.5)
@@ -220,8 +222,9 @@ def to_markdown(result: dict) -> str:
             pf = res["perturbed_failure_rate"]
             lines.append(f"| {name} (baseline) | {pf['clean']:.3f} | " + " | ".join(f"{pf[n]:.3f}" for n in names) + " |")
     lines += ["", "Training augmentation: APG and GRPO episodes get a random crossing pedestrian or cyclist "
-              "(random side, speed, timing) in half the episodes with reactive traffic, so the two `inject_*` "
-              "perturbations are close to what they trained on; the other perturbations are unseen in training."]
+              "(random side, speed, timing) in half the episodes with reactive traffic, and APG episodes start "
+              "off the logged ego state (noise up to the `ego_noise` level), so `inject_*` (both) and `ego_noise` "
+              "(APG) are close to what they trained on; the other perturbations are unseen in training."]
     lines += ["", "### Targets", ""]
     for k, v in result["targets"].items():
         lines.append(f"- {k}: {v}")
@@ -274,14 +277,16 @@ def main(argv=None) -> dict:
     log("APG post-training (closed loop, gradients through the simulator)")
     training["apg"] = run(apg_cfg, train[0], str(runs / "apg"), p["apg_steps"], init_from=str(runs / "bc"),
                           log_every=10, ckpt_every=100, progress=False)
-    log("GRPO post-training (closed loop RL, KL to the BC policy)")
-    training["grpo"] = run(grpo_cfg, train[0], str(runs / "grpo"), p["grpo_steps"], init_from=str(runs / "bc"),
-                           log_every=10, ckpt_every=100, progress=False)
+    if "grpo" in p["post"]:
+        log("GRPO post-training (closed loop RL, KL to the BC policy)")
+        training["grpo"] = run(grpo_cfg, train[0], str(runs / "grpo"), p["grpo_steps"], init_from=str(runs / "bc"),
+                               log_every=10, ckpt_every=100, progress=False)
+    names = ("bc",) + tuple(p["post"])
 
     suite = perturb.default_suite() if p["suite"] == "full" else [
         perturb.ego_noise(), perturb.agents_idm(), perturb.inject_crossing(), perturb.action_latency()]
     results, reports, suites, policies, env_configs = {}, {}, {}, {}, {}
-    for name in ("bc", "apg", "grpo"):
+    for name in names:
         policy, cfg = load_policy_from_checkpoint(runs / name)
         policies[name], env_configs[name] = policy, cfg.env_config()
         log(f"evaluating {name}")
@@ -298,7 +303,7 @@ def main(argv=None) -> dict:
         baselines[name] = {"test": {k: rep.aggregate[k] for k in ("num_scenarios",) + SUMMARY_KEYS}}
         log(f"  baseline {name} on test: failure {rep.aggregate['failure_rate']:.3f}")
     # How hard each perturbation is: log replay of the ego and the reactive IDM ego under it.
-    for name in ("expert", "idm"):
+    for name in ("expert", "idm") if p["baseline_suites"] else ():
         rep = run_suite(name, perturbed_base[0], perturbed_base[1], EvalConfig(env=EnvConfig()), args.seed,
                         perturbations=suite, name=name)
         baselines[name]["perturbed_failure_rate"] = {k: v.aggregate["failure_rate"] for k, v in rep.perturbed.items()}
@@ -306,7 +311,7 @@ def main(argv=None) -> dict:
 
     bc_fail = results["bc"]["test"]["failure_rate"]
     targets = {}
-    for name in ("apg", "grpo"):
+    for name in p["post"]:
         r = results[name]
         ratio = r["test"]["failure_rate"] / bc_fail if bc_fail > 0 else float("nan")
         degr = lambda n: results[n]["perturbed"]["failure_rate"] - reports[n]["perturbed_base"].aggregate["failure_rate"]
@@ -317,9 +322,9 @@ def main(argv=None) -> dict:
                          f"perturbation {degr(name):+.3f} vs BC {degr('bc'):+.3f} "
                          f"[{'less' if degr(name) < degr('bc') else 'not less'}]")
     targets["bc"] = f"BC's own test failure rate: {bc_fail:.3f}"
-    gate = {name: check(suites[name], suites["bc"], GateConfig()).to_dict() for name in ("apg", "grpo")}
+    gate = {name: check(suites[name], suites["bc"], GateConfig()).to_dict() for name in p["post"]}
 
-    plots = [plot_curves({n: runs / n for n in ("bc", "apg", "grpo")}, out),
+    plots = [plot_curves({n: runs / n for n in names}, out),
              plot_families({n: _merge(reports[n]["test"], reports[n]["test_ood"]) for n in reports}, out),
              plot_perturbations({n: results[n]["perturbation_deltas"] for n in results}, out)]
     log("rendering GIFs")

@@ -185,7 +185,13 @@ def test_crosser_augmentation_adds_a_crossing_road_user_and_makes_traffic_reacti
     assert kinds[4] == agents.AGENT_LOG and np.all(kinds[1:4] == agents.AGENT_IDM)  # crosser walks, cars react
     same, state_off = start_episode(off, off.env, sc, jax.random.PRNGKey(3))
     assert same is sc and np.all(np.asarray(state_off.agent_kind)[1:4] == agents.AGENT_LOG)
+    # Start noise moves the ego (only) off its logged start state.
+    noisy = make_context(tiny_config("apg", horizon=10, start_noise=1.0))
+    _, state_noisy = start_episode(noisy, noisy.env, sc, jax.random.PRNGKey(3))
+    moved = np.hypot(np.asarray(state_noisy.current.x - state_off.current.x),
+                     np.asarray(state_noisy.current.y - state_off.current.y))
+    assert moved[0] > 1e-3 and np.all(moved[1:] == 0.0)
     # The APG step runs with augmentation and gives finite, non-zero gradients.
-    trainer = make_trainer(tiny_config("apg", horizon=10, crosser_prob=0.5))
+    trainer = make_trainer(tiny_config("apg", horizon=10, crosser_prob=0.5, start_noise=1.0))
     st, metrics = trainer.train_step(trainer.init(jax.random.PRNGKey(0)), trainer.shard(data), jax.random.PRNGKey(1))
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0

@@ -103,18 +103,29 @@ def start_episode(ctx: Context, env: Env, scenario: Scenario, key: jax.Array,
     With `config.crosser_prob > 0`, a random crossing pedestrian or cyclist drawn with
     `key_aug` (default: from `key`) is added (`jaxloop.eval.perturb.random_crosser`) and
     then every other non-policy object is IDM (episodes without one keep the configured
-    traffic). Episodes sharing `key_aug` share the crosser.
+    traffic). With `config.start_noise > 0`, the ego starts off its logged state by
+    `jaxloop.eval.perturb.ego_noise` at a random fraction (uniform in [0, start_noise]) of
+    1 m, 0.1 rad and 1 m/s standard deviations. Episodes sharing `key_aug` share both.
     """
-    if ctx.config.crosser_prob <= 0:
+    cfg = ctx.config
+    if cfg.crosser_prob <= 0 and cfg.start_noise <= 0:
         return scenario, env.reset(scenario, key)
-    from jaxloop.eval.perturb import random_crosser, react_to_crosser
+    from jaxloop.eval.perturb import ego_noise, random_crosser, react_to_crosser
     key_reset = key
     if key_aug is None:
         key_aug, key_reset = jax.random.split(key)
-    scenario, added = random_crosser(scenario, key_aug, ctx.config.crosser_prob, ctx.config.init_steps)
-    state = env.reset(scenario, key_reset)
-    kind = jnp.where(added, react_to_crosser(scenario, state.agent_kind), state.agent_kind)
-    return scenario, env.reset(scenario, key_reset, agent_kind=kind, with_idm=True)
+    key_cross, key_scale, key_noise = jax.random.split(key_aug, 3)
+    if cfg.crosser_prob > 0:
+        scenario, added = random_crosser(scenario, key_cross, cfg.crosser_prob, cfg.init_steps)
+        state = env.reset(scenario, key_reset)
+        kind = jnp.where(added, react_to_crosser(scenario, state.agent_kind), state.agent_kind)
+        state = env.reset(scenario, key_reset, agent_kind=kind, with_idm=True)
+    else:
+        state = env.reset(scenario, key_reset)
+    if cfg.start_noise > 0:
+        scale = cfg.start_noise * jax.random.uniform(key_scale)
+        state = ego_noise(scale, 0.1 * scale, scale).state_fn(scenario, state, key_noise)
+    return scenario, state
 
 
 @struct.dataclass

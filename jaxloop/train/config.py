@@ -97,6 +97,8 @@ class TrainConfig:
     # Closed-loop episodes (apg / grpo) get a random crossing pedestrian or cyclist with
     # this probability, the other traffic then reactive (IDM): events with no expert log.
     crosser_prob: float = 0.0
+    # ... and start off the logged ego state (noise up to this fraction of 1 m, 0.1 rad, 1 m/s).
+    start_noise: float = 0.0
     obs: ObsConfig = ObsConfig()
     model: ModelConfig = ModelConfig()
     bc: BCConfig = BCConfig()
@@ -113,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: batch_size and horizon must be >= 1, got {self.batch_size}, {self.horizon}")
         if self.lr_decay_steps < 0:
             raise ValueError(f"TrainConfig.lr_decay_steps must be >= 0, got {self.lr_decay_steps}")
+        if self.start_noise < 0:
+            raise ValueError(f"TrainConfig.start_noise must be >= 0, got {self.start_noise}")
         if not 0.0 <= self.crosser_prob <= 1.0:
             raise ValueError(f"TrainConfig.crosser_prob must be in [0, 1], got {self.crosser_prob}")
         if self.learning_rate <= 0 or self.max_grad_norm <= 0:
