@@ -37,8 +37,9 @@ def run(out: str = "runs/demo", seed: int = 0, profile: str = "demo") -> int:
     print(f"  results      {root / (stem + '.json')}  and  {root / (stem + '.md')}")
     print(f"  plots        " + "  ".join(result["plots"]))
     print(f"  GIFs         " + "  ".join(result["gifs"]))
-    print(f"  checkpoints  {root / 'runs' / profile}/{{bc,apg,grpo}}/checkpoints")
-    print(f"  logs         {root / 'runs' / profile}/{{bc,apg,grpo}}/logs (metrics.jsonl, TensorBoard)")
+    trained = ",".join(result["training"])
+    print(f"  checkpoints  {root / 'runs' / profile}/{{{trained}}}/checkpoints")
+    print(f"  logs         {root / 'runs' / profile}/{{{trained}}}/logs (metrics.jsonl, TensorBoard)")
     gate = result["gate"]
     print("  gate         " + ", ".join(f"{k}: {'PASS' if v['passed'] else 'FAIL'}" for k, v in gate.items()))
     return 0
