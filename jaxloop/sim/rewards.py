@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxloop.sim import geometry as geo
 from jaxloop.sim import metrics as m
 from jaxloop.sim.datatypes import Scenario, SimState, trajectory_at
 
@@ -133,7 +134,7 @@ def red_light_surrogate(scenario: Scenario, state: SimState, ego: jax.Array, wei
     front = jnp.stack([e.x, e.y]) + e.length / 2 * heading
     rel = front[None, :] - stop
     along = jnp.sum(rel * direction, -1)  # < 0 before the line
-    lateral = jnp.abs(rel[:, 0] * direction[:, 1] - rel[:, 1] * direction[:, 0])
+    lateral = jnp.abs(geo.cross2(direction, rel))
     aligned = direction @ heading > 0.5
     active = red & known & aligned & (lateral < m.RED_LIGHT_LATERAL) & (along < 0.5) & (along > -50.0)
     v2 = e.vel_x ** 2 + e.vel_y ** 2
@@ -153,7 +154,7 @@ def headway_shortfall(state: SimState, ego: jax.Array, weights: RewardWeights) -
     heading = _heading(e.yaw)
     rel = jnp.stack([cur.x - e.x, cur.y - e.y], -1)  # [N, 2]
     lon = rel @ heading
-    lat = rel[:, 1] * heading[0] - rel[:, 0] * heading[1]
+    lat = geo.cross2(heading, rel)
     rel_yaw = cur.yaw - e.yaw
     # Half extents of the other box along and across the ego's heading.
     other_lon = (jnp.abs(jnp.cos(rel_yaw)) * cur.length + jnp.abs(jnp.sin(rel_yaw)) * cur.width) / 2
