@@ -359,3 +359,53 @@ def test_anticipation_surrogates_hand_values_gradients_and_gates():
         assert float(head(p, (20.0, 4.0, 0.0, 5.0))) < 0.02 * float(head(p, lead))  # next lane: 3.7 m beside the ego
         # A pedestrian crossing 8 m ahead (its long axis across) counts like a stopped object.
         assert float(head(p, (8.0, 0.5, np.pi / 2, 1.0, 0.8, 0.8))) > 10.0
+
+
+def test_predicted_conflict_feels_a_crossing_pedestrian_before_it_is_in_the_lane():
+    sc = make_track_scenario([_straight_track(0.0), _straight_track(20.0)])
+    w = rewards.get_preset("closed_loop_safety")  # margin 1.5 m, T = 0.3, look-ahead 2 s
+    with jax.enable_x64(True):
+        s0 = Env().reset(sc, jax.random.key(0))
+
+        def at(v, ped):  # ego (4 x 2) at the origin heading +x at speed v; a 0.8 x 0.8 pedestrian
+            o = _objs([(0.0, 0.0, 0.0, 0.0), ped + (0.8, 0.8)], dtype=jnp.float64)
+            return s0.replace(current=o.replace(vel_x=o.vel_x.at[0].set(v)))
+
+        conflict = jax.jit(lambda v, ped: rewards.predicted_conflict(at(v, ped), 0, w), static_argnums=1)
+        now = jax.jit(lambda v, ped: m.overlap_surrogate(at(v, ped).current, 0, 1.5, 0.3), static_argnums=1)
+        # Walking towards the ego's path at 1.5 m/s from 3 m to its right, 15 m ahead: after
+        # 1.5 s the ego (10 m/s) is at x = 15 and the pedestrian at y = -0.75, inside the
+        # ego's half width + its own (1.4 m): a predicted overlap, while today's gap is 12.6 m.
+        crossing = (15.0, -3.0, np.pi / 2, 1.5)
+        assert float(now(10.0, crossing)) < 1e-6
+        assert float(conflict(10.0, crossing)) > 0.5
+        # Standing still 3 m to the side (1.6 m of clearance at the closest), walking away,
+        # or an ego slow enough to arrive after the pedestrian has crossed: little or nothing.
+        assert float(conflict(10.0, (15.0, -3.0, np.pi / 2, 0.0))) < 0.1 * float(conflict(10.0, crossing))
+        assert float(conflict(10.0, (15.0, -3.0, -np.pi / 2, 1.5))) < 1e-3
+        assert float(conflict(4.0, crossing)) < 1e-3
+        g = float(jax.grad(conflict)(10.0, crossing))
+        np.testing.assert_allclose(g, (float(conflict(10.0 + 1e-5, crossing)) - float(conflict(10.0 - 1e-5, crossing)))
+                                   / 2e-5, rtol=1e-4)
+        # Off by default: the other presets do not change.
+        assert rewards.get_preset("progress_safety").conflict == 0.0
+
+
+def test_log_lag_lets_the_ego_fall_behind_its_log_but_not_run_ahead_or_leave_its_path():
+    sc = make_track_scenario([_straight_track(np.arange(T) * 1.0)])  # logged ego: x = t m (10 m/s)
+    s0 = Env().reset(sc, jax.random.key(0))
+
+    def dist(x, y, lag, t=50):
+        cur = s0.current.replace(x=s0.current.x.at[0].set(x), y=s0.current.y.at[0].set(y))
+        return float(rewards._ego_log_distance(sc, s0.replace(current=cur, timestep=jnp.int32(t)), 0, lag))
+
+    # At step 50 the log is at x = 50. An ego at x = 30 is where the log was 2 s ago.
+    np.testing.assert_allclose(dist(30.0, 0.0, 0.0), 20.0, atol=1e-3)
+    np.testing.assert_allclose(dist(30.0, 0.0, 3.0), 0.0, atol=2e-3)
+    np.testing.assert_allclose(dist(15.0, 0.0, 3.0), 5.0, atol=1e-3)  # 3.5 s behind: 5 m past the oldest allowed (x = 20)
+    np.testing.assert_allclose(dist(55.0, 0.0, 3.0), 5.0, atol=1e-3)  # ahead of the log: no allowance
+    np.testing.assert_allclose(dist(30.0, 1.5, 3.0), 1.5, atol=1e-3)  # off the path: still divergence
+    # The ego's log is invalid at this step: no term (as without a lag).
+    gone = make_track_scenario([dict(_straight_track(np.arange(T) * 1.0), valid=np.arange(T) < 40)])
+    s1 = Env().reset(gone, jax.random.key(0)).replace(timestep=jnp.int32(50))
+    assert float(rewards._ego_log_distance(gone, s1, 0, 3.0)) == 0.0

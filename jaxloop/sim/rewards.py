@@ -10,12 +10,14 @@ can be vmapped, swept or annealed without recompiling:
                 - discomfort * (not comfortable) - log_divergence * (distance to the log, m)
 
                 - headway * headway_shortfall (m, below)
+                - conflict * predicted_conflict (m, below)
 
     step_surrogate_loss = log_divergence * (distance to the log, m)
                         + collision * overlap_surrogate(margin=overlap_margin)
                         + offroad * offroad_surrogate(margin=offroad_margin)
                         + red_light * red_light_surrogate (m, below)
                         + headway * headway_shortfall (m, below)
+                        + conflict * predicted_conflict (m, below)
                         - progress * (metres along the route this step)
 
 The two anticipation terms are smooth (softplus with `temperature`) and warn before the
@@ -28,9 +30,20 @@ discrete event, so analytic gradients slow the ego down in time:
 
 with `v` the ego's speed and `v_lead` the other object's speed along the ego's heading:
 how far the ego is from being able to stop before the line, or behind the other object
-with a time gap to spare.
+with a time gap to spare. A third one looks sideways as well as ahead:
 
-Both are 0 on a step where the ego is invalid.
+    predicted_conflict = mean over tau in conflict_time * (1/4, 2/4, 3/4, 1) of
+        the overlap surrogate (margin overlap_margin) with every box moved on at
+        its current velocity for tau seconds
+
+so an object about to cross the ego's path (a pedestrian stepping off the kerb, a car
+pulling out) is felt before it is in the lane, and the gradient through the ego's
+velocity says to slow down (or to clear the conflict point) in time.
+
+All three are 0 on a step where the ego is invalid. "Distance to the log" is to the
+nearest logged ego position of the last `log_lag` seconds (0: the current one), so with
+a lag the ego may wait (for a crossing pedestrian, at a merge) without it counting as
+divergence, while running ahead of the log or off its path still does.
 """
 
 from __future__ import annotations
@@ -41,7 +54,7 @@ from flax import struct
 
 from jaxloop.sim import geometry as geo
 from jaxloop.sim import metrics as m
-from jaxloop.sim.datatypes import Scenario, SimState, trajectory_at
+from jaxloop.sim.datatypes import DT, Scenario, SimState
 
 
 @struct.dataclass
@@ -57,6 +70,7 @@ class RewardWeights:
     infeasible: float | jax.Array = 0.0
     discomfort: float | jax.Array = 0.0
     log_divergence: float | jax.Array = 0.01  # per metre from the logged position
+    log_lag: float | jax.Array = 0.0  # s: the logged position may be up to this old (yielding is not divergence)
     overlap_margin: float | jax.Array = 0.5  # m, surrogate: clearance below which overlap is penalised
     offroad_margin: float | jax.Array = 0.5  # m, surrogate: distance inside the road edge that is penalised
     temperature: float | jax.Array = 0.1  # m, softplus sharpness of the surrogates
@@ -65,6 +79,8 @@ class RewardWeights:
     headway_gap: float | jax.Array = 1.0  # m, bumper gap kept when stopped
     brake_decel: float | jax.Array = 4.0  # m/s^2, braking the anticipation terms assume
     stop_margin: float | jax.Array = 1.0  # m, stop this far before a red stop line
+    conflict: float | jax.Array = 0.0  # per metre of predicted overlap (reward and surrogate)
+    conflict_time: float | jax.Array = 2.0  # s, how far ahead boxes are extrapolated
 
 
 PRESETS: dict[str, RewardWeights] = {
@@ -80,11 +96,12 @@ PRESETS: dict[str, RewardWeights] = {
     # Wider surrogate margins give a warning well before contact.
     "closed_loop_tracking": RewardWeights(progress=0.1, collision=10.0, offroad=5.0, log_divergence=1.0,
                                           overlap_margin=1.5, offroad_margin=0.5, temperature=0.3),
-    # Closed-loop tracking plus anticipation: slow down in time for red lights and for
-    # whatever is ahead in the lane (vehicles, crossing pedestrians and cyclists).
-    "closed_loop_safety": RewardWeights(progress=0.1, collision=10.0, offroad=5.0, red_light=2.0, headway=2.0,
-                                        log_divergence=1.0, overlap_margin=1.5, offroad_margin=0.5,
-                                        temperature=0.3),
+    # Closed-loop tracking plus anticipation: slow down in time for red lights, for
+    # whatever is ahead in the lane, and for whatever is about to cross the ego's path;
+    # falling up to 2 s behind the log (yielding) is not divergence.
+    "closed_loop_safety": RewardWeights(progress=0.3, collision=10.0, offroad=5.0, red_light=2.0, headway=2.0,
+                                        conflict=4.0, conflict_time=2.0, log_divergence=1.0, log_lag=2.0,
+                                        overlap_margin=1.5, offroad_margin=0.5, temperature=0.3),
     # Everything the scorecard counts, moderately weighted.
     "scorecard": RewardWeights(progress=0.5, collision=10.0, offroad=5.0, red_light=5.0, off_route=1.0,
                                wrong_way=2.0, infeasible=0.5, discomfort=0.05, log_divergence=0.01),
@@ -98,12 +115,23 @@ def get_preset(name: str) -> RewardWeights:
     return PRESETS[name]
 
 
-def _ego_log_distance(scenario: Scenario, state: SimState, ego: jax.Array) -> jax.Array:
-    log = m.take_object(trajectory_at(scenario.log_trajectory, state.timestep), ego)
+def _ego_log_distance(scenario: Scenario, state: SimState, ego: jax.Array,
+                      lag: float | jax.Array = 0.0) -> jax.Array:
+    """Distance `[]` (m) of the ego to its logged position now or up to `lag` seconds earlier (the nearest).
+
+    With a lag the ego may fall behind its log (wait for a crossing pedestrian, yield at
+    a merge) without diverging, as long as it stays on the logged path; running ahead of
+    the log or off its path still counts. 0 where the log is invalid.
+    """
+    traj = scenario.log_trajectory
+    lx, ly, lv = m.select_index(traj.x, ego), m.select_index(traj.y, ego), m.select_index(traj.valid, ego)  # [T]
     e = m.take_object(state.current, ego)
+    age = (state.timestep - jnp.arange(lx.shape[-1])) * DT  # [T] s
+    window = lv & (age >= 0.0) & (age <= jnp.maximum(lag, 0.0) + 1e-3)
     # The epsilon keeps the gradient finite when the ego sits exactly on the log.
-    d = jnp.sqrt((e.x - log.x) ** 2 + (e.y - log.y) ** 2 + 1e-6)
-    return jnp.where(log.valid, d, 0.0)
+    d2 = jnp.where(window, (e.x - lx) ** 2 + (e.y - ly) ** 2, jnp.inf)
+    valid_now = jnp.any(lv & (age == 0.0))
+    return jnp.where(valid_now, jnp.sqrt(jnp.min(d2) + 1e-6), 0.0)
 
 
 def _route_step(scenario: Scenario, prev_state: SimState, state: SimState, ego: jax.Array) -> jax.Array:
@@ -170,6 +198,17 @@ def headway_shortfall(state: SimState, ego: jax.Array, weights: RewardWeights) -
     return jnp.sum(jnp.where(ahead, in_lane * _softplus(need, weights.temperature), 0.0))
 
 
+def predicted_conflict(state: SimState, ego: jax.Array, weights: RewardWeights) -> jax.Array:
+    """Smooth `[]` (m): the overlap surrogate of the ego over the next `conflict_time` seconds
+    under constant velocity (every object, the ego included), averaged over 4 look-ahead times.
+    """
+    cur = state.current
+    taus = weights.conflict_time * jnp.arange(1, 5, dtype=jnp.float32) / 4  # [4]
+    moved = lambda tau: cur.replace(x=cur.x + tau * cur.vel_x, y=cur.y + tau * cur.vel_y)
+    pen = jax.vmap(lambda tau: m.overlap_surrogate(moved(tau), ego, weights.overlap_margin, weights.temperature))
+    return jnp.mean(pen(taus))
+
+
 def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weights: RewardWeights) -> jax.Array:
     """The RL reward `[]` of the transition `prev_state -> state` (discrete metrics, ego only)."""
     with jax.named_scope("rewards.step_reward"):
@@ -186,8 +225,9 @@ def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weigh
         r -= weights.infeasible * f(m.kinematic_infeasibility(e_prev, e))
         if state.history.x.shape[-1] >= 2:
             r -= weights.discomfort * f(~m.comfort(m.take_object(state.history, ego))["comfortable"])
-        r -= weights.log_divergence * _ego_log_distance(scenario, state, ego)
+        r -= weights.log_divergence * _ego_log_distance(scenario, state, ego, weights.log_lag)
         r -= weights.headway * headway_shortfall(state, ego, weights)
+        r -= weights.conflict * predicted_conflict(state, ego, weights)
         return jnp.where(e.valid, r, 0.0)
 
 
@@ -197,11 +237,12 @@ def step_surrogate_loss(scenario: Scenario, prev_state: SimState, state: SimStat
     with jax.named_scope("rewards.step_surrogate_loss"):
         ego = scenario.object_metadata.is_sdc
         cur = state.current
-        loss = weights.log_divergence * _ego_log_distance(scenario, state, ego)
+        loss = weights.log_divergence * _ego_log_distance(scenario, state, ego, weights.log_lag)
         loss += weights.collision * m.overlap_surrogate(cur, ego, weights.overlap_margin, weights.temperature)
         loss += weights.offroad * m.offroad_surrogate(cur, scenario.roadmap, ego, weights.offroad_margin,
                                                       weights.temperature)
         loss += weights.red_light * red_light_surrogate(scenario, state, ego, weights)
         loss += weights.headway * headway_shortfall(state, ego, weights)
+        loss += weights.conflict * predicted_conflict(state, ego, weights)
         loss -= weights.progress * _route_step(scenario, prev_state, state, ego)
         return jnp.where(m.select_index(cur.valid, ego), loss, 0.0)
