@@ -140,7 +140,7 @@ class GeneratorConfig:
     edge_segment_m: float = 6.0
     max_pedestrians: int = 6
     max_cyclists: int = 3
-    chunk_size: int = 32  # scenarios simulated together (vectorised)
+    chunk_size: int = 64  # scenarios simulated together (vectorised; the output does not depend on it)
 
     def __post_init__(self):
         if self.num_objects < 4:
