@@ -48,6 +48,8 @@ divergence, while running ahead of the log or off its path still does.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -123,15 +125,23 @@ def _ego_log_distance(scenario: Scenario, state: SimState, ego: jax.Array,
     a merge) without diverging, as long as it stays on the logged path; running ahead of
     the log or off its path still counts. 0 where the log is invalid.
     """
-    traj = scenario.log_trajectory
-    lx, ly, lv = m.select_index(traj.x, ego), m.select_index(traj.y, ego), m.select_index(traj.valid, ego)  # [T]
+    traj, i = scenario.log_trajectory, scenario.object_metadata.sdc_index
+    # The ego's row of the log `[T]` (a row slice, not an `[N, T]` masked sum).
+    lx, ly, lv = (jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False) for a in (traj.x, traj.y, traj.valid))
     e = m.take_object(state.current, ego)
-    age = (state.timestep - jnp.arange(lx.shape[-1])) * DT  # [T] s
-    window = lv & (age >= 0.0) & (age <= jnp.maximum(lag, 0.0) + 1e-3)
+    steps_back = state.timestep - jnp.arange(lx.shape[-1])  # [T]
+    window = lv & (steps_back >= 0) & (steps_back * DT <= jnp.maximum(lag, 0.0) + 1e-3)
     # The epsilon keeps the gradient finite when the ego sits exactly on the log.
     d2 = jnp.where(window, (e.x - lx) ** 2 + (e.y - ly) ** 2, jnp.inf)
-    valid_now = jnp.any(lv & (age == 0.0))
+    valid_now = jnp.any(lv & (steps_back == 0))
     return jnp.where(valid_now, jnp.sqrt(jnp.min(d2) + 1e-6), 0.0)
+
+
+def _weighted(weight: float | jax.Array, term: Callable[[], jax.Array]) -> jax.Array | float:
+    """`weight * term()`, without tracing `term` when the weight is a concrete 0 (a preset that does not use it)."""
+    if isinstance(weight, (int, float)) and weight == 0:
+        return 0.0
+    return weight * term()
 
 
 def _route_step(scenario: Scenario, prev_state: SimState, state: SimState, ego: jax.Array) -> jax.Array:
@@ -226,8 +236,8 @@ def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weigh
         if state.history.x.shape[-1] >= 2:
             r -= weights.discomfort * f(~m.comfort(m.take_object(state.history, ego))["comfortable"])
         r -= weights.log_divergence * _ego_log_distance(scenario, state, ego, weights.log_lag)
-        r -= weights.headway * headway_shortfall(state, ego, weights)
-        r -= weights.conflict * predicted_conflict(state, ego, weights)
+        r -= _weighted(weights.headway, lambda: headway_shortfall(state, ego, weights))
+        r -= _weighted(weights.conflict, lambda: predicted_conflict(state, ego, weights))
         return jnp.where(e.valid, r, 0.0)
 
 
@@ -241,8 +251,8 @@ def step_surrogate_loss(scenario: Scenario, prev_state: SimState, state: SimStat
         loss += weights.collision * m.overlap_surrogate(cur, ego, weights.overlap_margin, weights.temperature)
         loss += weights.offroad * m.offroad_surrogate(cur, scenario.roadmap, ego, weights.offroad_margin,
                                                       weights.temperature)
-        loss += weights.red_light * red_light_surrogate(scenario, state, ego, weights)
-        loss += weights.headway * headway_shortfall(state, ego, weights)
-        loss += weights.conflict * predicted_conflict(state, ego, weights)
+        loss += _weighted(weights.red_light, lambda: red_light_surrogate(scenario, state, ego, weights))
+        loss += _weighted(weights.headway, lambda: headway_shortfall(state, ego, weights))
+        loss += _weighted(weights.conflict, lambda: predicted_conflict(state, ego, weights))
         loss -= weights.progress * _route_step(scenario, prev_state, state, ego)
         return jnp.where(m.select_index(cur.valid, ego), loss, 0.0)

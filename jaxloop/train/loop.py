@@ -198,7 +198,8 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
           horizon: int = 80, model: Literal["mlp", "attention"] = "mlp",
           head: Literal["gaussian", "deterministic"] = "gaussian", hidden: tuple[int, ...] = (128, 128),
           learning_rate: float = 3e-4, lr_decay_steps: int = 0, max_grad_norm: float = 1.0, seed: int = 0,
-          crosser_prob: float = 0.0, dynamics: Literal["bicycle", "delta_local", "delta_global"] = "bicycle",
+          crosser_prob: float = 0.0, start_noise: float = 0.0,
+          dynamics: Literal["bicycle", "delta_local", "delta_global"] = "bicycle",
           non_ego_agent: Literal["log", "constant_velocity", "idm"] = "log", group_size: int = 4,
           kl_coef: float = 0.05, truncate_every: int = 0, log_every: int = 10, ckpt_every: int = 100,
           max_consecutive_skips: int = 5, num_toy: int = 64, progress: bool = True) -> int:
@@ -221,6 +222,7 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
         max_grad_norm: global-norm gradient clip.
         seed: seeds the parameters, batches and rollouts.
         crosser_prob: apg / grpo: fraction of episodes with a random pedestrian or cyclist crossing the ego's path.
+        start_noise: apg / grpo: episodes start off the logged ego state by up to this fraction of 1 m, 0.1 rad, 1 m/s.
         dynamics: action space.
         non_ego_agent: behaviour of the other objects.
         group_size: GRPO rollouts per scenario.
@@ -234,8 +236,8 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
     """
     from jaxloop.policy.networks import ModelConfig
     config = TrainConfig(algo=algo, seed=seed, batch_size=batch_size, learning_rate=learning_rate,
-                         lr_decay_steps=lr_decay_steps, crosser_prob=crosser_prob, max_grad_norm=max_grad_norm,
-                         horizon=horizon, reward_preset=preset, dynamics=dynamics,
+                         lr_decay_steps=lr_decay_steps, crosser_prob=crosser_prob, start_noise=start_noise,
+                         max_grad_norm=max_grad_norm, horizon=horizon, reward_preset=preset, dynamics=dynamics,
                          non_ego_agent=non_ego_agent, model=ModelConfig(kind=model, head=head, hidden=tuple(hidden)),
                          grpo=dataclasses.replace(GRPOConfig(), group_size=group_size, kl_coef=kl_coef),
                          apg=dataclasses.replace(APGConfig(), truncate_every=truncate_every))
