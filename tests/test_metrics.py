@@ -409,3 +409,35 @@ def test_log_lag_lets_the_ego_fall_behind_its_log_but_not_run_ahead_or_leave_its
     gone = make_track_scenario([dict(_straight_track(np.arange(T) * 1.0), valid=np.arange(T) < 40)])
     s1 = Env().reset(gone, jax.random.key(0)).replace(timestep=jnp.int32(50))
     assert float(rewards._ego_log_distance(gone, s1, 0, 3.0)) == 0.0
+
+
+def test_one_pass_offroad_matches_the_signed_distance_including_shared_vertices():
+    # A convex corner of the road: edges (0,0)->(10,0) and (10,0)->(10,10), road on their
+    # right (below the first, right of the second... as directed segments). Points at the
+    # shared vertex's distance from both edges exercise the tie rule.
+    start = jnp.array([[0.0, 0.0], [10.0, 0.0], [50.0, 50.0]])
+    end = jnp.array([[10.0, 0.0], [10.0, 10.0], [60.0, 50.0]])
+    valid = jnp.array([True, True, False])
+    rng = np.random.default_rng(2)
+    pts = np.concatenate([rng.uniform(-5, 15, size=(400, 2)),
+                          [[12.0, -2.0], [8.0, 2.0], [10.0, 0.0], [11.0, 5.0], [5.0, -1.0], [55.0, 51.0]]])
+    pts = jnp.asarray(pts, jnp.float32)
+    want = m.signed_edge_distance(pts, start, end, valid) > 0.0
+    np.testing.assert_array_equal(m.edge_offroad(pts, start, end, valid), want)
+    assert bool(want[-6]) != bool(want[-5])  # both sides of the corner occur
+    # No valid segment: never off the road (signed distance -1e3).
+    assert not np.any(m.edge_offroad(pts, start, end, jnp.zeros(3, bool)))
+
+
+def test_lane_start_direction_of_a_split_lane_and_missing_ids():
+    rm = make_toy_scenario(num_lanes=4).roadmap
+    # Lane 5 split in two pieces (rows 0 and 1), lane 7 in one piece (row 3), one padding row.
+    ids = np.array([5, 5, -1, 7], np.int32)
+    lane_dir = np.asarray(rm.lane_dir).copy()
+    lane_dir[0, 0], lane_dir[1, 0], lane_dir[3, 0] = [1.0, 0.0], [0.0, 1.0], [0.6, -0.8]
+    rm = rm.replace(lane_ids=jnp.asarray(ids), lane_dir=jnp.asarray(lane_dir))
+    d, found = jax.jit(m.lane_start_directions)(rm, jnp.asarray([5, 7, 6, -1], jnp.int32))
+    np.testing.assert_array_equal(found, [True, True, False, False])
+    np.testing.assert_allclose(d[0], [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)  # normalised sum of both pieces
+    np.testing.assert_allclose(d[1], [0.6, -0.8], atol=1e-6)
+    np.testing.assert_array_equal(d[2:], 0.0)

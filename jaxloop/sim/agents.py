@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxloop.sim import geometry as geo
-from jaxloop.sim.compute import materialize
+from jaxloop.sim.compute import from_ordered_key, fused_reduce, materialize, ordered_key
 from jaxloop.sim.datatypes import DT, ObjectState, Scenario, trajectory_at
 
 AGENT_LOG = 0
@@ -244,9 +244,9 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
 
         # Red lights: stopped leads at the stop point.
         tl = scenario.traffic_lights
-        at_t = jnp.arange(tl.state.shape[-1]) == jnp.clip(timestep, 0, tl.state.shape[-1] - 1)  # [T] one-hot
-        red = jnp.any(tl.is_red & at_t, -1)
-        light_x, light_y = jnp.sum(jnp.where(at_t, tl.x, 0.0), -1), jnp.sum(jnp.where(at_t, tl.y, 0.0), -1)
+        at_t = lambda a: jax.lax.dynamic_index_in_dim(a, jnp.clip(timestep, 0, a.shape[-1] - 1), axis=a.ndim - 1,
+                                                      keepdims=False)
+        red, light_x, light_y = at_t(tl.is_red), at_t(tl.x), at_t(tl.y)  # [L]
         l_off, l_lat = _path_frame(light_x, light_y, x0, y0, c0, s0, kappa)  # [N, L]
         light_lead = red[None, :] & (l_lat < IDM_LIGHT_LATERAL) & (l_off > half_len[:, None]) & (l_off < IDM_LOOKAHEAD)
         light_gap = l_off - half_len[:, None]
@@ -262,9 +262,14 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
 
         # min + mask rather than argmin + gather (variadic reductions are slow on CPU), per
         # kind of lead, then the nearest of the three; ties take the slowest lead.
-        obj_gaps = jnp.where(is_lead, gap, jnp.inf)
-        obj_gap = jnp.min(obj_gaps, -1)
-        obj_speed = jnp.min(jnp.where(obj_gaps <= obj_gap[:, None], lead_v, jnp.inf), -1)
+        # Integer keys and `fused_reduce`: both reductions stay in the loops of the [N, N]
+        # work instead of reading a written-out [N, N] operand (see `jaxloop.sim.compute`).
+        inf_key = ordered_key(jnp.float32(jnp.inf))
+        gap_keys = jnp.where(is_lead, ordered_key(gap), inf_key)
+        gap_key = fused_reduce(gap_keys, jnp.minimum, inf_key)
+        obj_gap = from_ordered_key(gap_key)
+        obj_speed = from_ordered_key(fused_reduce(
+            jnp.where(gap_keys <= gap_key[:, None], ordered_key(lead_v), inf_key), jnp.minimum, inf_key))
         stop_gap = jnp.minimum(jnp.min(jnp.where(light_lead, light_gap, jnp.inf), -1),
                                jnp.min(jnp.where(sign_lead, sign_gap, jnp.inf), -1))
         lead_gap = jnp.minimum(obj_gap, stop_gap)

@@ -35,3 +35,37 @@ def materialize(*arrays: jax.Array) -> tuple[jax.Array, ...]:
 def cos_sin(angle: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`(cos(angle), sin(angle))` `[...]`, materialized (see the module docstring)."""
     return materialize(jnp.cos(angle), jnp.sin(angle))
+
+
+def ordered_key(x: jax.Array) -> jax.Array:
+    """int32 keys `[...]` that order like the float32 values `x` (exact; -0.0 before +0.0).
+
+    Integer min / max reductions fuse with the elementwise work that produces their
+    operand, where XLA:CPU hands float reductions to a separate kernel that first
+    writes the whole operand to memory; on `[N, N]` passes the write costs more than
+    the arithmetic.
+    """
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+
+
+def from_ordered_key(key: jax.Array) -> jax.Array:
+    """Inverse of `ordered_key`: the float32 values `[...]`."""
+    bits = jnp.where(key < 0, key ^ jnp.int32(0x7FFFFFFF), key)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def fused_reduce(x: jax.Array, op, identity, leaf: int = 16) -> jax.Array:
+    """`op`-reduction (`jnp.minimum` / `jnp.maximum` / ...) of `x` `[..., K]` over its last axis.
+
+    XLA:CPU splits a long reduction into a windowed first stage that does not fuse with
+    the elementwise work producing its operand, so the whole operand is written to
+    memory first. Halving the axis with elementwise `op` (which fuses) down to `leaf`
+    entries, then reducing those, keeps the producer in the same loop.
+    """
+    while x.shape[-1] > leaf:
+        if x.shape[-1] % 2:
+            x = jnp.concatenate([x, jnp.full(x.shape[:-1] + (1,), identity, x.dtype)], -1)
+        half = x.shape[-1] // 2
+        x = op(x[..., :half], x[..., half:])
+    return jax.lax.reduce(x, jnp.asarray(identity, x.dtype), lambda a, b: op(a, b), (x.ndim - 1,))

@@ -311,6 +311,30 @@ def signed_edge_distance(points: jax.Array, start: jax.Array, end: jax.Array, va
     return jnp.where(jnp.any(valid), jnp.where(off, dist, -dist), -1e3)
 
 
+def _nearest_side_key(d2: jax.Array, left: jax.Array) -> jax.Array:
+    """uint32 keys whose minimum is the nearest segment, ties broken towards `left` (elementwise).
+
+    A non-negative float32's bit pattern orders like its value, and its top (sign) bit
+    is 0, so `bits(d2) << 1 | not left` keeps d2 exactly and puts, among segments at
+    the same distance, one with the point on its left first. One integer min-reduction
+    then answers both "how far" and "is some nearest segment's left side the point's".
+    """
+    bits = jax.lax.bitcast_convert_type(d2, jnp.uint32)
+    return (bits << 1) | (~left).astype(jnp.uint32)
+
+
+def edge_offroad(points: jax.Array, start: jax.Array, end: jax.Array, valid: jax.Array) -> jax.Array:
+    """`[M]` bool: `signed_edge_distance(points, start, end, valid) > 0`, in one reduction pass (not differentiable).
+
+    A point is off the road when some nearest valid segment has it on its left; with
+    no valid segment it is not.
+    """
+    d2, side = _segment_d2(points[:, None, 0], points[:, None, 1], start[None, :, 0], start[None, :, 1],
+                           end[None, :, 0], end[None, :, 1])
+    key = jnp.where(valid[None, :], _nearest_side_key(d2, side > 0.0), jnp.uint32(0xFFFFFFFF))
+    return (jnp.min(key, -1) & 1) == 0
+
+
 def corner_road_distance(corners: jax.Array, roadmap: RoadMap) -> jax.Array:
     """Signed distance `[..., 4]` of box corners `[..., 4, 2]` to the nearest road edge (> 0: off road)."""
     flat = corners.reshape(-1, 2)
@@ -346,9 +370,15 @@ def offroad(state: ObjectState, roadmap: RoadMap) -> jax.Array:
 
 
 def ego_offroad(state: ObjectState, roadmap: RoadMap, ego: jax.Array, edge_cull: int = 0) -> jax.Array:
-    """`[]` bool: the valid ego has a corner off the road."""
+    """`[]` bool: the valid ego has a corner off the road (`ego_corner_road_distance > 0`, one pass)."""
     with jax.named_scope("metrics.ego_offroad"):
-        return select_index(state.valid, ego) & jnp.any(ego_corner_road_distance(state, roadmap, ego, edge_cull) > 0.0)
+        e = take_object(state, ego)
+        corners = jnp.stack(materialize(*jnp.moveaxis(_corners(e), -1, 0)), -1)
+        if edge_cull > 0:
+            start, end, valid = _culled_edges(jnp.stack([e.x, e.y]), roadmap, edge_cull)
+        else:
+            start, end, valid = roadmap.edge_start, roadmap.edge_end, roadmap.edge_valid
+        return e.valid & jnp.any(edge_offroad(corners, start, end, valid))
 
 
 def offroad_surrogate(state: ObjectState, roadmap: RoadMap, ego: jax.Array, margin: float | jax.Array = 0.5,
@@ -416,9 +446,10 @@ def wrong_way(obj: ObjectState, roadmap: RoadMap, route: Route | None = None) ->
     ch, sh = cos_sin(heading)
     cos_lane = roadmap.lane_dir[:, :-1, 0] * ch + roadmap.lane_dir[:, :-1, 1] * sh
     radius2 = WRONG_WAY_LANE_RADIUS ** 2
-    # Float min-reductions rather than boolean any-reductions (faster on CPU).
-    in_lane = jnp.min(d2) < radius2
-    aligned = jnp.min(jnp.where(cos_lane > math.cos(WRONG_WAY_ANGLE), d2, jnp.inf)) < radius2
+    # One integer max-reduction: 0 outside every lane, 1 inside one against it, 2 inside one along it.
+    inside = jnp.where(d2 < radius2, 1 + (cos_lane > math.cos(WRONG_WAY_ANGLE)), 0).astype(jnp.int32)
+    best = jnp.max(inside)
+    in_lane, aligned = best >= 1, best == 2
     if route is not None:
         ra, rb = route.xy[:-1], route.xy[1:]
         rd2, _ = _segment_d2(obj.x, obj.y, ra[:, 0], ra[:, 1], rb[:, 0], rb[:, 1])  # [R-1]
@@ -444,22 +475,42 @@ def light_geometry(scenario: Scenario, t: jax.Array) -> tuple[jax.Array, jax.Arr
     return jnp.stack([stop_x, stop_y], -1), jnp.stack([dir_x, dir_y], -1), red, known
 
 
+def at_step(a: jax.Array, t: jax.Array | int) -> jax.Array:
+    """`a[..., t]` for a per-step array `[..., T]`, `t` clamped to `[0, T-1]` (a slice: no `[..., T]` pass)."""
+    t = jnp.clip(t, 0, a.shape[-1] - 1)
+    return jax.lax.dynamic_index_in_dim(a, t, axis=a.ndim - 1, keepdims=False)
+
+
+def lane_start_directions(roadmap: RoadMap, lane_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Direction `[K, 2]` at the start of the lane with each id `[K]`, and whether it is in the map `[K]`.
+
+    A lane split into pieces by `mapcompile` has every piece under its id; the
+    direction is the normalised sum of the pieces' first tangents. The per-map part (the
+    ids sorted, and that sum per id: a segment sum over `[P]`) depends on the map only,
+    so inside a rollout XLA computes it once; each query is a binary search over the
+    `P` sorted ids and a gather of `[K]` values.
+    """
+    ids = jnp.asarray(roadmap.lane_ids)
+    num = ids.shape[-1]
+    order = jnp.argsort(ids, stable=True)
+    sorted_ids = ids[order]
+    run = jnp.cumsum(jnp.concatenate([jnp.zeros((1,), jnp.int32),
+                                      (sorted_ids[1:] != sorted_ids[:-1]).astype(jnp.int32)]))  # [P]
+    summed = jax.ops.segment_sum(jnp.asarray(roadmap.lane_dir)[order, 0], run, num_segments=num, indices_are_sorted=True)
+    pos = jnp.clip(jnp.searchsorted(sorted_ids, lane_ids, method="scan_unrolled"), 0, num - 1)
+    found = (sorted_ids[pos] == lane_ids) & (lane_ids >= 0)
+    d = summed[run[pos]]
+    norm = jnp.maximum(jnp.sqrt(jnp.sum(d * d, -1, keepdims=True)), 1e-6)
+    return jnp.where(found[:, None], d / norm, 0.0), found
+
+
 def _light_terms(scenario: Scenario, t: jax.Array):
     """`light_geometry` as separate components `[L]`: stop x, y, direction x, y, red, known."""
     tl = scenario.traffic_lights
-    at_t = jnp.arange(tl.state.shape[-1]) == jnp.clip(t, 0, tl.state.shape[-1] - 1)  # [T] one-hot
-    pick = lambda a: jnp.sum(jnp.where(at_t, a, jnp.zeros((), a.dtype)), -1)
-    lane_ids, stop_x, stop_y = pick(tl.lane_ids), pick(tl.x), pick(tl.y)
-    valid, red = jnp.any(tl.valid & at_t, -1), jnp.any(tl.is_red & at_t, -1)
-    rm = scenario.roadmap
-    match = (rm.lane_ids[None, :] == lane_ids[:, None]) & (rm.lane_ids[None, :] >= 0)  # [L, P]
-    found = jnp.any(match, -1)
-    # WOMD stop points sit where the governed lane starts: its direction there, by masked
-    # sums over [L, P] (no gathers, no [L, P, Q] work).
-    dir_x = jnp.sum(jnp.where(match, rm.lane_dir[None, :, 0, 0], 0.0), -1)
-    dir_y = jnp.sum(jnp.where(match, rm.lane_dir[None, :, 0, 1], 0.0), -1)
-    norm = jnp.maximum(jnp.sqrt(dir_x * dir_x + dir_y * dir_y), 1e-6)
-    return stop_x, stop_y, dir_x / norm, dir_y / norm, red, valid & found
+    # WOMD stop points sit where the governed lane starts: its direction there.
+    direction, found = lane_start_directions(scenario.roadmap, at_step(tl.lane_ids, t))
+    known = at_step(tl.valid, t) & found
+    return at_step(tl.x, t), at_step(tl.y, t), direction[:, 0], direction[:, 1], at_step(tl.is_red, t), known
 
 
 def red_light_crossing(scenario: Scenario, prev: ObjectState, state: ObjectState, t: jax.Array) -> jax.Array:
