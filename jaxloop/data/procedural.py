@@ -1302,45 +1302,54 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
     """Runs the joint driver model; returns logs `[G, T]` (x, y, yaw, v, s, valid) and the worst lateral error `[G]`."""
     T = b.num_steps
     G = len(b.kind)
+    R = len(b.ri)
     dt = DT
     # Static per-agent / per-record terms, hoisted out of the step loop.
     seg_x, seg_y = b.px[1:] - b.px[:-1], b.py[1:] - b.py[:-1]  # path segment vectors (last of a path unused)
     seg_n = np.maximum(np.hypot(seg_x, seg_y), 1e-9)
-    seg_ux, seg_uy = seg_x / seg_n, seg_y / seg_n
+    # One row per path point (x, y, segment x, y, unit segment x, y): a single gather per lookup.
+    table = np.stack([b.px[:-1], b.py[:-1], seg_x, seg_y, seg_x / seg_n, seg_y / seg_n], -1)
     i_max = b.p_n - 2
     n_max = b.p_n - 1
 
     def locate(s):
         u = s / _PATH_DS
         i0 = np.minimum(np.maximum(u.astype(np.int64), 0), i_max)  # truncation = floor where it matters
-        return b.p_start + i0, u - i0
+        return np.take(table, b.p_start + i0, axis=0), u - i0
 
     red_tg = np.ascontiguousarray((b.sig_red[b.sig] & b.has_light[:, None]).T)  # [T, G]
     yel_tg = np.ascontiguousarray((b.sig_yel[b.sig] & b.has_light[:, None]).T)
     not_ped = b.kind != TYPE_PEDESTRIAN
     stop_s, stop_sign = b.stop_s, b.stop_sign
     ri, rj, aligned, crossing, prio = b.ri, b.rj, b.aligned, ~b.aligned, b.prio
-    ai0b, aj0b = b.ai0 - _ZONE_BUFFER, b.aj0 - _ZONE_BUFFER
-    ai1b, aj1b = b.ai1 + _ZONE_BUFFER, b.aj1 + _ZONE_BUFFER
+    # Record terms of both sides at once: [2R], i's half then j's.
+    rij = np.concatenate([ri, rj])
+    a0b = np.concatenate([b.ai0, b.aj0]) - _ZONE_BUFFER
+    a1b = np.concatenate([b.ai1, b.aj1]) + _ZONE_BUFFER
+    ai0b, aj0b, ai1b, aj1b = a0b[:R], a0b[R:], a1b[:R], a1b[R:]
     prio_pos, prio_neg = prio > 0, prio < 0
     half = b.length / 2
-    half_ri, half_rj = half[ri], half[rj]
-    stop_first_i, stop_first_j = b.stop_s[ri] < b.ai0, b.stop_s[rj] < b.aj0  # a stop line before the zone
+    half2 = half[rij]
+    crossing2, aligned2 = np.concatenate([crossing, crossing]), np.concatenate([aligned, aligned])
+    stop_first2 = b.stop_s[rij] < np.concatenate([b.ai0, b.aj0])  # a stop line before the zone
     sqrt_ab = 2.0 * np.sqrt(b.amax * b.bdec)
+    len_pair = 0.5 * (b.length[ri] + b.length[rj])
+    off_m, off_p = -b.off, b.off
     cap_base = b.p_start
     exit_len = b.p_len - 0.5 - half
+    vdes_slow = b.vdes * b.slow_f
     # State.
     s = b.s0.copy()
     v = np.where(b.alive, b.v0, 0.0)
-    g, f = locate(s)
-    x, y = b.px[g] + f * seg_x[g], b.py[g] + f * seg_y[g]
-    yaw = np.arctan2(seg_uy[g], seg_ux[g])
+    r, f = locate(s)
+    x, y = r[:, 0] + f * r[:, 2], r[:, 1] + f * r[:, 3]
+    yaw = np.arctan2(r[:, 5], r[:, 4])
     valid = b.alive.copy()
     commit = np.zeros(G, bool)
     stop_timer = np.zeros(G)
     served = np.zeros(G, bool)
-    order_i = np.zeros(len(ri), bool)  # True: i goes first
-    decided = np.zeros(len(ri), bool)
+    order_i = np.zeros(R, bool)  # True: i goes first
+    decided = np.zeros(R, bool)
     out = {k: np.zeros((T, G)) for k in ("x", "y", "yaw", "v", "s")}
     out["valid"] = np.zeros((T, G), bool)
     lat_err = np.zeros(G)
@@ -1349,7 +1358,7 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         out["valid"][t] = valid
         if t == T - 1:
             break
-        front, rear = s + half, s - half
+        front = s + half
         # Stop lines: lights (stop-or-go decision at yellow onset) and stop signs (full stop, 1 s).
         red, yel = red_tg[t], yel_tg[t]
         before = front < stop_s
@@ -1361,45 +1370,41 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         served |= stop_timer >= 1.0
         stop_active = before & (((red | yel) & ~commit) | (stop_sign & ~served))
         # Conflict records.
-        act = valid[ri] & valid[rj]
-        fi, fj = front[ri], front[rj]
-        vi, vj = v[ri], v[rj]
-        si, sj = s[ri], s[rj]
-        rear_i, rear_j = si - half_ri, sj - half_rj
-        ins_i, ins_j = fi > ai0b, fj > aj0b
-        clr_i = crossing & (rear_i > ai1b)
-        clr_j = crossing & (rear_j > aj1b)
+        valid2 = valid[rij]
+        act = valid2[:R] & valid2[R:]
+        s2, v2 = s[rij], v[rij]
+        front2, rear2 = s2 + half2, s2 - half2
+        si, sj = s2[:R], s2[R:]
+        to_zone = a0b - front2
+        ins = front2 > a0b
+        ins_i, ins_j = ins[:R], ins[R:]
+        clr = crossing2 & (rear2 > a1b)
         # Time to reach the zone (1e4: held at an active stop line before it; paths are far shorter than 1e4 m).
-        eta_i = np.where(stop_active[ri] & stop_first_i, 1e4, np.maximum(ai0b - fi, 0.0) / np.maximum(vi, 1.0))
-        eta_j = np.where(stop_active[rj] & stop_first_j, 1e4, np.maximum(aj0b - fj, 0.0) / np.maximum(vj, 1.0))
-        tc_i = np.where(aligned, 1.5, (ai1b - rear_i) / np.maximum(vi, 3.0))
-        tc_j = np.where(aligned, 1.5, (aj1b - rear_j) / np.maximum(vj, 3.0))
+        eta = np.where(stop_active[rij] & stop_first2, 1e4, np.maximum(to_zone, 0.0) / np.maximum(v2, 1.0))
+        tc = np.where(aligned2, 1.5, (a1b - rear2) / np.maximum(v2, 3.0))
+        eta_i, eta_j, tc_i, tc_j = eta[:R], eta[R:], tc[:R], tc[R:]
         margin = np.where(prio_pos, eta_j + tc_j + 2.0 - eta_i,
                           np.where(prio_neg, eta_j - (eta_i + tc_i + 2.0), eta_j - eta_i))
         rule = margin > np.where(decided, np.where(order_i, -0.5, 0.5), 0.0)
         both = ins_i & ins_j
-        either = ins_i | ins_j
-        prov = np.where(ins_i & ~ins_j, True, np.where(ins_j & ~ins_i, False,
-                        np.where(both, np.where(decided, order_i, np.where(aligned, si > sj + b.off, rule)), rule)))
-        can_i = (ai0b - fi) > vi * vi * (1 / 6.0) + 0.3  # can stop before the zone at 3 m/s²
-        can_j = (aj0b - fj) > vj * vj * (1 / 6.0) + 0.3
+        one = ins_i != ins_j
+        prov = np.where(one, ins_i, np.where(both & decided, order_i, np.where(both & aligned, si > sj + b.off, rule)))
+        can = to_zone > v2 * v2 * (1 / 6.0) + 0.3  # can stop before the zone at 3 m/s²
+        can_i, can_j = can[:R], can[R:]
         second_can = np.where(prov, can_j, can_i)
         first_can = np.where(prov, can_i, can_j)
         prov = np.where(decided & (prov != order_i) & ~second_can & ~both, order_i, prov)
-        prov ^= ~decided & ~second_can & first_can & ~either
+        prov ^= ~decided & ~second_can & first_can & ~(both | one)
         order_i = np.where(act, prov, order_i)
         decided |= act
         # Constraints on the second of each record (at most one per record): gap, leader speed, standstill gap.
-        k_idx = np.where(order_i, rj, ri)
-        f_idx = np.where(order_i, ri, rj)
-        k_front = np.where(order_i, fj, fi)
+        k_front = np.where(order_i, front2[R:], front2[:R])
         k_s = np.where(order_i, sj, si)
-        gap_zone = np.where(order_i, aj0b, ai0b) - k_front
-        f_clr = np.where(order_i, clr_i, clr_j)
-        p_f = np.where(order_i, si - b.off, sj + b.off)  # the first's position in the second's path coordinates
+        gap_zone = np.where(order_i, to_zone[R:], to_zone[:R])
+        p_f = np.where(order_i, si + off_m, sj + off_p)  # the first's position in the second's path coordinates
         open_zone = gap_zone > -0.5
-        cross_c = act & crossing & ~f_clr & open_zone
-        lead_ok = (aligned & act & (np.where(order_i, rear_i, rear_j) < np.where(order_i, ai1b, aj1b))
+        cross_c = act & crossing & ~np.where(order_i, clr[:R], clr[R:]) & open_zone
+        lead_ok = (aligned & act & (np.where(order_i, rear2[:R], rear2[R:]) < np.where(order_i, ai1b, aj1b))
                    & (k_front < np.where(order_i, aj1b, ai1b)))
         ahead = p_f > k_s
         follow_c = lead_ok & ahead
@@ -1408,21 +1413,24 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         t_now = t * dt
         slow = (t_now >= b.slow_t0) & (t_now < b.slow_t1)
         ci = np.minimum(np.maximum(np.round(s / _PATH_DS).astype(np.int64), 0), n_max)
-        v_goal = np.minimum(np.where(slow, b.vdes * b.slow_f, b.vdes), b.cap[cap_base + ci])
+        v_goal = np.minimum(np.where(slow, vdes_slow, b.vdes), b.cap[cap_base + ci])
         ratio2 = np.square(v / np.maximum(v_goal, 0.1))
         a_free = np.maximum(b.amax * (1.0 - ratio2 * ratio2), -3.0)
         # Stop lines (per agent), then the records, IDM interaction term max-reduced per agent.
         s_star = 0.5 + np.maximum(0.0, v * b.headway + v * v / sqrt_ab)
         worst = np.where(stop_active, b.amax * (s_star / np.maximum(dist_stop - 0.5, 0.05)) ** 2, 0.0)
-        if on.any():
-            ka, fa = k_idx[on], f_idx[on]
-            fol = follow_c[on]
-            gap = np.where(fol, p_f[on] - k_s[on] - 0.5 * (b.length[ka] + b.length[fa]), gap_zone[on])
+        on_idx = np.flatnonzero(on)
+        if len(on_idx):
+            oi = order_i[on_idx]
+            ri_on, rj_on = ri[on_idx], rj[on_idx]
+            ka, fa = np.where(oi, rj_on, ri_on), np.where(oi, ri_on, rj_on)
+            fol = follow_c[on_idx]
+            gap = np.where(fol, p_f[on_idx] - k_s[on_idx] - len_pair[on_idx], gap_zone[on_idx])
             vc = v[ka]
             vl = np.where(fol, v[fa], 0.0)
             s_star = np.where(fol, b.gap0[ka], 0.5) + np.maximum(0.0, vc * b.headway[ka] + vc * (vc - vl) / sqrt_ab[ka])
             np.maximum.at(worst, ka, b.amax[ka] * (s_star / np.maximum(gap, 0.05)) ** 2)
-        a = np.clip(a_free - worst, -_MAX_ACCEL, b.amax)
+        a = np.minimum(np.maximum(a_free - worst, -_MAX_ACCEL), b.amax)
         a = np.maximum(a, -v / dt)
         # Bicycle step (DESIGN.md equations), curvature aimed at the path one step ahead.
         travel = v * dt + a * (0.5 * dt * dt)
@@ -1430,13 +1438,13 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         y1 = y + travel * np.sin(yaw)
         v1 = v + a * dt
         s_pred = s + travel
-        g, f = locate(s_pred)
-        px, py, ptx, pty = b.px[g] + f * seg_x[g], b.py[g] + f * seg_y[g], seg_ux[g], seg_uy[g]
-        dx, dy = x1 - px, y1 - py
+        r, f = locate(s_pred)
+        ptx, pty = r[:, 4], r[:, 5]
+        dx, dy = x1 - (r[:, 0] + f * r[:, 2]), y1 - (r[:, 1] + f * r[:, 3])
         s1 = s_pred + dx * ptx + dy * pty
         lat = np.abs(dy * ptx - dx * pty)
-        g, f = locate(s1 + np.maximum(v1 * dt, 1.0))
-        yaw_goal = np.arctan2(b.py[g] + f * seg_y[g] - y1, b.px[g] + f * seg_x[g] - x1)
+        r, f = locate(s1 + np.maximum(v1 * dt, 1.0))
+        yaw_goal = np.arctan2(r[:, 1] + f * r[:, 3] - y1, r[:, 0] + f * r[:, 2] - x1)
         k = _wrap_near(yaw_goal - yaw) / np.maximum(travel, 1e-6)
         k = np.minimum(np.maximum(k, -_MAX_CURVATURE), _MAX_CURVATURE)
         k = np.where((v < _SPEED_EPS) | (v1 < _SPEED_EPS), 0.0, k)
