@@ -1182,46 +1182,46 @@ def _records(items: list[dict]) -> list[np.ndarray]:
 # Joint simulation of many scenarios (flat over agents, vectorised)
 
 
-def _speed_caps(paths: list[np.ndarray]) -> list[np.ndarray]:
-    """Speed caps `[K]` for the curvature of each evenly sampled path `[K, 2]`.
+def _speed_caps(paths: list[np.ndarray]) -> np.ndarray:
+    """Speed caps `[sum K]` (concatenated) for the curvature of each evenly sampled path `[K, 2]`.
 
     Curvature from the turn between neighbouring segments (cross product over the
     lengths: the sine of the small turn angle), smoothed over 9 points (zero padded);
     the cap sqrt(2.2 / |k|) is propagated backwards as a braking profile at 1.5 m/s².
-    All paths at once as rows of one padded array, every value computed from its own
-    path only (so a path's caps do not depend on which others share the batch).
+    All paths at once, every value computed from its own path only (so a path's caps
+    do not depend on which others share the batch): the curvature and its smoothing on
+    one flat array with 4 zeros between paths, the backward minimum on rows of a padded array.
     """
-    lens = np.array([len(p) for p in paths])
-    bucket = np.ceil(np.log2(np.maximum(lens, 64))).astype(np.int64)
-    if len(np.unique(bucket)) > 1:  # rows padded to similar lengths: one pass per power-of-two bucket
-        out: list[np.ndarray] = [np.zeros(0)] * len(paths)
-        for bk in np.unique(bucket):
-            idx = np.flatnonzero(bucket == bk)
-            for i, c in zip(idx, _speed_caps([paths[i] for i in idx])):
-                out[i] = c
-        return out
-    n, width = len(paths), int(lens.max())
-    xy = np.zeros((n, width, 2))
-    inside = np.arange(width)[None] < lens[:, None]
-    xy[inside] = np.concatenate(paths)
-    d = xy[:, 1:] - xy[:, :-1]
-    ds = np.maximum(np.hypot(d[..., 0], d[..., 1]), 1e-9)
-    k = np.zeros((n, width + 8))  # 4 zeros of padding on each side for the smoothing window
-    cross = d[:, :-1, 0] * d[:, 1:, 1] - d[:, :-1, 1] * d[:, 1:, 0]
-    k[:, 5:width + 3] = np.abs(cross) / (ds[:, :-1] * ds[:, 1:] * 0.5 * (ds[:, 1:] + ds[:, :-1]))
-    rows = np.arange(n)
-    k[:, 4] = k[:, 5]  # the ends repeat their neighbour
-    k[rows, lens + 3] = k[rows, lens + 2]
-    k[:, 4:width + 4] *= inside  # zero past each path's end (and its padding)
-    smooth = k[:, 0:width].copy()
+    lens = np.array([len(p) for p in paths], np.int64)
+    n, total = len(paths), int(lens.sum())
+    if lens.min() < 3:
+        raise ValueError(f"procedural: agent paths need >= 3 points, got {int(lens.min())}")
+    xy = np.concatenate(paths)
+    d = xy[1:] - xy[:-1]  # (the segments joining two paths are never used)
+    ds = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
+    cross = d[:-1, 0] * d[1:, 1] - d[:-1, 1] * d[1:, 0]
+    k_in = np.abs(cross) / (ds[:-1] * ds[1:] * 0.5 * (ds[1:] + ds[:-1]))  # [q - 1]: at inner point q
+    pstart = np.cumsum(lens) - lens
+    owner = np.repeat(np.arange(n), lens)
+    j = np.arange(total) - pstart[owner]  # index along the path
+    # The ends repeat their neighbour.
+    src = np.minimum(np.maximum(j, 1), lens[owner] - 2) + pstart[owner] - 1
+    seg = lens + 8
+    seg_start = np.cumsum(seg) - seg
+    dest = seg_start[owner] + j
+    k = np.zeros(int(seg.sum()))  # per path: 4 zeros, K values, 4 zeros
+    k[dest + 4] = k_in[src]
+    width = len(k) - 8
+    smooth = k[0:width].copy()
     for shift in range(1, 9):
-        smooth += k[:, shift:shift + width]
-    smooth /= 9.0
-    s3 = np.arange(width) * (2 * 1.5 * _PATH_DS)
-    key = np.where(inside, np.minimum(2.2 / np.maximum(smooth, 1e-4), 50.0 ** 2) + s3, np.inf)
-    run = np.minimum.accumulate(key[:, ::-1], axis=1)[:, ::-1]
-    caps = np.sqrt(np.maximum(run - s3, 0.0))
-    return [caps[i, :m] for i, m in enumerate(lens)]
+        smooth += k[shift:shift + width]
+    smooth = smooth[dest] / 9.0
+    s3 = j * (2 * 1.5 * _PATH_DS)
+    key = np.minimum(2.2 / np.maximum(smooth, 1e-4), 50.0 ** 2) + s3
+    rows = np.full((n, int(lens.max())), np.inf)
+    rows[owner, j] = key
+    run = np.minimum.accumulate(rows[:, ::-1], axis=1)[:, ::-1][owner, j]
+    return np.sqrt(np.maximum(run - s3, 0.0))
 
 
 class _Batch:
@@ -1287,7 +1287,7 @@ class _Batch:
         self.px, self.py = pts[:, 0], pts[:, 1]
         self.cap = np.full(len(pts), 50.0)  # pedestrians: no curvature cap
         if num_veh:
-            self.cap[:int(pstart[num_veh - 1] + plens[num_veh - 1])] = np.concatenate(_speed_caps(paths[:num_veh]))
+            self.cap[:int(pstart[num_veh - 1] + plens[num_veh - 1])] = _speed_caps(paths[:num_veh])
         # Records.
         rec = np.concatenate([it["records"] for it in items]).reshape(-1, 9)
         rec_base = np.repeat(base, [len(it["records"]) for it in items])
