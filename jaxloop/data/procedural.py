@@ -49,6 +49,7 @@ the held-out roundabout family.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from typing import Sequence
@@ -296,11 +297,18 @@ class _Lane:
     rank: int = 2  # right of way in conflicts: higher goes first
     stop: tuple[str, int] | None = None  # ("light", light index) / ("sign", sign index) at the lane end
     length: float = 0.0  # arc length (m), set on creation
+    steps: np.ndarray | None = None  # [K - 1] segment lengths, computed on first use
 
     def __post_init__(self):
         if not self.length:  # evenly spaced points
             d = self.xy[1] - self.xy[0]
             self.length = float(np.hypot(d[0], d[1]) * (len(self.xy) - 1))
+
+    def segment_lengths(self) -> np.ndarray:
+        if self.steps is None:
+            d = self.xy[1:] - self.xy[:-1]
+            self.steps = np.hypot(d[:, 0], d[:, 1])
+        return self.steps
 
 
 @dataclasses.dataclass
@@ -869,31 +877,41 @@ def _lane_len(net: _Net, i: int) -> float:
 
 def _route_path(net: _Net, lanes: list[int]) -> tuple[np.ndarray, list[float]]:
     """The route's centre line at exactly `_PATH_DS` spacing and each lane's start position on it."""
-    pts, offs, acc = [], [], 0.0
-    for j, li in enumerate(lanes):
-        xy = net.lanes[li].xy
+    objs = [net.lanes[li] for li in lanes]
+    offs, acc = [], 0.0
+    for lane in objs:
         offs.append(acc)
-        acc += net.lanes[li].length
-        pts.append(xy if j == 0 else xy[1:])
-    xy = np.concatenate(pts)
-    s = _arc(xy)
+        acc += lane.length
+    if len(objs) == 1:
+        xy, steps = objs[0].xy, objs[0].segment_lengths()
+    else:  # the lanes' own segments (cached), joined by the steps from each lane's end to the next one's second point
+        xy = np.concatenate([objs[0].xy] + [lane.xy[1:] for lane in objs[1:]])
+        dj = np.array([lane.xy[1] for lane in objs[1:]]) - np.array([lane.xy[-1] for lane in objs[:-1]])
+        joins = np.hypot(dj[:, 0], dj[:, 1])
+        parts = [objs[0].segment_lengths()]
+        for k, lane in enumerate(objs[1:]):
+            parts += [joins[k:k + 1], lane.segment_lengths()[1:]]
+        steps = np.concatenate(parts)
+    s = np.empty(len(xy))
+    s[0] = 0.0
+    np.cumsum(steps, out=s[1:])
     t = np.arange(0.0, s[-1] + 1e-9, _PATH_DS)
-    return np.stack([np.interp(t, s, xy[:, 0]), np.interp(t, s, xy[:, 1])], -1), offs
+    out = np.empty((len(t), 2))
+    out[:, 0] = np.interp(t, s, xy[:, 0])
+    out[:, 1] = np.interp(t, s, xy[:, 1])
+    return out, offs
 
 
 class _Draws:
-    """Uniform draws from `rng` taken a block at a time (scalar generator calls are slow in Python)."""
+    """Uniform draws from `rng` taken a block at a time (scalar generator calls are slow in Python).
+
+    A block is drawn only when the previous one is used up, so the generator's state
+    after the draws depends only on how many were taken.
+    """
 
     def __init__(self, rng: np.random.Generator, block: int = 256):
-        self.rng, self.block = rng, block
-        self.buf: list[float] = []
-        self.pos = 0
-
-    def random(self) -> float:
-        if self.pos == len(self.buf):
-            self.buf, self.pos = self.rng.random(self.block).tolist(), 0
-        self.pos += 1
-        return self.buf[self.pos - 1]
+        blocks = iter(lambda: rng.random(block).tolist(), None)
+        self.random = itertools.chain.from_iterable(blocks).__next__  # () -> float
 
     def uniform(self, lo: float, hi: float) -> float:
         return lo + (hi - lo) * self.random()
