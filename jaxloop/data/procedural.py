@@ -1061,9 +1061,15 @@ def _lane_table(polys: list[np.ndarray], scen: np.ndarray, is_ped: np.ndarray):
     # (twice within a cell: kept where ia < ib); the mirrored pairs are appended after filtering.
     ia, ib, first_cell = [], [], []
     pos = np.arange(len(skey))
-    for k, o in enumerate((0, 100_003 - 1, 100_003, 100_003 + 1, 1)):  # sorted queries: fast lookups
-        lo = np.searchsorted(skey, skey + o, "left")
-        cnt = np.searchsorted(skey, skey + o, "right") - lo
+    # Lookups per occupied cell: the cells' first positions and point counts, then per point.
+    c_first = np.flatnonzero(np.concatenate([[True], skey[1:] != skey[:-1]]))
+    ukey, c_count = skey[c_first], np.diff(np.append(c_first, len(skey)))
+    cell_of = np.cumsum(np.concatenate([[True], skey[1:] != skey[:-1]])) - 1
+    for k, o in enumerate((0, 100_003 - 1, 100_003, 100_003 + 1, 1)):
+        q = np.minimum(np.searchsorted(ukey, ukey + o, "left"), len(ukey) - 1)
+        hit = ukey[q] == ukey + o
+        lo = c_first[q][cell_of]
+        cnt = np.where(hit, c_count[q], 0)[cell_of]
         ia.append(np.repeat(pos, cnt))
         ib.append(np.arange(cnt.sum()) + np.repeat(lo - (np.cumsum(cnt) - cnt), cnt))
         first_cell.append(np.full(len(ia[-1]), k == 0))
@@ -1236,9 +1242,11 @@ def _speed_caps(paths: list[np.ndarray]) -> np.ndarray:
     smooth = smooth[dest] / 9.0
     s3 = j * (2 * 1.5 * _PATH_DS)
     key = np.minimum(2.2 / np.maximum(smooth, 1e-4), 50.0 ** 2) + s3
-    rows = np.full((n, int(lens.max())), np.inf)
-    rows[owner, j] = key
-    run = np.minimum.accumulate(rows[:, ::-1], axis=1)[:, ::-1][owner, j]
+    back = int(lens.max()) - 1 - j  # columns of a padded array, one path per column, from its end backwards
+    cols = np.full((int(lens.max()), n), np.inf)
+    cols[back, owner] = key
+    np.minimum.accumulate(cols, axis=0, out=cols)
+    run = cols[back, owner]
     return np.sqrt(np.maximum(run - s3, 0.0))
 
 
