@@ -196,24 +196,32 @@ def _resample(xy: np.ndarray, spacing: float = _PATH_DS) -> np.ndarray:
     n = max(int(np.ceil(s[-1] / spacing)), 1) + 1
     t = np.arange(n) * (s[-1] / (n - 1))
     t[-1] = s[-1]
-    return np.stack([np.interp(t, s, xy[:, 0]), np.interp(t, s, xy[:, 1])], -1)
+    out = np.empty((n, 2))
+    out[:, 0] = np.interp(t, s, xy[:, 0])
+    out[:, 1] = np.interp(t, s, xy[:, 1])
+    return out
 
 
 def _resample_many(polys: list[np.ndarray], spacing: float = _PATH_DS) -> list[np.ndarray]:
     """`_resample` of many polylines at once (one interpolation on a shared increasing arc key)."""
-    lens = np.array([len(p) for p in polys])
-    xy = np.concatenate(polys)
-    d = np.diff(xy, axis=0)
+    return _resample_flat(np.concatenate(polys), np.array([len(p) for p in polys]), spacing)
+
+
+def _resample_flat(xy: np.ndarray, lens: np.ndarray, spacing: float) -> list[np.ndarray]:
+    """`_resample_many` of the polylines of `lens [M]` points stored one after another in `xy [sum lens, 2]`."""
+    d = xy[1:] - xy[:-1]
     step = np.hypot(d[:, 0], d[:, 1])
     first = np.cumsum(lens) - lens
     step[first[1:] - 1] = 1.0  # 1 m between polylines on the key
     key = np.concatenate([[0.0], np.cumsum(step)])
     length = key[first + lens - 1] - key[first]
     n = np.maximum(np.ceil(length / spacing).astype(np.int64), 1) + 1
-    owner = np.repeat(np.arange(len(polys)), n)
+    owner = np.repeat(np.arange(len(lens)), n)
     j = np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)
     t = key[first][owner] + np.minimum(j / (n - 1)[owner], 1.0) * length[owner]
-    pts = np.stack([np.interp(t, key, xy[:, 0]), np.interp(t, key, xy[:, 1])], -1)
+    pts = np.empty((len(t), 2))
+    pts[:, 0] = np.interp(t, key, xy[:, 0])
+    pts[:, 1] = np.interp(t, key, xy[:, 1])
     return np.split(pts, np.cumsum(n)[:-1])
 
 
@@ -232,7 +240,10 @@ def _wrap_near(a: np.ndarray) -> np.ndarray:
 
 
 def _left(d: np.ndarray) -> np.ndarray:
-    return np.stack([-d[..., 1], d[..., 0]], -1)
+    out = np.empty_like(d)
+    np.negative(d[..., 1], out=out[..., 0])
+    out[..., 1] = d[..., 0]
+    return out
 
 
 def _offset(xy: np.ndarray, dist) -> np.ndarray:
@@ -275,7 +286,7 @@ def _bezier_many(p0, d0, p3, d3, spacing: float = _PATH_DS) -> list[np.ndarray]:
     owner = np.repeat(np.arange(len(n)), n)
     t = ((np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)) / (n - 1)[owner])[:, None]
     pts = p0[owner] + t * (c1[owner] + t * (c2[owner] + t * c3[owner]))
-    return _resample_many(np.split(pts, np.cumsum(n)[:-1]), spacing)
+    return _resample_flat(pts, n, spacing)
 
 
 def _integrate_heading(heading0: float, start: np.ndarray, curvature: np.ndarray, ds: float) -> np.ndarray:
@@ -1603,7 +1614,10 @@ def _min_dist_to(points: np.ndarray, focus: np.ndarray) -> np.ndarray:
         return np.zeros(0)
     dx = points[:, 0, None] - focus[None, :, 0]
     dy = points[:, 1, None] - focus[None, :, 1]
-    return np.sqrt(np.min(dx * dx + dy * dy, axis=1))
+    dx *= dx
+    dy *= dy
+    dx += dy
+    return np.sqrt(np.min(dx, axis=1))
 
 
 def _edge_segments(edges: list[np.ndarray], seg_len: float, corner_deg: float) -> tuple[np.ndarray, np.ndarray]:
