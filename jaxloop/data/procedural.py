@@ -49,6 +49,7 @@ the held-out roundabout family.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from typing import Sequence
@@ -195,24 +196,32 @@ def _resample(xy: np.ndarray, spacing: float = _PATH_DS) -> np.ndarray:
     n = max(int(np.ceil(s[-1] / spacing)), 1) + 1
     t = np.arange(n) * (s[-1] / (n - 1))
     t[-1] = s[-1]
-    return np.stack([np.interp(t, s, xy[:, 0]), np.interp(t, s, xy[:, 1])], -1)
+    out = np.empty((n, 2))
+    out[:, 0] = np.interp(t, s, xy[:, 0])
+    out[:, 1] = np.interp(t, s, xy[:, 1])
+    return out
 
 
 def _resample_many(polys: list[np.ndarray], spacing: float = _PATH_DS) -> list[np.ndarray]:
     """`_resample` of many polylines at once (one interpolation on a shared increasing arc key)."""
-    lens = np.array([len(p) for p in polys])
-    xy = np.concatenate(polys)
-    d = np.diff(xy, axis=0)
+    return _resample_flat(np.concatenate(polys), np.array([len(p) for p in polys]), spacing)
+
+
+def _resample_flat(xy: np.ndarray, lens: np.ndarray, spacing: float) -> list[np.ndarray]:
+    """`_resample_many` of the polylines of `lens [M]` points stored one after another in `xy [sum lens, 2]`."""
+    d = xy[1:] - xy[:-1]
     step = np.hypot(d[:, 0], d[:, 1])
     first = np.cumsum(lens) - lens
     step[first[1:] - 1] = 1.0  # 1 m between polylines on the key
     key = np.concatenate([[0.0], np.cumsum(step)])
     length = key[first + lens - 1] - key[first]
     n = np.maximum(np.ceil(length / spacing).astype(np.int64), 1) + 1
-    owner = np.repeat(np.arange(len(polys)), n)
+    owner = np.repeat(np.arange(len(lens)), n)
     j = np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)
     t = key[first][owner] + np.minimum(j / (n - 1)[owner], 1.0) * length[owner]
-    pts = np.stack([np.interp(t, key, xy[:, 0]), np.interp(t, key, xy[:, 1])], -1)
+    pts = np.empty((len(t), 2))
+    pts[:, 0] = np.interp(t, key, xy[:, 0])
+    pts[:, 1] = np.interp(t, key, xy[:, 1])
     return np.split(pts, np.cumsum(n)[:-1])
 
 
@@ -231,7 +240,10 @@ def _wrap_near(a: np.ndarray) -> np.ndarray:
 
 
 def _left(d: np.ndarray) -> np.ndarray:
-    return np.stack([-d[..., 1], d[..., 0]], -1)
+    out = np.empty_like(d)
+    np.negative(d[..., 1], out=out[..., 0])
+    out[..., 1] = d[..., 0]
+    return out
 
 
 def _offset(xy: np.ndarray, dist) -> np.ndarray:
@@ -274,7 +286,7 @@ def _bezier_many(p0, d0, p3, d3, spacing: float = _PATH_DS) -> list[np.ndarray]:
     owner = np.repeat(np.arange(len(n)), n)
     t = ((np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)) / (n - 1)[owner])[:, None]
     pts = p0[owner] + t * (c1[owner] + t * (c2[owner] + t * c3[owner]))
-    return _resample_many(np.split(pts, np.cumsum(n)[:-1]), spacing)
+    return _resample_flat(pts, n, spacing)
 
 
 def _integrate_heading(heading0: float, start: np.ndarray, curvature: np.ndarray, ds: float) -> np.ndarray:
@@ -296,11 +308,18 @@ class _Lane:
     rank: int = 2  # right of way in conflicts: higher goes first
     stop: tuple[str, int] | None = None  # ("light", light index) / ("sign", sign index) at the lane end
     length: float = 0.0  # arc length (m), set on creation
+    steps: np.ndarray | None = None  # [K - 1] segment lengths, computed on first use
 
     def __post_init__(self):
         if not self.length:  # evenly spaced points
             d = self.xy[1] - self.xy[0]
             self.length = float(np.hypot(d[0], d[1]) * (len(self.xy) - 1))
+
+    def segment_lengths(self) -> np.ndarray:
+        if self.steps is None:
+            d = self.xy[1:] - self.xy[:-1]
+            self.steps = np.hypot(d[:, 0], d[:, 1])
+        return self.steps
 
 
 @dataclasses.dataclass
@@ -869,31 +888,41 @@ def _lane_len(net: _Net, i: int) -> float:
 
 def _route_path(net: _Net, lanes: list[int]) -> tuple[np.ndarray, list[float]]:
     """The route's centre line at exactly `_PATH_DS` spacing and each lane's start position on it."""
-    pts, offs, acc = [], [], 0.0
-    for j, li in enumerate(lanes):
-        xy = net.lanes[li].xy
+    objs = [net.lanes[li] for li in lanes]
+    offs, acc = [], 0.0
+    for lane in objs:
         offs.append(acc)
-        acc += net.lanes[li].length
-        pts.append(xy if j == 0 else xy[1:])
-    xy = np.concatenate(pts)
-    s = _arc(xy)
+        acc += lane.length
+    if len(objs) == 1:
+        xy, steps = objs[0].xy, objs[0].segment_lengths()
+    else:  # the lanes' own segments (cached), joined by the steps from each lane's end to the next one's second point
+        xy = np.concatenate([objs[0].xy] + [lane.xy[1:] for lane in objs[1:]])
+        dj = np.array([lane.xy[1] for lane in objs[1:]]) - np.array([lane.xy[-1] for lane in objs[:-1]])
+        joins = np.hypot(dj[:, 0], dj[:, 1])
+        parts = [objs[0].segment_lengths()]
+        for k, lane in enumerate(objs[1:]):
+            parts += [joins[k:k + 1], lane.segment_lengths()[1:]]
+        steps = np.concatenate(parts)
+    s = np.empty(len(xy))
+    s[0] = 0.0
+    np.cumsum(steps, out=s[1:])
     t = np.arange(0.0, s[-1] + 1e-9, _PATH_DS)
-    return np.stack([np.interp(t, s, xy[:, 0]), np.interp(t, s, xy[:, 1])], -1), offs
+    out = np.empty((len(t), 2))
+    out[:, 0] = np.interp(t, s, xy[:, 0])
+    out[:, 1] = np.interp(t, s, xy[:, 1])
+    return out, offs
 
 
 class _Draws:
-    """Uniform draws from `rng` taken a block at a time (scalar generator calls are slow in Python)."""
+    """Uniform draws from `rng` taken a block at a time (scalar generator calls are slow in Python).
+
+    A block is drawn only when the previous one is used up, so the generator's state
+    after the draws depends only on how many were taken.
+    """
 
     def __init__(self, rng: np.random.Generator, block: int = 256):
-        self.rng, self.block = rng, block
-        self.buf: list[float] = []
-        self.pos = 0
-
-    def random(self) -> float:
-        if self.pos == len(self.buf):
-            self.buf, self.pos = self.rng.random(self.block).tolist(), 0
-        self.pos += 1
-        return self.buf[self.pos - 1]
+        blocks = iter(lambda: rng.random(block).tolist(), None)
+        self.random = itertools.chain.from_iterable(blocks).__next__  # () -> float
 
     def uniform(self, lo: float, hi: float) -> float:
         return lo + (hi - lo) * self.random()
@@ -1043,9 +1072,15 @@ def _lane_table(polys: list[np.ndarray], scen: np.ndarray, is_ped: np.ndarray):
     # (twice within a cell: kept where ia < ib); the mirrored pairs are appended after filtering.
     ia, ib, first_cell = [], [], []
     pos = np.arange(len(skey))
-    for k, o in enumerate((0, 100_003 - 1, 100_003, 100_003 + 1, 1)):  # sorted queries: fast lookups
-        lo = np.searchsorted(skey, skey + o, "left")
-        cnt = np.searchsorted(skey, skey + o, "right") - lo
+    # Lookups per occupied cell: the cells' first positions and point counts, then per point.
+    c_first = np.flatnonzero(np.concatenate([[True], skey[1:] != skey[:-1]]))
+    ukey, c_count = skey[c_first], np.diff(np.append(c_first, len(skey)))
+    cell_of = np.cumsum(np.concatenate([[True], skey[1:] != skey[:-1]])) - 1
+    for k, o in enumerate((0, 100_003 - 1, 100_003, 100_003 + 1, 1)):
+        q = np.minimum(np.searchsorted(ukey, ukey + o, "left"), len(ukey) - 1)
+        hit = ukey[q] == ukey + o
+        lo = c_first[q][cell_of]
+        cnt = np.where(hit, c_count[q], 0)[cell_of]
         ia.append(np.repeat(pos, cnt))
         ib.append(np.arange(cnt.sum()) + np.repeat(lo - (np.cumsum(cnt) - cnt), cnt))
         first_cell.append(np.full(len(ia[-1]), k == 0))
@@ -1182,46 +1217,48 @@ def _records(items: list[dict]) -> list[np.ndarray]:
 # Joint simulation of many scenarios (flat over agents, vectorised)
 
 
-def _speed_caps(paths: list[np.ndarray]) -> list[np.ndarray]:
-    """Speed caps `[K]` for the curvature of each evenly sampled path `[K, 2]`.
+def _speed_caps(paths: list[np.ndarray]) -> np.ndarray:
+    """Speed caps `[sum K]` (concatenated) for the curvature of each evenly sampled path `[K, 2]`.
 
     Curvature from the turn between neighbouring segments (cross product over the
     lengths: the sine of the small turn angle), smoothed over 9 points (zero padded);
     the cap sqrt(2.2 / |k|) is propagated backwards as a braking profile at 1.5 m/s².
-    All paths at once as rows of one padded array, every value computed from its own
-    path only (so a path's caps do not depend on which others share the batch).
+    All paths at once, every value computed from its own path only (so a path's caps
+    do not depend on which others share the batch): the curvature and its smoothing on
+    one flat array with 4 zeros between paths, the backward minimum on rows of a padded array.
     """
-    lens = np.array([len(p) for p in paths])
-    bucket = np.ceil(np.log2(np.maximum(lens, 64))).astype(np.int64)
-    if len(np.unique(bucket)) > 1:  # rows padded to similar lengths: one pass per power-of-two bucket
-        out: list[np.ndarray] = [np.zeros(0)] * len(paths)
-        for bk in np.unique(bucket):
-            idx = np.flatnonzero(bucket == bk)
-            for i, c in zip(idx, _speed_caps([paths[i] for i in idx])):
-                out[i] = c
-        return out
-    n, width = len(paths), int(lens.max())
-    xy = np.zeros((n, width, 2))
-    inside = np.arange(width)[None] < lens[:, None]
-    xy[inside] = np.concatenate(paths)
-    d = xy[:, 1:] - xy[:, :-1]
-    ds = np.maximum(np.hypot(d[..., 0], d[..., 1]), 1e-9)
-    k = np.zeros((n, width + 8))  # 4 zeros of padding on each side for the smoothing window
-    cross = d[:, :-1, 0] * d[:, 1:, 1] - d[:, :-1, 1] * d[:, 1:, 0]
-    k[:, 5:width + 3] = np.abs(cross) / (ds[:, :-1] * ds[:, 1:] * 0.5 * (ds[:, 1:] + ds[:, :-1]))
-    rows = np.arange(n)
-    k[:, 4] = k[:, 5]  # the ends repeat their neighbour
-    k[rows, lens + 3] = k[rows, lens + 2]
-    k[:, 4:width + 4] *= inside  # zero past each path's end (and its padding)
-    smooth = k[:, 0:width].copy()
+    lens = np.array([len(p) for p in paths], np.int64)
+    n, total = len(paths), int(lens.sum())
+    if lens.min() < 3:
+        raise ValueError(f"procedural: agent paths need >= 3 points, got {int(lens.min())}")
+    xy = np.concatenate(paths)
+    d = xy[1:] - xy[:-1]  # (the segments joining two paths are never used)
+    ds = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
+    cross = d[:-1, 0] * d[1:, 1] - d[:-1, 1] * d[1:, 0]
+    k_in = np.abs(cross) / (ds[:-1] * ds[1:] * 0.5 * (ds[1:] + ds[:-1]))  # [q - 1]: at inner point q
+    pstart = np.cumsum(lens) - lens
+    owner = np.repeat(np.arange(n), lens)
+    j = np.arange(total) - pstart[owner]  # index along the path
+    # The ends repeat their neighbour.
+    src = np.minimum(np.maximum(j, 1), lens[owner] - 2) + pstart[owner] - 1
+    seg = lens + 8
+    seg_start = np.cumsum(seg) - seg
+    dest = seg_start[owner] + j
+    k = np.zeros(int(seg.sum()))  # per path: 4 zeros, K values, 4 zeros
+    k[dest + 4] = k_in[src]
+    width = len(k) - 8
+    smooth = k[0:width].copy()
     for shift in range(1, 9):
-        smooth += k[:, shift:shift + width]
-    smooth /= 9.0
-    s3 = np.arange(width) * (2 * 1.5 * _PATH_DS)
-    key = np.where(inside, np.minimum(2.2 / np.maximum(smooth, 1e-4), 50.0 ** 2) + s3, np.inf)
-    run = np.minimum.accumulate(key[:, ::-1], axis=1)[:, ::-1]
-    caps = np.sqrt(np.maximum(run - s3, 0.0))
-    return [caps[i, :m] for i, m in enumerate(lens)]
+        smooth += k[shift:shift + width]
+    smooth = smooth[dest] / 9.0
+    s3 = j * (2 * 1.5 * _PATH_DS)
+    key = np.minimum(2.2 / np.maximum(smooth, 1e-4), 50.0 ** 2) + s3
+    back = int(lens.max()) - 1 - j  # columns of a padded array, one path per column, from its end backwards
+    cols = np.full((int(lens.max()), n), np.inf)
+    cols[back, owner] = key
+    np.minimum.accumulate(cols, axis=0, out=cols)
+    run = cols[back, owner]
+    return np.sqrt(np.maximum(run - s3, 0.0))
 
 
 class _Batch:
@@ -1287,7 +1324,7 @@ class _Batch:
         self.px, self.py = pts[:, 0], pts[:, 1]
         self.cap = np.full(len(pts), 50.0)  # pedestrians: no curvature cap
         if num_veh:
-            self.cap[:int(pstart[num_veh - 1] + plens[num_veh - 1])] = np.concatenate(_speed_caps(paths[:num_veh]))
+            self.cap[:int(pstart[num_veh - 1] + plens[num_veh - 1])] = _speed_caps(paths[:num_veh])
         # Records.
         rec = np.concatenate([it["records"] for it in items]).reshape(-1, 9)
         rec_base = np.repeat(base, [len(it["records"]) for it in items])
@@ -1302,45 +1339,54 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
     """Runs the joint driver model; returns logs `[G, T]` (x, y, yaw, v, s, valid) and the worst lateral error `[G]`."""
     T = b.num_steps
     G = len(b.kind)
+    R = len(b.ri)
     dt = DT
     # Static per-agent / per-record terms, hoisted out of the step loop.
     seg_x, seg_y = b.px[1:] - b.px[:-1], b.py[1:] - b.py[:-1]  # path segment vectors (last of a path unused)
     seg_n = np.maximum(np.hypot(seg_x, seg_y), 1e-9)
-    seg_ux, seg_uy = seg_x / seg_n, seg_y / seg_n
+    # One row per path point (x, y, segment x, y, unit segment x, y): a single gather per lookup.
+    table = np.stack([b.px[:-1], b.py[:-1], seg_x, seg_y, seg_x / seg_n, seg_y / seg_n], -1)
     i_max = b.p_n - 2
     n_max = b.p_n - 1
 
     def locate(s):
         u = s / _PATH_DS
         i0 = np.minimum(np.maximum(u.astype(np.int64), 0), i_max)  # truncation = floor where it matters
-        return b.p_start + i0, u - i0
+        return np.take(table, b.p_start + i0, axis=0), u - i0
 
     red_tg = np.ascontiguousarray((b.sig_red[b.sig] & b.has_light[:, None]).T)  # [T, G]
     yel_tg = np.ascontiguousarray((b.sig_yel[b.sig] & b.has_light[:, None]).T)
     not_ped = b.kind != TYPE_PEDESTRIAN
     stop_s, stop_sign = b.stop_s, b.stop_sign
     ri, rj, aligned, crossing, prio = b.ri, b.rj, b.aligned, ~b.aligned, b.prio
-    ai0b, aj0b = b.ai0 - _ZONE_BUFFER, b.aj0 - _ZONE_BUFFER
-    ai1b, aj1b = b.ai1 + _ZONE_BUFFER, b.aj1 + _ZONE_BUFFER
+    # Record terms of both sides at once: [2R], i's half then j's.
+    rij = np.concatenate([ri, rj])
+    a0b = np.concatenate([b.ai0, b.aj0]) - _ZONE_BUFFER
+    a1b = np.concatenate([b.ai1, b.aj1]) + _ZONE_BUFFER
+    ai0b, aj0b, ai1b, aj1b = a0b[:R], a0b[R:], a1b[:R], a1b[R:]
     prio_pos, prio_neg = prio > 0, prio < 0
     half = b.length / 2
-    half_ri, half_rj = half[ri], half[rj]
-    stop_first_i, stop_first_j = b.stop_s[ri] < b.ai0, b.stop_s[rj] < b.aj0  # a stop line before the zone
+    half2 = half[rij]
+    crossing2, aligned2 = np.concatenate([crossing, crossing]), np.concatenate([aligned, aligned])
+    stop_first2 = b.stop_s[rij] < np.concatenate([b.ai0, b.aj0])  # a stop line before the zone
     sqrt_ab = 2.0 * np.sqrt(b.amax * b.bdec)
+    len_pair = 0.5 * (b.length[ri] + b.length[rj])
+    off_m, off_p = -b.off, b.off
     cap_base = b.p_start
     exit_len = b.p_len - 0.5 - half
+    vdes_slow = b.vdes * b.slow_f
     # State.
     s = b.s0.copy()
     v = np.where(b.alive, b.v0, 0.0)
-    g, f = locate(s)
-    x, y = b.px[g] + f * seg_x[g], b.py[g] + f * seg_y[g]
-    yaw = np.arctan2(seg_uy[g], seg_ux[g])
+    r, f = locate(s)
+    x, y = r[:, 0] + f * r[:, 2], r[:, 1] + f * r[:, 3]
+    yaw = np.arctan2(r[:, 5], r[:, 4])
     valid = b.alive.copy()
     commit = np.zeros(G, bool)
     stop_timer = np.zeros(G)
     served = np.zeros(G, bool)
-    order_i = np.zeros(len(ri), bool)  # True: i goes first
-    decided = np.zeros(len(ri), bool)
+    order_i = np.zeros(R, bool)  # True: i goes first
+    decided = np.zeros(R, bool)
     out = {k: np.zeros((T, G)) for k in ("x", "y", "yaw", "v", "s")}
     out["valid"] = np.zeros((T, G), bool)
     lat_err = np.zeros(G)
@@ -1349,7 +1395,7 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         out["valid"][t] = valid
         if t == T - 1:
             break
-        front, rear = s + half, s - half
+        front = s + half
         # Stop lines: lights (stop-or-go decision at yellow onset) and stop signs (full stop, 1 s).
         red, yel = red_tg[t], yel_tg[t]
         before = front < stop_s
@@ -1361,45 +1407,41 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         served |= stop_timer >= 1.0
         stop_active = before & (((red | yel) & ~commit) | (stop_sign & ~served))
         # Conflict records.
-        act = valid[ri] & valid[rj]
-        fi, fj = front[ri], front[rj]
-        vi, vj = v[ri], v[rj]
-        si, sj = s[ri], s[rj]
-        rear_i, rear_j = si - half_ri, sj - half_rj
-        ins_i, ins_j = fi > ai0b, fj > aj0b
-        clr_i = crossing & (rear_i > ai1b)
-        clr_j = crossing & (rear_j > aj1b)
+        valid2 = valid[rij]
+        act = valid2[:R] & valid2[R:]
+        s2, v2 = s[rij], v[rij]
+        front2, rear2 = s2 + half2, s2 - half2
+        si, sj = s2[:R], s2[R:]
+        to_zone = a0b - front2
+        ins = front2 > a0b
+        ins_i, ins_j = ins[:R], ins[R:]
+        clr = crossing2 & (rear2 > a1b)
         # Time to reach the zone (1e4: held at an active stop line before it; paths are far shorter than 1e4 m).
-        eta_i = np.where(stop_active[ri] & stop_first_i, 1e4, np.maximum(ai0b - fi, 0.0) / np.maximum(vi, 1.0))
-        eta_j = np.where(stop_active[rj] & stop_first_j, 1e4, np.maximum(aj0b - fj, 0.0) / np.maximum(vj, 1.0))
-        tc_i = np.where(aligned, 1.5, (ai1b - rear_i) / np.maximum(vi, 3.0))
-        tc_j = np.where(aligned, 1.5, (aj1b - rear_j) / np.maximum(vj, 3.0))
+        eta = np.where(stop_active[rij] & stop_first2, 1e4, np.maximum(to_zone, 0.0) / np.maximum(v2, 1.0))
+        tc = np.where(aligned2, 1.5, (a1b - rear2) / np.maximum(v2, 3.0))
+        eta_i, eta_j, tc_i, tc_j = eta[:R], eta[R:], tc[:R], tc[R:]
         margin = np.where(prio_pos, eta_j + tc_j + 2.0 - eta_i,
                           np.where(prio_neg, eta_j - (eta_i + tc_i + 2.0), eta_j - eta_i))
         rule = margin > np.where(decided, np.where(order_i, -0.5, 0.5), 0.0)
         both = ins_i & ins_j
-        either = ins_i | ins_j
-        prov = np.where(ins_i & ~ins_j, True, np.where(ins_j & ~ins_i, False,
-                        np.where(both, np.where(decided, order_i, np.where(aligned, si > sj + b.off, rule)), rule)))
-        can_i = (ai0b - fi) > vi * vi * (1 / 6.0) + 0.3  # can stop before the zone at 3 m/s²
-        can_j = (aj0b - fj) > vj * vj * (1 / 6.0) + 0.3
+        one = ins_i != ins_j
+        prov = np.where(one, ins_i, np.where(both & decided, order_i, np.where(both & aligned, si > sj + b.off, rule)))
+        can = to_zone > v2 * v2 * (1 / 6.0) + 0.3  # can stop before the zone at 3 m/s²
+        can_i, can_j = can[:R], can[R:]
         second_can = np.where(prov, can_j, can_i)
         first_can = np.where(prov, can_i, can_j)
         prov = np.where(decided & (prov != order_i) & ~second_can & ~both, order_i, prov)
-        prov ^= ~decided & ~second_can & first_can & ~either
+        prov ^= ~decided & ~second_can & first_can & ~(both | one)
         order_i = np.where(act, prov, order_i)
         decided |= act
         # Constraints on the second of each record (at most one per record): gap, leader speed, standstill gap.
-        k_idx = np.where(order_i, rj, ri)
-        f_idx = np.where(order_i, ri, rj)
-        k_front = np.where(order_i, fj, fi)
+        k_front = np.where(order_i, front2[R:], front2[:R])
         k_s = np.where(order_i, sj, si)
-        gap_zone = np.where(order_i, aj0b, ai0b) - k_front
-        f_clr = np.where(order_i, clr_i, clr_j)
-        p_f = np.where(order_i, si - b.off, sj + b.off)  # the first's position in the second's path coordinates
+        gap_zone = np.where(order_i, to_zone[R:], to_zone[:R])
+        p_f = np.where(order_i, si + off_m, sj + off_p)  # the first's position in the second's path coordinates
         open_zone = gap_zone > -0.5
-        cross_c = act & crossing & ~f_clr & open_zone
-        lead_ok = (aligned & act & (np.where(order_i, rear_i, rear_j) < np.where(order_i, ai1b, aj1b))
+        cross_c = act & crossing & ~np.where(order_i, clr[:R], clr[R:]) & open_zone
+        lead_ok = (aligned & act & (np.where(order_i, rear2[:R], rear2[R:]) < np.where(order_i, ai1b, aj1b))
                    & (k_front < np.where(order_i, aj1b, ai1b)))
         ahead = p_f > k_s
         follow_c = lead_ok & ahead
@@ -1408,21 +1450,24 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         t_now = t * dt
         slow = (t_now >= b.slow_t0) & (t_now < b.slow_t1)
         ci = np.minimum(np.maximum(np.round(s / _PATH_DS).astype(np.int64), 0), n_max)
-        v_goal = np.minimum(np.where(slow, b.vdes * b.slow_f, b.vdes), b.cap[cap_base + ci])
+        v_goal = np.minimum(np.where(slow, vdes_slow, b.vdes), b.cap[cap_base + ci])
         ratio2 = np.square(v / np.maximum(v_goal, 0.1))
         a_free = np.maximum(b.amax * (1.0 - ratio2 * ratio2), -3.0)
         # Stop lines (per agent), then the records, IDM interaction term max-reduced per agent.
         s_star = 0.5 + np.maximum(0.0, v * b.headway + v * v / sqrt_ab)
         worst = np.where(stop_active, b.amax * (s_star / np.maximum(dist_stop - 0.5, 0.05)) ** 2, 0.0)
-        if on.any():
-            ka, fa = k_idx[on], f_idx[on]
-            fol = follow_c[on]
-            gap = np.where(fol, p_f[on] - k_s[on] - 0.5 * (b.length[ka] + b.length[fa]), gap_zone[on])
+        on_idx = np.flatnonzero(on)
+        if len(on_idx):
+            oi = order_i[on_idx]
+            ri_on, rj_on = ri[on_idx], rj[on_idx]
+            ka, fa = np.where(oi, rj_on, ri_on), np.where(oi, ri_on, rj_on)
+            fol = follow_c[on_idx]
+            gap = np.where(fol, p_f[on_idx] - k_s[on_idx] - len_pair[on_idx], gap_zone[on_idx])
             vc = v[ka]
             vl = np.where(fol, v[fa], 0.0)
             s_star = np.where(fol, b.gap0[ka], 0.5) + np.maximum(0.0, vc * b.headway[ka] + vc * (vc - vl) / sqrt_ab[ka])
             np.maximum.at(worst, ka, b.amax[ka] * (s_star / np.maximum(gap, 0.05)) ** 2)
-        a = np.clip(a_free - worst, -_MAX_ACCEL, b.amax)
+        a = np.minimum(np.maximum(a_free - worst, -_MAX_ACCEL), b.amax)
         a = np.maximum(a, -v / dt)
         # Bicycle step (DESIGN.md equations), curvature aimed at the path one step ahead.
         travel = v * dt + a * (0.5 * dt * dt)
@@ -1430,13 +1475,13 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         y1 = y + travel * np.sin(yaw)
         v1 = v + a * dt
         s_pred = s + travel
-        g, f = locate(s_pred)
-        px, py, ptx, pty = b.px[g] + f * seg_x[g], b.py[g] + f * seg_y[g], seg_ux[g], seg_uy[g]
-        dx, dy = x1 - px, y1 - py
+        r, f = locate(s_pred)
+        ptx, pty = r[:, 4], r[:, 5]
+        dx, dy = x1 - (r[:, 0] + f * r[:, 2]), y1 - (r[:, 1] + f * r[:, 3])
         s1 = s_pred + dx * ptx + dy * pty
         lat = np.abs(dy * ptx - dx * pty)
-        g, f = locate(s1 + np.maximum(v1 * dt, 1.0))
-        yaw_goal = np.arctan2(b.py[g] + f * seg_y[g] - y1, b.px[g] + f * seg_x[g] - x1)
+        r, f = locate(s1 + np.maximum(v1 * dt, 1.0))
+        yaw_goal = np.arctan2(r[:, 1] + f * r[:, 3] - y1, r[:, 0] + f * r[:, 2] - x1)
         k = _wrap_near(yaw_goal - yaw) / np.maximum(travel, 1e-6)
         k = np.minimum(np.maximum(k, -_MAX_CURVATURE), _MAX_CURVATURE)
         k = np.where((v < _SPEED_EPS) | (v1 < _SPEED_EPS), 0.0, k)
@@ -1569,7 +1614,10 @@ def _min_dist_to(points: np.ndarray, focus: np.ndarray) -> np.ndarray:
         return np.zeros(0)
     dx = points[:, 0, None] - focus[None, :, 0]
     dy = points[:, 1, None] - focus[None, :, 1]
-    return np.sqrt(np.min(dx * dx + dy * dy, axis=1))
+    dx *= dx
+    dy *= dy
+    dx += dy
+    return np.sqrt(np.min(dx, axis=1))
 
 
 def _edge_segments(edges: list[np.ndarray], seg_len: float, corner_deg: float) -> tuple[np.ndarray, np.ndarray]:
