@@ -30,3 +30,17 @@ def test_fused_reduce_equals_the_plain_reduction_for_odd_and_even_widths():
         np.testing.assert_array_equal(got_max, x.max(-1))
     f = rng.normal(size=(6, 45)).astype(np.float32)
     np.testing.assert_array_equal(compute.fused_reduce(jnp.asarray(f), jnp.minimum, jnp.inf), f.min(-1))
+
+
+def test_fused_min_has_the_values_and_gradients_of_jnp_min():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 40)).astype(np.float32)
+    x[1, 7] = x[1, 30] = x[1].min() - 1.0  # a tie: the gradient is shared
+    x[2] = np.inf  # no finite entry
+    w = jnp.asarray(rng.normal(size=(4,)), jnp.float32)
+    loss = lambda f: (lambda a: jnp.sum(jnp.where(jnp.isfinite(f(a)), f(a), 0.0) * w))
+    np.testing.assert_array_equal(compute.fused_min(jnp.asarray(x)), x.min(-1))
+    g_fused = jax.grad(loss(compute.fused_min))(jnp.asarray(x))
+    g_plain = jax.grad(loss(lambda a: jnp.min(a, -1)))(jnp.asarray(x))
+    np.testing.assert_allclose(g_fused, g_plain, atol=1e-7)
+    assert float(g_fused[1, 7]) == float(g_fused[1, 30]) == float(w[1]) / 2

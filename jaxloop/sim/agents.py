@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxloop.sim import geometry as geo
-from jaxloop.sim.compute import from_ordered_key, fused_reduce, materialize, ordered_key
+from jaxloop.sim.compute import fused_min, materialize
 from jaxloop.sim.datatypes import DT, ObjectState, Scenario, trajectory_at
 
 AGENT_LOG = 0
@@ -262,14 +262,11 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
 
         # min + mask rather than argmin + gather (variadic reductions are slow on CPU), per
         # kind of lead, then the nearest of the three; ties take the slowest lead.
-        # Integer keys and `fused_reduce`: both reductions stay in the loops of the [N, N]
-        # work instead of reading a written-out [N, N] operand (see `jaxloop.sim.compute`).
-        inf_key = ordered_key(jnp.float32(jnp.inf))
-        gap_keys = jnp.where(is_lead, ordered_key(gap), inf_key)
-        gap_key = fused_reduce(gap_keys, jnp.minimum, inf_key)
-        obj_gap = from_ordered_key(gap_key)
-        obj_speed = from_ordered_key(fused_reduce(
-            jnp.where(gap_keys <= gap_key[:, None], ordered_key(lead_v), inf_key), jnp.minimum, inf_key))
+        # `fused_min`: both reductions stay in the loops of the [N, N] work instead of
+        # reading a written-out [N, N] operand (see `jaxloop.sim.compute`).
+        obj_gaps = jnp.where(is_lead, gap, jnp.inf)
+        obj_gap = fused_min(obj_gaps)
+        obj_speed = fused_min(jnp.where(obj_gaps <= obj_gap[:, None], lead_v, jnp.inf))
         stop_gap = jnp.minimum(jnp.min(jnp.where(light_lead, light_gap, jnp.inf), -1),
                                jnp.min(jnp.where(sign_lead, sign_gap, jnp.inf), -1))
         lead_gap = jnp.minimum(obj_gap, stop_gap)

@@ -69,3 +69,23 @@ def fused_reduce(x: jax.Array, op, identity, leaf: int = 16) -> jax.Array:
         half = x.shape[-1] // 2
         x = op(x[..., :half], x[..., half:])
     return jax.lax.reduce(x, jnp.asarray(identity, x.dtype), lambda a, b: op(a, b), (x.ndim - 1,))
+
+
+@jax.custom_jvp
+def fused_min(x: jax.Array) -> jax.Array:
+    """`jnp.min(x, -1)` of float32 `x` `[..., K]`, as an integer-key `fused_reduce` (same values and gradients).
+
+    The tangent is that of `jnp.min`: the mean of the tangents of the entries equal to
+    the minimum (the keys themselves carry no gradient).
+    """
+    inf_key = ordered_key(jnp.float32(jnp.inf))
+    return from_ordered_key(fused_reduce(ordered_key(x), jnp.minimum, inf_key))
+
+
+@fused_min.defjvp
+def _fused_min_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = fused_min(x)
+    hit = x == y[..., None]
+    count = jnp.maximum(jnp.sum(hit, -1), 1).astype(dx.dtype)
+    return y, jnp.sum(jnp.where(hit, dx, jnp.zeros((), dx.dtype)), -1) / count
