@@ -1073,9 +1073,10 @@ def _lane_table(polys: list[np.ndarray], scen: np.ndarray, is_ped: np.ndarray):
     ia, ib, first_cell = [], [], []
     pos = np.arange(len(skey))
     # Lookups per occupied cell: the cells' first positions and point counts, then per point.
-    c_first = np.flatnonzero(np.concatenate([[True], skey[1:] != skey[:-1]]))
+    new_cell = np.concatenate([[True], skey[1:] != skey[:-1]])
+    c_first = np.flatnonzero(new_cell)
     ukey, c_count = skey[c_first], np.diff(np.append(c_first, len(skey)))
-    cell_of = np.cumsum(np.concatenate([[True], skey[1:] != skey[:-1]])) - 1
+    cell_of = np.cumsum(new_cell) - 1
     for k, o in enumerate((0, 100_003 - 1, 100_003, 100_003 + 1, 1)):
         q = np.minimum(np.searchsorted(ukey, ukey + o, "left"), len(ukey) - 1)
         hit = ukey[q] == ukey + o

@@ -20,7 +20,7 @@ from flax import struct
 
 from jaxloop.sim import geometry as geo
 from jaxloop.sim.compute import fused_min, materialize
-from jaxloop.sim.datatypes import DT, ObjectState, Scenario, trajectory_at
+from jaxloop.sim.datatypes import DT, ObjectState, Scenario, at_step, trajectory_at
 
 AGENT_LOG = 0
 AGENT_CONSTANT_VELOCITY = 1
@@ -244,9 +244,7 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
 
         # Red lights: stopped leads at the stop point.
         tl = scenario.traffic_lights
-        at_t = lambda a: jax.lax.dynamic_index_in_dim(a, jnp.clip(timestep, 0, a.shape[-1] - 1), axis=a.ndim - 1,
-                                                      keepdims=False)
-        red, light_x, light_y = at_t(tl.is_red), at_t(tl.x), at_t(tl.y)  # [L]
+        red, light_x, light_y = at_step(tl.is_red, timestep), at_step(tl.x, timestep), at_step(tl.y, timestep)  # [L]
         l_off, l_lat = _path_frame(light_x, light_y, x0, y0, c0, s0, kappa)  # [N, L]
         light_lead = red[None, :] & (l_lat < IDM_LIGHT_LATERAL) & (l_off > half_len[:, None]) & (l_off < IDM_LOOKAHEAD)
         light_gap = l_off - half_len[:, None]

@@ -172,14 +172,19 @@ class ObjectState:
         return _validate_fields(self, self._SPEC, prefix, {} if dims is None else dims, batch)
 
 
+def at_step(a: jax.Array, t: jax.Array | int) -> jax.Array:
+    """`a[..., t]` of a per-step array `[..., T]`, `t` clamped to `[0, T-1]` (a slice: no `[..., T]` pass)."""
+    t = jnp.clip(t, 0, a.shape[-1] - 1)
+    return jax.lax.dynamic_index_in_dim(a, t, axis=a.ndim - 1, keepdims=False)
+
+
 def trajectory_at(traj: Trajectory, t: jax.Array | int) -> ObjectState:
     """The logged `ObjectState` `[N]` at step `t` (traced or static); `t` is clamped to `[0, T-1]`.
 
     A step past the end of the log comes back invalid rather than clamped-and-valid.
     """
     num_steps = traj.x.shape[-1]
-    tc = jnp.clip(t, 0, num_steps - 1)
-    take = lambda a: jax.lax.dynamic_index_in_dim(a, tc, axis=a.ndim - 1, keepdims=False)
+    take = lambda a: at_step(a, t)
     in_range = (t >= 0) & (t < num_steps)
     return ObjectState(
         x=take(traj.x), y=take(traj.y), z=take(traj.z), vel_x=take(traj.vel_x), vel_y=take(traj.vel_y),

@@ -63,7 +63,7 @@ import jax.numpy as jnp
 from jaxloop.sim import geometry as geo
 from jaxloop.sim.compute import cos_sin, materialize
 from jaxloop.sim.dynamics import bicycle_inverse_unclipped
-from jaxloop.sim.datatypes import DT, ObjectState, RoadMap, Route, Scenario, SimState, trajectory_at
+from jaxloop.sim.datatypes import DT, ObjectState, RoadMap, Route, Scenario, SimState, at_step, trajectory_at
 
 ACCEL_LIMIT = 10.4  # m/s², kinematic infeasibility
 CURVATURE_LIMIT = 0.3 + 1e-3  # 1/m
@@ -352,15 +352,23 @@ def _culled_edges(center: jax.Array, roadmap: RoadMap, k: int):
     return roadmap.edge_start[idx], roadmap.edge_end[idx], roadmap.edge_valid[idx]
 
 
-def ego_corner_road_distance(state: ObjectState, roadmap: RoadMap, ego: jax.Array, edge_cull: int = 0) -> jax.Array:
-    """Signed distance `[4]` of the ego's corners to the nearest road edge (> 0: off road)."""
+def _ego_corners_and_edges(state: ObjectState, roadmap: RoadMap, ego: jax.Array, edge_cull: int):
+    """The valid flag `[]` and corners `[4, 2]` of the ego, and the road edges to test them against
+    (start `[E', 2]`, end `[E', 2]`, valid `[E']`: all of them, or the `edge_cull` nearest)."""
     e = take_object(state, ego)
     # The four corners meet every edge: computed once, not per (corner, edge) pair.
     corners = jnp.stack(materialize(*jnp.moveaxis(_corners(e), -1, 0)), -1)
     if edge_cull > 0:
-        start, end, valid = _culled_edges(jnp.stack([e.x, e.y]), roadmap, edge_cull)
-        return signed_edge_distance(corners, start, end, valid)
-    return corner_road_distance(corners, roadmap)
+        edges = _culled_edges(jnp.stack([e.x, e.y]), roadmap, edge_cull)
+    else:
+        edges = roadmap.edge_start, roadmap.edge_end, roadmap.edge_valid
+    return e.valid, corners, edges
+
+
+def ego_corner_road_distance(state: ObjectState, roadmap: RoadMap, ego: jax.Array, edge_cull: int = 0) -> jax.Array:
+    """Signed distance `[4]` of the ego's corners to the nearest road edge (> 0: off road)."""
+    _, corners, edges = _ego_corners_and_edges(state, roadmap, ego, edge_cull)
+    return signed_edge_distance(corners, *edges)
 
 
 def offroad(state: ObjectState, roadmap: RoadMap) -> jax.Array:
@@ -372,13 +380,8 @@ def offroad(state: ObjectState, roadmap: RoadMap) -> jax.Array:
 def ego_offroad(state: ObjectState, roadmap: RoadMap, ego: jax.Array, edge_cull: int = 0) -> jax.Array:
     """`[]` bool: the valid ego has a corner off the road (`ego_corner_road_distance > 0`, one pass)."""
     with jax.named_scope("metrics.ego_offroad"):
-        e = take_object(state, ego)
-        corners = jnp.stack(materialize(*jnp.moveaxis(_corners(e), -1, 0)), -1)
-        if edge_cull > 0:
-            start, end, valid = _culled_edges(jnp.stack([e.x, e.y]), roadmap, edge_cull)
-        else:
-            start, end, valid = roadmap.edge_start, roadmap.edge_end, roadmap.edge_valid
-        return e.valid & jnp.any(edge_offroad(corners, start, end, valid))
+        valid, corners, edges = _ego_corners_and_edges(state, roadmap, ego, edge_cull)
+        return valid & jnp.any(edge_offroad(corners, *edges))
 
 
 def offroad_surrogate(state: ObjectState, roadmap: RoadMap, ego: jax.Array, margin: float | jax.Array = 0.5,
@@ -473,12 +476,6 @@ def light_geometry(scenario: Scenario, t: jax.Array) -> tuple[jax.Array, jax.Arr
     """
     stop_x, stop_y, dir_x, dir_y, red, known = _light_terms(scenario, t)
     return jnp.stack([stop_x, stop_y], -1), jnp.stack([dir_x, dir_y], -1), red, known
-
-
-def at_step(a: jax.Array, t: jax.Array | int) -> jax.Array:
-    """`a[..., t]` for a per-step array `[..., T]`, `t` clamped to `[0, T-1]` (a slice: no `[..., T]` pass)."""
-    t = jnp.clip(t, 0, a.shape[-1] - 1)
-    return jax.lax.dynamic_index_in_dim(a, t, axis=a.ndim - 1, keepdims=False)
 
 
 def lane_start_directions(roadmap: RoadMap, lane_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
