@@ -159,6 +159,10 @@ def test_path_lookup_matches_full_count_with_gaps_and_extrapolation():
                               [arc[0, -1], arc[0, -1] + 7.5]]).astype(np.float32)
     lookup = jax.jit(jax.vmap(agents.path_points, in_axes=(None, 1), out_axes=1))
     px, py, heading = (np.asarray(a) for a in lookup(paths, jnp.stack([queries, queries], 0)))
+    # Many queries per object in one call ([N, K]) give the same answers.
+    batched = jax.jit(agents.path_points)(paths, jnp.stack([queries, queries], 0))
+    for got, want in zip(batched, (px, py, heading)):
+        np.testing.assert_array_equal(np.asarray(got), want)
     for n in range(2):
         for q, s in enumerate(queries):
             j = int(np.clip(np.sum(arc[n] < s) - 1, first[n], last[n]))  # the full count, clamped

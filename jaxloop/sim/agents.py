@@ -90,12 +90,13 @@ _BLOCK = 8  # arc positions per block of the two-level segment search
 class LoggedPaths:
     """Every object's valid logged positions as a polyline (recomputed from the scenario, never carried).
 
-    A lookup at arc position s finds its segment with a two-level search (a count
-    over the first arc value of every block of `_BLOCK` points, then a count inside
-    one block) and reads the segment's end points with gathers of `[N]` values, so a
-    step touches `[N, T / _BLOCK]` values rather than the whole `[N, T]` arc table per
-    query. Everything here depends on the scenario only: inside a rollout XLA computes
-    it once, outside the scan loop.
+    A lookup at arc position s finds its segment with a two-level search: a count
+    over the first arc value of every block of `_BLOCK` points (`block_arc`, a small
+    table of its own), then one gather of a `_BLOCK + 1`-point window of x, y and arc
+    per query, in which the segment and its two ends are picked elementwise. A step
+    so reads `[N, T / _BLOCK]` values plus three short windows per query, never the
+    whole `[N, T]` tables. Everything here depends on the scenario only: inside a
+    rollout XLA computes it once, outside the scan loop.
     """
 
     x: jax.Array  # [N, T] logged positions
@@ -104,10 +105,18 @@ class LoggedPaths:
     first_seg: jax.Array  # [N] int32, first segment of positive length
     last_seg: jax.Array  # [N] int32, last segment of positive length
     max_speed: jax.Array  # [N] largest valid logged speed, m/s
+    block_arc: jax.Array  # [N, ceil(T / _BLOCK)] arc at the first point of every block
+    search_lo: jax.Array  # [N] arc at the end of the first positive segment (searches clamp to it)
+    search_hi: jax.Array  # [N] arc at the end of the last positive segment
 
     @property
     def length(self) -> jax.Array:  # [N]
         return self.arc[..., -1]
+
+
+def _norm(dx: jax.Array, dy: jax.Array) -> jax.Array:
+    """`sqrt(dx² + dy²)` elementwise: metre-scale values need none of `jnp.hypot`'s rescaling."""
+    return jnp.sqrt(dx * dx + dy * dy)
 
 
 def logged_paths(scenario: Scenario) -> LoggedPaths:
@@ -120,19 +129,34 @@ def logged_paths(scenario: Scenario) -> LoggedPaths:
     traj = scenario.log_trajectory
     valid = traj.valid
     both = valid[..., 1:] & valid[..., :-1]
-    seg = jnp.where(both, jnp.hypot(jnp.diff(traj.x, axis=-1), jnp.diff(traj.y, axis=-1)), 0.0)  # [N, T-1]
+    seg = jnp.where(both, _norm(jnp.diff(traj.x, axis=-1), jnp.diff(traj.y, axis=-1)), 0.0)  # [N, T-1]
     arc = jnp.concatenate([jnp.zeros_like(seg[..., :1]), jnp.cumsum(seg, -1)], -1)
     positive = seg > 1e-4
     seg_idx = jnp.arange(seg.shape[-1], dtype=jnp.int32)
     first_seg = jnp.min(jnp.where(positive, seg_idx, seg.shape[-1] - 1), -1).astype(jnp.int32)
     last_seg = jnp.max(jnp.where(positive, seg_idx, 0), -1).astype(jnp.int32)
-    max_speed = jnp.max(jnp.where(valid, traj.speed, 0.0), -1)
-    return LoggedPaths(x=traj.x, y=traj.y, arc=arc, first_seg=first_seg, last_seg=last_seg, max_speed=max_speed)
+    max_speed = jnp.max(jnp.where(valid, _norm(traj.vel_x, traj.vel_y), 0.0), -1)
+    return LoggedPaths(x=traj.x, y=traj.y, arc=arc, first_seg=first_seg, last_seg=last_seg, max_speed=max_speed,
+                       block_arc=_block_firsts(arc),
+                       search_lo=_row_take(arc, first_seg + 1), search_hi=_row_take(arc, last_seg + 1))
+
+
+def _block_firsts(arc: jax.Array) -> jax.Array:
+    """`arc[:, ::_BLOCK]` `[N, ceil(T / _BLOCK)]` of the non-decreasing `arc` `[N, T]`, as a min-reduction per block.
+
+    A strided slice would be fused into every lookup and re-read the whole `[N, T]`
+    table each step; a reduction is its own op, which XLA hoists out of the rollout loop.
+    """
+    n, t = arc.shape
+    blocks = -(-t // _BLOCK)
+    padded = jnp.pad(arc, ((0, 0), (0, blocks * _BLOCK - t)), constant_values=jnp.inf)
+    return jnp.min(padded.reshape(n, blocks, _BLOCK), -1)
 
 
 def _row_slices(a: jax.Array, start: jax.Array, size: int) -> jax.Array:
-    """`a[n, start[n] : start[n] + size]` for every row `n` of `a` `[N, T]` (in bounds) -> `[N, size]`."""
-    return jax.vmap(lambda row, i: jax.lax.dynamic_slice_in_dim(row, i, size))(a, start)
+    """`a[n, start[n, k] : start[n, k] + size]` for rows of `a` `[N, T]` and starts `[N, K]` (in bounds) -> `[N, K, size]`."""
+    window = lambda row, i: jax.lax.dynamic_slice_in_dim(row, i, size)
+    return jax.vmap(jax.vmap(window, in_axes=(None, 0)))(a, start)
 
 
 def _row_take(a: jax.Array, index: jax.Array) -> jax.Array:
@@ -140,43 +164,49 @@ def _row_take(a: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take_along_axis(a, index[:, None], axis=1)[:, 0]
 
 
-def _segment_index(paths: LoggedPaths, s: jax.Array) -> jax.Array:
-    """Index `[N]` of the segment holding arc position `s` `[N]`, clamped to [first_seg, last_seg].
+def _pick(window: jax.Array, i: jax.Array) -> jax.Array:
+    """`window[..., i]` of `window` `[..., W]` at indices `i` `[...]`, as a chain of selects (fuses; no gather)."""
+    out = window[..., 0]
+    for k in range(1, window.shape[-1]):
+        out = jnp.where(i == k, window[..., k], out)
+    return out
 
-    The segment is the number of path points with arc < s, minus one. Arc is
-    non-decreasing, so with b the last block whose first point is below s, every
-    point before block b is below s and every point from block b + 1 on is not: the
-    count over all points is the start of block b plus the count inside it (the block
-    window is shifted left to stay inside the array, which keeps that true).
+
+def path_segments(paths: LoggedPaths, s: jax.Array) -> tuple[jax.Array, ...]:
+    """End points of the segment holding each arc position `s` `[N, K]`: x0, y0, a0, x1, y1, a1 `[N, K]`.
+
+    The segment j is the number of path points with arc < s, minus one, clamped to
+    [first_seg, last_seg] (positions outside extrapolate along the end segments).
+    Clamping s to [search_lo, search_hi] first gives the same j without the clamp.
+    Arc is non-decreasing, so with b the last block whose first point is below s,
+    every point before block b is below s and the point after the block is not: the
+    count is the window's start plus the count inside the `_BLOCK + 1`-point window
+    from block b's first point (shifted left to stay inside the array, which keeps
+    that true), and the window holds both ends of segment j.
     """
     num_points = paths.arc.shape[-1]
-    size = min(_BLOCK, num_points)
-    block_first = paths.arc[:, ::size]  # [N, ceil(T / size)]
-    num_before = jnp.sum(block_first < s[:, None], -1).astype(jnp.int32)
-    start = jnp.minimum(jnp.maximum(num_before - 1, 0) * size, num_points - size)
-    inside = jnp.sum(_row_slices(paths.arc, start, size) < s[:, None], -1).astype(jnp.int32)
-    count = jnp.where(num_before > 0, start + inside, 0)
-    return jnp.clip(count - 1, paths.first_seg, paths.last_seg)
+    size = min(_BLOCK + 1, num_points)
+    s_c = jnp.minimum(jnp.maximum(s, paths.search_lo[:, None]), paths.search_hi[:, None])
+    num_before = jnp.sum(paths.block_arc[:, None, :] < s_c[..., None], -1).astype(jnp.int32)  # [N, K]
+    start = jnp.clip((num_before - 1) * _BLOCK, 0, num_points - size)
+    arc_w = _row_slices(paths.arc, start, size)  # [N, K, size]
+    local = jnp.clip(jnp.sum(arc_w < s_c[..., None], -1).astype(jnp.int32) - 1, 0, size - 2)
+    x_w, y_w = _row_slices(paths.x, start, size), _row_slices(paths.y, start, size)
+    ends = lambda w: (_pick(w, local), _pick(w, local + 1))
+    (x0, x1), (y0, y1), (a0, a1) = ends(x_w), ends(y_w), ends(arc_w)
+    return x0, y0, a0, x1, y1, a1
 
 
 def path_points(paths: LoggedPaths, s: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Points x, y `[N]` and tangent headings `[N]` at arc positions `s` `[N]` along each path.
+    """Points x, y and tangent headings at arc positions `s` (`[N]` or `[N, K]`) along each path.
 
     Positions before the start or past the end extrapolate straight along the first /
     last segment of positive length (an object past its log keeps its final heading).
     """
-    j = _segment_index(paths, s)
-    x0, y0, a0 = _row_take(paths.x, j), _row_take(paths.y, j), _row_take(paths.arc, j)
-    x1, y1, a1 = _row_take(paths.x, j + 1), _row_take(paths.y, j + 1), _row_take(paths.arc, j + 1)
-    u = (s - a0) / jnp.maximum(a1 - a0, 1e-6)
-    return x0 + u * (x1 - x0), y0 + u * (y1 - y0), jnp.arctan2(y1 - y0, x1 - x0)
-
-
-def path_heading(paths: LoggedPaths, s: jax.Array) -> jax.Array:
-    """Tangent headings `[N]` at arc positions `s` `[N]` (as `path_points`, heading only)."""
-    j = _segment_index(paths, s)
-    dy = _row_take(paths.y, j + 1) - _row_take(paths.y, j)
-    return jnp.arctan2(dy, _row_take(paths.x, j + 1) - _row_take(paths.x, j))
+    x0, y0, a0, x1, y1, a1 = path_segments(paths, s if s.ndim == 2 else s[:, None])
+    u = (s.reshape(x0.shape) - a0) / jnp.maximum(a1 - a0, 1e-6)
+    px, py, heading = x0 + u * (x1 - x0), y0 + u * (y1 - y0), jnp.arctan2(y1 - y0, x1 - x0)
+    return tuple(a.reshape(s.shape) for a in (px, py, heading))
 
 
 def _path_frame(px: jax.Array, py: jax.Array, x0: jax.Array, y0: jax.Array, c0: jax.Array, s0: jax.Array,
@@ -227,8 +257,8 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         paths = logged_paths(scenario) if paths is None else paths
         n = current.x.shape[-1]
         # Tangent and curvature of the path from its headings at s and s + 20 m.
-        x0, y0, yaw0 = path_points(paths, idm.s)  # [N]
-        yaw_ahead = path_heading(paths, idm.s + IDM_CURVATURE_BASE)
+        px, py, heading = path_points(paths, jnp.stack([idm.s, idm.s + IDM_CURVATURE_BASE], -1))  # [N, 2]
+        x0, y0, yaw0, yaw_ahead = px[:, 0], py[:, 0], heading[:, 0], heading[:, 1]
         kappa = geo.wrap_angle(yaw_ahead - yaw0) / IDM_CURVATURE_BASE
         # Every [N, N] / [N, L] pass below reads these per-object values: computed once.
         c0, s0, x0, y0, kappa = materialize(jnp.cos(yaw0), jnp.sin(yaw0), x0, y0, kappa)
