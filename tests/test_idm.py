@@ -144,7 +144,7 @@ def test_path_lookup_matches_full_count_with_gaps_and_extrapolation():
     # first / last segment of positive length), and a path shorter than one block.
     rng = np.random.default_rng(0)
     x = np.cumsum(rng.uniform(0.0, 2.0, T))
-    x[30:40] = x[30]  # stationary: zero-length segments
+    x[30:40] = x[30] + 3e-5 * (np.arange(10) % 2)  # stationary, with sub-0.1 mm jitter: no arc length
     y = np.sin(x / 7.0) * 3.0
     valid = np.ones(T, bool)
     valid[60:64] = False  # a gap: the path jumps from step 59 to step 64
@@ -153,7 +153,10 @@ def test_path_lookup_matches_full_count_with_gaps_and_extrapolation():
     scenario = make_track_scenario([_track(x, y, valid=valid), _track(x + 1.0, y, valid=short)], num_objects=2)
     paths = agents.logged_paths(scenario)
     arc = np.asarray(paths.arc)
-    first, last = np.asarray(paths.first_seg), np.asarray(paths.last_seg)
+    # First and last segments of positive length, where lookups outside the path clamp.
+    moves = np.diff(arc, axis=1) > 0
+    assert not moves[0, 30:39].any() and moves[0, 29] and moves[0, 40]
+    first, last = moves.argmax(1), moves.shape[1] - 1 - moves[:, ::-1].argmax(1)
     xs, ys = np.asarray(paths.x), np.asarray(paths.y)
     queries = np.concatenate([[-5.0, 0.0], np.sort(rng.uniform(0.0, arc[0, -1], 200)), arc[0, 28:36],
                               [arc[0, -1], arc[0, -1] + 7.5]]).astype(np.float32)

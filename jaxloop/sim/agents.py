@@ -84,6 +84,7 @@ class IdmState:
 
 
 _BLOCK = 8  # arc positions per block of the two-level segment search
+_MIN_SEGMENT = 1e-4  # m: shorter logged steps add no arc length
 
 
 @struct.dataclass
@@ -102,16 +103,9 @@ class LoggedPaths:
     x: jax.Array  # [N, T] logged positions
     y: jax.Array  # [N, T]
     arc: jax.Array  # [N, T] cumulative arc length over segments with both ends valid, m
-    first_seg: jax.Array  # [N] int32, first segment of positive length
-    last_seg: jax.Array  # [N] int32, last segment of positive length
+    length: jax.Array  # [N] total arc length, m
     max_speed: jax.Array  # [N] largest valid logged speed, m/s
     block_arc: jax.Array  # [N, ceil(T / _BLOCK)] arc at the first point of every block
-    search_lo: jax.Array  # [N] arc at the end of the first positive segment (searches clamp to it)
-    search_hi: jax.Array  # [N] arc at the end of the last positive segment
-
-    @property
-    def length(self) -> jax.Array:  # [N]
-        return self.arc[..., -1]
 
 
 def _norm(dx: jax.Array, dy: jax.Array) -> jax.Array:
@@ -122,23 +116,20 @@ def _norm(dx: jax.Array, dy: jax.Array) -> jax.Array:
 def logged_paths(scenario: Scenario) -> LoggedPaths:
     """The paths `[N, T]` of every object, built from `scenario.log_trajectory` (`[N, T]` elementwise work).
 
-    Only segments between two consecutive valid steps have length, so interpolation
-    never touches an invalid point; across a gap in the log the path jumps from the
-    last valid point before it to the first one after it.
+    Only segments between two consecutive valid steps that are longer than
+    `_MIN_SEGMENT` have length (a stationary object's jitter adds none), so
+    interpolation never touches an invalid point; across a gap in the log the path
+    jumps from the last valid point before it to the first one after it.
     """
     traj = scenario.log_trajectory
     valid = traj.valid
     both = valid[..., 1:] & valid[..., :-1]
-    seg = jnp.where(both, _norm(jnp.diff(traj.x, axis=-1), jnp.diff(traj.y, axis=-1)), 0.0)  # [N, T-1]
+    seg = _norm(jnp.diff(traj.x, axis=-1), jnp.diff(traj.y, axis=-1))  # [N, T-1]
+    seg = jnp.where(both & (seg > _MIN_SEGMENT), seg, 0.0)
     arc = jnp.concatenate([jnp.zeros_like(seg[..., :1]), jnp.cumsum(seg, -1)], -1)
-    positive = seg > 1e-4
-    seg_idx = jnp.arange(seg.shape[-1], dtype=jnp.int32)
-    first_seg = jnp.min(jnp.where(positive, seg_idx, seg.shape[-1] - 1), -1).astype(jnp.int32)
-    last_seg = jnp.max(jnp.where(positive, seg_idx, 0), -1).astype(jnp.int32)
     max_speed = jnp.max(jnp.where(valid, _norm(traj.vel_x, traj.vel_y), 0.0), -1)
-    return LoggedPaths(x=traj.x, y=traj.y, arc=arc, first_seg=first_seg, last_seg=last_seg, max_speed=max_speed,
-                       block_arc=_block_firsts(arc),
-                       search_lo=_row_take(arc, first_seg + 1), search_hi=_row_take(arc, last_seg + 1))
+    return LoggedPaths(x=traj.x, y=traj.y, arc=arc, length=jnp.max(arc, -1), max_speed=max_speed,
+                       block_arc=_block_firsts(arc))
 
 
 def _block_firsts(arc: jax.Array) -> jax.Array:
@@ -159,11 +150,6 @@ def _row_slices(a: jax.Array, start: jax.Array, size: int) -> jax.Array:
     return jax.vmap(jax.vmap(window, in_axes=(None, 0)))(a, start)
 
 
-def _row_take(a: jax.Array, index: jax.Array) -> jax.Array:
-    """`a[n, index[n]]` for every row of `a` `[N, T]` -> `[N]`."""
-    return jnp.take_along_axis(a, index[:, None], axis=1)[:, 0]
-
-
 def _pick(window: jax.Array, i: jax.Array) -> jax.Array:
     """`window[..., i]` of `window` `[..., W]` at indices `i` `[...]`, as a chain of selects (fuses; no gather)."""
     out = window[..., 0]
@@ -176,9 +162,9 @@ def path_segments(paths: LoggedPaths, s: jax.Array) -> tuple[jax.Array, ...]:
     """End points of the segment holding each arc position `s` `[N, K]`: x0, y0, a0, x1, y1, a1 `[N, K]`.
 
     The segment j is the number of path points with arc < s, minus one, clamped to
-    [first_seg, last_seg] (positions outside extrapolate along the end segments).
-    Clamping s to [search_lo, search_hi] first gives the same j without the clamp.
-    Arc is non-decreasing, so with b the last block whose first point is below s,
+    the first and last segments of positive length (positions outside extrapolate
+    along them). Arc is 0 up to the first and the length from the end of the last,
+    so clamping s to [_MIN_SEGMENT / 2, length] first gives the same j. Arc is non-decreasing, so with b the last block whose first point is below s,
     every point before block b is below s and the point after the block is not: the
     count is the window's start plus the count inside the `_BLOCK + 1`-point window
     from block b's first point (shifted left to stay inside the array, which keeps
@@ -186,7 +172,7 @@ def path_segments(paths: LoggedPaths, s: jax.Array) -> tuple[jax.Array, ...]:
     """
     num_points = paths.arc.shape[-1]
     size = min(_BLOCK + 1, num_points)
-    s_c = jnp.minimum(jnp.maximum(s, paths.search_lo[:, None]), paths.search_hi[:, None])
+    s_c = jnp.minimum(jnp.maximum(s, 0.5 * _MIN_SEGMENT), paths.length[:, None])
     num_before = jnp.sum(paths.block_arc[:, None, :] < s_c[..., None], -1).astype(jnp.int32)  # [N, K]
     start = jnp.clip((num_before - 1) * _BLOCK, 0, num_points - size)
     arc_w = _row_slices(paths.arc, start, size)  # [N, K, size]
