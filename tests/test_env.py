@@ -6,7 +6,7 @@ import pytest
 
 from jaxloop.data.toy import make_toy_scenario
 from jaxloop.sim import agents
-from jaxloop.sim.datatypes import ShapeError, stack_scenarios, trajectory_at
+from jaxloop.sim.datatypes import ShapeError, stack_scenarios, trajectory_at, trajectory_window
 from jaxloop.sim.env import Env, EnvConfig
 from jaxloop.sim.rollout import constant_action_policy, log_replay_policy, rollout
 
@@ -123,3 +123,29 @@ def test_validate_names_field():
 def test_trajectory_at_past_end_is_invalid(toy_scenario):
     s = trajectory_at(toy_scenario.log_trajectory, 91)
     assert not bool(s.valid.any())
+
+
+def test_trajectory_window_is_trajectory_at_per_step(toy_scenario):
+    # The rollout's time-major log window: each row equals trajectory_at, with steps
+    # before 0 clamped (valid as step 0) and steps past the end invalid.
+    log = toy_scenario.log_trajectory
+    window = jax.jit(trajectory_window, static_argnums=2)(log, jnp.int32(-2), 5)
+    assert window.x.shape == (5, toy_scenario.num_objects)
+    for i, t in enumerate(range(-2, 3)):
+        want = trajectory_at(log, t)
+        for f in ("x", "y", "yaw", "vel_x", "length", "valid"):
+            np.testing.assert_array_equal(np.asarray(getattr(window, f))[i], np.asarray(getattr(want, f)))
+    late = trajectory_window(log, jnp.int32(89), 4)
+    assert bool(late.valid[:2].any()) and not bool(late.valid[2:].any())
+
+
+def test_step_with_and_without_the_prefetched_log_agree(toy_scenario):
+    env = Env(EnvConfig(non_ego_agent="idm"))
+    state = env.reset(toy_scenario, jax.random.key(0))
+    step = jax.jit(env.step)
+    a, info_a = step(toy_scenario, state, jnp.array([1.0, 0.05]))
+    b, info_b = step(toy_scenario, state, jnp.array([1.0, 0.05]), None,
+                     trajectory_at(toy_scenario.log_trajectory, state.timestep + 1))
+    strip = lambda s, info: (s.replace(key=jax.random.key_data(s.key)), info)
+    for u, v in zip(jax.tree.leaves(strip(a, info_a)), jax.tree.leaves(strip(b, info_b))):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))

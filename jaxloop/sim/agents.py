@@ -324,7 +324,8 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
 
 
 def step_non_policy(scenario: Scenario, current: ObjectState, timestep: jax.Array, agent_kind: jax.Array,
-                    agent_state, params: AgentParams, dt: float = DT) -> tuple[ObjectState, object]:
+                    agent_state, params: AgentParams, dt: float = DT,
+                    logged: ObjectState | None = None) -> tuple[ObjectState, object]:
     """Next states `[N]` of all objects under their agent model (policy objects: log replay, replaced later).
 
     IDM runs when the agent state carries an `IdmState` and (unbatched) some object is
@@ -332,9 +333,10 @@ def step_non_policy(scenario: Scenario, current: ObjectState, timestep: jax.Arra
     IDM memory restarts from the log, so objects appearing later start from their logged
     state. An IDM object is valid while the log has it at the next step (objects leave
     the scene when the log loses them); one that runs past the end of its logged path
-    while still valid goes on straight along the path's last direction.
+    while still valid goes on straight along the path's last direction. `logged` is
+    the log at `timestep + 1` when the caller has read it already.
     """
-    logged = log_replay_step(scenario, timestep)
+    logged = log_replay_step(scenario, timestep) if logged is None else logged
     cv = constant_velocity_step(current, dt)
     # A constant-velocity object stays valid as long as it was valid when it started moving.
     cv = cv.replace(valid=current.valid)

@@ -192,6 +192,25 @@ def trajectory_at(traj: Trajectory, t: jax.Array | int) -> ObjectState:
         valid=take(traj.valid) & in_range)
 
 
+def trajectory_window(traj: Trajectory, start: jax.Array | int, length: int) -> ObjectState:
+    """The logged states of steps `start .. start + length - 1`, time-major: every field `[length, N]`.
+
+    Each step equals `trajectory_at(traj, step)` (clamped, invalid past the end). The
+    window is read row by row from the `[N, T]` log and transposed once, so a loop
+    over its steps reads contiguous `[N]` rows instead of one `[N, T]` column per step
+    (one cache line per object and field).
+    """
+    num_steps = traj.x.shape[-1]
+    steps = start + jnp.arange(length)
+    index = jnp.clip(steps, 0, num_steps - 1)
+    take = lambda a: jnp.moveaxis(jnp.take(a, index, axis=-1), -1, 0)
+    in_range = ((steps >= 0) & (steps < num_steps))[:, None]
+    return ObjectState(
+        x=take(traj.x), y=take(traj.y), z=take(traj.z), vel_x=take(traj.vel_x), vel_y=take(traj.vel_y),
+        yaw=take(traj.yaw), length=take(traj.length), width=take(traj.width), height=take(traj.height),
+        valid=take(traj.valid) & in_range)
+
+
 @struct.dataclass
 class ObjectMetadata:
     """Static per-object facts. Every field is `[..., N]`."""

@@ -150,8 +150,13 @@ class Env:
                             key=key)
 
     def step(self, scenario: Scenario, state: SimState, action: jax.Array,
-             params: agents_lib.AgentParams | None = None) -> tuple[SimState, StepInfo]:
+             params: agents_lib.AgentParams | None = None,
+             log_next: ObjectState | None = None) -> tuple[SimState, StepInfo]:
         """Advances one step.
+
+        `log_next` `[N]` is the log at `state.timestep + 1` (`trajectory_at`) for a caller
+        that has read it already: `rollout` reads its whole horizon at once
+        (`trajectory_window`), which is cheaper than one `[N, T]` column per step.
 
         `action` is `[M, A]` (one row per controlled slot, `SimState.controlled`), `[A]`
         (broadcast to every slot) or `[N, A]` (per object; the controlled rows are used).
@@ -165,9 +170,11 @@ class Env:
             if action.ndim == 2 and action.shape[0] == num_objects and num_objects != num_slots:
                 action = action[slots]
             action = jnp.broadcast_to(action, (num_slots, self.dynamics.action_dim))
+            if log_next is None:
+                log_next = trajectory_at(scenario.log_trajectory, state.timestep + 1)
             others, agent_state = agents_lib.step_non_policy(
                 scenario, state.current, state.timestep, state.agent_kind, state.agent_state, params,
-                getattr(self.dynamics, "dt", 0.1))
+                getattr(self.dynamics, "dt", 0.1), log_next)
             if not self.config.grad_through_agents:
                 others = jax.lax.stop_gradient(others)
             driven = self.dynamics.forward(jax.tree.map(lambda a: a[slots], state.current), action)
@@ -178,7 +185,7 @@ class Env:
             timestep = state.timestep + 1
             new_state = state.replace(timestep=timestep, current=current, history=history, agent_state=agent_state)
             info = StepInfo(action=jnp.where(use[:, None], self.dynamics.clip(action), 0.0),
-                            log_state=trajectory_at(scenario.log_trajectory, timestep))
+                            log_state=log_next)
             return new_state, info
 
     def controlled_states(self, state: SimState) -> ObjectState:

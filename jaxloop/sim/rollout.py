@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxloop.sim.datatypes import ObjectState, Scenario, SimState, trajectory_at
+from jaxloop.sim.datatypes import ObjectState, Scenario, SimState, trajectory_at, trajectory_window
 from jaxloop.sim.env import Env, StepInfo
 
 
@@ -43,11 +43,11 @@ def rollout(env: Env, scenario: Scenario, state: SimState, policy: PolicyFn, num
     per-step outputs (metrics, rewards) without keeping whole states around.
     """
 
-    def body(carry: SimState, _):
+    def body(carry: SimState, log_next: ObjectState):
         key, key_policy = jax.random.split(carry.key)
         carry = carry.replace(key=key)
         action = policy(scenario, carry, key_policy)
-        new_state, info = env.step(scenario, carry, action, params)
+        new_state, info = env.step(scenario, carry, action, params, log_next)
         extras = {} if extras_fn is None else extras_fn(scenario, carry, new_state, info)
         return new_state, Rollout(states=new_state.current, actions=info.action, log_states=info.log_state,
                                   timesteps=new_state.timestep, extras=extras)
@@ -55,7 +55,9 @@ def rollout(env: Env, scenario: Scenario, state: SimState, policy: PolicyFn, num
     if remat:
         body = jax.checkpoint(body)
     with jax.named_scope("rollout"):
-        return jax.lax.scan(body, state, None, length=num_steps)
+        # The log of the whole horizon, read once and time-major (`trajectory_window`).
+        logs = trajectory_window(scenario.log_trajectory, state.timestep + 1, num_steps)
+        return jax.lax.scan(body, state, logs, length=num_steps)
 
 
 def log_replay_policy(env: Env) -> PolicyFn:

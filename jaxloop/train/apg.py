@@ -33,8 +33,8 @@ from jaxloop.train.common import Context, check_horizon, gradient_step_fn, start
 class _AgentGradientGate(Env):
     """The env with gradients stopped on every object the policy does not drive."""
 
-    def step(self, scenario, state, action, params=None):
-        new_state, info = super().step(scenario, state, action, params)
+    def step(self, scenario, state, action, params=None, log_next=None):
+        new_state, info = super().step(scenario, state, action, params, log_next)
         is_policy = new_state.agent_kind == agents_lib.AGENT_POLICY
         current = select_objects(is_policy, new_state.current, jax.lax.stop_gradient(new_state.current))
         history = jax.tree.map(lambda h, c: h.at[..., -1].set(c), new_state.history, current)
