@@ -204,11 +204,13 @@ def _resample(xy: np.ndarray, spacing: float = _PATH_DS) -> np.ndarray:
 
 def _resample_many(polys: list[np.ndarray], spacing: float = _PATH_DS) -> list[np.ndarray]:
     """`_resample` of many polylines at once (one interpolation on a shared increasing arc key)."""
-    return _resample_flat(np.concatenate(polys), np.array([len(p) for p in polys]), spacing)
+    pts, n = _resample_flat(np.concatenate(polys), np.array([len(p) for p in polys]), spacing)
+    return np.split(pts, np.cumsum(n)[:-1])
 
 
-def _resample_flat(xy: np.ndarray, lens: np.ndarray, spacing: float) -> list[np.ndarray]:
-    """`_resample_many` of the polylines of `lens [M]` points stored one after another in `xy [sum lens, 2]`."""
+def _resample_flat(xy: np.ndarray, lens: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """`_resample_many` of the polylines of `lens [M]` points stored one after another in `xy [sum lens, 2]`;
+    returns the resampled polylines stored the same way (points, counts `[M]`)."""
     d = xy[1:] - xy[:-1]
     step = np.hypot(d[:, 0], d[:, 1])
     first = np.cumsum(lens) - lens
@@ -222,6 +224,16 @@ def _resample_flat(xy: np.ndarray, lens: np.ndarray, spacing: float) -> list[np.
     pts = np.empty((len(t), 2))
     pts[:, 0] = np.interp(t, key, xy[:, 0])
     pts[:, 1] = np.interp(t, key, xy[:, 1])
+    return pts, n
+
+
+def _straight_many(a: np.ndarray, b: np.ndarray, spacing: float = _PATH_DS) -> list[np.ndarray]:
+    """`_resample` of many straight segments at once: from `a [M, 2]` to `b [M, 2]`, M polylines."""
+    d = b - a
+    n = np.maximum(np.ceil(np.hypot(d[:, 0], d[:, 1]) / spacing).astype(np.int64), 1) + 1
+    owner = np.repeat(np.arange(len(n)), n)
+    j = np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)
+    pts = a[owner] + (j / (n - 1)[owner])[:, None] * d[owner]
     return np.split(pts, np.cumsum(n)[:-1])
 
 
@@ -276,6 +288,12 @@ def _bezier_kmax_many(p0, d0, p3, d3) -> np.ndarray:
 def _bezier_many(p0, d0, p3, d3, spacing: float = _PATH_DS) -> list[np.ndarray]:
     """Cubics from `p0` heading `d0` to `p3` heading `d3` (handles sized to approximate circular arcs),
     resampled every `spacing` metres; many at once: endpoints and unit headings `[M, 2]` -> M polylines."""
+    pts, n = _bezier_flat(p0, d0, p3, d3, spacing)
+    return np.split(pts, np.cumsum(n)[:-1])
+
+
+def _bezier_flat(p0, d0, p3, d3, spacing: float = _PATH_DS) -> tuple[np.ndarray, np.ndarray]:
+    """`_bezier_many` with the polylines stored one after another: (points `[sum n, 2]`, counts `n [M]`)."""
     chord = np.hypot(*(p3 - p0).T)
     phi = np.abs(_wrap(np.arctan2(d3[:, 1], d3[:, 0]) - np.arctan2(d0[:, 1], d0[:, 0])))
     ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
@@ -466,7 +484,12 @@ def _add_peds_across(net: _Net, centre, along, nrm, half, cw, walk) -> None:
 
 
 def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, num_steps: int) -> _Net:
-    """A 4-way signalised intersection or a T-junction with stop signs on the minor road."""
+    """A 4-way signalised intersection or a T-junction with stop signs on the minor road.
+
+    The geometry is computed for all arms, lanes and movements at once: arm a has the
+    outward direction `u[a]` and left normal `nv[a]`, `n_in[a]` lanes towards the centre
+    (on its left, looking outwards) and `n_out[a]` away from it, starting `r_s` metres out.
+    """
     net = _Net()
     w = rng.uniform(*pr.lane_width)
     jit = np.deg2rad(pr.angle_jitter_deg)
@@ -485,77 +508,78 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
     speed = [rng.uniform(11.0, 15.0) * scale, rng.uniform(9.0, 13.0) * scale]
     arm_len = 110.0
     cw = rng.uniform(3.0, 4.0)
-    u = [_unit(a) for a in angles]
-    nv = [_left(x) for x in u]
+    arms = np.arange(num_arms)
+    nxt = (arms + 1) % num_arms  # the neighbouring arm, counter-clockwise
+    u = np.stack([np.cos(angles), np.sin(angles)], -1)  # [A, 2]
+    nv = _left(u)  # [A, 2]
     n_out = [n_road[road_of[a]] for a in range(num_arms)]
-    left_lane = [protected for _ in range(num_arms)]
-    n_in = [n_out[a] + (1 if left_lane[a] else 0) for a in range(num_arms)]
+    n_in = [n_out[a] + (1 if protected else 0) for a in range(num_arms)]  # a left-turn lane when protected
 
     def in_pt(a, lane, r):
-        return u[a] * r + nv[a] * (lane + 0.5) * w
+        """Points `r` metres out on in lane `lane` (fractional: across the lanes) of arm `a` (arrays broadcast)."""
+        return u[a] * r + nv[a] * (np.asarray(lane) + 0.5)[..., None] * w
 
     def out_pt(a, lane, r):
-        return u[a] * r - nv[a] * (lane + 0.5) * w
+        return u[a] * r - nv[a] * (np.asarray(lane) + 0.5)[..., None] * w
 
-    def turn_of(a, b):
-        t = _wrap(angles[b] - angles[a] - np.pi)
-        return "straight" if abs(t) < np.deg2rad(40) else ("left" if t > 0 else "right")
-
-    # Movements: (in arm, in lane, out arm, out lane, tag).
-    def movements():
-        moves = []
-        for a in range(num_arms):
-            thr0 = 1 if left_lane[a] else 0
-            n_thr = n_in[a] - thr0
-            for b in range(num_arms):
-                if b == a:
-                    continue
-                tag = turn_of(a, b)
-                if tag == "straight":
-                    for k in range(min(n_thr, n_out[b])):
-                        moves.append((a, thr0 + k, b, k, tag))
-                elif tag == "left":
-                    moves.append((a, 0, b, 0, tag))
-                else:
-                    moves.append((a, n_in[a] - 1, b, n_out[b] - 1, tag))
-        return moves
-
-    moves = movements()
+    # Movements: (in arm, in lane, out arm, out lane, tag); the turn from arm a into arm b by their angles.
+    turn = _wrap(angles[None, :] - angles[:, None] - np.pi).tolist()  # [A, A]
+    moves = []
+    for a in range(num_arms):
+        thr0 = 1 if protected else 0
+        n_thr = n_in[a] - thr0
+        for b in range(num_arms):
+            if b == a:
+                continue
+            t = turn[a][b]
+            if abs(t) < np.deg2rad(40):
+                for k in range(min(n_thr, n_out[b])):
+                    moves.append((a, thr0 + k, b, k, "straight"))
+            elif t > 0:
+                moves.append((a, 0, b, 0, "left"))
+            else:
+                moves.append((a, n_in[a] - 1, b, n_out[b] - 1, "right"))
+    nm = len(moves)
     max_half = max(max(n_in), max(n_out)) * w + _SHOULDER
-    gaps = [_wrap(angles[(a + 1) % num_arms] - angles[a]) % (2 * np.pi) for a in range(num_arms)]
+    gaps = (_wrap(angles[nxt] - angles) % (2 * np.pi)).tolist()
     min_gap = min(g for g in gaps if g < np.pi * 0.99) if num_arms == 3 else min(gaps)
     r_s = max(max_half / np.tan(min_gap / 2) + cw + 3.0, 12.0)
-    # Grow the junction radius until every movement (and every kerb corner, offset half a
-    # lane outwards) is gentle enough: all cubics checked at once.
-    spec = [(a, la + 0.5, b, lb + 0.5, 0.14) for (a, la, b, lb, _) in moves]
-    spec += [(a, n_in[a] - 0.5, (a + 1) % num_arms, n_out[(a + 1) % num_arms] - 0.5, 0.6 / (w / 2 + _SHOULDER))
-             for a in range(num_arms)]
-    ua = np.array([u[m[0]] for m in spec])
-    na = np.array([nv[m[0]] for m in spec])
-    ub = np.array([u[m[2]] for m in spec])
-    nb = np.array([nv[m[2]] for m in spec])
-    la = np.array([m[1] for m in spec])[:, None] * w
-    lb = np.array([m[3] for m in spec])[:, None] * w
-    kcap = np.array([m[4] for m in spec])
-    for _ in range(40):
-        if np.all(_bezier_kmax_many(ua * r_s + na * la, -ua, ub * r_s - nb * lb, ub) <= kcap):
+    # The cubics: every movement's connector, then the kerb corners (each arm's outermost in lane into the
+    # next arm's outermost out lane): end arms `ea`, `eb` and lanes `el`, `eo`.
+    ea = np.array([m[0] for m in moves] + arms.tolist(), np.int64)
+    el = np.array([m[1] for m in moves] + [n - 1 for n in n_in], np.int64)
+    eb = np.array([m[2] for m in moves] + nxt.tolist(), np.int64)
+    eo = np.array([m[3] for m in moves] + [n_out[b] - 1 for b in nxt], np.int64)
+    # Grow the junction radius a metre at a time until every movement (and every kerb corner, offset half a
+    # lane outwards) is gentle enough, checking a few radii per call.
+    ua, na, ub, nb = u[ea], nv[ea], u[eb], nv[eb]
+    la, lb = (el + 0.5)[:, None] * w, (eo + 0.5)[:, None] * w
+    kcap = np.array([0.14] * nm + [0.6 / (w / 2 + _SHOULDER)] * num_arms)
+    radii = np.cumsum([r_s] + [1.0] * 40)  # what repeated `r_s += 1.0` gives
+    pick, block = 40, 3
+    for lo in range(0, 40, block):
+        r = radii[lo:min(lo + block, 40), None, None]
+        kmax = _bezier_kmax_many((ua * r + na * la).reshape(-1, 2), np.tile(-ua, (len(r), 1)),
+                                 (ub * r - nb * lb).reshape(-1, 2), np.tile(ub, (len(r), 1)))
+        ok = np.all(kmax.reshape(len(r), -1) <= kcap, axis=1)
+        if ok.any():
+            pick = lo + int(np.argmax(ok))
             break
-        r_s += 1.0
-    # Connectors of every movement, then the kerb corners (outermost right turns): all cubics at once.
-    ends = [(a, la, b, lb) for (a, la, b, lb, _) in moves]
-    ends += [(a, n_in[a] - 1, (a + 1) % num_arms, n_out[(a + 1) % num_arms] - 1) for a in range(num_arms)]
-    curves = _bezier_many(np.array([in_pt(a, la, r_s) for a, la, _, _ in ends]), np.array([-u[e[0]] for e in ends]),
-                          np.array([out_pt(b, lb, r_s) for _, _, b, lb in ends]), np.array([u[e[2]] for e in ends]))
-    conns = dict(zip(ends[:len(moves)], curves[:len(moves)]))
-    corners = [_offset(xy, -(w / 2 + _SHOULDER)) for xy in curves[len(moves):]]
-    # Lanes.
+    r_s = radii[pick]
+    curves, n_curve = _bezier_flat(in_pt(ea, el, r_s), -ua, out_pt(eb, eo, r_s), ub)
+    c_start = np.cumsum(n_curve) - n_curve
+    d01 = curves[c_start[:nm] + 1] - curves[c_start[:nm]]
+    conn_len = (np.hypot(d01[:, 0], d01[:, 1]) * (n_curve[:nm] - 1)).tolist()  # as `_Lane` measures them
+    curves = np.split(curves, np.cumsum(n_curve)[:-1])
+    corners = [_offset(xy, -(w / 2 + _SHOULDER)) for xy in curves[nm:]]
     # Arm lanes (all the same length): in lanes towards the centre, then out lanes away from it.
     arm = [(a, k, +1) for a in range(num_arms) for k in range(n_in[a])]
     arm += [(a, k, -1) for a in range(num_arms) for k in range(n_out[a])]
-    ua_arm = np.array([u[a] for a, _, _ in arm])
-    lat = np.array([nv[a] * (k + 0.5) * w * side for a, k, side in arm])
+    arm_a, arm_k, arm_side = (np.array(c, np.int64) for c in zip(*arm))
+    ua_arm = u[arm_a]
+    lat = nv[arm_a] * (arm_k + 0.5)[:, None] * w * arm_side[:, None]
     near, far = ua_arm * r_s + lat, ua_arm * (r_s + arm_len) + lat
-    sgn = np.array([side for _, _, side in arm])[:, None]
+    sgn = arm_side[:, None]
     p0, p1 = np.where(sgn > 0, far, near), np.where(sgn > 0, near, far)
     n_pts = max(int(np.ceil(arm_len / _PATH_DS)), 1) + 1
     arm_xy = p0[:, None] + (np.arange(n_pts) / (n_pts - 1))[None, :, None] * (p1 - p0)[:, None]
@@ -567,14 +591,14 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
     out_ids = [[arm_ids[(a, k, -1)] for k in range(n_out[a])] for a in range(num_arms)]
     minor = 1 if num_arms == 3 else -1
     weights = {"straight": 0.5, "left": 0.3, "right": 0.25}
-    for (a, la, b, lb, tag) in moves:
+    for (a, la_, b, lb_, tag), xy, length in zip(moves, curves, conn_len):
         if num_arms == 3:
             rank = 0 if a == minor else (1 if tag == "left" else 2)
         else:
             rank = 1 if (tag == "left" and not protected) else 2
-        cid = net.add_lane(conns[(a, la, b, lb)], RG_SURFACE_LANE, min(speed[road_of[a]], speed[road_of[b]]), rank,
-                           resampled=True)
-        net.routes.append(([in_ids[a][la], cid, out_ids[b][lb]], weights[tag], tag))
+        net.lanes.append(_Lane(xy, RG_SURFACE_LANE, float(min(speed[road_of[a]], speed[road_of[b]])), rank,
+                               length=length))
+        net.routes.append(([in_ids[a][la_], len(net.lanes) - 1, out_ids[b][lb_]], weights[tag], tag))
     for a in range(num_arms):
         for k in range(n_out[a]):
             net.routes.append(([out_ids[a][k]], 0.6, "exit"))
@@ -593,23 +617,20 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
                 cycle += [(f"L{g}", rng.uniform(5.0, 8.0)), (f"LY{g}", 3.0)]
             cycle += [(f"G{g}", grn[g]), (f"Y{g}", yel), ("R", allred)]
         phases = _phase_states(cycle, rng.uniform(0, sum(d for _, d in cycle)), num_steps)
+        # Per road: the through lanes' signal and the left-turn lane's arrow.
+        through = [np.where(phases == f"G{g}", TL_GO, np.where(phases == f"Y{g}", TL_CAUTION, TL_STOP))
+                   .astype(np.int64) for g in (0, 1)]
+        arrow = [np.where(phases == f"L{g}", TL_ARROW_GO, np.where(phases == f"LY{g}", TL_ARROW_CAUTION, TL_ARROW_STOP))
+                 .astype(np.int64) for g in (0, 1)] if protected else None
         for a in range(num_arms):
             g = road_of[a]
             for k in range(n_in[a]):
-                if left_lane[a] and k == 0:
-                    states = np.where(phases == f"L{g}", TL_ARROW_GO,
-                                      np.where(phases == f"LY{g}", TL_ARROW_CAUTION, TL_ARROW_STOP))
-                else:
-                    states = np.where(phases == f"G{g}", TL_GO, np.where(phases == f"Y{g}", TL_CAUTION, TL_STOP))
-                net.lights.append(_Light(in_ids[a][k], states.astype(np.int64)))
+                net.lights.append(_Light(in_ids[a][k], arrow[g] if protected and k == 0 else through[g]))
                 net.lanes[in_ids[a][k]].stop = ("light", len(net.lights) - 1)
         # Pedestrians cross arm a while the other road has its through green.
-        for a in range(num_arms):
-            other = 1 - road_of[a]
-            crossing_s = (n_in[a] + n_out[a]) * w / 1.1 + 4.0
-            green_other = phases == f"G{other}"
-            walk = _walk_window(green_other, crossing_s)
-            _junction_crosswalk(net, u[a], nv[a], r_s, cw, n_in[a], n_out[a], w, walk)
+        green = [phases == f"G{g}" for g in (0, 1)]
+        walks = [_walk_window(green[1 - road_of[a]], (n_in[a] + n_out[a]) * w / 1.1 + 4.0) for a in range(num_arms)]
+        _junction_crosswalks(net, u, nv, r_s, cw, np.array(n_in), np.array(n_out), w, walks)
     else:
         for k in range(n_in[minor]):
             lane = in_ids[minor][k]
@@ -617,15 +638,16 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
             net.lanes[lane].stop = ("sign", len(net.signs) - 1)
         if rng.random() < 0.6:
             walk = np.ones(num_steps, bool)
-            _junction_crosswalk(net, u[minor], nv[minor], r_s, cw, n_in[minor], n_out[minor], w, walk)
+            _junction_crosswalks(net, u[minor:minor + 1], nv[minor:minor + 1], r_s, cw, np.array(n_in[minor:minor + 1]),
+                                 np.array(n_out[minor:minor + 1]), w, [walk])
     # Road edges: for each pair of neighbouring arms, kerb along arm b's outgoing side, round the
     # corner (the outermost right-turn geometry shifted half a lane outwards), out along arm a.
+    kerb_in = np.array(n_in) - 0.5 + _SHOULDER / w
+    kerb_out = np.array(n_out)[nxt] - 0.5 + _SHOULDER / w
+    sides = _straight_many(np.concatenate([in_pt(arms, kerb_in, r_s + arm_len), out_pt(nxt, kerb_out, r_s)]),
+                           np.concatenate([in_pt(arms, kerb_in, r_s), out_pt(nxt, kerb_out, r_s + arm_len)]), 5.0)
     for a in range(num_arms):
-        b = (a + 1) % num_arms
-        arm_a = np.stack([in_pt(a, n_in[a] - 0.5 + _SHOULDER / w, r) for r in (r_s + arm_len, r_s)])
-        arm_b = np.stack([out_pt(b, n_out[b] - 0.5 + _SHOULDER / w, r) for r in (r_s, r_s + arm_len)])
-        kerb = np.concatenate([_resample(arm_a, 5.0)[:-1], corners[a][::2], _resample(arm_b, 5.0)[1:]])
-        net.edges.append(kerb)
+        net.edges.append(np.concatenate([sides[a][:-1], corners[a][::2], sides[num_arms + a][1:]]))
     _orient_edges(net)
     return net
 
@@ -646,18 +668,23 @@ def _walk_window(go: np.ndarray, crossing_s: float) -> np.ndarray:
     return go & (remaining >= crossing_s + 3.0) & (since > 1.0 + 1e-9)
 
 
-def _junction_crosswalk(net: _Net, u, nv, r_s, cw, n_in, n_out, w, walk) -> None:
+def _junction_crosswalks(net: _Net, u, nv, r_s, cw, n_in, n_out, w, walks) -> None:
+    """Crosswalks over arms with directions `u [K, 2]`, left normals `nv [K, 2]` and `n_in`, `n_out [K]` lanes,
+    each with two kerb-to-kerb crossing paths (one each way) walking while `walks[k] [T]` allows."""
     r_m = r_s - 1.0 - cw / 2
-    hi, lo = n_in * w + _SHOULDER, n_out * w + _SHOULDER
-    corners = np.array([u * (r_m - cw / 2) - nv * (lo + 0.5), u * (r_m + cw / 2) - nv * (lo + 0.5),
-                        u * (r_m + cw / 2) + nv * (hi + 0.5), u * (r_m - cw / 2) + nv * (hi + 0.5)])
-    net.crosswalks.append(corners)
+    hi, lo = (n_in * w + _SHOULDER)[:, None], (n_out * w + _SHOULDER)[:, None]
+    corners = np.stack([u * (r_m - cw / 2) - nv * (lo + 0.5), u * (r_m + cw / 2) - nv * (lo + 0.5),
+                        u * (r_m + cw / 2) + nv * (hi + 0.5), u * (r_m - cw / 2) + nv * (hi + 0.5)], 1)
+    net.crosswalks.extend(corners)
+    ends = []  # [K, 2 directions, start / end, 2]
     for sgn in (1.0, -1.0):
         jitter = u * sgn * cw * 0.2
         a = u * r_m + nv * (hi + 6.0) + jitter
         b = u * r_m - nv * (lo + 6.0) + jitter
-        xy = _resample(np.stack([a, b] if sgn > 0 else [b, a]))
-        net.peds.append(_PedPath(xy, stop_s=5.0, walk=walk))
+        ends.append(np.stack([a, b] if sgn > 0 else [b, a], 1))
+    ends = np.stack(ends, 1).reshape(-1, 2, 2)
+    for k, xy in enumerate(_straight_many(ends[:, 0], ends[:, 1])):
+        net.peds.append(_PedPath(xy, stop_s=5.0, walk=walks[k // 2]))
 
 
 # ---------------------------------------------------------------- highway on-ramp merge
