@@ -191,7 +191,11 @@ def _resample(xy: np.ndarray, spacing: float = _PATH_DS) -> np.ndarray:
     if len(xy) == 2:  # a straight segment: no interpolation table needed
         d = xy[1] - xy[0]
         n = max(int(np.ceil(np.hypot(d[0], d[1]) / spacing)), 1) + 1
-        return xy[0] + (np.arange(n) / (n - 1))[:, None] * d
+        f = np.arange(n) / (n - 1)
+        out = np.empty((n, 2))
+        out[:, 0] = xy[0, 0] + f * d[0]
+        out[:, 1] = xy[0, 1] + f * d[1]
+        return out
     s = _arc(xy)
     n = max(int(np.ceil(s[-1] / spacing)), 1) + 1
     t = np.arange(n) * (s[-1] / (n - 1))
@@ -232,8 +236,10 @@ def _straight_many(a: np.ndarray, b: np.ndarray, spacing: float = _PATH_DS) -> l
     d = b - a
     n = np.maximum(np.ceil(np.hypot(d[:, 0], d[:, 1]) / spacing).astype(np.int64), 1) + 1
     owner = np.repeat(np.arange(len(n)), n)
-    j = np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)
-    pts = a[owner] + (j / (n - 1)[owner])[:, None] * d[owner]
+    f = (np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)) / (n - 1)[owner]
+    pts = np.empty((len(owner), 2))
+    for c in (0, 1):  # per coordinate: [M, 2] -> [sum n, 2] broadcasts are slow in numpy
+        pts[:, c] = np.repeat(a[:, c], n) + f * np.repeat(d[:, c], n)
     return np.split(pts, np.cumsum(n)[:-1])
 
 
@@ -243,7 +249,10 @@ def _tangent(xy: np.ndarray) -> np.ndarray:
     d[1:-1] = xy[2:] - xy[:-2]
     d[0] = xy[1] - xy[0]
     d[-1] = xy[-1] - xy[-2]
-    return d / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
+    norm = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
+    d[:, 0] /= norm
+    d[:, 1] /= norm
+    return d
 
 
 def _wrap_near(a: np.ndarray) -> np.ndarray:
@@ -259,30 +268,48 @@ def _left(d: np.ndarray) -> np.ndarray:
 
 
 def _offset(xy: np.ndarray, dist) -> np.ndarray:
-    """The polyline shifted `dist` metres to its left (negative: right)."""
-    return xy + np.asarray(dist)[..., None] * _left(_tangent(xy))
+    """The polyline shifted `dist` metres (a number or one per point) to its left (negative: right)."""
+    t = _tangent(xy)
+    out = np.empty(xy.shape)
+    out[:, 0] = xy[:, 0] + dist * -t[:, 1]
+    out[:, 1] = xy[:, 1] + dist * t[:, 0]
+    return out
 
 
 def _unit(angle) -> np.ndarray:
     return np.array([np.cos(angle), np.sin(angle)])
 
 
-_BT = np.linspace(0.0, 1.0, 33)[:, None]
+# Derivative weights of a cubic at 33 parameters in [0, 1]: d1 = _W1 . (p1 - p0, p2 - p1, p3 - p2),
+# d2 = _W2 . (p2 - 2 p1 + p0, p3 - 2 p2 + p1).
+_BT = np.linspace(0.0, 1.0, 33)
+_W1 = (3 * (1 - _BT) ** 2, 6 * (1 - _BT) * _BT, 3 * _BT ** 2)
+_W2 = (6 * (1 - _BT), 6 * _BT)
+
+
+def _bezier_handles(p0, d0, p3, d3):
+    """Chord lengths `[M]` and inner control points `[M, 2]` of the cubics of `_bezier_many`."""
+    chord = np.hypot(p3[:, 0] - p0[:, 0], p3[:, 1] - p0[:, 1])
+    phi = np.abs(_wrap(np.arctan2(d3[:, 1], d3[:, 0]) - np.arctan2(d0[:, 1], d0[:, 0])))
+    ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
+    h = ratio * chord
+    p1, p2 = np.empty_like(p0), np.empty_like(p3)
+    for c in (0, 1):  # per coordinate (numpy broadcasts over a last axis of 2 are slow)
+        p1[:, c] = p0[:, c] + d0[:, c] * h
+        p2[:, c] = p3[:, c] - d3[:, c] * h
+    return chord, p1, p2
 
 
 def _bezier_kmax_many(p0, d0, p3, d3) -> np.ndarray:
-    """`_bezier_kmax` of many cubics at once: endpoints and headings `[M, 2]` -> `[M]`."""
-    chord = np.hypot(*(p3 - p0).T)
-    phi = np.abs(_wrap(np.arctan2(d3[:, 1], d3[:, 0]) - np.arctan2(d0[:, 1], d0[:, 0])))
-    ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
-    h = (ratio * chord)[:, None]
-    p1, p2 = p0 + d0 * h, p3 - d3 * h
-    t = _BT[None]  # [1, 33, 1]
-    p0, p1, p2, p3 = p0[:, None], p1[:, None], p2[:, None], p3[:, None]
-    d1 = 3 * (1 - t) ** 2 * (p1 - p0) + 6 * (1 - t) * t * (p2 - p1) + 3 * t ** 2 * (p3 - p2)
-    d2 = 6 * (1 - t) * (p2 - 2 * p1 + p0) + 6 * t * (p3 - 2 * p2 + p1)
-    cr = np.abs(d1[..., 0] * d2[..., 1] - d1[..., 1] * d2[..., 0])
-    return np.max(cr / np.maximum(np.hypot(d1[..., 0], d1[..., 1]) ** 3, 1e-9), axis=1)
+    """The largest curvature `[M]` (sampled at 33 parameters) of the cubics of `_bezier_many`."""
+    _, p1, p2 = _bezier_handles(p0, d0, p3, d3)
+    d1, d2 = [], []
+    for c in (0, 1):  # [M, 33] per coordinate
+        q0, q1, q2, q3 = p0[:, c, None], p1[:, c, None], p2[:, c, None], p3[:, c, None]
+        d1.append(_W1[0] * (q1 - q0) + _W1[1] * (q2 - q1) + _W1[2] * (q3 - q2))
+        d2.append(_W2[0] * (q2 - 2 * q1 + q0) + _W2[1] * (q3 - 2 * q2 + q1))
+    cr = np.abs(d1[0] * d2[1] - d1[1] * d2[0])
+    return np.max(cr / np.maximum(np.hypot(d1[0], d1[1]) ** 3, 1e-9), axis=1)
 
 
 def _bezier_many(p0, d0, p3, d3, spacing: float = _PATH_DS) -> list[np.ndarray]:
@@ -294,16 +321,15 @@ def _bezier_many(p0, d0, p3, d3, spacing: float = _PATH_DS) -> list[np.ndarray]:
 
 def _bezier_flat(p0, d0, p3, d3, spacing: float = _PATH_DS) -> tuple[np.ndarray, np.ndarray]:
     """`_bezier_many` with the polylines stored one after another: (points `[sum n, 2]`, counts `n [M]`)."""
-    chord = np.hypot(*(p3 - p0).T)
-    phi = np.abs(_wrap(np.arctan2(d3[:, 1], d3[:, 0]) - np.arctan2(d0[:, 1], d0[:, 0])))
-    ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
-    h = (ratio * chord)[:, None]
-    p1, p2 = p0 + d0 * h, p3 - d3 * h
-    c1, c2, c3 = 3 * (p1 - p0), 3 * (p2 - 2 * p1 + p0), p3 - 3 * p2 + 3 * p1 - p0  # power basis
+    chord, p1, p2 = _bezier_handles(p0, d0, p3, d3)
     n = np.maximum((chord / spacing).astype(np.int64) * 3, 16)
     owner = np.repeat(np.arange(len(n)), n)
-    t = ((np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)) / (n - 1)[owner])[:, None]
-    pts = p0[owner] + t * (c1[owner] + t * (c2[owner] + t * c3[owner]))
+    t = (np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)) / (n - 1)[owner]
+    pts = np.empty((len(t), 2))
+    for c in (0, 1):  # power basis, per coordinate
+        q0, q1, q2, q3 = p0[:, c], p1[:, c], p2[:, c], p3[:, c]
+        c1, c2, c3 = 3 * (q1 - q0), 3 * (q2 - 2 * q1 + q0), q3 - 3 * q2 + 3 * q1 - q0
+        pts[:, c] = np.repeat(q0, n) + t * (np.repeat(c1, n) + t * (np.repeat(c2, n) + t * np.repeat(c3, n)))
     return _resample_flat(pts, n, spacing)
 
 
