@@ -1097,11 +1097,12 @@ def _lane_table(polys: list[np.ndarray], scen: np.ndarray, is_ped: np.ndarray):
     """Proximity zones between lanes / pedestrian paths `polys` (evenly sampled) of the same scenario.
 
     `scen [U]` names each polyline's scenario, `is_ped [U]` marks pedestrian paths (pairs of
-    two are skipped). Returns `zone [U, U, 4]` (lo_a, hi_a, lo_b, hi_b: the arc range of a,
-    then of b, that comes within the conflict distance of the other, padded 1 m), `has
-    [U, U]` and `aligned [U, U]` (vehicle lanes running the same way at their closest
-    points). Close point pairs are found with a uniform grid (cells of the conflict
-    distance, keyed by scenario too), every polyline of every scenario at once.
+    two are skipped). Returns the P pairs of distinct polylines in proximity, in row-major
+    order: `a [P]`, `b [P]`, `zone [P, 4]` (lo_a, hi_a, lo_b, hi_b: the arc range of a,
+    then of b, that comes within the conflict distance of the other, padded 1 m) and
+    `aligned [P]` (vehicle lanes running the same way at their closest points). Close
+    point pairs are found with a uniform grid (cells of the conflict distance, keyed by
+    scenario too), every polyline of every scenario at once.
     """
     nu = len(polys)
     npts = np.array([len(p) for p in polys])
@@ -1111,10 +1112,11 @@ def _lane_table(polys: list[np.ndarray], scen: np.ndarray, is_ped: np.ndarray):
     owner = np.repeat(np.arange(nu), nsub)
     k = np.arange(len(owner)) - np.repeat(np.cumsum(nsub) - nsub, nsub)
     idx = start[owner] + 4 * k
-    pts = xy[idx]
-    d01 = xy[start + 1] - xy[start]
+    pts = np.take(xy, idx, axis=0)  # (np.take: row gathers by fancy indexing are far slower)
+    d01 = np.take(xy, start + 1, axis=0) - np.take(xy, start, axis=0)
     s = 4 * k * np.hypot(d01[:, 0], d01[:, 1])[owner]
-    t = xy[np.minimum(idx + 1, (start + npts - 1)[owner])] - xy[np.maximum(idx - 1, start[owner])]
+    t = (np.take(xy, np.minimum(idx + 1, (start + npts - 1)[owner]), axis=0)
+         - np.take(xy, np.maximum(idx - 1, start[owner]), axis=0))
     h = np.arctan2(t[:, 1], t[:, 0])
     ped = is_ped[owner]
     cell = np.floor(pts / _CONFLICT_VEHICLE).astype(np.int64) + 50_000  # maps span far less than 100 km
@@ -1144,26 +1146,22 @@ def _lane_table(polys: list[np.ndarray], scen: np.ndarray, is_ped: np.ndarray):
     pa, pb = ped[ia], ped[ib]
     sel = (owner[ia] != owner[ib]) & ~(pa & pb)
     ia, ib, pa, pb = ia[sel], ib[sel], pa[sel], pb[sel]
-    d = np.hypot(*(pts[ia] - pts[ib]).T)
+    px, py = pts[:, 0].copy(), pts[:, 1].copy()
+    d = np.hypot(px[ia] - px[ib], py[ia] - py[ib])
     sel = d < np.where(pa | pb, _CONFLICT_PED, _CONFLICT_VEHICLE)
     ia, ib, d = np.concatenate([ia[sel], ib[sel]]), np.concatenate([ib[sel], ia[sel]]), np.concatenate([d[sel]] * 2)
-    zone = np.zeros((nu, nu, 4))
-    has = np.zeros((nu, nu), bool)
-    aligned = np.zeros((nu, nu), bool)
     if not len(ia):
-        return zone, has, aligned
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, bool)
     pair = owner[ia] * nu + owner[ib]
     srt = np.lexsort((d, pair))  # by lane pair, closest point pair first
     pair, ia, ib = pair[srt], ia[srt], ib[srt]
     first = np.flatnonzero(np.concatenate([[True], pair[1:] != pair[:-1]]))
     sa, sb = s[ia], s[ib]
-    a_own, b_own = pair[first] // nu, pair[first] % nu
-    zone[a_own, b_own] = np.stack([np.minimum.reduceat(sa, first) - 1.0, np.maximum.reduceat(sa, first) + 1.0,
-                                   np.minimum.reduceat(sb, first) - 1.0, np.maximum.reduceat(sb, first) + 1.0], -1)
-    has[a_own, b_own] = True
+    zone = np.stack([np.minimum.reduceat(sa, first) - 1.0, np.maximum.reduceat(sa, first) + 1.0,
+                     np.minimum.reduceat(sb, first) - 1.0, np.maximum.reduceat(sb, first) + 1.0], -1)
     dh = np.abs(_wrap(h[ia[first]] - h[ib[first]]))
-    aligned[a_own, b_own] = (dh < np.deg2rad(40)) & ~ped[ia[first]] & ~ped[ib[first]]
-    return zone, has, aligned
+    aligned = (dh < np.deg2rad(40)) & ~ped[ia[first]] & ~ped[ib[first]]
+    return pair[first] // nu, pair[first] % nu, zone, aligned
 
 
 def _records(items: list[dict]) -> list[np.ndarray]:
@@ -1205,13 +1203,13 @@ def _records(items: list[dict]) -> list[np.ndarray]:
     sizes = np.array([len(it["agents"]) for it in items])
     base = np.cumsum(sizes) - sizes
     nu = len(polys)
-    zone, has, tal = _lane_table(polys, np.array(scen, np.int64), np.array(is_ped, bool))
+    pa, pb, zone, tal = _lane_table(polys, np.array(scen, np.int64), np.array(is_ped, bool))
     length, rank = np.array(length), np.array(rank)
     e_agent, e_col, e_off, e_pos = np.array(e_agent), np.array(e_col), np.array(e_off), np.array(e_pos)
     ped = np.array([ag.kind == TYPE_PEDESTRIAN for it in items for ag in it["agents"]])
-    # Lane pairs that interact: in proximity, or the same lane.
-    la, lb = np.nonzero(has)
-    la, lb = np.concatenate([la, np.arange(nu)]), np.concatenate([lb, np.arange(nu)])
+    # Lane pairs that interact: in proximity (with their zones), or the same lane (zones unused).
+    la, lb = np.concatenate([pa, np.arange(nu)]), np.concatenate([pb, np.arange(nu)])
+    zone, tal = np.concatenate([zone, np.zeros((nu, 4))]), np.concatenate([tal, np.zeros(nu, bool)])
     # Join: entries on la x entries on lb (two expansions through entries grouped by column).
     by_col = np.argsort(e_col, kind="stable")
     cnt = np.bincount(e_col, minlength=nu)
@@ -1223,19 +1221,19 @@ def _records(items: list[dict]) -> list[np.ndarray]:
 
     l1, ea = expand(cnt[la], first[la])
     l2, eb = expand(cnt[lb[l1]], first[lb[l1]])
-    ea = ea[l2]
+    ea, lp = ea[l2], l1[l2]  # lp: the lane pair of each combination
     ai, aj = e_agent[ea], e_agent[eb]
     keep = (ai < aj) & ~(ped[ai] & ped[aj])
-    ea, eb, ai, aj = ea[keep], eb[keep], ai[keep], aj[keep]
+    ea, eb, ai, aj, lp = ea[keep], eb[keep], ai[keep], aj[keep], lp[keep]
     ca, cb = e_col[ea], e_col[eb]
     same = ca == cb
-    z = zone[ca, cb]
+    z = np.take(zone, lp, axis=0)
     oa, ob = e_off[ea], e_off[eb]
     lo_a = np.where(same, 0.0, z[:, 0]) + oa
     hi_a = np.where(same, length[ca], z[:, 1]) + oa
     lo_b = np.where(same, 0.0, z[:, 2]) + ob
     hi_b = np.where(same, length[cb], z[:, 3]) + ob
-    al = same | tal[ca, cb]
+    al = same | tal[lp]
     prio = np.sign(rank[ca] - rank[cb]).astype(np.float64)
     key = ai * len(ped) + aj  # agent pairs in (i, j) order
     rowmajor = e_pos[ea] * (int(e_pos.max()) + 1) + e_pos[eb]  # ties go to the earliest route lanes (i's first)
