@@ -746,7 +746,10 @@ def _build_merge(rng: np.random.Generator, pr: ParamRanges) -> _Net:
 
     def at(s_arr, lat):
         i = np.clip(np.searchsorted(s_ref, s_arr), 0, len(ref) - 1)
-        return ref[i] + nrm[i] * np.asarray(lat)[..., None]
+        out = np.empty((len(i), 2))
+        for c in (0, 1):
+            out[:, c] = ref[:, c][i] + nrm[:, c][i] * lat
+        return out
 
     main = []
     i_m = int(np.searchsorted(s_ref, s_m))
@@ -1684,8 +1687,8 @@ def _edge_segments(edges: list[np.ndarray], seg_len: float, corner_deg: float) -
     run_start = np.zeros(len(xy), bool)
     run_start[np.cumsum(lens) - lens] = True
     # Drop vertices within 5 cm of the previous one: a near-zero segment has no reliable side.
-    step = np.hypot(*np.diff(xy, axis=0).T)
-    keep = np.concatenate([[True], step >= 0.05]) | run_start
+    d = xy[1:] - xy[:-1]
+    keep = np.concatenate([[True], np.hypot(d[:, 0], d[:, 1]) >= 0.05]) | run_start
     xy, run_start = xy[keep], run_start[keep]
     n = len(xy)
     d = xy[1:] - xy[:-1]
@@ -1693,7 +1696,7 @@ def _edge_segments(edges: list[np.ndarray], seg_len: float, corner_deg: float) -
     same = ~run_start[1:]  # d[i] joins two points of one polyline
     key = np.concatenate([[0.0], np.cumsum(np.where(same, dl, 1.0))])  # polylines 1 m apart on the key
     corner = np.zeros(n, bool)
-    cos = np.sum(d[:-1] * d[1:], 1) / np.maximum(dl[:-1] * dl[1:], 1e-12)
+    cos = (d[:-1, 0] * d[1:, 0] + d[:-1, 1] * d[1:, 1]) / np.maximum(dl[:-1] * dl[1:], 1e-12)
     corner[1:-1] = same[:-1] & same[1:] & (dl[:-1] > 1e-6) & (dl[1:] > 1e-6) & (cos < np.cos(np.deg2rad(corner_deg)))
     starts = np.flatnonzero(run_start | corner)
     nxt = np.append(starts[1:], n)
@@ -1839,8 +1842,16 @@ def _focus(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -> t
     return route_xy, focus[np.sort(first)]
 
 
-def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig, route_xy: np.ndarray,
-              focus: np.ndarray, compiled: tuple) -> tuple[Scenario, dict]:
+def _log_fields(out: dict) -> np.ndarray:
+    """The logged x, y, vel_x, vel_y, yaw `[5, G, T]` of every simulated agent (float32, zero where not valid)."""
+    yaw, speed = out["yaw"], out["v"]
+    fields = np.stack([out["x"], out["y"], speed * np.cos(yaw), speed * np.sin(yaw), yaw])
+    return np.where(out["valid"], fields, 0.0).astype(np.float32)
+
+
+def _assemble(item: dict, b: _Batch, out: dict, logs: np.ndarray, lo: int, cfg: GeneratorConfig,
+              route_xy: np.ndarray, focus: np.ndarray, compiled: tuple) -> tuple[Scenario, dict]:
+    """One finished scenario from its simulated log (`logs`: `_log_fields` of the chunk) and compiled map."""
     rng = item["rng"]
     agents = item["agents"]
     n_ag = len(agents)
@@ -1859,9 +1870,7 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig, r
     types[slots] = b.kind[g]
     # Fields (x, y, vel_x, vel_y, yaw, length, width, height, z), zero where not valid.
     fields = np.zeros((9, N, T), np.float32)
-    yaw, speed = out["yaw"][g], out["v"][g]
-    fields[0:5, slots] = np.where(v_rows, np.stack([out["x"][g], out["y"][g], speed * np.cos(yaw), speed * np.sin(yaw),
-                                                    yaw]), 0.0)
+    fields[0:5, slots] = logs[:, g]
     dims = np.stack([b.length[g], b.width[g], np.array([agents[a].height for a in keep], np.float64)])
     fields[5:8, slots] = np.where(v_rows, dims[:, :, None], 0.0)
     fields[8] = fields[7] / 2
@@ -1888,7 +1897,7 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig, r
     L = cfg.max_lights
     tl = dict(state=np.zeros((L, T), np.int32), x=np.zeros((L, T), np.float32), y=np.zeros((L, T), np.float32),
               lane_ids=np.full((L, T), -1, np.int32), valid=np.zeros((L, T), bool))
-    kept_ids = set(int(i) for i in np.asarray(roadmap.lane_ids)[np.asarray(roadmap.lane_ids) >= 0])
+    kept_ids = set(roadmap.lane_ids[roadmap.lane_ids >= 0].tolist())
     lights = [lt for lt in net.lights if last_id[lt.lane] in kept_ids]
     if len(lights) > L:
         end = np.array([net.lanes[lt.lane].xy[-1] for lt in lights])
@@ -1961,8 +1970,9 @@ def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> t
         if fin:  # the maps of every scenario finished this round, compiled together
             focus = [_focus(items[k], b, out, lo, cfg) for k, lo in fin]
             maps = _compile_maps([items[k]["net"] for k, _ in fin], [f for _, f in focus], cfg)
+            logs = _log_fields(out)
             for (k, lo), (route_xy, fxy), compiled in zip(fin, focus, maps):
-                done[k] = _assemble(items[k], b, out, lo, cfg, route_xy, fxy, compiled)
+                done[k] = _assemble(items[k], b, out, logs, lo, cfg, route_xy, fxy, compiled)
         pending = nxt
     if pending:
         raise RuntimeError(f"procedural: scenarios {[items[k]['seed'] for k in pending]} of split {split!r} "
