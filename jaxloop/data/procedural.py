@@ -951,14 +951,10 @@ def _route_path(net: _Net, lanes: list[int]) -> tuple[np.ndarray, list[float]]:
         acc += lane.length
     if len(objs) == 1:
         xy, steps = objs[0].xy, objs[0].segment_lengths()
-    else:  # the lanes' own segments (cached), joined by the steps from each lane's end to the next one's second point
+    else:  # each lane after the first joined from the previous one's end to its second point
         xy = np.concatenate([objs[0].xy] + [lane.xy[1:] for lane in objs[1:]])
-        dj = np.array([lane.xy[1] for lane in objs[1:]]) - np.array([lane.xy[-1] for lane in objs[:-1]])
-        joins = np.hypot(dj[:, 0], dj[:, 1])
-        parts = [objs[0].segment_lengths()]
-        for k, lane in enumerate(objs[1:]):
-            parts += [joins[k:k + 1], lane.segment_lengths()[1:]]
-        steps = np.concatenate(parts)
+        d = xy[1:] - xy[:-1]
+        steps = np.hypot(d[:, 0], d[:, 1])
     s = np.empty(len(xy))
     s[0] = 0.0
     np.cumsum(steps, out=s[1:])
@@ -1027,10 +1023,12 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
         count = 0
         all_opts = routes_from[li]
         cyc_opts = [o for o in all_opts if o[2] in ("straight", "right", "exit")] or all_opts
+        all_total, cyc_total = sum(o[1] for o in all_opts), sum(o[1] for o in cyc_opts)
+        bike_lane = li in net.bike_lanes
         while pos > lo and vehicles_left > 0 and count < per_lane:
-            is_cyc = cyclists_left > 0 and li in net.bike_lanes and dr.random() < 0.3
+            is_cyc = cyclists_left > 0 and bike_lane and dr.random() < 0.3
             opts = cyc_opts if is_cyc else all_opts
-            pick = dr.random() * sum(o[1] for o in opts)
+            pick = dr.random() * (cyc_total if is_cyc else all_total)
             k, acc = 0, opts[0][1]
             while acc <= pick and k < len(opts) - 1:
                 k += 1
@@ -1624,8 +1622,8 @@ def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConf
     def red_at0(sig):
         if sig < 0:
             return False
-        st = net.lights[sig].states[: cfg.init_steps + 20]
-        return bool(np.any((st == TL_STOP) | (st == TL_ARROW_STOP) | (st == TL_CAUTION) | (st == TL_ARROW_CAUTION)))
+        st = net.lights[sig].states[: cfg.init_steps + 20].tolist()
+        return not {TL_STOP, TL_ARROW_STOP, TL_CAUTION, TL_ARROW_CAUTION}.isdisjoint(st)
 
     agents = _spawn(net, rng, pr, cfg, red_at0)[: cfg.num_objects]
     return dict(split=split, seed=scenario_seed, attempt=attempt, family=family, net=net, agents=agents,
