@@ -1270,8 +1270,12 @@ def _records(items: list[dict]) -> list[np.ndarray]:
 # Joint simulation of many scenarios (flat over agents, vectorised)
 
 
-def _speed_caps(paths: list[np.ndarray]) -> np.ndarray:
-    """Speed caps `[sum K]` (concatenated) for the curvature of each evenly sampled path `[K, 2]`.
+def _speed_caps(lens: np.ndarray, seg_x: np.ndarray, seg_y: np.ndarray, seg_n: np.ndarray) -> np.ndarray:
+    """Speed caps `[sum K]` (concatenated) for the curvature of evenly sampled paths of `lens [P]` points.
+
+    The paths are given by the segment vectors `seg_x`, `seg_y` and lengths `seg_n` (at
+    least 1e-9) between consecutive points of all of them stored one after another (at
+    least `sum K - 1` of them; those joining two paths are never used).
 
     Curvature from the turn between neighbouring segments (cross product over the
     lengths: the sine of the small turn angle), smoothed over 9 points (zero padded);
@@ -1280,14 +1284,11 @@ def _speed_caps(paths: list[np.ndarray]) -> np.ndarray:
     do not depend on which others share the batch): the curvature and its smoothing on
     one flat array with 4 zeros between paths, the backward minimum on rows of a padded array.
     """
-    lens = np.array([len(p) for p in paths], np.int64)
-    n, total = len(paths), int(lens.sum())
+    n, total = len(lens), int(lens.sum())
     if lens.min() < 3:
         raise ValueError(f"procedural: agent paths need >= 3 points, got {int(lens.min())}")
-    xy = np.concatenate(paths)
-    d = xy[1:] - xy[:-1]  # (the segments joining two paths are never used)
-    ds = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
-    cross = d[:-1, 0] * d[1:, 1] - d[:-1, 1] * d[1:, 0]
+    dx, dy, ds = seg_x[:total - 1], seg_y[:total - 1], seg_n[:total - 1]
+    cross = dx[:-1] * dy[1:] - dy[:-1] * dx[1:]
     k_in = np.abs(cross) / (ds[:-1] * ds[1:] * 0.5 * (ds[1:] + ds[:-1]))  # [q - 1]: at inner point q
     pstart = np.cumsum(lens) - lens
     owner = np.repeat(np.arange(n), lens)
@@ -1307,10 +1308,11 @@ def _speed_caps(paths: list[np.ndarray]) -> np.ndarray:
     s3 = j * (2 * 1.5 * _PATH_DS)
     key = np.minimum(2.2 / np.maximum(smooth, 1e-4), 50.0 ** 2) + s3
     back = int(lens.max()) - 1 - j  # columns of a padded array, one path per column, from its end backwards
-    cols = np.full((int(lens.max()), n), np.inf)
-    cols[back, owner] = key
-    np.minimum.accumulate(cols, axis=0, out=cols)
-    run = cols[back, owner]
+    flat = back * n + owner
+    cols = np.full(int(lens.max()) * n, np.inf)
+    cols[flat] = key
+    np.minimum.accumulate(cols.reshape(-1, n), axis=0, out=cols.reshape(-1, n))
+    run = cols[flat]
     return np.sqrt(np.maximum(run - s3, 0.0))
 
 
@@ -1375,9 +1377,13 @@ class _Batch:
         self.p_len = (self.p_n - 1) * _PATH_DS
         pts = np.concatenate(paths)
         self.px, self.py = pts[:, 0], pts[:, 1]
+        # Segment vectors and lengths from each path point to the next (a path's last one unused).
+        self.seg_x, self.seg_y = self.px[1:] - self.px[:-1], self.py[1:] - self.py[:-1]
+        self.seg_n = np.maximum(np.hypot(self.seg_x, self.seg_y), 1e-9)
         self.cap = np.full(len(pts), 50.0)  # pedestrians: no curvature cap
         if num_veh:
-            self.cap[:int(pstart[num_veh - 1] + plens[num_veh - 1])] = _speed_caps(paths[:num_veh])
+            self.cap[:int(pstart[num_veh - 1] + plens[num_veh - 1])] = _speed_caps(plens[:num_veh], self.seg_x,
+                                                                                    self.seg_y, self.seg_n)
         # Records.
         rec = np.concatenate([it["records"] for it in items]).reshape(-1, 9)
         rec_base = np.repeat(base, [len(it["records"]) for it in items])
@@ -1395,8 +1401,7 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
     R = len(b.ri)
     dt = DT
     # Static per-agent / per-record terms, hoisted out of the step loop.
-    seg_x, seg_y = b.px[1:] - b.px[:-1], b.py[1:] - b.py[:-1]  # path segment vectors (last of a path unused)
-    seg_n = np.maximum(np.hypot(seg_x, seg_y), 1e-9)
+    seg_x, seg_y, seg_n = b.seg_x, b.seg_y, b.seg_n
     # One row per path point (x, y, segment x, y, unit segment x, y): a single gather per lookup.
     table = np.stack([b.px[:-1], b.py[:-1], seg_x, seg_y, seg_x / seg_n, seg_y / seg_n], -1)
     i_max = b.p_n - 2
