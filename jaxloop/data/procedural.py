@@ -1762,14 +1762,20 @@ def _compile_maps(nets: list[_Net], focuses: list[np.ndarray], cfg: GeneratorCon
     q = cfg.lane_points
     u = (piece[:, None] + np.linspace(0.0, 1.0, q)[None]) / num[lane_of, None] * (npts[lane_of, None] - 1)
     i0 = np.minimum(u.astype(np.int64), npts[lane_of, None] - 2)
-    f = (u - i0)[..., None]
+    f = u - i0
     g = start[lane_of, None] + i0
-    pts = xy_all[g] * (1.0 - f) + xy_all[g + 1] * f  # [K, Q, 2]
-    tan = np.empty_like(pts)
-    tan[:, 1:-1] = pts[:, 2:] - pts[:, :-2]
-    tan[:, 0] = pts[:, 1] - pts[:, 0]
-    tan[:, -1] = pts[:, -1] - pts[:, -2]
-    tan /= np.maximum(np.hypot(tan[..., 0], tan[..., 1]), 1e-12)[..., None]
+    # Points [K, Q, 2] and unit tangents, per coordinate (numpy broadcasts over a last axis of 2 are slow).
+    pts, tan = np.empty(g.shape + (2,)), np.empty(g.shape + (2,))
+    for c in (0, 1):
+        xc = xy_all[:, c].copy()
+        p = pts[..., c]
+        p[...] = xc[g] * (1.0 - f) + xc[g + 1] * f
+        tan[:, 1:-1, c] = p[:, 2:] - p[:, :-2]
+        tan[:, 0, c] = p[:, 1] - p[:, 0]
+        tan[:, -1, c] = p[:, -1] - p[:, -2]
+    norm = np.maximum(np.hypot(tan[..., 0], tan[..., 1]), 1e-12)
+    tan[..., 0] /= norm
+    tan[..., 1] /= norm
     piece_scen = lane_scen[lane_of]
     # Road edges, crosswalks, stop signs.
     segs = [_edge_segments(net.edges, cfg.edge_segment_m, 25.0) for net in nets]  # per network: batch-independent
@@ -1792,7 +1798,7 @@ def _compile_maps(nets: list[_Net], focuses: list[np.ndarray], cfg: GeneratorCon
     dist = np.empty(len(probes))
     for k in range(S):
         sel = by[bounds[k]:bounds[k + 1]]
-        dist[sel] = _min_dist_to(probes[sel], focuses[k])
+        dist[sel] = _min_dist_to(np.take(probes, sel, axis=0), focuses[k])
     lane_d = dist[:nl].reshape(probe_pts.shape[:2]).min(axis=1)
     edge_d = dist[nl:nl + ne].reshape(3, -1).min(axis=0)
     cw_d = dist[nl + ne:nl + ne + nc].reshape(-1, 4).min(axis=1)
@@ -1808,7 +1814,8 @@ def _compile_maps(nets: list[_Net], focuses: list[np.ndarray], cfg: GeneratorCon
                   stop_sign_xy=np.zeros((S, SS, 2), np.float32), stop_sign_lane_ids=np.full((S, SS), -1, np.int32),
                   stop_sign_valid=np.zeros((S, SS), bool))
     sc, sl, i, dropped = _select_many(lane_d, piece_scen, S, radius, P)
-    fields["lane_xy"][sc, sl], fields["lane_dir"][sc, sl], fields["lane_valid"][sc, sl] = pts[i], tan[i], True
+    fields["lane_xy"][sc, sl], fields["lane_dir"][sc, sl] = np.take(pts, i, axis=0), np.take(tan, i, axis=0)
+    fields["lane_valid"][sc, sl] = True
     fields["lane_ids"][sc, sl] = np.arange(len(lane_of))[i] - scen_first[sc] + 1
     fields["lane_types"][sc, sl] = np.array([ln.rg_type for ln in lanes])[lane_of[i]]
     fields["lane_speed_limit"][sc, sl] = np.array([ln.speed for ln in lanes])[lane_of[i]]
