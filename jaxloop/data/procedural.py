@@ -1432,7 +1432,9 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
     off_m, off_p = -b.off, b.off
     cap_base = b.p_start
     exit_len = b.p_len - 0.5 - half
-    vdes_slow = b.vdes * b.slow_f
+    t_all = np.arange(T) * dt
+    slow = (t_all[:, None] >= b.slow_t0) & (t_all[:, None] < b.slow_t1)
+    vdes_tg = np.where(slow, b.vdes * b.slow_f, b.vdes)  # [T, G] desired speed (slow-down episodes)
     # State.
     s = b.s0.copy()
     v = np.where(b.alive, b.v0, 0.0)
@@ -1505,10 +1507,8 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         follow_c = lead_ok & ahead
         on = cross_c | follow_c | (lead_ok & ~ahead & open_zone)
         # IDM.
-        t_now = t * dt
-        slow = (t_now >= b.slow_t0) & (t_now < b.slow_t1)
         ci = np.minimum(np.maximum(np.round(s / _PATH_DS).astype(np.int64), 0), n_max)
-        v_goal = np.minimum(np.where(slow, vdes_slow, b.vdes), b.cap[cap_base + ci])
+        v_goal = np.minimum(vdes_tg[t], b.cap[cap_base + ci])
         ratio2 = np.square(v / np.maximum(v_goal, 0.1))
         a_free = np.maximum(b.amax * (1.0 - ratio2 * ratio2), -3.0)
         # Stop lines (per agent), then the records, IDM interaction term max-reduced per agent.
