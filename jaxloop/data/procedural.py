@@ -191,7 +191,11 @@ def _resample(xy: np.ndarray, spacing: float = _PATH_DS) -> np.ndarray:
     if len(xy) == 2:  # a straight segment: no interpolation table needed
         d = xy[1] - xy[0]
         n = max(int(np.ceil(np.hypot(d[0], d[1]) / spacing)), 1) + 1
-        return xy[0] + (np.arange(n) / (n - 1))[:, None] * d
+        f = np.arange(n) / (n - 1)
+        out = np.empty((n, 2))
+        out[:, 0] = xy[0, 0] + f * d[0]
+        out[:, 1] = xy[0, 1] + f * d[1]
+        return out
     s = _arc(xy)
     n = max(int(np.ceil(s[-1] / spacing)), 1) + 1
     t = np.arange(n) * (s[-1] / (n - 1))
@@ -204,11 +208,13 @@ def _resample(xy: np.ndarray, spacing: float = _PATH_DS) -> np.ndarray:
 
 def _resample_many(polys: list[np.ndarray], spacing: float = _PATH_DS) -> list[np.ndarray]:
     """`_resample` of many polylines at once (one interpolation on a shared increasing arc key)."""
-    return _resample_flat(np.concatenate(polys), np.array([len(p) for p in polys]), spacing)
+    pts, n = _resample_flat(np.concatenate(polys), np.array([len(p) for p in polys]), spacing)
+    return np.split(pts, np.cumsum(n)[:-1])
 
 
-def _resample_flat(xy: np.ndarray, lens: np.ndarray, spacing: float) -> list[np.ndarray]:
-    """`_resample_many` of the polylines of `lens [M]` points stored one after another in `xy [sum lens, 2]`."""
+def _resample_flat(xy: np.ndarray, lens: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """`_resample_many` of the polylines of `lens [M]` points stored one after another in `xy [sum lens, 2]`;
+    returns the resampled polylines stored the same way (points, counts `[M]`)."""
     d = xy[1:] - xy[:-1]
     step = np.hypot(d[:, 0], d[:, 1])
     first = np.cumsum(lens) - lens
@@ -222,6 +228,18 @@ def _resample_flat(xy: np.ndarray, lens: np.ndarray, spacing: float) -> list[np.
     pts = np.empty((len(t), 2))
     pts[:, 0] = np.interp(t, key, xy[:, 0])
     pts[:, 1] = np.interp(t, key, xy[:, 1])
+    return pts, n
+
+
+def _straight_many(a: np.ndarray, b: np.ndarray, spacing: float = _PATH_DS) -> list[np.ndarray]:
+    """`_resample` of many straight segments at once: from `a [M, 2]` to `b [M, 2]`, M polylines."""
+    d = b - a
+    n = np.maximum(np.ceil(np.hypot(d[:, 0], d[:, 1]) / spacing).astype(np.int64), 1) + 1
+    owner = np.repeat(np.arange(len(n)), n)
+    f = (np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)) / (n - 1)[owner]
+    pts = np.empty((len(owner), 2))
+    for c in (0, 1):  # per coordinate: [M, 2] -> [sum n, 2] broadcasts are slow in numpy
+        pts[:, c] = np.repeat(a[:, c], n) + f * np.repeat(d[:, c], n)
     return np.split(pts, np.cumsum(n)[:-1])
 
 
@@ -231,7 +249,10 @@ def _tangent(xy: np.ndarray) -> np.ndarray:
     d[1:-1] = xy[2:] - xy[:-2]
     d[0] = xy[1] - xy[0]
     d[-1] = xy[-1] - xy[-2]
-    return d / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
+    norm = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
+    d[:, 0] /= norm
+    d[:, 1] /= norm
+    return d
 
 
 def _wrap_near(a: np.ndarray) -> np.ndarray:
@@ -247,45 +268,68 @@ def _left(d: np.ndarray) -> np.ndarray:
 
 
 def _offset(xy: np.ndarray, dist) -> np.ndarray:
-    """The polyline shifted `dist` metres to its left (negative: right)."""
-    return xy + np.asarray(dist)[..., None] * _left(_tangent(xy))
+    """The polyline shifted `dist` metres (a number or one per point) to its left (negative: right)."""
+    t = _tangent(xy)
+    out = np.empty(xy.shape)
+    out[:, 0] = xy[:, 0] + dist * -t[:, 1]
+    out[:, 1] = xy[:, 1] + dist * t[:, 0]
+    return out
 
 
 def _unit(angle) -> np.ndarray:
     return np.array([np.cos(angle), np.sin(angle)])
 
 
-_BT = np.linspace(0.0, 1.0, 33)[:, None]
+# Derivative weights of a cubic at 33 parameters in [0, 1]: d1 = _W1 . (p1 - p0, p2 - p1, p3 - p2),
+# d2 = _W2 . (p2 - 2 p1 + p0, p3 - 2 p2 + p1).
+_BT = np.linspace(0.0, 1.0, 33)
+_W1 = (3 * (1 - _BT) ** 2, 6 * (1 - _BT) * _BT, 3 * _BT ** 2)
+_W2 = (6 * (1 - _BT), 6 * _BT)
+
+
+def _bezier_handles(p0, d0, p3, d3):
+    """Chord lengths `[M]` and inner control points `[M, 2]` of the cubics of `_bezier_many`."""
+    chord = np.hypot(p3[:, 0] - p0[:, 0], p3[:, 1] - p0[:, 1])
+    phi = np.abs(_wrap(np.arctan2(d3[:, 1], d3[:, 0]) - np.arctan2(d0[:, 1], d0[:, 0])))
+    ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
+    h = ratio * chord
+    p1, p2 = np.empty_like(p0), np.empty_like(p3)
+    for c in (0, 1):  # per coordinate (numpy broadcasts over a last axis of 2 are slow)
+        p1[:, c] = p0[:, c] + d0[:, c] * h
+        p2[:, c] = p3[:, c] - d3[:, c] * h
+    return chord, p1, p2
 
 
 def _bezier_kmax_many(p0, d0, p3, d3) -> np.ndarray:
-    """`_bezier_kmax` of many cubics at once: endpoints and headings `[M, 2]` -> `[M]`."""
-    chord = np.hypot(*(p3 - p0).T)
-    phi = np.abs(_wrap(np.arctan2(d3[:, 1], d3[:, 0]) - np.arctan2(d0[:, 1], d0[:, 0])))
-    ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
-    h = (ratio * chord)[:, None]
-    p1, p2 = p0 + d0 * h, p3 - d3 * h
-    t = _BT[None]  # [1, 33, 1]
-    p0, p1, p2, p3 = p0[:, None], p1[:, None], p2[:, None], p3[:, None]
-    d1 = 3 * (1 - t) ** 2 * (p1 - p0) + 6 * (1 - t) * t * (p2 - p1) + 3 * t ** 2 * (p3 - p2)
-    d2 = 6 * (1 - t) * (p2 - 2 * p1 + p0) + 6 * t * (p3 - 2 * p2 + p1)
-    cr = np.abs(d1[..., 0] * d2[..., 1] - d1[..., 1] * d2[..., 0])
-    return np.max(cr / np.maximum(np.hypot(d1[..., 0], d1[..., 1]) ** 3, 1e-9), axis=1)
+    """The largest curvature `[M]` (sampled at 33 parameters) of the cubics of `_bezier_many`."""
+    _, p1, p2 = _bezier_handles(p0, d0, p3, d3)
+    d1, d2 = [], []
+    for c in (0, 1):  # [M, 33] per coordinate
+        q0, q1, q2, q3 = p0[:, c, None], p1[:, c, None], p2[:, c, None], p3[:, c, None]
+        d1.append(_W1[0] * (q1 - q0) + _W1[1] * (q2 - q1) + _W1[2] * (q3 - q2))
+        d2.append(_W2[0] * (q2 - 2 * q1 + q0) + _W2[1] * (q3 - 2 * q2 + q1))
+    cr = np.abs(d1[0] * d2[1] - d1[1] * d2[0])
+    return np.max(cr / np.maximum(np.hypot(d1[0], d1[1]) ** 3, 1e-9), axis=1)
 
 
 def _bezier_many(p0, d0, p3, d3, spacing: float = _PATH_DS) -> list[np.ndarray]:
     """Cubics from `p0` heading `d0` to `p3` heading `d3` (handles sized to approximate circular arcs),
     resampled every `spacing` metres; many at once: endpoints and unit headings `[M, 2]` -> M polylines."""
-    chord = np.hypot(*(p3 - p0).T)
-    phi = np.abs(_wrap(np.arctan2(d3[:, 1], d3[:, 0]) - np.arctan2(d0[:, 1], d0[:, 0])))
-    ratio = np.where(phi < 1e-3, 1.0 / 3.0, (4.0 / 3.0) * np.tan(phi / 4) / (2 * np.sin(np.maximum(phi, 1e-3) / 2)))
-    h = (ratio * chord)[:, None]
-    p1, p2 = p0 + d0 * h, p3 - d3 * h
-    c1, c2, c3 = 3 * (p1 - p0), 3 * (p2 - 2 * p1 + p0), p3 - 3 * p2 + 3 * p1 - p0  # power basis
+    pts, n = _bezier_flat(p0, d0, p3, d3, spacing)
+    return np.split(pts, np.cumsum(n)[:-1])
+
+
+def _bezier_flat(p0, d0, p3, d3, spacing: float = _PATH_DS) -> tuple[np.ndarray, np.ndarray]:
+    """`_bezier_many` with the polylines stored one after another: (points `[sum n, 2]`, counts `n [M]`)."""
+    chord, p1, p2 = _bezier_handles(p0, d0, p3, d3)
     n = np.maximum((chord / spacing).astype(np.int64) * 3, 16)
     owner = np.repeat(np.arange(len(n)), n)
-    t = ((np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)) / (n - 1)[owner])[:, None]
-    pts = p0[owner] + t * (c1[owner] + t * (c2[owner] + t * c3[owner]))
+    t = (np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)) / (n - 1)[owner]
+    pts = np.empty((len(t), 2))
+    for c in (0, 1):  # power basis, per coordinate
+        q0, q1, q2, q3 = p0[:, c], p1[:, c], p2[:, c], p3[:, c]
+        c1, c2, c3 = 3 * (q1 - q0), 3 * (q2 - 2 * q1 + q0), q3 - 3 * q2 + 3 * q1 - q0
+        pts[:, c] = np.repeat(q0, n) + t * (np.repeat(c1, n) + t * (np.repeat(c2, n) + t * np.repeat(c3, n)))
     return _resample_flat(pts, n, spacing)
 
 
@@ -466,7 +510,12 @@ def _add_peds_across(net: _Net, centre, along, nrm, half, cw, walk) -> None:
 
 
 def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, num_steps: int) -> _Net:
-    """A 4-way signalised intersection or a T-junction with stop signs on the minor road."""
+    """A 4-way signalised intersection or a T-junction with stop signs on the minor road.
+
+    The geometry is computed for all arms, lanes and movements at once: arm a has the
+    outward direction `u[a]` and left normal `nv[a]`, `n_in[a]` lanes towards the centre
+    (on its left, looking outwards) and `n_out[a]` away from it, starting `r_s` metres out.
+    """
     net = _Net()
     w = rng.uniform(*pr.lane_width)
     jit = np.deg2rad(pr.angle_jitter_deg)
@@ -485,77 +534,78 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
     speed = [rng.uniform(11.0, 15.0) * scale, rng.uniform(9.0, 13.0) * scale]
     arm_len = 110.0
     cw = rng.uniform(3.0, 4.0)
-    u = [_unit(a) for a in angles]
-    nv = [_left(x) for x in u]
+    arms = np.arange(num_arms)
+    nxt = (arms + 1) % num_arms  # the neighbouring arm, counter-clockwise
+    u = np.stack([np.cos(angles), np.sin(angles)], -1)  # [A, 2]
+    nv = _left(u)  # [A, 2]
     n_out = [n_road[road_of[a]] for a in range(num_arms)]
-    left_lane = [protected for _ in range(num_arms)]
-    n_in = [n_out[a] + (1 if left_lane[a] else 0) for a in range(num_arms)]
+    n_in = [n_out[a] + (1 if protected else 0) for a in range(num_arms)]  # a left-turn lane when protected
 
     def in_pt(a, lane, r):
-        return u[a] * r + nv[a] * (lane + 0.5) * w
+        """Points `r` metres out on in lane `lane` (fractional: across the lanes) of arm `a` (arrays broadcast)."""
+        return u[a] * r + nv[a] * (np.asarray(lane) + 0.5)[..., None] * w
 
     def out_pt(a, lane, r):
-        return u[a] * r - nv[a] * (lane + 0.5) * w
+        return u[a] * r - nv[a] * (np.asarray(lane) + 0.5)[..., None] * w
 
-    def turn_of(a, b):
-        t = _wrap(angles[b] - angles[a] - np.pi)
-        return "straight" if abs(t) < np.deg2rad(40) else ("left" if t > 0 else "right")
-
-    # Movements: (in arm, in lane, out arm, out lane, tag).
-    def movements():
-        moves = []
-        for a in range(num_arms):
-            thr0 = 1 if left_lane[a] else 0
-            n_thr = n_in[a] - thr0
-            for b in range(num_arms):
-                if b == a:
-                    continue
-                tag = turn_of(a, b)
-                if tag == "straight":
-                    for k in range(min(n_thr, n_out[b])):
-                        moves.append((a, thr0 + k, b, k, tag))
-                elif tag == "left":
-                    moves.append((a, 0, b, 0, tag))
-                else:
-                    moves.append((a, n_in[a] - 1, b, n_out[b] - 1, tag))
-        return moves
-
-    moves = movements()
+    # Movements: (in arm, in lane, out arm, out lane, tag); the turn from arm a into arm b by their angles.
+    turn = _wrap(angles[None, :] - angles[:, None] - np.pi).tolist()  # [A, A]
+    moves = []
+    for a in range(num_arms):
+        thr0 = 1 if protected else 0
+        n_thr = n_in[a] - thr0
+        for b in range(num_arms):
+            if b == a:
+                continue
+            t = turn[a][b]
+            if abs(t) < np.deg2rad(40):
+                for k in range(min(n_thr, n_out[b])):
+                    moves.append((a, thr0 + k, b, k, "straight"))
+            elif t > 0:
+                moves.append((a, 0, b, 0, "left"))
+            else:
+                moves.append((a, n_in[a] - 1, b, n_out[b] - 1, "right"))
+    nm = len(moves)
     max_half = max(max(n_in), max(n_out)) * w + _SHOULDER
-    gaps = [_wrap(angles[(a + 1) % num_arms] - angles[a]) % (2 * np.pi) for a in range(num_arms)]
+    gaps = (_wrap(angles[nxt] - angles) % (2 * np.pi)).tolist()
     min_gap = min(g for g in gaps if g < np.pi * 0.99) if num_arms == 3 else min(gaps)
     r_s = max(max_half / np.tan(min_gap / 2) + cw + 3.0, 12.0)
-    # Grow the junction radius until every movement (and every kerb corner, offset half a
-    # lane outwards) is gentle enough: all cubics checked at once.
-    spec = [(a, la + 0.5, b, lb + 0.5, 0.14) for (a, la, b, lb, _) in moves]
-    spec += [(a, n_in[a] - 0.5, (a + 1) % num_arms, n_out[(a + 1) % num_arms] - 0.5, 0.6 / (w / 2 + _SHOULDER))
-             for a in range(num_arms)]
-    ua = np.array([u[m[0]] for m in spec])
-    na = np.array([nv[m[0]] for m in spec])
-    ub = np.array([u[m[2]] for m in spec])
-    nb = np.array([nv[m[2]] for m in spec])
-    la = np.array([m[1] for m in spec])[:, None] * w
-    lb = np.array([m[3] for m in spec])[:, None] * w
-    kcap = np.array([m[4] for m in spec])
-    for _ in range(40):
-        if np.all(_bezier_kmax_many(ua * r_s + na * la, -ua, ub * r_s - nb * lb, ub) <= kcap):
+    # The cubics: every movement's connector, then the kerb corners (each arm's outermost in lane into the
+    # next arm's outermost out lane): end arms `ea`, `eb` and lanes `el`, `eo`.
+    ea = np.array([m[0] for m in moves] + arms.tolist(), np.int64)
+    el = np.array([m[1] for m in moves] + [n - 1 for n in n_in], np.int64)
+    eb = np.array([m[2] for m in moves] + nxt.tolist(), np.int64)
+    eo = np.array([m[3] for m in moves] + [n_out[b] - 1 for b in nxt], np.int64)
+    # Grow the junction radius a metre at a time until every movement (and every kerb corner, offset half a
+    # lane outwards) is gentle enough, checking a few radii per call.
+    ua, na, ub, nb = u[ea], nv[ea], u[eb], nv[eb]
+    la, lb = (el + 0.5)[:, None] * w, (eo + 0.5)[:, None] * w
+    kcap = np.array([0.14] * nm + [0.6 / (w / 2 + _SHOULDER)] * num_arms)
+    radii = np.cumsum([r_s] + [1.0] * 40)  # what repeated `r_s += 1.0` gives
+    pick, block = 40, 3
+    for lo in range(0, 40, block):
+        r = radii[lo:min(lo + block, 40), None, None]
+        kmax = _bezier_kmax_many((ua * r + na * la).reshape(-1, 2), np.tile(-ua, (len(r), 1)),
+                                 (ub * r - nb * lb).reshape(-1, 2), np.tile(ub, (len(r), 1)))
+        ok = np.all(kmax.reshape(len(r), -1) <= kcap, axis=1)
+        if ok.any():
+            pick = lo + int(np.argmax(ok))
             break
-        r_s += 1.0
-    # Connectors of every movement, then the kerb corners (outermost right turns): all cubics at once.
-    ends = [(a, la, b, lb) for (a, la, b, lb, _) in moves]
-    ends += [(a, n_in[a] - 1, (a + 1) % num_arms, n_out[(a + 1) % num_arms] - 1) for a in range(num_arms)]
-    curves = _bezier_many(np.array([in_pt(a, la, r_s) for a, la, _, _ in ends]), np.array([-u[e[0]] for e in ends]),
-                          np.array([out_pt(b, lb, r_s) for _, _, b, lb in ends]), np.array([u[e[2]] for e in ends]))
-    conns = dict(zip(ends[:len(moves)], curves[:len(moves)]))
-    corners = [_offset(xy, -(w / 2 + _SHOULDER)) for xy in curves[len(moves):]]
-    # Lanes.
+    r_s = radii[pick]
+    curves, n_curve = _bezier_flat(in_pt(ea, el, r_s), -ua, out_pt(eb, eo, r_s), ub)
+    c_start = np.cumsum(n_curve) - n_curve
+    d01 = curves[c_start[:nm] + 1] - curves[c_start[:nm]]
+    conn_len = (np.hypot(d01[:, 0], d01[:, 1]) * (n_curve[:nm] - 1)).tolist()  # as `_Lane` measures them
+    curves = np.split(curves, np.cumsum(n_curve)[:-1])
+    corners = [_offset(xy, -(w / 2 + _SHOULDER)) for xy in curves[nm:]]
     # Arm lanes (all the same length): in lanes towards the centre, then out lanes away from it.
     arm = [(a, k, +1) for a in range(num_arms) for k in range(n_in[a])]
     arm += [(a, k, -1) for a in range(num_arms) for k in range(n_out[a])]
-    ua_arm = np.array([u[a] for a, _, _ in arm])
-    lat = np.array([nv[a] * (k + 0.5) * w * side for a, k, side in arm])
+    arm_a, arm_k, arm_side = (np.array(c, np.int64) for c in zip(*arm))
+    ua_arm = u[arm_a]
+    lat = nv[arm_a] * (arm_k + 0.5)[:, None] * w * arm_side[:, None]
     near, far = ua_arm * r_s + lat, ua_arm * (r_s + arm_len) + lat
-    sgn = np.array([side for _, _, side in arm])[:, None]
+    sgn = arm_side[:, None]
     p0, p1 = np.where(sgn > 0, far, near), np.where(sgn > 0, near, far)
     n_pts = max(int(np.ceil(arm_len / _PATH_DS)), 1) + 1
     arm_xy = p0[:, None] + (np.arange(n_pts) / (n_pts - 1))[None, :, None] * (p1 - p0)[:, None]
@@ -567,14 +617,14 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
     out_ids = [[arm_ids[(a, k, -1)] for k in range(n_out[a])] for a in range(num_arms)]
     minor = 1 if num_arms == 3 else -1
     weights = {"straight": 0.5, "left": 0.3, "right": 0.25}
-    for (a, la, b, lb, tag) in moves:
+    for (a, la_, b, lb_, tag), xy, length in zip(moves, curves, conn_len):
         if num_arms == 3:
             rank = 0 if a == minor else (1 if tag == "left" else 2)
         else:
             rank = 1 if (tag == "left" and not protected) else 2
-        cid = net.add_lane(conns[(a, la, b, lb)], RG_SURFACE_LANE, min(speed[road_of[a]], speed[road_of[b]]), rank,
-                           resampled=True)
-        net.routes.append(([in_ids[a][la], cid, out_ids[b][lb]], weights[tag], tag))
+        net.lanes.append(_Lane(xy, RG_SURFACE_LANE, float(min(speed[road_of[a]], speed[road_of[b]])), rank,
+                               length=length))
+        net.routes.append(([in_ids[a][la_], len(net.lanes) - 1, out_ids[b][lb_]], weights[tag], tag))
     for a in range(num_arms):
         for k in range(n_out[a]):
             net.routes.append(([out_ids[a][k]], 0.6, "exit"))
@@ -593,23 +643,20 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
                 cycle += [(f"L{g}", rng.uniform(5.0, 8.0)), (f"LY{g}", 3.0)]
             cycle += [(f"G{g}", grn[g]), (f"Y{g}", yel), ("R", allred)]
         phases = _phase_states(cycle, rng.uniform(0, sum(d for _, d in cycle)), num_steps)
+        # Per road: the through lanes' signal and the left-turn lane's arrow.
+        through = [np.where(phases == f"G{g}", TL_GO, np.where(phases == f"Y{g}", TL_CAUTION, TL_STOP))
+                   .astype(np.int64) for g in (0, 1)]
+        arrow = [np.where(phases == f"L{g}", TL_ARROW_GO, np.where(phases == f"LY{g}", TL_ARROW_CAUTION, TL_ARROW_STOP))
+                 .astype(np.int64) for g in (0, 1)] if protected else None
         for a in range(num_arms):
             g = road_of[a]
             for k in range(n_in[a]):
-                if left_lane[a] and k == 0:
-                    states = np.where(phases == f"L{g}", TL_ARROW_GO,
-                                      np.where(phases == f"LY{g}", TL_ARROW_CAUTION, TL_ARROW_STOP))
-                else:
-                    states = np.where(phases == f"G{g}", TL_GO, np.where(phases == f"Y{g}", TL_CAUTION, TL_STOP))
-                net.lights.append(_Light(in_ids[a][k], states.astype(np.int64)))
+                net.lights.append(_Light(in_ids[a][k], arrow[g] if protected and k == 0 else through[g]))
                 net.lanes[in_ids[a][k]].stop = ("light", len(net.lights) - 1)
         # Pedestrians cross arm a while the other road has its through green.
-        for a in range(num_arms):
-            other = 1 - road_of[a]
-            crossing_s = (n_in[a] + n_out[a]) * w / 1.1 + 4.0
-            green_other = phases == f"G{other}"
-            walk = _walk_window(green_other, crossing_s)
-            _junction_crosswalk(net, u[a], nv[a], r_s, cw, n_in[a], n_out[a], w, walk)
+        green = [phases == f"G{g}" for g in (0, 1)]
+        walks = [_walk_window(green[1 - road_of[a]], (n_in[a] + n_out[a]) * w / 1.1 + 4.0) for a in range(num_arms)]
+        _junction_crosswalks(net, u, nv, r_s, cw, np.array(n_in), np.array(n_out), w, walks)
     else:
         for k in range(n_in[minor]):
             lane = in_ids[minor][k]
@@ -617,15 +664,16 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
             net.lanes[lane].stop = ("sign", len(net.signs) - 1)
         if rng.random() < 0.6:
             walk = np.ones(num_steps, bool)
-            _junction_crosswalk(net, u[minor], nv[minor], r_s, cw, n_in[minor], n_out[minor], w, walk)
+            _junction_crosswalks(net, u[minor:minor + 1], nv[minor:minor + 1], r_s, cw, np.array(n_in[minor:minor + 1]),
+                                 np.array(n_out[minor:minor + 1]), w, [walk])
     # Road edges: for each pair of neighbouring arms, kerb along arm b's outgoing side, round the
     # corner (the outermost right-turn geometry shifted half a lane outwards), out along arm a.
+    kerb_in = np.array(n_in) - 0.5 + _SHOULDER / w
+    kerb_out = np.array(n_out)[nxt] - 0.5 + _SHOULDER / w
+    sides = _straight_many(np.concatenate([in_pt(arms, kerb_in, r_s + arm_len), out_pt(nxt, kerb_out, r_s)]),
+                           np.concatenate([in_pt(arms, kerb_in, r_s), out_pt(nxt, kerb_out, r_s + arm_len)]), 5.0)
     for a in range(num_arms):
-        b = (a + 1) % num_arms
-        arm_a = np.stack([in_pt(a, n_in[a] - 0.5 + _SHOULDER / w, r) for r in (r_s + arm_len, r_s)])
-        arm_b = np.stack([out_pt(b, n_out[b] - 0.5 + _SHOULDER / w, r) for r in (r_s, r_s + arm_len)])
-        kerb = np.concatenate([_resample(arm_a, 5.0)[:-1], corners[a][::2], _resample(arm_b, 5.0)[1:]])
-        net.edges.append(kerb)
+        net.edges.append(np.concatenate([sides[a][:-1], corners[a][::2], sides[num_arms + a][1:]]))
     _orient_edges(net)
     return net
 
@@ -646,18 +694,23 @@ def _walk_window(go: np.ndarray, crossing_s: float) -> np.ndarray:
     return go & (remaining >= crossing_s + 3.0) & (since > 1.0 + 1e-9)
 
 
-def _junction_crosswalk(net: _Net, u, nv, r_s, cw, n_in, n_out, w, walk) -> None:
+def _junction_crosswalks(net: _Net, u, nv, r_s, cw, n_in, n_out, w, walks) -> None:
+    """Crosswalks over arms with directions `u [K, 2]`, left normals `nv [K, 2]` and `n_in`, `n_out [K]` lanes,
+    each with two kerb-to-kerb crossing paths (one each way) walking while `walks[k] [T]` allows."""
     r_m = r_s - 1.0 - cw / 2
-    hi, lo = n_in * w + _SHOULDER, n_out * w + _SHOULDER
-    corners = np.array([u * (r_m - cw / 2) - nv * (lo + 0.5), u * (r_m + cw / 2) - nv * (lo + 0.5),
-                        u * (r_m + cw / 2) + nv * (hi + 0.5), u * (r_m - cw / 2) + nv * (hi + 0.5)])
-    net.crosswalks.append(corners)
+    hi, lo = (n_in * w + _SHOULDER)[:, None], (n_out * w + _SHOULDER)[:, None]
+    corners = np.stack([u * (r_m - cw / 2) - nv * (lo + 0.5), u * (r_m + cw / 2) - nv * (lo + 0.5),
+                        u * (r_m + cw / 2) + nv * (hi + 0.5), u * (r_m - cw / 2) + nv * (hi + 0.5)], 1)
+    net.crosswalks.extend(corners)
+    ends = []  # [K, 2 directions, start / end, 2]
     for sgn in (1.0, -1.0):
         jitter = u * sgn * cw * 0.2
         a = u * r_m + nv * (hi + 6.0) + jitter
         b = u * r_m - nv * (lo + 6.0) + jitter
-        xy = _resample(np.stack([a, b] if sgn > 0 else [b, a]))
-        net.peds.append(_PedPath(xy, stop_s=5.0, walk=walk))
+        ends.append(np.stack([a, b] if sgn > 0 else [b, a], 1))
+    ends = np.stack(ends, 1).reshape(-1, 2, 2)
+    for k, xy in enumerate(_straight_many(ends[:, 0], ends[:, 1])):
+        net.peds.append(_PedPath(xy, stop_s=5.0, walk=walks[k // 2]))
 
 
 # ---------------------------------------------------------------- highway on-ramp merge
@@ -693,7 +746,10 @@ def _build_merge(rng: np.random.Generator, pr: ParamRanges) -> _Net:
 
     def at(s_arr, lat):
         i = np.clip(np.searchsorted(s_ref, s_arr), 0, len(ref) - 1)
-        return ref[i] + nrm[i] * np.asarray(lat)[..., None]
+        out = np.empty((len(i), 2))
+        for c in (0, 1):
+            out[:, c] = ref[:, c][i] + nrm[:, c][i] * lat
+        return out
 
     main = []
     i_m = int(np.searchsorted(s_ref, s_m))
@@ -895,14 +951,10 @@ def _route_path(net: _Net, lanes: list[int]) -> tuple[np.ndarray, list[float]]:
         acc += lane.length
     if len(objs) == 1:
         xy, steps = objs[0].xy, objs[0].segment_lengths()
-    else:  # the lanes' own segments (cached), joined by the steps from each lane's end to the next one's second point
+    else:  # each lane after the first joined from the previous one's end to its second point
         xy = np.concatenate([objs[0].xy] + [lane.xy[1:] for lane in objs[1:]])
-        dj = np.array([lane.xy[1] for lane in objs[1:]]) - np.array([lane.xy[-1] for lane in objs[:-1]])
-        joins = np.hypot(dj[:, 0], dj[:, 1])
-        parts = [objs[0].segment_lengths()]
-        for k, lane in enumerate(objs[1:]):
-            parts += [joins[k:k + 1], lane.segment_lengths()[1:]]
-        steps = np.concatenate(parts)
+        d = xy[1:] - xy[:-1]
+        steps = np.hypot(d[:, 0], d[:, 1])
     s = np.empty(len(xy))
     s[0] = 0.0
     np.cumsum(steps, out=s[1:])
@@ -971,10 +1023,12 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
         count = 0
         all_opts = routes_from[li]
         cyc_opts = [o for o in all_opts if o[2] in ("straight", "right", "exit")] or all_opts
+        all_total, cyc_total = sum(o[1] for o in all_opts), sum(o[1] for o in cyc_opts)
+        bike_lane = li in net.bike_lanes
         while pos > lo and vehicles_left > 0 and count < per_lane:
-            is_cyc = cyclists_left > 0 and li in net.bike_lanes and dr.random() < 0.3
+            is_cyc = cyclists_left > 0 and bike_lane and dr.random() < 0.3
             opts = cyc_opts if is_cyc else all_opts
-            pick = dr.random() * sum(o[1] for o in opts)
+            pick = dr.random() * (cyc_total if is_cyc else all_total)
             k, acc = 0, opts[0][1]
             while acc <= pick and k < len(opts) - 1:
                 k += 1
@@ -1044,11 +1098,12 @@ def _lane_table(polys: list[np.ndarray], scen: np.ndarray, is_ped: np.ndarray):
     """Proximity zones between lanes / pedestrian paths `polys` (evenly sampled) of the same scenario.
 
     `scen [U]` names each polyline's scenario, `is_ped [U]` marks pedestrian paths (pairs of
-    two are skipped). Returns `zone [U, U, 4]` (lo_a, hi_a, lo_b, hi_b: the arc range of a,
-    then of b, that comes within the conflict distance of the other, padded 1 m), `has
-    [U, U]` and `aligned [U, U]` (vehicle lanes running the same way at their closest
-    points). Close point pairs are found with a uniform grid (cells of the conflict
-    distance, keyed by scenario too), every polyline of every scenario at once.
+    two are skipped). Returns the P pairs of distinct polylines in proximity, in row-major
+    order: `a [P]`, `b [P]`, `zone [P, 4]` (lo_a, hi_a, lo_b, hi_b: the arc range of a,
+    then of b, that comes within the conflict distance of the other, padded 1 m) and
+    `aligned [P]` (vehicle lanes running the same way at their closest points). Close
+    point pairs are found with a uniform grid (cells of the conflict distance, keyed by
+    scenario too), every polyline of every scenario at once.
     """
     nu = len(polys)
     npts = np.array([len(p) for p in polys])
@@ -1058,10 +1113,11 @@ def _lane_table(polys: list[np.ndarray], scen: np.ndarray, is_ped: np.ndarray):
     owner = np.repeat(np.arange(nu), nsub)
     k = np.arange(len(owner)) - np.repeat(np.cumsum(nsub) - nsub, nsub)
     idx = start[owner] + 4 * k
-    pts = xy[idx]
-    d01 = xy[start + 1] - xy[start]
+    pts = np.take(xy, idx, axis=0)  # (np.take: row gathers by fancy indexing are far slower)
+    d01 = np.take(xy, start + 1, axis=0) - np.take(xy, start, axis=0)
     s = 4 * k * np.hypot(d01[:, 0], d01[:, 1])[owner]
-    t = xy[np.minimum(idx + 1, (start + npts - 1)[owner])] - xy[np.maximum(idx - 1, start[owner])]
+    t = (np.take(xy, np.minimum(idx + 1, (start + npts - 1)[owner]), axis=0)
+         - np.take(xy, np.maximum(idx - 1, start[owner]), axis=0))
     h = np.arctan2(t[:, 1], t[:, 0])
     ped = is_ped[owner]
     cell = np.floor(pts / _CONFLICT_VEHICLE).astype(np.int64) + 50_000  # maps span far less than 100 km
@@ -1091,26 +1147,22 @@ def _lane_table(polys: list[np.ndarray], scen: np.ndarray, is_ped: np.ndarray):
     pa, pb = ped[ia], ped[ib]
     sel = (owner[ia] != owner[ib]) & ~(pa & pb)
     ia, ib, pa, pb = ia[sel], ib[sel], pa[sel], pb[sel]
-    d = np.hypot(*(pts[ia] - pts[ib]).T)
+    px, py = pts[:, 0].copy(), pts[:, 1].copy()
+    d = np.hypot(px[ia] - px[ib], py[ia] - py[ib])
     sel = d < np.where(pa | pb, _CONFLICT_PED, _CONFLICT_VEHICLE)
     ia, ib, d = np.concatenate([ia[sel], ib[sel]]), np.concatenate([ib[sel], ia[sel]]), np.concatenate([d[sel]] * 2)
-    zone = np.zeros((nu, nu, 4))
-    has = np.zeros((nu, nu), bool)
-    aligned = np.zeros((nu, nu), bool)
     if not len(ia):
-        return zone, has, aligned
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, bool)
     pair = owner[ia] * nu + owner[ib]
     srt = np.lexsort((d, pair))  # by lane pair, closest point pair first
     pair, ia, ib = pair[srt], ia[srt], ib[srt]
     first = np.flatnonzero(np.concatenate([[True], pair[1:] != pair[:-1]]))
     sa, sb = s[ia], s[ib]
-    a_own, b_own = pair[first] // nu, pair[first] % nu
-    zone[a_own, b_own] = np.stack([np.minimum.reduceat(sa, first) - 1.0, np.maximum.reduceat(sa, first) + 1.0,
-                                   np.minimum.reduceat(sb, first) - 1.0, np.maximum.reduceat(sb, first) + 1.0], -1)
-    has[a_own, b_own] = True
+    zone = np.stack([np.minimum.reduceat(sa, first) - 1.0, np.maximum.reduceat(sa, first) + 1.0,
+                     np.minimum.reduceat(sb, first) - 1.0, np.maximum.reduceat(sb, first) + 1.0], -1)
     dh = np.abs(_wrap(h[ia[first]] - h[ib[first]]))
-    aligned[a_own, b_own] = (dh < np.deg2rad(40)) & ~ped[ia[first]] & ~ped[ib[first]]
-    return zone, has, aligned
+    aligned = (dh < np.deg2rad(40)) & ~ped[ia[first]] & ~ped[ib[first]]
+    return pair[first] // nu, pair[first] % nu, zone, aligned
 
 
 def _records(items: list[dict]) -> list[np.ndarray]:
@@ -1152,13 +1204,13 @@ def _records(items: list[dict]) -> list[np.ndarray]:
     sizes = np.array([len(it["agents"]) for it in items])
     base = np.cumsum(sizes) - sizes
     nu = len(polys)
-    zone, has, tal = _lane_table(polys, np.array(scen, np.int64), np.array(is_ped, bool))
+    pa, pb, zone, tal = _lane_table(polys, np.array(scen, np.int64), np.array(is_ped, bool))
     length, rank = np.array(length), np.array(rank)
     e_agent, e_col, e_off, e_pos = np.array(e_agent), np.array(e_col), np.array(e_off), np.array(e_pos)
     ped = np.array([ag.kind == TYPE_PEDESTRIAN for it in items for ag in it["agents"]])
-    # Lane pairs that interact: in proximity, or the same lane.
-    la, lb = np.nonzero(has)
-    la, lb = np.concatenate([la, np.arange(nu)]), np.concatenate([lb, np.arange(nu)])
+    # Lane pairs that interact: in proximity (with their zones), or the same lane (zones unused).
+    la, lb = np.concatenate([pa, np.arange(nu)]), np.concatenate([pb, np.arange(nu)])
+    zone, tal = np.concatenate([zone, np.zeros((nu, 4))]), np.concatenate([tal, np.zeros(nu, bool)])
     # Join: entries on la x entries on lb (two expansions through entries grouped by column).
     by_col = np.argsort(e_col, kind="stable")
     cnt = np.bincount(e_col, minlength=nu)
@@ -1170,19 +1222,19 @@ def _records(items: list[dict]) -> list[np.ndarray]:
 
     l1, ea = expand(cnt[la], first[la])
     l2, eb = expand(cnt[lb[l1]], first[lb[l1]])
-    ea = ea[l2]
+    ea, lp = ea[l2], l1[l2]  # lp: the lane pair of each combination
     ai, aj = e_agent[ea], e_agent[eb]
     keep = (ai < aj) & ~(ped[ai] & ped[aj])
-    ea, eb, ai, aj = ea[keep], eb[keep], ai[keep], aj[keep]
+    ea, eb, ai, aj, lp = ea[keep], eb[keep], ai[keep], aj[keep], lp[keep]
     ca, cb = e_col[ea], e_col[eb]
     same = ca == cb
-    z = zone[ca, cb]
+    z = np.take(zone, lp, axis=0)
     oa, ob = e_off[ea], e_off[eb]
     lo_a = np.where(same, 0.0, z[:, 0]) + oa
     hi_a = np.where(same, length[ca], z[:, 1]) + oa
     lo_b = np.where(same, 0.0, z[:, 2]) + ob
     hi_b = np.where(same, length[cb], z[:, 3]) + ob
-    al = same | tal[ca, cb]
+    al = same | tal[lp]
     prio = np.sign(rank[ca] - rank[cb]).astype(np.float64)
     key = ai * len(ped) + aj  # agent pairs in (i, j) order
     rowmajor = e_pos[ea] * (int(e_pos.max()) + 1) + e_pos[eb]  # ties go to the earliest route lanes (i's first)
@@ -1218,8 +1270,12 @@ def _records(items: list[dict]) -> list[np.ndarray]:
 # Joint simulation of many scenarios (flat over agents, vectorised)
 
 
-def _speed_caps(paths: list[np.ndarray]) -> np.ndarray:
-    """Speed caps `[sum K]` (concatenated) for the curvature of each evenly sampled path `[K, 2]`.
+def _speed_caps(lens: np.ndarray, seg_x: np.ndarray, seg_y: np.ndarray, seg_n: np.ndarray) -> np.ndarray:
+    """Speed caps `[sum K]` (concatenated) for the curvature of evenly sampled paths of `lens [P]` points.
+
+    The paths are given by the segment vectors `seg_x`, `seg_y` and lengths `seg_n` (at
+    least 1e-9) between consecutive points of all of them stored one after another (at
+    least `sum K - 1` of them; those joining two paths are never used).
 
     Curvature from the turn between neighbouring segments (cross product over the
     lengths: the sine of the small turn angle), smoothed over 9 points (zero padded);
@@ -1228,14 +1284,11 @@ def _speed_caps(paths: list[np.ndarray]) -> np.ndarray:
     do not depend on which others share the batch): the curvature and its smoothing on
     one flat array with 4 zeros between paths, the backward minimum on rows of a padded array.
     """
-    lens = np.array([len(p) for p in paths], np.int64)
-    n, total = len(paths), int(lens.sum())
+    n, total = len(lens), int(lens.sum())
     if lens.min() < 3:
         raise ValueError(f"procedural: agent paths need >= 3 points, got {int(lens.min())}")
-    xy = np.concatenate(paths)
-    d = xy[1:] - xy[:-1]  # (the segments joining two paths are never used)
-    ds = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
-    cross = d[:-1, 0] * d[1:, 1] - d[:-1, 1] * d[1:, 0]
+    dx, dy, ds = seg_x[:total - 1], seg_y[:total - 1], seg_n[:total - 1]
+    cross = dx[:-1] * dy[1:] - dy[:-1] * dx[1:]
     k_in = np.abs(cross) / (ds[:-1] * ds[1:] * 0.5 * (ds[1:] + ds[:-1]))  # [q - 1]: at inner point q
     pstart = np.cumsum(lens) - lens
     owner = np.repeat(np.arange(n), lens)
@@ -1255,10 +1308,11 @@ def _speed_caps(paths: list[np.ndarray]) -> np.ndarray:
     s3 = j * (2 * 1.5 * _PATH_DS)
     key = np.minimum(2.2 / np.maximum(smooth, 1e-4), 50.0 ** 2) + s3
     back = int(lens.max()) - 1 - j  # columns of a padded array, one path per column, from its end backwards
-    cols = np.full((int(lens.max()), n), np.inf)
-    cols[back, owner] = key
-    np.minimum.accumulate(cols, axis=0, out=cols)
-    run = cols[back, owner]
+    flat = back * n + owner
+    cols = np.full(int(lens.max()) * n, np.inf)
+    cols[flat] = key
+    np.minimum.accumulate(cols.reshape(-1, n), axis=0, out=cols.reshape(-1, n))
+    run = cols[flat]
     return np.sqrt(np.maximum(run - s3, 0.0))
 
 
@@ -1323,9 +1377,13 @@ class _Batch:
         self.p_len = (self.p_n - 1) * _PATH_DS
         pts = np.concatenate(paths)
         self.px, self.py = pts[:, 0], pts[:, 1]
+        # Segment vectors and lengths from each path point to the next (a path's last one unused).
+        self.seg_x, self.seg_y = self.px[1:] - self.px[:-1], self.py[1:] - self.py[:-1]
+        self.seg_n = np.maximum(np.hypot(self.seg_x, self.seg_y), 1e-9)
         self.cap = np.full(len(pts), 50.0)  # pedestrians: no curvature cap
         if num_veh:
-            self.cap[:int(pstart[num_veh - 1] + plens[num_veh - 1])] = _speed_caps(paths[:num_veh])
+            self.cap[:int(pstart[num_veh - 1] + plens[num_veh - 1])] = _speed_caps(plens[:num_veh], self.seg_x,
+                                                                                    self.seg_y, self.seg_n)
         # Records.
         rec = np.concatenate([it["records"] for it in items]).reshape(-1, 9)
         rec_base = np.repeat(base, [len(it["records"]) for it in items])
@@ -1343,8 +1401,7 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
     R = len(b.ri)
     dt = DT
     # Static per-agent / per-record terms, hoisted out of the step loop.
-    seg_x, seg_y = b.px[1:] - b.px[:-1], b.py[1:] - b.py[:-1]  # path segment vectors (last of a path unused)
-    seg_n = np.maximum(np.hypot(seg_x, seg_y), 1e-9)
+    seg_x, seg_y, seg_n = b.seg_x, b.seg_y, b.seg_n
     # One row per path point (x, y, segment x, y, unit segment x, y): a single gather per lookup.
     table = np.stack([b.px[:-1], b.py[:-1], seg_x, seg_y, seg_x / seg_n, seg_y / seg_n], -1)
     i_max = b.p_n - 2
@@ -1375,7 +1432,9 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
     off_m, off_p = -b.off, b.off
     cap_base = b.p_start
     exit_len = b.p_len - 0.5 - half
-    vdes_slow = b.vdes * b.slow_f
+    t_all = np.arange(T) * dt
+    slow = (t_all[:, None] >= b.slow_t0) & (t_all[:, None] < b.slow_t1)
+    vdes_tg = np.where(slow, b.vdes * b.slow_f, b.vdes)  # [T, G] desired speed (slow-down episodes)
     # State.
     s = b.s0.copy()
     v = np.where(b.alive, b.v0, 0.0)
@@ -1448,10 +1507,8 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
         follow_c = lead_ok & ahead
         on = cross_c | follow_c | (lead_ok & ~ahead & open_zone)
         # IDM.
-        t_now = t * dt
-        slow = (t_now >= b.slow_t0) & (t_now < b.slow_t1)
         ci = np.minimum(np.maximum(np.round(s / _PATH_DS).astype(np.int64), 0), n_max)
-        v_goal = np.minimum(np.where(slow, vdes_slow, b.vdes), b.cap[cap_base + ci])
+        v_goal = np.minimum(vdes_tg[t], b.cap[cap_base + ci])
         ratio2 = np.square(v / np.maximum(v_goal, 0.1))
         a_free = np.maximum(b.amax * (1.0 - ratio2 * ratio2), -3.0)
         # Stop lines (per agent), then the records, IDM interaction term max-reduced per agent.
@@ -1570,8 +1627,8 @@ def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConf
     def red_at0(sig):
         if sig < 0:
             return False
-        st = net.lights[sig].states[: cfg.init_steps + 20]
-        return bool(np.any((st == TL_STOP) | (st == TL_ARROW_STOP) | (st == TL_CAUTION) | (st == TL_ARROW_CAUTION)))
+        st = net.lights[sig].states[: cfg.init_steps + 20].tolist()
+        return not {TL_STOP, TL_ARROW_STOP, TL_CAUTION, TL_ARROW_CAUTION}.isdisjoint(st)
 
     agents = _spawn(net, rng, pr, cfg, red_at0)[: cfg.num_objects]
     return dict(split=split, seed=scenario_seed, attempt=attempt, family=family, net=net, agents=agents,
@@ -1633,8 +1690,8 @@ def _edge_segments(edges: list[np.ndarray], seg_len: float, corner_deg: float) -
     run_start = np.zeros(len(xy), bool)
     run_start[np.cumsum(lens) - lens] = True
     # Drop vertices within 5 cm of the previous one: a near-zero segment has no reliable side.
-    step = np.hypot(*np.diff(xy, axis=0).T)
-    keep = np.concatenate([[True], step >= 0.05]) | run_start
+    d = xy[1:] - xy[:-1]
+    keep = np.concatenate([[True], np.hypot(d[:, 0], d[:, 1]) >= 0.05]) | run_start
     xy, run_start = xy[keep], run_start[keep]
     n = len(xy)
     d = xy[1:] - xy[:-1]
@@ -1642,7 +1699,7 @@ def _edge_segments(edges: list[np.ndarray], seg_len: float, corner_deg: float) -
     same = ~run_start[1:]  # d[i] joins two points of one polyline
     key = np.concatenate([[0.0], np.cumsum(np.where(same, dl, 1.0))])  # polylines 1 m apart on the key
     corner = np.zeros(n, bool)
-    cos = np.sum(d[:-1] * d[1:], 1) / np.maximum(dl[:-1] * dl[1:], 1e-12)
+    cos = (d[:-1, 0] * d[1:, 0] + d[:-1, 1] * d[1:, 1]) / np.maximum(dl[:-1] * dl[1:], 1e-12)
     corner[1:-1] = same[:-1] & same[1:] & (dl[:-1] > 1e-6) & (dl[1:] > 1e-6) & (cos < np.cos(np.deg2rad(corner_deg)))
     starts = np.flatnonzero(run_start | corner)
     nxt = np.append(starts[1:], n)
@@ -1705,14 +1762,20 @@ def _compile_maps(nets: list[_Net], focuses: list[np.ndarray], cfg: GeneratorCon
     q = cfg.lane_points
     u = (piece[:, None] + np.linspace(0.0, 1.0, q)[None]) / num[lane_of, None] * (npts[lane_of, None] - 1)
     i0 = np.minimum(u.astype(np.int64), npts[lane_of, None] - 2)
-    f = (u - i0)[..., None]
+    f = u - i0
     g = start[lane_of, None] + i0
-    pts = xy_all[g] * (1.0 - f) + xy_all[g + 1] * f  # [K, Q, 2]
-    tan = np.empty_like(pts)
-    tan[:, 1:-1] = pts[:, 2:] - pts[:, :-2]
-    tan[:, 0] = pts[:, 1] - pts[:, 0]
-    tan[:, -1] = pts[:, -1] - pts[:, -2]
-    tan /= np.maximum(np.hypot(tan[..., 0], tan[..., 1]), 1e-12)[..., None]
+    # Points [K, Q, 2] and unit tangents, per coordinate (numpy broadcasts over a last axis of 2 are slow).
+    pts, tan = np.empty(g.shape + (2,)), np.empty(g.shape + (2,))
+    for c in (0, 1):
+        xc = xy_all[:, c].copy()
+        p = pts[..., c]
+        p[...] = xc[g] * (1.0 - f) + xc[g + 1] * f
+        tan[:, 1:-1, c] = p[:, 2:] - p[:, :-2]
+        tan[:, 0, c] = p[:, 1] - p[:, 0]
+        tan[:, -1, c] = p[:, -1] - p[:, -2]
+    norm = np.maximum(np.hypot(tan[..., 0], tan[..., 1]), 1e-12)
+    tan[..., 0] /= norm
+    tan[..., 1] /= norm
     piece_scen = lane_scen[lane_of]
     # Road edges, crosswalks, stop signs.
     segs = [_edge_segments(net.edges, cfg.edge_segment_m, 25.0) for net in nets]  # per network: batch-independent
@@ -1735,7 +1798,7 @@ def _compile_maps(nets: list[_Net], focuses: list[np.ndarray], cfg: GeneratorCon
     dist = np.empty(len(probes))
     for k in range(S):
         sel = by[bounds[k]:bounds[k + 1]]
-        dist[sel] = _min_dist_to(probes[sel], focuses[k])
+        dist[sel] = _min_dist_to(np.take(probes, sel, axis=0), focuses[k])
     lane_d = dist[:nl].reshape(probe_pts.shape[:2]).min(axis=1)
     edge_d = dist[nl:nl + ne].reshape(3, -1).min(axis=0)
     cw_d = dist[nl + ne:nl + ne + nc].reshape(-1, 4).min(axis=1)
@@ -1751,7 +1814,8 @@ def _compile_maps(nets: list[_Net], focuses: list[np.ndarray], cfg: GeneratorCon
                   stop_sign_xy=np.zeros((S, SS, 2), np.float32), stop_sign_lane_ids=np.full((S, SS), -1, np.int32),
                   stop_sign_valid=np.zeros((S, SS), bool))
     sc, sl, i, dropped = _select_many(lane_d, piece_scen, S, radius, P)
-    fields["lane_xy"][sc, sl], fields["lane_dir"][sc, sl], fields["lane_valid"][sc, sl] = pts[i], tan[i], True
+    fields["lane_xy"][sc, sl], fields["lane_dir"][sc, sl] = np.take(pts, i, axis=0), np.take(tan, i, axis=0)
+    fields["lane_valid"][sc, sl] = True
     fields["lane_ids"][sc, sl] = np.arange(len(lane_of))[i] - scen_first[sc] + 1
     fields["lane_types"][sc, sl] = np.array([ln.rg_type for ln in lanes])[lane_of[i]]
     fields["lane_speed_limit"][sc, sl] = np.array([ln.speed for ln in lanes])[lane_of[i]]
@@ -1788,8 +1852,16 @@ def _focus(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -> t
     return route_xy, focus[np.sort(first)]
 
 
-def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig, route_xy: np.ndarray,
-              focus: np.ndarray, compiled: tuple) -> tuple[Scenario, dict]:
+def _log_fields(out: dict) -> np.ndarray:
+    """The logged x, y, vel_x, vel_y, yaw `[5, G, T]` of every simulated agent (float32, zero where not valid)."""
+    yaw, speed = out["yaw"], out["v"]
+    fields = np.stack([out["x"], out["y"], speed * np.cos(yaw), speed * np.sin(yaw), yaw])
+    return np.where(out["valid"], fields, 0.0).astype(np.float32)
+
+
+def _assemble(item: dict, b: _Batch, out: dict, logs: np.ndarray, lo: int, cfg: GeneratorConfig,
+              route_xy: np.ndarray, focus: np.ndarray, compiled: tuple) -> tuple[Scenario, dict]:
+    """One finished scenario from its simulated log (`logs`: `_log_fields` of the chunk) and compiled map."""
     rng = item["rng"]
     agents = item["agents"]
     n_ag = len(agents)
@@ -1808,9 +1880,7 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig, r
     types[slots] = b.kind[g]
     # Fields (x, y, vel_x, vel_y, yaw, length, width, height, z), zero where not valid.
     fields = np.zeros((9, N, T), np.float32)
-    yaw, speed = out["yaw"][g], out["v"][g]
-    fields[0:5, slots] = np.where(v_rows, np.stack([out["x"][g], out["y"][g], speed * np.cos(yaw), speed * np.sin(yaw),
-                                                    yaw]), 0.0)
+    fields[0:5, slots] = logs[:, g]
     dims = np.stack([b.length[g], b.width[g], np.array([agents[a].height for a in keep], np.float64)])
     fields[5:8, slots] = np.where(v_rows, dims[:, :, None], 0.0)
     fields[8] = fields[7] / 2
@@ -1837,7 +1907,7 @@ def _assemble(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig, r
     L = cfg.max_lights
     tl = dict(state=np.zeros((L, T), np.int32), x=np.zeros((L, T), np.float32), y=np.zeros((L, T), np.float32),
               lane_ids=np.full((L, T), -1, np.int32), valid=np.zeros((L, T), bool))
-    kept_ids = set(int(i) for i in np.asarray(roadmap.lane_ids)[np.asarray(roadmap.lane_ids) >= 0])
+    kept_ids = set(roadmap.lane_ids[roadmap.lane_ids >= 0].tolist())
     lights = [lt for lt in net.lights if last_id[lt.lane] in kept_ids]
     if len(lights) > L:
         end = np.array([net.lanes[lt.lane].xy[-1] for lt in lights])
@@ -1910,8 +1980,9 @@ def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> t
         if fin:  # the maps of every scenario finished this round, compiled together
             focus = [_focus(items[k], b, out, lo, cfg) for k, lo in fin]
             maps = _compile_maps([items[k]["net"] for k, _ in fin], [f for _, f in focus], cfg)
+            logs = _log_fields(out)
             for (k, lo), (route_xy, fxy), compiled in zip(fin, focus, maps):
-                done[k] = _assemble(items[k], b, out, lo, cfg, route_xy, fxy, compiled)
+                done[k] = _assemble(items[k], b, out, logs, lo, cfg, route_xy, fxy, compiled)
         pending = nxt
     if pending:
         raise RuntimeError(f"procedural: scenarios {[items[k]['seed'] for k in pending]} of split {split!r} "
