@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxloop.sim import geometry as geo
-from jaxloop.sim.compute import fused_min, materialize
+from jaxloop.sim.compute import fused_argmin, materialize
 from jaxloop.sim.datatypes import DT, ObjectState, Scenario, at_step, trajectory_at
 
 AGENT_LOG = 0
@@ -256,7 +256,6 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         others = current.valid[None, :] & ~jnp.eye(n, dtype=bool)
         is_lead = others & ahead(offset) & (lateral < current.width[None, :] / 2 + IDM_LATERAL_TOLERANCE)
         gap = offset - half_len[:, None] - half_len[None, :]
-        lead_v = c0[:, None] * current.vel_x[None, :] + s0[:, None] * current.vel_y[None, :]
 
         # Red lights: stopped leads at the stop point.
         tl = scenario.traffic_lights
@@ -274,13 +273,13 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
                      & (sign_s > idm.stop_cleared[:, None]))
         sign_gap = s_off - half_len[:, None]
 
-        # min + mask rather than argmin + gather (variadic reductions are slow on CPU), per
-        # kind of lead, then the nearest of the three; ties take the slowest lead.
-        # `fused_min`: both reductions stay in the loops of the [N, N] work instead of
-        # reading a written-out [N, N] operand (see `jaxloop.sim.compute`).
-        obj_gaps = jnp.where(is_lead, gap, jnp.inf)
-        obj_gap = fused_min(obj_gaps)
-        obj_speed = fused_min(jnp.where(obj_gaps <= obj_gap[:, None], lead_v, jnp.inf))
+        # The nearest object lead from one fused integer reduction over the [N, N] work
+        # (`fused_argmin`: near ties take the lowest index), then its exact gap and speed
+        # from the lead's own values; the nearest of the three kinds of lead wins.
+        lead, found = fused_argmin(jnp.where(is_lead, gap, jnp.inf))  # [N]
+        lead_lon = (current.x[lead] - x0) * c0 + (current.y[lead] - y0) * s0
+        obj_gap = jnp.where(found, lead_lon - half_len - half_len[lead], jnp.inf)
+        obj_speed = c0 * current.vel_x[lead] + s0 * current.vel_y[lead]
         stop_gap = jnp.minimum(jnp.min(jnp.where(light_lead, light_gap, jnp.inf), -1),
                                jnp.min(jnp.where(sign_lead, sign_gap, jnp.inf), -1))
         lead_gap = jnp.minimum(obj_gap, stop_gap)
