@@ -2,19 +2,23 @@
 
     python benchmarks/sim_step.py --quick
     python -m benchmarks.sim_step --quick --only full    # just the IDM + every-metric case
+    python -m benchmarks.sim_step --quick --only full --steps 80    # whole 80-step episodes per call
 
 JSON lines: `scenario_steps_per_s` for B in (1, 64, 1024) at N=128 (dynamics + log
 replay for every non-ego object); the same with `{"agents": "idm", "metrics": "all"}`:
 IDM for every non-ego object and `jaxloop.sim.metrics.step_metrics` on every step
-(every ego metric + all-pairs overlap) on a WOMD-sized compiled map (P=256 lanes x
-Q=20 points, E=2048 road-edge segments, L=16 lights); and `backward_over_forward` for
-an 80-step rollout at B=64 (gradient of the final ego position w.r.t. all actions vs
-the forward pass).
+(every ego metric + all-pairs overlap: `FULL_METRICS`) on a WOMD-sized compiled map
+(P=256 lanes x Q=20 points, E=2048 road-edge segments, L=16 lights); and
+`backward_over_forward` for an 80-step rollout at B=64 (gradient of the final ego
+position w.r.t. all actions vs the forward pass). Each timed call resets B episodes
+and unrolls `--steps` closed-loop steps (default 20), so the per-episode set-up (the
+logged paths of IDM, the rollout's log window) is in the figure once per call.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -28,6 +32,10 @@ from jaxloop.sim.env import Env, EnvConfig
 from jaxloop.sim.rollout import rollout
 
 STEPS_PER_CALL = 20
+# The full case: every ego metric plus overlap among all objects (the per-object red-light
+# and log-divergence terms are extras a caller can switch on).
+FULL_METRICS = metrics.MetricsConfig(per_object_overlap=True, per_object_red_light=False,
+                                     per_object_log_divergence=False)
 
 
 def _batch(batch: int, num_objects: int):
@@ -71,26 +79,26 @@ def bench_steps(batches: Sequence[int], num_objects: int, agents: str, env_meta:
 
 
 def bench_steps_full(batches: Sequence[int], num_objects: int, env_meta: dict,
-                     config: metrics.MetricsConfig = metrics.MetricsConfig()) -> None:
+                     config: metrics.MetricsConfig = FULL_METRICS, steps: int = STEPS_PER_CALL) -> None:
     """Env step with IDM for every non-ego object and every step metric (ego + all-pairs overlap)."""
     env = Env(EnvConfig(non_ego_agent="idm"))
     extras_fn = lambda sc, prev, new, info: metrics.step_metrics(sc, prev, new, info, config=config)
     for batch in batches:
         scenarios = _womd_sized_batch(batch, num_objects)
-        actions = jnp.zeros((batch, STEPS_PER_CALL, env.config.action_dim)) + jnp.array([0.5, 0.01])
+        actions = jnp.zeros((batch, steps, env.config.action_dim)) + jnp.array([0.5, 0.01])
 
         def episode(scenario, acts, key):
             state = env.reset(scenario, key)
-            final, out = rollout(env, scenario, state, open_loop_policy(acts), STEPS_PER_CALL, extras_fn=extras_fn)
+            final, out = rollout(env, scenario, state, open_loop_policy(acts), steps, extras_fn=extras_fn)
             # Reduce every metric so none of them is dead code.
             return final.current.x, jax.tree.map(lambda a: jnp.sum(a.astype(jnp.float32)), out.extras)
 
         fn = jax.jit(jax.vmap(episode))
         keys = jax.random.split(jax.random.key(0), batch)
         timing = time_fn(fn, scenarios, actions, keys)
-        rate = batch * STEPS_PER_CALL / timing["median_s"]
+        rate = batch * steps / timing["median_s"]
         emit("sim_step", {"B": batch, "N": num_objects, "agents": "idm", "metrics": "all",
-                          "edge_cull": config.edge_cull}, "scenario_steps_per_s", rate, "1/s",
+                          "edge_cull": config.edge_cull, "steps": steps}, "scenario_steps_per_s", rate, "1/s",
              object_steps_per_s=rate * num_objects, compile_s=timing["compile_s"], repeats=timing["repeats"],
              peak_host_mb=peak_host_memory_mb(), peak_device_mb=peak_device_memory_mb(), env=env_meta)
 
@@ -126,14 +134,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="run only these cases (log: log-replay steps; full: IDM + every metric; "
                              "backward: rollout gradient); default all")
     parser.add_argument("--edge-cull", type=int, default=0, help="MetricsConfig.edge_cull of the full case")
+    parser.add_argument("--steps", type=int, default=STEPS_PER_CALL,
+                        help="closed-loop steps per timed call of the full case (at most 80 on T=91 logs)")
     args = parser.parse_args(argv)
+    if not 1 <= args.steps <= 80:
+        parser.error(f"--steps must be in [1, 80] (closed-loop steps after the 11 initial ones of a 91-step log), "
+                     f"got {args.steps}")
     env_meta = environment()
     batches = args.batches or ([1, 64, 1024] if args.quick else [1, 64, 256, 1024, 4096])
     only = set(args.only or ("log", "full", "backward"))
     if "log" in only:
         bench_steps(batches, args.num_objects, "log", env_meta)
     if "full" in only:
-        bench_steps_full(batches, args.num_objects, env_meta, metrics.MetricsConfig(edge_cull=args.edge_cull))
+        bench_steps_full(batches, args.num_objects, env_meta,
+                         dataclasses.replace(FULL_METRICS, edge_cull=args.edge_cull), args.steps)
     if "backward" in only:
         bench_backward(64, args.num_objects, 80, env_meta)
 
