@@ -184,8 +184,11 @@ def trajectory_at(traj: Trajectory, t: jax.Array | int) -> ObjectState:
     A step past the end of the log comes back invalid rather than clamped-and-valid.
     """
     num_steps = traj.x.shape[-1]
-    take = lambda a: at_step(a, t)
-    in_range = (t >= 0) & (t < num_steps)
+    return _log_states(traj, lambda a: at_step(a, t), (t >= 0) & (t < num_steps))
+
+
+def _log_states(traj: Trajectory, take, in_range: jax.Array) -> ObjectState:
+    """`ObjectState` of `take(field)` for every field of the log, valid only `in_range`."""
     return ObjectState(
         x=take(traj.x), y=take(traj.y), z=take(traj.z), vel_x=take(traj.vel_x), vel_y=take(traj.vel_y),
         yaw=take(traj.yaw), length=take(traj.length), width=take(traj.width), height=take(traj.height),
@@ -204,11 +207,7 @@ def trajectory_window(traj: Trajectory, start: jax.Array | int, length: int) -> 
     steps = start + jnp.arange(length)
     index = jnp.clip(steps, 0, num_steps - 1)
     take = lambda a: jnp.moveaxis(jnp.take(a, index, axis=-1), -1, 0)
-    in_range = ((steps >= 0) & (steps < num_steps))[:, None]
-    return ObjectState(
-        x=take(traj.x), y=take(traj.y), z=take(traj.z), vel_x=take(traj.vel_x), vel_y=take(traj.vel_y),
-        yaw=take(traj.yaw), length=take(traj.length), width=take(traj.width), height=take(traj.height),
-        valid=take(traj.valid) & in_range)
+    return _log_states(traj, take, ((steps >= 0) & (steps < num_steps))[:, None])
 
 
 @struct.dataclass
