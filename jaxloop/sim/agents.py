@@ -103,7 +103,7 @@ class LoggedPaths:
     x: jax.Array  # [N, T] logged positions
     y: jax.Array  # [N, T]
     arc: jax.Array  # [N, T] cumulative arc length over segments with both ends valid, m
-    length: jax.Array  # [N] total arc length, m
+    length: jax.Array  # [N] total arc length, m (a max-reduction, so it is hoisted like `block_arc`)
     max_speed: jax.Array  # [N] largest valid logged speed, m/s
     block_arc: jax.Array  # [N, ceil(T / _BLOCK)] arc at the first point of every block
 
@@ -164,8 +164,9 @@ def path_segments(paths: LoggedPaths, s: jax.Array) -> tuple[jax.Array, ...]:
     The segment j is the number of path points with arc < s, minus one, clamped to
     the first and last segments of positive length (positions outside extrapolate
     along them). Arc is 0 up to the first and the length from the end of the last,
-    so clamping s to [_MIN_SEGMENT / 2, length] first gives the same j. Arc is non-decreasing, so with b the last block whose first point is below s,
-    every point before block b is below s and the point after the block is not: the
+    so clamping s to [_MIN_SEGMENT / 2, length] first gives the same j. Arc is
+    non-decreasing, so with b the last block whose first point is below s, every
+    point before block b is below s and the point after the block is not: the
     count is the window's start plus the count inside the `_BLOCK + 1`-point window
     from block b's first point (shifted left to stay inside the array, which keeps
     that true), and the window holds both ends of segment j.
