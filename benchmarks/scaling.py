@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from benchmarks.common import emit, environment, peak_host_memory_mb, time_fn
 from benchmarks.sim_step import open_loop_policy
 from jaxloop.data.toy import make_toy_scenario
+from jaxloop.sim.compute import compiler_options
 from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.env import Env, EnvConfig
 from jaxloop.sim.rollout import rollout
@@ -54,7 +55,8 @@ def _programs(env: Env, horizon: int, remat: bool, with_metrics: bool):
         return jnp.mean(err) + 0.0 * extra
 
     batched = lambda a, s, k: jnp.mean(jax.vmap(loss)(a, s, k))
-    return jax.jit(batched), jax.jit(jax.grad(batched))
+    opts = compiler_options()
+    return jax.jit(batched, compiler_options=opts), jax.jit(jax.grad(batched), compiler_options=opts)
 
 
 def _inputs(batch: int, num_objects: int, horizon: int, num_lanes: int = 4):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from benchmarks.common import emit, environment, peak_device_memory_mb, peak_host_memory_mb, time_fn
 from jaxloop.data.toy import make_toy_scenario, pad_map
 from jaxloop.sim import metrics
+from jaxloop.sim.compute import compiler_options
 from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.env import Env, EnvConfig
 from jaxloop.sim.rollout import rollout
@@ -69,7 +70,7 @@ def bench_steps(batches: Sequence[int], num_objects: int, agents: str, env_meta:
             final, _ = rollout(env, scenario, state, open_loop_policy(acts), STEPS_PER_CALL)
             return final.current.x
 
-        fn = jax.jit(jax.vmap(episode))
+        fn = jax.jit(jax.vmap(episode), compiler_options=compiler_options())
         keys = jax.random.split(jax.random.key(0), batch)
         timing = time_fn(fn, scenarios, actions, keys)
         rate = batch * STEPS_PER_CALL / timing["median_s"]
@@ -93,7 +94,7 @@ def bench_steps_full(batches: Sequence[int], num_objects: int, env_meta: dict,
             # Reduce every metric so none of them is dead code.
             return final.current.x, jax.tree.map(lambda a: jnp.sum(a.astype(jnp.float32)), out.extras)
 
-        fn = jax.jit(jax.vmap(episode))
+        fn = jax.jit(jax.vmap(episode), compiler_options=compiler_options())
         keys = jax.random.split(jax.random.key(0), batch)
         timing = time_fn(fn, scenarios, actions, keys)
         rate = batch * steps / timing["median_s"]
@@ -115,8 +116,8 @@ def bench_backward(batch: int, num_objects: int, horizon: int, env_meta: dict) -
         return final.current.x[ego] + final.current.y[ego]
 
     batched_loss = lambda a, s, k: jnp.sum(jax.vmap(loss)(a, s, k))
-    fwd = jax.jit(batched_loss)
-    bwd = jax.jit(jax.value_and_grad(batched_loss))
+    fwd = jax.jit(batched_loss, compiler_options=compiler_options())
+    bwd = jax.jit(jax.value_and_grad(batched_loss), compiler_options=compiler_options())
     keys = jax.random.split(jax.random.key(0), batch)
     t_f = time_fn(fwd, actions, scenarios, keys)
     t_b = time_fn(bwd, actions, scenarios, keys)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from benchmarks.common import emit, environment, peak_device_memory_mb, peak_host_memory_mb, time_fn
 from jaxloop.data.toy import make_toy_scenario
 from jaxloop.policy.networks import ModelConfig
+from jaxloop.sim.compute import compiler_options
 from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.rollout import rollout
 from jaxloop.train.config import GRPOConfig, TrainConfig
@@ -90,8 +91,8 @@ def bench(algos: Sequence[str], models: Sequence[str], batch: int, num_objects: 
                         return jnp.mean(out.extras["loss"]) if with_loss else jnp.mean(out.states.x)
                     return jnp.mean(jax.vmap(episode)(scenarios, jax.random.split(k, batch)))
 
-                fwd = time_fn(jax.jit(lambda s, k: forward(s, k, True)), batch_data, key, repeats=repeats, min_time=0.0)
-                bare = time_fn(jax.jit(lambda s, k: forward(s, k, False)), batch_data, key, repeats=repeats,
+                fwd = time_fn(jax.jit(lambda s, k: forward(s, k, True), compiler_options=compiler_options()), batch_data, key, repeats=repeats, min_time=0.0)
+                bare = time_fn(jax.jit(lambda s, k: forward(s, k, False), compiler_options=compiler_options()), batch_data, key, repeats=repeats,
                                min_time=0.0)
                 emit(BENCH, case, "apg_over_forward", timing["median_s"] / fwd["median_s"], "ratio",
                      apg_step_s=timing["median_s"], forward_s=fwd["median_s"], forward_compile_s=fwd["compile_s"],

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import emit, environment, time_fn
+from jaxloop.sim.compute import compiler_options
 
 
 def _real_waymax():
@@ -57,7 +58,7 @@ def main(argv=None) -> None:
             return jax.lax.scan(body, state, None, length=steps)[0].current.x
 
         keys = jax.random.split(jax.random.key(0), batch)
-        t_ours = time_fn(jax.jit(jax.vmap(jaxloop_run)), scenarios, keys)["median_s"]
+        t_ours = time_fn(jax.jit(jax.vmap(jaxloop_run), compiler_options=compiler_options()), scenarios, keys)["median_s"]
 
         wenv_ = wenv.MultiAgentEnvironment(dynamics_model=wdynamics.InvertibleBicycleModel(),
                                            config=wconfig.EnvironmentConfig(max_num_objects=128))
@@ -70,7 +71,7 @@ def main(argv=None) -> None:
                 return wenv_.step(s, action), None
             return jax.lax.scan(body, state, None, length=steps)[0].timestep
 
-        t_waymax = time_fn(jax.jit(jax.vmap(waymax_run)), states)["median_s"]
+        t_waymax = time_fn(jax.jit(jax.vmap(waymax_run), compiler_options=compiler_options()), states)["median_s"]
         emit("waymax_compare", {"B": batch, "N": 128, "H": steps}, "jaxloop_over_waymax_speed", t_waymax / t_ours,
              "ratio", jaxloop_s=t_ours, waymax_s=t_waymax, env=env_meta)
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxloop.sim import agents as agents_lib
+from jaxloop.sim.compute import compiler_options
 from jaxloop.sim.datatypes import Scenario, SimState
 from jaxloop.sim.env import Env, EnvConfig, num_closed_loop_steps
 from jaxloop.sim.metrics import MetricsConfig, episode_metrics, step_metrics
@@ -190,7 +191,7 @@ def evaluate(policy: PolicyFn | str, scenarios: Scenario, infos: Sequence[dict] 
     first = jax.tree.map(lambda a: a[0], scenarios)
     steps = num_closed_loop_steps(first, config.env)
     episode = make_episode_fn(policy, config, steps, perturbation)
-    fn = jax.jit(jax.vmap(episode))
+    fn = jax.jit(jax.vmap(episode), compiler_options=compiler_options())
     keys = jax.random.split(jax.random.key(seed), num)
     bs = min(config.batch_size, num)
     chunks = []

@@ -9,12 +9,41 @@ slower with the trigonometry of both boxes recomputed per pair).
 `jax.lax.optimization_barrier` does not stop this on CPU (it is expanded before
 fusion), so `materialize` routes the values through an identity contraction, an op
 XLA never fuses into a broadcasting consumer, which costs one tiny matmul.
+
+`compiler_options` is what jaxloop's own `jax.jit` sites compile with (see there).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+# XLA:CPU hands matmuls, reductions and elementwise work to YNNPACK fusions by default.
+# On the simulator's shapes (short reductions over objects, corners and lane points
+# next to all-pairs passes, and `materialize`'s tiny matmuls) XLA's own loops are
+# faster: the IDM + every-metric step ran 1.08-1.10x faster at B=64 and B=1024 with
+# none of them (results equal to float rounding), and the training steps of
+# `benchmarks/train_throughput.py` at B=64 took the same time either way.
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def compiler_options() -> dict[str, str]:
+    """XLA options for `jax.jit(..., compiler_options=compiler_options())` of simulator programs.
+
+    On CPU: no YNNPACK fusions (`_CPU_OPTIONS`), if this jaxlib knows the option
+    (checked once by compiling a scalar function); elsewhere, or if it does not, `{}`
+    (XLA's defaults).
+    """
+    if jax.default_backend() != "cpu":
+        return {}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(jnp.float32(0)).compile()
+    except Exception:  # an XLA without the option: keep its defaults  # noqa: BLE001
+        return {}
+    return dict(_CPU_OPTIONS)
 
 
 def materialize(*arrays: jax.Array) -> tuple[jax.Array, ...]:

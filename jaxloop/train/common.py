@@ -21,7 +21,7 @@ from flax import nnx, struct
 
 from jaxloop.policy import networks
 from jaxloop.policy.observation import Features, features
-from jaxloop.sim.datatypes import Scenario, SimState
+from jaxloop.sim.datatypes import ObjectState, Scenario, SimState, trajectory_window
 from jaxloop.sim.env import Env
 from jaxloop.train import state as state_lib
 from jaxloop.train.config import TrainConfig
@@ -153,20 +153,22 @@ def collect(ctx: Context, params: nnx.State, scenario: Scenario, key: jax.Array,
     scenario, state = start_episode(ctx, env, scenario, key_reset, key_aug)
     state = state.replace(key=key_run)
 
-    def body(carry: SimState, _):
+    def body(carry: SimState, log_next: ObjectState):
         key, key_policy = jax.random.split(carry.key)
         carry = carry.replace(key=key)
         feats = features(scenario, carry, ego, ctx.config.obs)
         out = model(feats)
         action, u, log_prob = networks.sample(out, key_policy)
-        new_state, _ = env.step(scenario, carry, action)
+        new_state, _ = env.step(scenario, carry, action, log_next=log_next)
         reward = ctx.reward_fn(scenario, carry, new_state)
         valid = carry.current.valid[ego] & new_state.current.valid[ego]
         return new_state, Transitions(feats=feats, u=u, log_prob=log_prob, value=out.value,
                                       reward=jnp.where(valid, reward, 0.0), valid=valid)
 
     with jax.named_scope("train.collect"):
-        final, traj = jax.lax.scan(body, state, None, length=num_steps)
+        # The horizon's log read once, time-major, as in `rollout`.
+        logs = trajectory_window(scenario.log_trajectory, state.timestep + 1, num_steps)
+        final, traj = jax.lax.scan(body, state, logs, length=num_steps)
         last_value = model(features(scenario, final, ego, ctx.config.obs)).value
     return traj, last_value, final
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Literal
@@ -54,6 +55,7 @@ def render(out: str = "render.png", data: str = "toy", index: int = 0, gif: str 
     import jax
     import jax.numpy as jnp
 
+    from jaxloop.sim.compute import compiler_options
     from jaxloop.sim.env import Env, EnvConfig, num_closed_loop_steps
     from jaxloop.sim.rollout import constant_action_policy, log_replay_policy, rollout
     from jaxloop.viz.render import render_episode_gif, render_frame, save_png
@@ -68,7 +70,7 @@ def render(out: str = "render.png", data: str = "toy", index: int = 0, gif: str 
     ego_policy = (log_replay_policy(env) if policy == "expert"
                   else constant_action_policy(jnp.zeros(env.config.action_dim)))
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options())
     def episode(scenario, key):
         return rollout(env, scenario, env.reset(scenario, key), ego_policy, horizon)[1]
 
