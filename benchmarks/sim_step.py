@@ -12,7 +12,8 @@ IDM for every non-ego object and `jaxloop.sim.metrics.step_metrics` on every ste
 `backward_over_forward` for an 80-step rollout at B=64 (gradient of the final ego
 position w.r.t. all actions vs the forward pass). Each timed call resets B episodes
 and unrolls `--steps` closed-loop steps (default 20), so the per-episode set-up (the
-logged paths of IDM, the rollout's log window) is in the figure once per call.
+logged paths of IDM, the rollout's log window) is in the figure once per call. Every
+program is compiled with `jaxloop.sim.compute.compiler_options()`, as jaxloop's own are.
 """
 
 from __future__ import annotations
