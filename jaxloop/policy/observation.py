@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxloop.sim.datatypes import Scenario, SimState
+from jaxloop.sim.datatypes import Scenario, SimState, at_step
 from jaxloop.sim.geometry import project_to_polyline, rotate, to_local
 
 NUM_OBJECT_TYPES = 5  # unset, vehicle, pedestrian, cyclist, other
@@ -208,9 +208,8 @@ def features(scenario: Scenario, state: SimState, observer: jax.Array | int, con
 
         # Traffic lights governing the selected lanes (or with an unknown lane) near the observer.
         tl = scenario.traffic_lights
-        lt = jnp.clip(state.timestep, 0, tl.state.shape[-1] - 1)
-        l_state, l_lane, l_valid = tl.state[:, lt], tl.lane_ids[:, lt], tl.valid[:, lt]
-        l_xy = to_local(jnp.stack([tl.x[:, lt], tl.y[:, lt]], -1), origin, yaw0)
+        l_state, l_lane, l_valid = (at_step(a, state.timestep) for a in (tl.state, tl.lane_ids, tl.valid))
+        l_xy = to_local(jnp.stack([at_step(tl.x, state.timestep), at_step(tl.y, state.timestep)], -1), origin, yaw0)
         l_dist = jnp.linalg.norm(l_xy, axis=-1)
         near_lane_ids = jnp.where(lvalid, rm.lane_ids[lidx], -2)
         governs = jnp.any(l_lane[:, None] == near_lane_ids[None, :], -1) | (l_lane < 0)

@@ -219,9 +219,8 @@ def init_agent_state(scenario: Scenario, current: ObjectState, timestep: jax.Arr
     if not with_idm:
         return ()
     paths = logged_paths(scenario)
-    t = jnp.clip(timestep, 0, paths.arc.shape[-1] - 1)
     n = current.x.shape[-1]
-    return IdmState(s=paths.arc[:, t], v=current.speed,
+    return IdmState(s=at_step(paths.arc, timestep), v=current.speed,
                     stop_cleared=jnp.full((n,), _NO_STOP_CLEARED, jnp.float32))
 
 
@@ -357,8 +356,7 @@ def step_non_policy(scenario: Scenario, current: ObjectState, timestep: jax.Arra
     idm_next = idm_next.replace(valid=idm_next.valid & logged.valid)
     nxt = select_objects(is_idm, idm_next, nxt)
     # Objects not driven by IDM this step keep IDM memory that restarts from the log.
-    t1 = jnp.clip(timestep + 1, 0, paths.arc.shape[-1] - 1)
-    restart_s = jax.lax.dynamic_index_in_dim(paths.arc, t1, axis=1, keepdims=False)
+    restart_s = at_step(paths.arc, timestep + 1)
     new_state = IdmState(s=jnp.where(is_idm, idm_state.s, restart_s),
                          v=jnp.where(is_idm, idm_state.v, logged.speed),
                          stop_cleared=jnp.where(is_idm, idm_state.stop_cleared, agent_state.stop_cleared))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxloop.sim import agents as agents_lib
-from jaxloop.sim.datatypes import (TYPE_VEHICLE, ObjectState, Scenario, SimState, trajectory_at)
+from jaxloop.sim.datatypes import (TYPE_VEHICLE, ObjectState, Scenario, SimState, at_step, trajectory_at)
 from jaxloop.sim.dynamics import Dynamics, InvertibleBicycle
 from jaxloop.sim.geometry import to_local, rotate
 
@@ -203,8 +203,7 @@ class Env:
             hist = state.history
             hist_xy = jnp.stack([hist.x, hist.y], -1)
             rm = scenario.roadmap
-            lights_t = jnp.clip(state.timestep, 0, scenario.traffic_lights.state.shape[-1] - 1)
-            tl = jax.tree.map(lambda a: a[:, lights_t], scenario.traffic_lights)
+            tl = jax.tree.map(lambda a: at_step(a, state.timestep), scenario.traffic_lights)
             return Observation(
                 objects_xy=to_local(hist_xy, origin, yaw0),
                 objects_yaw=hist.yaw - yaw0,
