@@ -33,7 +33,7 @@ from jaxloop.sim.rollout import rollout
 def _scenarios(batch: int, num_objects: int, num_lanes: int = 4):
     base = [make_toy_scenario(num_objects=num_objects, num_cars=min(16, num_objects), num_lanes=num_lanes, seed=s)
             for s in range(4)]
-    return stack_scenarios([base[i % 4] for i in range(batch)])
+    return jax.device_put(stack_scenarios([base[i % 4] for i in range(batch)]))  # on the device, as a training step gets them
 
 
 def _extras_fn(with_metrics: bool):

@@ -47,18 +47,21 @@ def test_fused_argmin_names_the_minimum_and_breaks_near_ties_by_index():
     assert int(compute.fused_argmin(jnp.asarray(y))[0][0]) == 1
 
 
-def test_compiler_options_turn_off_ynn_fusions_on_cpu_and_keep_results():
+def test_compiler_options_turn_off_ynn_fusions_and_split_reductions_on_cpu_and_keep_results():
     opts = compute.compiler_options()
     if jax.default_backend() != "cpu":
         assert opts == {}
         return
-    assert opts == {"xla_cpu_experimental_ynn_fusion_type": ""}
-    # A batch of short float reductions and a matmul, as in the metrics.
-    fn = lambda x, w: (jnp.min(x, -1), jnp.sum(x * x, -1), x @ w)
+    assert opts == {"xla_cpu_experimental_ynn_fusion_type": "", "xla_disable_hlo_passes": "tree_reduction_rewriter"}
+    # A batch of short and long float reductions and a matmul, as in the metrics.
+    fn = lambda x, w: (jnp.min(x, -1), jnp.sum(x * x, -1), x @ w, jnp.max(jnp.abs(x) * 2.0, 0))
     x = jnp.asarray(np.random.default_rng(2).normal(size=(64, 31)), jnp.float32)
     w = jnp.asarray(np.random.default_rng(3).normal(size=(31, 5)), jnp.float32)
     tuned = jax.jit(fn, compiler_options=opts)
     hlo = tuned.lower(x, w).compile().as_text()
+    default_hlo = jax.jit(fn).lower(x, w).compile().as_text()
     assert "__ynn_fusion" not in hlo
+    # The 64-long reduction over the first axis is split by default and is one fused reduction here.
+    assert "reduce-window" in default_hlo and "reduce-window" not in hlo
     for got, want in zip(tuned(x, w), jax.jit(fn)(x, w)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

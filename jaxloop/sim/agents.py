@@ -178,10 +178,9 @@ def path_segments(paths: LoggedPaths, s: jax.Array) -> tuple[jax.Array, ...]:
     start = jnp.clip((num_before - 1) * _BLOCK, 0, num_points - size)
     arc_w = _row_slices(paths.arc, start, size)  # [N, K, size]
     local = jnp.clip(jnp.sum(arc_w < s_c[..., None], -1).astype(jnp.int32) - 1, 0, size - 2)
-    x_w, y_w = _row_slices(paths.x, start, size), _row_slices(paths.y, start, size)
-    ends = lambda w: (_pick(w, local), _pick(w, local + 1))
-    (x0, x1), (y0, y1), (a0, a1) = ends(x_w), ends(y_w), ends(arc_w)
-    return x0, y0, a0, x1, y1, a1
+    # The positions are read at the segment only: two points, not the whole window.
+    x_w, y_w = _row_slices(paths.x, start + local, 2), _row_slices(paths.y, start + local, 2)
+    return x_w[..., 0], y_w[..., 0], _pick(arc_w, local), x_w[..., 1], y_w[..., 1], _pick(arc_w, local + 1)
 
 
 def path_points(paths: LoggedPaths, s: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -26,14 +26,20 @@ import jax.numpy as jnp
 # faster: the IDM + every-metric step ran 1.08-1.10x faster at B=64 and B=1024 with
 # none of them (results equal to float rounding), and the training steps of
 # `benchmarks/train_throughput.py` at B=64 took the same time either way.
-_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# XLA:CPU also splits every reduction longer than 32 into a windowed first stage
+# (`tree_reduction_rewriter`, for the rounding of long float sums), which cannot fuse
+# with the elementwise work producing its operand: each of the step's reductions over
+# objects, lane points and road edges first wrote its whole operand to memory. Without
+# the split the same step ran 1.06x faster at B=1024 (identical results), and the APG
+# and PPO training steps at B=64 changed by at most 4e-6 relatively (float rounding).
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_disable_hlo_passes": "tree_reduction_rewriter"}
 
 
 @functools.cache
 def compiler_options() -> dict[str, str]:
     """XLA options for `jax.jit(..., compiler_options=compiler_options())` of simulator programs.
 
-    On CPU: no YNNPACK fusions (`_CPU_OPTIONS`), if this jaxlib knows the option
+    On CPU: no YNNPACK fusions and no split reductions (`_CPU_OPTIONS`), if this jaxlib knows the options
     (checked once by compiling a scalar function); elsewhere, or if it does not, `{}`
     (XLA's defaults).
     """
@@ -81,9 +87,9 @@ def ordered_key(x: jax.Array) -> jax.Array:
 def fused_reduce(x: jax.Array, op, identity, leaf: int = 16) -> jax.Array:
     """`op`-reduction (`jnp.minimum` / `jnp.maximum` / ...) of `x` `[..., K]` over its last axis.
 
-    XLA:CPU splits a long reduction into a windowed first stage that does not fuse with
-    the elementwise work producing its operand, so the whole operand is written to
-    memory first. Halving the axis with elementwise `op` (which fuses) down to `leaf`
+    With XLA's default options, XLA:CPU splits a long reduction into a windowed first
+    stage that does not fuse with the elementwise work producing its operand, so the
+    whole operand is written to memory first (`compiler_options` turns the split off). Halving the axis with elementwise `op` (which fuses) down to `leaf`
     entries, then reducing those, keeps the producer in the same loop.
     """
     while x.shape[-1] > leaf:
