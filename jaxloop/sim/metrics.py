@@ -441,13 +441,19 @@ def wrong_way(obj: ObjectState, roadmap: RoadMap, route: Route | None = None) ->
     near the object are the ones it crosses (a left turn across oncoming lanes in the
     WOMD tf.Example fixture, whose roadgraph is capped at 20,000 samples).
     """
-    a, b = roadmap.lane_xy[:, :-1], roadmap.lane_xy[:, 1:]
-    d2, _ = _segment_d2(obj.x, obj.y, a[..., 0], a[..., 1], b[..., 0], b[..., 1])  # [P, Q-1]
-    d2 = jnp.where(roadmap.lane_valid[:, :-1] & roadmap.lane_valid[:, 1:], d2, jnp.inf)
+    # The lanes as one sequence of P * Q points, x and y apart: segment k joins points k
+    # and k + 1 unless k ends a lane. Long contiguous rows vectorize; `[P, Q - 1]` rows
+    # of interleaved x, y did not (1.5x slower on CPU).
+    num_lanes, num_points = roadmap.lane_valid.shape
+    xs, ys = roadmap.lane_xy[..., 0].reshape(-1), roadmap.lane_xy[..., 1].reshape(-1)  # [P * Q]
+    valid = roadmap.lane_valid.reshape(-1)
+    joined = jnp.arange(num_lanes * num_points - 1) % num_points != num_points - 1
+    d2, _ = _segment_d2(obj.x, obj.y, xs[:-1], ys[:-1], xs[1:], ys[1:])  # [P * Q - 1]
+    d2 = jnp.where(valid[:-1] & valid[1:] & joined, d2, jnp.inf)
     speed = jnp.hypot(obj.vel_x, obj.vel_y)
     heading = jnp.where(speed > _SPEED_EPS, jnp.arctan2(obj.vel_y, obj.vel_x), obj.yaw)
     ch, sh = cos_sin(heading)
-    cos_lane = roadmap.lane_dir[:, :-1, 0] * ch + roadmap.lane_dir[:, :-1, 1] * sh
+    cos_lane = roadmap.lane_dir[..., 0].reshape(-1)[:-1] * ch + roadmap.lane_dir[..., 1].reshape(-1)[:-1] * sh
     radius2 = WRONG_WAY_LANE_RADIUS ** 2
     # One integer max-reduction: 0 outside every lane, 1 inside one against it, 2 inside one along it.
     inside = jnp.where(d2 < radius2, 1 + (cos_lane > math.cos(WRONG_WAY_ANGLE)), 0).astype(jnp.int32)
