@@ -197,18 +197,19 @@ def path_points(paths: LoggedPaths, s: jax.Array) -> tuple[jax.Array, jax.Array,
 
 def _path_frame(px: jax.Array, py: jax.Array, x0: jax.Array, y0: jax.Array, c0: jax.Array, s0: jax.Array,
                 kappa: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Points `[K]` in every object's path frame `[N]`: (distance ahead `[N, K]`, |lateral offset| `[N, K]`).
+    """Points (px, py) in the path frames of objects (x0, y0, c0, s0, kappa): (distance ahead, |lateral offset|).
 
-    The path ahead is approximated by the parabola of curvature `kappa` tangent at
-    (x0, y0) with heading cosine / sine (c0, s0): elementwise work, ~20 flops per pair,
-    so the `[N, N]` lead search stays cheap. Good for the gentle curvature of a 50 m
-    look-ahead; sharp turns (radius < ~15 m) widen the lateral error towards the end of
-    the window.
+    Elementwise with broadcasting: the caller lays points and objects on two axes
+    (`[N, K]` for the lead search, `[K, N]` for the few lights and stop signs, so the
+    long object axis is the contiguous one). The path ahead is approximated by the
+    parabola of curvature `kappa` tangent at (x0, y0) with heading cosine / sine
+    (c0, s0): ~20 flops per pair, so the `[N, N]` lead search stays cheap. Good for the
+    gentle curvature of a 50 m look-ahead; sharp turns (radius < ~15 m) widen the
+    lateral error towards the end of the window.
     """
-    c, s = c0[:, None], s0[:, None]
-    dx, dy = px[None, :] - x0[:, None], py[None, :] - y0[:, None]
-    lon = dx * c + dy * s
-    lat = dy * c - dx * s - 0.5 * kappa[:, None] * lon * lon
+    dx, dy = px - x0, py - y0
+    lon = dx * c0 + dy * s0
+    lat = dy * c0 - dx * s0 - 0.5 * kappa * lon * lon
     return lon, jnp.abs(lat)
 
 
@@ -250,8 +251,11 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         half_len = current.length / 2
         ahead = lambda lon: (lon > 1e-3) & (lon < IDM_LOOKAHEAD)
 
+        rows = tuple(a[:, None] for a in (x0, y0, c0, s0, kappa))  # objects on the first axis
+        cols = tuple(a[None, :] for a in (x0, y0, c0, s0, kappa))  # objects on the last axis
+
         # Leads among all valid objects (ego and policy objects included).
-        offset, lateral = _path_frame(current.x, current.y, x0, y0, c0, s0, kappa)  # [N, N]
+        offset, lateral = _path_frame(current.x[None, :], current.y[None, :], *rows)  # [N, N]
         others = current.valid[None, :] & ~jnp.eye(n, dtype=bool)
         is_lead = others & ahead(offset) & (lateral < current.width[None, :] / 2 + IDM_LATERAL_TOLERANCE)
         gap = offset - half_len[:, None] - half_len[None, :]
@@ -259,18 +263,17 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         # Red lights: stopped leads at the stop point.
         tl = scenario.traffic_lights
         red, light_x, light_y = at_step(tl.is_red, timestep), at_step(tl.x, timestep), at_step(tl.y, timestep)  # [L]
-        l_off, l_lat = _path_frame(light_x, light_y, x0, y0, c0, s0, kappa)  # [N, L]
-        light_lead = red[None, :] & (l_lat < IDM_LIGHT_LATERAL) & (l_off > half_len[:, None]) & (l_off < IDM_LOOKAHEAD)
-        light_gap = l_off - half_len[:, None]
+        l_off, l_lat = _path_frame(light_x[:, None], light_y[:, None], *cols)  # [L, N]
+        light_lead = red[:, None] & (l_lat < IDM_LIGHT_LATERAL) & (l_off > half_len) & (l_off < IDM_LOOKAHEAD)
+        light_gap = l_off - half_len
 
         # Stop signs: stopped leads until the object has halted at them.
         rm = scenario.roadmap
-        s_off, s_lat = _path_frame(rm.stop_sign_xy[:, 0], rm.stop_sign_xy[:, 1], x0, y0, c0, s0, kappa)  # [N, S]
-        sign_s = idm.s[:, None] + s_off
-        sign_lead = (rm.stop_sign_valid[None, :] & (s_lat < IDM_STOP_SIGN_LATERAL)
-                     & (s_off > half_len[:, None] - 1.0) & (s_off < IDM_LOOKAHEAD)
-                     & (sign_s > idm.stop_cleared[:, None]))
-        sign_gap = s_off - half_len[:, None]
+        s_off, s_lat = _path_frame(rm.stop_sign_xy[:, 0, None], rm.stop_sign_xy[:, 1, None], *cols)  # [S, N]
+        sign_s = idm.s + s_off
+        sign_lead = (rm.stop_sign_valid[:, None] & (s_lat < IDM_STOP_SIGN_LATERAL)
+                     & (s_off > half_len - 1.0) & (s_off < IDM_LOOKAHEAD) & (sign_s > idm.stop_cleared))
+        sign_gap = s_off - half_len
 
         # The nearest object lead from one fused integer reduction over the [N, N] work
         # (`fused_argmin`: near ties take the lowest index), then its exact gap and speed
@@ -279,8 +282,8 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         lead_lon = (current.x[lead] - x0) * c0 + (current.y[lead] - y0) * s0
         obj_gap = jnp.where(found, lead_lon - half_len - half_len[lead], jnp.inf)
         obj_speed = c0 * current.vel_x[lead] + s0 * current.vel_y[lead]
-        stop_gap = jnp.minimum(jnp.min(jnp.where(light_lead, light_gap, jnp.inf), -1),
-                               jnp.min(jnp.where(sign_lead, sign_gap, jnp.inf), -1))
+        stop_gap = jnp.minimum(jnp.min(jnp.where(light_lead, light_gap, jnp.inf), 0),
+                               jnp.min(jnp.where(sign_lead, sign_gap, jnp.inf), 0))
         lead_gap = jnp.minimum(obj_gap, stop_gap)
         lead_speed = jnp.where(stop_gap <= obj_gap, 0.0, obj_speed)
         has_lead = jnp.isfinite(lead_gap)
@@ -304,8 +307,8 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         v_next = jnp.where(parked, 0.0, v_next)
 
         # A halt in front of a stop sign clears every sign up to it.
-        sign_best = jnp.min(jnp.where(sign_lead, sign_gap, jnp.inf), -1)
-        sign_best_s = jnp.min(jnp.where(sign_lead, sign_s, jnp.inf), -1)
+        sign_best = jnp.min(jnp.where(sign_lead, sign_gap, jnp.inf), 0)
+        sign_best_s = jnp.min(jnp.where(sign_lead, sign_s, jnp.inf), 0)
         halted = (sign_best < IDM_STOP_SIGN_HALT_GAP) & (v_next < IDM_STOP_SIGN_HALT_SPEED)
         stop_cleared = jnp.where(halted, sign_best_s + 0.1, idm.stop_cleared)
 
