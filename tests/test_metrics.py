@@ -6,7 +6,7 @@ import pytest
 from jaxloop.data.toy import make_toy_scenario, make_track_scenario
 from jaxloop.sim import metrics as m
 from jaxloop.sim import rewards
-from jaxloop.sim.datatypes import DT, TL_GO, TL_STOP, ObjectState, trajectory_at
+from jaxloop.sim.datatypes import DT, TL_GO, TL_STOP, ObjectState, RoadMap, trajectory_at
 from jaxloop.sim.env import Env, EnvConfig
 from jaxloop.sim.rollout import log_replay_policy, rollout
 
@@ -133,6 +133,20 @@ def test_kinematics_wrong_way_comfort_ttc():
     wrong = _objs([(10, 0, np.pi, 5), (10, 0, 0, 5), (10, 0, np.pi, 1), (10, 20, np.pi, 5)])
     got = np.asarray(jax.jit(jax.vmap(m.wrong_way, in_axes=(0, None)))(wrong, rm)).tolist()
     assert got == [True, False, False, False]  # slow and far from any lane do not count
+
+    # Two full lanes along +x, far apart: (-40..-20, 0) and (20..40, 10). The lanes are
+    # scanned as one flat point sequence; nothing may join the first lane's last point to
+    # the second lane's first, a segment through (0, 5).
+    xs = np.linspace(0.0, 20.0, 5, dtype=np.float32)
+    lane_xy = np.stack([np.stack([xs - 40.0, np.zeros(5, np.float32)], -1),
+                        np.stack([xs + 20.0, np.full(5, 10.0, np.float32)], -1)])
+    lane_dir = np.zeros_like(lane_xy)
+    lane_dir[..., 0] = 1.0
+    two = RoadMap.empty(num_lanes=2, lane_points=5).replace(
+        lane_xy=jnp.asarray(lane_xy), lane_dir=jnp.asarray(lane_dir), lane_valid=jnp.ones((2, 5), bool))
+    objs = _objs([(0, 5, np.pi, 5), (30, 10, np.pi, 5), (-30, 0, np.pi, 5), (-20, 0, 0, 5)])
+    got = np.asarray(jax.jit(jax.vmap(m.wrong_way, in_axes=(0, None)))(objs, two)).tolist()
+    assert got == [False, True, True, False]
 
     # Comfort over a 3-state history: speeds 10, 10.1, 10.2 (a = 1) vs 10, 10.3, 10.6 (a = 3 > 2.4).
     def hist(speeds):

@@ -93,10 +93,10 @@ class LoggedPaths:
 
     A lookup at arc position s finds its segment with a two-level search: a count
     over the first arc value of every block of `_BLOCK` points (`block_arc`, a small
-    table of its own), then one gather of a `_BLOCK + 1`-point window of x, y and arc
-    per query, in which the segment and its two ends are picked elementwise. A step
-    so reads `[N, T / _BLOCK]` values plus three short windows per query, never the
-    whole `[N, T]` tables. Everything here depends on the scenario only: inside a
+    table of its own), then one gather of a `_BLOCK + 1`-point window of arc per query,
+    in which the segment is counted and its two arc values are picked elementwise, and
+    a two-point gather each of x and y at the segment. A step so reads `[N, T / _BLOCK]`
+    values plus three short windows per query, never the whole `[N, T]` tables. Everything here depends on the scenario only: inside a
     rollout XLA computes it once, outside the scan loop.
     """
 

@@ -94,8 +94,9 @@ def fused_reduce(x: jax.Array, op, identity, leaf: int = 16) -> jax.Array:
 
     With XLA's default options, XLA:CPU splits a long reduction into a windowed first
     stage that does not fuse with the elementwise work producing its operand, so the
-    whole operand is written to memory first (`compiler_options` turns the split off). Halving the axis with elementwise `op` (which fuses) down to `leaf`
-    entries, then reducing those, keeps the producer in the same loop.
+    whole operand is written to memory first (`compiler_options` turns the split off).
+    Halving the axis with elementwise `op` (which fuses) down to `leaf` entries, then
+    reducing those, keeps the producer in the same loop under either.
     """
     while x.shape[-1] > leaf:
         if x.shape[-1] % 2:

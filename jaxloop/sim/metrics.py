@@ -434,7 +434,7 @@ def wrong_way(obj: ObjectState, roadmap: RoadMap, route: Route | None = None) ->
     """`[]` bool for one object: moving, inside some lane, and against every lane it is inside.
 
     "Inside a lane" is within WRONG_WAY_LANE_RADIUS of its centre-line segments
-    (`[P, Q-1]` elementwise work). Where lanes overlap (intersections, merges) one
+    (`[P * Q - 1]` elementwise work over the flattened lanes). Where lanes overlap (intersections, merges) one
     lane in the direction of travel is enough to be right. With `route` (the ego's),
     the route counts as such a lane too: it follows the logged path, which is legal,
     and it covers turns whose own lane is missing from the map, where the only lanes
