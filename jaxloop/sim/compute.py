@@ -33,7 +33,7 @@ import jax.numpy as jnp
 # the split the same step ran 1.06x faster at B=1024 (identical results), and the APG
 # and PPO training steps at B=64 changed by at most 4e-6 relatively (float rounding).
 # XLA:CPU's concurrency-optimized scheduler orders the program so that independent
-# ops can run side by side on the worker threads: 1.04-1.05x on the same step and
+# ops can run side by side on the worker threads: 1.04-1.06x on the same step and
 # 1.02-1.03x on the APG, PPO and GRPO training steps (identical results).
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_disable_hlo_passes": "tree_reduction_rewriter",
                 "xla_cpu_enable_concurrency_optimized_scheduler": True}
