@@ -38,6 +38,14 @@ def peak_device_memory_mb() -> float | None:
     return None if peak is None else peak / 2 ** 20
 
 
+def device_batch(base: list, batch: int):
+    """`batch` scenarios cycling through `base`, stacked and on the device before timing (as a
+    training step receives them from `jaxloop.data.pipeline`, whose host-to-device copy overlaps
+    the previous step), so timed calls measure the step, not the copy."""
+    from jaxloop.sim.datatypes import stack_scenarios
+    return jax.device_put(stack_scenarios([base[i % len(base)] for i in range(batch)]))
+
+
 def time_fn(fn: Callable, *args, repeats: int = 5, min_time: float = 0.2) -> dict[str, float]:
     """Compile + warm-up once, then the median wall time of `repeats` calls (at least `min_time` s in all)."""
     t0 = time.perf_counter()

@@ -21,11 +21,10 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import emit, environment, peak_host_memory_mb, time_fn
+from benchmarks.common import device_batch, emit, environment, peak_host_memory_mb, time_fn
 from benchmarks.sim_step import open_loop_policy
 from jaxloop.data.toy import make_toy_scenario
 from jaxloop.sim.compute import compiler_options
-from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.env import Env, EnvConfig
 from jaxloop.sim.rollout import rollout
 
@@ -33,7 +32,7 @@ from jaxloop.sim.rollout import rollout
 def _scenarios(batch: int, num_objects: int, num_lanes: int = 4):
     base = [make_toy_scenario(num_objects=num_objects, num_cars=min(16, num_objects), num_lanes=num_lanes, seed=s)
             for s in range(4)]
-    return jax.device_put(stack_scenarios([base[i % 4] for i in range(batch)]))  # on the device, as a training step gets them
+    return device_batch(base, batch)
 
 
 def _extras_fn(with_metrics: bool):

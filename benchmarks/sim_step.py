@@ -28,11 +28,10 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import emit, environment, peak_device_memory_mb, peak_host_memory_mb, time_fn
+from benchmarks.common import device_batch, emit, environment, peak_device_memory_mb, peak_host_memory_mb, time_fn
 from jaxloop.data.toy import make_toy_scenario, pad_map
 from jaxloop.sim import metrics
 from jaxloop.sim.compute import compiler_options
-from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.env import Env, EnvConfig
 from jaxloop.sim.rollout import rollout
 
@@ -44,16 +43,17 @@ FULL_METRICS = metrics.MetricsConfig(per_object_overlap=True, per_object_red_lig
 
 
 def _batch(batch: int, num_objects: int):
-    """B toy scenarios on the device (as `jaxloop.data.pipeline` delivers batches to a training step)."""
+    """B toy scenarios, on the device."""
     base = [make_toy_scenario(num_objects=num_objects, num_cars=min(32, num_objects), seed=s) for s in range(4)]
-    return jax.device_put(stack_scenarios([base[i % 4] for i in range(batch)]))
+    return device_batch(base, batch)
 
 
 def _womd_sized_batch(batch: int, num_objects: int):
-    """Toy scenarios with the array sizes of a compiled WOMD map (256 x 20 lanes, 2048 edges, 16 lights), on the device."""
+    """Toy scenarios with the array sizes of a compiled WOMD map (256 x 20 lanes, 2048 edges, 16 lights), on the
+    device."""
     base = [pad_map(make_toy_scenario(num_objects=num_objects, num_cars=min(32, num_objects), seed=s, num_lanes=256,
                                       lane_points=20), num_edges=2048, num_lights=16) for s in range(4)]
-    return jax.device_put(stack_scenarios([base[i % 4] for i in range(batch)]))
+    return device_batch(base, batch)
 
 
 def open_loop_policy(actions):

@@ -91,9 +91,11 @@ def bench(algos: Sequence[str], models: Sequence[str], batch: int, num_objects: 
                         return jnp.mean(out.extras["loss"]) if with_loss else jnp.mean(out.states.x)
                     return jnp.mean(jax.vmap(episode)(scenarios, jax.random.split(k, batch)))
 
-                fwd = time_fn(jax.jit(lambda s, k: forward(s, k, True), compiler_options=compiler_options()), batch_data, key, repeats=repeats, min_time=0.0)
-                bare = time_fn(jax.jit(lambda s, k: forward(s, k, False), compiler_options=compiler_options()), batch_data, key, repeats=repeats,
-                               min_time=0.0)
+                opts = compiler_options()
+                fwd = time_fn(jax.jit(lambda s, k: forward(s, k, True), compiler_options=opts), batch_data, key,
+                              repeats=repeats, min_time=0.0)
+                bare = time_fn(jax.jit(lambda s, k: forward(s, k, False), compiler_options=opts), batch_data, key,
+                               repeats=repeats, min_time=0.0)
                 emit(BENCH, case, "apg_over_forward", timing["median_s"] / fwd["median_s"], "ratio",
                      apg_step_s=timing["median_s"], forward_s=fwd["median_s"], forward_compile_s=fwd["compile_s"],
                      apg_over_bare_rollout=timing["median_s"] / bare["median_s"], bare_rollout_s=bare["median_s"],

@@ -58,7 +58,8 @@ def main(argv=None) -> None:
             return jax.lax.scan(body, state, None, length=steps)[0].current.x
 
         keys = jax.random.split(jax.random.key(0), batch)
-        t_ours = time_fn(jax.jit(jax.vmap(jaxloop_run), compiler_options=compiler_options()), scenarios, keys)["median_s"]
+        opts = compiler_options()
+        t_ours = time_fn(jax.jit(jax.vmap(jaxloop_run), compiler_options=opts), scenarios, keys)["median_s"]
 
         wenv_ = wenv.MultiAgentEnvironment(dynamics_model=wdynamics.InvertibleBicycleModel(),
                                            config=wconfig.EnvironmentConfig(max_num_objects=128))
@@ -71,7 +72,7 @@ def main(argv=None) -> None:
                 return wenv_.step(s, action), None
             return jax.lax.scan(body, state, None, length=steps)[0].timestep
 
-        t_waymax = time_fn(jax.jit(jax.vmap(waymax_run), compiler_options=compiler_options()), states)["median_s"]
+        t_waymax = time_fn(jax.jit(jax.vmap(waymax_run), compiler_options=opts), states)["median_s"]
         emit("waymax_compare", {"B": batch, "N": 128, "H": steps}, "jaxloop_over_waymax_speed", t_waymax / t_ours,
              "ratio", jaxloop_s=t_ours, waymax_s=t_waymax, env=env_meta)
 

@@ -189,13 +189,7 @@ def _resample(xy: np.ndarray, spacing: float = _PATH_DS) -> np.ndarray:
     """Evenly spaced points (endpoints kept) at about `spacing` metres."""
     xy = np.asarray(xy, np.float64)
     if len(xy) == 2:  # a straight segment: no interpolation table needed
-        d = xy[1] - xy[0]
-        n = max(int(np.ceil(np.hypot(d[0], d[1]) / spacing)), 1) + 1
-        f = np.arange(n) / (n - 1)
-        out = np.empty((n, 2))
-        out[:, 0] = xy[0, 0] + f * d[0]
-        out[:, 1] = xy[0, 1] + f * d[1]
-        return out
+        return _straight_many(xy[:1], xy[1:], spacing)[0]
     s = _arc(xy)
     n = max(int(np.ceil(s[-1] / spacing)), 1) + 1
     t = np.arange(n) * (s[-1] / (n - 1))

@@ -96,8 +96,9 @@ class LoggedPaths:
     table of its own), then one gather of a `_BLOCK + 1`-point window of arc per query,
     in which the segment is counted and its two arc values are picked elementwise, and
     a two-point gather each of x and y at the segment. A step so reads `[N, T / _BLOCK]`
-    values plus three short windows per query, never the whole `[N, T]` tables. Everything here depends on the scenario only: inside a
-    rollout XLA computes it once, outside the scan loop.
+    values plus three short windows per query, never the whole `[N, T]` tables.
+    Everything here depends on the scenario only: inside a rollout XLA computes it
+    once, outside the scan loop.
     """
 
     x: jax.Array  # [N, T] logged positions
@@ -145,7 +146,10 @@ def _block_firsts(arc: jax.Array) -> jax.Array:
 
 
 def _row_slices(a: jax.Array, start: jax.Array, size: int) -> jax.Array:
-    """`a[n, start[n, k] : start[n, k] + size]` for rows of `a` `[N, T]` and starts `[N, K]` (in bounds) -> `[N, K, size]`."""
+    """`a[n, start[n, k] : start[n, k] + size]` for rows of `a` `[N, T]` and starts `[N, K]` (in bounds).
+
+    Returns `[N, K, size]`.
+    """
     window = lambda row, i: jax.lax.dynamic_slice_in_dim(row, i, size)
     return jax.vmap(jax.vmap(window, in_axes=(None, 0)))(a, start)
 

@@ -80,10 +80,8 @@ def cos_sin(angle: jax.Array) -> tuple[jax.Array, jax.Array]:
 def ordered_key(x: jax.Array) -> jax.Array:
     """int32 keys `[...]` that order like the float32 values `x` (exact; -0.0 before +0.0).
 
-    Integer min / max reductions fuse with the elementwise work that produces their
-    operand, where XLA:CPU hands float reductions to a separate kernel that first
-    writes the whole operand to memory; on `[N, N]` passes the write costs more than
-    the arithmetic.
+    An integer key can carry more than the value in its low bits (`fused_argmin` puts
+    the index there), so one min-reduction answers "which" as well as "how far".
     """
     bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
     return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)

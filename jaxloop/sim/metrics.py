@@ -434,26 +434,29 @@ def wrong_way(obj: ObjectState, roadmap: RoadMap, route: Route | None = None) ->
     """`[]` bool for one object: moving, inside some lane, and against every lane it is inside.
 
     "Inside a lane" is within WRONG_WAY_LANE_RADIUS of its centre-line segments
-    (`[P * Q - 1]` elementwise work over the flattened lanes). Where lanes overlap (intersections, merges) one
-    lane in the direction of travel is enough to be right. With `route` (the ego's),
-    the route counts as such a lane too: it follows the logged path, which is legal,
-    and it covers turns whose own lane is missing from the map, where the only lanes
-    near the object are the ones it crosses (a left turn across oncoming lanes in the
-    WOMD tf.Example fixture, whose roadgraph is capped at 20,000 samples).
+    (`[P * Q - 1]` elementwise work over the flattened lanes). Where lanes overlap
+    (intersections, merges) one lane in the direction of travel is enough to be right.
+    With `route` (the ego's), the route counts as such a lane too: it follows the logged
+    path, which is legal, and it covers turns whose own lane is missing from the map,
+    where the only lanes near the object are the ones it crosses (a left turn across
+    oncoming lanes in the WOMD tf.Example fixture, whose roadgraph is capped at 20,000
+    samples).
     """
     # The lanes as one sequence of P * Q points, x and y apart: segment k joins points k
     # and k + 1 unless k ends a lane. Long contiguous rows vectorize; `[P, Q - 1]` rows
     # of interleaved x, y did not (1.5x slower on CPU).
     num_lanes, num_points = roadmap.lane_valid.shape
-    xs, ys = roadmap.lane_xy[..., 0].reshape(-1), roadmap.lane_xy[..., 1].reshape(-1)  # [P * Q]
-    valid = roadmap.lane_valid.reshape(-1)
+    flat = lambda a: a.reshape(-1)  # [P, Q] -> [P * Q]
+    xs, ys = flat(roadmap.lane_xy[..., 0]), flat(roadmap.lane_xy[..., 1])
+    dir_x, dir_y = flat(roadmap.lane_dir[..., 0]), flat(roadmap.lane_dir[..., 1])
+    valid = flat(roadmap.lane_valid)
     joined = jnp.arange(num_lanes * num_points - 1) % num_points != num_points - 1
     d2, _ = _segment_d2(obj.x, obj.y, xs[:-1], ys[:-1], xs[1:], ys[1:])  # [P * Q - 1]
     d2 = jnp.where(valid[:-1] & valid[1:] & joined, d2, jnp.inf)
     speed = jnp.hypot(obj.vel_x, obj.vel_y)
     heading = jnp.where(speed > _SPEED_EPS, jnp.arctan2(obj.vel_y, obj.vel_x), obj.yaw)
     ch, sh = cos_sin(heading)
-    cos_lane = roadmap.lane_dir[..., 0].reshape(-1)[:-1] * ch + roadmap.lane_dir[..., 1].reshape(-1)[:-1] * sh
+    cos_lane = dir_x[:-1] * ch + dir_y[:-1] * sh
     radius2 = WRONG_WAY_LANE_RADIUS ** 2
     # One integer max-reduction: 0 outside every lane, 1 inside one against it, 2 inside one along it.
     inside = jnp.where(d2 < radius2, 1 + (cos_lane > math.cos(WRONG_WAY_ANGLE)), 0).astype(jnp.int32)
@@ -499,7 +502,8 @@ def lane_start_directions(roadmap: RoadMap, lane_ids: jax.Array) -> tuple[jax.Ar
     sorted_ids = ids[order]
     run = jnp.cumsum(jnp.concatenate([jnp.zeros((1,), jnp.int32),
                                       (sorted_ids[1:] != sorted_ids[:-1]).astype(jnp.int32)]))  # [P]
-    summed = jax.ops.segment_sum(jnp.asarray(roadmap.lane_dir)[order, 0], run, num_segments=num, indices_are_sorted=True)
+    summed = jax.ops.segment_sum(jnp.asarray(roadmap.lane_dir)[order, 0], run, num_segments=num,
+                                 indices_are_sorted=True)
     pos = jnp.clip(jnp.searchsorted(sorted_ids, lane_ids, method="scan_unrolled"), 0, num - 1)
     found = (sorted_ids[pos] == lane_ids) & (lane_ids >= 0)
     d = summed[run[pos]]
