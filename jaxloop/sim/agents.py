@@ -253,15 +253,20 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         # Every [N, N] / [N, L] pass below reads these per-object values: computed once.
         c0, s0, x0, y0, kappa = materialize(jnp.cos(yaw0), jnp.sin(yaw0), x0, y0, kappa)
         half_len = current.length / 2
-        ahead = lambda lon: (lon > 1e-3) & (lon < IDM_LOOKAHEAD)
 
         rows = tuple(a[:, None] for a in (x0, y0, c0, s0, kappa))  # objects on the first axis
         cols = tuple(a[None, :] for a in (x0, y0, c0, s0, kappa))  # objects on the last axis
 
-        # Leads among all valid objects (ego and policy objects included).
+        # Leads among all valid objects (ego and policy objects included). Every test is a
+        # float "violation" that is negative exactly when it passes (`a - b < 0` iff `a < b`
+        # in IEEE arithmetic), so the pair loop is one max-chain of 32-bit lanes instead of
+        # a chain of byte-wide boolean ands; an invalid object has a lateral band of -1e30
+        # and the diagonal (the object itself) a violation of +inf.
+        band = jnp.where(current.valid, current.width / 2 + IDM_LATERAL_TOLERANCE, -1e30)
+        (band,) = materialize(band)
         offset, lateral = _path_frame(current.x[None, :], current.y[None, :], *rows)  # [N, N]
-        others = current.valid[None, :] & ~jnp.eye(n, dtype=bool)
-        is_lead = others & ahead(offset) & (lateral < current.width[None, :] / 2 + IDM_LATERAL_TOLERANCE)
+        violation = jnp.maximum(jnp.maximum(1e-3 - offset, offset - IDM_LOOKAHEAD), lateral - band[None, :])
+        is_lead = jnp.maximum(violation, jnp.where(jnp.eye(n, dtype=bool), jnp.inf, -jnp.inf)) < 0.0
         gap = offset - half_len[:, None] - half_len[None, :]
 
         # Red lights: stopped leads at the stop point.
