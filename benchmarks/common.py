@@ -38,12 +38,31 @@ def peak_device_memory_mb() -> float | None:
     return None if peak is None else peak / 2 ** 20
 
 
-def device_batch(base: list, batch: int):
-    """`batch` scenarios cycling through `base`, stacked and on the device before timing (as a
+def use_cpu_devices(count: int) -> None:
+    """Splits the host CPU into `count` XLA devices (`jax_num_cpu_devices`); call before JAX's first
+    computation. Other backends are unaffected (their devices stay the default ones)."""
+    if count < 1:
+        raise ValueError(f"use_cpu_devices: count must be >= 1, got {count}")
+    jax.config.update("jax_num_cpu_devices", count)
+
+
+def batch_placement(batch: int) -> jax.sharding.Sharding:
+    """Where a benchmark batch of `batch` episodes lives: split along its leading axis over every
+    device when `batch` divides by their number (data parallelism, as `jaxloop.train.parallel` runs
+    training), else on the first device."""
+    from jaxloop.train.parallel import batch_sharding, make_mesh
+    if jax.device_count() > 1 and batch % jax.device_count() == 0:
+        return batch_sharding(make_mesh())
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def device_batch(base: list, batch: int, placement: jax.sharding.Sharding | None = None):
+    """`batch` scenarios cycling through `base`, stacked and on the device(s) before timing (as a
     training step receives them from `jaxloop.data.pipeline`, whose host-to-device copy overlaps
-    the previous step), so timed calls measure the step, not the copy."""
+    the previous step), so timed calls measure the step, not the copy. `placement`: a
+    `batch_placement` (default: the default device)."""
     from jaxloop.sim.datatypes import stack_scenarios
-    return jax.device_put(stack_scenarios([base[i % len(base)] for i in range(batch)]))
+    return jax.device_put(stack_scenarios([base[i % len(base)] for i in range(batch)]), placement)
 
 
 def time_fn(fn: Callable, *args, repeats: int = 5, min_time: float = 0.2) -> dict[str, float]:
