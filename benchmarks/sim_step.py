@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-
-import os
 
 from benchmarks.common import (batch_placement, device_batch, emit, environment, peak_device_memory_mb,
                                peak_host_memory_mb, time_fn, use_cpu_devices)
@@ -41,8 +40,9 @@ from jaxloop.sim.rollout import rollout
 STEPS_PER_CALL = 20
 # On CPU the batch runs data-parallel over XLA devices carved out of the host (`jax_num_cpu_devices`),
 # as `jaxloop.train.parallel` shards a training batch over devices. Paired in one process on 2 cores
-# (identical outputs), the step ran faster with every doubling of the device count up to 16 at
-# B=64 and 32 at B=1024 (1.43x and 1.45x over one device): each device's share is a small batch
+# (identical outputs), the full step ran faster with more devices: at B=64
+# 1.43x on 16 devices over one; at B=1024 1.27x on 8 over one, and 1.20x on 32 over 4 in a
+# second run (README). Each device's share is a small batch
 # whose working set stays in cache, and the devices' programs keep both cores busy where one
 # program's threads wait between its many small loop-body ops.
 CPU_DEVICES_PER_CORE = 8
@@ -66,6 +66,12 @@ def _womd_sized_batch(batch: int, num_objects: int, placement=None):
     return device_batch(base, batch, placement)
 
 
+def _actions_and_keys(batch: int, steps: int, placement):
+    """The open-loop action table `[B, steps, 2]` and B episode keys, placed like the scenarios."""
+    actions = jnp.zeros((batch, steps, 2)) + jnp.array([0.5, 0.01])
+    return jax.device_put((actions, jax.random.split(jax.random.key(0), batch)), placement)
+
+
 def open_loop_policy(actions):
     """Policy reading a per-step action table `[H, A]` by the state's timestep."""
     def policy(scenario, state, key):
@@ -79,8 +85,7 @@ def bench_steps(batches: Sequence[int], num_objects: int, agents: str, env_meta:
     for batch in batches:
         placement = batch_placement(batch)
         scenarios = _batch(batch, num_objects, placement)
-        actions = jax.device_put(jnp.zeros((batch, STEPS_PER_CALL, env.config.action_dim)) + jnp.array([0.5, 0.01]),
-                                 placement)
+        actions, keys = _actions_and_keys(batch, STEPS_PER_CALL, placement)
 
         def episode(scenario, acts, key):
             state = env.reset(scenario, key)
@@ -88,7 +93,6 @@ def bench_steps(batches: Sequence[int], num_objects: int, agents: str, env_meta:
             return final.current.x
 
         fn = jax.jit(jax.vmap(episode), compiler_options=compiler_options())
-        keys = jax.device_put(jax.random.split(jax.random.key(0), batch), placement)
         timing = time_fn(fn, scenarios, actions, keys)
         rate = batch * STEPS_PER_CALL / timing["median_s"]
         emit("sim_step", {"B": batch, "N": num_objects, "agents": agents, "devices": len(placement.device_set)},
@@ -105,7 +109,7 @@ def bench_steps_full(batches: Sequence[int], num_objects: int, env_meta: dict,
     for batch in batches:
         placement = batch_placement(batch)
         scenarios = _womd_sized_batch(batch, num_objects, placement)
-        actions = jax.device_put(jnp.zeros((batch, steps, env.config.action_dim)) + jnp.array([0.5, 0.01]), placement)
+        actions, keys = _actions_and_keys(batch, steps, placement)
 
         def episode(scenario, acts, key):
             state = env.reset(scenario, key)
@@ -114,7 +118,6 @@ def bench_steps_full(batches: Sequence[int], num_objects: int, env_meta: dict,
             return final.current.x, jax.tree.map(lambda a: jnp.sum(a.astype(jnp.float32)), out.extras)
 
         fn = jax.jit(jax.vmap(episode), compiler_options=compiler_options())
-        keys = jax.device_put(jax.random.split(jax.random.key(0), batch), placement)
         timing = time_fn(fn, scenarios, actions, keys)
         rate = batch * steps / timing["median_s"]
         emit("sim_step", {"B": batch, "N": num_objects, "agents": "idm", "metrics": "all",
@@ -128,7 +131,7 @@ def bench_backward(batch: int, num_objects: int, horizon: int, env_meta: dict) -
     env = Env()
     placement = batch_placement(batch)
     scenarios = _batch(batch, num_objects, placement)
-    actions = jax.device_put(jnp.zeros((batch, horizon, 2)) + jnp.array([0.5, 0.01]), placement)
+    actions, keys = _actions_and_keys(batch, horizon, placement)
 
     def loss(acts, scenario, key):
         state = env.reset(scenario, key)
@@ -139,7 +142,6 @@ def bench_backward(batch: int, num_objects: int, horizon: int, env_meta: dict) -
     batched_loss = lambda a, s, k: jnp.sum(jax.vmap(loss)(a, s, k))
     fwd = jax.jit(batched_loss, compiler_options=compiler_options())
     bwd = jax.jit(jax.value_and_grad(batched_loss), compiler_options=compiler_options())
-    keys = jax.device_put(jax.random.split(jax.random.key(0), batch), placement)
     t_f = time_fn(fwd, actions, scenarios, keys)
     t_b = time_fn(bwd, actions, scenarios, keys)
     emit("sim_step", {"B": batch, "N": num_objects, "H": horizon, "agents": "log", "devices": len(placement.device_set)},

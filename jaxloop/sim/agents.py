@@ -263,6 +263,8 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
         # a chain of byte-wide boolean ands; an invalid object has a lateral band of -1e30
         # and the diagonal (the object itself) a violation of +inf.
         band = jnp.where(current.valid, current.width / 2 + IDM_LATERAL_TOLERANCE, -1e30)
+        # Its own `materialize`: joined to the one above (an [N, 6] contraction), the step ran
+        # 0.76-0.83x as fast in two paired runs, with identical results.
         (band,) = materialize(band)
         offset, lateral = _path_frame(current.x[None, :], current.y[None, :], *rows)  # [N, N]
         violation = jnp.maximum(jnp.maximum(1e-3 - offset, offset - IDM_LOOKAHEAD), lateral - band[None, :])
