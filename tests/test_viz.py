@@ -127,8 +127,7 @@ def test_render_cli_toy(tmp_path):
         assert im.n_frames == 4  # 80 closed-loop steps, every 20th
 
 
-def test_render_cli_missing_dir(tmp_path):
-    from jaxloop.cli import main
-    with pytest.raises(SystemExit) as exc:
-        main(["render", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")])
-    assert "nope" in str(exc.value) and "neither" in str(exc.value)
+def test_render_cli_missing_data_names_the_path(tmp_path):
+    from jaxloop.viz.cli import render
+    with pytest.raises(FileNotFoundError, match="nope"):
+        render(data=str(tmp_path / "nope"), out=str(tmp_path / "x.png"))

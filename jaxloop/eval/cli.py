@@ -14,17 +14,28 @@ from jaxloop.sim.env import EnvConfig
 
 
 def resolve_policy_spec(spec: str, env: EnvConfig) -> tuple[object, EnvConfig, str]:
-    """(policy or baseline name, the env it drives, a label) for a baseline name or a checkpoint directory."""
+    """(policy or baseline name, the env it drives, a label) for a baseline name, a training run / checkpoint
+    directory or an exported policy directory (`jaxloop export`)."""
     if spec in BASELINES:
         return spec, env, spec
     path = pathlib.Path(spec)
     if not path.exists():
-        raise SystemExit(f"policy {spec!r}: neither a baseline ({', '.join(BASELINES)}) nor an existing checkpoint")
-    from jaxloop.train.policy_fn import load_policy_from_checkpoint
-    policy, train_config = load_policy_from_checkpoint(path)
+        raise SystemExit(f"policy {spec!r}: neither a baseline ({', '.join(BASELINES)}) nor an existing checkpoint "
+                         "or exported policy directory")
+    from jaxloop.train.policy_fn import load_policy
+    policy, train_config = load_policy(path)
     policy_env = dataclasses.replace(train_config.env_config(), non_ego_agent=env.non_ego_agent,
                                      init_steps=env.init_steps, controlled="sdc")
     return policy, policy_env, path.name if path.name != "checkpoints" else path.parent.name
+
+
+def init_steps_of(scenarios, infos) -> int:
+    """The closed loop's first step for a scenario set: the one its sources declare, else from the log length."""
+    declared = {int(i["init_steps"]) for i in infos if "init_steps" in i}
+    if len(declared) > 1:
+        raise ValueError(f"the scenarios come from sources with different init_steps {sorted(declared)}; "
+                         "evaluate each source on its own")
+    return declared.pop() if declared else _init_steps_for(scenarios)
 
 
 def _init_steps_for(scenarios) -> int:

@@ -92,9 +92,14 @@ def resolve_policy(policy: PolicyFn | str, env: Env) -> tuple[PolicyFn, int | No
     return policy, None
 
 
-def make_episode_fn(policy: PolicyFn | str, config: EvalConfig, num_steps: int,
-                    perturbation: Perturbation | None = None) -> Callable[[Scenario, jax.Array], dict]:
-    """`episode(scenario, key) -> {metric: scalar}` for one unbatched scenario."""
+def make_rollout_fn(policy: PolicyFn | str, config: EvalConfig, num_steps: int,
+                    perturbation: Perturbation | None = None) -> Callable[[Scenario, jax.Array], tuple]:
+    """`episode(scenario, key) -> (scenario, RolloutOutput)` for one unbatched scenario.
+
+    The returned scenario is the (possibly perturbed) one the episode ran in; the output
+    holds the per-step states and metrics (`extras`) that `make_episode_fn` reduces and
+    `jaxloop render` draws.
+    """
     env = Env(config.env)
     policy_fn, ego_kind = resolve_policy(policy, env)
     p = perturbation or Perturbation("none")
@@ -119,6 +124,18 @@ def make_episode_fn(policy: PolicyFn | str, config: EvalConfig, num_steps: int,
         if p.state_fn is not None:
             state = p.state_fn(scenario, state, key_state)
         _, out = rollout(env, scenario, state, policy_fn, horizon, extras_fn=extras_fn, params=p.params)
+        return scenario, out
+
+    return episode
+
+
+def make_episode_fn(policy: PolicyFn | str, config: EvalConfig, num_steps: int,
+                    perturbation: Perturbation | None = None) -> Callable[[Scenario, jax.Array], dict]:
+    """`episode(scenario, key) -> {metric: scalar}` for one unbatched scenario."""
+    run = make_rollout_fn(policy, config, num_steps, perturbation)
+
+    def episode(scenario: Scenario, key: jax.Array) -> dict:
+        scenario, out = run(scenario, key)
         m = episode_metrics(scenario, out)
         return {k: m[k] for k in SCALAR_KEYS}
 

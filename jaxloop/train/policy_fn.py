@@ -83,6 +83,70 @@ def load_policy_from_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = 
     return make_policy_fn(graphdef, params, config.obs, deterministic, controlled), config
 
 
+def batch_polymorphic_call(call: Any) -> Any:
+    """`call(flat [b, D]) -> outputs [b, ...]` made vmappable, for a batch-polymorphic exported function.
+
+    `jax.export`'s call has no batching rule; an artefact exported with a symbolic batch
+    dimension already takes any batch, so a vmap over it folds the mapped axis into that
+    batch dimension instead (and again for every nested vmap).
+    """
+
+    @jax.custom_batching.custom_vmap
+    def batched(flat):
+        return call(flat)
+
+    @batched.def_vmap
+    def _rule(axis_size, in_batched, flat):
+        if not in_batched[0]:
+            out = batched(flat)
+            return out, jax.tree.map(lambda _: False, out)
+        rows = flat.shape[1]
+        out = batched(flat.reshape(axis_size * rows, *flat.shape[2:]))
+        return (jax.tree.map(lambda a: a.reshape(axis_size, rows, *a.shape[1:]), out),
+                jax.tree.map(lambda _: True, out))
+
+    return batched
+
+
+def load_exported_policy(export_dir: str | os.PathLike) -> tuple[PolicyFn, TrainConfig]:
+    """`(policy_fn, config)` of a directory written by `jaxloop export`: the exported artefact itself runs.
+
+    The policy computes the observation features in jaxloop, flattens them and calls the
+    exported StableHLO function (deterministic action in [-1, 1]), so an evaluation of it
+    checks exactly what a deployment would run.
+    """
+    from jaxloop.io.export import load_policy
+    from jaxloop.policy.observation import flatten
+    loaded = load_policy(export_dir)
+    meta = loaded.metadata.get("metadata", {})
+    if CONFIG_KEY not in meta:
+        raise ValueError(f"{export_dir}/metadata.json: no {CONFIG_KEY!r} entry; not a policy exported by "
+                         "`jaxloop export`")
+    config = config_from_dict(TrainConfig, meta[CONFIG_KEY])
+    if not loaded.metadata.get("batch_polymorphic", False):
+        raise ValueError(f"{export_dir}: the exported policy has a fixed batch size; re-export it with a "
+                         "symbolic batch dimension to evaluate it")
+    params = loaded.params
+    call = batch_polymorphic_call(lambda flat: loaded.exported.call(params, flat)[0])
+
+    def policy(scenario: Scenario, state: SimState, key: jax.Array) -> jax.Array:
+        del key
+        flat = flatten(features(scenario, state, scenario.object_metadata.sdc_index, config.obs))
+        return call(flat[None])[0]
+
+    return policy, config
+
+
+def load_policy(path: str | os.PathLike, step: int | None = None) -> tuple[PolicyFn, TrainConfig]:
+    """A trained policy from a training run / checkpoint directory or an exported policy directory."""
+    from jaxloop.io.export import METADATA_FILE
+    if os.path.isfile(os.path.join(path, METADATA_FILE)):
+        if step is not None:
+            raise ValueError(f"{path}: an exported policy has one set of weights; --step does not apply")
+        return load_exported_policy(path)
+    return load_policy_from_checkpoint(path, step=step)
+
+
 def export(ckpt: str, out: str, step: int | None = None) -> int:
     """Exports a checkpoint's deterministic policy: Features -> action in [-1, 1] (jax.export + npz params).
 

@@ -1,90 +1,104 @@
-"""`jaxloop render`: roll out one scenario in the simulator and draw it to PNG (and GIF)."""
+"""`jaxloop render`: roll out one scenario of any data source with any policy and draw it to PNG (and GIF).
+
+The episode is the evaluator's (`jaxloop.eval.evaluate.make_rollout_fn`): the same
+policy resolution (a baseline, a training run / checkpoint, an exported policy), the
+same non-ego model and the same per-step metrics, so a frame shows exactly the episode
+that `jaxloop eval` scored. The steps where the ego collides or leaves the road are
+printed, so a failing episode can be rendered at its first failure with `--step first_failure`.
+"""
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
 from typing import Literal
 
 import numpy as np
 
+FAILURES = {"ego_overlap": "collision", "ego_offroad": "offroad", "ego_red_light": "red_light"}
+
 
 def _load_scenario(data: str, index: int):
-    """One unbatched scenario: toy (seeded by `index`) or entry `index` of a scenario cache directory."""
+    """(one unbatched scenario, its info dict, the whole set's infos) of entry `index` of `data`."""
+    from jaxloop.data.sources import load_source
     from jaxloop.sim.datatypes import index_batch
-    if data == "toy":
-        from jaxloop.data.toy import make_toy_scenario
-        return make_toy_scenario(seed=index)
-    if not os.path.isdir(data):
-        raise SystemExit(f"jaxloop render: --data must be 'toy' or a scenario cache directory; {data!r} is neither")
-    try:
-        from jaxloop.data.pipeline import load_scenarios
-    except ImportError as e:
-        raise SystemExit(f"jaxloop render: cannot read scenario directory {data!r}: jaxloop.data.pipeline is not "
-                         f"available ({e}); use --data toy") from None
-    batch = load_scenarios(data)
-    count = int(np.shape(batch.family)[0]) if np.ndim(batch.family) else 1
-    if np.ndim(batch.family) == 0:
-        if index != 0:
-            raise SystemExit(f"jaxloop render: {data} holds 1 scenario, --index {index} is out of range")
-        return batch
+    batch, infos = load_source(data)
+    count = len(infos)
     if not 0 <= index < count:
-        raise SystemExit(f"jaxloop render: {data} holds {count} scenarios, --index {index} is out of range [0, {count})")
-    return index_batch(batch, index)
+        raise ValueError(f"--index {index} is out of range: {data} holds {count} scenario(s)")
+    return index_batch(batch, index), infos[index], infos
+
+
+def failure_steps(extras: dict, timesteps: np.ndarray) -> dict[str, list[int]]:
+    """Simulation steps at which each failure metric is set (valid ego steps only)."""
+    valid = np.asarray(extras["ego_valid"])
+    return {name: [int(t) for t in np.asarray(timesteps)[np.asarray(extras[k]) & valid]]
+            for k, name in FAILURES.items() if k in extras}
 
 
 def render(out: str = "render.png", data: str = "toy", index: int = 0, gif: str | None = None,
-           policy: Literal["expert", "constant_velocity"] = "expert", step: int = -1, view_m: float = 80.0,
-           width_px: int = 640, height_px: int = 640, stride: int = 1, fps: float = 10.0) -> int:
-    """Rolls out scenario `index` of `data` ("toy" or a scenario cache directory) and renders it.
+           policy: str = "expert", non_ego: Literal["log", "idm"] = "log", step: str = "-1", view_m: float = 80.0,
+           width_px: int = 640, height_px: int = 640, stride: int = 1, fps: float = 10.0, seed: int = 0) -> int:
+    """Rolls out scenario `index` of `data` with `policy` and renders it.
 
     Args:
         out: PNG path for the frame at closed-loop step `step`.
-        data: "toy" (built-in scenario, seeded by --index) or a scenario cache directory.
-        index: which scenario.
+        data: any data spec of `jaxloop eval --data` (toy[:NUM], procedural:SPLIT:NUM[:SEED], a cache
+            directory, raw WOMD / AV2 / GPUDrive JSON files).
+        index: which scenario of the set.
         gif: also write the whole episode as a GIF here.
-        policy: ego policy: "expert" (inverse-dynamics log replay) or "constant_velocity" (zero action).
-        step: closed-loop step of the PNG frame (negative counts from the end).
+        policy: a baseline (expert, constant_velocity, idm), a training run / checkpoint directory or an
+            exported policy directory.
+        non_ego: the model of every other object.
+        step: closed-loop step of the PNG frame (negative counts from the end), or "first_failure" (the
+            first step with a collision, offroad or red-light crossing; the last step if there is none).
         view_m: view width in metres, centred on the ego.
         width_px: image width in pixels.
         height_px: image height in pixels.
         stride: render every stride-th step into the GIF.
         fps: GIF frames per second.
+        seed: episode key (stochastic agents and perturbations).
     """
     import jax
-    import jax.numpy as jnp
 
+    from jaxloop.eval.cli import init_steps_of, resolve_policy_spec
+    from jaxloop.eval.evaluate import EvalConfig, make_rollout_fn
     from jaxloop.sim.compute import compiler_options
-    from jaxloop.sim.env import Env, EnvConfig, num_closed_loop_steps
-    from jaxloop.sim.rollout import constant_action_policy, log_replay_policy, rollout
+    from jaxloop.sim.env import EnvConfig, num_closed_loop_steps
     from jaxloop.viz.render import render_episode_gif, render_frame, save_png
 
-    scenario = _load_scenario(data, index)
-    env = Env(EnvConfig())
-    horizon = num_closed_loop_steps(scenario, env.config)
+    scenario, info, infos = _load_scenario(data, index)
+    env_config = EnvConfig(non_ego_agent=non_ego, init_steps=init_steps_of(jax.tree.map(lambda a: a[None], scenario),
+                                                                          [info]))
+    policy_obj, policy_env, label = resolve_policy_spec(policy, env_config)
+    horizon = num_closed_loop_steps(scenario, policy_env)
     if horizon < 1:
         print(f"jaxloop render: scenario has {scenario.num_steps} steps, nothing to roll out after "
-              f"{env.config.init_steps} initial steps", file=sys.stderr)
+              f"{policy_env.init_steps} initial steps", file=sys.stderr)
         return 2
-    ego_policy = (log_replay_policy(env) if policy == "expert"
-                  else constant_action_policy(jnp.zeros(env.config.action_dim)))
-
-    @functools.partial(jax.jit, compiler_options=compiler_options())
-    def episode(scenario, key):
-        return rollout(env, scenario, env.reset(scenario, key), ego_policy, horizon)[1]
-
-    result = jax.tree.map(np.asarray, episode(scenario, jax.random.key(0)))
-    h = step + horizon if step < 0 else step
-    if not 0 <= h < horizon:
-        print(f"jaxloop render: --step {step} is out of range for {horizon} closed-loop steps", file=sys.stderr)
-        return 2
+    episode = jax.jit(make_rollout_fn(policy_obj, EvalConfig(env=policy_env, batch_size=1), horizon),
+                      compiler_options=compiler_options())
+    scenario, result = jax.tree.map(np.asarray, episode(scenario, jax.random.key(seed)))
+    failures = failure_steps(result.extras, result.timesteps)
+    first = min((ts[0] for ts in failures.values() if ts), default=None)
+    if step == "first_failure":
+        h = horizon - 1 if first is None else int(np.searchsorted(result.timesteps, first))
+    else:
+        try:
+            requested = int(step)
+        except ValueError:
+            raise ValueError(f"--step must be an integer or 'first_failure', got {step!r}") from None
+        h = requested + horizon if requested < 0 else requested
+        if not 0 <= h < horizon:
+            raise ValueError(f"--step {step} is out of range for {horizon} closed-loop steps")
     ego = int(np.argmax(np.asarray(scenario.object_metadata.is_sdc)))
     states = jax.tree.map(lambda a: a[h], result.states)
     trail = np.stack([result.states.x[: h + 1, ego], result.states.y[: h + 1, ego]], -1)
     image = render_frame(scenario, states, int(result.timesteps[h]), trail, width_px=width_px, height_px=height_px,
                          view_m=view_m)
     save_png(image, out)
+    print(f"{label} on {info.get('scenario_id', index)}: "
+          + ", ".join(f"{k} at steps {ts[:8]}{' ...' if len(ts) > 8 else ''}" if ts else f"no {k}"
+                      for k, ts in failures.items()))
     print(f"wrote {out} (step {int(result.timesteps[h])}, {width_px}x{height_px})")
     if gif is not None:
         render_episode_gif(scenario, result.states, gif, fps=fps, stride=stride, timesteps=result.timesteps,
