@@ -1,0 +1,73 @@
+"""Mixed-source training sets: exact padding to common slot sizes, batches in the configured proportion."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from _train_utils import scenarios
+from jaxloop.data.mixture import mix, pad_to, parse_weight, proportional_counts, slot_dims
+from jaxloop.eval.evaluate import EvalConfig, evaluate
+
+
+def test_padding_is_exact_for_the_closed_loop():
+    small = jax.tree.map(np.asarray, scenarios(count=3, num_objects=6))
+    dims = slot_dims(small)
+    target = dict(dims, N=dims["N"] + 5, P=dims["P"] + 3, E=dims["E"] + 7, L=dims["L"] + 2)
+    padded = pad_to(small, target)
+    assert slot_dims(padded) == target
+    assert not padded.log_trajectory.valid[:, dims["N"]:].any()
+    assert (padded.object_metadata.ids[:, dims["N"]:] == -1).all() and (padded.roadmap.lane_ids[:, dims["P"]:] == -1).all()
+    config = EvalConfig(batch_size=3, horizon=20)
+    a, b = (evaluate("idm", s, None, config, 0).per_scenario for s in (small, padded))
+    for ra, rb in zip(a, b):
+        for k in ("collision", "offroad", "progress", "ade", "ttc_min"):
+            np.testing.assert_allclose(ra[k], rb[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def test_padding_refuses_what_it_cannot_pad():
+    s = jax.tree.map(np.asarray, scenarios(count=2, num_objects=6))
+    dims = slot_dims(s)
+    with pytest.raises(ValueError, match="dimension T"):
+        pad_to(s, dict(dims, T=dims["T"] + 1))
+    with pytest.raises(ValueError, match="dimension N is 6, larger than the target 4"):
+        pad_to(s, dict(dims, N=4))
+
+
+def test_proportional_counts():
+    # 10 * (0.5, 0.3, 0.2) = (5, 3, 2) exactly; 7 * (0.5, 0.3, 0.2) = (3.5, 2.1, 1.4): floors (3, 2, 1) sum to 6,
+    # the one left goes to the largest remainder (0.5 -> the first source)
+    assert proportional_counts([0.5, 0.3, 0.2], 10).tolist() == [5, 3, 2]
+    assert proportional_counts([0.5, 0.3, 0.2], 7).tolist() == [4, 2, 1]
+    assert proportional_counts([1, 1], 1).sum() == 1
+
+
+def test_batches_mix_sources_in_the_configured_proportion():
+    a = jax.tree.map(np.asarray, scenarios(count=5, num_objects=6))
+    b = jax.tree.map(np.asarray, scenarios(count=3, num_objects=9))
+    info = lambda n, name: [{"scenario_id": f"{name}-{i}"} for i in range(n)]
+    m = mix([("a", a, info(5, "a"), 3.0), ("b", b, info(3, "b"), 1.0)])
+    assert len(m) == 8 and slot_dims(m.scenarios)["N"] == 9
+    for step in range(5):
+        idx = m.batch_indices(seed=0, step=step, batch_size=64)
+        src = m.source_of(idx)
+        assert (src == 0).sum() == 48 and (src == 1).sum() == 16  # 64 * 3/4 and 64 * 1/4
+        assert src[:32].min() == 0 and src[:32].max() == 1  # rows are shuffled: a half-batch mixes too
+    np.testing.assert_array_equal(m.batch_indices(1, 2, 16), m.batch_indices(1, 2, 16))
+    assert [d["num_scenarios"] for d in m.describe()] == [5, 3]
+    # no weights: the draw of one source over all scenarios
+    u = mix([("a", a, info(5, "a"), None), ("b", b, info(3, "b"), None)])
+    np.testing.assert_array_equal(u.batch_indices(0, 7, 16), np.random.default_rng([0, 7]).integers(0, 8, 16))
+
+
+def test_mix_errors():
+    a = jax.tree.map(np.asarray, scenarios(count=2))
+    with pytest.raises(ValueError, match="every source or to none"):
+        mix([("a", a, [{}, {}], 1.0), ("b", a, [{}, {}], None)])
+    with pytest.raises(ValueError, match="one info per scenario"):
+        mix([("a", a, [{}], None)])
+    assert parse_weight("procedural:train:64@0.25") == ("procedural:train:64", 0.25)
+    assert parse_weight("data/run@home") == ("data/run@home", None)
+    with pytest.raises(ValueError, match="finite number > 0"):
+        parse_weight("toy@-1")
