@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -80,8 +81,8 @@ class EvalConfig:
         if self.batch_size < 1:
             raise ValueError(f"EvalConfig.batch_size must be >= 1, got {self.batch_size}")
         # The upper bound depends on the scenarios' length: `check_horizon` checks it.
-        if self.horizon is not None and (isinstance(self.horizon, bool) or not isinstance(self.horizon, int)
-                                         or self.horizon < 1):
+        if self.horizon is not None and (isinstance(self.horizon, bool)
+                                         or not isinstance(self.horizon, numbers.Integral) or self.horizon < 1):
             raise ValueError(f"EvalConfig.horizon must be None (to the end of the log) or an int >= 1 closed-loop "
                              f"steps, got {self.horizon!r}")
         if self.env.controlled != "sdc":
