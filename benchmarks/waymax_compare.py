@@ -1,11 +1,13 @@
 """The same scenarios stepped by Waymax's environment and by jaxloop's, as a ratio.
 
-    python benchmarks/waymax_compare.py --quick
+    python -m benchmarks.waymax_compare --quick
 
 Runs only where the real Waymax (the GitHub project "waymo-waymax", not the unrelated
 PyPI placeholder named `waymax`) is installed; otherwise prints one JSON line saying
-why it was skipped. Both simulators step B scenarios of N objects with the invertible
-bicycle for the ego and log replay for the rest, jitted and vmapped the same way.
+why it was skipped. The module itself imports without Waymax. Both simulators step B
+scenarios of N objects with the invertible bicycle for the ego and log replay for the
+rest, jitted and vmapped the same way; the Waymax states come from the jaxloop ones
+through `jaxloop.interop.waymax.to_waymax` under the same `jax.vmap`.
 """
 
 from __future__ import annotations
@@ -17,32 +19,29 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import emit, environment, time_fn
+from jaxloop.interop.waymax import to_waymax, waymax_datatypes
 from jaxloop.sim.compute import compiler_options
 
 
-def _real_waymax():
+def _real_waymax() -> tuple[object | None, str | None]:
+    """(waymax.datatypes, None) where the real Waymax is installed, else (None, why not)."""
     try:
-        import waymax  # noqa: F401
-        from waymax import datatypes  # noqa: F401
+        return waymax_datatypes(), None
     except ImportError as e:
-        return None, f"the real Waymax is not installed ({e}); the PyPI package named 'waymax' is an unrelated placeholder"
-    if not hasattr(datatypes, "SimulatorState"):
-        return None, "an unrelated package named 'waymax' is installed, not the real Waymax (waymo-waymax)"
-    return waymax, None
+        return None, f"the real Waymax is not installed: {e}"
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    waymax, why = _real_waymax()
-    if waymax is None:
+    datatypes, why = _real_waymax()
+    if datatypes is None:
         print(json.dumps({"bench": "waymax_compare", "skipped": why}))
         return
     from waymax import config as wconfig, dynamics as wdynamics, env as wenv, datatypes as wdata
 
     from benchmarks.sim_step import _batch
-    from jaxloop.interop.waymax import to_waymax_state
     from jaxloop.sim.env import Env, EnvConfig
 
     env_meta = environment()
@@ -63,7 +62,7 @@ def main(argv=None) -> None:
 
         wenv_ = wenv.MultiAgentEnvironment(dynamics_model=wdynamics.InvertibleBicycleModel(),
                                            config=wconfig.EnvironmentConfig(max_num_objects=128))
-        states = jax.vmap(lambda s, k: to_waymax_state(s, ours.reset(s, k)))(scenarios, keys)
+        states = jax.vmap(lambda s, k: to_waymax(s, ours.reset(s, k)))(scenarios, keys)
 
         def waymax_run(state):
             def body(s, _):

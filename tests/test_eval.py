@@ -52,7 +52,8 @@ def test_random_policy_fails_the_gate_and_self_passes(toy_set):
     assert any("held-out failure rate vs baseline" in r for r in bad.reasons)
     good = check(expert, expert, GateConfig())
     assert good.passed and not good.reasons
-    assert len(good.checks) == 6 + 2 * len(suite)
+    # Per set (clean + each perturbation): a non-finite check; clean: 6 rate checks; perturbed: 2 each.
+    assert len(good.checks) == 7 + 3 * len(suite)
 
 
 def _episode_pieces(perturbation, scenario, key=jax.random.key(3)):

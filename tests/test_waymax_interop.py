@@ -34,12 +34,12 @@ def test_roadmap_points_cover_lanes_and_edges():
     scenario = make_toy_scenario(lane_points=5)
     pts = bridge.roadmap_points(scenario)
     rm = scenario.roadmap
-    assert int(pts["valid"].sum()) == int(rm.lane_valid.sum()) + int(rm.edge_valid.sum())
+    assert int(pts.valid.sum()) == int(rm.lane_valid.sum()) + int(rm.edge_valid.sum())
     # Lane 0 point 0 -> point 1 vector; edge 0's start and direction (end - start).
-    np.testing.assert_allclose([pts["dir_x"][0], pts["dir_y"][0]], rm.lane_xy[0, 1] - rm.lane_xy[0, 0])
+    np.testing.assert_allclose([pts.dir_x[0], pts.dir_y[0]], rm.lane_xy[0, 1] - rm.lane_xy[0, 0])
     i = rm.lane_xy.shape[0] * rm.lane_xy.shape[1]
-    np.testing.assert_allclose([pts["x"][i], pts["y"][i]], rm.edge_start[0])
-    np.testing.assert_allclose([pts["dir_x"][i], pts["dir_y"][i]], rm.edge_end[0] - rm.edge_start[0])
+    np.testing.assert_allclose([pts.x[i], pts.y[i]], rm.edge_start[0])
+    np.testing.assert_allclose([pts.dir_x[i], pts.dir_y[i]], rm.edge_end[0] - rm.edge_start[0])
 
 
 @pytest.mark.skipif(not _real_waymax(), reason="the real Waymax (waymo-waymax from GitHub) is not installed")

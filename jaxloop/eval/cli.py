@@ -1,4 +1,9 @@
-"""`jaxloop eval` and `jaxloop gate`."""
+"""`jaxloop eval` and `jaxloop gate`.
+
+Both validate every flag, policy spec and the data (`check_scenarios`: the horizon fits
+the logs, the inputs are finite) before the first rollout, so a wrong `--baseline` or
+`--horizon` fails in seconds, not after the candidate's suite has run.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,24 @@ from typing import Annotated, Literal
 
 import tyro
 
-from jaxloop.eval.evaluate import BASELINES, EvalConfig, evaluate
+from jaxloop.eval.evaluate import BASELINES, EvalConfig, check_scenarios, evaluate
 from jaxloop.sim.env import EnvConfig
 
 
-def resolve_policy_spec(spec: str, env: EnvConfig) -> tuple[object, EnvConfig, str]:
+def check_policy_spec(spec: str, flag: str = "--policy") -> None:
+    """Exits with a message naming `flag` unless `spec` is a baseline name or an existing path (cheap)."""
+    if spec not in BASELINES and not pathlib.Path(spec).exists():
+        raise SystemExit(f"{flag} {spec!r}: neither a baseline ({', '.join(BASELINES)}) nor an existing checkpoint, "
+                         f"run or exported policy directory")
+
+
+def resolve_policy_spec(spec: str, env: EnvConfig, flag: str = "--policy") -> tuple[object, EnvConfig, str]:
     """(policy or baseline name, the env it drives, a label) for a baseline name, a training run / checkpoint
     directory or an exported policy directory (`jaxloop export`)."""
+    check_policy_spec(spec, flag)
     if spec in BASELINES:
         return spec, env, spec
     path = pathlib.Path(spec)
-    if not path.exists():
-        raise SystemExit(f"policy {spec!r}: neither a baseline ({', '.join(BASELINES)}) nor an existing checkpoint "
-                         "or exported policy directory")
     from jaxloop.train.policy_fn import load_policy
     policy, train_config = load_policy(path)
     policy_env = dataclasses.replace(train_config.env_config(), non_ego_agent=env.non_ego_agent,
@@ -59,6 +69,8 @@ def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: 
         json_output: print the aggregate JSON on stdout instead of tables.
     """
     from jaxloop.data.sources import load_source
+    EvalConfig(batch_size=batch_size, horizon=horizon)  # flags checked before the data loads
+    check_policy_spec(policy)
     scenarios, infos = load_source(data)
     env = EnvConfig(non_ego_agent=non_ego, init_steps=_init_steps_for(scenarios))
     policy_obj, env, label = resolve_policy_spec(policy, env)
@@ -107,16 +119,24 @@ def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:t
     from jaxloop.data.sources import load_source
     from jaxloop.eval.gate import GateConfig, check
     from jaxloop.eval.perturb import run_suite
-    scenarios, infos = load_source(data)
-    env = EnvConfig(non_ego_agent=non_ego, init_steps=_init_steps_for(scenarios))
+    # Everything that can be wrong is found before the first (long) suite runs: flags,
+    # both specs, then the data against each policy's config.
     gate_config = GateConfig(failure_tolerance=tolerance, max_failure_rate=max_failure_rate,
                              min_progress_ratio=min_progress_ratio,
                              max_perturbed_failure_rate=max_perturbed_failure_rate)
-    suites = []
-    for spec in (candidate, baseline):
-        policy_obj, policy_env, label = resolve_policy_spec(spec, env)
+    EvalConfig(batch_size=batch_size, horizon=horizon)
+    check_policy_spec(candidate, "--candidate")
+    check_policy_spec(baseline, "--baseline")
+    scenarios, infos = load_source(data)
+    env = EnvConfig(non_ego_agent=non_ego, init_steps=_init_steps_for(scenarios))
+    plans = []
+    for spec, flag in ((candidate, "--candidate"), (baseline, "--baseline")):
+        policy_obj, policy_env, label = resolve_policy_spec(spec, env, flag)
         config = EvalConfig(env=policy_env, batch_size=batch_size, horizon=horizon)
-        suites.append(run_suite(policy_obj, scenarios, infos, config, seed, name=label))
+        check_scenarios(scenarios, infos, config)
+        plans.append((policy_obj, config, label))
+    suites = [run_suite(policy_obj, scenarios, infos, config, seed, name=label)
+              for policy_obj, config, label in plans]
     result = check(suites[0], suites[1], gate_config)
     title = f"Safety gate: {candidate} vs {baseline} on {data}"
     result.write(out, title)

@@ -11,6 +11,21 @@ IDM). Baselines drive the ego without a network:
 
 A `Perturbation` (see `jaxloop.eval.perturb`) changes the scenario, the initial state,
 the agents or what the policy sees; the same function evaluates clean and perturbed.
+
+Non-finite numbers are never scored as safe:
+
+- inputs: `evaluate` first checks the scenarios (`check_scenarios`); a NaN / inf in the
+  log at a valid step (or in the valid parts of the map, route or lights) is a
+  ValueError naming the scenario ids and fields, raised before any rollout;
+- rollouts: an episode whose simulated ego state or ego metrics become non-finite has
+  `nonfinite = 1` and counts as a failure with every safety event (collision, offroad,
+  ...) set to 1 and score 0 (`jaxloop.sim.metrics.mark_nonfinite`); `evaluate` warns
+  (`NonFiniteEpisodeWarning`) naming the scenario ids;
+- aggregates: rates (`failure_rate`, ..., `nonfinite_rate`) and `score` average over
+  every scenario; the continuous metrics (`CONTINUOUS_RATES`: progress_ratio, ade, fde,
+  comfort, ttc_min) average over the finite episodes only, whose count is
+  `num_scenarios - num_nonfinite` (NaN when none is finite), so they never turn NaN
+  silently and never hide a failure -- `nonfinite_rate` says how many were left out.
 """
 
 from __future__ import annotations
@@ -18,6 +33,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -39,9 +56,15 @@ _BASELINE_KIND = {"expert": agents_lib.AGENT_LOG, "constant_velocity": agents_li
 RATES = {"failure_rate": "failure", "collision_rate": "collision", "offroad_rate": "offroad",
          "red_light_rate": "red_light", "off_route_rate": "off_route", "wrong_way_rate": "wrong_way",
          "infeasible_rate": "infeasible", "progress_ratio": "progress_ratio", "score": "score", "ade": "ade",
-         "fde": "fde", "comfort": "comfort", "ttc_min": "ttc_min"}
+         "fde": "fde", "comfort": "comfort", "ttc_min": "ttc_min", "nonfinite_rate": "nonfinite"}
+# Aggregates taken over finite episodes only: a non-finite episode has no value for them.
+CONTINUOUS_RATES = ("progress_ratio", "ade", "fde", "comfort", "ttc_min")
 SCALAR_KEYS = ("failure", "collision", "offroad", "red_light", "off_route", "wrong_way", "infeasible", "progress",
-               "log_progress", "progress_ratio", "ade", "fde", "comfort", "ttc_min", "score")
+               "log_progress", "progress_ratio", "ade", "fde", "comfort", "ttc_min", "score", "nonfinite")
+
+
+class NonFiniteEpisodeWarning(RuntimeWarning):
+    """Some episodes' simulated ego state became NaN / inf; they are scored as failures."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +80,11 @@ class EvalConfig:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"EvalConfig.batch_size must be >= 1, got {self.batch_size}")
+        # The upper bound depends on the scenarios' length: `check_horizon` checks it.
+        if self.horizon is not None and (isinstance(self.horizon, bool)
+                                         or not isinstance(self.horizon, numbers.Integral) or self.horizon < 1):
+            raise ValueError(f"EvalConfig.horizon must be None (to the end of the log) or an int >= 1 closed-loop "
+                             f"steps, got {self.horizon!r}")
         if self.env.controlled != "sdc":
             raise ValueError("evaluation scores the ego: EvalConfig.env.controlled must be 'sdc'")
 
@@ -105,11 +133,11 @@ def make_rollout_fn(policy: PolicyFn | str, config: EvalConfig, num_steps: int,
     p = perturbation or Perturbation("none")
     if p.policy_fn is not None:
         policy_fn = p.policy_fn(policy_fn)
-    horizon = num_steps if config.horizon is None else min(config.horizon, num_steps)
+    horizon = check_horizon(config, num_steps)
     extras_fn = lambda sc, prev, new, info: step_metrics(sc, prev, new, config=config.metrics)
     with_idm = (config.env.non_ego_agent == "idm" or ego_kind == agents_lib.AGENT_IDM or p.uses_idm)
 
-    def episode(scenario: Scenario, key: jax.Array) -> dict:
+    def episode(scenario: Scenario, key: jax.Array) -> tuple:
         key_scenario, key_reset, key_state = jax.random.split(key, 3)
         if p.scenario_fn is not None:
             scenario = p.scenario_fn(scenario, key_scenario)
@@ -142,6 +170,70 @@ def make_episode_fn(policy: PolicyFn | str, config: EvalConfig, num_steps: int,
     return episode
 
 
+def check_horizon(config: EvalConfig, num_steps: int) -> int:
+    """The closed-loop steps to run: `config.horizon`, or all `num_steps` the log has after the start."""
+    if num_steps < 1:
+        raise ValueError(f"the scenarios have no closed-loop steps: {num_steps + config.env.init_steps} log steps "
+                         f"with EnvConfig.init_steps={config.env.init_steps}")
+    if config.horizon is None:
+        return num_steps
+    if config.horizon > num_steps:
+        raise ValueError(f"EvalConfig.horizon={config.horizon} exceeds the {num_steps} closed-loop steps the scenarios "
+                         f"have ({num_steps + config.env.init_steps} log steps, init_steps={config.env.init_steps}); "
+                         f"expected 1..{num_steps} or None")
+    return config.horizon
+
+
+def _scenario_ids(num: int, infos: Sequence[dict] | None) -> list[str]:
+    return [str((infos[i].get("scenario_id") if infos else None) or i) for i in range(num)]
+
+
+def _finite_checks(sc: Scenario) -> list[tuple[str, Any, Any]]:
+    """(field, values, valid mask) of every float input the simulator reads where it is valid."""
+    log, rm, tl, route = sc.log_trajectory, sc.roadmap, sc.traffic_lights, sc.route
+    out = [(f"log_trajectory.{f}", getattr(log, f), log.valid)
+           for f in ("x", "y", "z", "vel_x", "vel_y", "yaw", "length", "width", "height")]
+    out += [("roadmap.lane_xy", rm.lane_xy, rm.lane_valid), ("roadmap.lane_dir", rm.lane_dir, rm.lane_valid),
+            ("roadmap.edge_start", rm.edge_start, rm.edge_valid), ("roadmap.edge_end", rm.edge_end, rm.edge_valid),
+            ("roadmap.crosswalk_xy", rm.crosswalk_xy, rm.crosswalk_valid),
+            ("roadmap.stop_sign_xy", rm.stop_sign_xy, rm.stop_sign_valid),
+            ("route.xy", route.xy, route.valid), ("route.arc_length", route.arc_length, route.valid),
+            ("traffic_lights.x", tl.x, tl.valid), ("traffic_lights.y", tl.y, tl.valid)]
+    return out
+
+
+def check_scenarios(scenarios: Scenario, infos: Sequence[dict] | None = None,
+                    config: EvalConfig | None = None) -> int:
+    """Validates a batched scenario set `[S, ...]` before any rollout; returns S.
+
+    Raises ValueError for an empty set, infos of the wrong length, a horizon longer than
+    the logs (with `config`), or a NaN / inf at a valid step of the log, map, route or
+    lights, naming the scenario ids and fields that hold them.
+    """
+    num = int(np.shape(scenarios.family)[0])
+    if num == 0:
+        raise ValueError("evaluate: empty scenario set")
+    if infos is not None and len(infos) != num:
+        raise ValueError(f"evaluate: {len(infos)} infos for {num} scenarios")
+    if config is not None:
+        check_horizon(config, int(np.shape(scenarios.log_trajectory.x)[-1]) - config.env.init_steps)
+    bad: dict[int, list[str]] = {}
+    for field, values, valid in _finite_checks(scenarios):
+        values, valid = np.asarray(values), np.asarray(valid, bool)
+        # Trailing coordinate axes (xy pairs, polygon corners) share their point's mask.
+        nonfinite = ~np.isfinite(values).reshape(*valid.shape, -1).all(-1) & valid
+        for i in np.flatnonzero(nonfinite.reshape(num, -1).any(-1)):
+            bad.setdefault(int(i), []).append(field)
+    if bad:
+        ids = _scenario_ids(num, infos)
+        listed = "; ".join(f"{ids[i]} ({', '.join(fields)})" for i, fields in sorted(bad.items())[:20])
+        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise ValueError(f"non-finite (NaN / inf) scenario inputs at valid steps in {len(bad)} of {num} scenarios: "
+                         f"{listed}{more}; expected finite values wherever `valid` is set (fix or drop these "
+                         f"scenarios before evaluating)")
+    return num
+
+
 @dataclasses.dataclass
 class EvalReport:
     """Per-scenario metrics and their aggregates (overall and per family)."""
@@ -150,6 +242,11 @@ class EvalReport:
     per_scenario: list[dict]
     aggregate: dict[str, float]
     per_family: dict[str, dict[str, float]]
+
+    @property
+    def nonfinite_ids(self) -> list[str]:
+        """Scenario ids whose episode became non-finite (scored as failures)."""
+        return [r["scenario_id"] for r in self.per_scenario if r.get("nonfinite")]
 
     def to_dict(self) -> dict:
         return {"name": self.name, "aggregate": self.aggregate, "per_family": self.per_family,
@@ -164,7 +261,7 @@ class EvalReport:
 
     def to_markdown(self) -> str:
         cols = ("num_scenarios", "failure_rate", "collision_rate", "offroad_rate", "red_light_rate",
-                "progress_ratio", "score")
+                "nonfinite_rate", "progress_ratio", "score")
         lines = [f"### {self.name}", "", "| set | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         rows = [("all", self.aggregate)] + sorted(self.per_family.items())
         for label, agg in rows:
@@ -189,9 +286,11 @@ def _finite(obj):
 
 
 def aggregate(rows: Sequence[dict]) -> dict[str, float]:
-    out: dict[str, Any] = {"num_scenarios": len(rows)}
+    """Means over `rows`; `CONTINUOUS_RATES` over the finite episodes only (see the module docstring)."""
+    finite = [r for r in rows if not r.get("nonfinite")]
+    out: dict[str, Any] = {"num_scenarios": len(rows), "num_nonfinite": len(rows) - len(finite)}
     for name, key in RATES.items():
-        vals = [r[key] for r in rows if r.get(key) is not None]
+        vals = [r[key] for r in (finite if name in CONTINUOUS_RATES else rows) if r.get(key) is not None]
         out[name] = float(np.mean(vals)) if vals else float("nan")
     return out
 
@@ -199,12 +298,13 @@ def aggregate(rows: Sequence[dict]) -> dict[str, float]:
 def evaluate(policy: PolicyFn | str, scenarios: Scenario, infos: Sequence[dict] | None = None,
              config: EvalConfig = EvalConfig(), seed: int = 0, perturbation: Perturbation | None = None,
              name: str | None = None) -> EvalReport:
-    """Evaluates `policy` (a `PolicyFn` or a baseline name) on batched `scenarios` `[S, ...]`."""
-    num = int(np.shape(scenarios.family)[0])
-    if num == 0:
-        raise ValueError("evaluate: empty scenario set")
-    if infos is not None and len(infos) != num:
-        raise ValueError(f"evaluate: {len(infos)} infos for {num} scenarios")
+    """Evaluates `policy` (a `PolicyFn` or a baseline name) on batched `scenarios` `[S, ...]`.
+
+    Raises ValueError (`check_scenarios`) before any rollout for non-finite inputs or a
+    horizon longer than the logs; warns `NonFiniteEpisodeWarning` for episodes that
+    became non-finite, which the report counts as failures.
+    """
+    num = check_scenarios(scenarios, infos, config)
     first = jax.tree.map(lambda a: a[0], scenarios)
     steps = num_closed_loop_steps(first, config.env)
     episode = make_episode_fn(policy, config, steps, perturbation)
@@ -220,17 +320,24 @@ def evaluate(policy: PolicyFn | str, scenarios: Scenario, infos: Sequence[dict] 
         chunks.append({k: np.asarray(v)[:keep] for k, v in res.items()})
     cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     families = _family_names(scenarios, infos)
+    ids = _scenario_ids(num, infos)
     rows = []
     for i in range(num):
         row = {k: float(cols[k][i]) for k in cols}
-        row["scenario_id"] = (infos[i].get("scenario_id") if infos else None) or str(i)
+        row["scenario_id"] = ids[i]
         row["family"] = families[i]
         rows.append(row)
     per_family = {f: aggregate([r for r in rows if r["family"] == f]) for f in sorted(set(families))}
     label = name or (policy if isinstance(policy, str) else "policy")
     if perturbation is not None:
         label += f" [{perturbation.name}]"
-    return EvalReport(name=label, per_scenario=rows, aggregate=aggregate(rows), per_family=per_family)
+    report = EvalReport(name=label, per_scenario=rows, aggregate=aggregate(rows), per_family=per_family)
+    bad = report.nonfinite_ids
+    if bad:
+        shown = ", ".join(bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
+        warnings.warn(f"{label}: the simulated ego state became non-finite (NaN / inf) in {len(bad)} of {num} "
+                      f"episodes, scored as failures: {shown}", NonFiniteEpisodeWarning, stacklevel=2)
+    return report
 
 
 def _family_names(scenarios: Scenario, infos: Sequence[dict] | None) -> list[str]:

@@ -4,6 +4,11 @@ A candidate passes when, on held-out scenarios and under every perturbation of t
 suite, its failure rate is not worse than the baseline's by more than a tolerance, and
 it meets absolute thresholds (failure, collision, offroad and red-light rates; progress
 ratio). Every check that fails is a reason in the report; the CLI exits 1 on failure.
+
+A candidate with any non-finite episode (its simulated ego state became NaN / inf, see
+`jaxloop.eval.evaluate`), clean or under any perturbation, FAILS whatever its rates, with
+a reason naming the scenarios; so does a comparison against a baseline with non-finite
+episodes, which would otherwise make the relative checks lenient.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import dataclasses
 import json
 import pathlib
 
+from jaxloop.eval.evaluate import _finite
 from jaxloop.eval.perturb import SuiteReport
 
 
@@ -55,17 +61,36 @@ class GateResult:
     def write(self, path: str | pathlib.Path, title: str = "Safety gate") -> None:
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        path.write_text(json.dumps(_finite(self.to_dict()), indent=1))  # NaN is not JSON: null
         path.with_suffix(".md").write_text(self.to_markdown(title))
 
 
 def check(candidate: SuiteReport, baseline: SuiteReport, config: GateConfig = GateConfig()) -> GateResult:
     """Compares two suite reports over the same scenarios and perturbations."""
     checks: list[dict] = []
+    reasons: list[str] = []
 
-    def add(name: str, value: float, limit: float, upper: bool = True) -> None:
+    def add(name: str, value: float, limit: float, upper: bool = True, reason: str | None = None) -> None:
+        # NaN compares False both ways, so a NaN value fails either kind of check.
         ok = value <= limit + 1e-9 if upper else value >= limit - 1e-9
         checks.append({"name": name, "value": float(value), "limit": float(limit), "ok": bool(ok)})
+        if not ok:
+            reasons.append(reason or f"{name}: {value:.3f} {'>' if upper else '<'} limit {limit:.3f}")
+
+    def nonfinite(label: str, rep, who: str) -> None:
+        ids = rep.nonfinite_ids
+        shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        add(f"{label}: non-finite episodes", len(ids), 0,
+            reason=f"{label}: {who} has non-finite (NaN / inf) ego states in {len(ids)} of {len(rep.per_scenario)} "
+                   f"episodes ({shown}); expected none, non-finite episodes are failures")
+
+    nonfinite("held-out", candidate.clean, "the candidate")
+    for name, rep in candidate.perturbed.items():
+        nonfinite(name, rep, "the candidate")
+    for name, rep in [("held-out", baseline.clean), *baseline.perturbed.items()]:
+        if rep.nonfinite_ids:
+            reasons.append(f"{name}: the baseline has non-finite (NaN / inf) ego states in {len(rep.nonfinite_ids)} "
+                           f"episodes ({', '.join(rep.nonfinite_ids[:10])}); a comparison against it is meaningless")
 
     c, b = candidate.clean.aggregate, baseline.clean.aggregate
     add("held-out failure rate vs baseline", c["failure_rate"], b["failure_rate"] + config.failure_tolerance)
@@ -81,7 +106,5 @@ def check(candidate: SuiteReport, baseline: SuiteReport, config: GateConfig = Ga
         cf, bf = rep.aggregate["failure_rate"], baseline.perturbed[name].aggregate["failure_rate"]
         add(f"{name}: failure rate vs baseline", cf, bf + config.failure_tolerance)
         add(f"{name}: failure rate", cf, config.max_perturbed_failure_rate)
-    reasons = [f"{c_['name']}: {c_['value']:.3f} {'>' if 'progress' not in c_['name'] else '<'} limit {c_['limit']:.3f}"
-               for c_ in checks if not c_["ok"]]
     reasons += [f"{name}: not evaluated for the candidate" for name in missing]
     return GateResult(passed=not reasons, reasons=reasons, checks=checks)

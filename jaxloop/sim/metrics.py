@@ -678,8 +678,12 @@ def episode_metrics(scenario: Scenario, rollout_out, extras: dict | None = None)
     off_route, wrong_way, infeasible (any valid step, float 0/1), failure (collision or
     offroad or red light), progress (m along the route), log_progress, progress_ratio,
     ade, fde (ego log divergence), comfort (fraction of comfortable steps), ttc_min,
-    score (see the module docstring); and, when per-object overlap was computed,
-    object_collision `[N]`.
+    score (see the module docstring); nonfinite (see below); and, when per-object overlap
+    was computed, object_collision `[N]`.
+
+    An episode whose simulated ego state or ego metrics are NaN / inf at any valid step
+    has nonfinite = 1 and is a failure: every discrete event reads 1, score 0, and the
+    continuous aggregates (progress, ade, ...) NaN (`mark_nonfinite`).
     """
     with jax.named_scope("metrics.episode"):
         x = rollout_out.extras if extras is None else extras
@@ -716,4 +720,48 @@ def episode_metrics(scenario: Scenario, rollout_out, extras: dict | None = None)
         out["score"] = multiplier * weighted
         if "overlap" in x:
             out["object_collision"] = jnp.any(x["overlap"] & x["valid"], axis=0)
-        return out
+        return mark_nonfinite(out, nonfinite_episode(scenario, rollout_out, x))
+
+
+# The simulated ego state fields and the per-step ego metrics the episode aggregates read:
+# a NaN / inf in any of them at a valid ego step makes the whole episode non-finite.
+_EGO_STATE_FIELDS = ("x", "y", "yaw", "vel_x", "vel_y", "length", "width")
+_EGO_FLOAT_EXTRAS = ("ego_route_s", "ego_route_s_prev", "ego_route_lateral", "ego_ttc", "ego_lon_accel",
+                     "ego_lat_accel", "ego_jerk")
+# Discrete events a non-finite episode counts as happened: with a NaN pose, comparisons are
+# False and every test would otherwise read "no collision, on the road" -- a success.
+NONFINITE_EVENTS = ("failure", "collision", "offroad", "red_light", "off_route", "wrong_way", "infeasible")
+# Continuous aggregates with no meaning once the state is non-finite: NaN, never a number.
+NONFINITE_UNDEFINED = ("progress", "progress_ratio", "ade", "fde", "comfort", "ttc_min")
+
+
+def nonfinite_episode(scenario: Scenario, rollout_out, extras: dict) -> jax.Array:
+    """`[]` float 0/1: the simulated ego state or one of its metrics is NaN / inf at some valid step."""
+    ego = scenario.object_metadata.is_sdc
+    valid = extras["ego_valid"]
+    states = rollout_out.states
+    bad = jnp.zeros_like(valid)
+    for f in _EGO_STATE_FIELDS:
+        bad = bad | ~jnp.isfinite(select_index(getattr(states, f), ego, 1))
+    for k in _EGO_FLOAT_EXTRAS:
+        if k in extras:
+            bad = bad | ~jnp.isfinite(extras[k])
+    bad = bad | (extras["ego_log_valid"] & ~jnp.isfinite(extras["ego_log_divergence"]))
+    return jnp.any(bad & valid).astype(jnp.float32)
+
+
+def mark_nonfinite(out: dict[str, jax.Array], nonfinite: jax.Array) -> dict[str, jax.Array]:
+    """Adds `nonfinite` and makes such an episode a failure: every discrete event 1 (also any
+    other scalar `*collision` / `*offroad` entry, e.g. fault-attributed ones), score 0, the
+    continuous aggregates NaN. A finite episode is returned unchanged."""
+    bad = nonfinite > 0
+    out = dict(out, nonfinite=nonfinite)
+    for k, v in out.items():
+        if jnp.ndim(v) != 0 or k == "nonfinite":
+            continue
+        if k in NONFINITE_EVENTS or k.endswith(("collision", "offroad")):
+            out[k] = jnp.where(bad, jnp.ones_like(v), v)
+        elif k in NONFINITE_UNDEFINED:
+            out[k] = jnp.where(bad, jnp.full_like(v, jnp.nan), v)
+    out["score"] = jnp.where(bad, jnp.zeros_like(out["score"]), out["score"])
+    return out
