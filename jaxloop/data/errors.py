@@ -1,4 +1,11 @@
-"""The error every data loader raises on bad input, and the skip counter of `skip_invalid`."""
+"""The error every data loader raises on bad input, and the skip counter of `skip_invalid`.
+
+Readers promise that malformed input surfaces as `DataError` (naming file, record and
+field), never as a bare `ValueError` / `KeyError` / `AttributeError` from deep inside a
+decoder: that is what lets `skip_invalid` isolate one bad file or record and keep the
+rest. `MALFORMED` lists the exception types a decoder raises on bad bytes or bad JSON
+shapes; `as_data_error` turns one of them into a located `DataError`.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +39,19 @@ class DataError(ValueError):
         """A copy with the file / record filled in where they were unknown when raised."""
         return type(self)(self.reason, file=self.file if self.file is not None else file,
                           record=self.record if self.record is not None else record, field=self.field)
+
+
+# What decoders (numpy, protobuf, json, pyarrow, zipfile) raise on malformed input.
+# Programming errors (NameError, ...) are deliberately not here: they must not be counted as bad data.
+MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, EOFError, OSError)
+
+
+def as_data_error(error: BaseException, *, file: str | os.PathLike | None = None, record: int | None = None,
+                  field: str | None = None) -> DataError:
+    """`error` as a `DataError` located at file / record / field (a `DataError` keeps its own field)."""
+    if isinstance(error, DataError):
+        return error.located(file=file, record=record)
+    return DataError(f"malformed input ({type(error).__name__}: {error})", file=file, record=record, field=field)
 
 
 @dataclasses.dataclass
