@@ -87,6 +87,10 @@ def test_failed_convert_leaves_the_old_cache(converted, tmp_path, capsys):
     assert _cache_bytes(out) == before  # every file, byte for byte
     assert len(load_scenarios(out).family) == 1
     assert _no_partial_dirs(tmp_path) == []
+    # Skipping the only file leaves nothing to write: exit 1, and again the old cache stays.
+    assert main(["data", "convert", str(tmp_path / "in" / "*.tfrecord"), "--out", str(out), "--skip-invalid"]) == 1
+    assert "no scenario converted" in capsys.readouterr().err
+    assert _cache_bytes(out) == before and _no_partial_dirs(tmp_path) == []
 
 
 def test_exception_mid_convert_leaves_the_old_cache(converted, shared_data, tmp_path, monkeypatch):
@@ -121,6 +125,11 @@ def test_writer_swaps_in_only_when_closed_and_refuses_foreign_dirs(tmp_path):
     # Success replaces it whole: no shard of the old cache survives beside the new one.
     write_cache(toys[:1], tmp_path / "c", infos[:1])
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["manifest.json", "shard_00000.npz"]
+    # A symlinked destination stays a link; the cache it points to is what is replaced.
+    (tmp_path / "link").symlink_to(tmp_path / "c")
+    write_cache(toys[:2], tmp_path / "link", infos[:2])
+    assert (tmp_path / "link").is_symlink() and len(load_infos(tmp_path / "c")) == 2
+    assert _no_partial_dirs(tmp_path) == []
     # The swap replaces the whole directory, so one holding anything else is refused, untouched.
     other = tmp_path / "mine"
     other.mkdir()

@@ -71,9 +71,10 @@ def iter_raw(path: pathlib.Path, config: LoadConfig, skip_invalid: bool,
     try:
         yield from _iter_raw(path, config, skip_invalid, report)
     except (DataError, *MALFORMED) as e:
-        error = as_data_error(e, file=path)
+        located = isinstance(e, DataError) and e.file is not None
+        error = e if located else as_data_error(e, file=path)
         if not skip_invalid:
-            if error is e:
+            if located:
                 raise
             raise error from e
         if report is not None:
@@ -103,7 +104,7 @@ def convert(src: tyro.conf.Positional[list[str]], out: str, num_objects: int = 1
       src: input files or glob patterns.
       out: the cache directory to write.
       num_objects: N object slots per scenario.
-      skip_invalid: skip (and count) records that fail to decode or validate instead of stopping.
+      skip_invalid: skip (and count) files and records that fail to read, decode or validate instead of stopping.
       select: more objects than N: "error", or "nearest" to keep the N nearest to the SDC.
       shard_size: scenarios per shard file.
       num_lights: traffic-light slots per step.

@@ -56,7 +56,7 @@ def as_data_error(error: BaseException, *, file: str | os.PathLike | None = None
 
 @dataclasses.dataclass
 class SkipReport:
-    """What `skip_invalid=True` left out: one entry per skipped record."""
+    """What `skip_invalid=True` left out: one entry per skipped record, or per file that could not be read."""
 
     skipped: list[str] = dataclasses.field(default_factory=list)
     reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)

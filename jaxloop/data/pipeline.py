@@ -246,11 +246,13 @@ class CacheWriter:
             raise ValueError(f"write_cache: shard_size must be >= 1, got {shard_size}")
         self.out = pathlib.Path(out_dir)
         self.shard_size = shard_size
-        _check_replaceable(self.out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        # A symlinked `out_dir` keeps its link: the swap happens at the directory it points to.
+        self._target = self.out.resolve() if self.out.is_symlink() else self.out
+        _check_replaceable(self._target)
+        self._target.parent.mkdir(parents=True, exist_ok=True)
         # A sibling, so the final rename stays on one filesystem.
-        self.partial_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial",
-                                                         dir=self.out.parent))
+        self.partial_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{self._target.name}.", suffix=".partial",
+                                                         dir=self._target.parent))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.partial_dir), True)
         self._pending: list[dict[str, np.ndarray]] = []
         self._fields: dict[str, dict] | None = None
@@ -336,8 +338,8 @@ class CacheWriter:
             "infos": self._infos,
         }
         (self.partial_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _check_replaceable(self.out)  # again: something may have appeared there while writing
-        _swap_in(self.partial_dir, self.out)
+        _check_replaceable(self._target)  # again: something may have appeared there while writing
+        _swap_in(self.partial_dir, self._target)
         return manifest
 
     def __len__(self) -> int:
