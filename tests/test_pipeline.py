@@ -1,3 +1,4 @@
+import hashlib
 import json
 import warnings
 
@@ -64,6 +65,10 @@ def test_cache_refuses_other_version_and_reports_bad_files(tmp_path):
         data = dict(z)
     data["log_trajectory.x"] = data["log_trajectory.x"][:, :, :5]
     np.savez(out3 / "shard_00000.npz", **data)
+    # Re-listed with its new checksum, so the shape check (not the checksum) is what answers.
+    manifest = json.loads((out3 / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = hashlib.sha256((out3 / "shard_00000.npz").read_bytes()).hexdigest()
+    (out3 / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CacheError, match=r"shard_00000\.npz: field 'log_trajectory\.x': expected shape \[2, 8, 91\]"):
         load_scenarios(out3)
 
@@ -220,9 +225,11 @@ def test_cache_writer_streams_shards_and_checks_shapes(tmp_path):
     with CacheWriter(tmp_path / "c", shard_size=2) as writer:
         for i, toy in enumerate(toys):
             writer.add(toy, {"scenario_id": f"t{i}", "format": "toy", "family": i})
-            # 2 per shard: after the 4th scenario two shards are on disk, the manifest not yet.
+            # 2 per shard: after the 4th scenario two shards are on disk (in the partial directory that
+            # close() swaps in), the manifest not yet, and nothing at the destination.
             if i == 3:
-                assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["shard_00000.npz", "shard_00001.npz"]
+                assert sorted(p.name for p in writer.partial_dir.iterdir()) == ["shard_00000.npz", "shard_00001.npz"]
+                assert not (tmp_path / "c").exists()
         with pytest.raises(ShapeError, match=r"field 'log_trajectory\.x' has shape \[4, 91\]"):
             writer.add(make_toy_scenario(num_objects=4), {"scenario_id": "x", "format": "toy"})
     assert [s["count"] for s in writer.manifest["shards"]] == [2, 2, 1]

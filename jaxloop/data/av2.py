@@ -17,6 +17,13 @@ An AV2 scenario is 110 steps at 10 Hz (50 observed: the current step is index 49
 - pedestrian crossings (two edges) -> crosswalk polygons.
 
 AV2 has no traffic-light states and no stop signs: those come out empty.
+
+Guarantees: any malformed parquet or map archive (wrong JSON types, unparsable numbers,
+missing columns) raises `DataError` naming the file and the field, never a bare
+`ValueError` / `AttributeError`, so `skip_invalid` can leave that scenario out. A map with
+no lane segments is an error (a scenario without a map cannot be scored against it); a
+map with lanes but no drivable area warns, naming the file (no road edges: offroad
+cannot be measured).
 """
 
 from __future__ import annotations
@@ -26,11 +33,12 @@ import glob
 import json
 import os
 import pathlib
+import warnings
 
 import numpy as np
 
 from jaxloop.data.common import LoadConfig, RawLog, build_scenario
-from jaxloop.data.errors import DataError
+from jaxloop.data.errors import MALFORMED, DataError, as_data_error
 from jaxloop.data.mapcompile import RawRoadgraph
 from jaxloop.sim.datatypes import (RG_BIKE_LANE, RG_CROSSWALK, RG_ROAD_EDGE_BOUNDARY, RG_SURFACE_LANE, TYPE_CYCLIST,
                                    TYPE_OTHER, TYPE_PEDESTRIAN, TYPE_VEHICLE, Scenario)
@@ -65,7 +73,7 @@ def find_map(parquet_path: str | os.PathLike) -> pathlib.Path:
 def _xyz(points, file, field) -> np.ndarray:
     try:
         return np.array([(q["x"], q["y"], q.get("z", 0.0)) for q in points], np.float64).reshape(-1, 3)
-    except (TypeError, KeyError) as e:
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
         raise DataError(f"expected a list of {{x, y, z}} points ({e!r})", file=file, field=field) from None
 
 
@@ -120,15 +128,56 @@ def _outer_boundaries(rings: list[tuple[int, np.ndarray]], tol: float = 0.1):
         yield area_id, pieces
 
 
+def _section(archive: dict, key: str, path: pathlib.Path, required: bool = False) -> dict[str, dict]:
+    """`archive[key]`: a dict of id -> dict entries (AV2's layout), checked before it is walked."""
+    if key not in archive and not required:
+        return {}
+    section = archive.get(key)
+    if not isinstance(section, dict):
+        raise DataError(f"expected an object of id -> entry, got {type(section).__name__}", file=path, field=key)
+    for k, entry in section.items():
+        if not isinstance(entry, dict):
+            raise DataError(f"expected an object, got {type(entry).__name__}", file=path, field=f"{key}[{k}]")
+    return section
+
+
+def _feature_id(entry: dict, key: str, path: pathlib.Path, field: str) -> int:
+    try:
+        return int(entry.get("id", key))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(f"expected an integer id ({e})", file=path, field=field + ".id") from None
+
+
 def read_map(path: str | os.PathLike) -> RawRoadgraph:
-    """An AV2 `log_map_archive_*.json` as raw roadgraph points (lanes, road edges, crosswalks)."""
+    """An AV2 `log_map_archive_*.json` as raw roadgraph points (lanes, road edges, crosswalks).
+
+    Raises `DataError` naming the file and field for a malformed archive or one with no lane.
+    """
     path = pathlib.Path(path)
+    try:
+        return _read_map(path)
+    except DataError:
+        raise
+    except MALFORMED as e:  # a JSON shape no check anticipated: still this file's fault
+        raise as_data_error(e, file=path) from e
+
+
+def _read_map(path: pathlib.Path) -> RawRoadgraph:
     try:
         archive = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"unreadable map archive ({e})", file=path) from None
     if not isinstance(archive, dict) or "lane_segments" not in archive:
         raise DataError("not an AV2 map archive: no 'lane_segments'", file=path, field="lane_segments")
+    lanes = _section(archive, "lane_segments", path, required=True)
+    areas = _section(archive, "drivable_areas", path)
+    crossings = _section(archive, "pedestrian_crossings", path)
+    if not lanes:
+        raise DataError("no lane segments: a scenario without a map cannot be evaluated", file=path,
+                        field="lane_segments")
+    if not areas:
+        warnings.warn(f"{path}: map archive has lanes but no drivable areas: no road edges, so offroad cannot be "
+                      "measured", stacklevel=2)
     xyz, types, ids = [], [], []
     # Lane ids are kept (they fit int32 in AV2); every other polyline (an area boundary
     # may split into several) gets a fresh id from 2**30 up, so consecutive polylines never share one.
@@ -142,9 +191,9 @@ def read_map(path: str | os.PathLike) -> RawRoadgraph:
             types.append(np.full(points.shape[0], rg, np.int32))
             ids.append(np.full(points.shape[0], fid, np.int64))
 
-    for key, lane in archive["lane_segments"].items():
-        fid = int(lane.get("id", key))
+    for key, lane in lanes.items():
         field = f"lane_segments[{key}]"
+        fid = _feature_id(lane, key, path, field)
         left = _xyz(lane.get("left_lane_boundary", []), path, field + ".left_lane_boundary")
         right = _xyz(lane.get("right_lane_boundary", []), path, field + ".right_lane_boundary")
         if left.shape[0] >= 2 and right.shape[0] >= 2:
@@ -154,8 +203,11 @@ def read_map(path: str | os.PathLike) -> RawRoadgraph:
             centre = _xyz(lane.get("centerline", []), path, field + ".centerline")
         rg = RG_BIKE_LANE if lane.get("lane_type") == "BIKE" else RG_SURFACE_LANE
         add(centre, rg, fid)
+    if not xyz:
+        raise DataError(f"none of the {len(lanes)} lane segment(s) has points: a scenario without a map cannot be "
+                        "evaluated", file=path, field="lane_segments")
     rings = []
-    for key, area in archive.get("drivable_areas", {}).items():
+    for key, area in areas.items():
         ring = _xyz(area.get("area_boundary", []), path, f"drivable_areas[{key}].area_boundary")
         if ring.shape[0] < 3:
             continue
@@ -165,11 +217,11 @@ def read_map(path: str | os.PathLike) -> RawRoadgraph:
         signed_area = 0.5 * np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y)
         if signed_area > 0:  # counter-clockwise: the area is on the left, so reverse
             ring = ring[::-1]
-        rings.append((int(area.get("id", key)), np.concatenate([ring, ring[:1]])))
+        rings.append((_feature_id(area, key, path, f"drivable_areas[{key}]"), np.concatenate([ring, ring[:1]])))
     for _, pieces in _outer_boundaries(rings):
         for piece in pieces:
             add(piece, RG_ROAD_EDGE_BOUNDARY)
-    for key, cw in archive.get("pedestrian_crossings", {}).items():
+    for key, cw in crossings.items():
         e1 = _xyz(cw.get("edge1", []), path, f"pedestrian_crossings[{key}].edge1")
         e2 = _xyz(cw.get("edge2", []), path, f"pedestrian_crossings[{key}].edge2")
         add(np.concatenate([e1, e2[::-1]]), RG_CROSSWALK)
@@ -205,15 +257,34 @@ def read_tracks(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return cols
 
 
+def _numeric(cols: dict, name: str, dtype, path: pathlib.Path) -> np.ndarray:
+    try:
+        return cols[name].astype(dtype)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(f"expected a {np.dtype(dtype).name} column ({e})", file=path, field=name) from None
+
+
 def load_av2(path: str | os.PathLike, map_path: str | os.PathLike | None = None,
              config: LoadConfig = LoadConfig()) -> tuple[Scenario, dict]:
-    """One AV2 scenario parquet (+ its map archive, found beside it by default) -> (Scenario, info)."""
+    """One AV2 scenario parquet (+ its map archive, found beside it by default) -> (Scenario, info).
+
+    Raises `DataError` (naming the parquet or map file and the field) for any malformed input.
+    """
     path = pathlib.Path(path)
+    try:
+        return _load_av2(path, map_path, config)
+    except DataError:
+        raise
+    except MALFORMED as e:  # a column shape or value no check anticipated: still this file's fault
+        raise as_data_error(e, file=path) from e
+
+
+def _load_av2(path: pathlib.Path, map_path, config: LoadConfig) -> tuple[Scenario, dict]:
     cols = read_tracks(path)
     map_path = find_map(path) if map_path is None else pathlib.Path(map_path)
     roadgraph = read_map(map_path)
 
-    t = cols["timestep"].astype(np.int64)
+    t = _numeric(cols, "timestep", np.int64, path)
     if t.size == 0:
         raise DataError("no track rows", file=path, field="timestep")
     if t.min() < 0 or t.max() >= NUM_STEPS:
@@ -229,12 +300,12 @@ def load_av2(path: str | os.PathLike, map_path: str | os.PathLike | None = None,
         raise DataError("a track has two rows for one timestep", file=path, field="track_id/timestep")
     for f, col in (("x", "position_x"), ("y", "position_y"), ("yaw", "heading"), ("vel_x", "velocity_x"),
                    ("vel_y", "velocity_y")):
-        traj[f][obj, t] = cols[col].astype(np.float64)
+        traj[f][obj, t] = _numeric(cols, col, np.float64, path)
     valid[obj, t] = True
     raw_type = np.empty(n, object)
     raw_type[obj] = cols["object_type"].astype(str)
     category = np.zeros(n, np.int64)
-    category[obj] = cols["object_category"].astype(np.int64)
+    category[obj] = _numeric(cols, "object_category", np.int64, path)
     for i, rt in enumerate(raw_type):
         traj["length"][i], traj["width"][i], traj["height"][i] = BOX_SIZE.get(rt, DEFAULT_BOX)
     traj["valid"] = valid

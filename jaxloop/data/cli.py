@@ -4,6 +4,12 @@ Formats are detected per file: a TFRecord (by content, whatever the name) holds 
 records (tf.Example or Scenario proto, detected per record); a `.parquet` is an Argoverse
 2 scenario with its `log_map_archive_*.json` beside it; a directory with a
 `manifest.json` is a jaxloop scenario cache.
+
+Guarantees of `convert`: every bad file or record is a `DataError` naming file, record
+and field; with `--skip-invalid` each is counted (and listed on stderr) and every good
+scenario is kept. The cache at `--out` is replaced only by a complete new one: any
+failure (exit 1 or 2, or an exception) leaves an existing cache there untouched and no
+partial directory behind.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 import tyro
 
 from jaxloop.data.common import LoadConfig
-from jaxloop.data.errors import DataError, SkipReport
+from jaxloop.data.errors import MALFORMED, DataError, SkipReport, as_data_error
 from jaxloop.data.pipeline import MANIFEST, CacheWriter, ScenarioDataset
 from jaxloop.data.tfrecord import is_tfrecord
 from jaxloop.sim.datatypes import Scenario
@@ -58,19 +64,32 @@ def detect_format(path: pathlib.Path) -> str:
 
 
 def iter_raw(path: pathlib.Path, config: LoadConfig, skip_invalid: bool,
-             report: SkipReport) -> Iterator[tuple[Scenario, dict]]:
+             report: SkipReport | None) -> Iterator[tuple[Scenario, dict]]:
+    """(Scenario, info) of every record of one raw file. Any error of the file becomes a `DataError` naming it;
+    with `skip_invalid` it is counted in `report` and the rest of that file is left out (the readers skip bad
+    records themselves and go on)."""
+    try:
+        yield from _iter_raw(path, config, skip_invalid, report)
+    except (DataError, *MALFORMED) as e:
+        located = isinstance(e, DataError) and e.file is not None
+        error = e if located else as_data_error(e, file=path)
+        if not skip_invalid:
+            if located:
+                raise
+            raise error from e
+        if report is not None:
+            report.add(error)
+
+
+def _iter_raw(path: pathlib.Path, config: LoadConfig, skip_invalid: bool,
+              report: SkipReport | None) -> Iterator[tuple[Scenario, dict]]:
     fmt = detect_format(path)
     if fmt == "womd":
         from jaxloop.data.womd import load_womd
         yield from load_womd(path, config, skip_invalid=skip_invalid, skip_report=report)
     elif fmt == "av2":
         from jaxloop.data.av2 import load_av2
-        try:
-            yield load_av2(path, config=config)
-        except DataError as e:
-            if not skip_invalid:
-                raise
-            report.add(e)
+        yield load_av2(path, config=config)
     elif fmt == "av2_map":
         return  # read together with its scenario parquet
     else:
@@ -85,7 +104,7 @@ def convert(src: tyro.conf.Positional[list[str]], out: str, num_objects: int = 1
       src: input files or glob patterns.
       out: the cache directory to write.
       num_objects: N object slots per scenario.
-      skip_invalid: skip (and count) records that fail to decode or validate instead of stopping.
+      skip_invalid: skip (and count) files and records that fail to read, decode or validate instead of stopping.
       select: more objects than N: "error", or "nearest" to keep the N nearest to the SDC.
       shard_size: scenarios per shard file.
       num_lights: traffic-light slots per step.
@@ -102,23 +121,37 @@ def _convert(src: list[str], out: str, config: LoadConfig, skip_invalid: bool, s
     report = SkipReport()
     shape_of: dict[int, str] = {}
     paths = expand_sources(src)
-    for path in paths:  # fail on an unknown format before writing anything
-        detect_format(path)
+    known = []
+    for path in paths:  # an unknown format fails (or is skipped) before anything is read
+        try:
+            detect_format(path)
+            known.append(path)
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            report.add(e)
+    # The writer fills a partial directory swapped in at `out` only by close(): any failure
+    # below leaves an old cache there as it was.
     writer = CacheWriter(out, shard_size=shard_size)
-    for path in paths:
-        for scenario, info in iter_raw(path, config, skip_invalid, report):
-            steps = scenario.num_steps
-            shape_of.setdefault(steps, info["format"])
-            if len(shape_of) > 1:
-                raise DataError(f"scenarios of {sorted(shape_of)} steps ({shape_of}) cannot share one cache; convert "
-                                "each dataset into its own --out", file=path, record=info.get("record"))
-            writer.add(scenario, info)
-    if report.count:
-        print(report, file=sys.stderr)
-    if not len(writer):
-        print(f"no scenario converted from {src}", file=sys.stderr)
-        return 1
-    manifest = writer.close()
+    try:
+        for path in known:
+            for scenario, info in iter_raw(path, config, skip_invalid, report):
+                steps = scenario.num_steps
+                shape_of.setdefault(steps, info["format"])
+                if len(shape_of) > 1:
+                    raise DataError(f"scenarios of {sorted(shape_of)} steps ({shape_of}) cannot share one cache; "
+                                    "convert each dataset into its own --out", file=path, record=info.get("record"))
+                writer.add(scenario, info)
+        if report.count:
+            print(report, file=sys.stderr)
+        if not len(writer):
+            writer.abort()
+            print(f"no scenario converted from {src}", file=sys.stderr)
+            return 1
+        manifest = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     print(f"wrote {manifest['num_scenarios']} scenarios ({manifest['counts']}) in {len(manifest['shards'])} "
           f"shard(s) to {out}" + (f"; skipped {report.count}" if report.count else ""))
     return 0

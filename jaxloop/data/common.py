@@ -2,9 +2,22 @@
 
 Loaders (WOMD tf.Example, WOMD Scenario proto, Argoverse 2) decode their format into
 `RawLog` (per-object arrays over time, raw roadgraph points, per-step traffic-light lane
-states) and call `build_scenario`, which checks the data (finite coordinates, one SDC
-valid at the current step, object count), fits objects into N slots, compiles the map
-around the SDC's logged path, derives the route and packs the traffic lights.
+states) and call `build_scenario`, which checks the data (finite values and physical
+ranges at valid steps, one SDC valid at the current step, object count), fits objects
+into N slots, compiles the map around the SDC's logged path, derives the route and packs
+the traffic lights.
+
+Physical ranges (checked at valid steps only: invalid steps may carry placeholders such
+as -10000 or -1, which are zeroed in the output):
+
+- |x|, |y| <= 1e6 m: dataset coordinates are local frames within a few tens of km
+  (the real WOMD / AV2 / GPUDrive fixtures stay under 4e4 m);
+- |z| <= 1e4 m (higher than any road);
+- speed hypot(vel_x, vel_y) <= 150 m/s (above any road user; tracker velocity spikes of
+  real logs, up to ~45 m/s in the fixtures, still pass);
+- 0 < length, width, height <= 30 m (the longest articulated trucks are ~25 m).
+
+A value outside them is a `DataError` naming the source field, the object and the step.
 """
 
 from __future__ import annotations
@@ -22,6 +35,11 @@ from jaxloop.sim.datatypes import ObjectMetadata, Scenario, TrafficLights, Traje
 
 TRAJ_FLOAT_FIELDS = ("x", "y", "z", "vel_x", "vel_y", "yaw", "length", "width", "height")
 SELECT_CHOICES = ("error", "nearest")
+# Bounds of valid states (see the module docstring for why each is what it is).
+MAX_ABS_XY_M = 1e6
+MAX_ABS_Z_M = 1e4
+MAX_SPEED_MPS = 150.0
+MAX_BOX_M = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,12 +147,35 @@ def _lights(log: RawLog, num_lights: int, sdc_xy: np.ndarray, source: str, recor
     return TrafficLights(state=state, x=x, y=y, lane_ids=lane_ids, valid=out_valid), dropped
 
 
+def _check_ranges(log: RawLog, valid: np.ndarray, source: str, record: int | None) -> None:
+    """Physical bounds of valid states; raises naming the field, object (index and id) and step."""
+    ids = np.asarray(log.ids).reshape(-1)
+
+    def check(name: str, values: np.ndarray, ok: np.ndarray, bound: str, field: str) -> None:
+        bad = valid & ~ok
+        if bad.any():
+            i, t = (int(v[0]) for v in np.nonzero(bad))
+            oid = int(ids[i]) if i < ids.shape[0] else None
+            raise _fail(f"{name} {float(values[i, t]):.6g} at object {i} (id {oid}) step {t} outside {bound} "
+                        f"({int(bad.sum())} valid state(s) in all)", source, record, log.field_name(field, t))
+
+    tr = {f: np.asarray(log.traj[f], np.float64) for f in ("x", "y", "z", "vel_x", "vel_y", "length", "width",
+                                                           "height")}
+    for f in ("x", "y"):
+        check(f, tr[f], np.abs(tr[f]) <= MAX_ABS_XY_M, f"|{f}| <= {MAX_ABS_XY_M:g} m", f)
+    check("z", tr["z"], np.abs(tr["z"]) <= MAX_ABS_Z_M, f"|z| <= {MAX_ABS_Z_M:g} m", "z")
+    speed = np.hypot(tr["vel_x"], tr["vel_y"])
+    check("speed", speed, speed <= MAX_SPEED_MPS, f"speed <= {MAX_SPEED_MPS:g} m/s", "vel_x")
+    for f in ("length", "width", "height"):
+        check(f, tr[f], (tr[f] > 0) & (tr[f] <= MAX_BOX_M), f"(0, {MAX_BOX_M:g}] m", f)
+
+
 def build_scenario(log: RawLog, config: LoadConfig, source: str = "", record: int | None = None,
                    fmt: str = "") -> tuple[Scenario, dict]:
     """Checks `log` and fits it into a `Scenario` of the sizes in `config`; returns it with its info dict.
 
     Raises `DataError` (naming source, record and field) for non-finite valid
-    coordinates, no / several SDCs, an SDC invalid at the current step, or more objects
+    values or valid states outside the physical ranges of the module docstring, no / several SDCs, an SDC invalid at the current step, or more objects
     than `config.num_objects` when `config.select == "error"`.
     """
     valid = np.asarray(log.traj["valid"], bool)
@@ -147,6 +188,7 @@ def build_scenario(log: RawLog, config: LoadConfig, source: str = "", record: in
             i, t = (int(v[0]) for v in np.nonzero(bad))
             raise _fail(f"non-finite value {arr[i, t]} at object {i} step {t} ({int(bad.sum())} in all)",
                         source, record, log.field_name(f, t))
+    _check_ranges(log, valid, source, record)
 
     sdc = np.flatnonzero(np.asarray(log.is_sdc, bool))
     if sdc.shape[0] != 1:

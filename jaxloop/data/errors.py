@@ -1,4 +1,11 @@
-"""The error every data loader raises on bad input, and the skip counter of `skip_invalid`."""
+"""The error every data loader raises on bad input, and the skip counter of `skip_invalid`.
+
+Readers promise that malformed input surfaces as `DataError` (naming file, record and
+field), never as a bare `ValueError` / `KeyError` / `AttributeError` from deep inside a
+decoder: that is what lets `skip_invalid` isolate one bad file or record and keep the
+rest. `MALFORMED` lists the exception types a decoder raises on bad bytes or bad JSON
+shapes; `as_data_error` turns one of them into a located `DataError`.
+"""
 
 from __future__ import annotations
 
@@ -34,9 +41,22 @@ class DataError(ValueError):
                           record=self.record if self.record is not None else record, field=self.field)
 
 
+# What decoders (numpy, protobuf, json, pyarrow, zipfile) raise on malformed input.
+# Programming errors (NameError, ...) are deliberately not here: they must not be counted as bad data.
+MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, EOFError, OSError)
+
+
+def as_data_error(error: BaseException, *, file: str | os.PathLike | None = None, record: int | None = None,
+                  field: str | None = None) -> DataError:
+    """`error` as a `DataError` located at file / record / field (a `DataError` keeps its own field)."""
+    if isinstance(error, DataError):
+        return error.located(file=file, record=record)
+    return DataError(f"malformed input ({type(error).__name__}: {error})", file=file, record=record, field=field)
+
+
 @dataclasses.dataclass
 class SkipReport:
-    """What `skip_invalid=True` left out: one entry per skipped record."""
+    """What `skip_invalid=True` left out: one entry per skipped record, or per file that could not be read."""
 
     skipped: list[str] = dataclasses.field(default_factory=list)
     reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)

@@ -3,14 +3,30 @@
 A cache is a directory:
 
     manifest.json        format name + version, per-field shape/dtype (one scenario),
-                         shard list with counts, one info dict per scenario
+                         shard list with counts and sha256, one info dict per scenario
     shard_00000.npz      every Scenario leaf stacked over the shard's scenarios, keyed by
     shard_00001.npz      its pytree path ("log_trajectory.x", "roadmap.lane_xy", ...)
 
 Shards are plain `np.savez` archives (uncompressed, so loading is a copy) read back with
-`allow_pickle=False`. `write_cache` refuses to overwrite a cache of another format
-version; every load checks the version, the presence of each shard and each field's
-shape and dtype, and names the file when something disagrees.
+`allow_pickle=False`.
+
+Writing is all or nothing: `CacheWriter` / `write_cache` write into a hidden sibling
+directory (`.NAME.*.partial`) and only a successful `close()` swaps it in for NAME; a
+failure or exception at any point removes the partial directory and leaves whatever was
+at NAME (an old cache included) untouched. The swap renames the old directory aside,
+renames the new one in and then deletes the old one; only a crash between those two
+renames leaves the old cache under `.NAME.*.old` instead of NAME. Because the swap
+replaces the whole directory, the writer refuses a NAME holding anything but an empty
+directory or a cache of this format version (no foreign file is ever deleted).
+
+Every load checks, and names the manifest, shard, scenario and field when something
+disagrees: the format version; each shard path (a plain file name inside the cache
+directory: no `..`, no absolute path); each shard's sha256 against the manifest; that
+the shard is a readable archive; each field's shape and dtype; finite float values; and
+exactly one SDC per scenario (a cache edited to have none would silently make slot 0
+the ego). All of these raise `CacheError` (a `DataError`). Caches written before shard
+checksums existed (no "sha256" in their manifest) still load, unverified, with a
+warning naming the manifest; `jaxloop data convert` rebuilds them with checksums.
 
 `ScenarioDataset.batches` serves training: each process takes a disjoint contiguous
 block of the cache (so it reads mostly its own shards), shuffles it per epoch from
@@ -23,18 +39,25 @@ from __future__ import annotations
 
 import atexit
 import collections
+import hashlib
+import io
 import json
 import os
 import pathlib
 import queue
+import re
+import shutil
+import tempfile
 import threading
+import warnings
 import weakref
+import zipfile
 from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
 
-from jaxloop.data.errors import DataError
+from jaxloop.data.errors import MALFORMED, DataError
 from jaxloop.sim.datatypes import (ObjectMetadata, RoadMap, Route, Scenario, ShapeError, TrafficLights, Trajectory,
                                    field_names)
 
@@ -110,6 +133,7 @@ def _read_manifest(path: pathlib.Path) -> dict:
     if manifest.get("version") != CACHE_VERSION:
         raise CacheError(f"cache format version {manifest.get('version')!r}, this jaxloop reads version "
                          f"{CACHE_VERSION}; re-run `jaxloop data convert` to rebuild it", file=file)
+    _check_shards(path, manifest, file)
     expected = field_keys()
     got = list(manifest.get("fields", {}))
     if sorted(got) != sorted(expected):
@@ -119,30 +143,87 @@ def _read_manifest(path: pathlib.Path) -> dict:
     return manifest
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_shards(path: pathlib.Path, manifest: dict, file: pathlib.Path) -> None:
+    """The shard list: dicts with a file confined to the cache directory, int start / count, optional sha256."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise CacheError(f"expected a list of shards, got {type(shards).__name__}", file=file, field="shards")
+    root = path.resolve()
+    expected_start = 0
+    for k, shard in enumerate(shards):
+        field = f"shards[{k}]"
+        if not isinstance(shard, dict) or not isinstance(shard.get("file"), str):
+            raise CacheError(f"expected an object with a 'file' name, got {shard!r}", file=file, field=field)
+        name = shard["file"]
+        rel = pathlib.PurePath(name)
+        # A manifest is data: a shard path may not reach outside the cache directory it describes.
+        if (not name or rel.is_absolute() or pathlib.PureWindowsPath(name).is_absolute() or ".." in rel.parts
+                or (path / rel).resolve().parent != root):
+            raise CacheError(f"shard path {name!r} is not a file name inside the cache directory", file=file,
+                             field=field + ".file")
+        for key in ("start", "count"):
+            value = shard.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CacheError(f"expected an int >= 0, got {value!r}", file=file, field=f"{field}.{key}")
+        if shard["start"] != expected_start:  # the index of a scenario is found from the starts
+            raise CacheError(f"start {shard['start']}, expected {expected_start} (the sum of the counts before it)",
+                             file=file, field=field + ".start")
+        expected_start += shard["count"]
+        if "sha256" in shard and not (isinstance(shard["sha256"], str) and _SHA256.fullmatch(shard["sha256"])):
+            raise CacheError(f"expected 64 lowercase hex digits, got {shard['sha256']!r}", file=file,
+                             field=field + ".sha256")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _check_info(i: int, info: dict) -> dict:
     if not isinstance(info, dict) or "scenario_id" not in info or "format" not in info:
         raise ValueError(f"write_cache: infos[{i}] must be a dict with 'scenario_id' and 'format', got {info!r}")
     return _jsonable(info)
 
 
-def _prepare_dir(out: pathlib.Path) -> None:
-    """Creates `out`, removing a same-version cache there and refusing any other."""
+def _check_replaceable(out: pathlib.Path) -> None:
+    """Refuses an `out` that the swap of `CacheWriter.close` must not replace: anything but
+    nothing, an empty directory or a cache of this format version (and its own files only)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CacheError("refusing to overwrite: exists and is not a directory", file=out)
     if (out / MANIFEST).exists():
         try:
             old = json.loads((out / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CacheError(f"refusing to overwrite: existing {MANIFEST} is unreadable ({e})", file=out) from e
         if not isinstance(old, dict) or old.get("format") != CACHE_FORMAT or old.get("version") != CACHE_VERSION:
             raise CacheError(
                 f"refusing to overwrite a cache of format {old.get('format') if isinstance(old, dict) else None!r} "
                 f"version {old.get('version') if isinstance(old, dict) else None!r} with version {CACHE_VERSION}; "
                 "remove the directory or choose another --out", file=out)
-        (out / MANIFEST).unlink()
-        for shard in old.get("shards", []):
-            f = out / pathlib.Path(shard.get("file", "")).name
-            if f.name.startswith("shard_") and f.is_file():
-                f.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    foreign = sorted(p.name for p in out.iterdir() if not (p.name.startswith(MANIFEST) or p.name.startswith("shard_")))
+    if foreign:
+        raise CacheError(f"refusing to overwrite: the directory holds files that are not part of a scenario cache "
+                         f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); the new cache replaces "
+                         "the whole directory: remove them or choose another --out", file=out)
+
+
+def _swap_in(partial: pathlib.Path, out: pathlib.Path) -> None:
+    """Puts the finished `partial` directory at `out`, deleting what was there only once it is in place."""
+    if not out.exists():
+        os.rename(partial, out)
+        return
+    old = partial.with_name(partial.name.removesuffix(".partial") + ".old")
+    os.rename(out, old)
+    try:
+        os.rename(partial, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class CacheWriter:
@@ -155,7 +236,9 @@ class CacheWriter:
         manifest = writer.manifest
 
     Every scenario must have the shapes of the first (one MapConfig / N / T per cache).
-    A writer left by an exception writes no manifest: the directory is not a cache.
+    Shards go to a hidden sibling directory (`partial_dir`) that `close()` swaps in for
+    `out_dir`; leaving the `with` block by an exception, `abort()`, or dropping an unclosed
+    writer removes it, and `out_dir` (an old cache there included) is left as it was.
     """
 
     def __init__(self, out_dir: str | os.PathLike, shard_size: int = 256):
@@ -163,7 +246,14 @@ class CacheWriter:
             raise ValueError(f"write_cache: shard_size must be >= 1, got {shard_size}")
         self.out = pathlib.Path(out_dir)
         self.shard_size = shard_size
-        _prepare_dir(self.out)
+        # A symlinked `out_dir` keeps its link: the swap happens at the directory it points to.
+        self._target = self.out.resolve() if self.out.is_symlink() else self.out
+        _check_replaceable(self._target)
+        self._target.parent.mkdir(parents=True, exist_ok=True)
+        # A sibling, so the final rename stays on one filesystem.
+        self.partial_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{self._target.name}.", suffix=".partial",
+                                                         dir=self._target.parent))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.partial_dir), True)
         self._pending: list[dict[str, np.ndarray]] = []
         self._fields: dict[str, dict] | None = None
         self._shards: list[dict] = []
@@ -206,20 +296,38 @@ class CacheWriter:
         if not self._pending:
             return
         name = f"shard_{len(self._shards):05d}.npz"
-        tmp = self.out / (name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: np.stack([p[k] for p in self._pending]) for k in self._pending[0]})
-        os.replace(tmp, self.out / name)
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: np.stack([p[k] for p in self._pending]) for k in self._pending[0]})
+        data = buffer.getvalue()
+        (self.partial_dir / name).write_bytes(data)
         start = sum(sh["count"] for sh in self._shards)
-        self._shards.append({"file": name, "start": start, "count": len(self._pending)})
+        self._shards.append({"file": name, "start": start, "count": len(self._pending), "sha256": _sha256(data)})
         self._pending = []
 
     def close(self) -> dict:
-        """Writes the last shard and the manifest; returns the manifest."""
+        """Writes the last shard and the manifest, swaps the cache in at `out_dir`; returns the manifest.
+
+        On any failure the partial directory is removed and `out_dir` is left as it was.
+        """
         if self.manifest is not None:
             return self.manifest
         if self._fields is None:
+            self.abort()
             raise ValueError(f"{self.out}: no scenario was added; an empty cache is not written")
+        try:
+            manifest = self._finish()
+        except BaseException:
+            self.abort()
+            raise
+        self._cleanup.detach()
+        self.manifest = manifest
+        return manifest
+
+    def abort(self) -> None:
+        """Discards what was written; `out_dir` keeps what it held before."""
+        self._cleanup()
+
+    def _finish(self) -> dict:
         self._flush()
         from jaxloop import __version__
         manifest = {
@@ -229,10 +337,9 @@ class CacheWriter:
             "counts": dict(collections.Counter(str(i["format"]) for i in self._infos)),
             "infos": self._infos,
         }
-        tmp = self.out / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, self.out / MANIFEST)
-        self.manifest = manifest
+        (self.partial_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _check_replaceable(self._target)  # again: something may have appeared there while writing
+        _swap_in(self.partial_dir, self._target)
         return manifest
 
     def __len__(self) -> int:
@@ -244,6 +351,8 @@ class CacheWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+        else:
+            self.abort()
 
 
 def write_cache(scenarios: Scenario | Sequence[Scenario], out_dir: str | os.PathLike, infos: list[dict],
@@ -253,8 +362,8 @@ def write_cache(scenarios: Scenario | Sequence[Scenario], out_dir: str | os.Path
     Args:
       scenarios: a batched `Scenario` (leading axis S) or a list of same-shape ones.
       out_dir: the cache directory (created). An existing cache of the same version
-        is replaced; one of another version (or another kind of directory with a
-        manifest) is refused.
+        is replaced, only once the new one is complete; one of another version, or a
+        directory holding other files, is refused.
       infos: one JSON-serialisable dict per scenario, with at least `scenario_id` and
         `format` ("womd_tf_example", "womd_scenario", "av2", "procedural", ...);
         optional `family`, `split`, `source`, `record`.
@@ -278,13 +387,13 @@ def write_cache(scenarios: Scenario | Sequence[Scenario], out_dir: str | os.Path
         raise ValueError(f"write_cache: {count} scenarios but {len(infos)} info dicts")
     for i, info in enumerate(infos):
         _check_info(i, info)
-    writer = CacheWriter(out_dir, shard_size)
-    if isinstance(scenarios, Scenario):
-        writer.add_batch(scenarios, infos)
-    else:
-        for scenario, info in zip(scenarios, infos):
-            writer.add(jax.tree.map(np.asarray, scenario), info)
-    return writer.close()
+    with CacheWriter(out_dir, shard_size) as writer:
+        if isinstance(scenarios, Scenario):
+            writer.add_batch(scenarios, infos)
+        else:
+            for scenario, info in zip(scenarios, infos):
+                writer.add(jax.tree.map(np.asarray, scenario), info)
+    return writer.manifest
 
 
 # ----------------------------------------------------------------------------- reading
@@ -295,10 +404,17 @@ def _load_shard(path: pathlib.Path, manifest: dict, shard: dict) -> dict[str, np
     if not file.is_file():
         raise CacheError(f"shard listed in {MANIFEST} is missing", file=file)
     try:
-        with np.load(file, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as e:
+        raw = file.read_bytes()
+    except OSError as e:
         raise CacheError(f"unreadable shard ({e})", file=file) from e
+    if "sha256" in shard and _sha256(raw) != shard["sha256"]:
+        raise CacheError(f"checksum mismatch: sha256 {_sha256(raw)}, {MANIFEST} lists {shard['sha256']} (the shard "
+                         "is corrupt or was changed after writing; rebuild the cache)", file=file, field="sha256")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, *MALFORMED) as e:
+        raise CacheError(f"unreadable shard ({type(e).__name__}: {e})", file=file) from e
     for key, spec in manifest["fields"].items():
         if key not in data:
             raise CacheError("field missing from shard", file=file, field=key)
@@ -307,7 +423,32 @@ def _load_shard(path: pathlib.Path, manifest: dict, shard: dict) -> dict[str, np
         if arr.shape != want or arr.dtype.name != spec["dtype"]:
             raise CacheError(f"expected shape {list(want)} dtype {spec['dtype']}, got {list(arr.shape)} "
                              f"{arr.dtype.name}", file=file, field=key)
+    _check_values(file, data, manifest, shard)
     return data
+
+
+def _check_values(file: pathlib.Path, data: dict[str, np.ndarray], manifest: dict, shard: dict) -> None:
+    """Finite floats and exactly one SDC per scenario (what every loader guarantees on the way in)."""
+    infos = manifest.get("infos", [])
+
+    def where(local: int) -> str:
+        g = shard["start"] + local
+        sid = infos[g].get("scenario_id") if g < len(infos) and isinstance(infos[g], dict) else None
+        return f"scenario {g} ({sid!r}, shard row {local})"
+
+    count = shard["count"]
+    for key, arr in data.items():
+        if arr.dtype.kind == "f":
+            bad = ~np.isfinite(arr.reshape(count, -1))
+            if bad.any():
+                local = int(np.flatnonzero(bad.any(axis=1))[0])
+                raise CacheError(f"{where(local)}: {int(bad[local].sum())} non-finite value(s)", file=file, field=key)
+    key = "object_metadata.is_sdc"
+    sdc = data[key].reshape(count, -1).astype(bool).sum(axis=1)
+    if np.any(sdc != 1):
+        local = int(np.flatnonzero(sdc != 1)[0])
+        raise CacheError(f"{where(local)}: expected exactly one SDC (ego), found {int(sdc[local])}", file=file,
+                         field=key)
 
 
 def load_infos(path: str | os.PathLike) -> list[dict]:
@@ -338,6 +479,11 @@ class ScenarioDataset:
         if len(self.infos) != self._count or sum(s["count"] for s in self._shards) != self._count:
             raise CacheError(f"manifest counts disagree: {self._count} scenarios, {len(self.infos)} infos, "
                              f"{sum(s['count'] for s in self._shards)} in shards", file=self.path / MANIFEST)
+        unverified = [s["file"] for s in self._shards if "sha256" not in s]
+        if unverified:
+            warnings.warn(f"{self.path / MANIFEST}: {len(unverified)} shard(s) without a sha256 checksum (a cache "
+                          "written before checksums existed): loaded without an integrity check; rebuild it with "
+                          "`jaxloop data convert` / `data generate`", stacklevel=2)
         self._max_cached = max_cached_shards
         self._cache: collections.OrderedDict[int, dict[str, np.ndarray]] = collections.OrderedDict()
         self._lock = threading.Lock()

@@ -6,7 +6,9 @@
 - a raw WOMD TFRecord (either layout) or AV2 parquet file, or a glob of them.
 
 `load_source(spec)` returns a batched `Scenario` `[S, ...]` (numpy) and one info dict
-per scenario.
+per scenario. Raw files that are bad raise `DataError` naming file, record and field;
+with `skip_invalid=True` bad files and records are left out, counted, and the
+`SkipReport` is printed on stderr (an error if nothing valid is left).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from __future__ import annotations
 import glob
 import os
 import pathlib
+import sys
 
 from jaxloop.sim.datatypes import Scenario, stack_scenarios
 
 
-def load_source(spec: str, num_objects: int | None = None) -> tuple[Scenario, list[dict]]:
+def load_source(spec: str, num_objects: int | None = None, skip_invalid: bool = False) -> tuple[Scenario, list[dict]]:
     if spec == "toy" or spec.startswith("toy:"):
         from jaxloop.data.toy import make_toy_scenario
         num = int(spec.split(":")[1]) if ":" in spec else 16
@@ -43,12 +46,24 @@ def load_source(spec: str, num_objects: int | None = None) -> tuple[Scenario, li
                                 "or existing WOMD / AV2 files")
     from jaxloop.data.cli import detect_format, iter_raw
     from jaxloop.data.common import LoadConfig
+    from jaxloop.data.errors import DataError, SkipReport
     config = LoadConfig() if num_objects is None else LoadConfig(num_objects=num_objects)
+    report = SkipReport()
     scenarios, infos = [], []
     for f in files:
         p = pathlib.Path(f)
-        detect_format(p)
-        for scenario, info in iter_raw(p, config, False, None):
+        try:
+            detect_format(p)
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            report.add(e)
+            continue
+        for scenario, info in iter_raw(p, config, skip_invalid, report):
             scenarios.append(scenario)
             infos.append(info)
+    if report.count:
+        print(f"data spec {spec!r}: {report}", file=sys.stderr)
+    if not scenarios:
+        raise DataError(f"data spec {spec!r}: no valid scenario (skipped {report.count} invalid record(s))")
     return stack_scenarios(scenarios), infos

@@ -8,8 +8,10 @@ A record is
     uint32 masked CRC32C of the payload
 
 with masked(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2^32). Both CRCs are
-verified; a corrupt CRC, a truncated record or an empty file raises `TFRecordError`
-naming the file, the record index and the byte offset. CRC32C comes from
+verified; a corrupt CRC, a truncated record, a length beyond the end of the file or an
+empty file raises `TFRecordError` naming the file, the record index and the byte offset.
+A length is checked against the bytes left in the file before anything is allocated, so
+a corrupt header whose CRC happens to match cannot ask for terabytes. CRC32C comes from
 `google_crc32c` when importable, else from a table-driven numpy implementation.
 """
 
@@ -136,6 +138,7 @@ def read_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes
     """
     path = os.fspath(path)
     with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
         index = 0
         offset = 0
         while True:
@@ -152,6 +155,10 @@ def read_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes
                 raise TFRecordError("corrupt record: length CRC mismatch", file=path, record=index, offset=offset,
                                     field="length_crc")
             (length,) = _LEN.unpack(length_bytes)
+            left = max(size - offset - 12, 0)
+            if length > left:  # checked before reading: a corrupt length must not allocate `length` bytes
+                raise TFRecordError(f"truncated record: payload has {left} of {length} bytes (the record length "
+                                    "runs past the end of the file)", file=path, record=index, offset=offset)
             payload = fh.read(length)
             if len(payload) < length:
                 raise TFRecordError(f"truncated record: payload has {len(payload)} of {length} bytes", file=path,

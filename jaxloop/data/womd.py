@@ -12,8 +12,10 @@ Two record layouts, detected per record (or forced with `layout=`):
   roadgraph-point layout before map compilation.
 
 Both go through `jaxloop.data.common.build_scenario` (checks, N slots, map compile,
-route, lights). Bad records raise `DataError` naming file, record index and field; with
-`skip_invalid=True` they are counted in a `SkipReport` and skipped.
+route, lights). Bad records raise `DataError` naming file, record index and field (never
+a bare decoder exception); with `skip_invalid=True` they are counted in a `SkipReport`
+and skipped, and a broken file (empty, truncated, failing a CRC) is counted and ends
+that file while the records before it are kept.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from google.protobuf.message import DecodeError
 
 from jaxloop.data import protos
 from jaxloop.data.common import LoadConfig, RawLog, build_scenario
-from jaxloop.data.errors import DataError, SkipReport
+from jaxloop.data.errors import MALFORMED, DataError, SkipReport, as_data_error
 from jaxloop.data.mapcompile import RawRoadgraph
-from jaxloop.data.tfrecord import read_records
+from jaxloop.data.tfrecord import TFRecordError, read_records
 from jaxloop.sim.datatypes import (RG_CROSSWALK, RG_ROAD_EDGE_BOUNDARY, RG_ROAD_EDGE_MEDIAN, RG_ROAD_LINE_MIN,
                                    RG_SPEED_BUMP, RG_STOP_SIGN, RG_SURFACE_LANE, Scenario)
 
@@ -143,7 +145,12 @@ def _example_to_raw(feats: dict, source: str, record: int | None) -> RawLog:
             if key not in feats:
                 parts = None
                 break
-            parts.append(np.asarray(feats[key]).reshape(steps[part], -1))
+            value = feats[key]
+            if isinstance(value, list) or value.size % max(steps[part], 1):
+                raise DataError(f"expected a numeric feature of {steps[part]} step(s) x lights, got "
+                                f"{'bytes' if isinstance(value, list) else f'{value.size} values'}",
+                                file=source or None, record=record, field=key)
+            parts.append(value.reshape(steps[part], -1))
         light[name] = parts
     t_len = traj["x"].shape[1]
     if any(v is None for v in light.values()):
@@ -333,26 +340,49 @@ def decode_record(data: bytes, config: LoadConfig = LoadConfig(), layout: str | 
             raw = _example_to_raw(parse_example(data if parsed_example is None else parsed_example), source, record)
         else:
             raw = _scenario_to_raw(protos.Scenario.FromString(data), source, record)
+        return build_scenario(raw, config, source=source, record=record, fmt=FORMAT_NAMES[chosen])
     except DecodeError as e:
         raise DataError(f"not a serialised {chosen} protobuf ({e})", file=source or None, record=record,
                         field="layout") from None
-    return build_scenario(raw, config, source=source, record=record, fmt=FORMAT_NAMES[chosen])
+    except DataError:
+        raise
+    except MALFORMED as e:  # a shape or value no check above anticipated: still this record's fault
+        raise as_data_error(e, file=source or None, record=record) from e
 
 
 def load_womd(path: str | os.PathLike, config: LoadConfig = LoadConfig(), layout: str | None = None,
               skip_invalid: bool = False, skip_report: SkipReport | None = None) -> Iterator[tuple[Scenario, dict]]:
     """Yields (Scenario, info) for every record of a WOMD TFRecord file, lazily.
 
-    Framing errors (CRC, truncation, empty file) always raise: the rest of the file
-    cannot be trusted. A record that fails to decode or validate raises `DataError`,
-    or with `skip_invalid=True` is counted in `skip_report` and skipped.
+    A record that fails to decode or validate raises `DataError` (whatever the decoder
+    raised inside), or with `skip_invalid=True` is counted in `skip_report` and skipped.
+    A framing error (CRC, truncation, empty file, unreadable file) ends the file: the
+    bytes after it cannot be trusted. It raises `TFRecordError`, or with `skip_invalid`
+    is counted once and the records read before it are kept.
     """
     source = os.fspath(path)
-    for index, data in enumerate(read_records(source)):
-        try:
-            yield decode_record(data, config, layout, source, index)
-        except DataError as e:
-            if not skip_invalid:
-                raise
-            if skip_report is not None:
-                skip_report.add(e.located(file=source, record=index))
+
+    def skip(error: DataError) -> None:
+        if skip_report is not None:
+            skip_report.add(error)
+
+    try:
+        records = read_records(source)
+        for index, data in enumerate(records):
+            try:
+                item = decode_record(data, config, layout, source, index)
+            except DataError as e:
+                if not skip_invalid:
+                    raise
+                skip(e.located(file=source, record=index))
+                continue
+            yield item
+    except TFRecordError as e:
+        if not skip_invalid:
+            raise
+        skip(e)
+    except OSError as e:
+        error = DataError(f"unreadable file ({e})", file=source)
+        if not skip_invalid:
+            raise error from e
+        skip(error)

@@ -56,7 +56,8 @@ def _init_steps_for(scenarios) -> int:
 
 def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: Literal["log", "idm"] = "log",
              perturb: bool = False, horizon: int | None = None, batch_size: int = 64, seed: int = 0,
-             out: str | None = None, json_output: Annotated[bool, tyro.conf.arg(name="json")] = False) -> int:
+             out: str | None = None, json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
+             skip_invalid: bool = False) -> int:
     """Closed-loop evaluation of a checkpoint or baseline (expert, constant_velocity, idm).
 
     Args:
@@ -67,11 +68,12 @@ def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: 
         horizon: closed-loop steps (default: to the end of the log).
         out: directory for report.json / report.md (and perturbations.json / .md).
         json_output: print the aggregate JSON on stdout instead of tables.
+        skip_invalid: raw --data files: skip (and count on stderr) invalid files and records instead of stopping.
     """
     from jaxloop.data.sources import load_source
     EvalConfig(batch_size=batch_size, horizon=horizon)  # flags checked before the data loads
     check_policy_spec(policy)
-    scenarios, infos = load_source(data)
+    scenarios, infos = load_source(data, skip_invalid=skip_invalid)
     env = EnvConfig(non_ego_agent=non_ego, init_steps=_init_steps_for(scenarios))
     policy_obj, env, label = resolve_policy_spec(policy, env)
     config = EvalConfig(env=env, batch_size=batch_size, horizon=horizon)
@@ -106,7 +108,7 @@ def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: 
 def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:test:64",
          non_ego: Literal["log", "idm"] = "log", out: str = "runs/gate/report.json", tolerance: float = 0.02,
          max_failure_rate: float = 0.25, min_progress_ratio: float = 0.8, max_perturbed_failure_rate: float = 0.5,
-         horizon: int | None = None, batch_size: int = 64, seed: int = 0) -> int:
+         horizon: int | None = None, batch_size: int = 64, seed: int = 0, skip_invalid: bool = False) -> int:
     """Safety gate: PASS (exit 0) when the candidate is not worse than the baseline on failure
     rate beyond `tolerance`, clean and under every perturbation, and meets the absolute
     thresholds; FAIL (exit 1) with reasons otherwise. Writes a JSON + Markdown report.
@@ -115,6 +117,7 @@ def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:t
         candidate: checkpoint / run directory or baseline name.
         baseline: checkpoint / run directory or baseline name.
         data: held-out scenarios (see `jaxloop eval --help`).
+        skip_invalid: raw --data files: skip (and count on stderr) invalid files and records instead of stopping.
     """
     from jaxloop.data.sources import load_source
     from jaxloop.eval.gate import GateConfig, check
@@ -127,7 +130,7 @@ def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:t
     EvalConfig(batch_size=batch_size, horizon=horizon)
     check_policy_spec(candidate, "--candidate")
     check_policy_spec(baseline, "--baseline")
-    scenarios, infos = load_source(data)
+    scenarios, infos = load_source(data, skip_invalid=skip_invalid)
     env = EnvConfig(non_ego_agent=non_ego, init_steps=_init_steps_for(scenarios))
     plans = []
     for spec, flag in ((candidate, "--candidate"), (baseline, "--baseline")):

@@ -42,14 +42,14 @@ class TrainingDiverged(RuntimeError):
     """Too many updates in a row were skipped for non-finite values."""
 
 
-def load_data(data: str, num_toy: int = 64, toy_objects: int = 16) -> Scenario:
+def load_data(data: str, num_toy: int = 64, toy_objects: int = 16, skip_invalid: bool = False) -> Scenario:
     """Scenarios `[S, ...]` (numpy): `"toy"`, `procedural:SPLIT:NUM[:SEED]`, a cache directory or raw files."""
     if data == "toy":
         from jaxloop.data.toy import make_toy_scenario
         from jaxloop.sim.datatypes import stack_scenarios
         return stack_scenarios([make_toy_scenario(num_objects=toy_objects, seed=i) for i in range(num_toy)])
     from jaxloop.data.sources import load_source
-    scenarios, _ = load_source(data)
+    scenarios, _ = load_source(data, skip_invalid=skip_invalid)
     scenarios.validate()
     if not scenarios.batch_shape or len(scenarios.batch_shape) != 1:
         raise ValueError(f"--data {data!r}: expected scenarios with one leading batch axis, "
@@ -202,7 +202,7 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
           dynamics: Literal["bicycle", "delta_local", "delta_global"] = "bicycle",
           non_ego_agent: Literal["log", "constant_velocity", "idm"] = "log", group_size: int = 4,
           kl_coef: float = 0.05, truncate_every: int = 0, log_every: int = 10, ckpt_every: int = 100,
-          max_consecutive_skips: int = 5, num_toy: int = 64, progress: bool = True) -> int:
+          max_consecutive_skips: int = 5, num_toy: int = 64, progress: bool = True, skip_invalid: bool = False) -> int:
     """Trains a driving policy (bc | apg | ppo | grpo) and checkpoints it under OUT.
 
     Args:
@@ -233,6 +233,7 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
         max_consecutive_skips: skipped (non-finite) updates in a row that stop the run.
         num_toy: number of toy scenarios for --data toy.
         progress: show a progress bar.
+        skip_invalid: raw --data files: skip (and count on stderr) invalid files and records instead of stopping.
     """
     from jaxloop.policy.networks import ModelConfig
     config = TrainConfig(algo=algo, seed=seed, batch_size=batch_size, learning_rate=learning_rate,
@@ -241,7 +242,7 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
                          non_ego_agent=non_ego_agent, model=ModelConfig(kind=model, head=head, hidden=tuple(hidden)),
                          grpo=dataclasses.replace(GRPOConfig(), group_size=group_size, kl_coef=kl_coef),
                          apg=dataclasses.replace(APGConfig(), truncate_every=truncate_every))
-    scenarios = load_data(data, num_toy=num_toy)
+    scenarios = load_data(data, num_toy=num_toy, skip_invalid=skip_invalid)
     try:
         run(config, scenarios, out, steps, init_from=init_from, log_every=log_every, ckpt_every=ckpt_every,
             max_consecutive_skips=max_consecutive_skips, progress=progress, run_info={"data": data})
