@@ -27,29 +27,29 @@ def resolve_policy_spec(spec: str, env: EnvConfig) -> tuple[object, EnvConfig, s
     return policy, policy_env, path.name if path.name != "checkpoints" else path.parent.name
 
 
-def _init_steps_for(scenarios) -> int:
-    """Where the closed loop starts: step 10 for WOMD-like logs, 49 for AV2's 110-step logs."""
-    import numpy as np
-    return 50 if np.shape(scenarios.log_trajectory.x)[-1] == 110 else 11
-
-
 def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: Literal["log", "idm"] = "log",
              perturb: bool = False, horizon: int | None = None, batch_size: int = 64, seed: int = 0,
-             out: str | None = None, json_output: Annotated[bool, tyro.conf.arg(name="json")] = False) -> int:
+             out: str | None = None, json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
+             num_objects: int = 128, select: Literal["nearest", "error"] = "nearest") -> int:
     """Closed-loop evaluation of a checkpoint or baseline (expert, constant_velocity, idm).
 
     Args:
         policy: a baseline name or a training checkpoint / run directory.
-        data: toy[:NUM], procedural:SPLIT:NUM[:SEED], a cache directory, or WOMD / AV2 files.
+        data: toy[:NUM], procedural:SPLIT:NUM[:SEED], a cache directory, raw WOMD / AV2 / GPUDrive JSON files,
+            directories of them or globs; several joined by commas.
         non_ego: the model of every other object.
         perturb: also run the perturbation suite and report metric deltas.
         horizon: closed-loop steps (default: to the end of the log).
         out: directory for report.json / report.md (and perturbations.json / .md).
         json_output: print the aggregate JSON on stdout instead of tables.
+        num_objects: N object slots when reading raw files.
+        select: raw files with more objects than N: keep the N nearest to the SDC (and every track to predict /
+            object of interest), or stop with an error.
     """
+    from jaxloop.data.formats import init_steps_of
     from jaxloop.data.sources import load_source
-    scenarios, infos = load_source(data)
-    env = EnvConfig(non_ego_agent=non_ego, init_steps=_init_steps_for(scenarios))
+    scenarios, infos = load_source(data, num_objects=num_objects, select=select)
+    env = EnvConfig(non_ego_agent=non_ego, init_steps=init_steps_of(infos, f"--data {data}"))
     policy_obj, env, label = resolve_policy_spec(policy, env)
     config = EvalConfig(env=env, batch_size=batch_size, horizon=horizon)
     report = evaluate(policy_obj, scenarios, infos, config, seed, name=label)
@@ -83,7 +83,8 @@ def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: 
 def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:test:64",
          non_ego: Literal["log", "idm"] = "log", out: str = "runs/gate/report.json", tolerance: float = 0.02,
          max_failure_rate: float = 0.25, min_progress_ratio: float = 0.8, max_perturbed_failure_rate: float = 0.5,
-         horizon: int | None = None, batch_size: int = 64, seed: int = 0) -> int:
+         horizon: int | None = None, batch_size: int = 64, seed: int = 0, num_objects: int = 128,
+         select: Literal["nearest", "error"] = "nearest") -> int:
     """Safety gate: PASS (exit 0) when the candidate is not worse than the baseline on failure
     rate beyond `tolerance`, clean and under every perturbation, and meets the absolute
     thresholds; FAIL (exit 1) with reasons otherwise. Writes a JSON + Markdown report.
@@ -92,12 +93,14 @@ def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:t
         candidate: checkpoint / run directory or baseline name.
         baseline: checkpoint / run directory or baseline name.
         data: held-out scenarios (see `jaxloop eval --help`).
+        num_objects, select: object slots and selection for raw files (see `jaxloop eval --help`).
     """
+    from jaxloop.data.formats import init_steps_of
     from jaxloop.data.sources import load_source
     from jaxloop.eval.gate import GateConfig, check
     from jaxloop.eval.perturb import run_suite
-    scenarios, infos = load_source(data)
-    env = EnvConfig(non_ego_agent=non_ego, init_steps=_init_steps_for(scenarios))
+    scenarios, infos = load_source(data, num_objects=num_objects, select=select)
+    env = EnvConfig(non_ego_agent=non_ego, init_steps=init_steps_of(infos, f"--data {data}"))
     gate_config = GateConfig(failure_tolerance=tolerance, max_failure_rate=max_failure_rate,
                              min_progress_ratio=min_progress_ratio,
                              max_perturbed_failure_rate=max_perturbed_failure_rate)
