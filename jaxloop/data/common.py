@@ -81,7 +81,8 @@ class RawLog:
     field_name: Callable[[str, int], str] = lambda f, t: f"{f}[t={t}]"
     sdc_field: str = "is_sdc"
     objects_field: str = "objects"
-    # [n] bool, kept by select="nearest" whatever their distance (the SDC always); None: is_modeled | objects_of_interest
+    # [n] bool, kept by select="nearest" whatever their distance (the SDC always);
+    # None: the tracks to predict and objects of interest (is_modeled | objects_of_interest).
     must_keep: np.ndarray | None = None
 
 

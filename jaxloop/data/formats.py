@@ -94,7 +94,8 @@ def _is_gpudrive(path: pathlib.Path) -> bool:
 
 FORMATS: tuple[Format, ...] = (
     Format("av2", lambda p: p.suffix == ".parquet", _skipping(_read_av2), init_steps=50, num_steps=110,
-           info_formats=("av2",), description="an Argoverse 2 scenario .parquet (its log_map_archive_*.json beside it)"),
+           info_formats=("av2",),
+           description="an Argoverse 2 scenario .parquet (its log_map_archive_*.json beside it)"),
     Format("av2_map", _is_av2_map, _nothing, init_steps=50, num_steps=110, info_formats=(),
            description="an AV2 log_map_archive_*.json (read with its scenario parquet)", companion=True),
     Format("gpudrive", _is_gpudrive, _skipping(_read_gpudrive), init_steps=11, num_steps=None,
