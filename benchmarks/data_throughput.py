@@ -7,6 +7,10 @@ JSON lines:
   tf.Example fixture (91 steps, 128 objects, 20,000 roadgraph points) repeated R times:
   "framing" (read + both CRCs), "decode" (+ tf.Example parse to arrays), "full" (+ checks,
   map compilation, route, lights: a finished `Scenario`);
+- `json_scenarios_per_s`: GPUDrive / PufferDrive JSON scenes (the 18 real WOMD scenes of
+  `shared/data/gpudrive`, 2.3 MB and 18-100 objects each) read, decoded and built into
+  finished `Scenario`s on one core: the median over passes of the whole set, with the
+  split of one pass into JSON decode / field extraction / shared builder;
 - `cache_scenarios_per_s`: `ScenarioDataset.batches` from a packed cache of S copies,
   shuffled, into device batches of B (prefetch thread on), after one warm-up epoch;
 - `peak_host_mb` rides along on every line; parse lines also carry `scenarios_per_cpu_s`
@@ -28,6 +32,7 @@ from benchmarks.common import emit, environment, peak_host_memory_mb
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = ROOT.parent / "shared" / "data" / "womd" / "motion_data_one_example.tfrecord"
+JSON_SCENES = ROOT.parent / "shared" / "data" / "gpudrive"
 
 
 def bench_parse(records: int, tmp: pathlib.Path, env_meta: dict) -> list:
@@ -63,6 +68,50 @@ def bench_parse(records: int, tmp: pathlib.Path, env_meta: dict) -> list:
              seconds=dt, cpu_seconds=cpu, scenarios_per_cpu_s=n / max(cpu, 1e-9),
              peak_host_mb=peak_host_memory_mb(), env=env_meta)
     return [s for s, _ in scenarios]
+
+
+def bench_json(passes: int, env_meta: dict) -> None:
+    import statistics
+
+    from jaxloop.data.common import LoadConfig, build_scenario
+    from jaxloop.data.gpudrive import load_gpudrive, read_scene, scene_to_raw
+
+    paths = sorted(JSON_SCENES.glob("*.json"))
+    if not paths:
+        raise SystemExit(f"no JSON scenes under {JSON_SCENES}")
+    config = LoadConfig()
+    rates, cpu_rates = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for p in paths:  # warm-up: imports, first numpy calls, the file cache
+            load_gpudrive(p, config)
+        for _ in range(passes):
+            t0, c0 = time.perf_counter(), time.process_time()
+            for p in paths:
+                load_gpudrive(p, config)
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+            rates.append(len(paths) / dt)
+            cpu_rates.append(len(paths) / max(cpu, 1e-9))
+        # Where one pass spends its (CPU) time.
+        split = {"decode_s": 0.0, "extract_s": 0.0, "build_s": 0.0}
+        for p in paths:
+            c0 = time.process_time()
+            scene = read_scene(p)
+            c1 = time.process_time()
+            raw = scene_to_raw(scene, str(p))
+            c2 = time.process_time()
+            build_scenario(raw, config, str(p), fmt="gpudrive")
+            c3 = time.process_time()
+            split["decode_s"] += c1 - c0
+            split["extract_s"] += c2 - c1
+            split["build_s"] += c3 - c2
+    total = sum(split.values())
+    emit("data_throughput", {"stage": "json_full", "scenes": len(paths), "passes": passes, "N": 128, "T": 91},
+         "json_scenarios_per_s", statistics.median(rates), "1/s", scenarios_per_cpu_s=statistics.median(cpu_rates),
+         ms_per_scene={k.removesuffix("_s"): 1e3 * v / len(paths) for k, v in split.items()},
+         share={k.removesuffix("_s"): v / total for k, v in split.items()},
+         mb_per_scene=sum(p.stat().st_size for p in paths) / len(paths) / 2 ** 20,
+         peak_host_mb=peak_host_memory_mb(), env=env_meta)
 
 
 def bench_cache(scenario, copies: int, batch: int, epochs: int, tmp: pathlib.Path, env_meta: dict) -> None:
@@ -107,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
         scenarios = bench_parse(records, tmp, env_meta)
+        bench_json(3 if args.quick else 7, env_meta)
         bench_cache(scenarios[0], copies, args.batch, 2 if args.quick else 4, tmp, env_meta)
 
 

@@ -27,7 +27,7 @@ _HELP = {
     "render": "roll out one scenario and draw it top-down to PNG / GIF",
     "eval": "closed-loop evaluation of a checkpoint or baseline: metrics, per-family tables, perturbations",
     "gate": "safety gate: candidate vs baseline on held-out and perturbed scenarios (exit 0 pass / 1 fail)",
-    "data": "scenario data: convert raw WOMD / AV2 files into a cache, inspect caches and raw files, "
+    "data": "scenario data: convert raw WOMD / AV2 / GPUDrive JSON files into a cache, inspect caches and raw files, "
             "generate built-in procedural scenarios",
     "train": "train a policy: bc | apg | ppo | grpo, with checkpoints, logs and resume",
     "export": "export a trained policy checkpoint with jax.export (runs without jaxloop)",

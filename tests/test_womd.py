@@ -235,12 +235,16 @@ def test_too_many_objects(example_record, shared_data, raw_features):
     sdc_raw = int(np.flatnonzero(raw_features["state/is_sdc"])[0])
     i = int(scenario.object_metadata.sdc_index)
     assert scenario.object_metadata.ids[i] == int(raw_features["state/id"][sdc_raw])
-    # Kept objects are the nearest to the SDC at the current step.
-    traj = scenario.log_trajectory
-    d_kept = np.hypot(traj.x[:, 10] - traj.x[i, 10], traj.y[:, 10] - traj.y[i, 10])[traj.valid[:, 10]]
+    # Kept: the SDC, every track to predict and object of interest, then the nearest to the
+    # SDC at the current step.
     x, y, v = (_raw_state(raw_features, k) for k in ("x", "y", "valid"))
-    d_all = np.hypot(x[:, 10] - x[sdc_raw, 10], y[:, 10] - y[sdc_raw, 10])[v[:, 10] > 0]
-    assert d_kept.max() <= np.sort(d_all)[15] + 1e-3
+    raw_ids = raw_features["state/id"].astype(np.int64)
+    must = ((raw_features["state/tracks_to_predict"] > 0) | (raw_features["state/objects_of_interest"] > 0)
+            | (raw_features["state/is_sdc"] > 0)) & (v > 0).any(1)
+    d = np.where(v[:, 10] > 0, np.hypot(x[:, 10] - x[sdc_raw, 10], y[:, 10] - y[sdc_raw, 10]), np.inf)
+    rest = [j for j in np.argsort(d, kind="stable") if not must[j]][: 16 - int(must.sum())]
+    expected = set(raw_ids[must].tolist()) | set(raw_ids[rest].tolist())
+    assert int(must.sum()) > 1 and set(scenario.object_metadata.ids.tolist()) == expected
 
 
 def test_skip_invalid_counts(raw_features, example_record, tmp_path):

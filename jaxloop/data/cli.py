@@ -1,9 +1,11 @@
 """`jaxloop data convert` and `jaxloop data inspect`: raw scenario files -> cache, and a look inside.
 
-Formats are detected per file: a TFRecord (by content, whatever the name) holds WOMD
-records (tf.Example or Scenario proto, detected per record); a `.parquet` is an Argoverse
-2 scenario with its `log_map_archive_*.json` beside it; a directory with a
-`manifest.json` is a jaxloop scenario cache.
+Formats are detected per file by the registry of `jaxloop.data.formats`: a TFRecord (by
+content, whatever the name) holds WOMD records (tf.Example or Scenario proto, detected
+per record); a `.parquet` is an Argoverse 2 scenario with its `log_map_archive_*.json`
+beside it; a `.json` / `.json.gz` is a GPUDrive / PufferDrive scene; a directory with a
+`manifest.json` is a jaxloop scenario cache, any other directory stands for the raw
+files in it.
 
 Guarantees of `convert`: every bad file or record is a `DataError` naming file, record
 and field; with `--skip-invalid` each is counted (and listed on stderr) and every good
@@ -24,15 +26,20 @@ from typing import Annotated, Iterator, Literal
 import numpy as np
 import tyro
 
+from jaxloop.data import formats
 from jaxloop.data.common import LoadConfig
 from jaxloop.data.errors import MALFORMED, DataError, SkipReport, as_data_error
 from jaxloop.data.pipeline import MANIFEST, CacheWriter, ScenarioDataset
-from jaxloop.data.tfrecord import is_tfrecord
 from jaxloop.sim.datatypes import Scenario
 
 
 def expand_sources(sources: list[str]) -> list[pathlib.Path]:
-    """Files named or matched by globs, in order, without repeats; a pattern matching nothing is an error."""
+    """Files named or matched by globs, in order, without repeats; a pattern matching nothing is an error.
+
+    A directory holding a cache manifest stays one entry (a cache); any other directory
+    stands for the raw scenario files directly in it (sorted; files of no known format,
+    e.g. a README, are left out; none at all is an error).
+    """
     out: list[pathlib.Path] = []
     for src in sources:
         matches = sorted(glob.glob(src)) if glob.has_magic(src) else [src]
@@ -42,32 +49,37 @@ def expand_sources(sources: list[str]) -> list[pathlib.Path]:
             p = pathlib.Path(m)
             if not p.exists():
                 raise FileNotFoundError(f"{p}: no such file")
-            if p not in out:
-                out.append(p)
+            if p.is_dir() and not (p / MANIFEST).is_file():
+                files = [f for f in sorted(p.iterdir()) if f.is_file() and formats.find_format(f) is not None]
+                if not files:
+                    raise DataError(f"a directory with neither a {MANIFEST} (scenario cache) nor raw scenario files "
+                                    f"({formats.describe()})", file=p)
+            else:
+                files = [p]
+            for f in files:
+                if f not in out:
+                    out.append(f)
     return out
 
 
 def detect_format(path: pathlib.Path) -> str:
-    """"cache", "womd" or "av2" for a path; raises `DataError` for anything else."""
+    """"cache" or the registry name of a raw file's format ("womd", "av2", "av2_map", "gpudrive", see
+    `jaxloop.data.formats`); raises `DataError` for anything else."""
     if path.is_dir():
         if (path / MANIFEST).is_file():
             return "cache"
         raise DataError(f"a directory without {MANIFEST} (not a scenario cache)", file=path)
-    if path.suffix == ".parquet":
-        return "av2"
-    if path.suffix == ".json" and path.name.startswith("log_map_archive_"):
-        return "av2_map"
-    if path.stat().st_size == 0 or ".tfrecord" in path.name or is_tfrecord(path):
-        return "womd"
-    raise DataError("unrecognised format: expected a TFRecord of WOMD records, an AV2 scenario .parquet or a "
-                    "scenario cache directory", file=path)
+    fmt = formats.find_format(path)
+    if fmt is None:
+        raise DataError(f"unrecognised format: expected {formats.describe()} or a scenario cache directory", file=path)
+    return fmt.name
 
 
 def iter_raw(path: pathlib.Path, config: LoadConfig, skip_invalid: bool,
              report: SkipReport | None) -> Iterator[tuple[Scenario, dict]]:
-    """(Scenario, info) of every record of one raw file. Any error of the file becomes a `DataError` naming it;
-    with `skip_invalid` it is counted in `report` and the rest of that file is left out (the readers skip bad
-    records themselves and go on)."""
+    """(Scenario, info) of every record of one raw file through its registry entry; each info carries
+    `init_steps`. Any error of the file becomes a `DataError` naming it; with `skip_invalid` it is counted in
+    `report` and the rest of that file is left out (the readers skip bad records themselves and go on)."""
     try:
         yield from _iter_raw(path, config, skip_invalid, report)
     except (DataError, *MALFORMED) as e:
@@ -83,29 +95,22 @@ def iter_raw(path: pathlib.Path, config: LoadConfig, skip_invalid: bool,
 
 def _iter_raw(path: pathlib.Path, config: LoadConfig, skip_invalid: bool,
               report: SkipReport | None) -> Iterator[tuple[Scenario, dict]]:
-    fmt = detect_format(path)
-    if fmt == "womd":
-        from jaxloop.data.womd import load_womd
-        yield from load_womd(path, config, skip_invalid=skip_invalid, skip_report=report)
-    elif fmt == "av2":
-        from jaxloop.data.av2 import load_av2
-        yield load_av2(path, config=config)
-    elif fmt == "av2_map":
-        return  # read together with its scenario parquet
-    else:
+    if detect_format(path) == "cache":
         raise DataError("is a scenario cache, not a raw file", file=path)
+    yield from formats.read(path, config, skip_invalid, report)
 
 
 def convert(src: tyro.conf.Positional[list[str]], out: str, num_objects: int = 128, skip_invalid: bool = False,
-            select: Literal["error", "nearest"] = "error", shard_size: int = 256, num_lights: int = 16) -> int:
-    """Convert raw scenario files (WOMD TFRecords, AV2 parquet; files or globs) into a packed cache.
+            select: Literal["error", "nearest"] = "nearest", shard_size: int = 256, num_lights: int = 16) -> int:
+    """Convert raw scenario files (WOMD TFRecords, AV2 parquet, GPUDrive JSON) into a packed cache.
 
     Args:
-      src: input files or glob patterns.
+      src: input files, directories of raw files or glob patterns (several, space-separated).
       out: the cache directory to write.
       num_objects: N object slots per scenario.
       skip_invalid: skip (and count) files and records that fail to read, decode or validate instead of stopping.
-      select: more objects than N: "error", or "nearest" to keep the N nearest to the SDC.
+      select: more objects than N: "nearest" keeps the N nearest to the SDC (and every track to predict /
+        object of interest) and counts the rest in info["dropped_objects"]; "error" stops.
       shard_size: scenarios per shard file.
       num_lights: traffic-light slots per step.
     """
@@ -173,40 +178,49 @@ def summary(scenario: Scenario, info: dict) -> dict:
         "num_crosswalks": int(np.asarray(rm.crosswalk_valid).sum()),
         "num_stop_signs": int(np.asarray(rm.stop_sign_valid).sum()),
         "num_lights": int(np.asarray(tl.valid).any(-1).sum()),
+        "init_steps": info.get("init_steps"), "dropped_objects": info.get("dropped_objects", 0),
     }
 
 
-def inspect(path: tyro.conf.Positional[str], json_lines: Annotated[bool, tyro.conf.arg(name="json")] = False,
-            num_objects: int = 128, select: Literal["error", "nearest"] = "error") -> int:
-    """Describe the scenarios of a cache directory or a raw file (--json: one JSON object per scenario).
+def inspect(path: tyro.conf.Positional[list[str]], json_lines: Annotated[bool, tyro.conf.arg(name="json")] = False,
+            num_objects: int = 128, select: Literal["error", "nearest"] = "nearest") -> int:
+    """Describe the scenarios of caches and raw files (--json: one JSON object per scenario).
 
     Args:
-      path: a scenario cache directory, a WOMD TFRecord or an AV2 scenario parquet.
+      path: scenario cache directories, raw files (WOMD TFRecord, AV2 parquet, GPUDrive JSON), directories of raw
+        files or glob patterns (several, space-separated).
       json_lines: print one JSON object per scenario instead of a table.
       num_objects: N object slots when reading a raw file.
-      select: more objects than N in a raw file: "error" or "nearest".
+      select: more objects than N in a raw file: "nearest" (keep the N nearest to the SDC) or "error".
     """
+    paths = [path] if isinstance(path, (str, pathlib.Path)) else list(path)
     try:
-        return _inspect(pathlib.Path(path), json_lines, LoadConfig(num_objects=num_objects, select=select))
+        return _inspect(paths, json_lines, LoadConfig(num_objects=num_objects, select=select))
     except (DataError, FileNotFoundError) as e:
         print(f"jaxloop data inspect: error: {e}", file=sys.stderr)
         return 2
 
 
-def _inspect(p: pathlib.Path, json_lines: bool, config: LoadConfig) -> int:
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or directory")
-    if detect_format(p) == "cache":
-        ds = ScenarioDataset(p)
-        items = ((_index(ds.get([i])), ds.infos[i]) for i in range(len(ds)))
-    else:
-        items = iter_raw(p, config, False, SkipReport())
+def _inspect(paths: list, json_lines: bool, config: LoadConfig) -> int:
+    for p in paths:
+        if not glob.has_magic(str(p)) and not pathlib.Path(p).exists():
+            raise FileNotFoundError(f"{p}: no such file or directory")
+    expanded = expand_sources([str(p) for p in paths])
+
+    def items():
+        for p in expanded:
+            if detect_format(p) == "cache":
+                ds = ScenarioDataset(p)
+                yield from ((_index(ds.get([i])), ds.infos[i]) for i in range(len(ds)))
+            else:
+                yield from iter_raw(p, config, False, SkipReport())
+
     if not json_lines:
         print(f"{'scenario_id':<40} {'format':<16} {'objects':>7} {'steps':>5} {'sdc':>4} {'lanes':>5} "
               f"{'edges':>5} {'lights':>6}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore" if json_lines else "default")
-        for scenario, info in items:
+        for scenario, info in items():
             s = summary(scenario, info)
             if json_lines:
                 print(json.dumps(s))

@@ -47,8 +47,9 @@ class LoadConfig:
     """How raw scenarios become fixed-shape `Scenario`s (static: it decides shapes).
 
     num_objects: N object slots. A log with more objects (valid at some step) than N is
-      an error unless `select="nearest"`, which keeps the N nearest to the SDC (at the
-      current step) and reports how many were dropped.
+      an error unless `select="nearest"`, which keeps the SDC, the tracks to predict and
+      objects of interest (`RawLog.must_keep`), then the nearest to the SDC (at the
+      current step), and reports how many were dropped.
     num_lights: L traffic-light slots per step (WOMD: 16).
     map: sizes and culling of the compiled map.
     route_points, route_extend_m: the ego route (see `jaxloop.data.route`).
@@ -98,7 +99,9 @@ class RawLog:
     field_name: Callable[[str, int], str] = lambda f, t: f"{f}[t={t}]"
     sdc_field: str = "is_sdc"
     objects_field: str = "objects"
-    must_keep: np.ndarray | None = None  # [n] bool, kept by select="nearest" whatever their distance (SDC always)
+    # [n] bool, kept by select="nearest" whatever their distance (the SDC always);
+    # None: the tracks to predict and objects of interest (is_modeled | objects_of_interest).
+    must_keep: np.ndarray | None = None
 
 
 def _fail(message: str, source: str, record: int | None, field: str) -> DataError:
@@ -217,13 +220,16 @@ def build_scenario(log: RawLog, config: LoadConfig, source: str = "", record: in
         d_cur = np.where(valid[:, cur], d[:, cur], np.inf)
         d_any = np.where(valid, d, np.inf).min(axis=1)
         dist = np.where(np.isfinite(d_cur), d_cur, d_any + 1e6)  # valid now first, then by closest approach
+        # Tracks to predict and objects of interest are what a benchmark scores: never drop them.
+        must_keep = (np.asarray(log.is_modeled, bool) | np.asarray(log.objects_of_interest, bool)
+                     if log.must_keep is None else np.asarray(log.must_keep, bool))
+        dist[must_keep & present] = -1.0
         dist[sdc_raw] = -2.0
-        if log.must_keep is not None:
-            dist[np.asarray(log.must_keep, bool) & present] = -1.0
         cand = np.flatnonzero(present)
         keep = np.sort(cand[np.argsort(dist[cand], kind="stable")[:n]])
         dropped_objects = int(present.sum()) - n
-        warnings.warn(f"{source}: record {record}: {int(present.sum())} objects for {n} slots; dropped the "
+        label = source if record is None else f"{source}: record {record}"
+        warnings.warn(f"{label}: {int(present.sum())} objects for {n} slots; dropped the "
                       f"{dropped_objects} farthest from the SDC (select='nearest')", stacklevel=2)
     else:
         raise _fail(f"{int(present.sum())} objects but LoadConfig.num_objects={n}; raise --num-objects or use "

@@ -39,25 +39,11 @@ def resolve_policy_spec(spec: str, env: EnvConfig, flag: str = "--policy") -> tu
     return policy, policy_env, path.name if path.name != "checkpoints" else path.parent.name
 
 
-def init_steps_of(scenarios, infos) -> int:
-    """The closed loop's first step for a scenario set: the one its sources declare, else from the log length."""
-    declared = {int(i["init_steps"]) for i in infos if "init_steps" in i}
-    if len(declared) > 1:
-        raise ValueError(f"the scenarios come from sources with different init_steps {sorted(declared)}; "
-                         "evaluate each source on its own")
-    return declared.pop() if declared else _init_steps_for(scenarios)
-
-
-def _init_steps_for(scenarios) -> int:
-    """Where the closed loop starts: step 10 for WOMD-like logs, 49 for AV2's 110-step logs."""
-    import numpy as np
-    return 50 if np.shape(scenarios.log_trajectory.x)[-1] == 110 else 11
-
-
 def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: Literal["log", "idm"] = "log",
              perturb: bool = False, horizon: int | None = None, batch_size: int = 64, seed: int = 0,
              out: str | None = None, json_output: Annotated[bool, tyro.conf.arg(name="json")] = False,
-             skip_invalid: bool = False) -> int:
+             skip_invalid: bool = False, num_objects: int = 128,
+             select: Literal["nearest", "error"] = "nearest") -> int:
     """Closed-loop evaluation of a checkpoint or baseline (expert, constant_velocity, idm).
 
     Args:
@@ -69,12 +55,16 @@ def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: 
         out: directory for report.json / report.md (and perturbations.json / .md).
         json_output: print the aggregate JSON on stdout instead of tables.
         skip_invalid: raw --data files: skip (and count on stderr) invalid files and records instead of stopping.
+        num_objects: N object slots when reading raw files.
+        select: raw files with more objects than N: keep the N nearest to the SDC (and every track to predict /
+            object of interest), or stop with an error.
     """
+    from jaxloop.data.formats import init_steps_of
     from jaxloop.data.sources import load_source
     EvalConfig(batch_size=batch_size, horizon=horizon)  # flags checked before the data loads
     check_policy_spec(policy)
-    scenarios, infos = load_source(data, skip_invalid=skip_invalid)
-    env = EnvConfig(non_ego_agent=non_ego, init_steps=_init_steps_for(scenarios))
+    scenarios, infos = load_source(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)
+    env = EnvConfig(non_ego_agent=non_ego, init_steps=init_steps_of(infos, f"--data {data}"))
     policy_obj, env, label = resolve_policy_spec(policy, env)
     config = EvalConfig(env=env, batch_size=batch_size, horizon=horizon)
     report = evaluate(policy_obj, scenarios, infos, config, seed, name=label)
@@ -108,7 +98,8 @@ def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: 
 def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:test:64",
          non_ego: Literal["log", "idm"] = "log", out: str = "runs/gate/report.json", tolerance: float = 0.02,
          max_failure_rate: float = 0.25, min_progress_ratio: float = 0.8, max_perturbed_failure_rate: float = 0.5,
-         horizon: int | None = None, batch_size: int = 64, seed: int = 0, skip_invalid: bool = False) -> int:
+         horizon: int | None = None, batch_size: int = 64, seed: int = 0, skip_invalid: bool = False,
+         num_objects: int = 128, select: Literal["nearest", "error"] = "nearest") -> int:
     """Safety gate: PASS (exit 0) when the candidate is not worse than the baseline on failure
     rate beyond `tolerance`, clean and under every perturbation, and meets the absolute
     thresholds; FAIL (exit 1) with reasons otherwise. Writes a JSON + Markdown report.
@@ -118,7 +109,11 @@ def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:t
         baseline: checkpoint / run directory or baseline name.
         data: held-out scenarios (see `jaxloop eval --help`).
         skip_invalid: raw --data files: skip (and count on stderr) invalid files and records instead of stopping.
+        num_objects: N object slots when reading raw files.
+        select: raw files with more objects than N: keep the N nearest to the SDC (and every track to predict /
+            object of interest), or stop with an error.
     """
+    from jaxloop.data.formats import init_steps_of
     from jaxloop.data.sources import load_source
     from jaxloop.eval.gate import GateConfig, check
     from jaxloop.eval.perturb import run_suite
@@ -130,8 +125,8 @@ def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:t
     EvalConfig(batch_size=batch_size, horizon=horizon)
     check_policy_spec(candidate, "--candidate")
     check_policy_spec(baseline, "--baseline")
-    scenarios, infos = load_source(data, skip_invalid=skip_invalid)
-    env = EnvConfig(non_ego_agent=non_ego, init_steps=_init_steps_for(scenarios))
+    scenarios, infos = load_source(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)
+    env = EnvConfig(non_ego_agent=non_ego, init_steps=init_steps_of(infos, f"--data {data}"))
     plans = []
     for spec, flag in ((candidate, "--candidate"), (baseline, "--baseline")):
         policy_obj, policy_env, label = resolve_policy_spec(spec, env, flag)

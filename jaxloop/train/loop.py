@@ -42,19 +42,25 @@ class TrainingDiverged(RuntimeError):
     """Too many updates in a row were skipped for non-finite values."""
 
 
-def load_data(data: str, num_toy: int = 64, toy_objects: int = 16, skip_invalid: bool = False) -> Scenario:
-    """Scenarios `[S, ...]` (numpy): `"toy"`, `procedural:SPLIT:NUM[:SEED]`, a cache directory or raw files."""
+def load_data(data: str, num_toy: int = 64, toy_objects: int = 16, num_objects: int | None = None,
+              select: str = "nearest", with_infos: bool = False,
+              skip_invalid: bool = False) -> Scenario | tuple[Scenario, list[dict]]:
+    """Scenarios `[S, ...]` (numpy): `"toy"`, `procedural:SPLIT:NUM[:SEED]`, a cache directory or raw files
+    (`jaxloop.data.sources`; `num_objects` / `select` / `skip_invalid` for raw files); with `with_infos`, also
+    their infos."""
     if data == "toy":
         from jaxloop.data.toy import make_toy_scenario
         from jaxloop.sim.datatypes import stack_scenarios
-        return stack_scenarios([make_toy_scenario(num_objects=toy_objects, seed=i) for i in range(num_toy)])
+        scenarios = stack_scenarios([make_toy_scenario(num_objects=toy_objects, seed=i) for i in range(num_toy)])
+        infos = [{"scenario_id": f"toy-{i}", "format": "toy", "init_steps": 11} for i in range(num_toy)]
+        return (scenarios, infos) if with_infos else scenarios
     from jaxloop.data.sources import load_source
-    scenarios, _ = load_source(data, skip_invalid=skip_invalid)
+    scenarios, infos = load_source(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)
     scenarios.validate()
     if not scenarios.batch_shape or len(scenarios.batch_shape) != 1:
         raise ValueError(f"--data {data!r}: expected scenarios with one leading batch axis, "
                          f"got batch shape {scenarios.batch_shape}")
-    return scenarios
+    return (scenarios, infos) if with_infos else scenarios
 
 
 def host_batch(scenarios: Scenario, seed: int, step: int, batch_size: int) -> Scenario:
@@ -202,12 +208,14 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
           dynamics: Literal["bicycle", "delta_local", "delta_global"] = "bicycle",
           non_ego_agent: Literal["log", "constant_velocity", "idm"] = "log", group_size: int = 4,
           kl_coef: float = 0.05, truncate_every: int = 0, log_every: int = 10, ckpt_every: int = 100,
-          max_consecutive_skips: int = 5, num_toy: int = 64, progress: bool = True, skip_invalid: bool = False) -> int:
+          max_consecutive_skips: int = 5, num_toy: int = 64, progress: bool = True, num_objects: int = 128,
+          select: Literal["nearest", "error"] = "nearest", skip_invalid: bool = False) -> int:
     """Trains a driving policy (bc | apg | ppo | grpo) and checkpoints it under OUT.
 
     Args:
         algo: behaviour cloning (open loop), analytic policy gradients, PPO or GRPO (closed loop).
-        data: "toy" (generated scenarios) or a directory of packed scenarios.
+        data: "toy", procedural:SPLIT:NUM[:SEED], a cache directory, raw WOMD / AV2 / GPUDrive JSON files,
+            directories of them or globs; several joined by commas (see `jaxloop.data.sources`).
         out: run directory (checkpoints/, logs/, summary.json); an existing run there is resumed.
         steps: total train steps (a resumed run continues up to this number).
         init_from: checkpoint (or run) directory whose policy parameters start this run (GRPO: also the reference).
@@ -233,16 +241,22 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
         max_consecutive_skips: skipped (non-finite) updates in a row that stop the run.
         num_toy: number of toy scenarios for --data toy.
         progress: show a progress bar.
+        num_objects: N object slots when reading raw files.
+        select: raw files with more objects than N: keep the N nearest to the SDC (and every track to predict /
+            object of interest), or stop with an error.
         skip_invalid: raw --data files: skip (and count on stderr) invalid files and records instead of stopping.
     """
+    from jaxloop.data.formats import init_steps_of
     from jaxloop.policy.networks import ModelConfig
-    config = TrainConfig(algo=algo, seed=seed, batch_size=batch_size, learning_rate=learning_rate,
+    scenarios, infos = load_data(data, num_toy=num_toy, num_objects=num_objects, select=select, with_infos=True,
+                                 skip_invalid=skip_invalid)
+    config = TrainConfig(algo=algo, seed=seed, init_steps=init_steps_of(infos, f"--data {data}"),
+                         batch_size=batch_size, learning_rate=learning_rate,
                          lr_decay_steps=lr_decay_steps, crosser_prob=crosser_prob, start_noise=start_noise,
                          max_grad_norm=max_grad_norm, horizon=horizon, reward_preset=preset, dynamics=dynamics,
                          non_ego_agent=non_ego_agent, model=ModelConfig(kind=model, head=head, hidden=tuple(hidden)),
                          grpo=dataclasses.replace(GRPOConfig(), group_size=group_size, kl_coef=kl_coef),
                          apg=dataclasses.replace(APGConfig(), truncate_every=truncate_every))
-    scenarios = load_data(data, num_toy=num_toy, skip_invalid=skip_invalid)
     try:
         run(config, scenarios, out, steps, init_from=init_from, log_every=log_every, ckpt_every=ckpt_every,
             max_consecutive_skips=max_consecutive_skips, progress=progress, run_info={"data": data})

@@ -60,15 +60,15 @@ def render(out: str = "render.png", data: str = "toy", index: int = 0, gif: str 
     """
     import jax
 
-    from jaxloop.eval.cli import init_steps_of, resolve_policy_spec
+    from jaxloop.data.formats import init_steps_of
+    from jaxloop.eval.cli import resolve_policy_spec
     from jaxloop.eval.evaluate import EvalConfig, make_rollout_fn
     from jaxloop.sim.compute import compiler_options
     from jaxloop.sim.env import EnvConfig, num_closed_loop_steps
     from jaxloop.viz.render import render_episode_gif, render_frame, save_png
 
     scenario, info, infos = _load_scenario(data, index)
-    env_config = EnvConfig(non_ego_agent=non_ego, init_steps=init_steps_of(jax.tree.map(lambda a: a[None], scenario),
-                                                                          [info]))
+    env_config = EnvConfig(non_ego_agent=non_ego, init_steps=init_steps_of([info], f"--data {data}"))
     policy_obj, policy_env, label = resolve_policy_spec(policy, env_config)
     horizon = num_closed_loop_steps(scenario, policy_env)
     if horizon < 1:
