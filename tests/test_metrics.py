@@ -178,11 +178,18 @@ def _episode(sc):
     return m.episode_metrics(sc, out), out
 
 
-def _crash_scenario():
-    """The ego's log drives at 10 m/s from x = 0 into a stopped car at x = 40 (same shapes as the toy)."""
+def _crash_scenario(braking_log: bool = False):
+    """The ego's log drives at 10 m/s from x = 0 into a stopped car at x = 40 (same shapes as the toy).
+
+    With `braking_log`, the log brakes at 5 m/s^2 from t = 2 s and stops at x = 30 instead.
+    """
     stopped = _straight_track(40.0, yaw=np.zeros(T), vel_x=np.zeros(T), vel_y=np.zeros(T))
     route = np.stack([np.linspace(0.0, 120.0, 32), np.zeros(32)], -1)
-    return make_track_scenario([_straight_track(10.0 * TIME), stopped], num_objects=8, route_xy=route)
+    tb = np.clip(TIME - 2.0, 0.0, 2.0)
+    x = np.where(TIME < 2.0, 10.0 * TIME, 20.0 + 10.0 * tb - 2.5 * tb ** 2) if braking_log else 10.0 * TIME
+    v = np.where(TIME < 2.0, 10.0, 10.0 - 5.0 * tb) if braking_log else np.full(T, 10.0)
+    ego = _straight_track(x, yaw=np.zeros(T), vel_x=v, vel_y=np.zeros(T))
+    return make_track_scenario([ego, stopped], num_objects=8, route_xy=route)
 
 
 def test_log_replay_scores_clean_and_crash_fails():
@@ -192,9 +199,12 @@ def test_log_replay_scores_clean_and_crash_fails():
     np.testing.assert_allclose(ep["progress_ratio"], 1.0, atol=1e-3)
     np.testing.assert_allclose(ep["score"], 1.0, atol=1e-3)  # all safety multipliers 1, all terms 1
     assert out.extras["overlap"].shape == (80, 8)
-    # An ego whose log drives into a stopped car at x = 40 (10 m/s from x = 0).
+    # An ego whose log drives into a stopped car at x = 40 (10 m/s from x = 0): the raw
+    # metric sees the crash; replaying it is not the policy's fault (the log holds the
+    # same overlap while the ego is on its log), so the at-fault layer does not.
     ep, out = _episode(_crash_scenario())
-    assert float(ep["collision"]) == 1 and float(ep["failure"]) == 1 and float(ep["score"]) == 0
+    assert float(ep["raw_collision"]) == 1 and float(ep["raw_failure"]) == 1
+    assert float(ep["collision"]) == 0 and float(ep["failure"]) == 0 and float(ep["exempt_logged_pairs"]) == 1
     # Overlap starts when the fronts meet: 10 t + 2.25 >= 40 - 2.25 -> t = 3.55 s, step 36.
     first = int(out.timesteps[np.argmax(np.asarray(out.extras["ego_overlap"]))])
     assert first == 36
@@ -306,13 +316,16 @@ def test_rewards_presets_and_signs():
     assert float(w.collision) == 10 and float(w.offroad) == 5 and float(w.log_divergence) == 0.01
     assert float(rewards.get_preset("safety_first").red_light) > 0
 
-    crash = _crash_scenario()
+    # The ego's log brakes from t = 2 s (x = 20) at 5 m/s^2 and stops at x = 30 before the
+    # stopped car at x = 40; the ego coasts at 10 m/s into it: an at-fault crash.
+    crash = _crash_scenario(braking_log=True)
+    logged_crash = _crash_scenario()  # the log itself drives into the car
     env = Env()
     s0 = env.reset(crash, jax.random.key(0))
     step = jax.jit(env.step)
     states = [s0]
     for _ in range(26):
-        states.append(step(crash, states[-1], jnp.zeros(2))[0])  # ego coasts at 10 m/s = its log
+        states.append(step(crash, states[-1], jnp.zeros(2))[0])  # ego coasts at 10 m/s
     at = lambda t: states[t - 10]
     early0, early1 = at(20), at(21)  # ego front at 22.25 / 23.25: clear
     # Step 36: front at 36 + 2.25 = 38.25, 0.5 m into the stopped car (rear at 37.75).
@@ -321,12 +334,18 @@ def test_rewards_presets_and_signs():
     loss = jax.jit(rewards.step_surrogate_loss)
     r_clear = float(reward(crash, early0, early1, w))
     r_crash = float(reward(crash, late0, late1, w))
-    # Clear step: 1 m of progress (10 m/s * 0.1 s) and no penalty.
+    # Clear step: 1 m of progress (10 m/s * 0.1 s) and no penalty (the log is 2.5 cm behind).
     np.testing.assert_allclose(r_clear, 1.0, atol=1e-2)
-    np.testing.assert_allclose(r_crash, 1.0 - 10.0, atol=1e-2)
+    # Crash step: progress 1, collision -10, log divergence -0.01 * (36 - 29.6) with the
+    # log at 20 + 10 * 1.6 - 2.5 * 1.6^2 = 29.6 m.
+    np.testing.assert_allclose(r_crash, 1.0 - 10.0 - 0.064, atol=1e-2)
+    # The same contact replayed from a log that holds it: no collision penalty.
+    np.testing.assert_allclose(float(reward(logged_crash, late0, late1, w)), 1.0, atol=1e-2)
     l_clear = loss(crash, early0, early1, w)
     l_crash = loss(crash, late0, late1, w)
     assert float(l_crash) > float(l_clear) + 5.0
+    # Nor is the logged overlap in the surrogate (the ego is on its log there).
+    assert float(loss(logged_crash, late0, late1, w)) < float(l_clear) + 1.0
     # The loss is differentiable w.r.t. the ego state.
     g = jax.jit(jax.grad(lambda x: rewards.step_surrogate_loss(
         crash, late0, late1.replace(current=late1.current.replace(x=late1.current.x.at[0].set(x))), w)))(

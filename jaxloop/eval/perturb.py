@@ -31,7 +31,8 @@ from jaxloop.sim.rollout import PolicyFn
 
 from jaxloop.eval.evaluate import EvalConfig, EvalReport, Perturbation, evaluate
 
-DELTA_KEYS = ("failure_rate", "collision_rate", "offroad_rate", "red_light_rate", "progress_ratio", "score")
+DELTA_KEYS = ("failure_rate", "collision_rate", "offroad_rate", "raw_failure_rate", "red_light_rate", "progress_ratio",
+              "score")
 
 
 # ----------------------------------------------------------------------------- initial state
@@ -350,7 +351,8 @@ class SuiteReport:
 
     def mean_perturbed(self) -> dict[str, float]:
         """Each metric averaged over the perturbations (the "perturbed" row of a report)."""
-        keys = ("failure_rate", "collision_rate", "offroad_rate", "red_light_rate", "progress_ratio", "score")
+        keys = ("failure_rate", "collision_rate", "offroad_rate", "raw_failure_rate", "red_light_rate", "progress_ratio",
+                "score")
         return {k: float(np.mean([r.aggregate[k] for r in self.perturbed.values()])) for k in keys}
 
     def to_dict(self) -> dict:
