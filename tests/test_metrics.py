@@ -1,3 +1,5 @@
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -474,3 +476,38 @@ def test_lane_start_direction_of_a_split_lane_and_missing_ids():
     np.testing.assert_allclose(d[0], [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)  # normalised sum of both pieces
     np.testing.assert_allclose(d[1], [0.6, -0.8], atol=1e-6)
     np.testing.assert_array_equal(d[2:], 0.0)
+
+
+def test_sharp_road_edge_corner_both_turns_and_both_sides():
+    # Two edge segments meeting at V = (10, 3) with a 120-degree turn, road on their right.
+    # Points 0.5-5 m from V all around it; the truth from the wedge: turning left (towards
+    # the off-road side) the off-road region is the 60-degree wedge left of both
+    # segments; turning right it is everything left of either.
+    for turn in (120.0, -120.0):
+        th = math.radians(turn)
+        v = np.array([10.0, 3.0])
+        d1, d2 = np.array([1.0, 0.0]), np.array([math.cos(th), math.sin(th)])
+        start = jnp.asarray([v - 8 * d1, v], jnp.float32)
+        end = jnp.asarray([v, v + 8 * d2], jnp.float32)
+        valid = jnp.ones(2, bool)
+        rng = np.random.default_rng(0)
+        r, phi = rng.uniform(0.5, 5.0, 2000), rng.uniform(-np.pi, np.pi, 2000)
+        u = np.stack([r * np.cos(phi), r * np.sin(phi)], -1)
+        left1, left2 = u[:, 1] > 0, d2[0] * u[:, 1] - d2[1] * u[:, 0] > 0
+        truth = (left1 & left2) if turn > 0 else (left1 | left2)
+        pts = jnp.asarray(v + u, jnp.float32)
+        np.testing.assert_array_equal(m.edge_offroad(pts, start, end, valid), truth)
+        np.testing.assert_array_equal(m.signed_edge_distance(pts, start, end, valid) > 0.0, truth)
+        # Behind the vertex, inside and outside: 2 m from V along the outward bisector of the
+        # vertex region (at angle (turn -+ 180) / 2 from d1: -30 / +30 degrees) and along its opposite.
+        bis = math.radians((turn - math.copysign(180.0, turn)) / 2.0)
+        behind = jnp.asarray([v + 2 * np.array([math.cos(bis), math.sin(bis)]),
+                              v - 2 * np.array([math.cos(bis), math.sin(bis)])], jnp.float32)
+        # Left turn: behind the vertex is the road (the old "any nearest says off" read it
+        # off-road); in front, between the segments, off. Right turn: behind off, in front on.
+        want = [False, True] if turn > 0 else [True, False]
+        np.testing.assert_array_equal(m.edge_offroad(behind, start, end, valid), want)
+        # Distances: behind, the vertex itself (2 m; both segments nearest there, equal up to
+        # rounding); in front, on the bisector of the 60-degree wedge, 2 * sin(30 deg) = 1 m.
+        d = m.signed_edge_distance(behind, start, end, valid)
+        np.testing.assert_allclose(np.abs(np.asarray(d)), [2.0, 1.0], rtol=1e-5)
