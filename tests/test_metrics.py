@@ -1,3 +1,5 @@
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,11 +180,18 @@ def _episode(sc):
     return m.episode_metrics(sc, out), out
 
 
-def _crash_scenario():
-    """The ego's log drives at 10 m/s from x = 0 into a stopped car at x = 40 (same shapes as the toy)."""
+def _crash_scenario(braking_log: bool = False):
+    """The ego's log drives at 10 m/s from x = 0 into a stopped car at x = 40 (same shapes as the toy).
+
+    With `braking_log`, the log brakes at 5 m/s^2 from t = 2 s and stops at x = 30 instead.
+    """
     stopped = _straight_track(40.0, yaw=np.zeros(T), vel_x=np.zeros(T), vel_y=np.zeros(T))
     route = np.stack([np.linspace(0.0, 120.0, 32), np.zeros(32)], -1)
-    return make_track_scenario([_straight_track(10.0 * TIME), stopped], num_objects=8, route_xy=route)
+    tb = np.clip(TIME - 2.0, 0.0, 2.0)
+    x = np.where(TIME < 2.0, 10.0 * TIME, 20.0 + 10.0 * tb - 2.5 * tb ** 2) if braking_log else 10.0 * TIME
+    v = np.where(TIME < 2.0, 10.0, 10.0 - 5.0 * tb) if braking_log else np.full(T, 10.0)
+    ego = _straight_track(x, yaw=np.zeros(T), vel_x=v, vel_y=np.zeros(T))
+    return make_track_scenario([ego, stopped], num_objects=8, route_xy=route)
 
 
 def test_log_replay_scores_clean_and_crash_fails():
@@ -192,9 +201,12 @@ def test_log_replay_scores_clean_and_crash_fails():
     np.testing.assert_allclose(ep["progress_ratio"], 1.0, atol=1e-3)
     np.testing.assert_allclose(ep["score"], 1.0, atol=1e-3)  # all safety multipliers 1, all terms 1
     assert out.extras["overlap"].shape == (80, 8)
-    # An ego whose log drives into a stopped car at x = 40 (10 m/s from x = 0).
+    # An ego whose log drives into a stopped car at x = 40 (10 m/s from x = 0): the raw
+    # metric sees the crash; replaying it is not the policy's fault (the log holds the
+    # same overlap while the ego is on its log), so the at-fault layer does not.
     ep, out = _episode(_crash_scenario())
-    assert float(ep["collision"]) == 1 and float(ep["failure"]) == 1 and float(ep["score"]) == 0
+    assert float(ep["raw_collision"]) == 1 and float(ep["raw_failure"]) == 1
+    assert float(ep["collision"]) == 0 and float(ep["failure"]) == 0 and float(ep["exempt_logged_pairs"]) == 1
     # Overlap starts when the fronts meet: 10 t + 2.25 >= 40 - 2.25 -> t = 3.55 s, step 36.
     first = int(out.timesteps[np.argmax(np.asarray(out.extras["ego_overlap"]))])
     assert first == 36
@@ -306,13 +318,16 @@ def test_rewards_presets_and_signs():
     assert float(w.collision) == 10 and float(w.offroad) == 5 and float(w.log_divergence) == 0.01
     assert float(rewards.get_preset("safety_first").red_light) > 0
 
-    crash = _crash_scenario()
+    # The ego's log brakes from t = 2 s (x = 20) at 5 m/s^2 and stops at x = 30 before the
+    # stopped car at x = 40; the ego coasts at 10 m/s into it: an at-fault crash.
+    crash = _crash_scenario(braking_log=True)
+    logged_crash = _crash_scenario()  # the log itself drives into the car
     env = Env()
     s0 = env.reset(crash, jax.random.key(0))
     step = jax.jit(env.step)
     states = [s0]
     for _ in range(26):
-        states.append(step(crash, states[-1], jnp.zeros(2))[0])  # ego coasts at 10 m/s = its log
+        states.append(step(crash, states[-1], jnp.zeros(2))[0])  # ego coasts at 10 m/s
     at = lambda t: states[t - 10]
     early0, early1 = at(20), at(21)  # ego front at 22.25 / 23.25: clear
     # Step 36: front at 36 + 2.25 = 38.25, 0.5 m into the stopped car (rear at 37.75).
@@ -321,12 +336,18 @@ def test_rewards_presets_and_signs():
     loss = jax.jit(rewards.step_surrogate_loss)
     r_clear = float(reward(crash, early0, early1, w))
     r_crash = float(reward(crash, late0, late1, w))
-    # Clear step: 1 m of progress (10 m/s * 0.1 s) and no penalty.
+    # Clear step: 1 m of progress (10 m/s * 0.1 s) and no penalty (the log is 2.5 cm behind).
     np.testing.assert_allclose(r_clear, 1.0, atol=1e-2)
-    np.testing.assert_allclose(r_crash, 1.0 - 10.0, atol=1e-2)
+    # Crash step: progress 1, collision -10, log divergence -0.01 * (36 - 29.6) with the
+    # log at 20 + 10 * 1.6 - 2.5 * 1.6^2 = 29.6 m.
+    np.testing.assert_allclose(r_crash, 1.0 - 10.0 - 0.064, atol=1e-2)
+    # The same contact replayed from a log that holds it: no collision penalty.
+    np.testing.assert_allclose(float(reward(logged_crash, late0, late1, w)), 1.0, atol=1e-2)
     l_clear = loss(crash, early0, early1, w)
     l_crash = loss(crash, late0, late1, w)
     assert float(l_crash) > float(l_clear) + 5.0
+    # Nor is the logged overlap in the surrogate (the ego is on its log there).
+    assert float(loss(logged_crash, late0, late1, w)) < float(l_clear) + 1.0
     # The loss is differentiable w.r.t. the ego state.
     g = jax.jit(jax.grad(lambda x: rewards.step_surrogate_loss(
         crash, late0, late1.replace(current=late1.current.replace(x=late1.current.x.at[0].set(x))), w)))(
@@ -455,3 +476,38 @@ def test_lane_start_direction_of_a_split_lane_and_missing_ids():
     np.testing.assert_allclose(d[0], [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)  # normalised sum of both pieces
     np.testing.assert_allclose(d[1], [0.6, -0.8], atol=1e-6)
     np.testing.assert_array_equal(d[2:], 0.0)
+
+
+def test_sharp_road_edge_corner_both_turns_and_both_sides():
+    # Two edge segments meeting at V = (10, 3) with a 120-degree turn, road on their right.
+    # Points 0.5-5 m from V all around it; the truth from the wedge: turning left (towards
+    # the off-road side) the off-road region is the 60-degree wedge left of both
+    # segments; turning right it is everything left of either.
+    for turn in (120.0, -120.0):
+        th = math.radians(turn)
+        v = np.array([10.0, 3.0])
+        d1, d2 = np.array([1.0, 0.0]), np.array([math.cos(th), math.sin(th)])
+        start = jnp.asarray([v - 8 * d1, v], jnp.float32)
+        end = jnp.asarray([v, v + 8 * d2], jnp.float32)
+        valid = jnp.ones(2, bool)
+        rng = np.random.default_rng(0)
+        r, phi = rng.uniform(0.5, 5.0, 2000), rng.uniform(-np.pi, np.pi, 2000)
+        u = np.stack([r * np.cos(phi), r * np.sin(phi)], -1)
+        left1, left2 = u[:, 1] > 0, d2[0] * u[:, 1] - d2[1] * u[:, 0] > 0
+        truth = (left1 & left2) if turn > 0 else (left1 | left2)
+        pts = jnp.asarray(v + u, jnp.float32)
+        np.testing.assert_array_equal(m.edge_offroad(pts, start, end, valid), truth)
+        np.testing.assert_array_equal(m.signed_edge_distance(pts, start, end, valid) > 0.0, truth)
+        # Behind the vertex, inside and outside: 2 m from V along the outward bisector of the
+        # vertex region (at angle (turn -+ 180) / 2 from d1: -30 / +30 degrees) and along its opposite.
+        bis = math.radians((turn - math.copysign(180.0, turn)) / 2.0)
+        behind = jnp.asarray([v + 2 * np.array([math.cos(bis), math.sin(bis)]),
+                              v - 2 * np.array([math.cos(bis), math.sin(bis)])], jnp.float32)
+        # Left turn: behind the vertex is the road (the old "any nearest says off" read it
+        # off-road); in front, between the segments, off. Right turn: behind off, in front on.
+        want = [False, True] if turn > 0 else [True, False]
+        np.testing.assert_array_equal(m.edge_offroad(behind, start, end, valid), want)
+        # Distances: behind, the vertex itself (2 m; both segments nearest there, equal up to
+        # rounding); in front, on the bisector of the 60-degree wedge, 2 * sin(30 deg) = 1 m.
+        d = m.signed_edge_distance(behind, start, end, valid)
+        np.testing.assert_allclose(np.abs(np.asarray(d)), [2.0, 1.0], rtol=1e-5)

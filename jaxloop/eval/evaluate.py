@@ -53,14 +53,19 @@ _BASELINE_KIND = {"expert": agents_lib.AGENT_LOG, "constant_velocity": agents_li
                   "idm": agents_lib.AGENT_IDM}
 
 # Aggregate name -> per-episode metric averaged over scenarios.
+# failure / collision / offroad are the at-fault layer of `jaxloop.sim.metrics` (what the
+# gate checks); raw_* are the Waymax-compatible metrics, blind to what the log holds.
 RATES = {"failure_rate": "failure", "collision_rate": "collision", "offroad_rate": "offroad",
+         "raw_failure_rate": "raw_failure", "raw_collision_rate": "raw_collision", "raw_offroad_rate": "raw_offroad",
          "red_light_rate": "red_light", "off_route_rate": "off_route", "wrong_way_rate": "wrong_way",
          "infeasible_rate": "infeasible", "progress_ratio": "progress_ratio", "score": "score", "ade": "ade",
          "fde": "fde", "comfort": "comfort", "ttc_min": "ttc_min", "nonfinite_rate": "nonfinite"}
 # Aggregates taken over finite episodes only: a non-finite episode has no value for them.
 CONTINUOUS_RATES = ("progress_ratio", "ade", "fde", "comfort", "ttc_min")
-SCALAR_KEYS = ("failure", "collision", "offroad", "red_light", "off_route", "wrong_way", "infeasible", "progress",
-               "log_progress", "progress_ratio", "ade", "fde", "comfort", "ttc_min", "score", "nonfinite")
+SCALAR_KEYS = ("failure", "collision", "offroad", "raw_failure", "raw_collision", "raw_offroad", "red_light",
+               "off_route", "wrong_way", "infeasible", "progress", "log_progress", "progress_ratio", "ade", "fde",
+               "comfort", "ttc_min", "score", "nonfinite", "collision_pairs", "exempt_logged_pairs",
+               "exempt_stopped_ego_pairs", "exempt_rear_pairs", "exempt_lateral_pairs", "offroad_artefact_steps")
 
 
 class NonFiniteEpisodeWarning(RuntimeWarning):
@@ -134,7 +139,7 @@ def make_rollout_fn(policy: PolicyFn | str, config: EvalConfig, num_steps: int,
     if p.policy_fn is not None:
         policy_fn = p.policy_fn(policy_fn)
     horizon = check_horizon(config, num_steps)
-    extras_fn = lambda sc, prev, new, info: step_metrics(sc, prev, new, config=config.metrics)
+    extras_fn = lambda sc, prev, new, info: step_metrics(sc, prev, new, info, config=config.metrics)
     with_idm = (config.env.non_ego_agent == "idm" or ego_kind == agents_lib.AGENT_IDM or p.uses_idm)
 
     def episode(scenario: Scenario, key: jax.Array) -> tuple:
@@ -260,8 +265,9 @@ class EvalReport:
         return text
 
     def to_markdown(self) -> str:
-        cols = ("num_scenarios", "failure_rate", "collision_rate", "offroad_rate", "red_light_rate",
-                "nonfinite_rate", "progress_ratio", "score")
+        cols = ("num_scenarios", "failure_rate", "collision_rate", "offroad_rate", "raw_failure_rate",
+                "raw_collision_rate", "raw_offroad_rate", "red_light_rate", "nonfinite_rate", "progress_ratio",
+                "score")
         lines = [f"### {self.name}", "", "| set | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         rows = [("all", self.aggregate)] + sorted(self.per_family.items())
         for label, agg in rows:

@@ -31,7 +31,8 @@ from jaxloop.sim.rollout import PolicyFn
 
 from jaxloop.eval.evaluate import EvalConfig, EvalReport, Perturbation, evaluate
 
-DELTA_KEYS = ("failure_rate", "collision_rate", "offroad_rate", "red_light_rate", "nonfinite_rate", "progress_ratio",
+DELTA_KEYS = ("failure_rate", "collision_rate", "offroad_rate", "raw_failure_rate", "red_light_rate",
+              "nonfinite_rate", "progress_ratio",
               "score")
 
 

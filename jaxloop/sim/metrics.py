@@ -8,7 +8,9 @@ Discrete metrics (the reported truth)
 - overlap: separating-axis test of oriented boxes among valid objects (self excluded).
 - offroad: any box corner on the off-road side of its nearest road edge. Road edges are
   directed segments with the drivable area on their RIGHT, so a positive cross product
-  `cross(end - start, corner - start)` means off the road.
+  `cross(end - start, corner - start)` means off the road. Where several segments are
+  equally near (a shared vertex), the one whose supporting line is farthest decides
+  (`signed_edge_distance`), which is right on both sides of sharp corners.
 - log divergence: L2 distance to the logged position at the same step.
 - kinematic infeasibility: the inverse bicycle (DESIGN.md) on the simulated transition,
   unclipped: |a| > 10.4 m/s² or |k| > 0.3 + 1e-3 1/m.
@@ -31,6 +33,27 @@ Discrete metrics (the reported truth)
   reaches the nearest point of a valid object inside its lateral corridor (its box
   projected on the ego's heading), at the closing speed along the ego's heading; capped
   at `TTC_CAP` seconds, 0 while overlapping.
+
+Fault attribution (what the policy is blamed for; drives `failure`, the gate, rewards)
+The raw overlap and offroad above stay Waymax-compatible and are reported as
+raw_collision / raw_offroad / raw_failure. Real logs already hold overlaps (label noise
+of the boxes) and offroad corners (map-compile or labelling artefacts), and not every
+contact is the ego's doing, so the at-fault layer leaves out:
+- collisions (`contact_classes`, after nuPlan's at-fault collisions), per pair of the
+  ego and another object, classified at the pair's first contact and counted once per
+  episode: not at fault when the logged ego overlaps the same object at the same step
+  while both are within 1 m / 15 degrees of their logged poses (the overlap is the
+  log's), when the ego is stopped (< 0.05 m/s), when the other object meets the ego's
+  rear bumper (while the ego is not reversing and the other is not stopped), or when it
+  is a side contact while the ego keeps to its lane (within 1 m of its route, the
+  logged path on lane centres). Running into a stopped object, a front-bumper contact,
+  and a side contact out of the lane are at fault.
+- offroad (`ego_offroad_corners`): a corner off the road is an artefact when the same
+  corner of the logged ego box is off the road at the same step and the ego is within
+  1 m / 15 degrees of its logged pose.
+Every exemption needs the ego to be where the log was, or stopped, or hit from behind
+or from the side in its lane: a policy that leaves the log to drive into something, or
+off the road, is at fault even where the log itself was noisy.
 
 Smooth surrogates (for analytic gradients; see `jaxloop.sim.rewards`)
 - `overlap_surrogate`: sum over valid others of `tau * softplus((margin - sep) / tau)`
@@ -266,16 +289,20 @@ def ego_overlap(state: ObjectState, ego: jax.Array) -> jax.Array:
 
 
 def overlap_surrogate(state: ObjectState, ego: jax.Array, margin: float | jax.Array = 0.5,
-                      tau: float | jax.Array = 0.1) -> jax.Array:
+                      tau: float | jax.Array = 0.1, exempt: jax.Array | None = None) -> jax.Array:
     """Smooth overlap penalty `[]` of the ego: `sum_j tau * softplus((margin - sep_j) / tau)`.
 
     `sep_j` is the smooth separation to each valid other object; the penalty is about
-    `margin - sep` when closer than the margin and decays to 0 beyond it.
+    `margin - sep` when closer than the margin and decays to 0 beyond it. Objects where
+    `exempt` `[N]` is True are left out (`inherited_contacts`: an overlap the log holds
+    while the ego is near its log must not push the policy off the log).
     """
     with jax.named_scope("metrics.overlap_surrogate"):
         boxes = object_boxes(state)
         sep = geo.smooth_box_separation(select_index(boxes, ego, 0), boxes)
         others = state.valid & ~object_mask(ego, state.x.shape[-1])
+        if exempt is not None:
+            others = others & ~exempt
         pen = tau * jax.nn.softplus((margin - sep) / tau)
         return jnp.sum(jnp.where(others, pen, 0.0))
 
@@ -292,21 +319,51 @@ def _segment_d2(px, py, ax, ay, bx, by):
     return ex * ex + ey * ey, sx * ry - sy * rx
 
 
+EDGE_TIE_TOLERANCE = 1e-4  # relative, on squared distances: segments this close are "equally nearest"
+
+
+def _edge_terms(points: jax.Array, start: jax.Array, end: jax.Array, valid: jax.Array):
+    """Squared distance `[M, E]`, its tie-broken ordering key `[M, E]` and the side cross product `[M, E]`.
+
+    The key is `d2 - EDGE_TIE_TOLERANCE * p2`, with `p2` the squared distance to the
+    segment's supporting line (`p2 <= d2`): among segments equally near (within the
+    tolerance), the one whose line the point is farther from orders first. Invalid
+    segments get an infinite key.
+    """
+    d2, side = _segment_d2(points[:, None, 0], points[:, None, 1], start[None, :, 0], start[None, :, 1],
+                           end[None, :, 0], end[None, :, 1])
+    sx, sy = end[:, 0] - start[:, 0], end[:, 1] - start[:, 1]
+    inv_len2 = 1.0 / jnp.maximum(sx * sx + sy * sy, 1e-12)  # [E], once per segment
+    # Clamped at 0: float noise must not make a key negative (its bit pattern would then sort last).
+    key = jnp.maximum(d2 - EDGE_TIE_TOLERANCE * (side * side * inv_len2[None, :]), 0.0)
+    return d2, jnp.where(valid[None, :], key, jnp.inf), side
+
+
 def signed_edge_distance(points: jax.Array, start: jax.Array, end: jax.Array, valid: jax.Array) -> jax.Array:
     """Signed distance `[M]` of points `[M, 2]` to the nearest valid segment `[E, 2]` (> 0: on its left).
 
     Same convention as `geometry.signed_distance_to_polylines` (-1e3 with no valid
-    segment), written as elementwise work plus two reductions (no gathers). When
-    several segments are nearest (a shared vertex), the point is off the road if any
-    of them says so.
+    segment), written as elementwise work plus reductions (no gathers).
+
+    Which side: that of the nearest segment; among segments equally near (squared
+    distances within `EDGE_TIE_TOLERANCE`, relative), the one whose supporting line the
+    point is farthest from decides, and on an exact tie the point is off the road if any
+    of them says so. Why: behind a shared vertex both segments are nearest at the vertex
+    itself, so their distances agree up to float rounding (16.0 vs 16.000002), and at a
+    sharp vertex (a turn of more than 90 degrees) their sides can disagree. The true
+    side there is the one of the segment whose line is farther: for a corner turning
+    left (towards the off-road side, a reflex vertex of the road) that makes the point
+    on the road unless both say off; for a corner turning right (a convex vertex of the
+    road) off the road if either says so. Between distinct segments, which are equally
+    near only by coincidence, the rule changes nothing but a tie's winner. On straight
+    polylines the segments meeting at a vertex share a line and agree.
     """
-    d2, side = _segment_d2(points[:, None, 0], points[:, None, 1], start[None, :, 0], start[None, :, 1],
-                           end[None, :, 0], end[None, :, 1])
-    d2 = jnp.where(valid[None, :], d2, jnp.inf)
-    d2_min = jnp.min(d2, -1)
-    # "Some nearest segment has the point on its left", as two float min-reductions
+    d2, key, side = _edge_terms(points, start, end, valid)
+    d2_min = jnp.min(jnp.where(valid[None, :], d2, jnp.inf), -1)
+    key_min = jnp.min(key, -1)
+    # "The first segment in key order has the point on its left", as float min-reductions
     # (boolean any-reductions are slow on CPU).
-    off = jnp.min(jnp.where(side > 0.0, d2, jnp.inf), -1) <= d2_min
+    off = jnp.min(jnp.where(side > 0.0, key, jnp.inf), -1) <= key_min
     dist = jnp.sqrt(jnp.where(jnp.isfinite(d2_min), d2_min, 0.0) + 1e-12)
     return jnp.where(jnp.any(valid), jnp.where(off, dist, -dist), -1e3)
 
@@ -318,6 +375,7 @@ def _nearest_side_key(d2: jax.Array, left: jax.Array) -> jax.Array:
     is 0, so `bits(d2) << 1 | not left` keeps d2 exactly and puts, among segments at
     the same distance, one with the point on its left first. One integer min-reduction
     then answers both "how far" and "is some nearest segment's left side the point's".
+    `d2` may be any non-negative ordering key (`_edge_terms`); +inf sorts last.
     """
     bits = jax.lax.bitcast_convert_type(d2, jnp.uint32)
     return (bits << 1) | (~left).astype(jnp.uint32)
@@ -326,12 +384,11 @@ def _nearest_side_key(d2: jax.Array, left: jax.Array) -> jax.Array:
 def edge_offroad(points: jax.Array, start: jax.Array, end: jax.Array, valid: jax.Array) -> jax.Array:
     """`[M]` bool: `signed_edge_distance(points, start, end, valid) > 0`, in one reduction pass (not differentiable).
 
-    A point is off the road when some nearest valid segment has it on its left; with
-    no valid segment it is not.
+    A point is off the road when the first segment in the tie-broken order of
+    `signed_edge_distance` has it on its left; with no valid segment it is not.
     """
-    d2, side = _segment_d2(points[:, None, 0], points[:, None, 1], start[None, :, 0], start[None, :, 1],
-                           end[None, :, 0], end[None, :, 1])
-    key = jnp.where(valid[None, :], _nearest_side_key(d2, side > 0.0), jnp.uint32(0xFFFFFFFF))
+    _, key, side = _edge_terms(points, start, end, valid)
+    key = jnp.where(valid[None, :], _nearest_side_key(key, side > 0.0), jnp.uint32(0xFFFFFFFF))
     return (jnp.min(key, -1) & 1) == 0
 
 
@@ -385,11 +442,156 @@ def ego_offroad(state: ObjectState, roadmap: RoadMap, ego: jax.Array, edge_cull:
 
 
 def offroad_surrogate(state: ObjectState, roadmap: RoadMap, ego: jax.Array, margin: float | jax.Array = 0.5,
-                      tau: float | jax.Array = 0.1, edge_cull: int = 0) -> jax.Array:
-    """Smooth offroad penalty `[]`: `sum_corners tau * softplus((d + margin) / tau)`, d = signed road distance."""
+                      tau: float | jax.Array = 0.1, edge_cull: int = 0, exempt: jax.Array | None = None) -> jax.Array:
+    """Smooth offroad penalty `[]`: `sum_corners tau * softplus((d + margin) / tau)`, d = signed road distance.
+
+    Corners where `exempt` `[4]` is True are left out (`offroad_artefacts`: where the
+    logged ego is off the road too while the ego is near its log, the edge is a map or
+    label artefact, and pushing away from it would push the policy off the log).
+    """
     with jax.named_scope("metrics.offroad_surrogate"):
         d = ego_corner_road_distance(state, roadmap, ego, edge_cull)
-        return jnp.sum(tau * jax.nn.softplus((d + margin) / tau))
+        pen = tau * jax.nn.softplus((d + margin) / tau)
+        if exempt is not None:
+            pen = jnp.where(exempt, 0.0, pen)
+        return jnp.sum(pen)
+
+
+# ----------------------------------------------------------------------------- fault attribution
+
+STOPPED_SPEED = 0.05  # m/s: below it an object is stopped (nuPlan's threshold)
+NEAR_LOG_DISTANCE = 1.0  # m: within it (and NEAR_LOG_YAW) an object is still at its logged pose
+NEAR_LOG_YAW = math.radians(15.0)
+IN_LANE_LATERAL = 1.0  # m from the route (the logged path on lane centres): the ego keeps to its lane
+
+# What classifies a contact of the ego with another object (`contact_classes`), in the
+# order the rules are applied. Everything but CONTACT_AT_FAULT is a contact the ego is
+# not blamed for.
+CONTACT_NONE = 0
+CONTACT_AT_FAULT = 1
+CONTACT_LOGGED = 2  # the log holds the same overlap, and both are near their logged poses
+CONTACT_STOPPED_EGO = 3  # the ego is stopped
+CONTACT_REAR = 4  # the other object meets the ego's rear bumper
+CONTACT_LATERAL = 5  # a side contact while the ego keeps to its lane
+CONTACT_NAMES = {CONTACT_AT_FAULT: "at_fault", CONTACT_LOGGED: "logged", CONTACT_STOPPED_EGO: "stopped_ego",
+                 CONTACT_REAR: "rear", CONTACT_LATERAL: "lateral"}
+
+
+def near_log(state: ObjectState, log_state: ObjectState) -> jax.Array:
+    """`[...]` bool: valid, logged valid, within NEAR_LOG_DISTANCE of the logged position and NEAR_LOG_YAW of its yaw.
+
+    1 m and 15 degrees are well above what replaying the log through the dynamics drifts
+    (centimetres) and below what a different manoeuvre needs (a lane change is ~3.5 m),
+    so "near its log" means "doing what the log did".
+    """
+    d2 = (state.x - log_state.x) ** 2 + (state.y - log_state.y) ** 2
+    dyaw = jnp.abs(geo.wrap_angle(state.yaw - log_state.yaw))
+    return state.valid & log_state.valid & (d2 <= NEAR_LOG_DISTANCE ** 2) & (dyaw <= NEAR_LOG_YAW)
+
+
+def inherited_contacts(state: ObjectState, log_state: ObjectState, ego: jax.Array,
+                       sep: jax.Array | None = None) -> jax.Array:
+    """`[N]` bool: the logged ego overlaps object j at this step, and both are near their logged poses.
+
+    Such an overlap is in the log (label noise: boxes of real logs overlap where the
+    vehicles did not touch), not caused by the policy. `sep` is `ego_separation(log_state, ego)`
+    when the caller has it.
+    """
+    if sep is None:
+        sep = ego_separation(log_state, ego)
+    near = near_log(state, log_state)
+    return (sep < 0.0) & near & select_index(near, ego)
+
+
+def contact_classes(state: ObjectState, log_state: ObjectState, ego: jax.Array, in_lane: jax.Array,
+                    sep: jax.Array | None = None) -> jax.Array:
+    """Per other object `[N]` int32: `CONTACT_NONE` without contact, else who is blamed (the CONTACT_* codes).
+
+    A contact is an overlap of the valid ego's box with a valid object's. In the spirit
+    of nuPlan's at-fault collisions, the first rule that applies decides:
+
+    1. CONTACT_LOGGED: the logged ego overlaps the same object at the same step and
+       both are near their logged poses (`near_log`): the overlap is in the log.
+    2. CONTACT_STOPPED_EGO: the ego is stopped (speed < STOPPED_SPEED): it was hit.
+    3. CONTACT_AT_FAULT: the other object is stopped (the moving ego ran into it), or
+       the ego's front bumper meets the other box (the ego ran into it), or the ego's
+       rear bumper does while the ego reverses.
+    4. CONTACT_REAR: the ego's rear bumper meets the other box: it was hit from behind.
+    5. CONTACT_LATERAL: a side contact while `in_lane` (the ego keeps to its lane, so
+       the other object came into it); out of its lane (a lane change, cutting a
+       corner) a side contact is CONTACT_AT_FAULT.
+
+    Bumpers are the box's front and rear edges (zero-width boxes across the ego). None
+    of the exemptions is a way out: the log rule needs the ego to stay where the log
+    was, the stopped rule a stopped ego (a moving ego cannot reach a contact while
+    stopped), the rear rule contact behind a forward-moving ego, the lateral rule an
+    ego on its logged lane. `sep` is `ego_separation(state, ego)` when the caller has it.
+    """
+    with jax.named_scope("metrics.contact_classes"):
+        if sep is None:
+            sep = ego_separation(state, ego)
+        e = take_object(state, ego)
+        contact = e.valid & (sep < 0.0)
+        logged = inherited_contacts(state, log_state, ego)
+        ce, se = cos_sin(e.yaw)
+        co, so = cos_sin(state.yaw)
+        hl, hw = e.length / 2, e.width / 2
+        bumper = lambda sign: _separation(e.x + sign * hl * ce, e.y + sign * hl * se, -se, ce, hw, 0.0,
+                                          state.x, state.y, co, so, state.length / 2, state.width / 2) < 0.0
+        front, rear = bumper(1.0), bumper(-1.0)
+        speed2 = state.vel_x ** 2 + state.vel_y ** 2
+        stopped_ego = select_index(speed2, ego) < STOPPED_SPEED ** 2
+        stopped_other = speed2 < STOPPED_SPEED ** 2
+        reversing = e.vel_x * ce + e.vel_y * se < -STOPPED_SPEED
+        code = jnp.where(in_lane, CONTACT_LATERAL, CONTACT_AT_FAULT)
+        code = jnp.where(rear, CONTACT_REAR, code)
+        code = jnp.where(stopped_other | front | (rear & reversing), CONTACT_AT_FAULT, code)
+        code = jnp.where(stopped_ego, CONTACT_STOPPED_EGO, code)
+        code = jnp.where(logged, CONTACT_LOGGED, code)
+        return jnp.where(contact, code, CONTACT_NONE).astype(jnp.int32)
+
+
+def ego_in_lane(route_lateral: jax.Array, route: Route) -> jax.Array:
+    """`[]` bool: the ego keeps to its lane, approximated as within IN_LANE_LATERAL of its route.
+
+    The route is the logged path snapped to lane centres (`jaxloop.data.route`), so it is
+    the centre of the lane the log drove in; a 2 m wide ego within 1 m of the centre of a
+    3.5-4 m lane has its footprint inside that lane. Without a route, never.
+    """
+    return jnp.any(route.valid) & (route_lateral <= IN_LANE_LATERAL)
+
+
+def ego_offroad_corners(state: ObjectState, log_state: ObjectState, roadmap: RoadMap, ego: jax.Array,
+                        edge_cull: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(valid `[]`, off `[4]`, artefact `[4]`): the ego's corners off the road, and those that are map or label artefacts.
+
+    A corner is an artefact when the same corner of the logged ego box is off the road
+    at the same step while the ego is near its logged pose (`near_log`): the road edge
+    cuts through where the log drove (a map-compile or labelling artefact), not where
+    the policy took the ego. Far from its log, no corner is exempt. The logged corners
+    go through the same one-pass test as the ego's (8 points), against the same edges
+    (with `edge_cull`, the ones nearest the ego, which is within 1 m of the log when it matters).
+    """
+    e, log_e = take_object(state, ego), take_object(log_state, ego)
+    corners = jnp.concatenate([_corners(e), _corners(log_e)], 0)  # [8, 2]
+    corners = jnp.stack(materialize(*jnp.moveaxis(corners, -1, 0)), -1)
+    if edge_cull > 0:
+        edges = _culled_edges(jnp.stack([e.x, e.y]), roadmap, edge_cull)
+    else:
+        edges = roadmap.edge_start, roadmap.edge_end, roadmap.edge_valid
+    off = edge_offroad(corners, *edges)
+    return e.valid, off[:4], off[4:] & near_log(e, log_e)
+
+
+def offroad_artefacts(state: ObjectState, log_state: ObjectState, roadmap: RoadMap, ego: jax.Array,
+                      edge_cull: int = 0) -> jax.Array:
+    """`[4]` bool per ego corner: exempt as a map or label artefact (see `ego_offroad_corners`)."""
+    e, log_e = take_object(state, ego), take_object(log_state, ego)
+    if edge_cull > 0:
+        edges = _culled_edges(jnp.stack([e.x, e.y]), roadmap, edge_cull)
+    else:
+        edges = roadmap.edge_start, roadmap.edge_end, roadmap.edge_valid
+    return edge_offroad(_corners(log_e), *edges) & near_log(e, log_e)
 
 
 # ----------------------------------------------------------------------------- log, kinematics
@@ -610,33 +812,46 @@ def step_metrics(scenario: Scenario, prev_state: SimState, state: SimState, info
                  config: MetricsConfig = MetricsConfig()) -> dict[str, jax.Array]:
     """Metrics of one transition, usable as `rollout(..., extras_fn=step_metrics)`.
 
-    Ego entries are scalars `[]`: ego_valid, ego_overlap, ego_offroad, ego_log_divergence,
-    ego_log_valid, ego_infeasible, ego_route_s, ego_route_s_prev, ego_route_lateral,
+    Ego entries are scalars `[]`: ego_valid, ego_overlap, ego_overlap_at_fault, ego_offroad,
+    ego_offroad_at_fault, ego_log_divergence, ego_log_valid, ego_infeasible, ego_route_s, ego_route_s_prev, ego_route_lateral,
     ego_off_route, ego_wrong_way, ego_red_light, ego_comfortable, ego_lon_accel,
-    ego_lat_accel, ego_jerk, ego_ttc. Per-object entries `[N]` depending on `config`:
-    overlap, offroad, red_light, log_divergence, log_valid, valid.
+    ego_lat_accel, ego_jerk, ego_ttc. `ego_contact` `[N]` int32 is the class of the ego's
+    contact with each object (`contact_classes`; CONTACT_NONE without one), which
+    `episode_metrics` reads at each pair's first contact. ego_overlap and ego_offroad are
+    the raw (Waymax-compatible) metrics; the `_at_fault` ones leave out what the log
+    already holds and, for contacts, what nuPlan does not blame the ego for (see the
+    module docstring). Per-object entries `[N]` depending on `config`: overlap, offroad,
+    red_light, log_divergence, log_valid, valid (all raw).
     """
     with jax.named_scope("metrics.step"):
         ego = scenario.object_metadata.is_sdc
         cur, prev = state.current, prev_state.current
         e, e_prev = take_object(cur, ego), take_object(prev, ego)
         rm = scenario.roadmap
+        # The env's StepInfo already holds the log at the new step.
+        log_state = (trajectory_at(scenario.log_trajectory, state.timestep) if info is None
+                     else info.log_state)
+        xy = jnp.stack([e.x, e.y])
+        s, lat = route_progress(xy, scenario.route)
         out: dict[str, jax.Array] = {"ego_valid": e.valid, "valid": cur.valid}
+        sep = ego_separation(cur, ego)
         if config.per_object_overlap:
             ov = overlap(cur)
             out["overlap"] = ov
             out["ego_overlap"] = select_index(ov, ego)
         else:
-            out["ego_overlap"] = ego_overlap(cur, ego)
+            out["ego_overlap"] = e.valid & jnp.any(sep < 0.0)
+        contact = contact_classes(cur, log_state, ego, ego_in_lane(lat, scenario.route), sep)
+        out["ego_contact"] = contact
+        out["ego_overlap_at_fault"] = jnp.any(contact == CONTACT_AT_FAULT)
+        valid, off, artefact = ego_offroad_corners(cur, log_state, rm, ego, config.edge_cull)
         if config.per_object_offroad:
-            off = offroad(cur, rm)
-            out["offroad"] = off
-            out["ego_offroad"] = select_index(off, ego)
+            off_all = offroad(cur, rm)
+            out["offroad"] = off_all
+            out["ego_offroad"] = select_index(off_all, ego)
         else:
-            out["ego_offroad"] = ego_offroad(cur, rm, ego, config.edge_cull)
-        # The env's StepInfo already holds the log at the new step.
-        log_state = (trajectory_at(scenario.log_trajectory, state.timestep) if info is None
-                     else info.log_state)
+            out["ego_offroad"] = valid & jnp.any(off)
+        out["ego_offroad_at_fault"] = valid & jnp.any(off & ~artefact)
         if config.per_object_log_divergence:
             div, div_valid = log_divergence(cur, log_state)
             out["log_divergence"], out["log_valid"] = div, div_valid
@@ -645,8 +860,6 @@ def step_metrics(scenario: Scenario, prev_state: SimState, state: SimState, info
             div, div_valid = log_divergence(e, take_object(log_state, ego))
             out["ego_log_divergence"], out["ego_log_valid"] = div, div_valid
         out["ego_infeasible"] = kinematic_infeasibility(e_prev, e)
-        xy = jnp.stack([e.x, e.y])
-        s, lat = route_progress(xy, scenario.route)
         s_prev, _ = route_progress(jnp.stack([e_prev.x, e_prev.y]), scenario.route)
         has_route = jnp.any(scenario.route.valid)
         out["ego_route_s"], out["ego_route_s_prev"], out["ego_route_lateral"] = s, s_prev, lat
@@ -674,12 +887,18 @@ def _last_valid(values: jax.Array, valid: jax.Array) -> jax.Array:
 def episode_metrics(scenario: Scenario, rollout_out, extras: dict | None = None) -> dict[str, jax.Array]:
     """Aggregates per-step `step_metrics` outputs `[H, ...]` of one episode into scalars.
 
-    `extras` defaults to `rollout_out.extras`. Returns collision, offroad, red_light,
-    off_route, wrong_way, infeasible (any valid step, float 0/1), failure (collision or
-    offroad or red light), progress (m along the route), log_progress, progress_ratio,
+    `extras` defaults to `rollout_out.extras`. Returns red_light, off_route, wrong_way,
+    infeasible (any valid step, float 0/1); raw_collision, raw_offroad (the raw metrics
+    on any valid step) and raw_failure (either, or red light); the at-fault collision
+    (some pair's first contact is CONTACT_AT_FAULT) and offroad (a corner off the road
+    that is not an artefact, on a valid step) and failure (either, or red light);
+    collision_pairs (pairs whose first contact is at fault), exempt_{logged, stopped_ego,
+    rear, lateral}_pairs (pairs whose first contact is exempt, by rule),
+    offroad_artefact_steps (raw offroad steps that are all artefact); progress (m along the route), log_progress, progress_ratio,
     ade, fde (ego log divergence), comfort (fraction of comfortable steps), ttc_min,
-    score (see the module docstring); nonfinite (see below); and, when per-object overlap
-    was computed, object_collision `[N]`.
+    score (see the module docstring; its multipliers use the at-fault collision and
+    offroad); nonfinite (see below); and, when per-object overlap was computed,
+    object_collision `[N]` (raw).
 
     An episode whose simulated ego state or ego metrics are NaN / inf at any valid step
     has nonfinite = 1 and is a failure: every discrete event reads 1, score 0, and the
@@ -689,9 +908,24 @@ def episode_metrics(scenario: Scenario, rollout_out, extras: dict | None = None)
         x = rollout_out.extras if extras is None else extras
         valid = x["ego_valid"]
         f = lambda b: jnp.any(b & valid).astype(jnp.float32)
-        out = {k: f(x[f"ego_{k}"]) for k in ("overlap", "offroad", "red_light", "off_route", "wrong_way",
-                                                 "infeasible")}
-        out["collision"] = out.pop("overlap")
+        out = {k: f(x[f"ego_{k}"]) for k in ("red_light", "off_route", "wrong_way", "infeasible")}
+        out["raw_collision"] = f(x["ego_overlap"])
+        out["raw_offroad"] = f(x["ego_offroad"])
+        out["raw_failure"] = jnp.maximum(jnp.maximum(out["raw_collision"], out["raw_offroad"]), out["red_light"])
+        # Each pair once: the class of its first contact (a contact lasting several steps,
+        # or the same pair touching again, is one collision).
+        contact = x["ego_contact"]  # [H, N]
+        touched = contact != CONTACT_NONE
+        first = jnp.argmax(touched, axis=0)  # [N]
+        pair_class = jnp.where(jnp.any(touched, 0), jnp.take_along_axis(contact, first[None], 0)[0], CONTACT_NONE)
+        count = lambda code: jnp.sum(pair_class == code).astype(jnp.float32)
+        out["collision_pairs"] = count(CONTACT_AT_FAULT)
+        for code, name in CONTACT_NAMES.items():
+            if code != CONTACT_AT_FAULT:
+                out[f"exempt_{name}_pairs"] = count(code)
+        out["collision"] = (out["collision_pairs"] > 0).astype(jnp.float32)
+        out["offroad"] = f(x["ego_offroad_at_fault"])
+        out["offroad_artefact_steps"] = jnp.sum(x["ego_offroad"] & ~x["ego_offroad_at_fault"] & valid).astype(jnp.float32)
         out["failure"] = jnp.maximum(jnp.maximum(out["collision"], out["offroad"]), out["red_light"])
         progress = jnp.sum(jnp.where(valid, x["ego_route_s"] - x["ego_route_s_prev"], 0.0))
         # The log's progress over the same steps, from the log at the step before the first.
@@ -752,14 +986,14 @@ def nonfinite_episode(scenario: Scenario, rollout_out, extras: dict) -> jax.Arra
 
 def mark_nonfinite(out: dict[str, jax.Array], nonfinite: jax.Array) -> dict[str, jax.Array]:
     """Adds `nonfinite` and makes such an episode a failure: every discrete event 1 (also any
-    other scalar `*collision` / `*offroad` entry, e.g. fault-attributed ones), score 0, the
+    other scalar `*collision` / `*offroad` / `*failure` entry, e.g. the raw ones), score 0, the
     continuous aggregates NaN. A finite episode is returned unchanged."""
     bad = nonfinite > 0
     out = dict(out, nonfinite=nonfinite)
     for k, v in out.items():
         if jnp.ndim(v) != 0 or k == "nonfinite":
             continue
-        if k in NONFINITE_EVENTS or k.endswith(("collision", "offroad")):
+        if k in NONFINITE_EVENTS or k.endswith(("collision", "offroad", "failure")):
             out[k] = jnp.where(bad, jnp.ones_like(v), v)
         elif k in NONFINITE_UNDEFINED:
             out[k] = jnp.where(bad, jnp.full_like(v, jnp.nan), v)

@@ -5,7 +5,8 @@ Both are weighted sums over the ego's metrics on one transition `prev_state -> s
 can be vmapped, swept or annealed without recompiling:
 
     step_reward = progress * (metres along the route this step)
-                - collision * overlap - offroad * offroad - red_light * red-light crossing
+                - collision * at-fault overlap - offroad * at-fault offroad
+                - red_light * red-light crossing
                 - off_route * off-route - wrong_way * wrong-way - infeasible * kinematic infeasibility
                 - discomfort * (not comfortable) - log_divergence * (distance to the log, m)
 
@@ -13,8 +14,8 @@ can be vmapped, swept or annealed without recompiling:
                 - conflict * predicted_conflict (m, below)
 
     step_surrogate_loss = log_divergence * (distance to the log, m)
-                        + collision * overlap_surrogate(margin=overlap_margin)
-                        + offroad * offroad_surrogate(margin=offroad_margin)
+                        + collision * overlap_surrogate(margin=overlap_margin, without logged overlaps)
+                        + offroad * offroad_surrogate(margin=offroad_margin, without artefact corners)
                         + red_light * red_light_surrogate (m, below)
                         + headway * headway_shortfall (m, below)
                         + conflict * predicted_conflict (m, below)
@@ -56,7 +57,7 @@ from flax import struct
 
 from jaxloop.sim import geometry as geo
 from jaxloop.sim import metrics as m
-from jaxloop.sim.datatypes import DT, Scenario, SimState
+from jaxloop.sim.datatypes import DT, Scenario, SimState, trajectory_at
 
 
 @struct.dataclass
@@ -208,27 +209,40 @@ def headway_shortfall(state: SimState, ego: jax.Array, weights: RewardWeights) -
     return jnp.sum(jnp.where(ahead, in_lane * _softplus(need, weights.temperature), 0.0))
 
 
-def predicted_conflict(state: SimState, ego: jax.Array, weights: RewardWeights) -> jax.Array:
+def predicted_conflict(state: SimState, ego: jax.Array, weights: RewardWeights,
+                       exempt: jax.Array | None = None) -> jax.Array:
     """Smooth `[]` (m): the overlap surrogate of the ego over the next `conflict_time` seconds
     under constant velocity (every object, the ego included), averaged over 4 look-ahead times.
+    Objects where `exempt` `[N]` is True are left out (see `metrics.overlap_surrogate`).
     """
     cur = state.current
     taus = weights.conflict_time * jnp.arange(1, 5, dtype=jnp.float32) / 4  # [4]
     moved = lambda tau: cur.replace(x=cur.x + tau * cur.vel_x, y=cur.y + tau * cur.vel_y)
-    pen = jax.vmap(lambda tau: m.overlap_surrogate(moved(tau), ego, weights.overlap_margin, weights.temperature))
+    pen = jax.vmap(lambda tau: m.overlap_surrogate(moved(tau), ego, weights.overlap_margin, weights.temperature,
+                                                        exempt))
     return jnp.mean(pen(taus))
 
 
 def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weights: RewardWeights) -> jax.Array:
-    """The RL reward `[]` of the transition `prev_state -> state` (discrete metrics, ego only)."""
+    """The RL reward `[]` of the transition `prev_state -> state` (discrete metrics, ego only).
+
+    The collision and offroad terms are the at-fault ones of `metrics` on this step
+    (`contact_classes`, `ego_offroad_corners`), so a logged overlap or a map artefact the
+    ego replays is not punished. A reward has no memory of earlier steps, so a contact is
+    judged anew on every step it lasts (the episode's collision counts each pair once).
+    """
     with jax.named_scope("rewards.step_reward"):
         ego = scenario.object_metadata.is_sdc
         cur, prev = state.current, prev_state.current
         e, e_prev = m.take_object(cur, ego), m.take_object(prev, ego)
+        log_state = trajectory_at(scenario.log_trajectory, state.timestep)
         f = lambda b: b.astype(jnp.float32)
         r = weights.progress * _route_step(scenario, prev_state, state, ego)
-        r -= weights.collision * f(m.ego_overlap(cur, ego))
-        r -= weights.offroad * f(m.ego_offroad(cur, scenario.roadmap, ego))
+        _, lateral = m.route_progress(jnp.stack([e.x, e.y]), scenario.route)
+        contact = m.contact_classes(cur, log_state, ego, m.ego_in_lane(lateral, scenario.route))
+        r -= weights.collision * f(jnp.any(contact == m.CONTACT_AT_FAULT))
+        valid, off, artefact = m.ego_offroad_corners(cur, log_state, scenario.roadmap, ego)
+        r -= weights.offroad * f(valid & jnp.any(off & ~artefact))
         r -= weights.red_light * f(m.red_light_crossing(scenario, e_prev, e, state.timestep))
         r -= weights.off_route * f(m.off_route(jnp.stack([e.x, e.y]), scenario.route))
         r -= weights.wrong_way * f(m.wrong_way(e, scenario.roadmap, scenario.route))
@@ -237,22 +251,38 @@ def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weigh
             r -= weights.discomfort * f(~m.comfort(m.take_object(state.history, ego))["comfortable"])
         r -= weights.log_divergence * _ego_log_distance(scenario, state, ego, weights.log_lag)
         r -= _weighted(weights.headway, lambda: headway_shortfall(state, ego, weights))
-        r -= _weighted(weights.conflict, lambda: predicted_conflict(state, ego, weights))
+        r -= _weighted(weights.conflict, lambda: predicted_conflict(
+            state, ego, weights, m.inherited_contacts(cur, log_state, ego)))
         return jnp.where(e.valid, r, 0.0)
 
 
 def step_surrogate_loss(scenario: Scenario, prev_state: SimState, state: SimState,
                         weights: RewardWeights) -> jax.Array:
-    """The smooth, differentiable loss `[]` of the transition (lower is better)."""
+    """The smooth, differentiable loss `[]` of the transition (lower is better).
+
+    The overlap, offroad and conflict surrogates leave out what the log itself holds
+    while the ego is near its logged pose: objects the logged ego overlaps at this step
+    (`metrics.inherited_contacts`) and corners where the logged ego is off the road
+    (`metrics.offroad_artefacts`). Near the log the log-divergence term pulls the ego
+    onto the log; a penalty on the log's own overlap or artefact edge would push it off
+    again, towards whatever is beside the noisy box. Away from the log (over 1 m or
+    15 degrees) every object and corner counts. The nuPlan exemptions (stopped ego,
+    rear, lateral) are about blame and are not applied here: keeping clearance from a
+    car closing in from behind or the side is still wanted.
+    """
     with jax.named_scope("rewards.step_surrogate_loss"):
         ego = scenario.object_metadata.is_sdc
         cur = state.current
+        log_state = trajectory_at(scenario.log_trajectory, state.timestep)
+        logged = m.inherited_contacts(cur, log_state, ego)
+        artefact = m.offroad_artefacts(cur, log_state, scenario.roadmap, ego)
         loss = weights.log_divergence * _ego_log_distance(scenario, state, ego, weights.log_lag)
-        loss += weights.collision * m.overlap_surrogate(cur, ego, weights.overlap_margin, weights.temperature)
+        loss += weights.collision * m.overlap_surrogate(cur, ego, weights.overlap_margin, weights.temperature,
+                                                        exempt=logged)
         loss += weights.offroad * m.offroad_surrogate(cur, scenario.roadmap, ego, weights.offroad_margin,
-                                                      weights.temperature)
+                                                      weights.temperature, exempt=artefact)
         loss += _weighted(weights.red_light, lambda: red_light_surrogate(scenario, state, ego, weights))
         loss += _weighted(weights.headway, lambda: headway_shortfall(state, ego, weights))
-        loss += _weighted(weights.conflict, lambda: predicted_conflict(state, ego, weights))
+        loss += _weighted(weights.conflict, lambda: predicted_conflict(state, ego, weights, logged))
         loss -= weights.progress * _route_step(scenario, prev_state, state, ego)
         return jnp.where(m.select_index(cur.valid, ego), loss, 0.0)

@@ -1,0 +1,212 @@
+"""The at-fault layer: who is blamed for a contact, which offroad corners are the log's, each pair once."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxloop.data.toy import make_toy_scenario, make_track_scenario
+from jaxloop.sim import metrics as m
+from jaxloop.sim.datatypes import DT, ObjectState
+from jaxloop.sim.env import Env
+from jaxloop.sim.rollout import constant_action_policy, log_replay_policy, rollout
+
+T = 91
+TIME = np.arange(T) * DT
+
+
+def _objs(rows):
+    """ObjectState from rows (x, y, yaw, speed[, length, width]); velocity along the heading (speed < 0: reversing)."""
+    rows = [tuple(r) + (4.0, 2.0)[len(r) - 4:] for r in rows]
+    x, y, yaw, v, length, width = np.asarray(rows, np.float64).T
+    c = lambda z: jnp.asarray(z, jnp.float32)
+    return ObjectState(x=c(x), y=c(y), z=c(0 * x), vel_x=c(v * np.cos(yaw)), vel_y=c(v * np.sin(yaw)), yaw=c(yaw),
+                       length=c(length), width=c(width), height=c(0 * x + 1.5), valid=jnp.ones(len(rows), bool))
+
+
+classes = jax.jit(m.contact_classes)
+FAR_LOG = _objs([(0.0, 0.0, 0.0, 0.0), (-30.0, 10.0, 0.0, 0.0)])  # a log where the ego (0) touches nothing
+
+
+def _cls(state, log=FAR_LOG, in_lane=True):
+    return int(classes(state, log, 0, jnp.asarray(in_lane))[1])
+
+
+# ---------------------------------------------------------------- collisions, one step
+
+
+def test_stopped_or_forward_ego_hit_from_behind_is_not_at_fault():
+    # Ego 4 m long at x = 0 (rear bumper at x = -2); the other's front at -3.9 + 2 = -1.9: 0.1 m into the ego.
+    assert _cls(_objs([(0, 0, 0, 0.0), (-3.9, 0, 0, 5.0)])) == m.CONTACT_STOPPED_EGO
+    # Moving forward at 2 m/s and hit from behind: a rear collision.
+    assert _cls(_objs([(0, 0, 0, 2.0), (-3.9, 0, 0, 5.0)])) == m.CONTACT_REAR
+    # Reversing into it (2 m/s backwards): the ego's doing.
+    assert _cls(_objs([(0, 0, 0, -2.0), (-3.9, 0, 0, 5.0)])) == m.CONTACT_AT_FAULT
+    # Backing into a stopped car while moving forward is impossible; a stopped car at the
+    # rear of a moving ego is still the ego's (nuPlan: a stopped track is at fault).
+    assert _cls(_objs([(0, 0, 0, 2.0), (-3.9, 0, 0, 0.0)])) == m.CONTACT_AT_FAULT
+
+
+def test_ego_driving_into_a_car_ahead_is_at_fault():
+    # Front bumper at x = 2; the other's rear at 3.9 - 2 = 1.9.
+    assert _cls(_objs([(0, 0, 0, 10.0), (3.9, 0, 0, 0.0)])) == m.CONTACT_AT_FAULT  # stopped car
+    assert _cls(_objs([(0, 0, 0, 10.0), (3.9, 0, 0, 5.0)])) == m.CONTACT_AT_FAULT  # slower car
+    assert _cls(_objs([(0, 0, 0, 10.0), (4.1, 0, 0, 5.0)])) == m.CONTACT_NONE  # 0.1 m clear
+
+
+def test_logged_overlap_is_inherited_only_near_the_logged_pose():
+    # The log: ego at x = 0, the other (moving) at 3.9, 0.1 m into each other.
+    log = _objs([(0, 0, 0, 10.0), (3.9, 0, 0, 5.0)])
+    # Replaying the log: the overlap is the log's.
+    assert _cls(log, log) == m.CONTACT_LOGGED
+    assert bool(m.inherited_contacts(log, log, 0)[1])
+    # 0.5 m ahead of its logged pose (within 1 m): still the log's overlap.
+    assert _cls(_objs([(0.5, 0, 0, 10.0), (3.9, 0, 0, 5.0)]), log) == m.CONTACT_LOGGED
+    # 1.5 m ahead of its logged pose, 1.6 m deep in the same car: the policy drove there.
+    assert _cls(_objs([(1.5, 0, 0, 10.0), (3.9, 0, 0, 5.0)]), log) == m.CONTACT_AT_FAULT
+    # At the logged position but turned 20 degrees (over 15): not the log's pose either.
+    turned = _objs([(0, 0, math.radians(20.0), 10.0), (3.9, 0, 0, 5.0)])
+    assert _cls(turned, log) == m.CONTACT_AT_FAULT
+    # The other object off its logged pose (a reactive agent elsewhere): not inherited.
+    assert _cls(_objs([(0, 0, 0, 10.0), (2.5, 0, 0, 5.0)]), log) == m.CONTACT_AT_FAULT
+
+
+def test_lateral_contact_depends_on_keeping_to_the_lane():
+    # A 3 m car alongside, 0.1 m into the ego's left side (y: ego up to 1, it from 0.9);
+    # x from -1.5 to 1.5, so neither bumper (x = +-2) meets it.
+    s = _objs([(0, 0, 0, 10.0), (0, 1.9, 0, 10.0, 3.0, 2.0)])
+    assert _cls(s, in_lane=True) == m.CONTACT_LATERAL
+    assert _cls(s, in_lane=False) == m.CONTACT_AT_FAULT
+    # A parked car the ego sideswipes in its own lane: at fault.
+    parked = _objs([(0, 0, 0, 10.0), (0, 1.9, 0, 0.0, 3.0, 2.0)])
+    assert _cls(parked, in_lane=True) == m.CONTACT_AT_FAULT
+    # In its lane = within 1 m of the route (the toy route runs along y = 0).
+    route = make_toy_scenario().route
+    assert bool(m.ego_in_lane(jnp.asarray(0.5), route)) and not bool(m.ego_in_lane(jnp.asarray(1.5), route))
+    assert not bool(m.ego_in_lane(jnp.asarray(0.0), route.replace(valid=jnp.zeros_like(route.valid))))
+
+
+def test_classes_batch_over_leading_dims():
+    rows = [[(0, 0, 0, 0.0), (-3.9, 0, 0, 5.0)], [(0, 0, 0, 10.0), (3.9, 0, 0, 0.0)],
+            [(0, 0, 0, 10.0), (0, 1.9, 0, 10.0, 3.0, 2.0)], [(0, 0, 0, 10.0), (10.0, 0, 0, 5.0)],
+            [(0, 0, 0, 2.0), (-3.9, 0, 0, 5.0)], [(0, 0, 0, 10.0), (0, 1.9, 0, 10.0, 3.0, 2.0)]]
+    states = [_objs(r) for r in rows]
+    want = np.array([_cls(s) for s in states]).reshape(2, 3)
+    batch = jax.tree.map(lambda *a: jnp.stack(a).reshape((2, 3) + a[0].shape), *states)
+    log = jax.tree.map(lambda a: jnp.broadcast_to(a, (2, 3) + a.shape), FAR_LOG)
+    fn = jax.jit(jax.vmap(jax.vmap(lambda s, lg: m.contact_classes(s, lg, 0, jnp.asarray(True)))))
+    got = np.asarray(fn(batch, log))[..., 1]
+    np.testing.assert_array_equal(got, want)
+    assert want.reshape(-1).tolist() == [m.CONTACT_STOPPED_EGO, m.CONTACT_AT_FAULT, m.CONTACT_LATERAL,
+                                         m.CONTACT_NONE, m.CONTACT_REAR, m.CONTACT_LATERAL]
+
+
+# ---------------------------------------------------------------- episodes
+
+
+def _crash_scenario(braking_log: bool):
+    """Ego log at 10 m/s from x = 0 towards a stopped car at x = 40; with `braking_log`
+    it brakes at 5 m/s^2 from t = 2 s and stops at x = 30."""
+    stopped = dict(x=np.full(T, 40.0), y=np.zeros(T), yaw=np.zeros(T), vel_x=np.zeros(T), vel_y=np.zeros(T))
+    tb = np.clip(TIME - 2.0, 0.0, 2.0)
+    x = np.where(TIME < 2.0, 10.0 * TIME, 20.0 + 10.0 * tb - 2.5 * tb ** 2) if braking_log else 10.0 * TIME
+    v = np.where(TIME < 2.0, 10.0, 10.0 - 5.0 * tb) if braking_log else np.full(T, 10.0)
+    ego = dict(x=x, y=np.zeros(T), yaw=np.zeros(T), vel_x=v, vel_y=np.zeros(T))
+    route = np.stack([np.linspace(0.0, 120.0, 32), np.zeros(32)], -1)
+    return make_track_scenario([ego, stopped], num_objects=8, route_xy=route)
+
+
+def _run(sc, policy_name):
+    env = Env()
+
+    @jax.jit
+    def go(sc):
+        policy = log_replay_policy(env) if policy_name == "expert" else constant_action_policy(jnp.zeros(2))
+        state = env.reset(sc, jax.random.key(0))
+        _, out = rollout(env, sc, state, policy, sc.num_steps - 11, extras_fn=m.step_metrics)
+        return m.episode_metrics(sc, out), out
+
+    return go(sc)
+
+
+def test_driving_into_a_stopped_car_counts_the_pair_once():
+    # The log stops at x = 30; the ego coasts on at 10 m/s (x = t at step t) into the car at
+    # x = 40: boxes 4.5 m long overlap while |t - 40| < 4.5, steps 36 .. 44 (9 steps).
+    ep, out = _run(_crash_scenario(braking_log=True), "coast")
+    codes = np.asarray(out.extras["ego_contact"])[:, 1]
+    assert int(np.sum(codes == m.CONTACT_AT_FAULT)) == 9
+    assert float(ep["collision_pairs"]) == 1 and float(ep["collision"]) == 1 and float(ep["failure"]) == 1
+    assert float(ep["raw_collision"]) == 1 and float(ep["score"]) == 0
+    # The expert replays its braking log: no contact at all.
+    ep, _ = _run(_crash_scenario(braking_log=True), "expert")
+    assert float(ep["raw_collision"]) == 0 and float(ep["collision"]) == 0
+    # A log that drives into the car itself, replayed: raw collision, inherited, not at fault.
+    ep, out = _run(_crash_scenario(braking_log=False), "expert")
+    assert float(ep["raw_collision"]) == 1 and float(ep["collision"]) == 0 and float(ep["failure"]) == 0
+    assert float(ep["exempt_logged_pairs"]) == 1 and float(ep["collision_pairs"]) == 0
+    # Score multipliers all 1; TTC (not attributed) reads the crash: (5 * 1 + 5 * 0 + 2 * 1) / 12.
+    np.testing.assert_allclose(ep["score"], 7.0 / 12.0, atol=1e-3)
+
+
+def test_first_contact_classifies_the_pair():
+    sc = make_toy_scenario()
+    _, out = _run(sc, "expert")
+    h, n = out.extras["ego_contact"].shape
+    codes = np.zeros((h, n), np.int32)
+    codes[5, 1] = m.CONTACT_STOPPED_EGO  # hit while stopped, then the ego moves on inside it
+    codes[6:10, 1] = m.CONTACT_AT_FAULT
+    codes[40, 3] = m.CONTACT_LOGGED  # the log's overlap, touched again later
+    codes[60, 3] = m.CONTACT_AT_FAULT
+    codes[20:30, 2] = m.CONTACT_AT_FAULT  # one at-fault collision lasting 10 steps
+    codes[50, 4] = m.CONTACT_REAR
+    codes[55, 5] = m.CONTACT_LATERAL
+    extras = dict(out.extras, ego_contact=jnp.asarray(codes))
+    ep = m.episode_metrics(sc, out, extras)
+    assert float(ep["collision_pairs"]) == 1 and float(ep["collision"]) == 1
+    assert [float(ep[f"exempt_{k}_pairs"]) for k in ("stopped_ego", "logged", "rear", "lateral")] == [1, 1, 1, 1]
+    codes[20:30, 2] = m.CONTACT_NONE  # without pair 2 nothing is at fault
+    ep = m.episode_metrics(sc, out, dict(out.extras, ego_contact=jnp.asarray(codes)))
+    assert float(ep["collision_pairs"]) == 0 and float(ep["collision"]) == 0
+
+
+# ---------------------------------------------------------------- offroad
+
+
+def test_offroad_artefact_exempt_near_the_log_only():
+    rm = make_toy_scenario().roadmap  # road edges at y = -1.75 (directed -x) and y = 5.25
+    corners = jax.jit(m.ego_offroad_corners, static_argnums=4)
+    # The logged ego at y = -1.0: its right corners at y = -2.0, 0.25 m beyond the lower edge.
+    log = _objs([(10.0, -1.0, 0.0, 5.0)])
+
+    def judge(ego_row, edge_cull=0):
+        valid, off, artefact = corners(_objs([ego_row]), log, rm, 0, edge_cull)
+        return bool(valid & jnp.any(off)), bool(valid & jnp.any(off & ~artefact))  # (raw, at fault)
+
+    for cull in (0, 1):
+        assert judge((10.0, -1.0, 0.0, 5.0), cull) == (True, False)  # the log's own pose: artefact
+        assert judge((10.5, -1.2, 0.0, 5.0), cull) == (True, False)  # 0.54 m from it: still the log's
+        assert judge((12.5, -1.0, 0.0, 5.0), cull) == (True, True)  # 2.5 m ahead of its log: at fault
+        assert judge((10.0, -0.5, 0.0, 5.0), cull) == (False, False)  # on the road
+    # Same corners as `offroad_artefacts` (the surrogate's exemption).
+    np.testing.assert_array_equal(m.offroad_artefacts(_objs([(10.0, -1.0, 0.0, 5.0)]), log, rm, 0),
+                                  [False, False, True, True])  # FL, RL, RR, FR
+    # The log itself on the road: nothing is exempt.
+    on_road = _objs([(10.0, -0.5, 0.0, 5.0)])
+    assert not np.any(m.offroad_artefacts(_objs([(10.0, -1.0, 0.0, 5.0)]), on_road, rm, 0))
+
+
+def test_surrogates_skip_only_what_the_log_holds():
+    rm = make_toy_scenario().roadmap
+    ego_off = _objs([(10.0, -1.0, 0.0, 5.0)])
+    art = m.offroad_artefacts(ego_off, ego_off, rm, 0)
+    full = float(m.offroad_surrogate(ego_off, rm, 0))
+    kept = float(m.offroad_surrogate(ego_off, rm, 0, exempt=art))
+    # Left corners (y = 0) 1.75 m inside the lower edge: tau * softplus((-1.75 + 0.5) / 0.1) =
+    # 0.1 * softplus(-12.5) each; the right ones (0.25 m off) would add 0.1 * softplus(7.5) ~ 0.75 each.
+    np.testing.assert_allclose(kept, 2 * 0.1 * np.log1p(np.exp(-12.5)), rtol=1e-3)
+    np.testing.assert_allclose(full - kept, 2 * 0.1 * np.log1p(np.exp(7.5)), rtol=1e-4)
+    log = _objs([(0, 0, 0, 10.0), (3.9, 0, 0, 5.0)])
+    pen = lambda s: float(m.overlap_surrogate(s, 0, exempt=m.inherited_contacts(s, log, 0)))
+    assert pen(log) == 0.0  # replaying the logged overlap: no push
+    assert pen(_objs([(1.5, 0, 0, 10.0), (3.9, 0, 0, 5.0)])) > 1.0  # 1.6 m deep, off the log: pushed
