@@ -29,8 +29,11 @@ classes = jax.jit(m.contact_classes)
 FAR_LOG = _objs([(0.0, 0.0, 0.0, 0.0), (-30.0, 10.0, 0.0, 0.0)])  # a log where the ego (0) touches nothing
 
 
-def _cls(state, log=FAR_LOG, in_lane=True):
-    return int(classes(state, log, 0, jnp.asarray(in_lane))[1])
+RECORDED = jnp.ones(2, bool)  # both objects of these two-object states come from the log
+
+
+def _cls(state, log=FAR_LOG, in_lane=True, recorded=RECORDED):
+    return int(classes(state, log, 0, jnp.asarray(in_lane), recorded)[1])
 
 
 # ---------------------------------------------------------------- collisions, one step
@@ -60,7 +63,11 @@ def test_logged_overlap_is_inherited_only_near_the_logged_pose():
     log = _objs([(0, 0, 0, 10.0), (3.9, 0, 0, 5.0)])
     # Replaying the log: the overlap is the log's.
     assert _cls(log, log) == m.CONTACT_LOGGED
-    assert bool(m.inherited_contacts(log, log, 0)[1])
+    assert bool(m.inherited_contacts(log, log, 0, RECORDED)[1])
+    # The same overlap with an injected road user (its "log" is the path it was given): the policy's.
+    injected = jnp.array([True, False])
+    assert not bool(m.inherited_contacts(log, log, 0, injected)[1])
+    assert _cls(log, log, recorded=injected) == m.CONTACT_AT_FAULT
     # 0.5 m ahead of its logged pose (within 1 m): still the log's overlap.
     assert _cls(_objs([(0.5, 0, 0, 10.0), (3.9, 0, 0, 5.0)]), log) == m.CONTACT_LOGGED
     # 1.5 m ahead of its logged pose, 1.6 m deep in the same car: the policy drove there.
@@ -95,7 +102,7 @@ def test_classes_batch_over_leading_dims():
     want = np.array([_cls(s) for s in states]).reshape(2, 3)
     batch = jax.tree.map(lambda *a: jnp.stack(a).reshape((2, 3) + a[0].shape), *states)
     log = jax.tree.map(lambda a: jnp.broadcast_to(a, (2, 3) + a.shape), FAR_LOG)
-    fn = jax.jit(jax.vmap(jax.vmap(lambda s, lg: m.contact_classes(s, lg, 0, jnp.asarray(True)))))
+    fn = jax.jit(jax.vmap(jax.vmap(lambda s, lg: m.contact_classes(s, lg, 0, jnp.asarray(True), RECORDED))))
     got = np.asarray(fn(batch, log))[..., 1]
     np.testing.assert_array_equal(got, want)
     assert want.reshape(-1).tolist() == [m.CONTACT_STOPPED_EGO, m.CONTACT_AT_FAULT, m.CONTACT_LATERAL,
@@ -207,6 +214,6 @@ def test_surrogates_skip_only_what_the_log_holds():
     np.testing.assert_allclose(kept, 2 * 0.1 * np.log1p(np.exp(-12.5)), rtol=1e-3)
     np.testing.assert_allclose(full - kept, 2 * 0.1 * np.log1p(np.exp(7.5)), rtol=1e-4)
     log = _objs([(0, 0, 0, 10.0), (3.9, 0, 0, 5.0)])
-    pen = lambda s: float(m.overlap_surrogate(s, 0, exempt=m.inherited_contacts(s, log, 0)))
+    pen = lambda s: float(m.overlap_surrogate(s, 0, exempt=m.inherited_contacts(s, log, 0, RECORDED)))
     assert pen(log) == 0.0  # replaying the logged overlap: no push
     assert pen(_objs([(1.5, 0, 0, 10.0), (3.9, 0, 0, 5.0)])) > 1.0  # 1.6 m deep, off the log: pushed

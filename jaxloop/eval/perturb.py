@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxloop.sim import agents as agents_lib
-from jaxloop.sim.datatypes import TYPE_CYCLIST, TYPE_PEDESTRIAN, ObjectState, Scenario, SimState
+from jaxloop.sim.datatypes import SYNTHETIC_ID, TYPE_CYCLIST, TYPE_PEDESTRIAN, ObjectState, Scenario, SimState
 from jaxloop.sim.geometry import polyline_arc_length, rotate, to_global, to_local, wrap_angle
 from jaxloop.sim.rollout import PolicyFn
 
@@ -164,7 +164,7 @@ def add_crosser(scenario: Scenario, key: jax.Array, object_type: int | jax.Array
     new_traj = traj.replace(**{f: put(getattr(traj, f), v) for f, v in row.items()})
     new_meta = meta.replace(object_types=put(meta.object_types, jnp.asarray(object_type)),
                             is_valid=put(meta.is_valid, jnp.asarray(True)),
-                            ids=put(meta.ids, jnp.max(meta.ids) + 1))
+                            ids=put(meta.ids, jnp.asarray(SYNTHETIC_ID, meta.ids.dtype)))
     return scenario.replace(log_trajectory=new_traj, object_metadata=new_meta)
 
 
@@ -186,9 +186,9 @@ def random_crosser(scenario: Scenario, key: jax.Array, prob: float | jax.Array =
 
 
 def react_to_crosser(scenario: Scenario, kind: jax.Array) -> jax.Array:
-    """Agent kinds `[N]` with every non-policy object but the crosser (the largest id) IDM."""
+    """Agent kinds `[N]` with every non-policy object but the injected crosser IDM."""
     meta = scenario.object_metadata
-    switch = (kind != agents_lib.AGENT_POLICY) & ~meta.is_sdc & (meta.ids != jnp.max(meta.ids))
+    switch = (kind != agents_lib.AGENT_POLICY) & ~meta.is_sdc & (meta.ids != SYNTHETIC_ID)
     return jnp.where(switch, agents_lib.AGENT_IDM, kind)
 
 

@@ -25,6 +25,9 @@ TYPE_VEHICLE = 1
 TYPE_PEDESTRIAN = 2
 TYPE_CYCLIST = 3
 TYPE_OTHER = 4
+# ObjectMetadata.ids of an object that is not in the source log (a road user a perturbation or
+# a training episode injects): its overlaps with the logged ego are never label noise.
+SYNTHETIC_ID = -2
 
 # Roadgraph point / polyline types (WOMD).
 RG_FREEWAY_LANE = 1
@@ -214,7 +217,7 @@ def trajectory_window(traj: Trajectory, start: jax.Array | int, length: int) -> 
 class ObjectMetadata:
     """Static per-object facts. Every field is `[..., N]`."""
 
-    ids: jax.Array  # [N] int32, track id in the source log (-1 for padding)
+    ids: jax.Array  # [N] int32, track id in the source log (-1 for padding, SYNTHETIC_ID if injected)
     object_types: jax.Array  # [N] int32, TYPE_*
     is_sdc: jax.Array  # [N] bool, exactly one True: the ego
     is_modeled: jax.Array  # [N] bool, tracks_to_predict / focal tracks

@@ -86,7 +86,8 @@ import jax.numpy as jnp
 from jaxloop.sim import geometry as geo
 from jaxloop.sim.compute import cos_sin, materialize
 from jaxloop.sim.dynamics import bicycle_inverse_unclipped
-from jaxloop.sim.datatypes import DT, ObjectState, RoadMap, Route, Scenario, SimState, at_step, trajectory_at
+from jaxloop.sim.datatypes import (DT, SYNTHETIC_ID, ObjectState, RoadMap, Route, Scenario, SimState, at_step,
+                                   trajectory_at)
 
 ACCEL_LIMIT = 10.4  # m/s², kinematic infeasibility
 CURVATURE_LIMIT = 0.3 + 1e-3  # 1/m
@@ -489,22 +490,29 @@ def near_log(state: ObjectState, log_state: ObjectState) -> jax.Array:
     return state.valid & log_state.valid & (d2 <= NEAR_LOG_DISTANCE ** 2) & (dyaw <= NEAR_LOG_YAW)
 
 
-def inherited_contacts(state: ObjectState, log_state: ObjectState, ego: jax.Array,
+def inherited_contacts(state: ObjectState, log_state: ObjectState, ego: jax.Array, recorded: jax.Array,
                        sep: jax.Array | None = None) -> jax.Array:
     """`[N]` bool: the logged ego overlaps object j at this step, and both are near their logged poses.
 
     Such an overlap is in the log (label noise: boxes of real logs overlap where the
-    vehicles did not touch), not caused by the policy. `sep` is `ego_separation(log_state, ego)`
-    when the caller has it.
+    vehicles did not touch), not caused by the policy. `recorded` `[N]` marks objects
+    whose log is a recording (`recorded_objects`): an injected road user's "log" is the
+    path it was given, so an overlap with it is never inherited. `sep` is
+    `ego_separation(log_state, ego)` when the caller has it.
     """
     if sep is None:
         sep = ego_separation(log_state, ego)
     near = near_log(state, log_state)
-    return (sep < 0.0) & near & select_index(near, ego)
+    return (sep < 0.0) & near & select_index(near, ego) & recorded
+
+
+def recorded_objects(scenario: Scenario) -> jax.Array:
+    """`[N]` bool: objects of the source log, i.e. not injected (`SYNTHETIC_ID`)."""
+    return scenario.object_metadata.ids != SYNTHETIC_ID
 
 
 def contact_classes(state: ObjectState, log_state: ObjectState, ego: jax.Array, in_lane: jax.Array,
-                    sep: jax.Array | None = None) -> jax.Array:
+                    recorded: jax.Array, sep: jax.Array | None = None) -> jax.Array:
     """Per other object `[N]` int32: `CONTACT_NONE` without contact, else who is blamed (the CONTACT_* codes).
 
     A contact is an overlap of the valid ego's box with a valid object's. In the spirit
@@ -532,7 +540,7 @@ def contact_classes(state: ObjectState, log_state: ObjectState, ego: jax.Array, 
             sep = ego_separation(state, ego)
         e = take_object(state, ego)
         contact = e.valid & (sep < 0.0)
-        logged = inherited_contacts(state, log_state, ego)
+        logged = inherited_contacts(state, log_state, ego, recorded)
         ce, se = cos_sin(e.yaw)
         co, so = cos_sin(state.yaw)
         hl, hw = e.length / 2, e.width / 2
@@ -841,7 +849,8 @@ def step_metrics(scenario: Scenario, prev_state: SimState, state: SimState, info
             out["ego_overlap"] = select_index(ov, ego)
         else:
             out["ego_overlap"] = e.valid & jnp.any(sep < 0.0)
-        contact = contact_classes(cur, log_state, ego, ego_in_lane(lat, scenario.route), sep)
+        contact = contact_classes(cur, log_state, ego, ego_in_lane(lat, scenario.route), recorded_objects(scenario),
+                                  sep)
         out["ego_contact"] = contact
         out["ego_overlap_at_fault"] = jnp.any(contact == CONTACT_AT_FAULT)
         valid, off, artefact = ego_offroad_corners(cur, log_state, rm, ego, config.edge_cull)

@@ -239,7 +239,8 @@ def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weigh
         f = lambda b: b.astype(jnp.float32)
         r = weights.progress * _route_step(scenario, prev_state, state, ego)
         _, lateral = m.route_progress(jnp.stack([e.x, e.y]), scenario.route)
-        contact = m.contact_classes(cur, log_state, ego, m.ego_in_lane(lateral, scenario.route))
+        contact = m.contact_classes(cur, log_state, ego, m.ego_in_lane(lateral, scenario.route),
+                                    m.recorded_objects(scenario))
         r -= weights.collision * f(jnp.any(contact == m.CONTACT_AT_FAULT))
         valid, off, artefact = m.ego_offroad_corners(cur, log_state, scenario.roadmap, ego)
         r -= weights.offroad * f(valid & jnp.any(off & ~artefact))
@@ -252,7 +253,7 @@ def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weigh
         r -= weights.log_divergence * _ego_log_distance(scenario, state, ego, weights.log_lag)
         r -= _weighted(weights.headway, lambda: headway_shortfall(state, ego, weights))
         r -= _weighted(weights.conflict, lambda: predicted_conflict(
-            state, ego, weights, m.inherited_contacts(cur, log_state, ego)))
+            state, ego, weights, m.inherited_contacts(cur, log_state, ego, m.recorded_objects(scenario))))
         return jnp.where(e.valid, r, 0.0)
 
 
@@ -274,7 +275,7 @@ def step_surrogate_loss(scenario: Scenario, prev_state: SimState, state: SimStat
         ego = scenario.object_metadata.is_sdc
         cur = state.current
         log_state = trajectory_at(scenario.log_trajectory, state.timestep)
-        logged = m.inherited_contacts(cur, log_state, ego)
+        logged = m.inherited_contacts(cur, log_state, ego, m.recorded_objects(scenario))
         artefact = m.offroad_artefacts(cur, log_state, scenario.roadmap, ego)
         loss = weights.log_divergence * _ego_log_distance(scenario, state, ego, weights.log_lag)
         loss += weights.collision * m.overlap_surrogate(cur, ego, weights.overlap_margin, weights.temperature,
