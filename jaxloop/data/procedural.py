@@ -79,6 +79,10 @@ _ZONE_BUFFER = 0.5  # metres kept before a conflict zone / behind its exit
 _MAX_ACCEL = 5.5  # |a| bound of the driver (m/s²), under the action limit 6
 _MAX_CURVATURE = 0.28  # |k| bound of the driver (1/m), under the action limit 0.3
 _SPEED_EPS = 0.6  # the inverse bicycle's low-speed threshold (DESIGN.md)
+_PARK_WIDTH = (2.6, 3.0)  # m: a kerbside parking strip between the outermost lane and the kerb
+_PARK_TAPER = 5.0  # m over which a junction arm's kerb steps out to a parking strip
+_PARK_INNER = 0.15  # m a parked box keeps from the lane edge (a moving vehicle keeps >= 0.2 m on its side)
+_PARK_OUTER = 0.1  # m a parked box keeps from the strip's outer side (the kerb is _SHOULDER further)
 _INF = 1e9
 
 
@@ -97,22 +101,39 @@ class ParamRanges:
     speed_scale: tuple[float, float] = (0.9, 1.05)  # times the nominal speed limits
     ramp_curvature: tuple[float, float] = (0.002, 0.0035)  # on-ramp approach parabola coefficient (1/m)
     max_lanes: int = 3  # lanes per direction at most
+    # Urban streets: slower traffic and kerbside parking (real logs are mostly such streets, where most
+    # vehicles around the ego are parked). Drawn per road / junction scenario; merges and roundabouts are
+    # never urban.
+    urban_share: float = 0.65  # chance a road or junction scenario is an urban street
+    urban_speed_scale: tuple[float, float] = (0.5, 0.75)  # times the speed limits on urban streets
+    parking_side: float = 0.8  # chance each kerb of an urban street has a parking strip
+    parked_occupancy: tuple[float, float] = (0.45, 0.95)  # fraction of a strip's spaces taken
+    parked_fraction: tuple[float, float] = (0.35, 0.6)  # share of the traffic budget given to parked vehicles
 
     def __post_init__(self):
-        for name in ("lane_width", "curve_radius", "density", "speed_scale", "ramp_curvature"):
+        for name in ("lane_width", "curve_radius", "density", "speed_scale", "ramp_curvature", "urban_speed_scale",
+                     "parked_occupancy", "parked_fraction"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"ParamRanges.{name} must satisfy 0 < lo <= hi, got {(lo, hi)}")
         if self.lane_width[0] < 2.8:
             raise ValueError(f"ParamRanges.lane_width must be >= 2.8 m (vehicles are up to 2.1 m wide), "
                              f"got {self.lane_width}")
+        for name in ("urban_share", "parking_side"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ParamRanges.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.parked_occupancy[1] > 1.0 or self.parked_fraction[1] >= 1.0:
+            raise ValueError(f"ParamRanges.parked_occupancy must be <= 1 and parked_fraction < 1, got "
+                             f"{self.parked_occupancy}, {self.parked_fraction}")
         if not 1 <= self.max_lanes <= 3:
             raise ValueError(f"ParamRanges.max_lanes must be in 1..3, got {self.max_lanes}")
 
 
 TRAIN_PARAMS = ParamRanges()
+# Held out: fewer (slow) urban streets, so faster traffic as well as the shifted ranges.
 OOD_PARAMS = ParamRanges(lane_width=(2.9, 3.2), curve_radius=(28.0, 45.0), angle_jitter_deg=22.0,
-                         density=(0.85, 1.0), speed_scale=(1.08, 1.2), ramp_curvature=(0.0045, 0.006))
+                         density=(0.85, 1.0), speed_scale=(1.08, 1.2), ramp_curvature=(0.0045, 0.006),
+                         urban_share=0.4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,6 +405,9 @@ class _Net:
     spawn: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)  # lane -> spawn s range
     peds: list[_PedPath] = dataclasses.field(default_factory=list)
     bike_lanes: set[int] = dataclasses.field(default_factory=set)  # lanes cyclists may start on
+    # Kerbside parking strips: (the strip's lane-side boundary [K, 2] at _PATH_DS, oriented with the traffic
+    # beside it so the strip lies on its right; strip width m).
+    parking: list[tuple[np.ndarray, float]] = dataclasses.field(default_factory=list)
 
     def add_lane(self, xy, rg_type, speed, rank=2, resampled=False) -> int:
         xy = np.asarray(xy, np.float64)
@@ -421,6 +445,11 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
     w = rng.uniform(*pr.lane_width)
     n = int(rng.integers(1, pr.max_lanes + 1))
     speed = rng.uniform(11.0, 16.0) * rng.uniform(*pr.speed_scale)
+    urban = bool(rng.random() < pr.urban_share)
+    if urban:
+        speed *= rng.uniform(*pr.urban_speed_scale)
+    park_w = rng.uniform(*_PARK_WIDTH)
+    parked_side = {d: urban and bool(rng.random() < pr.parking_side) for d in (1, -1)}  # per direction
     length = 300.0
     ds = 1.0
     k = np.zeros(int(length / ds) + 1)
@@ -444,7 +473,9 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
     signalised = cross_s is not None and rng.random() < 0.5
     cw = rng.uniform(3.0, 4.5)
     s_ref = _arc(ref)
-    half = n * w + _SHOULDER
+    # Kerbs per direction (each direction's kerb on its right), out past a parking strip where there is one.
+    kerb = {d: n * w + _SHOULDER + (park_w if parked_side[d] else 0.0) for d in (1, -1)}
+    half = max(kerb.values())
     light_states = None
     if signalised:
         green, yellow, red = rng.uniform(8, 16), rng.uniform(3.5, 4.5), rng.uniform(8, 14)
@@ -476,7 +507,18 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
             if j == n - 1:
                 for i in ids:
                     net.bike_lanes.add(i)
-    net.edges = [(ref + half * nrm_ref)[::4], (ref - half * nrm_ref)[::4]]
+    net.edges = [(ref + kerb[-1] * nrm_ref)[::4], (ref - kerb[1] * nrm_ref)[::4]]
+    # Parking along each kerb with a strip, clear of the road's ends and of the crosswalk.
+    ok = (s_ref > 8.0) & (s_ref < s_ref[-1] - 8.0)
+    if cross_s is not None:
+        ok &= np.abs(s_ref - cross_s) > cw / 2 + 3.0
+    cuts = np.flatnonzero(np.diff(ok.astype(np.int8))) + 1
+    runs = [r for r in np.split(np.arange(len(ref)), cuts) if ok[r[0]] and len(r) >= 20]
+    for direction in (1, -1):
+        if parked_side[direction]:
+            line = ref - (direction * n * w) * nrm_ref
+            for r in runs:
+                net.parking.append((_resample(line[r] if direction > 0 else line[r][::-1]), park_w))
     if cross_s is not None:
         i = int(np.searchsorted(s_ref, cross_s))
         c, t = ref[i], _tangent(ref)[i]
@@ -525,7 +567,14 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
         road_of = [0, 1, 0]
         protected = False
     scale = rng.uniform(*pr.speed_scale)
+    urban = bool(rng.random() < pr.urban_share)
+    if urban:
+        scale *= rng.uniform(*pr.urban_speed_scale)
     speed = [rng.uniform(11.0, 15.0) * scale, rng.uniform(9.0, 13.0) * scale]
+    park_w = rng.uniform(*_PARK_WIDTH)
+    park_clear = rng.uniform(5.0, 10.0)  # no parking this far past the start of an arm (sight lines, turns)
+    park_in = [urban and bool(rng.random() < pr.parking_side) for _ in range(num_arms)]  # kerb of the in lanes
+    park_out = [urban and bool(rng.random() < pr.parking_side) for _ in range(num_arms)]  # ... of the out lanes
     arm_len = 110.0
     cw = rng.uniform(3.0, 4.0)
     arms = np.arange(num_arms)
@@ -662,12 +711,27 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
                                  np.array(n_out[minor:minor + 1]), w, [walk])
     # Road edges: for each pair of neighbouring arms, kerb along arm b's outgoing side, round the
     # corner (the outermost right-turn geometry shifted half a lane outwards), out along arm a.
-    kerb_in = np.array(n_in) - 0.5 + _SHOULDER / w
-    kerb_out = np.array(n_out)[nxt] - 0.5 + _SHOULDER / w
-    sides = _straight_many(np.concatenate([in_pt(arms, kerb_in, r_s + arm_len), out_pt(nxt, kerb_out, r_s)]),
-                           np.concatenate([in_pt(arms, kerb_in, r_s), out_pt(nxt, kerb_out, r_s + arm_len)]), 5.0)
+    # A kerb with a parking strip steps out over _PARK_TAPER metres, `park_clear` past the arm's start.
+    r_park = r_s + park_clear + _PARK_TAPER
+    r_k = np.union1d(np.arange(r_s, r_s + arm_len, 5.0), [r_s + park_clear, r_park, r_s + arm_len])
+
+    def kerb(a, side, n_lanes, parked):
+        """Kerb points from the arm's start outwards; side +1: the in lanes' (left of u), -1: the out lanes'."""
+        lat = n_lanes * w + _SHOULDER + (park_w * np.clip((r_k - r_s - park_clear) / _PARK_TAPER, 0.0, 1.0)
+                                         if parked else 0.0)
+        return u[a] * r_k[:, None] + side * nv[a] * np.asarray(lat)[..., None]
+
     for a in range(num_arms):
-        net.edges.append(np.concatenate([sides[a][:-1], corners[a][::2], sides[num_arms + a][1:]]))
+        b = int(nxt[a])
+        net.edges.append(np.concatenate([kerb(a, 1, n_in[a], park_in[a])[::-1][:-1], corners[a][::2],
+                                         kerb(b, -1, n_out[b], park_out[b])[1:]]))
+    # Parking strips: lane-side boundaries from past the taper to 3 m short of the arm's end.
+    r_line = np.arange(r_park + 1.0, r_s + arm_len - 3.0, _PATH_DS)
+    for a in range(num_arms):
+        if park_in[a]:  # traffic runs towards the centre
+            net.parking.append((u[a] * r_line[::-1, None] + nv[a] * (n_in[a] * w), park_w))
+        if park_out[a]:
+            net.parking.append((u[a] * r_line[:, None] - nv[a] * (n_out[a] * w), park_w))
     _orient_edges(net)
     return net
 
@@ -979,6 +1043,8 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
     agents: list[_Agent] = []
     density = rng.uniform(*pr.density)
     budget = max(3, int(round(density * cfg.num_objects)))
+    if net.parking:  # slots left to the parked vehicles (`_add_parked`)
+        budget = max(3, int(round(budget * (1.0 - rng.uniform(*pr.parked_fraction)))))
     n_ped = min(cfg.max_pedestrians, len(net.peds), int(rng.integers(0, cfg.max_pedestrians + 1)))
     n_cyc = int(rng.integers(0, cfg.max_cyclists + 1)) if net.bike_lanes else 0
     routes_from: dict[int, list[tuple[list[int], float, str]]] = {}
@@ -1082,6 +1148,87 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
             lead, lead_s = ag, s0
             pos = s0 - length / 2 - gap0 - headway * v0 - dr.uniform(1.0, 30.0 / density)
     return agents
+
+
+def _parking_spots(net: _Net, rng: np.random.Generator, occupancy: float) -> dict[str, np.ndarray]:
+    """Parked vehicles `[M]` along the network's parking strips: centre `xy [M, 2]`, yaw, length, width, height.
+
+    Each strip is filled front to back with spaces that are taken (a vehicle and a gap) or
+    left empty (driveways, free spaces). A vehicle is kept only if every box corner lies
+    inside its strip with the `_PARK_INNER` / `_PARK_OUTER` margins, measured from the strip's
+    boundary polyline, so it is on the drivable area and clear of the lanes on curves too.
+    """
+    cols = {k: [] for k in ("xy", "yaw", "length", "width", "height")}
+    for line, park_w in net.parking:
+        total = (len(line) - 1) * _PATH_DS
+        k = int(total / 3.0) + 2
+        taken = rng.random(k) < occupancy
+        length, width = rng.uniform(4.0, 5.0, k), rng.uniform(1.7, 2.0, k)
+        height = rng.uniform(1.4, 1.9, k)
+        advance = np.where(taken, length + rng.uniform(0.7, 2.5, k), rng.uniform(3.0, 7.0, k))
+        start = rng.uniform(0.0, 3.0) + np.cumsum(advance) - advance
+        lat_u, yaw_u = rng.random(k), rng.uniform(-1.0, 1.0, k)
+        centre_s = start + length / 2
+        sel = taken & (start + length < total - 0.5)
+        if not sel.any():
+            continue
+        length, width, height, centre_s = length[sel], width[sel], height[sel], centre_s[sel]
+        tan = _tangent(line)
+        i = np.minimum(np.round(centre_s / _PATH_DS).astype(np.int64), len(line) - 1)
+        t = tan[i]
+        out = np.stack([t[:, 1], -t[:, 0]], -1)  # the strip side (right of the traffic)
+        lo = _PARK_INNER + width / 2 + 0.1
+        hi = np.maximum(park_w - _PARK_OUTER - width / 2 - 0.1, lo)
+        lat = lo + lat_u[sel] * (hi - lo)
+        xy = line[i] + out * lat[:, None]
+        yaw = np.arctan2(t[:, 1], t[:, 0]) + np.deg2rad(1.5) * yaw_u[sel]
+        # Box corners against the strip: lateral offset from the nearest boundary point ahead or behind.
+        c, sn = np.cos(yaw), np.sin(yaw)
+        corners = []
+        for fl, fw in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+            corners.append(xy + np.stack([fl * c * length / 2 - fw * sn * width / 2,
+                                          fl * sn * length / 2 + fw * c * width / 2], -1))
+        corners = np.stack(corners, 1)  # [M, 4, 2]
+        win = i[:, None] + np.arange(-16, 17)[None]  # +-8 m of boundary around each vehicle
+        win = np.clip(win, 0, len(line) - 1)
+        pts, pout = line[win], np.stack([tan[win][..., 1], -tan[win][..., 0]], -1)  # [M, 33, 2]
+        d2 = np.sum((corners[:, :, None] - pts[:, None]) ** 2, -1)  # [M, 4, 33]
+        near = np.argmin(d2, -1)
+        m_idx = np.arange(len(xy))[:, None]
+        rel = corners - pts[m_idx, near]
+        lat_c = np.sum(rel * pout[m_idx, near], -1)  # [M, 4]
+        fits = (lat_c.min(1) >= _PARK_INNER) & (lat_c.max(1) <= park_w - _PARK_OUTER)
+        for name, v in (("xy", xy), ("yaw", yaw), ("length", length), ("width", width), ("height", height)):
+            cols[name].append(v[fits])
+    if not cols["xy"]:
+        return {"xy": np.zeros((0, 2)), **{k: np.zeros(0) for k in ("yaw", "length", "width", "height")}}
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def _add_parked(item: dict, pr: ParamRanges, cfg: GeneratorConfig) -> None:
+    """Fills the item's free object slots with parked vehicles, nearest to the start of the ego's route first.
+
+    Parked vehicles stand still for the whole log (they are simulated with zero
+    acceleration) on paths of their own outside every lane, so they take part in no
+    conflict record; the log checks still test them for overlaps.
+    """
+    net, agents, rng = item["net"], item["agents"], item["rng"]
+    free = cfg.num_objects - len(agents)
+    if not net.parking or free <= 0:
+        return
+    spots = _parking_spots(net, rng, rng.uniform(*pr.parked_occupancy))
+    ego = agents[item["ego"]]
+    i0, i1 = int(max(ego.s0 - 10.0, 0.0) / _PATH_DS), int((ego.s0 + 50.0) / _PATH_DS) + 1
+    d = _min_dist_to(spots["xy"], ego.path[i0:i1:4])
+    order = np.argsort(d, kind="stable")
+    order = order[d[order] < 45.0][:free]
+    for m in order.tolist():
+        half = math.ceil((spots["length"][m] / 2 + 3.0) / _PATH_DS) * _PATH_DS
+        heading = _unit(spots["yaw"][m])
+        path = spots["xy"][m] + np.arange(-half, half + 1e-9, _PATH_DS)[:, None] * heading
+        agents.append(_Agent(TYPE_VEHICLE, path, [], [], half, 0.0, 0.0, float(spots["length"][m]),
+                             float(spots["width"][m]), float(spots["height"][m]), 1.0, 2.0, 1.0, 2.0, tag="parked"))
+    item["alive"] = np.ones(len(agents), bool)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1328,6 +1475,7 @@ class _Batch:
         self.amax, self.bdec, self.headway, self.gap0 = f("amax"), f("bdec"), f("headway"), f("gap0")
         self.stop_s = f("stop_s")
         self.stop_sign = np.array([a.stop_sign for a in agents], bool)
+        self.parked = np.array([a.tag == "parked" for a in agents], bool)
         slow = np.array([a.slow for a in agents], np.float64).reshape(n, 3)
         self.slow_t0, self.slow_t1, self.slow_f = slow[:, 0], slow[:, 1], slow[:, 2]
         # Signals: one table for the chunk; pedestrian paths use their walk signal.
@@ -1409,6 +1557,7 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
     red_tg = np.ascontiguousarray((b.sig_red[b.sig] & b.has_light[:, None]).T)  # [T, G]
     yel_tg = np.ascontiguousarray((b.sig_yel[b.sig] & b.has_light[:, None]).T)
     not_ped = b.kind != TYPE_PEDESTRIAN
+    parked = b.parked
     stop_s, stop_sign = b.stop_s, b.stop_sign
     ri, rj, aligned, crossing, prio = b.ri, b.rj, b.aligned, ~b.aligned, b.prio
     # Record terms of both sides at once: [2R], i's half then j's.
@@ -1521,6 +1670,7 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
             np.maximum.at(worst, ka, b.amax[ka] * (s_star / np.maximum(gap, 0.05)) ** 2)
         a = np.minimum(np.maximum(a_free - worst, -_MAX_ACCEL), b.amax)
         a = np.maximum(a, -v / dt)
+        a[parked] = 0.0
         # Bicycle step (DESIGN.md equations), curvature aimed at the path one step ahead.
         travel = v * dt + a * (0.5 * dt * dt)
         x1 = x + travel * np.cos(yaw)
@@ -1626,7 +1776,7 @@ def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConf
 
     agents = _spawn(net, rng, pr, cfg, red_at0)[: cfg.num_objects]
     return dict(split=split, seed=scenario_seed, attempt=attempt, family=family, net=net, agents=agents,
-                alive=np.ones(len(agents), bool), rng=rng)
+                alive=np.ones(len(agents), bool), rng=rng, params=pr)
 
 
 def _choose_egos(items: list[dict], cfg: GeneratorConfig) -> None:
@@ -1641,7 +1791,7 @@ def _choose_egos(items: list[dict], cfg: GeneratorConfig) -> None:
         score += np.bincount(records[:, 1].astype(np.int64), w_rec, len(agents))
         cands = []
         for k, ag in enumerate(agents):
-            if ag.kind != TYPE_VEHICLE:
+            if ag.kind != TYPE_VEHICLE or ag.tag == "parked":
                 continue
             room = (len(ag.path) - 1) * _PATH_DS - ag.s0 - ag.length / 2
             if room < ag.vdes * horizon + 10.0:
@@ -1658,6 +1808,7 @@ def _choose_egos(items: list[dict], cfg: GeneratorConfig) -> None:
             veh = [k for k, a in enumerate(agents) if a.kind == TYPE_VEHICLE]
             ego = veh[0] if veh else 0
         item["records"], item["ego"] = records, ego
+        _add_parked(item, item["params"], cfg)  # after the records: parked vehicles take part in none
 
 
 def _min_dist_to(points: np.ndarray, focus: np.ndarray) -> np.ndarray:
@@ -1923,6 +2074,7 @@ def _assemble(item: dict, b: _Batch, out: dict, logs: np.ndarray, lo: int, cfg: 
                 family=item["family"], split=item["split"], seed=int(item["seed"]), attempt=int(item["attempt"]),
                 ego_route=agents[ego].tag, num_vehicles=kinds.count(TYPE_VEHICLE),
                 num_pedestrians=kinds.count(TYPE_PEDESTRIAN), num_cyclists=kinds.count(TYPE_CYCLIST),
+                num_parked=sum(agents[a].tag == "parked" for a in keep),
                 num_removed=int(n_ag - len(keep)), map_dropped=dropped)
     return scenario, info
 
