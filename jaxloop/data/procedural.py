@@ -64,6 +64,8 @@ from jaxloop.sim.datatypes import (DT, RG_FREEWAY_LANE, RG_ROAD_EDGE_BOUNDARY, R
 FAMILY_NAMES = ("straight", "curved", "intersection", "t_junction", "merge", "roundabout")
 FAMILY_IDS = {name: i for i, name in enumerate(FAMILY_NAMES)}
 TRAIN_FAMILIES = ("straight", "curved", "intersection", "t_junction", "merge")
+# How often each training family is drawn: real logs are mostly urban junctions, rarely highway merges.
+TRAIN_FAMILY_WEIGHTS = (0.17, 0.15, 0.33, 0.25, 0.1)
 OOD_FAMILIES = FAMILY_NAMES
 
 SPLITS = ("train", "val", "test", "test_ood")
@@ -84,6 +86,8 @@ _PARK_TAPER = 5.0  # m over which a junction arm's kerb steps out to a parking s
 _PARK_INNER = 0.15  # m a parked box keeps from the lane edge (a moving vehicle keeps >= 0.2 m on its side)
 _PARK_OUTER = 0.1  # m a parked box keeps from the strip's outer side (the kerb is _SHOULDER further)
 _INF = 1e9
+_EGO_TURN_REACH = 25.0  # m from the ego's front to its turn for the ego to count as turning in the log
+_EGO_TURN_SHARE = 0.75  # chance the ego is a turning vehicle where there is one
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,9 +108,9 @@ class ParamRanges:
     # Urban streets: slower traffic and kerbside parking (real logs are mostly such streets, where most
     # vehicles around the ego are parked). Drawn per road / junction scenario; merges and roundabouts are
     # never urban.
-    urban_share: float = 0.65  # chance a road or junction scenario is an urban street
+    urban_share: float = 0.8  # chance a road or junction scenario is an urban street
     urban_speed_scale: tuple[float, float] = (0.5, 0.75)  # times the speed limits on urban streets
-    parking_side: float = 0.8  # chance each kerb of an urban street has a parking strip
+    parking_side: float = 0.85  # chance each kerb of an urban street has a parking strip
     parked_occupancy: tuple[float, float] = (0.45, 0.95)  # fraction of a strip's spaces taken
     parked_fraction: tuple[float, float] = (0.35, 0.6)  # share of the traffic budget given to parked vehicles
 
@@ -1150,59 +1154,62 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
     return agents
 
 
-def _parking_spots(net: _Net, rng: np.random.Generator, occupancy: float) -> dict[str, np.ndarray]:
-    """Parked vehicles `[M]` along the network's parking strips: centre `xy [M, 2]`, yaw, length, width, height.
+def _parking_spots(net: _Net, rng: np.random.Generator, occupancy: float, focus: np.ndarray,
+                   radius: float) -> dict[str, np.ndarray]:
+    """Parked vehicles `[M]` along the network's parking strips within `radius` of the `focus` points `[F, 2]`:
+    centre `xy [M, 2]`, yaw, length, width, height and distance `dist` to the focus.
 
     Each strip is filled front to back with spaces that are taken (a vehicle and a gap) or
     left empty (driveways, free spaces). A vehicle is kept only if every box corner lies
     inside its strip with the `_PARK_INNER` / `_PARK_OUTER` margins, measured from the strip's
     boundary polyline, so it is on the drivable area and clear of the lanes on curves too.
+    All strips at once; the draws depend only on the strips' lengths.
     """
-    cols = {k: [] for k in ("xy", "yaw", "length", "width", "height")}
-    for line, park_w in net.parking:
-        total = (len(line) - 1) * _PATH_DS
-        k = int(total / 3.0) + 2
-        taken = rng.random(k) < occupancy
-        length, width = rng.uniform(4.0, 5.0, k), rng.uniform(1.7, 2.0, k)
-        height = rng.uniform(1.4, 1.9, k)
-        advance = np.where(taken, length + rng.uniform(0.7, 2.5, k), rng.uniform(3.0, 7.0, k))
-        start = rng.uniform(0.0, 3.0) + np.cumsum(advance) - advance
-        lat_u, yaw_u = rng.random(k), rng.uniform(-1.0, 1.0, k)
-        centre_s = start + length / 2
-        sel = taken & (start + length < total - 0.5)
-        if not sel.any():
-            continue
-        length, width, height, centre_s = length[sel], width[sel], height[sel], centre_s[sel]
-        tan = _tangent(line)
-        i = np.minimum(np.round(centre_s / _PATH_DS).astype(np.int64), len(line) - 1)
-        t = tan[i]
-        out = np.stack([t[:, 1], -t[:, 0]], -1)  # the strip side (right of the traffic)
-        lo = _PARK_INNER + width / 2 + 0.1
-        hi = np.maximum(park_w - _PARK_OUTER - width / 2 - 0.1, lo)
-        lat = lo + lat_u[sel] * (hi - lo)
-        xy = line[i] + out * lat[:, None]
-        yaw = np.arctan2(t[:, 1], t[:, 0]) + np.deg2rad(1.5) * yaw_u[sel]
-        # Box corners against the strip: lateral offset from the nearest boundary point ahead or behind.
-        c, sn = np.cos(yaw), np.sin(yaw)
-        corners = []
-        for fl, fw in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
-            corners.append(xy + np.stack([fl * c * length / 2 - fw * sn * width / 2,
-                                          fl * sn * length / 2 + fw * c * width / 2], -1))
-        corners = np.stack(corners, 1)  # [M, 4, 2]
-        win = i[:, None] + np.arange(-16, 17)[None]  # +-8 m of boundary around each vehicle
-        win = np.clip(win, 0, len(line) - 1)
-        pts, pout = line[win], np.stack([tan[win][..., 1], -tan[win][..., 0]], -1)  # [M, 33, 2]
-        d2 = np.sum((corners[:, :, None] - pts[:, None]) ** 2, -1)  # [M, 4, 33]
-        near = np.argmin(d2, -1)
-        m_idx = np.arange(len(xy))[:, None]
-        rel = corners - pts[m_idx, near]
-        lat_c = np.sum(rel * pout[m_idx, near], -1)  # [M, 4]
-        fits = (lat_c.min(1) >= _PARK_INNER) & (lat_c.max(1) <= park_w - _PARK_OUTER)
-        for name, v in (("xy", xy), ("yaw", yaw), ("length", length), ("width", width), ("height", height)):
-            cols[name].append(v[fits])
-    if not cols["xy"]:
-        return {"xy": np.zeros((0, 2)), **{k: np.zeros(0) for k in ("yaw", "length", "width", "height")}}
-    return {k: np.concatenate(v) for k, v in cols.items()}
+    lines = [line for line, _ in net.parking]
+    n_pts = np.array([len(line) for line in lines])
+    total = (n_pts - 1) * _PATH_DS
+    ks = (total / 3.0).astype(np.int64) + 2  # spaces drawn per strip: more than fit
+    owner = np.repeat(np.arange(len(lines)), ks)
+    u = rng.random((9, int(ks.sum())))
+    taken = u[0] < occupancy
+    length, width, height = 4.0 + 1.0 * u[1], 1.7 + 0.3 * u[2], 1.4 + 0.5 * u[3]
+    advance = np.where(taken, length + 0.7 + 1.8 * u[4], 3.0 + 4.0 * u[5])
+    end = np.cumsum(advance)
+    first = np.cumsum(ks) - ks
+    start = end - advance - (end - advance)[first][owner] + 3.0 * u[6, first][owner]
+    sel = taken & (start + length < total[owner] - 0.5)
+    xy_all = np.concatenate(lines)
+    tan_all = np.concatenate([_tangent(line) for line in lines])
+    p0 = np.cumsum(n_pts) - n_pts
+    park_w = np.array([w for _, w in net.parking])[owner]
+    i = p0[owner] + np.minimum(np.round((start + length / 2) / _PATH_DS).astype(np.int64), n_pts[owner] - 1)
+    dist = np.full(len(sel), np.inf)
+    dist[sel] = _min_dist_to(xy_all[i[sel]], focus)
+    sel &= dist <= radius
+    dist = dist[sel]
+    i, owner, length, width, height, park_w = i[sel], owner[sel], length[sel], width[sel], height[sel], park_w[sel]
+    t = tan_all[i]
+    out = np.stack([t[:, 1], -t[:, 0]], -1)  # the strip side (right of the traffic)
+    lo = _PARK_INNER + width / 2 + 0.1
+    hi = np.maximum(park_w - _PARK_OUTER - width / 2 - 0.1, lo)
+    xy = xy_all[i] + out * (lo + u[7][sel] * (hi - lo))[:, None]
+    yaw = np.arctan2(t[:, 1], t[:, 0]) + np.deg2rad(1.5) * (2.0 * u[8][sel] - 1.0)
+    # Box corners against the strip: lateral offset from the nearest boundary point within +-8 m.
+    c, sn = np.cos(yaw), np.sin(yaw)
+    corners = np.stack([xy + np.stack([fl * c * length / 2 - fw * sn * width / 2,
+                                       fl * sn * length / 2 + fw * c * width / 2], -1)
+                        for fl, fw in ((1, 1), (1, -1), (-1, 1), (-1, -1))], 1)  # [M, 4, 2]
+    win = np.clip(i[:, None] + np.arange(-16, 17)[None], p0[owner][:, None], (p0 + n_pts - 1)[owner][:, None])
+    pts, ptan = xy_all[win], tan_all[win]  # [M, 33, 2]
+    d2 = np.sum((corners[:, :, None] - pts[:, None]) ** 2, -1)  # [M, 4, 33]
+    near = np.argmin(d2, -1)
+    m_idx = np.arange(len(xy))[:, None]
+    rel = corners - pts[m_idx, near]
+    t_n = ptan[m_idx, near]
+    lat_c = rel[..., 0] * t_n[..., 1] - rel[..., 1] * t_n[..., 0]  # [M, 4] towards the strip side
+    fits = (lat_c.min(1) >= _PARK_INNER) & (lat_c.max(1) <= park_w - _PARK_OUTER)
+    return dict(xy=xy[fits], yaw=yaw[fits], length=length[fits], width=width[fits], height=height[fits],
+                dist=dist[fits])
 
 
 def _add_parked(item: dict, pr: ParamRanges, cfg: GeneratorConfig) -> None:
@@ -1216,12 +1223,10 @@ def _add_parked(item: dict, pr: ParamRanges, cfg: GeneratorConfig) -> None:
     free = cfg.num_objects - len(agents)
     if not net.parking or free <= 0:
         return
-    spots = _parking_spots(net, rng, rng.uniform(*pr.parked_occupancy))
     ego = agents[item["ego"]]
     i0, i1 = int(max(ego.s0 - 10.0, 0.0) / _PATH_DS), int((ego.s0 + 50.0) / _PATH_DS) + 1
-    d = _min_dist_to(spots["xy"], ego.path[i0:i1:4])
-    order = np.argsort(d, kind="stable")
-    order = order[d[order] < 45.0][:free]
+    spots = _parking_spots(net, rng, rng.uniform(*pr.parked_occupancy), ego.path[i0:i1:4], 45.0)
+    order = np.argsort(spots["dist"], kind="stable")[:free]
     for m in order.tolist():
         half = math.ceil((spots["length"][m] / 2 + 3.0) / _PATH_DS) * _PATH_DS
         heading = _unit(spots["yaw"][m])
@@ -1503,15 +1508,17 @@ class _Batch:
                     sig.append(sig_base[k] + a.stop_sig if a.stop_sig >= 0 else none)
         self.sig = np.array(sig, np.int64)
         self.has_light = self.sig != none
-        # Paths (uniform spacing): each distinct path once, vehicle paths first; agents index into them.
+        # Paths (uniform spacing): each distinct path once, those of moving vehicles first (the only ones
+        # that need curvature speed caps); agents index into them.
         uniq: dict[int, int] = {}
         paths: list[np.ndarray] = []
-        for ped in (False, True):
-            for a in agents:
-                if (a.kind == TYPE_PEDESTRIAN) == ped and id(a.path) not in uniq:
+        capped = [a.kind != TYPE_PEDESTRIAN and a.tag != "parked" for a in agents]
+        for first in (True, False):
+            for a, c in zip(agents, capped):
+                if c == first and id(a.path) not in uniq:
                     uniq[id(a.path)] = len(paths)
                     paths.append(a.path)
-        num_veh = len({id(a.path) for a in agents if a.kind != TYPE_PEDESTRIAN})
+        num_veh = len({id(a.path) for a, c in zip(agents, capped) if c})
         plens = np.array([len(p) for p in paths], np.int64)
         pstart = np.cumsum(plens) - plens
         which = np.array([uniq[id(a.path)] for a in agents], np.int64)
@@ -1522,7 +1529,7 @@ class _Batch:
         # Segment vectors and lengths from each path point to the next (a path's last one unused).
         self.seg_x, self.seg_y = self.px[1:] - self.px[:-1], self.py[1:] - self.py[:-1]
         self.seg_n = np.maximum(np.hypot(self.seg_x, self.seg_y), 1e-9)
-        self.cap = np.full(len(pts), 50.0)  # pedestrians: no curvature cap
+        self.cap = np.full(len(pts), 50.0)  # pedestrians and parked vehicles: no curvature cap
         if num_veh:
             self.cap[:int(pstart[num_veh - 1] + plens[num_veh - 1])] = _speed_caps(plens[:num_veh], self.seg_x,
                                                                                     self.seg_y, self.seg_n)
@@ -1763,8 +1770,11 @@ def _scenario_rng(split: str, scenario_seed: int, attempt: int) -> np.random.Gen
 def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConfig) -> dict:
     rng = _scenario_rng(split, scenario_seed, attempt)
     ood = split == "test_ood"
-    families = OOD_FAMILIES if ood else TRAIN_FAMILIES
-    family = families[int(rng.integers(len(families)))]
+    if ood:
+        family = OOD_FAMILIES[int(rng.integers(len(OOD_FAMILIES)))]
+    else:
+        cum = np.cumsum(TRAIN_FAMILY_WEIGHTS)
+        family = TRAIN_FAMILIES[min(int(np.searchsorted(cum, rng.random() * cum[-1], "right")), len(cum) - 1)]
     pr = OOD_PARAMS if ood else TRAIN_PARAMS
     net = _build_net(family, rng, pr, cfg.num_steps)
 
@@ -1800,7 +1810,16 @@ def _choose_egos(items: list[dict], cfg: GeneratorConfig) -> None:
             bonus += 3.0 if ag.stop_sign else (1.5 if ag.stop_sig >= 0 else 0.0)
             if ag.stop_s < _INF and ag.stop_s - ag.s0 < 45.0:
                 bonus += 3.0
-            cands.append((k, 1.0 + score[k] + bonus))
+            # A turn whose connector starts within _EGO_TURN_REACH of the front, with no red light or
+            # stop sign before it for the first 4 s, is (mostly) inside the log.
+            turn = (ag.tag in ("left", "right") and ag.lane_off[1] - ag.s0 - ag.length / 2 < _EGO_TURN_REACH
+                    and not ag.stop_sign and (ag.stop_sig < 0 or bool(np.isin(
+                        item["net"].lights[ag.stop_sig].states[:40], (TL_GO, TL_ARROW_GO)).all())))
+            cands.append((k, 1.0 + score[k] + bonus, turn))
+        # Real egos turn far more often than a draw by interaction alone gives: most of the time, a turning one.
+        turning = [c for c in cands if c[2]]
+        if turning and rng.random() < _EGO_TURN_SHARE:
+            cands = turning
         if cands:
             w = np.array([c[1] for c in cands]) ** 2
             ego = cands[int(rng.choice(len(cands), p=w / w.sum()))][0]
