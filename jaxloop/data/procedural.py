@@ -412,6 +412,7 @@ class _Net:
     # Kerbside parking strips: (the strip's lane-side boundary [K, 2] at _PATH_DS, oriented with the traffic
     # beside it so the strip lies on its right; strip width m).
     parking: list[tuple[np.ndarray, float]] = dataclasses.field(default_factory=list)
+    urban: bool = False  # an urban street: queued, stop-and-go traffic
 
     def add_lane(self, xy, rg_type, speed, rank=2, resampled=False) -> int:
         xy = np.asarray(xy, np.float64)
@@ -452,6 +453,7 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
     urban = bool(rng.random() < pr.urban_share)
     if urban:
         speed *= rng.uniform(*pr.urban_speed_scale)
+    net.urban = urban
     park_w = rng.uniform(*_PARK_WIDTH)
     parked_side = {d: urban and bool(rng.random() < pr.parking_side) for d in (1, -1)}  # per direction
     length = 300.0
@@ -575,6 +577,7 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
     if urban:
         scale *= rng.uniform(*pr.urban_speed_scale)
     speed = [rng.uniform(11.0, 15.0) * scale, rng.uniform(9.0, 13.0) * scale]
+    net.urban = urban
     park_w = rng.uniform(*_PARK_WIDTH)
     park_clear = rng.uniform(5.0, 10.0)  # no parking this far past the start of an arm (sight lines, turns)
     park_in = [urban and bool(rng.random() < pr.parking_side) for _ in range(num_arms)]  # kerb of the in lanes
@@ -1074,6 +1077,8 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
     cyclists_left = n_cyc
     per_lane = max(1, int(np.ceil(vehicles_left / max(len(spawn_lanes), 1))) + 1)
     red0: dict[int, bool] = {}
+    # Urban streets: shorter gaps between queued vehicles, more of them slowing down or starting slow.
+    gap_max, slow_p, v0_lo = (12.0, 0.3, 0.3) if net.urban else (30.0, 0.15, 0.6)
     for li in spawn_lanes:
         if vehicles_left <= 0:
             break
@@ -1126,7 +1131,7 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
                     pos -= gap0 + 1.0
                     continue
             # Initial speed: what the driver could stop from before the leader or an active stop line.
-            v0 = vdes * dr.uniform(0.6, 1.0)
+            v0 = vdes * dr.uniform(v0_lo, 1.0)
             if lead is not None:
                 room = max(lead_s - lead.length / 2 - (s0 + length / 2) - gap0, 0.0)
                 v0 = min(v0, math.sqrt(lead.v0 ** 2 + 2 * 1.5 * room), room / headway + lead.v0)
@@ -1139,7 +1144,7 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
                     v0 = min(v0, math.sqrt(2 * 1.5 * max(stop_s - (s0 + length / 2) - 1.0, 0.0)))
             v0 = max(v0, 0.0)
             slow = (0.0, 0.0, 1.0)
-            if dr.random() < 0.15:
+            if dr.random() < slow_p:
                 t0 = dr.uniform(0.0, 5.0)
                 slow = (t0, t0 + dr.uniform(2.0, 5.0), dr.uniform(0.0, 0.5))
             kind = TYPE_CYCLIST if is_cyc else TYPE_VEHICLE
@@ -1150,7 +1155,7 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
             cyclists_left -= int(is_cyc)
             count += 1
             lead, lead_s = ag, s0
-            pos = s0 - length / 2 - gap0 - headway * v0 - dr.uniform(1.0, 30.0 / density)
+            pos = s0 - length / 2 - gap0 - headway * v0 - dr.uniform(1.0, gap_max / density)
     return agents
 
 
