@@ -8,7 +8,16 @@ Map families (`FAMILY_NAMES`): multi-lane straight and curved two-way roads (wit
 mid-block crosswalks, signalised or not), a 4-way signalised intersection (protected
 or unprotected left turns, crosswalks with pedestrian phases), a T-junction with stop
 signs on the minor road, a highway on-ramp merge, and a single-lane roundabout (held
-out of the training splits).
+out of the training splits). Training families are drawn with `TRAIN_FAMILY_WEIGHTS`
+(mostly junctions, as in real logs).
+
+Urban streets (`ParamRanges.urban_share` of the road and junction scenarios) have lower
+speed limits, tighter queues and more stop-and-go, and kerbside parking strips between
+the outermost lane and the kerb (the road edge moved out past them; on junction arms
+from a few metres past the junction). Parked vehicles fill the strips' spaces nearest
+the ego's route: they stand still for the whole log, outside every lane, so traffic is
+never blocked by them, and they take the object slots that real logs give to the many
+parked cars around the ego.
 
 Expert logs come from a rule-based driver simulated jointly at 10 Hz in numpy,
 vectorised over all agents of a whole chunk of scenarios:
@@ -29,6 +38,9 @@ vectorised over all agents of a whole chunk of scenarios:
   DESIGN.md exactly, the curvature aiming each step at the path point one step
   ahead, so the inverse bicycle recovers the logged actions and re-integrates the
   log; |a| <= 5.5 m/s², |k| <= 0.28 1/m.
+
+The ego is drawn from the vehicles that stay on the map, weighted by interactions, and
+most of the time (`_EGO_TURN_SHARE`) from those about to turn at a junction where any are.
 
 Every generated log is then checked (box overlaps, red-light crossings, lateral
 deviation from the lane) and agents that violate are removed and the chunk
