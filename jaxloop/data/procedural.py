@@ -100,6 +100,7 @@ _PARK_OUTER = 0.1  # m a parked box keeps from the strip's outer side (the kerb 
 _INF = 1e9
 _EGO_TURN_REACH = 25.0  # m from the ego's front to its turn for the ego to count as turning in the log
 _EGO_TURN_SHARE = 0.75  # chance the ego is a turning vehicle where there is one
+_HEAD_TURN_SHARE = 0.5  # chance the first vehicle queued on a lane with turns takes one
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1091,6 +1092,7 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
     red0: dict[int, bool] = {}
     # Urban streets: shorter gaps between queued vehicles, more of them slowing down or starting slow.
     gap_max, slow_p, v0_lo = (12.0, 0.3, 0.3) if net.urban else (30.0, 0.15, 0.6)
+    head_max = 12.0 if net.urban else 25.0  # the first vehicle of a lane is at most this / density from its end
     for li in spawn_lanes:
         if vehicles_left <= 0:
             break
@@ -1098,7 +1100,7 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
         if hi <= lo:
             continue
         lane = net.lanes[li]
-        pos = hi - dr.uniform(0.0, 25.0 / density)
+        pos = hi - dr.uniform(0.0, head_max / density)
         lead: _Agent | None = None
         lead_s = 0.0
         count = 0
@@ -1109,7 +1111,10 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
         while pos > lo and vehicles_left > 0 and count < per_lane:
             is_cyc = cyclists_left > 0 and bike_lane and dr.random() < 0.3
             opts = cyc_opts if is_cyc else all_opts
-            pick = dr.random() * (cyc_total if is_cyc else all_total)
+            turns = [o for o in opts if o[2] in ("left", "right")]
+            if lead is None and turns and dr.random() < _HEAD_TURN_SHARE:
+                opts = turns  # the head of a junction queue: real logs turn far more than a weight draw gives
+            pick = dr.random() * sum(o[1] for o in opts)
             k, acc = 0, opts[0][1]
             while acc <= pick and k < len(opts) - 1:
                 k += 1
