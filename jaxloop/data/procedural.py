@@ -8,7 +8,16 @@ Map families (`FAMILY_NAMES`): multi-lane straight and curved two-way roads (wit
 mid-block crosswalks, signalised or not), a 4-way signalised intersection (protected
 or unprotected left turns, crosswalks with pedestrian phases), a T-junction with stop
 signs on the minor road, a highway on-ramp merge, and a single-lane roundabout (held
-out of the training splits).
+out of the training splits). Training families are drawn with `TRAIN_FAMILY_WEIGHTS`
+(mostly junctions, as in real logs).
+
+Urban streets (`ParamRanges.urban_share` of the road and junction scenarios) have lower
+speed limits, tighter queues and more stop-and-go, and kerbside parking strips between
+the outermost lane and the kerb (the road edge moved out past them; on junction arms
+from a few metres past the junction). Parked vehicles fill the strips' spaces nearest
+the ego's route: they stand still for the whole log, outside every lane, so traffic is
+never blocked by them, and they take the object slots that real logs give to the many
+parked cars around the ego.
 
 Expert logs come from a rule-based driver simulated jointly at 10 Hz in numpy,
 vectorised over all agents of a whole chunk of scenarios:
@@ -29,6 +38,9 @@ vectorised over all agents of a whole chunk of scenarios:
   DESIGN.md exactly, the curvature aiming each step at the path point one step
   ahead, so the inverse bicycle recovers the logged actions and re-integrates the
   log; |a| <= 5.5 m/s², |k| <= 0.28 1/m.
+
+The ego is drawn from the vehicles that stay on the map, weighted by interactions, and
+most of the time (`_EGO_TURN_SHARE`) from those about to turn at a junction where any are.
 
 Every generated log is then checked (box overlaps, red-light crossings, lateral
 deviation from the lane) and agents that violate are removed and the chunk
@@ -64,6 +76,8 @@ from jaxloop.sim.datatypes import (DT, RG_FREEWAY_LANE, RG_ROAD_EDGE_BOUNDARY, R
 FAMILY_NAMES = ("straight", "curved", "intersection", "t_junction", "merge", "roundabout")
 FAMILY_IDS = {name: i for i, name in enumerate(FAMILY_NAMES)}
 TRAIN_FAMILIES = ("straight", "curved", "intersection", "t_junction", "merge")
+# How often each training family is drawn: real logs are mostly urban junctions, rarely highway merges.
+TRAIN_FAMILY_WEIGHTS = (0.17, 0.15, 0.33, 0.25, 0.1)
 OOD_FAMILIES = FAMILY_NAMES
 
 SPLITS = ("train", "val", "test", "test_ood")
@@ -79,7 +93,14 @@ _ZONE_BUFFER = 0.5  # metres kept before a conflict zone / behind its exit
 _MAX_ACCEL = 5.5  # |a| bound of the driver (m/s²), under the action limit 6
 _MAX_CURVATURE = 0.28  # |k| bound of the driver (1/m), under the action limit 0.3
 _SPEED_EPS = 0.6  # the inverse bicycle's low-speed threshold (DESIGN.md)
+_PARK_WIDTH = (2.6, 3.0)  # m: a kerbside parking strip between the outermost lane and the kerb
+_PARK_TAPER = 5.0  # m over which a junction arm's kerb steps out to a parking strip
+_PARK_INNER = 0.15  # m a parked box keeps from the lane edge (a moving vehicle keeps >= 0.2 m on its side)
+_PARK_OUTER = 0.1  # m a parked box keeps from the strip's outer side (the kerb is _SHOULDER further)
 _INF = 1e9
+_EGO_TURN_REACH = 25.0  # m from the ego's front to its turn for the ego to count as turning in the log
+_EGO_TURN_SHARE = 0.75  # chance the ego is a turning vehicle where there is one
+_HEAD_TURN_SHARE = 0.5  # chance the first vehicle queued on a lane with turns takes one
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,22 +118,39 @@ class ParamRanges:
     speed_scale: tuple[float, float] = (0.9, 1.05)  # times the nominal speed limits
     ramp_curvature: tuple[float, float] = (0.002, 0.0035)  # on-ramp approach parabola coefficient (1/m)
     max_lanes: int = 3  # lanes per direction at most
+    # Urban streets: slower traffic and kerbside parking (real logs are mostly such streets, where most
+    # vehicles around the ego are parked). Drawn per road / junction scenario; merges and roundabouts are
+    # never urban.
+    urban_share: float = 0.8  # chance a road or junction scenario is an urban street
+    urban_speed_scale: tuple[float, float] = (0.5, 0.75)  # times the speed limits on urban streets
+    parking_side: float = 0.85  # chance each kerb of an urban street has a parking strip
+    parked_occupancy: tuple[float, float] = (0.45, 0.95)  # fraction of a strip's spaces taken
+    parked_fraction: tuple[float, float] = (0.35, 0.6)  # share of the traffic budget given to parked vehicles
 
     def __post_init__(self):
-        for name in ("lane_width", "curve_radius", "density", "speed_scale", "ramp_curvature"):
+        for name in ("lane_width", "curve_radius", "density", "speed_scale", "ramp_curvature", "urban_speed_scale",
+                     "parked_occupancy", "parked_fraction"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"ParamRanges.{name} must satisfy 0 < lo <= hi, got {(lo, hi)}")
         if self.lane_width[0] < 2.8:
             raise ValueError(f"ParamRanges.lane_width must be >= 2.8 m (vehicles are up to 2.1 m wide), "
                              f"got {self.lane_width}")
+        for name in ("urban_share", "parking_side"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ParamRanges.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.parked_occupancy[1] > 1.0 or self.parked_fraction[1] >= 1.0:
+            raise ValueError(f"ParamRanges.parked_occupancy must be <= 1 and parked_fraction < 1, got "
+                             f"{self.parked_occupancy}, {self.parked_fraction}")
         if not 1 <= self.max_lanes <= 3:
             raise ValueError(f"ParamRanges.max_lanes must be in 1..3, got {self.max_lanes}")
 
 
 TRAIN_PARAMS = ParamRanges()
+# Held out: fewer (slow) urban streets, so faster traffic as well as the shifted ranges.
 OOD_PARAMS = ParamRanges(lane_width=(2.9, 3.2), curve_radius=(28.0, 45.0), angle_jitter_deg=22.0,
-                         density=(0.85, 1.0), speed_scale=(1.08, 1.2), ramp_curvature=(0.0045, 0.006))
+                         density=(0.85, 1.0), speed_scale=(1.08, 1.2), ramp_curvature=(0.0045, 0.006),
+                         urban_share=0.4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,6 +422,10 @@ class _Net:
     spawn: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)  # lane -> spawn s range
     peds: list[_PedPath] = dataclasses.field(default_factory=list)
     bike_lanes: set[int] = dataclasses.field(default_factory=set)  # lanes cyclists may start on
+    # Kerbside parking strips: (the strip's lane-side boundary [K, 2] at _PATH_DS, oriented with the traffic
+    # beside it so the strip lies on its right; strip width m).
+    parking: list[tuple[np.ndarray, float]] = dataclasses.field(default_factory=list)
+    urban: bool = False  # an urban street: queued, stop-and-go traffic
 
     def add_lane(self, xy, rg_type, speed, rank=2, resampled=False) -> int:
         xy = np.asarray(xy, np.float64)
@@ -421,6 +463,12 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
     w = rng.uniform(*pr.lane_width)
     n = int(rng.integers(1, pr.max_lanes + 1))
     speed = rng.uniform(11.0, 16.0) * rng.uniform(*pr.speed_scale)
+    urban = bool(rng.random() < pr.urban_share)
+    if urban:
+        speed *= rng.uniform(*pr.urban_speed_scale)
+    net.urban = urban
+    park_w = rng.uniform(*_PARK_WIDTH)
+    parked_side = {d: urban and bool(rng.random() < pr.parking_side) for d in (1, -1)}  # per direction
     length = 300.0
     ds = 1.0
     k = np.zeros(int(length / ds) + 1)
@@ -444,7 +492,9 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
     signalised = cross_s is not None and rng.random() < 0.5
     cw = rng.uniform(3.0, 4.5)
     s_ref = _arc(ref)
-    half = n * w + _SHOULDER
+    # Kerbs per direction (each direction's kerb on its right), out past a parking strip where there is one.
+    kerb = {d: n * w + _SHOULDER + (park_w if parked_side[d] else 0.0) for d in (1, -1)}
+    half = max(kerb.values())
     light_states = None
     if signalised:
         green, yellow, red = rng.uniform(8, 16), rng.uniform(3.5, 4.5), rng.uniform(8, 14)
@@ -476,7 +526,18 @@ def _build_road(rng: np.random.Generator, pr: ParamRanges, curved: bool, num_ste
             if j == n - 1:
                 for i in ids:
                     net.bike_lanes.add(i)
-    net.edges = [(ref + half * nrm_ref)[::4], (ref - half * nrm_ref)[::4]]
+    net.edges = [(ref + kerb[-1] * nrm_ref)[::4], (ref - kerb[1] * nrm_ref)[::4]]
+    # Parking along each kerb with a strip, clear of the road's ends and of the crosswalk.
+    ok = (s_ref > 8.0) & (s_ref < s_ref[-1] - 8.0)
+    if cross_s is not None:
+        ok &= np.abs(s_ref - cross_s) > cw / 2 + 3.0
+    cuts = np.flatnonzero(np.diff(ok.astype(np.int8))) + 1
+    runs = [r for r in np.split(np.arange(len(ref)), cuts) if ok[r[0]] and len(r) >= 20]
+    for direction in (1, -1):
+        if parked_side[direction]:
+            line = ref - (direction * n * w) * nrm_ref
+            for r in runs:
+                net.parking.append((_resample(line[r] if direction > 0 else line[r][::-1]), park_w))
     if cross_s is not None:
         i = int(np.searchsorted(s_ref, cross_s))
         c, t = ref[i], _tangent(ref)[i]
@@ -525,7 +586,15 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
         road_of = [0, 1, 0]
         protected = False
     scale = rng.uniform(*pr.speed_scale)
+    urban = bool(rng.random() < pr.urban_share)
+    if urban:
+        scale *= rng.uniform(*pr.urban_speed_scale)
     speed = [rng.uniform(11.0, 15.0) * scale, rng.uniform(9.0, 13.0) * scale]
+    net.urban = urban
+    park_w = rng.uniform(*_PARK_WIDTH)
+    park_clear = rng.uniform(5.0, 10.0)  # no parking this far past the start of an arm (sight lines, turns)
+    park_in = [urban and bool(rng.random() < pr.parking_side) for _ in range(num_arms)]  # kerb of the in lanes
+    park_out = [urban and bool(rng.random() < pr.parking_side) for _ in range(num_arms)]  # ... of the out lanes
     arm_len = 110.0
     cw = rng.uniform(3.0, 4.0)
     arms = np.arange(num_arms)
@@ -662,12 +731,27 @@ def _build_junction(rng: np.random.Generator, pr: ParamRanges, num_arms: int, nu
                                  np.array(n_out[minor:minor + 1]), w, [walk])
     # Road edges: for each pair of neighbouring arms, kerb along arm b's outgoing side, round the
     # corner (the outermost right-turn geometry shifted half a lane outwards), out along arm a.
-    kerb_in = np.array(n_in) - 0.5 + _SHOULDER / w
-    kerb_out = np.array(n_out)[nxt] - 0.5 + _SHOULDER / w
-    sides = _straight_many(np.concatenate([in_pt(arms, kerb_in, r_s + arm_len), out_pt(nxt, kerb_out, r_s)]),
-                           np.concatenate([in_pt(arms, kerb_in, r_s), out_pt(nxt, kerb_out, r_s + arm_len)]), 5.0)
+    # A kerb with a parking strip steps out over _PARK_TAPER metres, `park_clear` past the arm's start.
+    r_park = r_s + park_clear + _PARK_TAPER
+    r_k = np.union1d(np.arange(r_s, r_s + arm_len, 5.0), [r_s + park_clear, r_park, r_s + arm_len])
+
+    def kerb(a, side, n_lanes, parked):
+        """Kerb points from the arm's start outwards; side +1: the in lanes' (left of u), -1: the out lanes'."""
+        lat = n_lanes * w + _SHOULDER + (park_w * np.clip((r_k - r_s - park_clear) / _PARK_TAPER, 0.0, 1.0)
+                                         if parked else 0.0)
+        return u[a] * r_k[:, None] + side * nv[a] * np.asarray(lat)[..., None]
+
     for a in range(num_arms):
-        net.edges.append(np.concatenate([sides[a][:-1], corners[a][::2], sides[num_arms + a][1:]]))
+        b = int(nxt[a])
+        net.edges.append(np.concatenate([kerb(a, 1, n_in[a], park_in[a])[::-1][:-1], corners[a][::2],
+                                         kerb(b, -1, n_out[b], park_out[b])[1:]]))
+    # Parking strips: lane-side boundaries from past the taper to 3 m short of the arm's end.
+    r_line = np.arange(r_park + 1.0, r_s + arm_len - 3.0, _PATH_DS)
+    for a in range(num_arms):
+        if park_in[a]:  # traffic runs towards the centre
+            net.parking.append((u[a] * r_line[::-1, None] + nv[a] * (n_in[a] * w), park_w))
+        if park_out[a]:
+            net.parking.append((u[a] * r_line[:, None] - nv[a] * (n_out[a] * w), park_w))
     _orient_edges(net)
     return net
 
@@ -979,6 +1063,8 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
     agents: list[_Agent] = []
     density = rng.uniform(*pr.density)
     budget = max(3, int(round(density * cfg.num_objects)))
+    if net.parking:  # slots left to the parked vehicles (`_add_parked`)
+        budget = max(3, int(round(budget * (1.0 - rng.uniform(*pr.parked_fraction)))))
     n_ped = min(cfg.max_pedestrians, len(net.peds), int(rng.integers(0, cfg.max_pedestrians + 1)))
     n_cyc = int(rng.integers(0, cfg.max_cyclists + 1)) if net.bike_lanes else 0
     routes_from: dict[int, list[tuple[list[int], float, str]]] = {}
@@ -1004,6 +1090,9 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
     cyclists_left = n_cyc
     per_lane = max(1, int(np.ceil(vehicles_left / max(len(spawn_lanes), 1))) + 1)
     red0: dict[int, bool] = {}
+    # Urban streets: shorter gaps between queued vehicles, more of them slowing down or starting slow.
+    gap_max, slow_p, v0_lo = (12.0, 0.3, 0.3) if net.urban else (30.0, 0.15, 0.6)
+    head_max = 12.0 if net.urban else 25.0  # the first vehicle of a lane is at most this / density from its end
     for li in spawn_lanes:
         if vehicles_left <= 0:
             break
@@ -1011,7 +1100,7 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
         if hi <= lo:
             continue
         lane = net.lanes[li]
-        pos = hi - dr.uniform(0.0, 25.0 / density)
+        pos = hi - dr.uniform(0.0, head_max / density)
         lead: _Agent | None = None
         lead_s = 0.0
         count = 0
@@ -1022,7 +1111,10 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
         while pos > lo and vehicles_left > 0 and count < per_lane:
             is_cyc = cyclists_left > 0 and bike_lane and dr.random() < 0.3
             opts = cyc_opts if is_cyc else all_opts
-            pick = dr.random() * (cyc_total if is_cyc else all_total)
+            turns = [o for o in opts if o[2] in ("left", "right")]
+            if lead is None and turns and dr.random() < _HEAD_TURN_SHARE:
+                opts = turns  # the head of a junction queue: real logs turn far more than a weight draw gives
+            pick = dr.random() * sum(o[1] for o in opts)
             k, acc = 0, opts[0][1]
             while acc <= pick and k < len(opts) - 1:
                 k += 1
@@ -1056,7 +1148,7 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
                     pos -= gap0 + 1.0
                     continue
             # Initial speed: what the driver could stop from before the leader or an active stop line.
-            v0 = vdes * dr.uniform(0.6, 1.0)
+            v0 = vdes * dr.uniform(v0_lo, 1.0)
             if lead is not None:
                 room = max(lead_s - lead.length / 2 - (s0 + length / 2) - gap0, 0.0)
                 v0 = min(v0, math.sqrt(lead.v0 ** 2 + 2 * 1.5 * room), room / headway + lead.v0)
@@ -1069,7 +1161,7 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
                     v0 = min(v0, math.sqrt(2 * 1.5 * max(stop_s - (s0 + length / 2) - 1.0, 0.0)))
             v0 = max(v0, 0.0)
             slow = (0.0, 0.0, 1.0)
-            if dr.random() < 0.15:
+            if dr.random() < slow_p:
                 t0 = dr.uniform(0.0, 5.0)
                 slow = (t0, t0 + dr.uniform(2.0, 5.0), dr.uniform(0.0, 0.5))
             kind = TYPE_CYCLIST if is_cyc else TYPE_VEHICLE
@@ -1080,8 +1172,90 @@ def _spawn(net: _Net, rng: np.random.Generator, pr: ParamRanges, cfg: GeneratorC
             cyclists_left -= int(is_cyc)
             count += 1
             lead, lead_s = ag, s0
-            pos = s0 - length / 2 - gap0 - headway * v0 - dr.uniform(1.0, 30.0 / density)
+            pos = s0 - length / 2 - gap0 - headway * v0 - dr.uniform(1.0, gap_max / density)
     return agents
+
+
+def _parking_spots(net: _Net, rng: np.random.Generator, occupancy: float, focus: np.ndarray,
+                   radius: float) -> dict[str, np.ndarray]:
+    """Parked vehicles `[M]` along the network's parking strips within `radius` of the `focus` points `[F, 2]`:
+    centre `xy [M, 2]`, yaw, length, width, height and distance `dist` to the focus.
+
+    Each strip is filled front to back with spaces that are taken (a vehicle and a gap) or
+    left empty (driveways, free spaces). A vehicle is kept only if every box corner lies
+    inside its strip with the `_PARK_INNER` / `_PARK_OUTER` margins, measured from the strip's
+    boundary polyline, so it is on the drivable area and clear of the lanes on curves too.
+    All strips at once; the draws depend only on the strips' lengths.
+    """
+    lines = [line for line, _ in net.parking]
+    n_pts = np.array([len(line) for line in lines])
+    total = (n_pts - 1) * _PATH_DS
+    ks = (total / 3.0).astype(np.int64) + 2  # spaces drawn per strip: more than fit
+    owner = np.repeat(np.arange(len(lines)), ks)
+    u = rng.random((9, int(ks.sum())))
+    taken = u[0] < occupancy
+    length, width, height = 4.0 + 1.0 * u[1], 1.7 + 0.3 * u[2], 1.4 + 0.5 * u[3]
+    advance = np.where(taken, length + 0.7 + 1.8 * u[4], 3.0 + 4.0 * u[5])
+    end = np.cumsum(advance)
+    first = np.cumsum(ks) - ks
+    start = end - advance - (end - advance)[first][owner] + 3.0 * u[6, first][owner]
+    sel = taken & (start + length < total[owner] - 0.5)
+    xy_all = np.concatenate(lines)
+    tan_all = np.concatenate([_tangent(line) for line in lines])
+    p0 = np.cumsum(n_pts) - n_pts
+    park_w = np.array([w for _, w in net.parking])[owner]
+    i = p0[owner] + np.minimum(np.round((start + length / 2) / _PATH_DS).astype(np.int64), n_pts[owner] - 1)
+    dist = np.full(len(sel), np.inf)
+    dist[sel] = _min_dist_to(xy_all[i[sel]], focus)
+    sel &= dist <= radius
+    dist = dist[sel]
+    i, owner, length, width, height, park_w = i[sel], owner[sel], length[sel], width[sel], height[sel], park_w[sel]
+    t = tan_all[i]
+    out = np.stack([t[:, 1], -t[:, 0]], -1)  # the strip side (right of the traffic)
+    lo = _PARK_INNER + width / 2 + 0.1
+    hi = np.maximum(park_w - _PARK_OUTER - width / 2 - 0.1, lo)
+    xy = xy_all[i] + out * (lo + u[7][sel] * (hi - lo))[:, None]
+    yaw = np.arctan2(t[:, 1], t[:, 0]) + np.deg2rad(1.5) * (2.0 * u[8][sel] - 1.0)
+    # Box corners against the strip: lateral offset from the nearest boundary point within +-8 m.
+    c, sn = np.cos(yaw), np.sin(yaw)
+    corners = np.stack([xy + np.stack([fl * c * length / 2 - fw * sn * width / 2,
+                                       fl * sn * length / 2 + fw * c * width / 2], -1)
+                        for fl, fw in ((1, 1), (1, -1), (-1, 1), (-1, -1))], 1)  # [M, 4, 2]
+    win = np.clip(i[:, None] + np.arange(-16, 17)[None], p0[owner][:, None], (p0 + n_pts - 1)[owner][:, None])
+    pts, ptan = xy_all[win], tan_all[win]  # [M, 33, 2]
+    d2 = np.sum((corners[:, :, None] - pts[:, None]) ** 2, -1)  # [M, 4, 33]
+    near = np.argmin(d2, -1)
+    m_idx = np.arange(len(xy))[:, None]
+    rel = corners - pts[m_idx, near]
+    t_n = ptan[m_idx, near]
+    lat_c = rel[..., 0] * t_n[..., 1] - rel[..., 1] * t_n[..., 0]  # [M, 4] towards the strip side
+    fits = (lat_c.min(1) >= _PARK_INNER) & (lat_c.max(1) <= park_w - _PARK_OUTER)
+    return dict(xy=xy[fits], yaw=yaw[fits], length=length[fits], width=width[fits], height=height[fits],
+                dist=dist[fits])
+
+
+def _add_parked(item: dict, pr: ParamRanges, cfg: GeneratorConfig) -> None:
+    """Fills the item's free object slots with parked vehicles, nearest to the start of the ego's route first.
+
+    Parked vehicles stand still for the whole log (they are simulated with zero
+    acceleration) on paths of their own outside every lane, so they take part in no
+    conflict record; the log checks still test them for overlaps.
+    """
+    net, agents, rng = item["net"], item["agents"], item["rng"]
+    free = cfg.num_objects - len(agents)
+    if not net.parking or free <= 0:
+        return
+    ego = agents[item["ego"]]
+    i0, i1 = int(max(ego.s0 - 10.0, 0.0) / _PATH_DS), int((ego.s0 + 50.0) / _PATH_DS) + 1
+    spots = _parking_spots(net, rng, rng.uniform(*pr.parked_occupancy), ego.path[i0:i1:4], 45.0)
+    order = np.argsort(spots["dist"], kind="stable")[:free]
+    for m in order.tolist():
+        half = math.ceil((spots["length"][m] / 2 + 3.0) / _PATH_DS) * _PATH_DS
+        heading = _unit(spots["yaw"][m])
+        path = spots["xy"][m] + np.arange(-half, half + 1e-9, _PATH_DS)[:, None] * heading
+        agents.append(_Agent(TYPE_VEHICLE, path, [], [], half, 0.0, 0.0, float(spots["length"][m]),
+                             float(spots["width"][m]), float(spots["height"][m]), 1.0, 2.0, 1.0, 2.0, tag="parked"))
+    item["alive"] = np.ones(len(agents), bool)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1328,6 +1502,7 @@ class _Batch:
         self.amax, self.bdec, self.headway, self.gap0 = f("amax"), f("bdec"), f("headway"), f("gap0")
         self.stop_s = f("stop_s")
         self.stop_sign = np.array([a.stop_sign for a in agents], bool)
+        self.parked = np.array([a.tag == "parked" for a in agents], bool)
         slow = np.array([a.slow for a in agents], np.float64).reshape(n, 3)
         self.slow_t0, self.slow_t1, self.slow_f = slow[:, 0], slow[:, 1], slow[:, 2]
         # Signals: one table for the chunk; pedestrian paths use their walk signal.
@@ -1355,15 +1530,17 @@ class _Batch:
                     sig.append(sig_base[k] + a.stop_sig if a.stop_sig >= 0 else none)
         self.sig = np.array(sig, np.int64)
         self.has_light = self.sig != none
-        # Paths (uniform spacing): each distinct path once, vehicle paths first; agents index into them.
+        # Paths (uniform spacing): each distinct path once, those of moving vehicles first (the only ones
+        # that need curvature speed caps); agents index into them.
         uniq: dict[int, int] = {}
         paths: list[np.ndarray] = []
-        for ped in (False, True):
-            for a in agents:
-                if (a.kind == TYPE_PEDESTRIAN) == ped and id(a.path) not in uniq:
+        capped = [a.kind != TYPE_PEDESTRIAN and a.tag != "parked" for a in agents]
+        for first in (True, False):
+            for a, c in zip(agents, capped):
+                if c == first and id(a.path) not in uniq:
                     uniq[id(a.path)] = len(paths)
                     paths.append(a.path)
-        num_veh = len({id(a.path) for a in agents if a.kind != TYPE_PEDESTRIAN})
+        num_veh = len({id(a.path) for a, c in zip(agents, capped) if c})
         plens = np.array([len(p) for p in paths], np.int64)
         pstart = np.cumsum(plens) - plens
         which = np.array([uniq[id(a.path)] for a in agents], np.int64)
@@ -1374,7 +1551,7 @@ class _Batch:
         # Segment vectors and lengths from each path point to the next (a path's last one unused).
         self.seg_x, self.seg_y = self.px[1:] - self.px[:-1], self.py[1:] - self.py[:-1]
         self.seg_n = np.maximum(np.hypot(self.seg_x, self.seg_y), 1e-9)
-        self.cap = np.full(len(pts), 50.0)  # pedestrians: no curvature cap
+        self.cap = np.full(len(pts), 50.0)  # pedestrians and parked vehicles: no curvature cap
         if num_veh:
             self.cap[:int(pstart[num_veh - 1] + plens[num_veh - 1])] = _speed_caps(plens[:num_veh], self.seg_x,
                                                                                     self.seg_y, self.seg_n)
@@ -1409,6 +1586,7 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
     red_tg = np.ascontiguousarray((b.sig_red[b.sig] & b.has_light[:, None]).T)  # [T, G]
     yel_tg = np.ascontiguousarray((b.sig_yel[b.sig] & b.has_light[:, None]).T)
     not_ped = b.kind != TYPE_PEDESTRIAN
+    parked = b.parked
     stop_s, stop_sign = b.stop_s, b.stop_sign
     ri, rj, aligned, crossing, prio = b.ri, b.rj, b.aligned, ~b.aligned, b.prio
     # Record terms of both sides at once: [2R], i's half then j's.
@@ -1521,6 +1699,7 @@ def _simulate(b: _Batch) -> dict[str, np.ndarray]:
             np.maximum.at(worst, ka, b.amax[ka] * (s_star / np.maximum(gap, 0.05)) ** 2)
         a = np.minimum(np.maximum(a_free - worst, -_MAX_ACCEL), b.amax)
         a = np.maximum(a, -v / dt)
+        a[parked] = 0.0
         # Bicycle step (DESIGN.md equations), curvature aimed at the path one step ahead.
         travel = v * dt + a * (0.5 * dt * dt)
         x1 = x + travel * np.cos(yaw)
@@ -1613,8 +1792,11 @@ def _scenario_rng(split: str, scenario_seed: int, attempt: int) -> np.random.Gen
 def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConfig) -> dict:
     rng = _scenario_rng(split, scenario_seed, attempt)
     ood = split == "test_ood"
-    families = OOD_FAMILIES if ood else TRAIN_FAMILIES
-    family = families[int(rng.integers(len(families)))]
+    if ood:
+        family = OOD_FAMILIES[int(rng.integers(len(OOD_FAMILIES)))]
+    else:
+        cum = np.cumsum(TRAIN_FAMILY_WEIGHTS)
+        family = TRAIN_FAMILIES[min(int(np.searchsorted(cum, rng.random() * cum[-1], "right")), len(cum) - 1)]
     pr = OOD_PARAMS if ood else TRAIN_PARAMS
     net = _build_net(family, rng, pr, cfg.num_steps)
 
@@ -1626,7 +1808,7 @@ def _build_item(split: str, scenario_seed: int, attempt: int, cfg: GeneratorConf
 
     agents = _spawn(net, rng, pr, cfg, red_at0)[: cfg.num_objects]
     return dict(split=split, seed=scenario_seed, attempt=attempt, family=family, net=net, agents=agents,
-                alive=np.ones(len(agents), bool), rng=rng)
+                alive=np.ones(len(agents), bool), rng=rng, params=pr)
 
 
 def _choose_egos(items: list[dict], cfg: GeneratorConfig) -> None:
@@ -1641,7 +1823,7 @@ def _choose_egos(items: list[dict], cfg: GeneratorConfig) -> None:
         score += np.bincount(records[:, 1].astype(np.int64), w_rec, len(agents))
         cands = []
         for k, ag in enumerate(agents):
-            if ag.kind != TYPE_VEHICLE:
+            if ag.kind != TYPE_VEHICLE or ag.tag == "parked":
                 continue
             room = (len(ag.path) - 1) * _PATH_DS - ag.s0 - ag.length / 2
             if room < ag.vdes * horizon + 10.0:
@@ -1650,7 +1832,16 @@ def _choose_egos(items: list[dict], cfg: GeneratorConfig) -> None:
             bonus += 3.0 if ag.stop_sign else (1.5 if ag.stop_sig >= 0 else 0.0)
             if ag.stop_s < _INF and ag.stop_s - ag.s0 < 45.0:
                 bonus += 3.0
-            cands.append((k, 1.0 + score[k] + bonus))
+            # A turn whose connector starts within _EGO_TURN_REACH of the front, with no red light or
+            # stop sign before it for the first 4 s, is (mostly) inside the log.
+            turn = (ag.tag in ("left", "right") and ag.lane_off[1] - ag.s0 - ag.length / 2 < _EGO_TURN_REACH
+                    and not ag.stop_sign and (ag.stop_sig < 0 or bool(np.isin(
+                        item["net"].lights[ag.stop_sig].states[:40], (TL_GO, TL_ARROW_GO)).all())))
+            cands.append((k, 1.0 + score[k] + bonus, turn))
+        # Real egos turn far more often than a draw by interaction alone gives: most of the time, a turning one.
+        turning = [c for c in cands if c[2]]
+        if turning and rng.random() < _EGO_TURN_SHARE:
+            cands = turning
         if cands:
             w = np.array([c[1] for c in cands]) ** 2
             ego = cands[int(rng.choice(len(cands), p=w / w.sum()))][0]
@@ -1658,6 +1849,7 @@ def _choose_egos(items: list[dict], cfg: GeneratorConfig) -> None:
             veh = [k for k, a in enumerate(agents) if a.kind == TYPE_VEHICLE]
             ego = veh[0] if veh else 0
         item["records"], item["ego"] = records, ego
+        _add_parked(item, item["params"], cfg)  # after the records: parked vehicles take part in none
 
 
 def _min_dist_to(points: np.ndarray, focus: np.ndarray) -> np.ndarray:
@@ -1923,6 +2115,7 @@ def _assemble(item: dict, b: _Batch, out: dict, logs: np.ndarray, lo: int, cfg: 
                 family=item["family"], split=item["split"], seed=int(item["seed"]), attempt=int(item["attempt"]),
                 ego_route=agents[ego].tag, num_vehicles=kinds.count(TYPE_VEHICLE),
                 num_pedestrians=kinds.count(TYPE_PEDESTRIAN), num_cyclists=kinds.count(TYPE_CYCLIST),
+                num_parked=sum(agents[a].tag == "parked" for a in keep),
                 num_removed=int(n_ag - len(keep)), map_dropped=dropped)
     return scenario, info
 
