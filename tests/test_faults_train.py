@@ -10,7 +10,6 @@ import glob
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -49,9 +48,10 @@ def _finite_checkpoints(ckpt_dir):
     manager = CheckpointManager(ckpt_dir)
     try:
         steps = manager.all_steps()
-        finite = {s: all(bool(np.all(np.isfinite(np.asarray(x, np.float64))))
-                         for x in jax.tree.leaves(manager.restore(s)) if np.issubdtype(np.asarray(x).dtype, np.floating))
-                  for s in steps}
+        finite = {}
+        for s in steps:
+            leaves = [np.asarray(x) for x in jax.tree.leaves(manager.restore(s))]
+            finite[s] = all(bool(np.all(np.isfinite(x))) for x in leaves if np.issubdtype(x.dtype, np.floating))
     finally:
         manager.close()
     return finite

@@ -126,7 +126,9 @@ def _nonfinite(leaves: dict[str, np.ndarray]) -> list[str]:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    # TensorStore appends a many-line spec dump after this marker: the first sentence is the cause.
+    head = (text[0] if text else "").split(" See full TensorStore details")[0]
+    return f"{type(e).__name__}: {head}"
 
 
 class CheckpointManager:
@@ -262,7 +264,7 @@ class CheckpointManager:
         raise CheckpointError(f"checkpoint {self.directory}: no saved step verifies ({'; '.join(failures)})")
 
     def _restore_checked(self, step: int, target: Any, require_record: bool) -> Any:
-        """Restores `step` and checks it against its checksum record; a failure is a `CheckpointError` with `.reason`."""
+        """Restores `step` and checks it against its checksum record; failing raises `CheckpointError` (`.reason`)."""
         import orbax.checkpoint as ocp
 
         def fail(reason: str):

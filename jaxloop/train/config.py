@@ -133,8 +133,8 @@ class TrainConfig:
         if not 0.0 <= self.crosser_prob <= 1.0:
             raise ValueError(f"TrainConfig.crosser_prob must be in [0, 1], got {self.crosser_prob}")
         if self.learning_rate <= 0 or self.max_grad_norm <= 0:
-            raise ValueError(f"TrainConfig: learning_rate and max_grad_norm must be positive, got {self.learning_rate}, "
-                             f"{self.max_grad_norm}")
+            raise ValueError(f"TrainConfig: learning_rate and max_grad_norm must be positive, got "
+                             f"{self.learning_rate}, {self.max_grad_norm}")
         if self.algo == "ppo" and (self.batch_size * self.horizon) % self.ppo.num_minibatches:
             raise ValueError(f"TrainConfig: batch_size * horizon ({self.batch_size * self.horizon}) must divide by "
                              f"ppo.num_minibatches ({self.ppo.num_minibatches})")

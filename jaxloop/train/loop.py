@@ -363,7 +363,7 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
         log_every: steps between metric logs.
         ckpt_every: steps between checkpoints.
         max_consecutive_skips: skipped (non-finite) updates in a row that stop the run (exit 1, "diverged").
-        max_skip_fraction: a run that skipped more than this fraction of its updates ends with exit 1 ("too_many_skips").
+        max_skip_fraction: a run that skipped more than this fraction of its updates exits 1 ("too_many_skips").
         num_toy: number of toy scenarios for --data toy.
         progress: show a progress bar.
     """

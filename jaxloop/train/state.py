@@ -58,7 +58,7 @@ def all_finite(tree: Any) -> jax.Array:
 
 def apply_update(state: TrainState, grads: nnx.State, loss: jax.Array,
                  optimizer: optax.GradientTransformation) -> tuple[TrainState, dict]:
-    """One optax update, skipped (params and optimiser state unchanged) if `loss`, `grads` or the result is non-finite."""
+    """One optax update, skipped (params and optimiser state unchanged) if `loss`, `grads` or the result is not finite."""
     with jax.named_scope("train.update"):
         finite_in = jnp.isfinite(loss) & all_finite(grads)
         safe = jax.tree.map(lambda g: jnp.where(finite_in, g, jnp.zeros_like(g)), grads)
