@@ -3,12 +3,22 @@
 Each subcommand is a typed function in the module that owns it (parsed by tyro), named
 here as "module:function" and imported only when called, so `jaxloop --help` is fast
 and adding a command touches one line.
+
+A user-facing error (any `jaxloop.errors.JaxloopError`, a `ValueError`, a missing or
+unreadable file) is printed as one line, `jaxloop CMD: error: MESSAGE`, with exit code 2
+(or the error's `exit_code`, 1 for a diverged run); `jaxloop --debug CMD ...` or
+`JAXLOOP_DEBUG=1` re-raises it with its traceback. Other exceptions are bugs and keep theirs.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from jaxloop.errors import JaxloopError
+
+USER_ERRORS = (JaxloopError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 # name -> "module:function", or a group: name -> {subname: "module:function"}
 COMMANDS: dict[str, str | dict[str, str]] = {
@@ -47,7 +57,8 @@ def _usage(prefix: str, table: dict) -> str:
         else:
             lines.append(f"  {name:<10} {_HELP.get(name, '')}")
     lines.append("")
-    lines.append(f"`{prefix} COMMAND --help` describes each command.")
+    lines.append(f"`{prefix} COMMAND --help` describes each command; `jaxloop --debug COMMAND ...` shows "
+                 "tracebacks of errors.")
     return "\n".join(lines)
 
 
@@ -55,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     import tyro
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("JAXLOOP_DEBUG", "") not in ("", "0")
+    while argv and argv[0] == "--debug":
+        debug = True
+        argv.pop(0)
     table: dict = COMMANDS
     prog = "jaxloop"
     while True:
@@ -74,7 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(target, dict):
             table = target
             continue
-        result = tyro.cli(_resolve(target), args=argv, prog=prog)
+        try:
+            result = tyro.cli(_resolve(target), args=argv, prog=prog)
+        except USER_ERRORS as e:
+            if debug:
+                raise
+            message = " ".join(str(e).split()) or type(e).__name__
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            return int(getattr(e, "exit_code", 2))
         return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 

@@ -71,3 +71,17 @@ def test_mix_errors():
     assert parse_weight("data/run@home") == ("data/run@home", None)
     with pytest.raises(ValueError, match="finite number > 0"):
         parse_weight("toy@-1")
+
+
+def test_weighted_data_spec_trains_on_a_mixture():
+    from jaxloop.train import loop
+    mixture, infos = loop.load_data("toy:4@3,toy:2@1", with_infos=True)
+    assert len(mixture) == 6 and len(infos) == 6 and mixture.sources == ("toy:4", "toy:2")
+    batch = loop.host_batch(mixture, seed=0, step=1, batch_size=8)
+    assert np.shape(batch.family) == (8,)
+    src = mixture.source_of(mixture.batch_indices(0, 1, 8))
+    assert (src == 0).sum() == 6 and (src == 1).sum() == 2  # 8 * 3/4 and 8 * 1/4
+    # the weights are part of what a run trained on: a resume with other weights is other data
+    other = loop.load_data("toy:4@1,toy:2@1")
+    assert loop.data_identity(mixture)["blake2b"] != loop.data_identity(other)["blake2b"]
+    assert loop.data_identity(mixture)["blake2b"] == loop.data_identity(loop.load_data("toy:4@3,toy:2@1"))["blake2b"]

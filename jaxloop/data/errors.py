@@ -13,8 +13,10 @@ import collections
 import dataclasses
 import os
 
+from jaxloop.errors import JaxloopError
 
-class DataError(ValueError):
+
+class DataError(JaxloopError, ValueError):
     """Bad input data. The message names the file, the record index and the field.
 
     Attributes keep the parts apart so callers (e.g. `skip_invalid` counting) can group them.

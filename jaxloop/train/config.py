@@ -9,6 +9,7 @@ in it decides shapes or code paths, so it is hashable and never traced.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -19,6 +20,15 @@ from jaxloop.sim.dynamics import make_dynamics
 from jaxloop.sim.env import EnvConfig
 
 ALGOS = ("bc", "apg", "ppo", "grpo")
+
+
+def _require_finite(config: Any) -> None:
+    """Every float field of a config section is finite: NaN slips through `<` / `>` range checks."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{type(config).__name__}.{f.name} must be a finite number, got {value}")
+
 DYNAMICS = ("bicycle", "delta_local", "delta_global")
 
 
@@ -59,6 +69,7 @@ class PPOConfig:
     normalize_advantages: bool = True
 
     def __post_init__(self):
+        _require_finite(self)
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError(f"PPOConfig: need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self}")
         if self.num_epochs < 1 or self.num_minibatches < 1 or self.clip_eps <= 0:
@@ -74,6 +85,7 @@ class GRPOConfig:
     eps: float = 1e-6  # added to the group's standard deviation
 
     def __post_init__(self):
+        _require_finite(self)
         if self.group_size < 2:
             raise ValueError(f"GRPOConfig.group_size must be >= 2 (advantages are relative), got {self.group_size}")
         if self.num_epochs < 1 or self.clip_eps <= 0 or self.kl_coef < 0:
@@ -107,6 +119,7 @@ class TrainConfig:
     grpo: GRPOConfig = GRPOConfig()
 
     def __post_init__(self):
+        _require_finite(self)
         if self.algo not in ALGOS:
             raise ValueError(f"TrainConfig.algo must be one of {ALGOS}, got {self.algo!r}")
         if self.dynamics not in DYNAMICS:
@@ -120,7 +133,8 @@ class TrainConfig:
         if not 0.0 <= self.crosser_prob <= 1.0:
             raise ValueError(f"TrainConfig.crosser_prob must be in [0, 1], got {self.crosser_prob}")
         if self.learning_rate <= 0 or self.max_grad_norm <= 0:
-            raise ValueError("TrainConfig: learning_rate and max_grad_norm must be positive")
+            raise ValueError(f"TrainConfig: learning_rate and max_grad_norm must be positive, got "
+                             f"{self.learning_rate}, {self.max_grad_norm}")
         if self.algo == "ppo" and (self.batch_size * self.horizon) % self.ppo.num_minibatches:
             raise ValueError(f"TrainConfig: batch_size * horizon ({self.batch_size * self.horizon}) must divide by "
                              f"ppo.num_minibatches ({self.ppo.num_minibatches})")

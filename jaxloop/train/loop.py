@@ -1,34 +1,55 @@
 """The training loop and the `jaxloop train` command.
 
-A Python loop at logging / checkpoint granularity around one compiled train step:
+A Python loop at logging / checkpoint granularity around one compiled train step.
+What it guarantees:
 
-- batches are drawn on the host from the scenario set with a generator seeded by
-  `(seed, step)` and the step's key is `fold_in(key(seed + 1), step)`, so a resumed run
-  sees exactly the batches and keys an uninterrupted one would;
-- every `log_every` steps the metrics come to the host (the only sync), go to a tqdm
-  progress bar, JSONL and TensorBoard (`jaxloop.io.logging.MetricLogger`);
-- every `ckpt_every` steps the `TrainState` is checkpointed with its config
-  (`jaxloop.io.checkpoint.CheckpointManager`); an existing checkpoint in the output
-  directory is resumed; SIGTERM / SIGINT save the current state before exiting;
-- `max_consecutive_skips` updates skipped in a row (non-finite loss or gradient) stop the
-  run with a message, leaving the last good checkpoint as it is;
-- a summary is printed and returned at the end.
+- Same batches, same keys: batches are drawn on the host from the scenario set with a
+  generator seeded by `(seed, step)` and the step's key is `fold_in(key(seed + 1), step)`,
+  so a resumed run sees exactly the batches and keys an uninterrupted one would.
+- Resume: an existing checkpoint in the output directory is resumed, from the newest
+  step whose checksum verifies (damaged newer steps are named on stderr and removed),
+  and only if the saved config and the data identity (sources, scenario count, content
+  hash) match this run's; a mismatch is a `RunError` saying what differs.
+- SIGTERM / SIGINT save the current state (stderr names the step and directory) and the
+  run resumes bit-identically; after `kill -9` it resumes from the last committed step.
+- Only finite states are checkpointed (`CheckpointManager.save` refuses others), so the
+  "last good checkpoint" is always a state worth resuming and never rotated away by a bad one.
+- Divergence: the compiled step freezes the state once `max_consecutive_skips` updates
+  in a row were skipped (non-finite loss, gradient or update; `state.freeze_after`), with
+  no per-step host sync; the next log / checkpoint step sees it and raises
+  `TrainingDiverged` naming the step it diverged at and the last good checkpoint.
+- A run that skipped more than `max_skip_fraction` of its updates ends with
+  `TooManySkips` after its final checkpoint. Both exit the command with code 1, and
+  `summary.json` says `"diverged"` / `"too_many_skips"` (else `"completed"` or `"interrupted"`).
+- The output directory is never a scenario cache or inside one.
 
-Layout of `out`: `checkpoints/` (orbax steps + config.json), `logs/` (metrics.jsonl +
-TensorBoard events), `summary.json`.
+Every `log_every` steps the metrics come to the host, go to a tqdm progress bar, JSONL
+and TensorBoard (`jaxloop.io.logging.MetricLogger`); every `ckpt_every` steps the
+`TrainState` is checkpointed with its config (`jaxloop.io.checkpoint.CheckpointManager`).
+A summary is printed and returned at the end.
+
+Layout of `out`: `checkpoints/` (orbax steps, checksums/, config.json), `logs/`
+(metrics.jsonl + TensorBoard events), `summary.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import os
+import sys
 import time
+from pathlib import Path
 from typing import Literal
 
 import jax
 import numpy as np
 
+from jaxloop.data.mixture import Mixture, mix, parse_weight
+from jaxloop.errors import CheckpointError, JaxloopError, RunError
+from jaxloop.io.checkpoint import path_str
 from jaxloop.sim.datatypes import Scenario
 from jaxloop.train import parallel
 from jaxloop.train.common import StepFn
@@ -37,24 +58,41 @@ from jaxloop.train.policy_fn import CONFIG_KEY, resolve_checkpoint_dir
 from jaxloop.train.state import TrainState, from_flat_dict, to_flat_dict
 from jaxloop.train.trainer import make_trainer
 
+DATA_KEY = "data"
 
-class TrainingDiverged(RuntimeError):
-    """Too many updates in a row were skipped for non-finite values."""
+
+class TrainingDiverged(JaxloopError, RuntimeError):
+    """Too many updates in a row were skipped for non-finite values (or the state went non-finite)."""
+
+    exit_code = 1
+
+
+class TooManySkips(JaxloopError, RuntimeError):
+    """The run finished, but skipped more than the allowed fraction of its updates."""
+
+    exit_code = 1
 
 
 def load_data(data: str, num_toy: int = 64, toy_objects: int = 16, num_objects: int | None = None,
               select: str = "nearest", with_infos: bool = False,
-              skip_invalid: bool = False) -> Scenario | tuple[Scenario, list[dict]]:
+              skip_invalid: bool = False) -> Scenario | Mixture | tuple[Scenario | Mixture, list[dict]]:
     """Scenarios `[S, ...]` (numpy): `"toy"`, `procedural:SPLIT:NUM[:SEED]`, a cache directory or raw files
     (`jaxloop.data.sources`; `num_objects` / `select` / `skip_invalid` for raw files); with `with_infos`, also
-    their infos."""
+    their infos. Comma-separated sources with weights (`procedural:train:1024@0.75,real/@0.25`) give a
+    `Mixture`: slot sizes padded to the largest, each batch filled in the given proportion."""
     if data == "toy":
         from jaxloop.data.toy import make_toy_scenario
         from jaxloop.sim.datatypes import stack_scenarios
         scenarios = stack_scenarios([make_toy_scenario(num_objects=toy_objects, seed=i) for i in range(num_toy)])
         infos = [{"scenario_id": f"toy-{i}", "format": "toy", "init_steps": 11} for i in range(num_toy)]
         return (scenarios, infos) if with_infos else scenarios
-    from jaxloop.data.sources import load_source
+    from jaxloop.data.sources import SPEC_SEPARATOR, load_source
+    parts = [parse_weight(part.strip()) for part in data.split(SPEC_SEPARATOR)]
+    if any(w is not None for _, w in parts):
+        loaded = [(spec, *load_source(spec, num_objects=num_objects, select=select, skip_invalid=skip_invalid), w)
+                  for spec, w in parts]
+        mixture = mix(loaded)
+        return (mixture, mixture.infos) if with_infos else mixture
     scenarios, infos = load_source(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)
     scenarios.validate()
     if not scenarios.batch_shape or len(scenarios.batch_shape) != 1:
@@ -63,10 +101,17 @@ def load_data(data: str, num_toy: int = 64, toy_objects: int = 16, num_objects: 
     return (scenarios, infos) if with_infos else scenarios
 
 
-def host_batch(scenarios: Scenario, seed: int, step: int, batch_size: int) -> Scenario:
-    """The batch of `step`: indices from a generator seeded by `(seed, step)`; this process's rows only."""
-    num = int(np.shape(scenarios.family)[0])
-    idx = np.random.default_rng([seed, step]).integers(0, num, batch_size)
+def host_batch(data: Scenario | Mixture, seed: int, step: int, batch_size: int) -> Scenario:
+    """The batch of `step`: indices from a generator seeded by `(seed, step)`; this process's rows only.
+
+    A `Mixture` fills each source's share of the batch (`Mixture.batch_indices`); plain
+    scenarios are drawn uniformly, exactly as an unweighted mixture draws.
+    """
+    if isinstance(data, Mixture):
+        idx, scenarios = data.batch_indices(seed, step, batch_size), data.scenarios
+    else:
+        scenarios = data
+        idx = np.random.default_rng([seed, step]).integers(0, int(np.shape(scenarios.family)[0]), batch_size)
     idx = idx[parallel.process_slice(batch_size)]
     return jax.tree.map(lambda a: np.asarray(a)[idx], scenarios)
 
@@ -98,34 +143,98 @@ def _init_from(state: TrainState, config: TrainConfig, path: str) -> TrainState:
     return state.replace(params=params, ref_params=ref, opt_state=state.opt_state)
 
 
-def run(config: TrainConfig, scenarios: Scenario, out: str, num_steps: int, *, init_from: str | None = None,
-        log_every: int = 10, ckpt_every: int = 100, max_consecutive_skips: int = 5, reward_fn: StepFn | None = None,
-        surrogate_fn: StepFn | None = None, mesh=None, progress: bool = True, use_tensorboard: bool = True,
-        run_info: dict | None = None) -> dict:
-    """Trains `config` on `scenarios` until `num_steps` total steps; returns the summary dict.
+def data_identity(data: Scenario | Mixture, sources: list[str] | tuple[str, ...] = ()) -> dict:
+    """What a run trained on: the source spec(s), the scenario count and a blake2b over every array (with its path);
+    for a `Mixture` also each source's weight."""
+    digest = hashlib.blake2b(digest_size=16)
+    if isinstance(data, Mixture):
+        digest.update(json.dumps(data.describe()).encode())
+        scenarios = data.scenarios
+    else:
+        scenarios = data
+    for path, leaf in jax.tree_util.tree_flatten_with_path(scenarios)[0]:
+        a = np.asarray(leaf, order="C")
+        digest.update(f"{path_str(path)}:{a.dtype}:{a.shape};".encode())
+        digest.update(a.tobytes())
+    return {"sources": list(sources), "num_scenarios": int(np.shape(scenarios.family)[0]),
+            "blake2b": digest.hexdigest()}
 
-    Raises `TrainingDiverged` after `max_consecutive_skips` skipped updates in a row.
+
+def _check_same_data(out: str, saved: dict | None, current: dict) -> None:
+    if saved is None:  # written before runs recorded their data
+        return
+    differ = []
+    if saved.get("sources") and current["sources"] and saved["sources"] != current["sources"]:
+        differ.append(f"sources {saved['sources']} -> {current['sources']}")
+    if saved.get("num_scenarios") != current["num_scenarios"]:
+        differ.append(f"scenario count {saved.get('num_scenarios')} -> {current['num_scenarios']}")
+    if saved.get("blake2b") != current["blake2b"]:
+        differ.append(f"content hash {saved.get('blake2b')} -> {current['blake2b']}")
+    if differ:
+        raise RunError(f"{out}: its checkpoint was trained on other data ({'; '.join(differ)}); resume with the same "
+                       f"--data or use a new --out")
+
+
+def check_out_dir(out: str) -> None:
+    """Refuses an output directory that is a scenario cache or lies inside one (a run would write into the data)."""
+    from jaxloop.data.pipeline import MANIFEST
+    path = Path(out).expanduser().absolute()
+    for folder in (path, *path.parents):
+        if (folder / MANIFEST).is_file():
+            where = "is" if folder == path else f"is inside {folder}, which is"
+            raise RunError(f"--out {out}: {where} a scenario cache (it holds {MANIFEST}); choose a directory outside "
+                           f"the data")
+
+
+def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps: int, *, init_from: str | None = None,
+        log_every: int = 10, ckpt_every: int = 100, max_consecutive_skips: int = 5, max_skip_fraction: float = 0.1,
+        reward_fn: StepFn | None = None, surrogate_fn: StepFn | None = None, mesh=None, progress: bool = True,
+        use_tensorboard: bool = True, run_info: dict | None = None) -> dict:
+    """Trains `config` on `scenarios` (`[S, ...]`, or a `Mixture` of weighted sources) until `num_steps` total
+    steps; returns the summary dict.
+
+    Raises `TrainingDiverged` once `max_consecutive_skips` updates in a row were skipped,
+    `TooManySkips` at the end if more than `max_skip_fraction` of all updates were, and
+    `RunError` if `out` holds a run of another config or data (or is a scenario cache).
+    `run_info["data"]` (the data spec) is recorded with the data identity.
     """
     from tqdm.auto import tqdm
 
-    from jaxloop.io.checkpoint import CheckpointManager
+    from jaxloop.io.checkpoint import CheckpointManager, read_config
     from jaxloop.io.logging import MetricLogger
 
     if log_every < 1 or ckpt_every < 1 or max_consecutive_skips < 1:
-        raise ValueError("run: log_every, ckpt_every and max_consecutive_skips must be >= 1")
+        raise ValueError(f"run: log_every, ckpt_every and max_consecutive_skips must be >= 1, got {log_every}, "
+                         f"{ckpt_every}, {max_consecutive_skips}")
+    if num_steps < 0:
+        raise ValueError(f"run: num_steps must be >= 0, got {num_steps}")
+    if not (math.isfinite(max_skip_fraction) and 0.0 <= max_skip_fraction <= 1.0):
+        raise ValueError(f"run: max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
+    check_out_dir(out)
+    run_info = dict(run_info or {})
+    source = run_info.get("data")
+    identity = data_identity(scenarios, [source] if source else [])
     trainer = make_trainer(config, mesh=mesh, reward_fn=reward_fn, surrogate_fn=surrogate_fn)
-    cfg_dict = {CONFIG_KEY: config_to_dict(config), "run": dict(run_info or {})}
-    ckpt = CheckpointManager(os.path.join(out, "checkpoints"), max_to_keep=3, save_interval_steps=ckpt_every)
+    train_step = trainer.guarded_step(max_consecutive_skips)
+    cfg_dict = {CONFIG_KEY: config_to_dict(config), "run": run_info, DATA_KEY: identity}
+    ckpt_dir = os.path.join(out, "checkpoints")
+    ckpt = CheckpointManager(ckpt_dir, max_to_keep=3, save_interval_steps=ckpt_every)
     state = trainer.init(jax.random.PRNGKey(config.seed))
-    start = ckpt.latest_step()
-    if start is not None:
-        from jaxloop.io.checkpoint import read_config
-        saved = config_from_dict(TrainConfig, read_config(ckpt.directory)[CONFIG_KEY])
+    latest = ckpt.latest_step()
+    if latest is not None:
+        saved_cfg = read_config(ckpt.directory)
+        saved = config_from_dict(TrainConfig, saved_cfg[CONFIG_KEY])
         if saved != config:
-            raise ValueError(f"{out}: holds a checkpoint of a different config; use a new --out or the same "
-                             f"settings (saved: {config_to_dict(saved)})")
-        state = ckpt.restore(start, target=state)
-        print(f"resuming from step {start} in {out}/checkpoints")
+            raise RunError(f"{out}: holds a checkpoint of a different config; use a new --out or the same "
+                           f"settings (saved: {config_to_dict(saved)})")
+        _check_same_data(out, saved_cfg.get(DATA_KEY), identity)
+        state = ckpt.restore(target=state)
+        start = ckpt.restored_step
+        if start != latest:
+            dropped = ckpt.delete_after(start)
+            print(f"warning: removed damaged checkpoint step(s) {dropped} in {ckpt_dir}; they are re-run from step "
+                  f"{start}", file=sys.stderr)
+        print(f"resuming from step {start} in {ckpt_dir}")
     else:
         start = 0
         if init_from:
@@ -133,67 +242,111 @@ def run(config: TrainConfig, scenarios: Scenario, out: str, num_steps: int, *, i
             print(f"initialised policy parameters from {init_from}")
         # Step 0 on disk: config.json exists from the start, and a diverged or interrupted
         # run always leaves a restorable checkpoint.
-        ckpt.save(0, state, cfg_dict, force=True)
+        try:
+            ckpt.save(0, state, cfg_dict, force=True)
+        except CheckpointError as e:
+            ckpt.close()
+            raise TrainingDiverged(f"step 0: the initial state is not finite, nothing was trained ({e})") from e
 
     holder = {"state": state}
-    ckpt.install_signal_handlers(lambda: (int(holder["state"].step), holder["state"]))
+
+    def state_to_save():
+        current = holder["state"]
+        if int(current.consecutive_skipped) >= max_consecutive_skips:
+            return None  # frozen after divergence: the last good checkpoint already holds its parameters
+        return int(current.step), current
+
+    ckpt.install_signal_handlers(state_to_save)
     logger = MetricLogger(os.path.join(out, "logs"), use_tensorboard=use_tensorboard)
     env_steps_per_step = config.batch_size * (config.bc.samples_per_scenario if config.algo == "bc" else
                                               config.horizon * (config.grpo.group_size if config.algo == "grpo" else 1))
-    status, last = "completed", {}
+    status, last, diverged_at = "completed", {}, None
     t_start = time.perf_counter()
-    t_first = None
     bar = tqdm(total=num_steps, initial=start, disable=not progress, desc=f"train {config.algo}", dynamic_ncols=True)
+
+    def diverged(done: int, in_a_row: int, at: int) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"{in_a_row} updates in a row were skipped for a non-finite loss, gradient or update (steps "
+            f"{at - in_a_row + 1}..{at}); the run diverged at step {at} and stopped at step {done}. The last good "
+            f"checkpoint is step {ckpt.newest_checked_step()} in {ckpt_dir}.")
+
     try:
         for step in range(start, num_steps):
             batch = trainer.shard(host_batch(scenarios, config.seed, step, config.batch_size))
-            state, metrics = trainer.train_step(state, batch, step_key(config.seed, step))
+            state, metrics = train_step(state, batch, step_key(config.seed, step))
             holder["state"] = state
             bar.update(1)
             done = step + 1
-            if done % log_every == 0 or done == num_steps:
+            is_log = done % log_every == 0 or done == num_steps
+            is_ckpt = done % ckpt_every == 0
+            if not (is_log or is_ckpt):
+                continue
+            in_a_row, at = (int(x) for x in jax.device_get((state.consecutive_skipped, state.step)))
+            if in_a_row >= max_consecutive_skips:
+                status, diverged_at = "diverged", at
+                raise diverged(done, in_a_row, at)
+            if is_log:
                 host = jax.device_get({**metrics, "skipped_total": state.skipped,
                                        "consecutive_skipped": state.consecutive_skipped})
-                if t_first is None:
-                    t_first = time.perf_counter()
-                last = {k: float(np.asarray(v)) for k, v in host.items()}
+                last = {k: float(np.asarray(v)) for k, v in host.items() if k != "frozen"}
                 logger.log(done, last)
                 bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "episode_return", "grad_norm") if k in last})
-                if last["consecutive_skipped"] >= max_consecutive_skips:
-                    status = "diverged"
-                    raise TrainingDiverged(
-                        f"{int(last['consecutive_skipped'])} updates in a row were skipped for a non-finite loss or "
-                        f"gradient (at step {done}); stopping. The last good checkpoint in {out}/checkpoints is kept "
-                        f"(step {ckpt.latest_step()}).")
-            if done % ckpt_every == 0:
-                ckpt.save(done, state, cfg_dict)
+            if is_ckpt:
+                _save(ckpt, done, state, cfg_dict, ckpt_dir)
         if num_steps > start:
-            ckpt.save(num_steps, state, cfg_dict, force=True)
-    except BaseException:
-        status = "interrupted" if status == "completed" else status
+            _save(ckpt, num_steps, state, cfg_dict, ckpt_dir, force=True)
+        skipped, total = (int(x) for x in jax.device_get((state.skipped, state.step)))
+        if total > 0 and skipped / total > max_skip_fraction:
+            status = "too_many_skips"
+            raise TooManySkips(f"{skipped} of {total} updates ({skipped / total:.0%}) were skipped for non-finite "
+                               f"values, more than --max-skip-fraction {max_skip_fraction:g}; the final state is "
+                               f"checkpointed (step {total} in {ckpt_dir}) but did not train as configured")
+    except BaseException as e:
+        if status == "completed":
+            status = "diverged" if isinstance(e, TrainingDiverged) else "interrupted"
         raise
     finally:
         bar.close()
         logger.close()
+        good = ckpt.newest_checked_step() if status != "interrupted" else None
         ckpt.close()
         wall = time.perf_counter() - t_start
-        steps_run = max(int(jax.device_get(holder["state"].step)) - start, 0)
+        final_step, final_skipped = (int(x) for x in jax.device_get((holder["state"].step, holder["state"].skipped)))
+        steps_run = max(final_step - start, 0)
         summary = {"status": status, "algo": config.algo, "start_step": start, "final_step": start + steps_run,
                    "steps": steps_run, "wall_s": wall, "steps_per_s": steps_run / wall if wall > 0 else 0.0,
                    "env_steps_per_s": steps_run * env_steps_per_step / wall if wall > 0 else 0.0,
-                   "skipped_updates": int(jax.device_get(holder["state"].skipped)), "final_metrics": last,
-                   "out": out}
+                   "skipped_updates": final_skipped,
+                   "skipped_fraction": final_skipped / final_step if final_step else 0.0,
+                   "diverged_at_step": diverged_at, "final_metrics": last, "out": out}
+        if status != "interrupted":
+            summary["last_good_checkpoint"] = {"step": good, "directory": ckpt_dir}
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-    print(_format_summary(summary))
+        if status != "interrupted":
+            print(_format_summary(summary))
     return summary
+
+
+def _save(ckpt, step: int, state: TrainState, cfg_dict: dict, ckpt_dir: str, force: bool = False) -> None:
+    """A checkpoint of a finite state; a non-finite one ends the run as diverged instead of being written."""
+    try:
+        ckpt.save(step, state, cfg_dict, force=force)
+    except CheckpointError as e:
+        raise TrainingDiverged(f"step {step}: the train state is not finite and was not checkpointed ({e}). The last "
+                               f"good checkpoint is step {ckpt.newest_checked_step()} in {ckpt_dir}.") from e
 
 
 def _format_summary(summary: dict) -> str:
     lines = [f"{summary['algo']}: {summary['status']} at step {summary['final_step']} "
              f"({summary['steps']} steps in {summary['wall_s']:.1f} s, {summary['env_steps_per_s']:.0f} env-steps/s, "
-             f"{summary['skipped_updates']} skipped updates)"]
+             f"{summary['skipped_updates']} skipped updates, {summary['skipped_fraction']:.1%} of all)"]
+    if summary.get("diverged_at_step") is not None:
+        lines.append(f"  diverged at step {summary['diverged_at_step']}")
+    good = summary.get("last_good_checkpoint")
+    if good and summary["status"] != "completed":
+        lines.append(f"  last good checkpoint: step {good['step']} in {good['directory']}")
     for k, v in sorted(summary["final_metrics"].items()):
         lines.append(f"  {k:<22}{v:.6g}")
     return "\n".join(lines)
@@ -208,14 +361,16 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
           dynamics: Literal["bicycle", "delta_local", "delta_global"] = "bicycle",
           non_ego_agent: Literal["log", "constant_velocity", "idm"] = "log", group_size: int = 4,
           kl_coef: float = 0.05, truncate_every: int = 0, log_every: int = 10, ckpt_every: int = 100,
-          max_consecutive_skips: int = 5, num_toy: int = 64, progress: bool = True, num_objects: int = 128,
-          select: Literal["nearest", "error"] = "nearest", skip_invalid: bool = False) -> int:
+          max_consecutive_skips: int = 5, max_skip_fraction: float = 0.1, num_toy: int = 64,
+          progress: bool = True, num_objects: int = 128, select: Literal["nearest", "error"] = "nearest",
+          skip_invalid: bool = False) -> int:
     """Trains a driving policy (bc | apg | ppo | grpo) and checkpoints it under OUT.
 
     Args:
         algo: behaviour cloning (open loop), analytic policy gradients, PPO or GRPO (closed loop).
         data: "toy", procedural:SPLIT:NUM[:SEED], a cache directory, raw WOMD / AV2 / GPUDrive JSON files,
-            directories of them or globs; several joined by commas (see `jaxloop.data.sources`).
+            directories of them or globs; several joined by commas (see `jaxloop.data.sources`); with a weight
+            on every part (`procedural:train:1024@0.75,real/@0.25`) each batch mixes them in that proportion.
         out: run directory (checkpoints/, logs/, summary.json); an existing run there is resumed.
         steps: total train steps (a resumed run continues up to this number).
         init_from: checkpoint (or run) directory whose policy parameters start this run (GRPO: also the reference).
@@ -238,7 +393,8 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
         truncate_every: APG truncated-BPTT window (0: full horizon).
         log_every: steps between metric logs.
         ckpt_every: steps between checkpoints.
-        max_consecutive_skips: skipped (non-finite) updates in a row that stop the run.
+        max_consecutive_skips: skipped (non-finite) updates in a row that stop the run (exit 1, "diverged").
+        max_skip_fraction: a run that skipped more than this fraction of its updates exits 1 ("too_many_skips").
         num_toy: number of toy scenarios for --data toy.
         progress: show a progress bar.
         num_objects: N object slots when reading raw files.
@@ -248,6 +404,15 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
     """
     from jaxloop.data.formats import init_steps_of
     from jaxloop.policy.networks import ModelConfig
+    if steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {steps}")
+    for flag, value in (("--log-every", log_every), ("--ckpt-every", ckpt_every),
+                        ("--max-consecutive-skips", max_consecutive_skips)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if not (math.isfinite(max_skip_fraction) and 0.0 <= max_skip_fraction <= 1.0):
+        raise ValueError(f"--max-skip-fraction must be in [0, 1], got {max_skip_fraction}")
+    check_out_dir(out)
     scenarios, infos = load_data(data, num_toy=num_toy, num_objects=num_objects, select=select, with_infos=True,
                                  skip_invalid=skip_invalid)
     config = TrainConfig(algo=algo, seed=seed, init_steps=init_steps_of(infos, f"--data {data}"),
@@ -257,11 +422,11 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
                          non_ego_agent=non_ego_agent, model=ModelConfig(kind=model, head=head, hidden=tuple(hidden)),
                          grpo=dataclasses.replace(GRPOConfig(), group_size=group_size, kl_coef=kl_coef),
                          apg=dataclasses.replace(APGConfig(), truncate_every=truncate_every))
-    try:
-        run(config, scenarios, out, steps, init_from=init_from, log_every=log_every, ckpt_every=ckpt_every,
-            max_consecutive_skips=max_consecutive_skips, progress=progress, run_info={"data": data})
-    except TrainingDiverged as e:
-        print(f"error: {e}")
-        return 1
+    # A path is recorded absolute, so the same data reached from another working directory is the same source.
+    source = str(Path(data).expanduser().absolute()) if os.path.exists(data) else data
+    # TrainingDiverged / TooManySkips carry exit code 1; the `jaxloop` command prints them as one line.
+    run(config, scenarios, out, steps, init_from=init_from, log_every=log_every, ckpt_every=ckpt_every,
+        max_consecutive_skips=max_consecutive_skips, max_skip_fraction=max_skip_fraction, progress=progress,
+        run_info={"data": source})
     return 0
 

@@ -1,9 +1,12 @@
 """`TrainState` and the guarded optimiser update shared by every trainer.
 
-A non-finite loss or gradient skips the update inside `jit`: the new parameters and
-optimiser state are selected with `where` against the old ones, and the skip is counted
-in `TrainState.skipped` (total) and `TrainState.consecutive_skipped` (in a row), which
-the training loop reads at logging granularity to stop a diverged run.
+A non-finite loss or gradient, or an update that would leave a non-finite parameter or
+optimiser moment (an overflowing step, an infinite learning rate), skips the update
+inside `jit`: the new parameters and optimiser state are selected with `where` against
+the old ones, so the state only ever holds finite values, and the skip is counted in
+`TrainState.skipped` (total) and `TrainState.consecutive_skipped` (in a row).
+`freeze_after` stops a run's state inside the compiled step once the count in a row
+reaches a limit; the training loop sees it at its next log / checkpoint step.
 """
 
 from __future__ import annotations
@@ -55,18 +58,36 @@ def all_finite(tree: Any) -> jax.Array:
 
 def apply_update(state: TrainState, grads: nnx.State, loss: jax.Array,
                  optimizer: optax.GradientTransformation) -> tuple[TrainState, dict]:
-    """One optax update, skipped (params and optimiser state unchanged) if `loss` or `grads` is non-finite."""
+    """One optax update, skipped (params and optimiser state unchanged) if `loss`, `grads` or the result is not finite."""
     with jax.named_scope("train.update"):
-        finite = jnp.isfinite(loss) & all_finite(grads)
-        safe = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+        finite_in = jnp.isfinite(loss) & all_finite(grads)
+        safe = jax.tree.map(lambda g: jnp.where(finite_in, g, jnp.zeros_like(g)), grads)
         updates, opt_state = optimizer.update(safe, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # Finite gradients can still give a non-finite step (lr overflow): such a state must never be kept.
+        finite = finite_in & all_finite(params) & all_finite(opt_state)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = state.replace(
             params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
             skipped=state.skipped + (~finite).astype(jnp.int32),
             consecutive_skipped=jnp.where(finite, 0, state.consecutive_skipped + 1).astype(jnp.int32))
         return new_state, {"grad_norm": optax.tree.norm(safe), "update_skipped": (~finite).astype(jnp.float32)}
+
+
+def freeze_after(step_fn, max_consecutive_skips: int):
+    """`step_fn` whose state stops changing (step count included) once `max_consecutive_skips`
+    updates in a row were skipped: the frozen state is the last good one, its `step` the step
+    the run diverged at, and no host sync per step is needed to notice."""
+    if max_consecutive_skips < 1:
+        raise ValueError(f"freeze_after: max_consecutive_skips must be >= 1, got {max_consecutive_skips}")
+
+    def guarded(state: TrainState, batch, key):
+        new, metrics = step_fn(state, batch, key)
+        frozen = state.consecutive_skipped >= max_consecutive_skips
+        new = jax.tree.map(lambda old, upd: jnp.where(frozen, old, upd), state, new)
+        return new, {**metrics, "frozen": frozen.astype(jnp.float32)}
+
+    return guarded
 
 
 # --- checkpoint form: a flat {path: array} dict, independent of container classes ------------

@@ -23,7 +23,7 @@ from jaxloop.sim.datatypes import Scenario
 from jaxloop.train import parallel
 from jaxloop.train.common import Context, StepFn, init_state, make_context
 from jaxloop.train.config import TrainConfig
-from jaxloop.train.state import TrainState
+from jaxloop.train.state import TrainState, freeze_after
 
 Batch = Scenario  # [B, ...]
 
@@ -39,6 +39,7 @@ class Trainer:
     mesh: Mesh
     step_fn: Callable  # pure (state, batch, key) -> (state, metrics)
     train_step: Callable  # the jitted step_fn
+    _guarded: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def init(self, key: jax.Array) -> TrainState:
         """Fresh `TrainState`, replicated over the mesh."""
@@ -46,6 +47,13 @@ class Trainer:
 
     def shard(self, batch: Batch) -> Batch:
         return parallel.shard_batch(batch, self.mesh)
+
+    def guarded_step(self, max_consecutive_skips: int) -> Callable:
+        """The jitted step frozen after `max_consecutive_skips` skips in a row (`state.freeze_after`), one per limit."""
+        if max_consecutive_skips not in self._guarded:
+            self._guarded[max_consecutive_skips] = parallel.jit_train_step(
+                freeze_after(self.step_fn, max_consecutive_skips), self.mesh)
+        return self._guarded[max_consecutive_skips]
 
 
 def make_trainer(config: TrainConfig, mesh: Mesh | None = None, reward_fn: StepFn | None = None,
