@@ -191,9 +191,9 @@ def test_eval_cli_rejects_a_negative_horizon_before_loading_data(monkeypatch):
 
 def test_gate_cli_checks_the_baseline_and_the_horizon_before_running_the_candidate(monkeypatch, tmp_path):
     monkeypatch.setattr(perturb, "run_suite", lambda *a, **k: pytest.fail("a suite ran before validation"))
-    with pytest.raises(SystemExit, match=r"--baseline 'no/such/run': neither a baseline"):
+    with pytest.raises(ValueError, match=r"--baseline 'no/such/run': neither a baseline"):
         eval_cli.run_gate(candidate="idm", baseline="no/such/run", data="toy:2", out=str(tmp_path / "g.json"))
-    with pytest.raises(SystemExit, match=r"--candidate 'nope'"):
+    with pytest.raises(ValueError, match=r"--candidate 'nope'"):
         eval_cli.run_gate(candidate="nope", baseline="expert", data="toy:2", out=str(tmp_path / "g.json"))
     with pytest.raises(ValueError, match="horizon=200 exceeds the 80 closed-loop steps"):
         eval_cli.run_gate(candidate="idm", baseline="expert", data="toy:2", horizon=200,
@@ -268,3 +268,12 @@ def test_waymax_benchmark_imports_and_reports_that_waymax_is_missing(monkeypatch
     line = json.loads(capsys.readouterr().out.strip())
     assert line["bench"] == "waymax_compare"
     assert line["skipped"].startswith("the real Waymax is not installed") and "waymo-waymax" in line["skipped"]
+
+
+def test_gate_command_names_a_bad_baseline_in_one_line(capsys, tmp_path):
+    from jaxloop.cli import main
+    assert main(["gate", "--candidate", "expert", "--baseline", "nope", "--data", "toy:2",
+                 "--out", str(tmp_path / "g.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["jaxloop gate: error: --baseline 'nope': neither a baseline (expert, constant_velocity, idm) nor "
+                   "an existing checkpoint, run or exported policy directory"]

@@ -19,9 +19,9 @@ from jaxloop.sim.env import EnvConfig
 
 
 def check_policy_spec(spec: str, flag: str = "--policy") -> None:
-    """Exits with a message naming `flag` unless `spec` is a baseline name or an existing path (cheap)."""
+    """A `ValueError` naming `flag` unless `spec` is a baseline name or an existing path (cheap)."""
     if spec not in BASELINES and not pathlib.Path(spec).exists():
-        raise SystemExit(f"{flag} {spec!r}: neither a baseline ({', '.join(BASELINES)}) nor an existing checkpoint, "
+        raise ValueError(f"{flag} {spec!r}: neither a baseline ({', '.join(BASELINES)}) nor an existing checkpoint, "
                          f"run or exported policy directory")
 
 
