@@ -163,11 +163,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--out", default="experiments/results")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="closed_loop_safety", help="reward preset of the APG runs")
     args = parser.parse_args(argv)
     p = PROFILES[args.profile]
     t_start = time.perf_counter()
     out = pathlib.Path(args.out)
     runs = out / "runs" / f"real_logs_{args.profile}"
+    tag = "" if args.preset == "closed_loop_safety" else f"_{args.preset}"
     out.mkdir(parents=True, exist_ok=True)
 
     from jaxloop.data import procedural, sources
@@ -188,7 +190,7 @@ def main(argv=None) -> dict:
 
     bc_cfg, apg_cfg, _ = configs(dict(p, grpo_batch=8, group_size=4), args.seed)
     bc_cfg = dataclasses.replace(bc_cfg, batch_size=p["batch_size"])
-    apg_cfg = dataclasses.replace(apg_cfg, batch_size=p["batch_size"])
+    apg_cfg = dataclasses.replace(apg_cfg, batch_size=p["batch_size"], reward_preset=args.preset)
     ft_cfg = dataclasses.replace(apg_cfg, learning_rate=3e-4, lr_decay_steps=p["finetune_steps"])
     mixture = mix([(f"procedural:train:{p['num_train']}", train[0], train[1], 1.0 - p["real_weight"]),
                    ("gpudrive train split (12)", real_train[0], real_train[1], p["real_weight"])])
@@ -197,12 +199,12 @@ def main(argv=None) -> dict:
     training["bc"] = run(bc_cfg, train[0], str(runs / "bc"), p["bc_steps"], log_every=50, ckpt_every=500,
                          progress=False, use_tensorboard=False, run_info={"data": f"procedural:train:{p['num_train']}"})
     log("setting (a): APG post-training on procedural data only")
-    training["apg_procedural"] = run(apg_cfg, train[0], str(runs / "apg_procedural"), p["apg_steps"],
+    training["apg_procedural"] = run(apg_cfg, train[0], str(runs / f"apg_procedural{tag}"), p["apg_steps"],
                                      init_from=str(runs / "bc"), log_every=10, ckpt_every=100, progress=False,
                                      use_tensorboard=False, run_info={"data": f"procedural:train:{p['num_train']}"})
     log("setting (b): APG fine-tuning on procedural + the 12 real training scenes")
-    training["apg_finetuned"] = run(ft_cfg, mixture, str(runs / "apg_finetuned"), p["finetune_steps"],
-                                    init_from=str(runs / "apg_procedural"), log_every=10, ckpt_every=100,
+    training["apg_finetuned"] = run(ft_cfg, mixture, str(runs / f"apg_finetuned{tag}"), p["finetune_steps"],
+                                    init_from=str(runs / f"apg_procedural{tag}"), log_every=10, ckpt_every=100,
                                     progress=False, use_tensorboard=False,
                                     run_info={"data": json.dumps(mixture.describe())})
     for name, s in training.items():
@@ -213,10 +215,10 @@ def main(argv=None) -> dict:
         log(f"evaluating {name}")
         results[name] = evaluate_sets(name, name, EnvConfig(), sets, args.seed)
     for name in ("bc", "apg_procedural", "apg_finetuned"):
-        policy, cfg = load_policy_from_checkpoint(runs / name)
+        policy, cfg = load_policy_from_checkpoint(runs / (name if name == "bc" else name + tag))
         log(f"evaluating {name}")
         results[name] = evaluate_sets(name, policy, cfg.env_config(), sets, args.seed)
-        export(str(runs / name), str(out / "policies" / name))
+        export(str(runs / (name if name == "bc" else name + tag)), str(out / "policies" / f"{name}{tag}"))
 
     real = sets["real_all"]
     gap = gap_table(summarize(scenario_statistics(test[0])), summarize(scenario_statistics(real[0])),
@@ -224,7 +226,7 @@ def main(argv=None) -> dict:
     env = jax.devices()[0]
     result = {
         "command": " ".join(["python", "experiments/real_logs.py"] + list(argv if argv is not None else sys.argv[1:])),
-        "seed": args.seed, "profile": args.profile,
+        "seed": args.seed, "profile": args.profile, "preset": args.preset,
         "machine": f"{env.platform} ({os.cpu_count()} cores), jax {jax.__version__}",
         "wall_s": time.perf_counter() - t_start, "sizes": p,
         "split": {"train_count": len(train_files), "holdout": [f.name for f in held_files]},
@@ -232,7 +234,7 @@ def main(argv=None) -> dict:
         "training": {n: {k: s[k] for k in ("final_step", "steps", "wall_s", "env_steps_per_s", "skipped_updates",
                                            "data")} for n, s in training.items()},
     }
-    stem = "real_logs" if args.profile == "full" else f"real_logs_{args.profile}"
+    stem = ("real_logs" if args.profile == "full" else f"real_logs_{args.profile}") + tag
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float))
     (out / f"{stem}.md").write_text(to_markdown(result))
     log(f"wrote {out / stem}.json / .md in {result['wall_s'] / 60:.1f} min")

@@ -78,7 +78,8 @@ def test_render_a_checkpoint_and_an_exported_policy(trained, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all(f" on toy-1: " in line for line in lines[::2])
     for summary, wrote in zip(lines[::2], lines[1::2]):
-        failed = [int(s) for s in re.findall(r"\d+", summary.split(": ", 1)[1])]
+        listed = re.findall(r"(raw )?(?:collision|offroad|red_light) at steps \[([\d, ]+)\]", summary)
+        failed = [int(t) for raw, steps in listed if not raw for t in steps.split(", ")]
         frame = int(re.search(r"\(step (\d+),", wrote).group(1))
         assert frame == (min(failed) if failed else 39)  # the first failure, else the last of 40 toy steps
 

@@ -105,6 +105,11 @@ PRESETS: dict[str, RewardWeights] = {
     "closed_loop_safety": RewardWeights(progress=0.3, collision=10.0, offroad=5.0, red_light=2.0, headway=2.0,
                                         conflict=4.0, conflict_time=2.0, log_divergence=1.0, log_lag=2.0,
                                         overlap_margin=1.5, offroad_margin=0.5, temperature=0.3),
+    # closed_loop_safety with more weight on progress and less room to lag the log (1 s):
+    # in dense, slow urban traffic the anticipation terms otherwise teach the ego to hang back.
+    "closed_loop_progress": RewardWeights(progress=0.6, collision=10.0, offroad=5.0, red_light=2.0, headway=1.0,
+                                          conflict=4.0, conflict_time=2.0, log_divergence=1.0, log_lag=1.0,
+                                          overlap_margin=1.5, offroad_margin=0.5, temperature=0.3),
     # Everything the scorecard counts, moderately weighted.
     "scorecard": RewardWeights(progress=0.5, collision=10.0, offroad=5.0, red_light=5.0, off_route=1.0,
                                wrong_way=2.0, infeasible=0.5, discomfort=0.05, log_divergence=0.01),

@@ -4,7 +4,8 @@ The episode is the evaluator's (`jaxloop.eval.evaluate.make_rollout_fn`): the sa
 policy resolution (a baseline, a training run / checkpoint, an exported policy), the
 same non-ego model and the same per-step metrics, so a frame shows exactly the episode
 that `jaxloop eval` scored. The steps where the ego collides or leaves the road are
-printed, so a failing episode can be rendered at its first failure with `--step first_failure`.
+printed (at fault, as `failure_rate` counts them, and raw), so a failing episode can be rendered at its
+first failure with `--step first_failure`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Literal
 
 import numpy as np
 
-FAILURES = {"ego_overlap": "collision", "ego_offroad": "offroad", "ego_red_light": "red_light"}
+# Per-step flags the summary lists: at fault (what failure_rate counts), then the raw metrics.
+FAILURES = {"ego_overlap_at_fault": "collision", "ego_offroad_at_fault": "offroad", "ego_red_light": "red_light",
+            "ego_overlap": "raw collision", "ego_offroad": "raw offroad"}
 
 
 def _load_scenario(data: str, index: int):
@@ -50,7 +53,7 @@ def render(out: str = "render.png", data: str = "toy", index: int = 0, gif: str 
             exported policy directory.
         non_ego: the model of every other object.
         step: closed-loop step of the PNG frame (negative counts from the end), or "first_failure" (the
-            first step with a collision, offroad or red-light crossing; the last step if there is none).
+            first step with an at-fault collision or offroad or a red-light crossing; the last step if none).
         view_m: view width in metres, centred on the ego.
         width_px: image width in pixels.
         height_px: image height in pixels.
@@ -79,7 +82,7 @@ def render(out: str = "render.png", data: str = "toy", index: int = 0, gif: str 
                       compiler_options=compiler_options())
     scenario, result = jax.tree.map(np.asarray, episode(scenario, jax.random.key(seed)))
     failures = failure_steps(result.extras, result.timesteps)
-    first = min((ts[0] for ts in failures.values() if ts), default=None)
+    first = min((ts[0] for name, ts in failures.items() if ts and not name.startswith("raw")), default=None)
     if step == "first_failure":
         h = horizon - 1 if first is None else int(np.searchsorted(result.timesteps, first))
     else:
