@@ -84,12 +84,13 @@ def load_real():
 
 
 def evaluate_policy(name, policy, env_config, sets, perturbations, seed):
+    from jaxloop.data.formats import init_steps_of
     from jaxloop.eval.evaluate import EvalConfig, evaluate
     from jaxloop.eval.perturb import run_suite
 
     results, reports = {}, {}
     for set_name, (scenarios, infos) in sets.items():
-        init_steps = 50 if np.shape(scenarios.log_trajectory.x)[-1] == 110 else 11
+        init_steps = init_steps_of(infos, set_name)
         cfg = EvalConfig(env=dataclasses.replace(env_config, init_steps=init_steps), batch_size=64)
         t0 = time.perf_counter()
         rep = evaluate(policy, scenarios, infos, cfg, seed, name=name)
