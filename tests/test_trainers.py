@@ -195,3 +195,27 @@ def test_crosser_augmentation_adds_a_crossing_road_user_and_makes_traffic_reacti
     trainer = make_trainer(tiny_config("apg", horizon=10, crosser_prob=0.5, start_noise=1.0))
     st, metrics = trainer.train_step(trainer.init(jax.random.PRNGKey(0)), trainer.shard(data), jax.random.PRNGKey(1))
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+
+
+@pytest.mark.parametrize("through", [True, False])
+def test_apg_grad_through_agents_reaches_the_policy_through_an_idm_follower(through):
+    # The ego (policy) ahead of an IDM follower in its lane; the loss is only the follower's
+    # distance travelled, so the policy's gradient is the follower's response to the ego
+    # (its lead): non-zero with apg.grad_through_agents, exactly zero without.
+    from jaxloop.data.toy import make_track_scenario
+    from jaxloop.sim.datatypes import stack_scenarios
+    from jaxloop.train.config import APGConfig
+
+    t = np.arange(40) * 0.1
+    track = lambda x: dict(x=np.asarray(x, np.float64), y=np.zeros(40))
+    scenario = make_track_scenario([track(20.0 + 6.0 * t), track(8.0 * t)], num_objects=3)
+    config = tiny_config("apg", horizon=15, batch_size=2, non_ego_agent="idm",
+                         apg=APGConfig(grad_through_agents=through))
+    assert config.env_config().grad_through_agents is through
+    follower_progress = lambda sc, prev, new: -(new.current.x[1] - prev.current.x[1])
+    trainer = make_trainer(config, surrogate_fn=follower_progress)
+    state = trainer.init(jax.random.PRNGKey(0))
+    batch = trainer.shard(stack_scenarios([scenario, scenario]))
+    _, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(1))
+    grad_norm = float(metrics["grad_norm"])
+    assert (grad_norm > 1e-4) if through else (grad_norm == 0.0)

@@ -10,7 +10,7 @@ earlier step:
   per-step activations instead of storing them;
 - with `truncate_every = W`, the carry is cut with `stop_gradient` every W steps
   (truncated BPTT: the horizon is H/W windows of W steps, each differentiated alone);
-- objects not driven by the policy are cut from the graph unless
+- objects not driven by the policy are cut from the graph in `Env.step` unless
   `grad_through_agents` (gradients through reactive agents' response to the ego);
 - the update is clipped by global norm (optax) and skipped when non-finite.
 """
@@ -22,23 +22,9 @@ import jax.numpy as jnp
 
 from jaxloop.policy import networks
 from jaxloop.policy.observation import features
-from jaxloop.sim import agents as agents_lib
-from jaxloop.sim.agents import select_objects
 from jaxloop.sim.datatypes import Scenario, SimState
-from jaxloop.sim.env import Env
 from jaxloop.sim.rollout import rollout
 from jaxloop.train.common import Context, check_horizon, gradient_step_fn, start_episode
-
-
-class _AgentGradientGate(Env):
-    """The env with gradients stopped on every object the policy does not drive."""
-
-    def step(self, scenario, state, action, params=None, log_next=None):
-        new_state, info = super().step(scenario, state, action, params, log_next)
-        is_policy = new_state.agent_kind == agents_lib.AGENT_POLICY
-        current = select_objects(is_policy, new_state.current, jax.lax.stop_gradient(new_state.current))
-        history = jax.tree.map(lambda h, c: h.at[..., -1].set(c), new_state.history, current)
-        return new_state.replace(current=current, history=history), info
 
 
 def _policy(ctx: Context, params):
@@ -58,7 +44,7 @@ def _policy(ctx: Context, params):
 def episode_loss(ctx: Context, params, scenario: Scenario, key: jax.Array) -> tuple[jax.Array, dict]:
     """Mean surrogate loss of one closed-loop episode (unbatched) and diagnostics."""
     cfg = ctx.config
-    env = ctx.env if cfg.apg.grad_through_agents else _AgentGradientGate(ctx.env.config, ctx.env.params)
+    env = ctx.env  # its config stops gradients through other objects unless apg.grad_through_agents
     policy = _policy(ctx, params)
     extras_fn = lambda s, prev, new, info: {"loss": ctx.surrogate_fn(s, prev, new)}
     scenario, state = start_episode(ctx, env, scenario, key)

@@ -145,10 +145,12 @@ class TrainConfig:
                              f"({self.apg.truncate_every})")
 
     def env_config(self) -> EnvConfig:
-        """The environment: ego-controlled, actions normalised to [-1, 1]."""
+        """The environment: ego-controlled, actions normalised to [-1, 1]; APG's `grad_through_agents`
+        lets gradients flow through the reactive objects' response to the ego."""
         return EnvConfig(init_steps=self.init_steps, history_length=self.history_length,
                          dynamics=make_dynamics(self.dynamics, normalize_actions=True), controlled="sdc",
-                         non_ego_agent=self.non_ego_agent)
+                         non_ego_agent=self.non_ego_agent,
+                         grad_through_agents=self.algo == "apg" and self.apg.grad_through_agents)
 
 
 def config_to_dict(config: Any) -> dict:
