@@ -236,7 +236,10 @@ def test_resume_falls_back_past_a_damaged_step_and_reruns_it(data, tmp_path, cap
     summary = loop.run(tiny_config("bc"), data, out, 4, **run)
     captured = capsys.readouterr()
     assert "step 4 failed verification (checksum mismatch" in captured.err
-    assert "removed damaged checkpoint step(s) [4]" in captured.err and "resuming from step 2" in captured.out
+    assert "moved checkpoint step(s) [4] that did not verify" in captured.err and "resuming from step 2" in captured.out
+    # the damaged step is kept aside (with its checksum record), not deleted
+    aside = os.path.join(out, "damaged_checkpoints", "4")
+    assert os.path.isdir(os.path.join(aside, "state")) and os.path.isfile(os.path.join(aside, "4.json"))
     assert (summary["start_step"], summary["final_step"], summary["status"]) == (2, 4, "completed")
     manager = CheckpointManager(ckpt_dir)
     rerun = manager.restore(4)  # verifies again, and the re-run steps 2..4 give the same state

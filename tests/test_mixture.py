@@ -85,3 +85,13 @@ def test_weighted_data_spec_trains_on_a_mixture():
     other = loop.load_data("toy:4@1,toy:2@1")
     assert loop.data_identity(mixture)["blake2b"] != loop.data_identity(other)["blake2b"]
     assert loop.data_identity(mixture)["blake2b"] == loop.data_identity(loop.load_data("toy:4@3,toy:2@1"))["blake2b"]
+
+
+def test_a_batch_too_small_for_the_weights_is_refused():
+    # 4 * (0.9, 0.1) = (3.6, 0.4): largest-remainder rounding gives (4, 0), the second source never appears
+    a = jax.tree.map(np.asarray, scenarios(count=2))
+    m = mix([("a", a, [{}, {}], 0.9), ("b", a, [{}, {}], 0.1)])
+    assert proportional_counts(m.weights, 4).tolist() == [4, 0]
+    with pytest.raises(ValueError, match=r"\['b'\] would never be trained on; use a batch of at least 10"):
+        m.check_batch_size(4)
+    m.check_batch_size(10)  # (9, 1)

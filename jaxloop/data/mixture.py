@@ -121,6 +121,17 @@ class Mixture:
         idx = np.concatenate([rng.integers(lo, hi, n) for lo, hi, n in zip(self.starts[:-1], self.starts[1:], counts)])
         return rng.permutation(idx)
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """ValueError when `batch_size` rows leave some weighted source with no row in every batch."""
+        if self.weights is None:
+            return
+        counts = proportional_counts(self.weights, batch_size)
+        empty = [s for s, n in zip(self.sources, counts) if n == 0]
+        if empty:
+            raise ValueError(f"batch size {batch_size} gives the sources rows {counts.tolist()} for weights "
+                             f"{np.round(self.weights, 3).tolist()}: {empty} would never be trained on; use a batch "
+                             f"of at least {int(np.ceil(1.0 / self.weights.min()))} or larger weights for them")
+
     def describe(self) -> list[dict]:
         """Per source: spec, scenario count and weight (JSON-able, for run configs and summaries)."""
         sizes = np.diff(self.starts)

@@ -367,14 +367,32 @@ class CheckpointManager:
         steps = [s for s in self.all_steps() if self._checksum_path(s).is_file()]
         return steps[-1] if steps else None
 
-    def delete_after(self, step: int) -> list[int]:
-        """Deletes the saved steps after `step` (damaged ones a resume fell back past); returns them."""
-        manager = self._orbax(create=False)
+    def quarantine_after(self, step: int) -> tuple[list[int], Path]:
+        """Moves the saved steps after `step` (ones a resume fell back past) out of the checkpoint directory, into
+        `damaged_checkpoints/` beside it, with their checksum records; returns them and that folder.
+
+        They are kept, not deleted: a step that failed for a passing reason (a read error of
+        the file system) is still there to inspect or restore by hand.
+        """
+        import shutil
         gone = [s for s in self.all_steps() if s > step]
-        for s in gone:
-            manager.delete(s)
-            self._checksum_path(s).unlink(missing_ok=True)
-        return gone
+        target = self.directory.parent / "damaged_checkpoints"
+        if gone and jax.process_index() == 0:
+            self.wait()
+            for s in gone:
+                dest = target / str(s)
+                suffix = 1
+                while dest.exists():  # an earlier resume moved the same step number aside
+                    dest, suffix = target / f"{s}.{suffix}", suffix + 1
+                dest.mkdir(parents=True)
+                shutil.move(str(self.directory / str(s)), str(dest / "state"))
+                record = self._checksum_path(s)
+                if record.exists():
+                    shutil.move(str(record), str(dest / record.name))
+            if self._manager is not None:  # orbax caches its step list: rebuild it on next use
+                self._manager.close()
+                self._manager = None
+        return gone, target
 
     def _drop_stale_checksums(self) -> None:
         folder = self.directory / CHECKSUM_DIR

@@ -7,8 +7,8 @@ What it guarantees:
   generator seeded by `(seed, step)` and the step's key is `fold_in(key(seed + 1), step)`,
   so a resumed run sees exactly the batches and keys an uninterrupted one would.
 - Resume: an existing checkpoint in the output directory is resumed, from the newest
-  step whose checksum verifies (damaged newer steps are named on stderr and removed),
-  and only if the saved config and the data identity (sources, scenario count, content
+  step whose checksum verifies (newer steps that do not verify are named on stderr and
+  moved aside to `damaged_checkpoints/`), and only if the saved config and the data identity (sources, scenario count, content
   hash) match this run's; a mismatch is a `RunError` saying what differs.
 - SIGTERM / SIGINT save the current state (stderr names the step and directory) and the
   run resumes bit-identically; after `kill -9` it resumes from the last committed step.
@@ -211,6 +211,8 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
     if not (math.isfinite(max_skip_fraction) and 0.0 <= max_skip_fraction <= 1.0):
         raise ValueError(f"run: max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
     check_out_dir(out)
+    if isinstance(scenarios, Mixture):
+        scenarios.check_batch_size(config.batch_size)
     run_info = dict(run_info or {})
     source = run_info.get("data")
     identity = data_identity(scenarios, [source] if source else [])
@@ -231,9 +233,9 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
         state = ckpt.restore(target=state)
         start = ckpt.restored_step
         if start != latest:
-            dropped = ckpt.delete_after(start)
-            print(f"warning: removed damaged checkpoint step(s) {dropped} in {ckpt_dir}; they are re-run from step "
-                  f"{start}", file=sys.stderr)
+            moved, where = ckpt.quarantine_after(start)
+            print(f"warning: moved checkpoint step(s) {moved} that did not verify from {ckpt_dir} to {where}; they are "
+                  f"re-run from step {start}", file=sys.stderr)
         print(f"resuming from step {start} in {ckpt_dir}")
     else:
         start = 0
