@@ -8,8 +8,9 @@ What it guarantees:
   so a resumed run sees exactly the batches and keys an uninterrupted one would.
 - Resume: an existing checkpoint in the output directory is resumed, from the newest
   step whose checksum verifies (newer steps that do not verify are named on stderr and
-  moved aside to `damaged_checkpoints/`), and only if the saved config and the data identity (sources, scenario count, content
-  hash) match this run's; a mismatch is a `RunError` saying what differs.
+  moved aside to `damaged_checkpoints/`), and only if the saved config and the data
+  identity (sources, scenario count, content hash) match this run's; a mismatch is a
+  `RunError` saying what differs.
 - SIGTERM / SIGINT save the current state (stderr names the step and directory) and the
   run resumes bit-identically; after `kill -9` it resumes from the last committed step.
 - Only finite states are checkpointed (`CheckpointManager.save` refuses others), so the
