@@ -156,25 +156,46 @@ def test_driving_into_a_stopped_car_counts_the_pair_once():
     np.testing.assert_allclose(ep["score"], 7.0 / 12.0, atol=1e-3)
 
 
-def test_first_contact_classifies_the_pair():
+def test_each_contact_is_judged_where_it_starts():
     sc = make_toy_scenario()
     _, out = _run(sc, "expert")
     h, n = out.extras["ego_contact"].shape
     codes = np.zeros((h, n), np.int32)
-    codes[5, 1] = m.CONTACT_STOPPED_EGO  # hit while stopped, then the ego moves on inside it
+    codes[5, 1] = m.CONTACT_STOPPED_EGO  # hit while stopped, then the ego moves on inside it: one contact
     codes[6:10, 1] = m.CONTACT_AT_FAULT
-    codes[40, 3] = m.CONTACT_LOGGED  # the log's overlap, touched again later
-    codes[60, 3] = m.CONTACT_AT_FAULT
+    codes[40, 3] = m.CONTACT_LOGGED  # the log's overlap ...
+    codes[60, 3] = m.CONTACT_AT_FAULT  # ... and later a new contact with the same object, the ego's own
     codes[20:30, 2] = m.CONTACT_AT_FAULT  # one at-fault collision lasting 10 steps
     codes[50, 4] = m.CONTACT_REAR
     codes[55, 5] = m.CONTACT_LATERAL
+    codes[70:73, 6] = m.CONTACT_LOGGED  # begins as the log's overlap, then the ego leaves its logged pose
+    codes[73:75, 6] = m.CONTACT_AT_FAULT  # while still in contact: the exemption is gone
+    codes[76:79, 7] = m.CONTACT_LOGGED  # the log's overlap throughout
     extras = dict(out.extras, ego_contact=jnp.asarray(codes))
     ep = m.episode_metrics(sc, out, extras)
-    assert float(ep["collision_pairs"]) == 1 and float(ep["collision"]) == 1
+    assert float(ep["collision_pairs"]) == 3 and float(ep["collision"]) == 1  # pairs 2, 3 and 6
     assert [float(ep[f"exempt_{k}_pairs"]) for k in ("stopped_ego", "logged", "rear", "lateral")] == [1, 1, 1, 1]
-    codes[20:30, 2] = m.CONTACT_NONE  # without pair 2 nothing is at fault
+    codes[:, 2:4] = m.CONTACT_NONE
+    codes[:, 6] = m.CONTACT_NONE
     ep = m.episode_metrics(sc, out, dict(out.extras, ego_contact=jnp.asarray(codes)))
     assert float(ep["collision_pairs"]) == 0 and float(ep["collision"]) == 0
+
+
+def test_a_fast_ego_that_swallows_a_pedestrian_between_samples_is_at_fault():
+    # At 15 m/s the ego's front moves 1.5 m a step. A 0.5 m pedestrian walking across at
+    # 1.4 m/s is 0.56 m ahead of the front bumper (x = 2) at the previous step (ego at
+    # x = -1.5: its centre at 1.06 + 1.5 = 2.56 in the ego frame, its back at 2.31 >= 2),
+    # and at this step wholly inside the ego's box (centre 1.2: 0.95 .. 1.45 < 2), past the
+    # front edge: the front ran into it.
+    now = _objs([(0, 0, 0, 15.0), (1.2, 0, math.pi / 2, 1.4, 0.5, 0.5)])
+    before = _objs([(-1.5, 0, 0, 15.0), (1.2, -0.14, math.pi / 2, 1.4, 0.5, 0.5)])
+    assert _cls(now) == m.CONTACT_LATERAL  # the bumpers alone would read a side contact
+    got = int(classes(now, FAR_LOG, 0, jnp.asarray(True), RECORDED, prev=before)[1])
+    assert got == m.CONTACT_AT_FAULT
+    # A car alongside at the previous step (not ahead) that comes into the ego's side: still lateral.
+    side_now = _objs([(0, 0, 0, 10.0), (0, 1.9, 0, 10.0, 3.0, 2.0)])
+    side_before = _objs([(-1.0, 0, 0, 10.0), (-1.0, 2.3, 0, 10.0, 3.0, 2.0)])
+    assert int(classes(side_now, FAR_LOG, 0, jnp.asarray(True), RECORDED, prev=side_before)[1]) == m.CONTACT_LATERAL
 
 
 # ---------------------------------------------------------------- offroad

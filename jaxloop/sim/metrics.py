@@ -511,8 +511,27 @@ def recorded_objects(scenario: Scenario) -> jax.Array:
     return scenario.object_metadata.ids != SYNTHETIC_ID
 
 
+def closed_in_from_behind(prev: ObjectState, ego: jax.Array) -> jax.Array:
+    """`[N]` bool: at the previous step the object was wholly ahead of the ego's front bumper and across its width.
+
+    A contact with such an object is the ego's front running into it, even when the
+    object is small or the ego fast enough that at the sampled step it is already past
+    the front edge, inside the ego's box (15 m/s moves the bumper 1.5 m a step; a
+    pedestrian is 0.5 m deep).
+    """
+    e = take_object(prev, ego)
+    c, s = cos_sin(e.yaw)
+    corners = _corners(prev)  # [N, 4, 2]
+    dx, dy = corners[..., 0] - e.x, corners[..., 1] - e.y
+    lon, lat = dx * c + dy * s, -dx * s + dy * c  # [N, 4] in the ego's frame at the previous step
+    ahead = jnp.min(lon, -1) >= e.length / 2
+    across = (jnp.min(lat, -1) < e.width / 2) & (jnp.max(lat, -1) > -e.width / 2)
+    return e.valid & prev.valid & ahead & across
+
+
 def contact_classes(state: ObjectState, log_state: ObjectState, ego: jax.Array, in_lane: jax.Array,
-                    recorded: jax.Array, sep: jax.Array | None = None) -> jax.Array:
+                    recorded: jax.Array, sep: jax.Array | None = None,
+                    prev: ObjectState | None = None) -> jax.Array:
     """Per other object `[N]` int32: `CONTACT_NONE` without contact, else who is blamed (the CONTACT_* codes).
 
     A contact is an overlap of the valid ego's box with a valid object's. In the spirit
@@ -522,8 +541,11 @@ def contact_classes(state: ObjectState, log_state: ObjectState, ego: jax.Array, 
        both are near their logged poses (`near_log`): the overlap is in the log.
     2. CONTACT_STOPPED_EGO: the ego is stopped (speed < STOPPED_SPEED): it was hit.
     3. CONTACT_AT_FAULT: the other object is stopped (the moving ego ran into it), or
-       the ego's front bumper meets the other box (the ego ran into it), or the ego's
-       rear bumper does while the ego reverses.
+       the ego's front bumper meets the other box, or the object was wholly ahead of
+       the front bumper and across the ego's width at the previous step
+       (`closed_in_from_behind`, with `prev` the previous state: the front swept into
+       it between two samples), so the ego ran into it; or the ego's rear bumper meets
+       it while the ego reverses.
     4. CONTACT_REAR: the ego's rear bumper meets the other box: it was hit from behind.
     5. CONTACT_LATERAL: a side contact while `in_lane` (the ego keeps to its lane, so
        the other object came into it); out of its lane (a lane change, cutting a
@@ -553,6 +575,8 @@ def contact_classes(state: ObjectState, log_state: ObjectState, ego: jax.Array, 
         reversing = e.vel_x * ce + e.vel_y * se < -STOPPED_SPEED
         code = jnp.where(in_lane, CONTACT_LATERAL, CONTACT_AT_FAULT)
         code = jnp.where(rear, CONTACT_REAR, code)
+        if prev is not None:
+            front = front | closed_in_from_behind(prev, ego)
         code = jnp.where(stopped_other | front | (rear & reversing), CONTACT_AT_FAULT, code)
         code = jnp.where(stopped_ego, CONTACT_STOPPED_EGO, code)
         code = jnp.where(logged, CONTACT_LOGGED, code)
@@ -850,7 +874,7 @@ def step_metrics(scenario: Scenario, prev_state: SimState, state: SimState, info
         else:
             out["ego_overlap"] = e.valid & jnp.any(sep < 0.0)
         contact = contact_classes(cur, log_state, ego, ego_in_lane(lat, scenario.route), recorded_objects(scenario),
-                                  sep)
+                                  sep, prev=prev)
         out["ego_contact"] = contact
         out["ego_overlap_at_fault"] = jnp.any(contact == CONTACT_AT_FAULT)
         valid, off, artefact = ego_offroad_corners(cur, log_state, rm, ego, config.edge_cull)
@@ -921,12 +945,26 @@ def episode_metrics(scenario: Scenario, rollout_out, extras: dict | None = None)
         out["raw_collision"] = f(x["ego_overlap"])
         out["raw_offroad"] = f(x["ego_offroad"])
         out["raw_failure"] = jnp.maximum(jnp.maximum(out["raw_collision"], out["raw_offroad"]), out["red_light"])
-        # Each pair once: the class of its first contact (a contact lasting several steps,
-        # or the same pair touching again, is one collision).
+        # Each pair counts once. A contact is classified where it starts (a contact lasting
+        # several steps is one event, judged by how it began, as in nuPlan), and every new
+        # contact of the pair is judged again. A contact that began as the log's own overlap
+        # stays exempt only while that holds: once the ego leaves its logged pose during it,
+        # an at-fault step is at fault.
         contact = x["ego_contact"]  # [H, N]
         touched = contact != CONTACT_NONE
+        onset = touched & ~jnp.concatenate([jnp.zeros_like(touched[:1]), touched[:-1]], 0)
+
+        def logged_run(carry, step):
+            touched_t, onset_t, contact_t = step
+            started_logged = jnp.where(onset_t, contact_t == CONTACT_LOGGED, carry) & touched_t
+            return started_logged, started_logged
+
+        _, from_log = jax.lax.scan(logged_run, jnp.zeros_like(touched[0]), (touched, onset, contact))
+        at_fault = contact == CONTACT_AT_FAULT
+        pair_at_fault = jnp.any(at_fault & (onset | from_log), axis=0)  # [N]
         first = jnp.argmax(touched, axis=0)  # [N]
-        pair_class = jnp.where(jnp.any(touched, 0), jnp.take_along_axis(contact, first[None], 0)[0], CONTACT_NONE)
+        first_class = jnp.where(jnp.any(touched, 0), jnp.take_along_axis(contact, first[None], 0)[0], CONTACT_NONE)
+        pair_class = jnp.where(pair_at_fault, CONTACT_AT_FAULT, first_class)  # exempt pairs: by their first rule
         count = lambda code: jnp.sum(pair_class == code).astype(jnp.float32)
         out["collision_pairs"] = count(CONTACT_AT_FAULT)
         for code, name in CONTACT_NAMES.items():

@@ -245,7 +245,7 @@ def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weigh
         r = weights.progress * _route_step(scenario, prev_state, state, ego)
         _, lateral = m.route_progress(jnp.stack([e.x, e.y]), scenario.route)
         contact = m.contact_classes(cur, log_state, ego, m.ego_in_lane(lateral, scenario.route),
-                                    m.recorded_objects(scenario))
+                                    m.recorded_objects(scenario), prev=prev_state.current)
         r -= weights.collision * f(jnp.any(contact == m.CONTACT_AT_FAULT))
         valid, off, artefact = m.ego_offroad_corners(cur, log_state, scenario.roadmap, ego)
         r -= weights.offroad * f(valid & jnp.any(off & ~artefact))
