@@ -40,14 +40,15 @@ raw_collision / raw_offroad / raw_failure. Real logs already hold overlaps (labe
 of the boxes) and offroad corners (map-compile or labelling artefacts), and not every
 contact is the ego's doing, so the at-fault layer leaves out:
 - collisions (`contact_classes`, after nuPlan's at-fault collisions), per pair of the
-  ego and another object, classified at the pair's first contact and counted once per
-  episode: not at fault when the logged ego overlaps the same object at the same step
-  while both are within 1 m / 15 degrees of their logged poses (the overlap is the
+  ego and another object, each contact classified where it starts (a log-overlap
+  exemption re-checked every step of it), a pair counted once per episode: not at
+  fault when the logged ego overlaps the same object at the same step while both are within 1 m / 15 degrees of their logged poses (the overlap is the
   log's), when the ego is stopped (< 0.05 m/s), when the other object meets the ego's
   rear bumper (while the ego is not reversing and the other is not stopped), or when it
   is a side contact while the ego keeps to its lane (within 1 m of its route, the
-  logged path on lane centres). Running into a stopped object, a front-bumper contact,
-  and a side contact out of the lane are at fault.
+  logged path on lane centres). Running into a stopped object, a front-bumper contact
+  (or one with an object wholly ahead of the front a step before), and a side contact
+  out of the lane are at fault.
 - offroad (`ego_offroad_corners`): a corner off the road is an artefact when the same
   corner of the logged ego box is off the road at the same step and the ego is within
   1 m / 15 degrees of its logged pose.
@@ -849,7 +850,7 @@ def step_metrics(scenario: Scenario, prev_state: SimState, state: SimState, info
     ego_off_route, ego_wrong_way, ego_red_light, ego_comfortable, ego_lon_accel,
     ego_lat_accel, ego_jerk, ego_ttc. `ego_contact` `[N]` int32 is the class of the ego's
     contact with each object (`contact_classes`; CONTACT_NONE without one), which
-    `episode_metrics` reads at each pair's first contact. ego_overlap and ego_offroad are
+    `episode_metrics` reads where each contact starts. ego_overlap and ego_offroad are
     the raw (Waymax-compatible) metrics; the `_at_fault` ones leave out what the log
     already holds and, for contacts, what nuPlan does not blame the ego for (see the
     module docstring). Per-object entries `[N]` depending on `config`: overlap, offroad,
@@ -923,10 +924,11 @@ def episode_metrics(scenario: Scenario, rollout_out, extras: dict | None = None)
     `extras` defaults to `rollout_out.extras`. Returns red_light, off_route, wrong_way,
     infeasible (any valid step, float 0/1); raw_collision, raw_offroad (the raw metrics
     on any valid step) and raw_failure (either, or red light); the at-fault collision
-    (some pair's first contact is CONTACT_AT_FAULT) and offroad (a corner off the road
+    (some contact is at fault where it starts, or at a later step of a contact that began
+    as the log's overlap) and offroad (a corner off the road
     that is not an artefact, on a valid step) and failure (either, or red light);
-    collision_pairs (pairs whose first contact is at fault), exempt_{logged, stopped_ego,
-    rear, lateral}_pairs (pairs whose first contact is exempt, by rule),
+    collision_pairs (pairs with an at-fault contact), exempt_{logged, stopped_ego,
+    rear, lateral}_pairs (the other touched pairs, by the rule of their first contact),
     offroad_artefact_steps (raw offroad steps that are all artefact); progress (m along the route), log_progress, progress_ratio,
     ade, fde (ego log divergence), comfort (fraction of comfortable steps), ttc_min,
     score (see the module docstring; its multipliers use the at-fault collision and
