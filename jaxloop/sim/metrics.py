@@ -42,8 +42,9 @@ contact is the ego's doing, so the at-fault layer leaves out:
 - collisions (`contact_classes`, after nuPlan's at-fault collisions), per pair of the
   ego and another object, each contact classified where it starts (a log-overlap
   exemption re-checked every step of it), a pair counted once per episode: not at
-  fault when the logged ego overlaps the same object at the same step while both are within 1 m / 15 degrees of their logged poses (the overlap is the
-  log's), when the ego is stopped (< 0.05 m/s), when the other object meets the ego's
+  fault when the logged ego overlaps the same object at the same step while both are
+  within 1 m / 15 degrees of their logged poses (the overlap is the log's), when the
+  ego is stopped (< 0.05 m/s), when the other object meets the ego's
   rear bumper (while the ego is not reversing and the other is not stopped), or when it
   is a side contact while the ego keeps to its lane (within 1 m of its route, the
   logged path on lane centres). Running into a stopped object, a front-bumper contact
