@@ -149,8 +149,10 @@ def to_markdown(result: dict) -> str:
     lines += ["", "### Distribution gap (procedural test vs the 18 real scenes; median [p10, p90])", "",
               result["gap_table"], "", "### Training", ""]
     for name, s in result["training"].items():
-        lines.append(f"- {name}: {s['final_step']} steps in {s['wall_s']:.0f} s ({s['env_steps_per_s']:.0f} "
-                     f"env-steps/s), {s['skipped_updates']} skipped updates; data {s.get('data')}")
+        ran = (f"this invocation ran {s['steps']} in {s['wall_s']:.0f} s ({s['env_steps_per_s']:.0f} env-steps/s)"
+               if s["steps"] else "resumed complete from an earlier invocation of the same command")
+        lines.append(f"- {name}: {s['final_step']} steps; {ran}; {s['skipped_updates']} skipped updates; "
+                     f"data {s.get('data')}")
     lines += ["", "### Failed real scenes (at fault), per policy", ""]
     for name, res in result["policies"].items():
         lines.append(f"- {name}: " + ", ".join(res["real_all"]["failed"]) if res["real_all"]["failed"]
