@@ -609,23 +609,23 @@ def ego_offroad_corners(state: ObjectState, log_state: ObjectState, roadmap: Roa
     e, log_e = take_object(state, ego), take_object(log_state, ego)
     corners = jnp.concatenate([_corners(e), _corners(log_e)], 0)  # [8, 2]
     corners = jnp.stack(materialize(*jnp.moveaxis(corners, -1, 0)), -1)
-    if edge_cull > 0:
-        edges = _culled_edges(jnp.stack([e.x, e.y]), roadmap, edge_cull)
-    else:
-        edges = roadmap.edge_start, roadmap.edge_end, roadmap.edge_valid
-    off = edge_offroad(corners, *edges)
+    off = edge_offroad(corners, *_edges_near(e, roadmap, edge_cull))
     return e.valid, off[:4], off[4:] & near_log(e, log_e)
+
+
+def _edges_near(e: ObjectState, roadmap: RoadMap, edge_cull: int):
+    """(start, end, valid) of the road-edge segments the ego's corners are tested against."""
+    if edge_cull > 0:
+        return _culled_edges(jnp.stack([e.x, e.y]), roadmap, edge_cull)
+    return roadmap.edge_start, roadmap.edge_end, roadmap.edge_valid
 
 
 def offroad_artefacts(state: ObjectState, log_state: ObjectState, roadmap: RoadMap, ego: jax.Array,
                       edge_cull: int = 0) -> jax.Array:
-    """`[4]` bool per ego corner: exempt as a map or label artefact (see `ego_offroad_corners`)."""
+    """`[4]` bool per ego corner: exempt as a map or label artefact (the third output of `ego_offroad_corners`,
+    testing only the four logged corners, for the surrogates)."""
     e, log_e = take_object(state, ego), take_object(log_state, ego)
-    if edge_cull > 0:
-        edges = _culled_edges(jnp.stack([e.x, e.y]), roadmap, edge_cull)
-    else:
-        edges = roadmap.edge_start, roadmap.edge_end, roadmap.edge_valid
-    return edge_offroad(_corners(log_e), *edges) & near_log(e, log_e)
+    return edge_offroad(_corners(log_e), *_edges_near(e, roadmap, edge_cull)) & near_log(e, log_e)
 
 
 # ----------------------------------------------------------------------------- log, kinematics
