@@ -21,14 +21,14 @@ FAILURES = {"ego_overlap_at_fault": "collision", "ego_offroad_at_fault": "offroa
 
 
 def _load_scenario(data: str, index: int):
-    """(one unbatched scenario, its info dict, the whole set's infos) of entry `index` of `data`."""
+    """(one unbatched scenario, its info dict) of entry `index` of `data`."""
     from jaxloop.data.sources import load_source
     from jaxloop.sim.datatypes import index_batch
     batch, infos = load_source(data)
     count = len(infos)
     if not 0 <= index < count:
         raise ValueError(f"--index {index} is out of range: {data} holds {count} scenario(s)")
-    return index_batch(batch, index), infos[index], infos
+    return index_batch(batch, index), infos[index]
 
 
 def failure_steps(extras: dict, timesteps: np.ndarray) -> dict[str, list[int]]:
@@ -70,7 +70,7 @@ def render(out: str = "render.png", data: str = "toy", index: int = 0, gif: str 
     from jaxloop.sim.env import EnvConfig, num_closed_loop_steps
     from jaxloop.viz.render import render_episode_gif, render_frame, save_png
 
-    scenario, info, infos = _load_scenario(data, index)
+    scenario, info = _load_scenario(data, index)
     env_config = EnvConfig(non_ego_agent=non_ego, init_steps=init_steps_of([info], f"--data {data}"))
     policy_obj, policy_env, label = resolve_policy_spec(policy, env_config)
     horizon = num_closed_loop_steps(scenario, policy_env)
