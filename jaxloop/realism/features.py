@@ -293,6 +293,7 @@ def compute_features(scenario: Scenario, poses: Poses, index: jax.Array, index_v
     at the current step). Box sizes are the log's at the current step.
     """
     t0 = init_steps - 1
+    scenario, poses = jax.tree.map(jnp.asarray, (scenario, poses))
     log = scenario.log_trajectory
     length, width = log.length[:, t0], log.width[:, t0]
     valid = poses.valid & in_scene[:, None]
