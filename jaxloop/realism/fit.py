@@ -4,9 +4,11 @@ Every object valid at the current step is driven by IDM (shared parameters) for 
 steps from the logged initial state; the loss, per valid (object, step) of the log, is
 
     |p_sim - p_log|² / (1 m)²  +  speed_weight * (|v_sim| - |v_log|)² / (1 m/s)²
+                               +  accel_weight * (a_sim - a_log)² / (1 m/s²)²
 
-(the position term matches where objects are, the speed term their speed profile: the
-kinematic features the realism score reads) plus `prior_weight` times the squared log
+(the position term matches where objects are; the speed and acceleration terms, with a
+the step-to-step change of speed over dt, their speed profile, the kinematic features
+the realism score reads: `accel_weight > 0` is the realism-regularised fit) plus `prior_weight` times the squared log
 ratio of each parameter to its default (a regulariser towards the published IDM
 constants). The fitted parameters are the log-normal centre that `RealismConfig.idm_params`
 samples around. Parameters are optimised in log space (positive), with Adam.
@@ -37,6 +39,7 @@ class FitConfig:
     steps: int = 40
     learning_rate: float = 0.05
     speed_weight: float = 1.0
+    accel_weight: float = 0.0
     prior_weight: float = 0.01
     init_steps: int = 11
 
@@ -64,7 +67,10 @@ def make_loss(config: FitConfig, base: agents_lib.AgentParams = agents_lib.Agent
         ok = (ref.valid & sim.valid).astype(jnp.float32)
         pos = (sim.x - ref.x) ** 2 + (sim.y - ref.y) ** 2
         speed = (sim.speed - ref.speed) ** 2
-        total = jnp.sum(ok * (pos + config.speed_weight * speed))
+        both = ok[1:] * ok[:-1]
+        accel = ((jnp.diff(sim.speed, axis=0) - jnp.diff(ref.speed, axis=0)) / 0.1) ** 2
+        total = (jnp.sum(ok * (pos + config.speed_weight * speed))
+                 + config.accel_weight * jnp.sum(both * accel) * jnp.sum(ok) / jnp.maximum(jnp.sum(both), 1.0))
         return total / jnp.maximum(jnp.sum(ok), 1.0), jnp.sum(ok * jnp.sqrt(pos + 1e-9)) / jnp.maximum(jnp.sum(ok), 1.0)
 
     def loss(log_params, scenarios):
