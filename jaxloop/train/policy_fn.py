@@ -1,7 +1,7 @@
 """Trained policies as `jaxloop.sim.rollout.PolicyFn`s: `policy(scenario, state, key) -> action`.
 
-    policy, config = load_policy_from_checkpoint("runs/bc/checkpoints")
-    env = Env(config.env_config())          # normalised actions: the policy emits [-1, 1]
+    policy, experiment = load_policy_from_checkpoint("runs/bc/checkpoints")
+    env = Env(experiment.env_config())      # normalised actions: the policy emits [-1, 1]
     final, out = rollout(env, scenario, env.reset(scenario, key), policy, num_steps)
 
 The action is `[A]` for the ego (`controlled="sdc"`) or `[N, A]` when one policy drives
@@ -21,10 +21,10 @@ from flax import nnx
 from jaxloop.policy import networks
 from jaxloop.policy.observation import ObsConfig, features, observer_features
 from jaxloop.sim.datatypes import Scenario, SimState
+from jaxloop.config import EXPERIMENT_KEY, Experiment, from_saved, to_dict
 from jaxloop.sim.rollout import PolicyFn
-from jaxloop.train.config import TrainConfig, config_from_dict
 
-CONFIG_KEY = "train_config"
+CONFIG_KEY = EXPERIMENT_KEY  # the `Experiment` in a checkpoint's config.json and an export's metadata
 
 
 def make_policy_fn(model_graphdef: nnx.GraphDef, params: nnx.State, obs_config: ObsConfig,
@@ -46,17 +46,15 @@ def make_policy_fn(model_graphdef: nnx.GraphDef, params: nnx.State, obs_config: 
     return policy
 
 
-def config_from_checkpoint(ckpt_dir: str | os.PathLike) -> TrainConfig:
-    """The `TrainConfig` saved beside a checkpoint's weights."""
+def config_from_checkpoint(ckpt_dir: str | os.PathLike) -> Experiment:
+    """The `Experiment` saved beside a checkpoint's weights (an older run's `TrainConfig` converted)."""
     from jaxloop.io.checkpoint import read_config
     data = read_config(resolve_checkpoint_dir(ckpt_dir))
-    if CONFIG_KEY not in data:
-        raise ValueError(f"{ckpt_dir}/config.json: no {CONFIG_KEY!r} entry; not a jaxloop training checkpoint")
-    return config_from_dict(TrainConfig, data[CONFIG_KEY])
+    return from_saved(data, f"{ckpt_dir}/config.json")
 
 
-def load_params(ckpt_dir: str | os.PathLike, config: TrainConfig | None = None,
-                step: int | None = None) -> tuple[nnx.GraphDef, nnx.State, TrainConfig]:
+def load_params(ckpt_dir: str | os.PathLike, config: Experiment | None = None,
+                step: int | None = None) -> tuple[nnx.GraphDef, nnx.State, Experiment]:
     """(graphdef, params, config) of the checkpoint at `step` (latest if None); a run directory works too."""
     from jaxloop.io.checkpoint import CheckpointManager
     from jaxloop.train.common import build_model
@@ -74,7 +72,7 @@ def load_params(ckpt_dir: str | os.PathLike, config: TrainConfig | None = None,
 
 
 def load_policy_from_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = None,
-                                deterministic: bool = True, controlled: str = "sdc") -> tuple[PolicyFn, TrainConfig]:
+                                deterministic: bool = True, controlled: str = "sdc") -> tuple[PolicyFn, Experiment]:
     """`(policy_fn, config)` of a training checkpoint directory (or its run directory).
 
     The policy emits normalised actions: roll it out in `Env(config.env_config())`.
@@ -108,7 +106,7 @@ def batch_polymorphic_call(call: Any) -> Any:
     return batched
 
 
-def load_exported_policy(export_dir: str | os.PathLike) -> tuple[PolicyFn, TrainConfig]:
+def load_exported_policy(export_dir: str | os.PathLike) -> tuple[PolicyFn, Experiment]:
     """`(policy_fn, config)` of a directory written by `jaxloop export`: the exported artefact itself runs.
 
     The policy computes the observation features in jaxloop, flattens them and calls the
@@ -119,10 +117,7 @@ def load_exported_policy(export_dir: str | os.PathLike) -> tuple[PolicyFn, Train
     from jaxloop.policy.observation import flatten
     loaded = load_policy(export_dir)
     meta = loaded.metadata.get("metadata", {})
-    if CONFIG_KEY not in meta:
-        raise ValueError(f"{export_dir}/metadata.json: no {CONFIG_KEY!r} entry; not a policy exported by "
-                         "`jaxloop export`")
-    config = config_from_dict(TrainConfig, meta[CONFIG_KEY])
+    config = from_saved(meta, f"{export_dir}/metadata.json")
     if not loaded.metadata.get("batch_polymorphic", False):
         raise ValueError(f"{export_dir}: the exported policy has a fixed batch size; re-export it with a "
                          "symbolic batch dimension to evaluate it")
@@ -137,7 +132,7 @@ def load_exported_policy(export_dir: str | os.PathLike) -> tuple[PolicyFn, Train
     return policy, config
 
 
-def load_policy(path: str | os.PathLike, step: int | None = None) -> tuple[PolicyFn, TrainConfig]:
+def load_policy(path: str | os.PathLike, step: int | None = None) -> tuple[PolicyFn, Experiment]:
     """A trained policy from a training run / checkpoint directory or an exported policy directory."""
     from jaxloop.io.export import METADATA_FILE
     if os.path.isfile(os.path.join(path, METADATA_FILE)):
@@ -170,13 +165,13 @@ def export(ckpt: str, out: str, step: int | None = None) -> int:
     return 0
 
 
-def flat_apply_fn(graphdef: nnx.GraphDef, config: TrainConfig) -> tuple[Any, jax.Array]:
+def flat_apply_fn(graphdef: nnx.GraphDef, config: Experiment) -> tuple[Any, jax.Array]:
     """`apply(params, flat_features [b, D]) -> action [b, A]` and an example input `[1, D]`."""
     from jaxloop.policy.observation import flat_dim, unflatten
-    dim = flat_dim(config.obs, config.history_length)
+    dim = flat_dim(config.obs)
 
     def apply(params, flat):
-        feats = unflatten(flat, config.obs, config.history_length)
+        feats = unflatten(flat, config.obs)
         return networks.mode(nnx.merge(graphdef, params)(feats))
 
     return apply, jnp.zeros((1, dim), jnp.float32)
@@ -188,6 +183,5 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> str:
     return sub if os.path.isfile(os.path.join(sub, "config.json")) else str(path)
 
 
-def _to_dict(config: TrainConfig) -> dict:
-    from jaxloop.train.config import config_to_dict
-    return config_to_dict(config)
+def _to_dict(config: Experiment) -> dict:
+    return to_dict(config)
