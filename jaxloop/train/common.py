@@ -101,16 +101,16 @@ def start_episode(ctx: Context, env: Env, scenario: Scenario, key: jax.Array,
     """The (possibly augmented) scenario and its initial state for one closed-loop episode.
 
     With `config.crosser_prob > 0`, a random crossing pedestrian or cyclist drawn with
-    `key_aug` (default: from `key`) is added (`jaxloop.eval.perturb.random_crosser`) and
+    `key_aug` (default: from `key`) is added (`jaxloop.sim.perturb.random_crosser`) and
     then every other non-policy object is IDM (episodes without one keep the configured
     traffic). With `config.start_noise > 0`, the ego starts off its logged state by
-    `jaxloop.eval.perturb.ego_noise` at a random fraction (uniform in [0, start_noise]) of
+    `jaxloop.sim.perturb.ego_noise` at a random fraction (uniform in [0, start_noise]) of
     1 m, 0.1 rad and 1 m/s standard deviations. Episodes sharing `key_aug` share both.
     """
     cfg = ctx.config
     if cfg.crosser_prob <= 0 and cfg.start_noise <= 0:
         return scenario, env.reset(scenario, key)
-    from jaxloop.eval.perturb import ego_noise, random_crosser, react_to_crosser
+    from jaxloop.sim.perturb import ego_noise, random_crosser, react_to_crosser
     key_reset = key
     if key_aug is None:
         key_aug, key_reset = jax.random.split(key)

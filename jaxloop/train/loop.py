@@ -48,7 +48,7 @@ from typing import Literal
 import jax
 import numpy as np
 
-from jaxloop.data.mixture import Mixture, mix, parse_weight
+from jaxloop.data import Mixture, mix, parse_weight
 from jaxloop.errors import CheckpointError, JaxloopError, RunError
 from jaxloop.io.checkpoint import path_str
 from jaxloop.sim.datatypes import Scenario
@@ -82,12 +82,12 @@ def load_data(data: str, num_toy: int = 64, toy_objects: int = 16, num_objects: 
     their infos. Comma-separated sources with weights (`procedural:train:1024@0.75,real/@0.25`) give a
     `Mixture`: slot sizes padded to the largest, each batch filled in the given proportion."""
     if data == "toy":
-        from jaxloop.data.toy import make_toy_scenario
+        from jaxloop.data import make_toy_scenario
         from jaxloop.sim.datatypes import stack_scenarios
         scenarios = stack_scenarios([make_toy_scenario(num_objects=toy_objects, seed=i) for i in range(num_toy)])
         infos = [{"scenario_id": f"toy-{i}", "format": "toy", "init_steps": 11} for i in range(num_toy)]
         return (scenarios, infos) if with_infos else scenarios
-    from jaxloop.data.sources import SPEC_SEPARATOR, load_source
+    from jaxloop.data import SPEC_SEPARATOR, load_source
     parts = [parse_weight(part.strip()) for part in data.split(SPEC_SEPARATOR)]
     if any(w is not None for _, w in parts):
         loaded = [(spec, *load_source(spec, num_objects=num_objects, select=select, skip_invalid=skip_invalid), w)
@@ -178,7 +178,7 @@ def _check_same_data(out: str, saved: dict | None, current: dict) -> None:
 
 def check_out_dir(out: str) -> None:
     """Refuses an output directory that is a scenario cache or lies inside one (a run would write into the data)."""
-    from jaxloop.data.pipeline import MANIFEST
+    from jaxloop.data import MANIFEST
     path = Path(out).expanduser().absolute()
     for folder in (path, *path.parents):
         if (folder / MANIFEST).is_file():
@@ -405,7 +405,7 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
             object of interest), or stop with an error.
         skip_invalid: raw --data files: skip (and count on stderr) invalid files and records instead of stopping.
     """
-    from jaxloop.data.formats import init_steps_of
+    from jaxloop.data import init_steps_of
     from jaxloop.policy.networks import ModelConfig
     if steps < 0:
         raise ValueError(f"--steps must be >= 0, got {steps}")
