@@ -263,7 +263,7 @@ def main(argv=None) -> dict:
     from jaxloop.eval import perturb
     from jaxloop.eval.gate import GateConfig, check
     from jaxloop.train.loop import run
-    from jaxloop.train.policy_fn import load_policy_from_checkpoint
+    from jaxloop.io.policies import load_policy_from_checkpoint
 
     log(f"generating scenarios ({args.profile})")
     train = procedural.generate("train", p["num_train"], args.seed, workers=2)

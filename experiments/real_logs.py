@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
     from jaxloop.data.stats import gap_table, scenario_statistics, summarize
     from jaxloop.sim.env import EnvConfig
     from jaxloop.train.loop import run
-    from jaxloop.train.policy_fn import export, load_policy_from_checkpoint
+    from jaxloop.io.policies import export, load_policy_from_checkpoint
 
     log(f"loading scenarios ({args.profile})")
     train = procedural.generate("train", p["num_train"], args.seed, workers=2)

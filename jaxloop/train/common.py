@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from jaxloop.io.policies import build_model
 from jaxloop.policy import networks
 from jaxloop.policy.observation import Features, features
 from jaxloop.sim.datatypes import ObjectState, Scenario, SimState, trajectory_window
@@ -53,11 +54,6 @@ class Context:
     surrogate_fn: StepFn | None = None
 
 
-def build_model(config: TrainConfig, key: jax.Array) -> nnx.Module:
-    env_cfg = config.env_config()
-    return networks.make_model(config.model, config.obs, config.history_length, env_cfg.action_dim, key)
-
-
 def make_context(config: TrainConfig, reward_fn: StepFn | None = None,
                  surrogate_fn: StepFn | None = None) -> Context:
     env = Env(config.env_config())
@@ -74,10 +70,10 @@ def make_context(config: TrainConfig, reward_fn: StepFn | None = None,
 
 def init_state(ctx: Context, key: jax.Array) -> state_lib.TrainState:
     """Fresh parameters and optimiser state; GRPO's reference policy starts as a copy of the parameters."""
-    key_model, key_state = jax.random.split(key)
+    key_model = jax.random.split(key)[0]  # the first half, as always: a seed keeps its initial parameters
     _, params = nnx.split(build_model(ctx.config, key_model))
     ref = jax.tree.map(jnp.copy, params) if ctx.config.algo == "grpo" else None
-    return state_lib.create(params, ctx.optimizer, key_state, ref)
+    return state_lib.create(params, ctx.optimizer, ref)
 
 
 def ego_features(ctx: Context, scenario: Scenario, state: SimState) -> Features:

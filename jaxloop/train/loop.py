@@ -50,13 +50,13 @@ import numpy as np
 
 from jaxloop.data import Mixture, mix, parse_weight
 from jaxloop.errors import CheckpointError, JaxloopError, RunError
-from jaxloop.io.checkpoint import path_str
+from jaxloop.io.checkpoint import from_flat_dict, path_str, to_flat_dict
+from jaxloop.io.policies import CONFIG_KEY, resolve_checkpoint_dir
 from jaxloop.sim.datatypes import Scenario
 from jaxloop.train import parallel
 from jaxloop.train.common import StepFn
 from jaxloop.train.config import APGConfig, GRPOConfig, TrainConfig, config_from_dict, config_to_dict
-from jaxloop.train.policy_fn import CONFIG_KEY, resolve_checkpoint_dir
-from jaxloop.train.state import TrainState, from_flat_dict, to_flat_dict
+from jaxloop.train.state import TrainState
 from jaxloop.train.trainer import make_trainer
 
 DATA_KEY = "data"
@@ -124,7 +124,7 @@ def step_key(seed: int, step: int) -> jax.Array:
 def _init_from(state: TrainState, config: TrainConfig, path: str) -> TrainState:
     """Policy parameters (and GRPO's reference) from another run's checkpoint; new heads keep their init."""
     from jaxloop.io.checkpoint import CheckpointManager
-    from jaxloop.train.policy_fn import config_from_checkpoint
+    from jaxloop.io.policies import config_from_checkpoint
     ckpt_dir = resolve_checkpoint_dir(path)
     source = config_from_checkpoint(ckpt_dir)
     if (source.obs, source.model.kind, source.model.hidden, source.history_length, source.dynamics) != (
