@@ -37,8 +37,7 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from open_vs_closed_loop import SHARED_DATA, configs, log  # noqa: E402
+from jaxloop.experiments.open_vs_closed_loop import SHARED_DATA, configs, log
 
 PROFILES = {
     "full": dict(num_train=512, num_test=100, bc_steps=1500, apg_steps=300, finetune_steps=200, batch_size=32,

@@ -7,7 +7,7 @@ from jaxloop.data.toy import make_toy_scenario
 from jaxloop.eval import perturb
 from jaxloop.sim import perturb as perturbations
 from jaxloop.eval.evaluate import EvalConfig, evaluate
-from jaxloop.eval.gate import GateConfig, check
+from jaxloop.eval.gate import GateConfig, check, gate
 from jaxloop.sim import agents
 from jaxloop.sim.datatypes import TYPE_PEDESTRIAN, stack_scenarios
 from jaxloop.sim.env import Env
@@ -55,6 +55,11 @@ def test_random_policy_fails_the_gate_and_self_passes(toy_set):
     assert good.passed and not good.reasons
     # Per set (clean + each perturbation): a non-finite check; clean: 6 rate checks; perturbed: 2 each.
     assert len(good.checks) == 7 + 3 * len(suite)
+    # `gate` runs both suites itself: the same verdict on the same scenarios.
+    via = gate(random_policy, "expert", scenarios, infos, config, perturbations=suite[:1])
+    assert not via.passed and len(via.checks) == 7 + 3
+    held_out = lambda result: [c for c in result.checks if c["name"].startswith("held-out")]
+    assert held_out(via) == held_out(bad) and len(held_out(via)) == 7
 
 
 def _episode_pieces(perturbation, scenario, key=jax.random.key(3)):

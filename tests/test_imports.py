@@ -2,9 +2,9 @@
 
 Every module of `jaxloop/` is parsed with `ast` (nothing is imported) and each of its
 `jaxloop` imports, top-level or inside a function, is checked against the layer table
-below. Command-line modules (`*/cli.py`, `jaxloop/cli.py`, `jaxloop/demo.py`) and the
-package root (lazy re-exports of the public API) may import anything; no other module
-imports a command-line module or the package root.
+below. Command-line modules (`*/cli.py`, `jaxloop/cli.py`, `jaxloop/demo.py`), the
+pipelines of `jaxloop/experiments/` and the package root (lazy re-exports of the public
+API) may import anything; no other module imports them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "eval":     ("io", "config", "policy", "sim", "base"),
     "viz":      ("sim", "base"),
     "interop":  ("data", "sim", "base"),
-    "pipeline": ("eval", "train", "io", "config", "policy", "data", "sim", "base"),  # the demo's experiment
 }
 
 # Which layer a module belongs to: the longest matching dotted prefix wins.
@@ -45,7 +44,6 @@ MODULE_LAYER: dict[str, str] = {
     "jaxloop.eval": "eval",
     "jaxloop.viz": "viz",
     "jaxloop.interop": "interop",
-    "jaxloop.pipeline": "pipeline",
 }
 
 # A layer listed here is used by other layers only through these modules (its public entry points).
@@ -54,6 +52,7 @@ SURFACE: dict[str, tuple[str, ...]] = {
 }
 
 CLI_MODULES = ("jaxloop", "jaxloop.cli", "jaxloop.demo")
+APPLICATIONS = ("jaxloop.experiments",)  # packages of end-to-end pipelines
 
 
 def module_name(path: pathlib.Path, root: pathlib.Path = ROOT) -> str:
@@ -64,7 +63,8 @@ def module_name(path: pathlib.Path, root: pathlib.Path = ROOT) -> str:
 
 
 def is_cli(module: str) -> bool:
-    return module in CLI_MODULES or module.endswith(".cli")
+    return (module in CLI_MODULES or module.endswith(".cli")
+            or any(module == app or module.startswith(app + ".") for app in APPLICATIONS))
 
 
 def layer_of(module: str) -> str | None:
@@ -110,7 +110,7 @@ def check_source(source: str, module: str, known: set[str], is_package: bool = F
                                                                                              is_package)}):
         where = f"{module}:{line} imports {target}"
         if is_cli(target):
-            problems.append(f"{where} (a command-line module or the package root; only commands may)")
+            problems.append(f"{where} (a command-line module, a pipeline or the package root; only they may)")
             continue
         layer = layer_of(target)
         if layer is None:
@@ -144,7 +144,8 @@ def test_every_layer_in_the_table():
 
 KNOWN = {"jaxloop", "jaxloop.cli", "jaxloop.sim", "jaxloop.sim.env", "jaxloop.train", "jaxloop.train.loop",
          "jaxloop.train.config", "jaxloop.eval", "jaxloop.eval.cli", "jaxloop.eval.evaluate", "jaxloop.data",
-         "jaxloop.data.procedural", "jaxloop.data.cli", "jaxloop.policy", "jaxloop.policy.networks"}
+         "jaxloop.data.procedural", "jaxloop.data.cli", "jaxloop.policy", "jaxloop.policy.networks",
+         "jaxloop.experiments", "jaxloop.experiments.open_vs_closed_loop"}
 
 
 @pytest.mark.parametrize("module, source, expected", [
@@ -158,11 +159,14 @@ KNOWN = {"jaxloop", "jaxloop.cli", "jaxloop.sim", "jaxloop.sim.env", "jaxloop.tr
     ("jaxloop.data.sources", "from jaxloop.data.cli import iter_raw\n",
      ["jaxloop.data.sources:1 imports jaxloop.data.cli (a command-line module"]),
     ("jaxloop.data.pipeline", "from jaxloop import __version__\n",
-     ["jaxloop.data.pipeline:1 imports jaxloop (a command-line module or the package root"]),
+     ["jaxloop.data.pipeline:1 imports jaxloop (a command-line module, a pipeline or the package root"]),
     ("jaxloop.sim.env", "from .. import train\n", ["jaxloop.sim.env:1 imports jaxloop.train ("]),
     ("jaxloop.policy.networks", "from ..sim import env\nimport numpy\n", []),
     ("jaxloop.train.loop", "from jaxloop.data import load_scenarios\nfrom jaxloop.train.config import X\n", []),
     ("jaxloop.eval.cli", "from jaxloop.train.loop import run\n", []),
+    ("jaxloop.experiments.open_vs_closed_loop", "from jaxloop.data import procedural\n", []),
+    ("jaxloop.eval.gate", "from jaxloop.experiments import open_vs_closed_loop\n",
+     ["jaxloop.eval.gate:1 imports jaxloop.experiments.open_vs_closed_loop (a command-line module, a pipeline"]),
     ("jaxloop.newpkg.mod", "import os\n", ["jaxloop.newpkg.mod: in no layer"]),
 ])
 def test_checker_flags_arrows_against_the_design(module, source, expected):
