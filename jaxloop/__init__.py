@@ -5,12 +5,13 @@ The public API: what a research script needs from data to an exported policy.
     scenarios, infos = jaxloop.load_scenarios("procedural:train:64")    # any data spec
     env = jaxloop.Env(jaxloop.EnvConfig())                               # one scenario at a time; vmap it
     final, out = jaxloop.rollout(env, scenario, env.reset(scenario, key), policy, num_steps)
-    train = jaxloop.make_train(jaxloop.TrainConfig(algo="bc"), scenarios, num_steps=100)
-    report = jaxloop.evaluate(policy, scenarios, infos, jaxloop.EvalConfig())
-    result = jaxloop.gate(candidate, "expert", scenarios, infos)         # the safety gate
+    config = jaxloop.TrainConfig(algo="bc")
+    state, metrics = jaxloop.make_train(config, scenarios, num_steps=100)(key)   # or make_trainer(config)
+    policy = jaxloop.policy_from_params(config, state.params)
+    report = jaxloop.evaluate(policy, scenarios, infos, jaxloop.EvalConfig(env=config.env_config()))
+    result = jaxloop.gate(policy, "expert", scenarios, infos)            # the safety gate
     jaxloop.export("runs/bc", "policy/")                                 # a checkpoint -> jax.export artefact
-    policy, config = jaxloop.load_policy("runs/bc")                      # a run, checkpoint or export
-    policy = jaxloop.policy_from_params(config, state.params)            # ... or trained params in memory
+    policy, config = jaxloop.load_policy("policy/")                      # a run, checkpoint or export
 
 Everything else is importable from its module but internal. Names are imported on
 first use, so `import jaxloop` does not import JAX.

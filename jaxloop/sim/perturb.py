@@ -32,7 +32,8 @@ from jaxloop.sim.rollout import PolicyFn
 
 @dataclasses.dataclass(frozen=True)
 class Perturbation:
-    """A change to an evaluation episode. Every hook is pure and runs inside `vmap`.
+    """A change to an episode (an evaluation perturbation or a training augmentation). Every hook is pure
+    and runs inside `vmap`.
 
     scenario_fn(scenario, key) -> scenario     before reset (map / log changes)
     state_fn(scenario, state, key) -> state    right after reset
@@ -50,7 +51,6 @@ class Perturbation:
     policy_fn: Callable[[PolicyFn], PolicyFn] | None = None
     params: agents_lib.AgentParams | None = None
     description: str = ""
-
 
 
 # ----------------------------------------------------------------------------- initial state
