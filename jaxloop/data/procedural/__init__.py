@@ -74,9 +74,10 @@ library never imports):
 
 from jaxloop.data.procedural.api import generate, scenario_seeds
 from jaxloop.data.procedural.assemble import _build_net
-from jaxloop.data.procedural.config import (FAMILY_IDS, FAMILY_NAMES, OOD_FAMILIES, OOD_PARAMS, SPLIT_SEEDS, SPLITS,
-                                            TRAIN_FAMILIES, TRAIN_FAMILY_WEIGHTS, TRAIN_PARAMS, GeneratorConfig,
-                                            ParamRanges)
+from jaxloop.data.procedural.config import (FAMILY_IDS, FAMILY_NAMES, OOD_FAMILIES, OOD_PARAMS, PROCEDURAL_MAP,
+                                            SPLIT_SEEDS, SPLITS, TRAIN_FAMILIES, TRAIN_FAMILY_WEIGHTS, TRAIN_PARAMS,
+                                            GeneratorConfig, ParamRanges)
 
-__all__ = ["FAMILY_IDS", "FAMILY_NAMES", "OOD_FAMILIES", "OOD_PARAMS", "SPLITS", "SPLIT_SEEDS", "TRAIN_FAMILIES",
-           "TRAIN_FAMILY_WEIGHTS", "TRAIN_PARAMS", "GeneratorConfig", "ParamRanges", "generate", "scenario_seeds"]
+__all__ = ["FAMILY_IDS", "FAMILY_NAMES", "OOD_FAMILIES", "OOD_PARAMS", "PROCEDURAL_MAP", "SPLITS", "SPLIT_SEEDS",
+           "TRAIN_FAMILIES", "TRAIN_FAMILY_WEIGHTS", "TRAIN_PARAMS", "GeneratorConfig", "ParamRanges", "generate",
+           "scenario_seeds"]

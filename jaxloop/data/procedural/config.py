@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+
+from jaxloop.data.mapcompile import MapConfig
 
 
 FAMILY_NAMES = ("straight", "curved", "intersection", "t_junction", "merge", "roundabout")
@@ -85,6 +88,16 @@ OOD_PARAMS = ParamRanges(lane_width=(2.9, 3.2), curve_radius=(28.0, 45.0), angle
                          urban_share=0.4)
 
 
+# The map sizes of generated scenarios: lanes cut into pieces of at most 56 m (110 m junction
+# arms in two pieces; 20 points about 2.9 m apart), 80 m culling; road edges are oriented as
+# built (drivable area on their right).
+PROCEDURAL_MAP = MapConfig(max_lanes=64, lane_points=20, max_lane_length_m=56.0, max_edges=256, edge_segment_m=6.0,
+                           max_crosswalks=8, max_stop_signs=8, cull_radius_m=80.0, orient_edges="keep")
+# GeneratorConfig fields of earlier versions that are now those of GeneratorConfig.map.
+_MOVED_TO_MAP = ("max_lanes", "lane_points", "max_lane_length_m", "max_edges", "max_crosswalks", "max_stop_signs",
+                 "cull_radius_m", "edge_segment_m")
+
+
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
     """Static sizes of the generated scenarios (hashable, validated).
@@ -92,8 +105,9 @@ class GeneratorConfig:
     num_objects: N object slots; num_steps: T log steps at 10 Hz; init_steps: the
     first steps that initialise an episode (step init_steps-1 is "current");
     route_points: R points of the ego route; max_lights: L traffic-light slots.
-    The map sizes are those of `mapcompile.MapConfig` (`map_config()`): lanes are cut
-    into pieces of at most `max_lane_length_m`, each resampled to `lane_points` points.
+    map: the compiled map's sizes and culling (`mapcompile.MapConfig`, `PROCEDURAL_MAP` by
+      default): lanes are cut into pieces of at most `map.max_lane_length_m`, each
+      resampled to `map.lane_points` points.
     """
 
     num_objects: int = 32
@@ -101,14 +115,7 @@ class GeneratorConfig:
     init_steps: int = 11
     route_points: int = 64
     max_lights: int = 16
-    max_lanes: int = 64
-    lane_points: int = 20
-    max_lane_length_m: float = 56.0  # 110 m junction arms in two pieces; 20 points about 2.9 m apart
-    max_edges: int = 256
-    max_crosswalks: int = 8
-    max_stop_signs: int = 8
-    cull_radius_m: float = 80.0
-    edge_segment_m: float = 6.0
+    map: MapConfig = PROCEDURAL_MAP
     max_pedestrians: int = 6
     max_cyclists: int = 3
     chunk_size: int = 64  # scenarios simulated together (vectorised; the output does not depend on it)
@@ -119,20 +126,35 @@ class GeneratorConfig:
         if self.num_steps < 2 or not 1 <= self.init_steps < self.num_steps:
             raise ValueError(f"GeneratorConfig needs num_steps >= 2 and 1 <= init_steps < num_steps, "
                              f"got {self.num_steps}, {self.init_steps}")
-        for name in ("route_points", "max_lights", "max_lanes", "lane_points", "max_edges", "max_crosswalks",
-                     "max_stop_signs", "chunk_size"):
+        for name in ("route_points", "max_lights", "chunk_size"):
             if getattr(self, name) < 2:
                 raise ValueError(f"GeneratorConfig.{name} must be >= 2, got {getattr(self, name)}")
-        if self.max_lane_length_m <= 5 or self.cull_radius_m <= 0:
-            raise ValueError(f"GeneratorConfig.max_lane_length_m must be > 5 and cull_radius_m > 0, got "
-                             f"{self.max_lane_length_m}, {self.cull_radius_m}")
+        if not isinstance(self.map, MapConfig):
+            raise ValueError(f"GeneratorConfig.map must be a mapcompile.MapConfig, got {type(self.map).__name__}")
+        for name in ("max_lanes", "lane_points", "max_edges", "max_crosswalks", "max_stop_signs"):
+            if getattr(self.map, name) < 2:
+                raise ValueError(f"GeneratorConfig.map.{name} must be >= 2, got {getattr(self.map, name)}")
+        if self.map.max_lane_length_m <= 5:
+            raise ValueError(f"GeneratorConfig.map.max_lane_length_m must be > 5, got {self.map.max_lane_length_m}")
         if self.max_pedestrians < 0 or self.max_cyclists < 0:
             raise ValueError("GeneratorConfig.max_pedestrians / max_cyclists must be >= 0")
 
-    def map_config(self):
-        from jaxloop.data.mapcompile import MapConfig
-        return MapConfig(max_lanes=self.max_lanes, lane_points=self.lane_points,
-                         max_lane_length_m=self.max_lane_length_m, max_edges=self.max_edges,
-                         max_crosswalks=self.max_crosswalks, max_stop_signs=self.max_stop_signs,
-                         cull_radius_m=self.cull_radius_m, edge_segment_m=self.edge_segment_m,
-                         orient_edges="keep", focus_spacing_m=4.0)
+    def __getattr__(self, name):  # only for names that are not fields
+        if name in _MOVED_TO_MAP:
+            raise AttributeError(f"GeneratorConfig.{name} is now GeneratorConfig.map.{name} (a mapcompile.MapConfig)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+def _reject_moved_fields(init):
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        moved = [k for k in kwargs if k in _MOVED_TO_MAP]
+        if moved:
+            given = ", ".join(f"{k}=..." for k in moved)
+            raise TypeError(f"GeneratorConfig({given}): the map sizes are GeneratorConfig.map, a mapcompile.MapConfig; "
+                            f"pass map=dataclasses.replace(PROCEDURAL_MAP, {given})")
+        init(self, *args, **kwargs)
+    return __init__
+
+
+GeneratorConfig.__init__ = _reject_moved_fields(GeneratorConfig.__init__)

@@ -65,24 +65,24 @@ def _select_many(dist: np.ndarray, scen: np.ndarray, num: int, radius: float, ca
 def _compile_maps(nets: list[_Net], focuses: list[np.ndarray], cfg: GeneratorConfig):
     """The networks compiled straight into `RoadMap`s (the layout of `jaxloop.data.mapcompile`), all at once.
 
-    Lanes are cut into equal pieces no longer than `cfg.max_lane_length_m` (ids from 1, in
-    lane order) and resampled to `cfg.lane_points` points by arc length (lane points are
+    Lanes are cut into equal pieces no longer than `cfg.map.max_lane_length_m` (ids from 1, in
+    lane order) and resampled to `cfg.map.lane_points` points by arc length (lane points are
     evenly spaced, so by index); road edges are cut into segments of about
-    `cfg.edge_segment_m` (corners kept); crosswalks and stop signs are taken as built.
-    Every feature is culled to `cfg.cull_radius_m` of its scenario's focus points `[F, 2]`,
+    `cfg.map.edge_segment_m` (corners kept); crosswalks and stop signs are taken as built.
+    Every feature is culled to `cfg.map.cull_radius_m` of its scenario's focus points `[F, 2]`,
     nearest first, up to the capacities of `cfg`.
 
     Returns per network: (RoadMap, whether features within the radius were dropped for
     capacity, ids `[num lanes]` of the last piece of each lane).
     """
     S = len(nets)
-    radius = cfg.cull_radius_m
+    radius = cfg.map.cull_radius_m
     # Lane pieces of every network, resampled by index.
     lanes = [ln for net in nets for ln in net.lanes]
     lane_scen = np.repeat(np.arange(S), [len(net.lanes) for net in nets])
     lens = np.array([ln.length for ln in lanes])
     npts = np.array([len(ln.xy) for ln in lanes])
-    num = np.maximum(1, np.ceil(lens / cfg.max_lane_length_m - 1e-9)).astype(np.int64)
+    num = np.maximum(1, np.ceil(lens / cfg.map.max_lane_length_m - 1e-9)).astype(np.int64)
     cum = np.cumsum(num)
     first_lane = np.cumsum([len(net.lanes) for net in nets]) - [len(net.lanes) for net in nets]
     scen_first = (cum - num)[first_lane]  # first piece of each network
@@ -91,7 +91,7 @@ def _compile_maps(nets: list[_Net], focuses: list[np.ndarray], cfg: GeneratorCon
     piece = np.arange(len(lane_of)) - (cum - num)[lane_of]
     xy_all = np.concatenate([ln.xy for ln in lanes])
     start = np.cumsum(npts) - npts
-    q = cfg.lane_points
+    q = cfg.map.lane_points
     u = (piece[:, None] + np.linspace(0.0, 1.0, q)[None]) / num[lane_of, None] * (npts[lane_of, None] - 1)
     i0 = np.minimum(u.astype(np.int64), npts[lane_of, None] - 2)
     f = u - i0
@@ -110,7 +110,7 @@ def _compile_maps(nets: list[_Net], focuses: list[np.ndarray], cfg: GeneratorCon
     tan[..., 1] /= norm
     piece_scen = lane_scen[lane_of]
     # Road edges, crosswalks, stop signs.
-    segs = [_edge_segments(net.edges, cfg.edge_segment_m, 25.0) for net in nets]  # per network: batch-independent
+    segs = [_edge_segments(net.edges, cfg.map.edge_segment_m, cfg.map.edge_corner_deg) for net in nets]  # per network: batch-independent
     e0, e1 = np.concatenate([s[0] for s in segs]), np.concatenate([s[1] for s in segs])
     edge_scen = np.repeat(np.arange(S), [len(s[0]) for s in segs])
     boxes = np.array([c for net in nets for c in net.crosswalks], np.float64).reshape(-1, 4, 2)
@@ -136,7 +136,7 @@ def _compile_maps(nets: list[_Net], focuses: list[np.ndarray], cfg: GeneratorCon
     cw_d = dist[nl + ne:nl + ne + nc].reshape(-1, 4).min(axis=1)
     sign_d = dist[nl + ne + nc:]
     # Fixed-size arrays [S, ...].
-    P, E, C, SS = cfg.max_lanes, cfg.max_edges, cfg.max_crosswalks, cfg.max_stop_signs
+    P, E, C, SS = cfg.map.max_lanes, cfg.map.max_edges, cfg.map.max_crosswalks, cfg.map.max_stop_signs
     fields = dict(lane_xy=np.zeros((S, P, q, 2), np.float32), lane_dir=np.zeros((S, P, q, 2), np.float32),
                   lane_valid=np.zeros((S, P, q), bool), lane_ids=np.full((S, P), -1, np.int32),
                   lane_types=np.zeros((S, P), np.int32), lane_speed_limit=np.zeros((S, P), np.float32),
