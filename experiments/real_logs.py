@@ -80,7 +80,8 @@ def training_load_config():
     g = procedural.GeneratorConfig()
     return LoadConfig(num_objects=g.num_objects, select="nearest", route_points=g.route_points,
                       num_lights=g.max_lights,
-                      map=MapConfig(max_lanes=g.max_lanes, max_edges=g.max_edges, lane_points=g.lane_points))
+                      map=MapConfig(max_lanes=g.map.max_lanes, max_edges=g.map.max_edges,
+                                    lane_points=g.map.lane_points))
 
 
 def evaluate_sets(name, policy, env_config, sets, seed) -> dict:

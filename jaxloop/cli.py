@@ -27,7 +27,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "eval": "jaxloop.eval.cli:run_eval",
     "gate": "jaxloop.eval.cli:run_gate",
     "data": {"convert": "jaxloop.data.cli:convert", "inspect": "jaxloop.data.cli:inspect",
-             "generate": "jaxloop.data.procedural:generate_cli"},
+             "generate": "jaxloop.data.procedural.cli:generate_cli"},
     "train": "jaxloop.train.cli:train",
     "export": "jaxloop.train.cli:export",
 }
