@@ -31,7 +31,7 @@ from jaxloop.policy.networks import ModelConfig
 from jaxloop.sim.compute import compiler_options
 from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.rollout import rollout
-from jaxloop.train.policy_fn import make_policy_fn
+from jaxloop.io.policies import make_policy_fn
 from jaxloop.train.trainer import make_trainer
 
 BENCH = "train_throughput"

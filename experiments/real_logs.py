@@ -37,8 +37,7 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from open_vs_closed_loop import SHARED_DATA, log, presets as base_presets, procedural_set  # noqa: E402
+from jaxloop.experiments.open_vs_closed_loop import SHARED_DATA, log, presets as base_presets, procedural_set
 
 PROFILES = ("full", "quick")  # names of `presets`; quick: a smoke run of the same pipeline (minutes)
 REAL_TRAIN = "gpudrive-train-split"  # the fine-tuning mixture's name for the 12 real training scenes
@@ -97,7 +96,8 @@ def training_load_config():
     g = procedural.GeneratorConfig()
     return LoadConfig(num_objects=g.num_objects, select="nearest", route_points=g.route_points,
                       num_lights=g.max_lights,
-                      map=MapConfig(max_lanes=g.max_lanes, max_edges=g.max_edges, lane_points=g.lane_points))
+                      map=MapConfig(max_lanes=g.map.max_lanes, max_edges=g.map.max_edges,
+                                    lane_points=g.map.lane_points))
 
 
 def evaluate_sets(name, policy, env_config, sets, seed) -> dict:
@@ -196,7 +196,7 @@ def main(argv=None) -> dict:
     from jaxloop.data.stats import gap_table, scenario_statistics, summarize
     from jaxloop.sim.env import EnvConfig
     from jaxloop.train.loop import run
-    from jaxloop.train.policy_fn import export, load_policy_from_checkpoint
+    from jaxloop.io.policies import export, load_policy_from_checkpoint
 
     log(f"loading scenarios ({args.profile})")
     procedural_spec = cfgs["bc"].data.source

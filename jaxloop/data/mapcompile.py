@@ -286,24 +286,28 @@ def _select(dist: np.ndarray, radius: float, capacity: int, count: FeatureCount)
 
 def _convex_hull(points: np.ndarray) -> np.ndarray:
     """Counter-clockwise convex hull `[H, 2]` (monotone chain) of a few points."""
-    pts = np.unique(points.astype(np.float64), axis=0)
+    pts = points.astype(np.float64).reshape(-1, 2)
+    pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]  # by x, then y
+    if pts.shape[0] > 1:
+        pts = pts[np.concatenate([[True], np.any(pts[1:] != pts[:-1], axis=1)])]  # the distinct points
     if pts.shape[0] <= 2:
         return pts
 
     def cross(o, a, b):
         return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
 
+    rows = pts.tolist()  # Python floats: the same float64 arithmetic without numpy scalar overhead
     lower: list = []
-    for p in pts:
+    for p in rows:
         while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
             lower.pop()
         lower.append(p)
     upper: list = []
-    for p in pts[::-1]:
+    for p in reversed(rows):
         while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
             upper.pop()
         upper.append(p)
-    return np.array(lower[:-1] + upper[:-1])
+    return np.array(lower[:-1] + upper[:-1], np.float64)
 
 
 def oriented_bounding_box(points: np.ndarray) -> np.ndarray:
@@ -417,10 +421,11 @@ def _edges(xy, types, starts, ends, config: MapConfig, focus, report, lane_xy=No
     if n > 2:
         d = np.diff(xy.astype(np.float64), axis=0)  # d[i] = xy[i+1] - xy[i]
         a_in, a_out = d[:-1], d[1:]  # at interior point i+1
+        norm = np.linalg.norm(d, axis=-1)
+        n_in, n_out = norm[:-1], norm[1:]
         same = (run_of[:-2] == run_of[1:-1]) & (run_of[1:-1] == run_of[2:])
-        cos = np.sum(a_in * a_out, -1) / np.maximum(np.linalg.norm(a_in, axis=-1) * np.linalg.norm(a_out, axis=-1),
-                                                    1e-12)
-        long_enough = (np.linalg.norm(a_in, axis=-1) > 1e-6) & (np.linalg.norm(a_out, axis=-1) > 1e-6)
+        cos = np.sum(a_in * a_out, -1) / np.maximum(n_in * n_out, 1e-12)
+        long_enough = (n_in > 1e-6) & (n_out > 1e-6)
         is_corner[1:-1] = same & long_enough & (cos < np.cos(np.deg2rad(config.edge_corner_deg)))
     src = np.repeat(np.arange(n), 1 + is_corner)
     # A new piece starts at each polyline start and at the second copy of a corner.
@@ -531,23 +536,26 @@ def compile_roadmap(raw: RawRoadgraph, focus_xy: np.ndarray, config: MapConfig =
 
     valid = raw.valid
     report.invalid_points = int((~valid).sum())
-    xyz = raw.xyz[valid]
+    every = report.invalid_points == 0  # the usual case: no copies for the mask
+    xyz = raw.xyz if every else raw.xyz[valid]
     bad = ~np.all(np.isfinite(xyz), axis=-1)
     if bad.any():
         i = int(np.flatnonzero(valid)[np.flatnonzero(bad)[0]])
         raise DataError(f"{int(bad.sum())} valid point(s) with non-finite coordinates (first: point {i}, "
                         f"{raw.xyz[i].tolist()})", file=source or None, field="roadgraph_samples/xyz")
     xy = xyz[:, :2]
-    dir_xy = np.nan_to_num(raw.dir[valid][:, :2])
-    types = raw.types[valid]
-    ids = raw.ids[valid]
+    dir_xy = raw.dir[:, :2] if every else raw.dir[valid][:, :2]
+    if not np.isfinite(dir_xy).all():
+        dir_xy = np.nan_to_num(dir_xy)
+    types = raw.types if every else raw.types[valid]
+    ids = raw.ids if every else raw.ids[valid]
     # A polyline is a run of consecutive points with the same id and type.
     key = ids.astype(np.int64) * 64 + types
     starts, ends = _runs(key)
     run_type = types[starts] if starts.shape[0] else np.zeros(0, np.int32)
 
     def subset(kinds):
-        sel = np.isin(run_type, kinds)
+        sel = np.any(run_type[:, None] == np.asarray(kinds)[None], axis=1)  # a few kinds: cheaper than np.isin
         idx = np.flatnonzero(np.repeat(sel, ends - starts))
         lens = (ends - starts)[sel]
         new_starts = (np.cumsum(lens) - lens).astype(np.int64)

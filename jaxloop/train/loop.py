@@ -49,15 +49,15 @@ import jax
 import numpy as np
 import tyro
 
-from jaxloop.data.mixture import Mixture, mix, parse_weight
+from jaxloop.config import BC, GRPO, Experiment, Params, from_saved, to_dict
+from jaxloop.data import Mixture, mix, parse_weight
 from jaxloop.errors import CheckpointError, JaxloopError, RunError
-from jaxloop.io.checkpoint import path_str
+from jaxloop.io.checkpoint import from_flat_dict, path_str, to_flat_dict
+from jaxloop.io.policies import CONFIG_KEY, resolve_checkpoint_dir
 from jaxloop.sim.datatypes import Scenario
 from jaxloop.train import parallel
 from jaxloop.train.common import StepFn
-from jaxloop.config import BC, GRPO, Experiment, Params, from_saved, to_dict
-from jaxloop.train.policy_fn import CONFIG_KEY, resolve_checkpoint_dir
-from jaxloop.train.state import TrainState, from_flat_dict, to_flat_dict
+from jaxloop.train.state import TrainState
 from jaxloop.train.trainer import make_trainer
 
 DATA_KEY = "data"
@@ -83,12 +83,12 @@ def load_data(data: str, num_toy: int = 64, toy_objects: int = 16, num_objects: 
     their infos. Comma-separated sources with weights (`procedural:train:1024@0.75,real/@0.25`) give a
     `Mixture`: slot sizes padded to the largest, each batch filled in the given proportion."""
     if data == "toy":
-        from jaxloop.data.toy import make_toy_scenario
+        from jaxloop.data import make_toy_scenario
         from jaxloop.sim.datatypes import stack_scenarios
         scenarios = stack_scenarios([make_toy_scenario(num_objects=toy_objects, seed=i) for i in range(num_toy)])
         infos = [{"scenario_id": f"toy-{i}", "format": "toy", "init_steps": 11} for i in range(num_toy)]
         return (scenarios, infos) if with_infos else scenarios
-    from jaxloop.data.sources import SPEC_SEPARATOR, load_source
+    from jaxloop.data import SPEC_SEPARATOR, load_source
     parts = [parse_weight(part.strip()) for part in data.split(SPEC_SEPARATOR)]
     if any(w is not None for _, w in parts):
         loaded = [(spec, *load_source(spec, num_objects=num_objects, select=select, skip_invalid=skip_invalid), w)
@@ -125,7 +125,7 @@ def step_key(seed: int, step: int) -> jax.Array:
 def _init_from(state: TrainState, config: Experiment, path: str) -> TrainState:
     """Policy parameters (and GRPO's reference) from another run's checkpoint; new heads keep their init."""
     from jaxloop.io.checkpoint import CheckpointManager
-    from jaxloop.train.policy_fn import config_from_checkpoint
+    from jaxloop.io.policies import config_from_checkpoint
     ckpt_dir = resolve_checkpoint_dir(path)
     source = config_from_checkpoint(ckpt_dir)
     if (source.obs, source.model.kind, source.model.hidden, source.env.dynamics) != (
@@ -179,7 +179,7 @@ def _check_same_data(out: str, saved: dict | None, current: dict) -> None:
 
 def check_out_dir(out: str) -> None:
     """Refuses an output directory that is a scenario cache or lies inside one (a run would write into the data)."""
-    from jaxloop.data.pipeline import MANIFEST
+    from jaxloop.data import MANIFEST
     path = Path(out).expanduser().absolute()
     for folder in (path, *path.parents):
         if (folder / MANIFEST).is_file():
@@ -271,7 +271,8 @@ def run(config: Experiment, scenarios: Scenario | Mixture, out: str, num_steps: 
                                               config.env.horizon * (algo.group_size if isinstance(algo, GRPO) else 1))
     status, last, diverged_at = "completed", {}, None
     t_start = time.perf_counter()
-    bar = tqdm(total=num_steps, initial=start, disable=not progress, desc=f"train {config.algo_name}", dynamic_ncols=True)
+    bar = tqdm(total=num_steps, initial=start, disable=not progress, desc=f"train {config.algo_name}",
+               dynamic_ncols=True)
 
     def diverged(done: int, in_a_row: int, at: int) -> TrainingDiverged:
         return TrainingDiverged(
@@ -389,7 +390,7 @@ def train(experiment: Annotated[Experiment, _EXPERIMENT_ARG] = Experiment(),
         max_skip_fraction: a run that skipped more than this fraction of its updates exits 1 ("too_many_skips").
         progress: show a progress bar.
     """
-    from jaxloop.data.formats import init_steps_of
+    from jaxloop.data import init_steps_of
     for flag, value in (("--log-every", log_every), ("--ckpt-every", ckpt_every),
                         ("--max-consecutive-skips", max_consecutive_skips)):
         if value < 1:
