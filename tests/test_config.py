@@ -65,7 +65,7 @@ def test_older_train_config_is_converted():
 def test_committed_export_still_drives():
     from jaxloop.data.toy import make_toy_scenario
     from jaxloop.sim.env import Env
-    from jaxloop.train.policy_fn import load_policy
+    from jaxloop.io.policies import load_policy
     policy, exp = load_policy(EXPORTED_BC)
     assert isinstance(exp, Experiment) and isinstance(exp.algo, BC)
     scenario = make_toy_scenario(num_objects=8, seed=0)
@@ -76,7 +76,7 @@ def test_committed_export_still_drives():
 
 def test_cli_parses_the_tree_and_the_checkpoint_saves_it_whole(tmp_path):
     from jaxloop.cli import main
-    from jaxloop.train.policy_fn import config_from_checkpoint
+    from jaxloop.io.policies import config_from_checkpoint
     out = tmp_path / "run"
     rc = main(["train", "--out", str(out), "--steps", "0", "--batch-size", "4", "--data.num-toy", "4",
                "--env.horizon", "16", "algo:apg", "--algo.truncate-every", "8", "--no-progress"])
