@@ -32,7 +32,7 @@ from jaxloop.sim.compute import compiler_options
 from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.rollout import rollout
 from jaxloop.train.config import GRPOConfig, TrainConfig
-from jaxloop.train.policy_fn import make_policy_fn
+from jaxloop.io.policies import make_policy_fn
 from jaxloop.train.trainer import make_trainer
 
 BENCH = "train_throughput"

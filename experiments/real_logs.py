@@ -37,8 +37,7 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from open_vs_closed_loop import SHARED_DATA, configs, log  # noqa: E402
+from jaxloop.experiments.open_vs_closed_loop import SHARED_DATA, configs, log
 
 PROFILES = {
     "full": dict(num_train=512, num_test=100, bc_steps=1500, apg_steps=300, finetune_steps=200, batch_size=32,
@@ -180,7 +179,7 @@ def main(argv=None) -> dict:
     from jaxloop.data.stats import gap_table, scenario_statistics, summarize
     from jaxloop.sim.env import EnvConfig
     from jaxloop.train.loop import run
-    from jaxloop.train.policy_fn import export, load_policy_from_checkpoint
+    from jaxloop.io.policies import export, load_policy_from_checkpoint
 
     log(f"loading scenarios ({args.profile})")
     train = procedural.generate("train", p["num_train"], args.seed, workers=2)

@@ -80,7 +80,7 @@ def _poison(data, bad):
 def test_update_to_nonfinite_params_is_skipped():
     # Finite gradients, infinite learning rate: Adam's step is inf (or 0 * inf = NaN).
     opt = make_optimizer(math.inf, 1.0)
-    state = create({"w": jnp.ones(3)}, opt, jax.random.PRNGKey(0))
+    state = create({"w": jnp.ones(3)}, opt)
     new, info = apply_update(state, {"w": jnp.array([1.0, 0.0, -1.0])}, jnp.asarray(1.0), opt)
     np.testing.assert_array_equal(new.params["w"], np.ones(3))
     assert (int(new.skipped), int(new.consecutive_skipped), float(info["update_skipped"])) == (1, 1, 1.0)

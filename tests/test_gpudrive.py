@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxloop.data import formats
-from jaxloop.data.cli import detect_format, expand_sources, iter_raw
+from jaxloop.data.sources import detect_format, expand_sources, iter_raw
 from jaxloop.data.common import LoadConfig
 from jaxloop.data.errors import DataError, SkipReport
 from jaxloop.data.gpudrive import (DEFAULT_HEIGHT, TL_STATES, TYPE_MAP, _road_code, load_gpudrive, read_scene,

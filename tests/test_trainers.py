@@ -110,7 +110,7 @@ def test_nan_gradient_is_skipped_and_counted(data):
 def test_apply_update_guard_directly():
     params = {"w": jnp.ones(3)}
     opt = make_optimizer(0.1, 1.0)
-    state = create(params, opt, jax.random.PRNGKey(0))
+    state = create(params, opt)
     new, info = apply_update(state, {"w": jnp.array([1.0, jnp.nan, 0.0])}, jnp.asarray(1.0), opt)
     np.testing.assert_array_equal(new.params["w"], params["w"])
     assert int(new.skipped) == 1 and float(info["update_skipped"]) == 1.0
@@ -124,7 +124,7 @@ def test_cosine_learning_rate_decay_steps():
     # Adam moves each coordinate by the current learning rate per step (unit gradients):
     # 0.1 * (0.1 + 0.9 * (1 + cos(pi * k / 4)) / 2) at k = 0..3, then 0.01 from step 4 on.
     opt = make_optimizer(0.1, 10.0, decay_steps=4)
-    state = create({"w": jnp.zeros(())}, opt, jax.random.PRNGKey(0))
+    state = create({"w": jnp.zeros(())}, opt)
     moves = []
     for _ in range(6):
         new, _ = apply_update(state, {"w": jnp.ones(())}, jnp.asarray(1.0), opt)

@@ -1,23 +1,22 @@
-"""The closed-loop environment: `reset`, `step`, `observe` over one scenario.
+"""The closed-loop environment: `reset` and `step` over one scenario.
 
 Pure, unbatched functions (DESIGN.md "Simulation contract"): batch with `jax.vmap`
 in one place. `EnvConfig` is static (decides shapes and code paths); `AgentParams`
-is traced.
+is traced. What a policy observes is built from the state by
+`jaxloop.policy.observation.features`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from jaxloop.sim import agents as agents_lib
-from jaxloop.sim.datatypes import (TYPE_VEHICLE, ObjectState, Scenario, SimState, at_step, trajectory_at)
+from jaxloop.sim.datatypes import TYPE_VEHICLE, ObjectState, Scenario, SimState, trajectory_at
 from jaxloop.sim.dynamics import Dynamics, InvertibleBicycle
-from jaxloop.sim.geometry import to_local, rotate
 
 CONTROLLED_CHOICES = ("sdc", "vehicles", "all")
 
@@ -66,25 +65,6 @@ class StepInfo:
 
     action: jax.Array  # [M, A] the physical (clipped, de-normalised) action of each controlled slot
     log_state: ObjectState  # [N] the log at the new timestep
-
-
-@struct.dataclass
-class Observation:
-    """Raw ego-centric view (the policy's features are built in `jaxloop.policy.observation`)."""
-
-    objects_xy: jax.Array  # [N, K, 2] history of every object, in the observer's frame
-    objects_yaw: jax.Array  # [N, K] relative heading
-    objects_vel: jax.Array  # [N, K, 2] velocity in the observer's frame
-    objects_size: jax.Array  # [N, 2] length, width
-    objects_valid: jax.Array  # [N, K] bool
-    objects_type: jax.Array  # [N] int32
-    lane_xy: jax.Array  # [P, Q, 2] lane centres in the observer's frame
-    lane_valid: jax.Array  # [P, Q]
-    route_xy: jax.Array  # [R, 2] route in the observer's frame
-    route_valid: jax.Array  # [R]
-    lights_xy: jax.Array  # [L, 2] stop points in the observer's frame
-    lights_state: jax.Array  # [L] int32
-    lights_valid: jax.Array  # [L]
 
 
 def controlled_mask(scenario: Scenario, controlled: str) -> jax.Array:
@@ -192,35 +172,6 @@ class Env:
         """The current states `[M]` of the controlled slots."""
         return jax.tree.map(lambda a: a[state.controlled], state.current)
 
-    def observe(self, scenario: Scenario, state: SimState, observer: jax.Array | None = None) -> Observation:
-        """Everything in the frame of object `observer` (default: the ego) at its current pose."""
-        with jax.named_scope("env.observe"):
-            if observer is None:
-                observer = scenario.object_metadata.sdc_index
-            cur = state.current
-            origin = jnp.stack([cur.x[observer], cur.y[observer]])
-            yaw0 = cur.yaw[observer]
-            hist = state.history
-            hist_xy = jnp.stack([hist.x, hist.y], -1)
-            rm = scenario.roadmap
-            tl = jax.tree.map(lambda a: at_step(a, state.timestep), scenario.traffic_lights)
-            return Observation(
-                objects_xy=to_local(hist_xy, origin, yaw0),
-                objects_yaw=hist.yaw - yaw0,
-                objects_vel=rotate(jnp.stack([hist.vel_x, hist.vel_y], -1), -yaw0),
-                objects_size=jnp.stack([cur.length, cur.width], -1),
-                objects_valid=hist.valid,
-                objects_type=scenario.object_metadata.object_types,
-                lane_xy=to_local(rm.lane_xy, origin, yaw0),
-                lane_valid=rm.lane_valid,
-                route_xy=to_local(scenario.route.xy, origin, yaw0),
-                route_valid=scenario.route.valid,
-                lights_xy=to_local(jnp.stack([tl.x, tl.y], -1), origin, yaw0),
-                lights_state=tl.state,
-                lights_valid=tl.valid,
-            )
-
-
 def expert_actions(scenario: Scenario, dynamics: Dynamics) -> tuple[jax.Array, jax.Array]:
     """Inverse-dynamics actions of the log: `[N, T-1, A]` and validity `[N, T-1]`.
 
@@ -237,6 +188,3 @@ def num_closed_loop_steps(scenario: Scenario, config: EnvConfig) -> int:
     """Steps from the initial state to the end of the log (WOMD: 80)."""
     return scenario.num_steps - config.init_steps
 
-
-def replace_config(config: EnvConfig, **changes: Any) -> EnvConfig:
-    return dataclasses.replace(config, **changes)

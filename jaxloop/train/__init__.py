@@ -8,8 +8,7 @@
 - `state.TrainState`, guarded updates (non-finite updates skipped and counted).
 - `parallel`: mesh, shardings, multi-host notes.
 - `loop.run` / `jaxloop train`: the Python loop with logging, checkpoints, resume.
-- `policy_fn`: trained policies as rollout `PolicyFn`s, checkpoint loading, `jaxloop export`.
 
 The policy drives the ego (`EnvConfig.controlled="sdc"`) during training; a trained policy
-can drive every object through `policy_fn.make_policy_fn(..., controlled="vehicles")`.
+can drive every object through `jaxloop.io.policies.make_policy_fn(..., controlled="vehicles")`.
 """

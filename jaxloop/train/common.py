@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from jaxloop.io.policies import build_model
 from jaxloop.policy import networks
 from jaxloop.policy.observation import Features, features
 from jaxloop.sim.datatypes import ObjectState, Scenario, SimState, trajectory_window
@@ -53,11 +54,6 @@ class Context:
     surrogate_fn: StepFn | None = None
 
 
-def build_model(config: TrainConfig, key: jax.Array) -> nnx.Module:
-    env_cfg = config.env_config()
-    return networks.make_model(config.model, config.obs, config.history_length, env_cfg.action_dim, key)
-
-
 def make_context(config: TrainConfig, reward_fn: StepFn | None = None,
                  surrogate_fn: StepFn | None = None) -> Context:
     env = Env(config.env_config())
@@ -74,10 +70,10 @@ def make_context(config: TrainConfig, reward_fn: StepFn | None = None,
 
 def init_state(ctx: Context, key: jax.Array) -> state_lib.TrainState:
     """Fresh parameters and optimiser state; GRPO's reference policy starts as a copy of the parameters."""
-    key_model, key_state = jax.random.split(key)
+    key_model = jax.random.split(key)[0]  # the first half, as always: a seed keeps its initial parameters
     _, params = nnx.split(build_model(ctx.config, key_model))
     ref = jax.tree.map(jnp.copy, params) if ctx.config.algo == "grpo" else None
-    return state_lib.create(params, ctx.optimizer, key_state, ref)
+    return state_lib.create(params, ctx.optimizer, ref)
 
 
 def ego_features(ctx: Context, scenario: Scenario, state: SimState) -> Features:
@@ -101,16 +97,16 @@ def start_episode(ctx: Context, env: Env, scenario: Scenario, key: jax.Array,
     """The (possibly augmented) scenario and its initial state for one closed-loop episode.
 
     With `config.crosser_prob > 0`, a random crossing pedestrian or cyclist drawn with
-    `key_aug` (default: from `key`) is added (`jaxloop.eval.perturb.random_crosser`) and
+    `key_aug` (default: from `key`) is added (`jaxloop.sim.perturb.random_crosser`) and
     then every other non-policy object is IDM (episodes without one keep the configured
     traffic). With `config.start_noise > 0`, the ego starts off its logged state by
-    `jaxloop.eval.perturb.ego_noise` at a random fraction (uniform in [0, start_noise]) of
+    `jaxloop.sim.perturb.ego_noise` at a random fraction (uniform in [0, start_noise]) of
     1 m, 0.1 rad and 1 m/s standard deviations. Episodes sharing `key_aug` share both.
     """
     cfg = ctx.config
     if cfg.crosser_prob <= 0 and cfg.start_noise <= 0:
         return scenario, env.reset(scenario, key)
-    from jaxloop.eval.perturb import ego_noise, random_crosser, react_to_crosser
+    from jaxloop.sim.perturb import ego_noise, random_crosser, react_to_crosser
     key_reset = key
     if key_aug is None:
         key_aug, key_reset = jax.random.split(key)

@@ -48,15 +48,15 @@ from typing import Literal
 import jax
 import numpy as np
 
-from jaxloop.data.mixture import Mixture, mix, parse_weight
+from jaxloop.data import Mixture, mix, parse_weight
 from jaxloop.errors import CheckpointError, JaxloopError, RunError
-from jaxloop.io.checkpoint import path_str
+from jaxloop.io.checkpoint import from_flat_dict, path_str, to_flat_dict
+from jaxloop.io.policies import CONFIG_KEY, resolve_checkpoint_dir
 from jaxloop.sim.datatypes import Scenario
 from jaxloop.train import parallel
 from jaxloop.train.common import StepFn
 from jaxloop.train.config import APGConfig, GRPOConfig, TrainConfig, config_from_dict, config_to_dict
-from jaxloop.train.policy_fn import CONFIG_KEY, resolve_checkpoint_dir
-from jaxloop.train.state import TrainState, from_flat_dict, to_flat_dict
+from jaxloop.train.state import TrainState
 from jaxloop.train.trainer import make_trainer
 
 DATA_KEY = "data"
@@ -82,12 +82,12 @@ def load_data(data: str, num_toy: int = 64, toy_objects: int = 16, num_objects: 
     their infos. Comma-separated sources with weights (`procedural:train:1024@0.75,real/@0.25`) give a
     `Mixture`: slot sizes padded to the largest, each batch filled in the given proportion."""
     if data == "toy":
-        from jaxloop.data.toy import make_toy_scenario
+        from jaxloop.data import make_toy_scenario
         from jaxloop.sim.datatypes import stack_scenarios
         scenarios = stack_scenarios([make_toy_scenario(num_objects=toy_objects, seed=i) for i in range(num_toy)])
         infos = [{"scenario_id": f"toy-{i}", "format": "toy", "init_steps": 11} for i in range(num_toy)]
         return (scenarios, infos) if with_infos else scenarios
-    from jaxloop.data.sources import SPEC_SEPARATOR, load_source
+    from jaxloop.data import SPEC_SEPARATOR, load_source
     parts = [parse_weight(part.strip()) for part in data.split(SPEC_SEPARATOR)]
     if any(w is not None for _, w in parts):
         loaded = [(spec, *load_source(spec, num_objects=num_objects, select=select, skip_invalid=skip_invalid), w)
@@ -124,7 +124,7 @@ def step_key(seed: int, step: int) -> jax.Array:
 def _init_from(state: TrainState, config: TrainConfig, path: str) -> TrainState:
     """Policy parameters (and GRPO's reference) from another run's checkpoint; new heads keep their init."""
     from jaxloop.io.checkpoint import CheckpointManager
-    from jaxloop.train.policy_fn import config_from_checkpoint
+    from jaxloop.io.policies import config_from_checkpoint
     ckpt_dir = resolve_checkpoint_dir(path)
     source = config_from_checkpoint(ckpt_dir)
     if (source.obs, source.model.kind, source.model.hidden, source.history_length, source.dynamics) != (
@@ -178,7 +178,7 @@ def _check_same_data(out: str, saved: dict | None, current: dict) -> None:
 
 def check_out_dir(out: str) -> None:
     """Refuses an output directory that is a scenario cache or lies inside one (a run would write into the data)."""
-    from jaxloop.data.pipeline import MANIFEST
+    from jaxloop.data import MANIFEST
     path = Path(out).expanduser().absolute()
     for folder in (path, *path.parents):
         if (folder / MANIFEST).is_file():
@@ -405,7 +405,7 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
             object of interest), or stop with an error.
         skip_invalid: raw --data files: skip (and count on stderr) invalid files and records instead of stopping.
     """
-    from jaxloop.data.formats import init_steps_of
+    from jaxloop.data import init_steps_of
     from jaxloop.policy.networks import ModelConfig
     if steps < 0:
         raise ValueError(f"--steps must be >= 0, got {steps}")

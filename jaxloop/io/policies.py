@@ -1,6 +1,9 @@
 """Trained policies as `jaxloop.sim.rollout.PolicyFn`s: `policy(scenario, state, key) -> action`.
 
-    policy, config = load_policy_from_checkpoint("runs/bc/checkpoints")
+Loading lives here, below both training and evaluation: a training run's checkpoints or
+an exported artefact (`jaxloop export`) become a policy any evaluator can roll out.
+
+    policy, config = load_policy("runs/bc")      # a run, its checkpoints/ or an export directory
     env = Env(config.env_config())          # normalised actions: the policy emits [-1, 1]
     final, out = rollout(env, scenario, env.reset(scenario, key), policy, num_steps)
 
@@ -18,13 +21,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxloop.io.checkpoint import from_flat_dict, to_flat_dict
 from jaxloop.policy import networks
 from jaxloop.policy.observation import ObsConfig, features, observer_features
 from jaxloop.sim.datatypes import Scenario, SimState
 from jaxloop.sim.rollout import PolicyFn
-from jaxloop.train.config import TrainConfig, config_from_dict
+from jaxloop.train.config import TrainConfig, config_from_dict, config_to_dict
 
 CONFIG_KEY = "train_config"
+
+
+def build_model(config: TrainConfig, key: jax.Array) -> nnx.Module:
+    """The policy network a run configuration describes, freshly initialised from `key`."""
+    return networks.make_model(config.model, config.obs, config.history_length, config.env_config().action_dim, key)
 
 
 def make_policy_fn(model_graphdef: nnx.GraphDef, params: nnx.State, obs_config: ObsConfig,
@@ -46,6 +55,16 @@ def make_policy_fn(model_graphdef: nnx.GraphDef, params: nnx.State, obs_config: 
     return policy
 
 
+def policy_from_params(config: TrainConfig, params: nnx.State, deterministic: bool = True,
+                       controlled: str = "sdc") -> PolicyFn:
+    """The rollout policy of trained `params` (e.g. `TrainState.params` of `make_train`) under their `config`.
+
+    The policy emits normalised actions: roll it out in `Env(config.env_config())`.
+    """
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, jax.random.PRNGKey(0))))
+    return make_policy_fn(graphdef, params, config.obs, deterministic, controlled)
+
+
 def config_from_checkpoint(ckpt_dir: str | os.PathLike) -> TrainConfig:
     """The `TrainConfig` saved beside a checkpoint's weights."""
     from jaxloop.io.checkpoint import read_config
@@ -59,8 +78,6 @@ def load_params(ckpt_dir: str | os.PathLike, config: TrainConfig | None = None,
                 step: int | None = None) -> tuple[nnx.GraphDef, nnx.State, TrainConfig]:
     """(graphdef, params, config) of the checkpoint at `step` (latest if None); a run directory works too."""
     from jaxloop.io.checkpoint import CheckpointManager
-    from jaxloop.train.common import build_model
-    from jaxloop.train.state import from_flat_dict, to_flat_dict
     ckpt_dir = resolve_checkpoint_dir(ckpt_dir)
     config = config_from_checkpoint(ckpt_dir) if config is None else config
     graphdef, template = nnx.split(build_model(config, jax.random.PRNGKey(0)))
@@ -147,7 +164,7 @@ def load_policy(path: str | os.PathLike, step: int | None = None) -> tuple[Polic
     return load_policy_from_checkpoint(path, step=step)
 
 
-def export(ckpt: str, out: str, step: int | None = None) -> int:
+def export(ckpt: str | os.PathLike, out: str | os.PathLike, step: int | None = None) -> str:
     """Exports a checkpoint's deterministic policy: Features -> action in [-1, 1] (jax.export + npz params).
 
     The exported function takes the flat feature vector `[b, D]` of
@@ -158,16 +175,18 @@ def export(ckpt: str, out: str, step: int | None = None) -> int:
         ckpt: checkpoint directory written by `jaxloop train` (its `checkpoints/` folder or the run folder).
         out: output directory of the artefact.
         step: checkpoint step (default: the latest).
+
+    Returns the output directory.
     """
     from jaxloop.io.export import export_policy
     ckpt_dir = resolve_checkpoint_dir(ckpt)
     graphdef, params, config = load_params(ckpt_dir, step=step)
     apply_fn, example = flat_apply_fn(graphdef, config)
     export_policy(apply_fn, params, [example], out,
-                  metadata={CONFIG_KEY: _to_dict(config), "input": "flat observation features",
+                  metadata={CONFIG_KEY: config_to_dict(config), "input": "flat observation features",
                             "output": "normalised action in [-1, 1]"})
     print(f"exported {ckpt_dir} -> {out}")
-    return 0
+    return str(out)
 
 
 def flat_apply_fn(graphdef: nnx.GraphDef, config: TrainConfig) -> tuple[Any, jax.Array]:
@@ -187,7 +206,3 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> str:
     sub = os.path.join(path, "checkpoints")
     return sub if os.path.isfile(os.path.join(sub, "config.json")) else str(path)
 
-
-def _to_dict(config: TrainConfig) -> dict:
-    from jaxloop.train.config import config_to_dict
-    return config_to_dict(config)
