@@ -33,8 +33,8 @@ def resolve_policy_spec(spec: str, env: EnvConfig, flag: str = "--policy") -> tu
         return spec, env, spec
     path = pathlib.Path(spec)
     from jaxloop.io.policies import load_policy
-    policy, train_config = load_policy(path)
-    policy_env = dataclasses.replace(train_config.env_config(), non_ego_agent=env.non_ego_agent,
+    policy, experiment = load_policy(path)
+    policy_env = dataclasses.replace(experiment.env_config(), non_ego_agent=env.non_ego_agent,
                                      init_steps=env.init_steps, controlled="sdc")
     return policy, policy_env, path.name if path.name != "checkpoints" else path.parent.name
 

@@ -47,7 +47,7 @@ from jaxloop.sim.datatypes import Scenario
 from jaxloop.sim.env import Env, EnvConfig, num_closed_loop_steps
 from jaxloop.sim.metrics import MetricsConfig, episode_metrics, step_metrics
 from jaxloop.sim.perturb import Perturbation
-from jaxloop.sim.rollout import PolicyFn, constant_action_policy, rollout
+from jaxloop.sim.rollout import PolicyFn, constant_action_policy, over_batch, rollout
 
 BASELINES = ("expert", "constant_velocity", "idm")
 _BASELINE_KIND = {"expert": agents_lib.AGENT_LOG, "constant_velocity": agents_lib.AGENT_CONSTANT_VELOCITY,
@@ -293,7 +293,7 @@ def evaluate(policy: PolicyFn | str, scenarios: Scenario, infos: Sequence[dict] 
     first = jax.tree.map(lambda a: a[0], scenarios)
     steps = num_closed_loop_steps(first, config.env)
     episode = make_episode_fn(policy, config, steps, perturbation)
-    fn = jax.jit(jax.vmap(episode), compiler_options=compiler_options())
+    fn = jax.jit(lambda batch, keys: over_batch(episode, batch, None, keys=keys), compiler_options=compiler_options())
     keys = jax.random.split(jax.random.key(seed), num)
     bs = min(config.batch_size, num)
     chunks = []
