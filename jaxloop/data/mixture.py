@@ -37,7 +37,7 @@ _PARTS = ("log_trajectory", "object_metadata", "roadmap", "traffic_lights", "rou
 def slot_dims(scenarios: Scenario) -> dict[str, int]:
     """The symbolic dimensions of a (batched) scenario set: {"N": 128, "T": 91, "P": 256, ...}."""
     dims: dict[str, int] = {}
-    batch = tuple(np.shape(scenarios.family))
+    batch = scenarios.batch_shape
     for part in _PARTS:
         getattr(scenarios, part).validate(f"Scenario.{part}", dims, batch)
     return dims
@@ -53,7 +53,7 @@ def pad_to(scenarios: Scenario, dims: dict[str, int]) -> Scenario:
                              f"{PADDED_DIMS} can be padded to a common size")
         if target < size:
             raise ValueError(f"pad_to: dimension {sym} is {size}, larger than the target {target}")
-    batch_ndim = np.ndim(scenarios.family)
+    batch_ndim = len(scenarios.batch_shape)
 
     def pad_part(part: str):
         obj = getattr(scenarios, part)
@@ -152,9 +152,9 @@ def mix(parts: Sequence[tuple[str, Scenario, list[dict], float | None]]) -> Mixt
         raise ValueError("data sources: give a weight (SPEC@W) to every source or to none; got "
                          + ", ".join(f"{s}@{w}" if w is not None else s for s, *_, w in parts))
     for spec, scenarios, infos, _ in parts:
-        if np.ndim(scenarios.family) != 1 or len(infos) != np.shape(scenarios.family)[0]:
+        if len(scenarios.batch_shape) != 1 or len(infos) != scenarios.batch_shape[0]:
             raise ValueError(f"data source {spec!r}: expected scenarios [S, ...] with one info per scenario, got "
-                             f"batch shape {np.shape(scenarios.family)} and {len(infos)} infos")
+                             f"batch shape {list(scenarios.batch_shape)} and {len(infos)} infos")
     all_dims = [slot_dims(s) for _, s, _, _ in parts]
     target = {k: max(d[k] for d in all_dims) for k in all_dims[0]}
     padded = [pad_to(s, target) for _, s, _, _ in parts]

@@ -108,10 +108,21 @@ def _leaf_record(array: np.ndarray) -> dict:
             "blake2b": hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest()}
 
 
+def _whole(leaf: Any) -> Any:
+    """A leaf as one value every process agrees on: a replicated multi-host array from this process's own
+    copy, a sharded one gathered from all processes (a collective: every process must call it)."""
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+        return leaf
+    if leaf.is_fully_replicated:
+        return leaf.addressable_data(0)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(leaf, tiled=True)
+
+
 def _host_leaves(tree: Any) -> dict[str, np.ndarray]:
-    """{path: host array} of the leaves this process can read whole (multi-host shards are not checked)."""
-    named = [(path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    named = [(n, x) for n, x in named if not isinstance(x, jax.Array) or x.is_fully_addressable]
+    """{path: host array} of every leaf, whole and the same on every process (see `_whole`), so a multi-host
+    step's checksum record covers every leaf and verifies on every process."""
+    named = [(path_str(p), _whole(x)) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
     values = jax.device_get([x for _, x in named])
     return {n: np.asarray(v) for (n, _), v in zip(named, values)}
 

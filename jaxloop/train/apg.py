@@ -63,7 +63,7 @@ def episode_loss(ctx: Context, params, scenario: Scenario, key: jax.Array) -> tu
 
 def apg_loss(ctx: Context, params, batch: Scenario, key: jax.Array) -> tuple[jax.Array, dict]:
     check_horizon(ctx, batch)
-    keys = jax.random.split(key, batch.family.shape[0])
+    keys = jax.random.split(key, batch.num_scenarios)
     loss, diag = jax.vmap(lambda s, k: episode_loss(ctx, params, s, k))(batch, keys)
     total = jnp.mean(loss)
     return total, {"loss": total, **{k: jnp.mean(v) for k, v in diag.items()}}

@@ -57,7 +57,7 @@ def bc_loss(ctx: Context, params, batch: Scenario, key: jax.Array) -> tuple[jax.
         nll = -networks.tanh_log_prob(out, networks.atanh_clipped(target, 1e-3))
         return (nll if use_nll else mse), mse, ok
 
-    keys = jax.random.split(key, batch.family.shape[0])
+    keys = jax.random.split(key, batch.num_scenarios)
     loss, mse, ok = jax.vmap(per_scenario)(batch, keys)
     total = mean_over(loss, ok)
     return total, {"loss": total, "action_mse": mean_over(mse, ok), "valid_samples": jnp.sum(ok).astype(jnp.float32)}

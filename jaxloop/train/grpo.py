@@ -53,7 +53,7 @@ def make_step_fn(ctx: Context):
     def step_fn(state: state_lib.TrainState, batch: Scenario, key: jax.Array):
         with jax.named_scope("grpo.step"):
             check_horizon(ctx, batch)
-            num, group = batch.family.shape[0], gcfg.group_size
+            num, group = batch.num_scenarios, gcfg.group_size
             keys = jax.random.split(key, num * group).reshape(num, group, -1)
 
             def per_scenario(scenario, ks):

@@ -68,7 +68,7 @@ def make_step_fn(ctx: Context):
         with jax.named_scope("ppo.step"):
             check_horizon(ctx, batch)
             key_roll, key_update = jax.random.split(key)
-            num = batch.family.shape[0]
+            num = batch.num_scenarios
             keys = jax.random.split(key_roll, num)
             traj, last_value, _ = jax.vmap(lambda s, k: collect(ctx, state.params, s, k, cfg.horizon))(batch, keys)
             adv, ret = jax.vmap(lambda r, v, lv, m: gae(r, v, lv, m, pcfg.gamma, pcfg.gae_lambda))(

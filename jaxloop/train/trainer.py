@@ -84,7 +84,7 @@ def init(config: TrainConfig, key: jax.Array) -> TrainState:
 
 def sample_batch(scenarios: Scenario, key: jax.Array, batch_size: int) -> Batch:
     """`batch_size` scenarios drawn uniformly (with replacement) inside jit."""
-    num = scenarios.family.shape[0]
+    num = scenarios.num_scenarios
     idx = jax.random.randint(key, (batch_size,), 0, num)
     return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), scenarios)
 
