@@ -251,7 +251,8 @@ class BatchPlan:
         return order
 
     def partition_indices(self, step: int, partition: int) -> np.ndarray:
-        """The `B / D` indices the block `partition` of every source gives to step `step`."""
+        """The `B / D` indices the block `partition` of every source gives to step `step` (with several sources,
+        rows shuffled so that any slice of them mixes the sources)."""
         out = []
         for source, n in enumerate(self.counts):
             n = int(n)
@@ -267,7 +268,10 @@ class BatchPlan:
                 sel = epoch == e
                 rows[sel] = self.epoch_order(source, partition, int(e))[offset[sel]]
             out.append(rows)
-        return np.concatenate(out)
+        if len(out) == 1:
+            return out[0]
+        rows = np.concatenate(out)
+        return rows[np.random.default_rng([self.seed, step, partition]).permutation(rows.size)]
 
     def indices(self, step: int) -> np.ndarray:
         """The global batch of `step` `[B]`: partition after partition."""
@@ -346,7 +350,9 @@ class MixtureDataset(Dataset):
         self.infos = [info for ds in self.parts for info in ds.infos]
         all_dims = [slot_dims(ds.get([0])) for ds in self.parts]
         self.dims = {k: max(d[k] for d in all_dims) for k in all_dims[0]}
-        self.chunk_size = min(ds.chunk_size for ds in self.parts)
+        # Unweighted, the parts are one source: in memory one chunk, else the smallest storage chunk.
+        in_memory = all(isinstance(ds, InMemoryDataset) for ds in self.parts)
+        self.chunk_size = max(len(self), 1) if in_memory else min(ds.chunk_size for ds in self.parts)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
