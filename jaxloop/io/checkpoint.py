@@ -300,7 +300,15 @@ class CheckpointManager:
         try:
             key_impls = manager.restore(step, args=ocp.args.Composite(**{_KEYS: ocp.args.JsonRestore()}))[_KEYS]
             restore_args = ocp.args.StandardRestore() if abstract is None else ocp.args.StandardRestore(abstract)
-            restored = manager.restore(step, args=ocp.args.Composite(**{_STATE: restore_args}))[_STATE]
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(**{_STATE: restore_args}))[_STATE]
+            except ValueError as e:
+                if abstract is not None or "opology" not in str(e):
+                    raise
+                # Saved by another set of processes / devices (a multi-host run) and read without a target:
+                # every leaf whole on this process's first device.
+                restored = manager.restore(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(
+                    self._local_target(step))}))[_STATE]
         except (ValueError, KeyError, TypeError) as e:
             if record is None and target is not None:  # unverifiable: keep the plain mismatch message
                 raise ValueError(f"checkpoint {self.directory}/{step}: state does not match the restore target "
@@ -330,6 +338,13 @@ class CheckpointManager:
             return leaf
 
         return jax.tree.map(rewrap_target, target, restored)
+
+    def _local_target(self, step: int) -> Any:
+        """The saved state's leaves as `ShapeDtypeStruct`s on this process's first device (from orbax metadata)."""
+        import orbax.checkpoint as ocp
+        metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / _STATE).item_metadata
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), metadata)
 
     def _check_target(self, step: int, record: dict, abstract: Any) -> None:
         """A target whose leaves differ from what was saved is the caller's error, not damage: no fallback."""

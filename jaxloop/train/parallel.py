@@ -124,7 +124,17 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    return jax.device_put(tree, replicated(mesh))
+    """`tree` replicated on every device of `mesh`; with several processes each passes the same (host) value."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(one, tree)
 
 
 def jit_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
