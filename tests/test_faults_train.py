@@ -173,6 +173,10 @@ def test_resume_with_other_data_is_refused(data, tmp_path):
     with pytest.raises(RunError, match=r"sources \['toy'\] -> \['procedural:train:6'\]; scenario count 8 -> 6"):
         loop.run(tiny_config("bc"), fewer, out, 4, max_consecutive_skips=LIMIT,
                  run_info={"data": "procedural:train:6"}, **QUIET)
+    # The batch order is part of it too: other data partitions give other batches.
+    with pytest.raises(RunError, match=r"batch order \{.*'partitions': 1.*\} -> \{.*'partitions': 2"):
+        loop.run(tiny_config("bc"), data, out, 4, max_consecutive_skips=LIMIT, run_info={"data": "toy"},
+                 data_partitions=2, **QUIET)
     manager = CheckpointManager(os.path.join(out, "checkpoints"))
     assert manager.all_steps() == [0, 2]  # the refused resumes wrote nothing
     manager.close()

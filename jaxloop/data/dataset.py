@@ -76,6 +76,10 @@ class Dataset:
     def weights(self) -> np.ndarray | None:
         return None
 
+    def hold(self, chunks: int) -> None:
+        """Lets a streaming dataset keep at least `chunks` storage chunks loaded (what a batch plan visits at once)."""
+        del chunks
+
     def infos_of(self, indices: Sequence[int] | np.ndarray) -> list[dict]:
         return [self.infos[int(i)] for i in np.asarray(indices).reshape(-1)]
 
@@ -107,6 +111,8 @@ class Dataset:
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
         plan.check_processes(process_count)
+        # Each owned partition shuffles within its own window; a batch may straddle two windows.
+        self.hold((plan.window + 1) * (plan.partitions // process_count))
 
         def indices():
             step = start_step
@@ -370,6 +376,10 @@ class MixtureDataset(Dataset):
     @property
     def weights(self) -> np.ndarray | None:
         return self._weights
+
+    def hold(self, chunks: int) -> None:
+        for ds in self.parts:
+            ds.hold(chunks)
 
     def source_of(self, index: np.ndarray) -> np.ndarray:
         """Which part (0..K-1) each index belongs to."""

@@ -509,6 +509,11 @@ class ScenarioDataset(Dataset):
     def chunk_size(self) -> int:
         return max(int(self.manifest.get("shard_size") or self._shards[0]["count"]), 1)
 
+    def hold(self, chunks: int) -> None:
+        """Keeps at least `chunks` shards loaded (a bound of None, keep all, stays)."""
+        if self._max_cached is not None:
+            self._max_cached = max(self._max_cached, int(chunks))
+
     def identity(self) -> dict:
         """Scenario count and a blake2b over the manifest's fields, shard checksums and infos (no shard is read,
         except shards of a cache written before checksums, which are hashed whole)."""

@@ -236,7 +236,8 @@ def run(config: TrainConfig, scenarios: Dataset | Scenario | Mixture, out: str, 
             moved, where = ckpt.quarantine_after(start)
             print(f"warning: moved checkpoint step(s) {moved} that did not verify from {ckpt_dir} to {where}; they are "
                   f"re-run from step {start}", file=sys.stderr)
-        print(f"resuming from step {start} in {ckpt_dir}")
+        if lead:
+            print(f"resuming from step {start} in {ckpt_dir}")
     else:
         start = 0
         if init_from:
