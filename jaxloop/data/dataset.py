@@ -325,11 +325,10 @@ class InMemoryDataset(Dataset):
 
     def identity(self) -> dict:
         """Scenario count and a blake2b over every array (with its path)."""
-        from jaxloop.io.checkpoint import path_str
         digest = hashlib.blake2b(digest_size=16)
         for path, leaf in jax.tree_util.tree_flatten_with_path(self.scenarios)[0]:
             a = np.asarray(leaf, order="C")
-            digest.update(f"{path_str(path)}:{a.dtype}:{a.shape};".encode())
+            digest.update(f"{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape};".encode())
             digest.update(a.tobytes())
         return {"num_scenarios": len(self), "blake2b": digest.hexdigest()}
 

@@ -59,7 +59,7 @@ def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: 
         select: raw files with more objects than N: keep the N nearest to the SDC (and every track to predict /
             object of interest), or stop with an error.
     """
-    from jaxloop.data.dataset import open_dataset
+    from jaxloop.data import open_dataset
     from jaxloop.data.formats import init_steps_of
     EvalConfig(batch_size=batch_size, horizon=horizon)  # flags checked before the data loads
     check_policy_spec(policy)
@@ -114,7 +114,7 @@ def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:t
         select: raw files with more objects than N: keep the N nearest to the SDC (and every track to predict /
             object of interest), or stop with an error.
     """
-    from jaxloop.data.dataset import open_dataset
+    from jaxloop.data import open_dataset
     from jaxloop.data.formats import init_steps_of
     from jaxloop.eval.gate import GateConfig, check
     from jaxloop.eval.perturb import run_suite
