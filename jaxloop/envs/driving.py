@@ -105,6 +105,11 @@ class DrivingEnv:
     max_steps_in_episode: the default episode length; default all closed-loop steps of the log.
     terminate_on: end an episode early on the ego's at-fault "collision" and / or "offroad" (static).
     reward_fn: `fn(scenario, prev_state, state, weights) -> []`, default `rewards.step_reward`.
+
+    The reward weights are traced, so every term of `step_reward` is computed, also those
+    whose weight is 0 (a concrete 0 would skip the headway and conflict terms, about a
+    third of a step's cost): a `reward_fn` that ignores its `weights` argument and closes
+    over a fixed `RewardWeights` gets that back.
     """
 
     def __init__(self, scenarios: Scenario, env_config: EnvConfig | None = None,
