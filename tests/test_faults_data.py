@@ -156,7 +156,7 @@ def test_skip_invalid_keeps_good_records_of_broken_tfrecords(example_bytes, exam
         list(load_womd(d / "d_mixed.tfrecord"))
 
     report = SkipReport()
-    from jaxloop.data.cli import iter_raw
+    from jaxloop.data.sources import iter_raw
     from jaxloop.data.common import LoadConfig
     got = [info for f in sorted(d.iterdir()) for _, info in iter_raw(f, LoadConfig(), True, report)]
     # The good file, the good record before the truncation, and the good record after the bad one.

@@ -14,6 +14,7 @@ from jaxloop.data.toy import make_toy_scenario
 from jaxloop.eval import cli as eval_cli
 from jaxloop.eval import evaluate as evaluate_mod
 from jaxloop.eval import perturb
+from jaxloop.sim import perturb as perturbations
 from jaxloop.eval.evaluate import EvalConfig, EvalReport, NonFiniteEpisodeWarning, check_scenarios, evaluate
 from jaxloop.eval.gate import GateConfig, check
 from jaxloop.interop import waymax as bridge
@@ -124,7 +125,7 @@ def test_gate_fails_a_candidate_with_one_nonfinite_episode_even_with_perfect_rat
 
 def test_gate_fails_the_nan_policy_with_the_nonfinite_reason(toy_set):
     scenarios, infos = toy_set
-    suite = [perturb.ego_noise(pos_std=0.5)]
+    suite = [perturbations.ego_noise(pos_std=0.5)]
     with pytest.warns(NonFiniteEpisodeWarning):
         nan = perturb.run_suite(nan_policy, scenarios, infos, CONFIG, perturbations=suite, name="nan")
     expert = perturb.run_suite("expert", scenarios, infos, CONFIG, perturbations=suite)

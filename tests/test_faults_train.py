@@ -23,7 +23,7 @@ from _train_utils import scenarios, tiny_config
 from jaxloop.errors import CheckpointError, JaxloopError, RunError
 from jaxloop.io.checkpoint import CheckpointManager
 from jaxloop.train import loop
-from jaxloop.train.config import GRPOConfig, PPOConfig, TrainConfig
+from jaxloop.config import GRPO, PPO, EnvSettings, Experiment
 from jaxloop.train.state import apply_update, create, make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def data():
     return scenarios()
 
 
-def _unvalidated(config: TrainConfig, **changes) -> TrainConfig:
+def _unvalidated(config: Experiment, **changes) -> Experiment:
     """`config` with fields set past `__post_init__` (the validation a Python caller could bypass)."""
     config = dataclasses.replace(config)
     for name, value in changes.items():
@@ -80,7 +80,7 @@ def _poison(data, bad):
 def test_update_to_nonfinite_params_is_skipped():
     # Finite gradients, infinite learning rate: Adam's step is inf (or 0 * inf = NaN).
     opt = make_optimizer(math.inf, 1.0)
-    state = create({"w": jnp.ones(3)}, opt, jax.random.PRNGKey(0))
+    state = create({"w": jnp.ones(3)}, opt)
     new, info = apply_update(state, {"w": jnp.array([1.0, 0.0, -1.0])}, jnp.asarray(1.0), opt)
     np.testing.assert_array_equal(new.params["w"], np.ones(3))
     assert (int(new.skipped), int(new.consecutive_skipped), float(info["update_skipped"])) == (1, 1, 1.0)
@@ -278,12 +278,12 @@ def test_sigterm_says_which_step_was_saved_where(tmp_path, mode):
 # --- 9. flags and one-line errors ---------------------------------------------------------------
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: TrainConfig(learning_rate=math.nan), r"TrainConfig.learning_rate must be a finite number, got nan"),
-    (lambda: TrainConfig(learning_rate=math.inf), r"TrainConfig.learning_rate must be a finite number, got inf"),
-    (lambda: TrainConfig(max_grad_norm=math.nan), r"TrainConfig.max_grad_norm must be a finite number"),
-    (lambda: TrainConfig(start_noise=math.inf), r"TrainConfig.start_noise must be a finite number"),
-    (lambda: PPOConfig(clip_eps=math.nan), r"PPOConfig.clip_eps must be a finite number"),
-    (lambda: GRPOConfig(kl_coef=math.nan), r"GRPOConfig.kl_coef must be a finite number"),
+    (lambda: Experiment(learning_rate=math.nan), r"Experiment.learning_rate must be a finite number, got nan"),
+    (lambda: Experiment(learning_rate=math.inf), r"Experiment.learning_rate must be a finite number, got inf"),
+    (lambda: Experiment(max_grad_norm=math.nan), r"Experiment.max_grad_norm must be a finite number"),
+    (lambda: EnvSettings(start_noise=math.inf), r"EnvSettings.start_noise must be a finite number"),
+    (lambda: PPO(clip_eps=math.nan), r"PPO.clip_eps must be a finite number"),
+    (lambda: GRPO(kl_coef=math.nan), r"GRPO.kl_coef must be a finite number"),
 ])
 def test_nonfinite_config_values_are_rejected(make, match):
     with pytest.raises(ValueError, match=match):
@@ -291,9 +291,9 @@ def test_nonfinite_config_values_are_rejected(make, match):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--learning-rate", "nan"], "TrainConfig.learning_rate must be a finite number, got nan"),
-    (["--learning-rate", "inf"], "TrainConfig.learning_rate must be a finite number, got inf"),
-    (["--steps", "-1"], "--steps must be >= 0, got -1"),
+    (["--learning-rate", "nan"], "Experiment.learning_rate must be a finite number, got nan"),
+    (["--learning-rate", "inf"], "Experiment.learning_rate must be a finite number, got inf"),
+    (["--steps", "-1"], "Experiment.steps must be >= 0, got -1"),
     (["--max-skip-fraction", "1.5"], "--max-skip-fraction must be in [0, 1], got 1.5"),
 ])
 def test_train_flags_give_one_line_errors(tmp_path, capsys, args, message):

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -6,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxloop.data.mapcompile import MapConfig, RawRoadgraph, compile_roadmap, oriented_bounding_box
+from jaxloop.data.mapcompile import (MapConfig, PolylineMap, RawRoadgraph, compile_polylines, compile_roadmap,
+                                     oriented_bounding_box)
 from jaxloop.data.pipeline import CacheError, ScenarioDataset, load_infos, load_scenarios, write_cache
 from jaxloop.data.route import route_from_log
 from jaxloop.data.toy import make_toy_scenario
@@ -164,6 +166,37 @@ def test_compile_culls_and_warns_when_over_capacity():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         compile_roadmap(_straight_map(), focus, MapConfig(cull_radius_m=40.0))
+
+
+def test_polyline_maps_share_the_compiler():
+    """The same straight map as polylines compiles like the raw points; piece ids and the 5 cm vertex rule."""
+    raw = _straight_map()
+    focus = np.array([[0.0, 0.0], [100.0, 0.0]])
+    config = MapConfig(max_lanes=8, lane_points=5, max_edges=128, edge_segment_m=4.0, orient_edges="keep")
+    rm_raw, _ = compile_roadmap(raw, focus, config)
+    xy = raw.xyz[:, :2].astype(np.float64)
+    n = (len(xy) - 4) // 3
+    lower = xy[n:2 * n].copy()
+    lower = np.concatenate([lower[:10], lower[9:10] + [0.01, 0.03], lower[10:]])  # a kink 3 cm from the last vertex
+    polylines = PolylineMap(lane_xy=xy[:n], lane_counts=[n], lane_types=[2], lane_speed=[13.4],
+                            edge_xy=np.concatenate([lower, xy[2 * n:3 * n]]), edge_counts=[n + 1, n],
+                            edge_types=[15, 15], crosswalks=rm_raw.crosswalk_xy[:1], stop_sign_xy=[[99.0, 0.0]],
+                            stop_sign_lanes=[1], lane_ids=[1])  # stop signs name lanes by id
+    # The kink only matters without the 5 cm rule: with it, the maps are the same.
+    rm, report, last = compile_polylines(polylines, focus, dataclasses.replace(config, edge_min_step_m=0.05))
+    for name in ("lane_xy", "lane_dir", "lane_ids", "lane_speed_limit", "edge_start", "edge_end", "crosswalk_xy"):
+        np.testing.assert_allclose(getattr(rm, name), getattr(rm_raw, name), atol=1e-4, err_msg=name)
+    assert report.lanes.kept == 4 and report.edges.kept == 50 and last.tolist() == [1]
+    assert rm.stop_sign_lane_ids[0] == 1 and rm.stop_sign_valid.sum() == 1
+    _, with_kink, _ = compile_polylines(polylines, focus, config)
+    assert with_kink.edges.kept > 50  # its corners split the edge into more pieces
+    # Piece ids: the four 25 m pieces are lanes 1..4; the stop sign (naming its lane by index) gets the last piece.
+    by_index = dataclasses.replace(polylines, stop_sign_lanes=[0])
+    rm, _, last = compile_polylines(by_index, focus, dataclasses.replace(config, lane_piece_ids=True))
+    assert sorted(rm.lane_ids[rm.lane_valid[:, 0]].tolist()) == [1, 2, 3, 4] and last.tolist() == [4]
+    assert rm.stop_sign_lane_ids[0] == 4
+    end = rm.lane_xy[rm.lane_ids == 4][0, -1]
+    np.testing.assert_allclose(end, [100.0, 0.0], atol=1e-4)
 
 
 def test_oriented_bounding_box_of_rotated_rectangle():

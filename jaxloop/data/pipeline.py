@@ -329,7 +329,7 @@ class CacheWriter:
 
     def _finish(self) -> dict:
         self._flush()
-        from jaxloop import __version__
+        from jaxloop._version import __version__
         manifest = {
             "format": CACHE_FORMAT, "version": CACHE_VERSION, "jaxloop_version": __version__,
             "num_scenarios": len(self._infos), "shard_size": self.shard_size, "shards": self._shards,

@@ -45,7 +45,8 @@ from jaxloop.sim import rewards as rewards_lib
 from jaxloop.sim.agents import AgentParams
 from jaxloop.sim.datatypes import Scenario, SimState, trajectory_at
 from jaxloop.sim.dynamics import InvertibleBicycle
-from jaxloop.sim.env import Env, EnvConfig
+from jaxloop.sim.env import Env, EnvConfig, env_params
+from jaxloop.sim.env import EnvParams as SimParams
 
 TERMINATION_CHOICES = ("collision", "offroad")
 
@@ -58,7 +59,7 @@ class EnvParams:
 
     scenarios: Scenario  # [S, ...] the bank episodes are drawn from
     reward_weights: rewards_lib.RewardWeights
-    agent_params: AgentParams  # constants of the non-ego models (IDM)
+    sim_params: SimParams  # the simulator's: constants of the non-ego models (IDM), the dynamics' action limits
     max_steps_in_episode: int | jax.Array  # [] steps before truncation (capped at the log's closed-loop steps)
 
     @property
@@ -143,19 +144,18 @@ class DrivingEnv:
             reward_weights = rewards_lib.get_preset(reward_weights)
         self._default_params = EnvParams(
             scenarios=bank, reward_weights=reward_weights,
-            agent_params=AgentParams() if agent_params is None else agent_params,
+            sim_params=env_params(self.config, agent_params),
             max_steps_in_episode=int(max_steps_in_episode))
 
     @classmethod
     def from_source(cls, spec: str, num_objects: int | None = None, env_config: EnvConfig | None = None,
                     **kwargs) -> "DrivingEnv":
-        """An env over the scenarios of a data spec (`jaxloop.data.sources`: toy, procedural, files, caches).
+        """An env over the scenarios of a data spec (`jaxloop.data.load_source`: toy, procedural, files, caches).
 
         The env starts episodes at the source's `init_steps`; an `env_config` given with
         another `init_steps` is an error. `kwargs` go to `DrivingEnv`.
         """
-        from jaxloop.data.formats import init_steps_of
-        from jaxloop.data.sources import load_source
+        from jaxloop.data import init_steps_of, load_source
         scenarios, infos = load_source(spec, num_objects=num_objects)
         init_steps = init_steps_of(infos, f"data spec {spec!r}")
         if env_config is None:
@@ -190,13 +190,14 @@ class DrivingEnv:
         return Box(-np.inf, np.inf, (self.obs_dim,), jnp.float32)
 
     def action_space(self, params: EnvParams | None = None) -> Box:
-        """`Box` `[A]` float32 of the dynamics' action: [-1, 1] when normalised, else the physical limits.
+        """`Box` `[A]` float32 of the dynamics' action: [-1, 1] when normalised, else the physical limits
+        (`params.sim_params.action_limits`, concrete).
 
         Out-of-range actions are clipped by the dynamics, never rejected.
         """
-        del params
+        params = self.default_params if params is None else params
         dyn = self.config.dynamics
-        limits = getattr(dyn, "limits", None)
+        limits = params.sim_params.action_limits
         if limits is None:  # state dynamics: the action is the next pose itself
             low, high = -np.inf, np.inf
         elif dyn.normalize_actions:
@@ -259,7 +260,7 @@ class DrivingEnv:
         with jax.named_scope("envs.step"):
             scenario = self.scenario(params, state.scenario_index)
             prev = state.sim.replace(key=key)
-            sim, _ = self.sim_env.step(scenario, prev, action, params.agent_params)
+            sim, _ = self.sim_env.step(scenario, prev, action, params.sim_params)
             reward = jnp.asarray(self.reward_fn(scenario, prev, sim, params.reward_weights), jnp.float32)
             episode_step = state.episode_step + 1
             limit = jnp.minimum(params.max_steps_in_episode, self.available_steps)

@@ -32,9 +32,9 @@ def resolve_policy_spec(spec: str, env: EnvConfig, flag: str = "--policy") -> tu
     if spec in BASELINES:
         return spec, env, spec
     path = pathlib.Path(spec)
-    from jaxloop.train.policy_fn import load_policy
-    policy, train_config = load_policy(path)
-    policy_env = dataclasses.replace(train_config.env_config(), non_ego_agent=env.non_ego_agent,
+    from jaxloop.io.policies import load_policy
+    policy, experiment = load_policy(path)
+    policy_env = dataclasses.replace(experiment.env_config(), non_ego_agent=env.non_ego_agent,
                                      init_steps=env.init_steps, controlled="sdc")
     return policy, policy_env, path.name if path.name != "checkpoints" else path.parent.name
 

@@ -9,7 +9,7 @@ IDM). Baselines drive the ego without a network:
 - `constant_velocity`: the ego keeps its initial velocity,
 - `idm`: the ego follows its logged path with IDM speed control, reacting to others.
 
-A `Perturbation` (see `jaxloop.eval.perturb`) changes the scenario, the initial state,
+A `Perturbation` (see `jaxloop.sim.perturb`) changes the scenario, the initial state,
 the agents or what the policy sees; the same function evaluates clean and perturbed.
 
 Non-finite numbers are never scored as safe:
@@ -43,10 +43,11 @@ import numpy as np
 
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.compute import compiler_options
-from jaxloop.sim.datatypes import Scenario, SimState
+from jaxloop.sim.datatypes import Scenario
 from jaxloop.sim.env import Env, EnvConfig, num_closed_loop_steps
 from jaxloop.sim.metrics import MetricsConfig, episode_metrics, step_metrics
-from jaxloop.sim.rollout import PolicyFn, constant_action_policy, rollout
+from jaxloop.sim.perturb import Perturbation
+from jaxloop.sim.rollout import PolicyFn, constant_action_policy, over_batch, rollout
 
 BASELINES = ("expert", "constant_velocity", "idm")
 _BASELINE_KIND = {"expert": agents_lib.AGENT_LOG, "constant_velocity": agents_lib.AGENT_CONSTANT_VELOCITY,
@@ -92,28 +93,6 @@ class EvalConfig:
                              f"steps, got {self.horizon!r}")
         if self.env.controlled != "sdc":
             raise ValueError("evaluation scores the ego: EvalConfig.env.controlled must be 'sdc'")
-
-
-@dataclasses.dataclass(frozen=True)
-class Perturbation:
-    """A change to an evaluation episode. Every hook is pure and runs inside `vmap`.
-
-    scenario_fn(scenario, key) -> scenario     before reset (map / log changes)
-    state_fn(scenario, state, key) -> state    right after reset
-    agent_kind_fn(scenario, kind) -> kind      per-object agent models `[N]`
-    uses_idm: whether agent_kind_fn may make objects IDM (static)
-    policy_fn(policy) -> policy                what the policy sees / when it acts
-    params: AgentParams or None                traced agent constants
-    """
-
-    name: str
-    scenario_fn: Callable[[Scenario, jax.Array], Scenario] | None = None
-    state_fn: Callable[[Scenario, SimState, jax.Array], SimState] | None = None
-    agent_kind_fn: Callable[[Scenario, jax.Array], jax.Array] | None = None
-    uses_idm: bool = False
-    policy_fn: Callable[[PolicyFn], PolicyFn] | None = None
-    params: agents_lib.AgentParams | None = None
-    description: str = ""
 
 
 def resolve_policy(policy: PolicyFn | str, env: Env) -> tuple[PolicyFn, int | None]:
@@ -314,7 +293,7 @@ def evaluate(policy: PolicyFn | str, scenarios: Scenario, infos: Sequence[dict] 
     first = jax.tree.map(lambda a: a[0], scenarios)
     steps = num_closed_loop_steps(first, config.env)
     episode = make_episode_fn(policy, config, steps, perturbation)
-    fn = jax.jit(jax.vmap(episode), compiler_options=compiler_options())
+    fn = jax.jit(lambda batch, keys: over_batch(episode, batch, None, keys=keys), compiler_options=compiler_options())
     keys = jax.random.split(jax.random.key(seed), num)
     bs = min(config.batch_size, num)
     chunks = []
@@ -347,19 +326,14 @@ def evaluate(policy: PolicyFn | str, scenarios: Scenario, infos: Sequence[dict] 
 
 
 def _family_names(scenarios: Scenario, infos: Sequence[dict] | None) -> list[str]:
-    """A family label per scenario: the info's family, else the procedural family id, else the format."""
+    """A family label per scenario: the info's family (generated scenarios carry their family's name), else the
+    format."""
     fam = np.asarray(scenarios.family).reshape(-1)
-    try:
-        from jaxloop.data.procedural import FAMILY_NAMES
-    except ImportError:
-        FAMILY_NAMES = ()
     names = []
     for i, f in enumerate(fam):
         info = infos[i] if infos is not None else {}
         if info.get("family"):
             names.append(str(info["family"]))
-        elif 0 <= f < len(FAMILY_NAMES):
-            names.append(FAMILY_NAMES[f])
         else:
             names.append(str(info.get("format", "real" if f < 0 else f"family_{f}")))
     return names

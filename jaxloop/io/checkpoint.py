@@ -14,6 +14,9 @@ given, else from the key paths recorded at save time.
     manager.save(step, train_state, config=asdict(cfg))   # saves every 100 steps
     state = manager.restore(target=abstract_state)          # latest step that verifies
 
+`to_flat_dict` / `from_flat_dict` give a pytree's checkpoint form, a flat `{path: array}`
+dict independent of container classes.
+
 Guarantees:
 
 - Only finite state is written: `save` refuses a state with a NaN / inf in any float
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxloop.errors import CheckpointError
@@ -63,6 +67,38 @@ def path_str(path: tuple) -> str:
         else:
             parts.append(str(entry))
     return "/".join(parts)
+
+
+def to_flat_dict(tree: Any) -> dict[str, np.ndarray]:
+    """`{"params/trunk/0/kernel/value": array, ...}` of any pytree (host numpy arrays)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    out = {}
+    for path, leaf in leaves:
+        name = path_str(path)
+        if name in out:
+            raise ValueError(f"to_flat_dict: duplicate leaf path {name!r}")
+        out[name] = np.asarray(jax.device_get(leaf))
+    return out
+
+
+def from_flat_dict(template: Any, flat: dict[str, Any], prefix: str = "", strict: bool = True) -> Any:
+    """Rebuilds `template`'s structure from a flat dict (`prefix/` names the subtree in `flat`).
+
+    With `strict=False`, leaves missing from `flat` (or of a different shape) keep the
+    template's value: a BC checkpoint initialises a PPO policy whose value head is new.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    new = []
+    for path, leaf in leaves:
+        name = (prefix + "/" if prefix else "") + path_str(path)
+        if name in flat and np.shape(flat[name]) == np.shape(leaf):
+            new.append(jnp.asarray(flat[name], dtype=leaf.dtype))
+        elif strict:
+            got = "missing" if name not in flat else f"shape {np.shape(flat[name])}"
+            raise ValueError(f"checkpoint: leaf {name!r} expected shape {np.shape(leaf)}, {got}")
+        else:
+            new.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, new)
 
 
 def _is_key(leaf: Any) -> bool:

@@ -43,20 +43,21 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated
 
 import jax
 import numpy as np
+import tyro
 
-from jaxloop.data.mixture import Mixture, mix, parse_weight
+from jaxloop.config import BC, GRPO, Experiment, Params, from_saved, to_dict
+from jaxloop.data import Mixture, mix, parse_weight
 from jaxloop.errors import CheckpointError, JaxloopError, RunError
-from jaxloop.io.checkpoint import path_str
+from jaxloop.io.checkpoint import from_flat_dict, path_str, to_flat_dict
+from jaxloop.io.policies import CONFIG_KEY, resolve_checkpoint_dir
 from jaxloop.sim.datatypes import Scenario
 from jaxloop.train import parallel
 from jaxloop.train.common import StepFn
-from jaxloop.train.config import APGConfig, GRPOConfig, TrainConfig, config_from_dict, config_to_dict
-from jaxloop.train.policy_fn import CONFIG_KEY, resolve_checkpoint_dir
-from jaxloop.train.state import TrainState, from_flat_dict, to_flat_dict
+from jaxloop.train.state import TrainState
 from jaxloop.train.trainer import make_trainer
 
 DATA_KEY = "data"
@@ -82,12 +83,12 @@ def load_data(data: str, num_toy: int = 64, toy_objects: int = 16, num_objects: 
     their infos. Comma-separated sources with weights (`procedural:train:1024@0.75,real/@0.25`) give a
     `Mixture`: slot sizes padded to the largest, each batch filled in the given proportion."""
     if data == "toy":
-        from jaxloop.data.toy import make_toy_scenario
+        from jaxloop.data import make_toy_scenario
         from jaxloop.sim.datatypes import stack_scenarios
         scenarios = stack_scenarios([make_toy_scenario(num_objects=toy_objects, seed=i) for i in range(num_toy)])
         infos = [{"scenario_id": f"toy-{i}", "format": "toy", "init_steps": 11} for i in range(num_toy)]
         return (scenarios, infos) if with_infos else scenarios
-    from jaxloop.data.sources import SPEC_SEPARATOR, load_source
+    from jaxloop.data import SPEC_SEPARATOR, load_source
     parts = [parse_weight(part.strip()) for part in data.split(SPEC_SEPARATOR)]
     if any(w is not None for _, w in parts):
         loaded = [(spec, *load_source(spec, num_objects=num_objects, select=select, skip_invalid=skip_invalid), w)
@@ -121,16 +122,16 @@ def step_key(seed: int, step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(seed + 1), step)
 
 
-def _init_from(state: TrainState, config: TrainConfig, path: str) -> TrainState:
+def _init_from(state: TrainState, config: Experiment, path: str) -> TrainState:
     """Policy parameters (and GRPO's reference) from another run's checkpoint; new heads keep their init."""
     from jaxloop.io.checkpoint import CheckpointManager
-    from jaxloop.train.policy_fn import config_from_checkpoint
+    from jaxloop.io.policies import config_from_checkpoint
     ckpt_dir = resolve_checkpoint_dir(path)
     source = config_from_checkpoint(ckpt_dir)
-    if (source.obs, source.model.kind, source.model.hidden, source.history_length, source.dynamics) != (
-            config.obs, config.model.kind, config.model.hidden, config.history_length, config.dynamics):
+    if (source.obs, source.model.kind, source.model.hidden, source.env.dynamics) != (
+            config.obs, config.model.kind, config.model.hidden, config.env.dynamics):
         raise ValueError(f"--init-from {path}: its observation / model / dynamics config differs from this run's "
-                         f"(source model {source.model}, dynamics {source.dynamics})")
+                         f"(source model {source.model}, dynamics {source.env.dynamics})")
     manager = CheckpointManager(ckpt_dir)
     try:
         flat = to_flat_dict(manager.restore())
@@ -178,7 +179,7 @@ def _check_same_data(out: str, saved: dict | None, current: dict) -> None:
 
 def check_out_dir(out: str) -> None:
     """Refuses an output directory that is a scenario cache or lies inside one (a run would write into the data)."""
-    from jaxloop.data.pipeline import MANIFEST
+    from jaxloop.data import MANIFEST
     path = Path(out).expanduser().absolute()
     for folder in (path, *path.parents):
         if (folder / MANIFEST).is_file():
@@ -187,12 +188,14 @@ def check_out_dir(out: str) -> None:
                            f"the data")
 
 
-def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps: int, *, init_from: str | None = None,
-        log_every: int = 10, ckpt_every: int = 100, max_consecutive_skips: int = 5, max_skip_fraction: float = 0.1,
-        reward_fn: StepFn | None = None, surrogate_fn: StepFn | None = None, mesh=None, progress: bool = True,
-        use_tensorboard: bool = True, run_info: dict | None = None) -> dict:
-    """Trains `config` on `scenarios` (`[S, ...]`, or a `Mixture` of weighted sources) until `num_steps` total
-    steps; returns the summary dict.
+def run(config: Experiment, scenarios: Scenario | Mixture, out: str, num_steps: int | None = None, *,
+        init_from: str | None = None, log_every: int = 10, ckpt_every: int = 100, max_consecutive_skips: int = 5,
+        max_skip_fraction: float = 0.1, reward_fn: StepFn | None = None, surrogate_fn: StepFn | None = None,
+        mesh=None, progress: bool = True, use_tensorboard: bool = True, run_info: dict | None = None,
+        params: Params | None = None) -> dict:
+    """Trains the experiment `config` on `scenarios` (`[S, ...]`, or a `Mixture` of weighted sources) until
+    `num_steps` total steps (default `config.steps`); returns the summary dict. `params` replace the
+    experiment's default traced `Params` (not saved: a resume passes them again).
 
     Raises `TrainingDiverged` once `max_consecutive_skips` updates in a row were skipped,
     `TooManySkips` at the end if more than `max_skip_fraction` of all updates were, and
@@ -207,6 +210,7 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
     if log_every < 1 or ckpt_every < 1 or max_consecutive_skips < 1:
         raise ValueError(f"run: log_every, ckpt_every and max_consecutive_skips must be >= 1, got {log_every}, "
                          f"{ckpt_every}, {max_consecutive_skips}")
+    num_steps = config.steps if num_steps is None else num_steps
     if num_steps < 0:
         raise ValueError(f"run: num_steps must be >= 0, got {num_steps}")
     if not (math.isfinite(max_skip_fraction) and 0.0 <= max_skip_fraction <= 1.0):
@@ -219,17 +223,18 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
     identity = data_identity(scenarios, [source] if source else [])
     trainer = make_trainer(config, mesh=mesh, reward_fn=reward_fn, surrogate_fn=surrogate_fn)
     train_step = trainer.guarded_step(max_consecutive_skips)
-    cfg_dict = {CONFIG_KEY: config_to_dict(config), "run": run_info, DATA_KEY: identity}
+    params = trainer.params if params is None else params
+    cfg_dict = {CONFIG_KEY: to_dict(config), "run": run_info, DATA_KEY: identity}
     ckpt_dir = os.path.join(out, "checkpoints")
     ckpt = CheckpointManager(ckpt_dir, max_to_keep=3, save_interval_steps=ckpt_every)
     state = trainer.init(jax.random.PRNGKey(config.seed))
     latest = ckpt.latest_step()
     if latest is not None:
         saved_cfg = read_config(ckpt.directory)
-        saved = config_from_dict(TrainConfig, saved_cfg[CONFIG_KEY])
-        if saved != config:
+        saved = from_saved(saved_cfg, f"{ckpt.directory}/config.json")
+        if not saved.same_run(config):
             raise RunError(f"{out}: holds a checkpoint of a different config; use a new --out or the same "
-                           f"settings (saved: {config_to_dict(saved)})")
+                           f"settings (saved: {to_dict(saved)})")
         _check_same_data(out, saved_cfg.get(DATA_KEY), identity)
         state = ckpt.restore(target=state)
         start = ckpt.restored_step
@@ -261,11 +266,13 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
 
     ckpt.install_signal_handlers(state_to_save)
     logger = MetricLogger(os.path.join(out, "logs"), use_tensorboard=use_tensorboard)
-    env_steps_per_step = config.batch_size * (config.bc.samples_per_scenario if config.algo == "bc" else
-                                              config.horizon * (config.grpo.group_size if config.algo == "grpo" else 1))
+    algo = config.algo
+    env_steps_per_step = config.batch_size * (algo.samples_per_scenario if isinstance(algo, BC) else
+                                              config.env.horizon * (algo.group_size if isinstance(algo, GRPO) else 1))
     status, last, diverged_at = "completed", {}, None
     t_start = time.perf_counter()
-    bar = tqdm(total=num_steps, initial=start, disable=not progress, desc=f"train {config.algo}", dynamic_ncols=True)
+    bar = tqdm(total=num_steps, initial=start, disable=not progress, desc=f"train {config.algo_name}",
+               dynamic_ncols=True)
 
     def diverged(done: int, in_a_row: int, at: int) -> TrainingDiverged:
         return TrainingDiverged(
@@ -276,7 +283,7 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
     try:
         for step in range(start, num_steps):
             batch = trainer.shard(host_batch(scenarios, config.seed, step, config.batch_size))
-            state, metrics = train_step(state, batch, step_key(config.seed, step))
+            state, metrics = train_step(state, batch, step_key(config.seed, step), params)
             holder["state"] = state
             bar.update(1)
             done = step + 1
@@ -316,7 +323,7 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
         wall = time.perf_counter() - t_start
         final_step, final_skipped = (int(x) for x in jax.device_get((holder["state"].step, holder["state"].skipped)))
         steps_run = max(final_step - start, 0)
-        summary = {"status": status, "algo": config.algo, "start_step": start, "final_step": start + steps_run,
+        summary = {"status": status, "algo": config.algo_name, "start_step": start, "final_step": start + steps_run,
                    "steps": steps_run, "wall_s": wall, "steps_per_s": steps_run / wall if wall > 0 else 0.0,
                    "env_steps_per_s": steps_run * env_steps_per_step / wall if wall > 0 else 0.0,
                    "skipped_updates": final_skipped,
@@ -355,60 +362,35 @@ def _format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", out: str = "runs/train",
-          steps: int = 100, init_from: str | None = None, preset: str = "progress_safety", batch_size: int = 16,
-          horizon: int = 80, model: Literal["mlp", "attention"] = "mlp",
-          head: Literal["gaussian", "deterministic"] = "gaussian", hidden: tuple[int, ...] = (128, 128),
-          learning_rate: float = 3e-4, lr_decay_steps: int = 0, max_grad_norm: float = 1.0, seed: int = 0,
-          crosser_prob: float = 0.0, start_noise: float = 0.0,
-          dynamics: Literal["bicycle", "delta_local", "delta_global"] = "bicycle",
-          non_ego_agent: Literal["log", "constant_velocity", "idm"] = "log", group_size: int = 4,
-          kl_coef: float = 0.05, truncate_every: int = 0, log_every: int = 10, ckpt_every: int = 100,
-          max_consecutive_skips: int = 5, max_skip_fraction: float = 0.1, num_toy: int = 64,
-          progress: bool = True, num_objects: int = 128, select: Literal["nearest", "error"] = "nearest",
-          skip_invalid: bool = False) -> int:
-    """Trains a driving policy (bc | apg | ppo | grpo) and checkpoints it under OUT.
+_EXPERIMENT_ARG = tyro.conf.arg(name="")  # the experiment's fields are the command's own flags
+
+
+@tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)  # run flags may follow the algorithm's subcommand
+def train(experiment: Annotated[Experiment, _EXPERIMENT_ARG] = Experiment(),
+          out: str = "runs/train", init_from: str | None = None, log_every: int = 10, ckpt_every: int = 100,
+          max_consecutive_skips: int = 5, max_skip_fraction: float = 0.1, progress: bool = True) -> int:
+    """Trains a driving policy and checkpoints it, with the whole experiment, under OUT.
+
+    The algorithm is a subcommand with its own flags, e.g.
+    `jaxloop train --data.source data/train --steps 3000 --out runs/bc` (behaviour cloning, the default),
+    `jaxloop train algo:apg --algo.truncate-every 8 --env.reward-preset closed_loop_safety --init-from runs/bc`,
+    `jaxloop train algo:grpo --algo.group-size 4 --algo.kl-coef 0.05`, `jaxloop train algo:ppo`.
+    `--data.source` takes "toy", procedural:SPLIT:NUM[:SEED], a cache directory, raw WOMD / AV2 / GPUDrive JSON
+    files, directories of them or globs, several joined by commas (see `jaxloop.data.sources`); with a weight
+    on every part (`procedural:train:1024@0.75,real/@0.25`) each batch mixes them in that proportion. The log
+    steps before the closed loop (`data.init_steps`) come from the loaded sources.
 
     Args:
-        algo: behaviour cloning (open loop), analytic policy gradients, PPO or GRPO (closed loop).
-        data: "toy", procedural:SPLIT:NUM[:SEED], a cache directory, raw WOMD / AV2 / GPUDrive JSON files,
-            directories of them or globs; several joined by commas (see `jaxloop.data.sources`); with a weight
-            on every part (`procedural:train:1024@0.75,real/@0.25`) each batch mixes them in that proportion.
+        experiment: the experiment (`jaxloop.config.Experiment`), saved beside every checkpoint.
         out: run directory (checkpoints/, logs/, summary.json); an existing run there is resumed.
-        steps: total train steps (a resumed run continues up to this number).
         init_from: checkpoint (or run) directory whose policy parameters start this run (GRPO: also the reference).
-        preset: reward preset of jaxloop.sim.rewards (RL reward / APG surrogate weights).
-        batch_size: scenarios per step (divisible by the number of devices).
-        horizon: closed-loop steps per episode.
-        model: policy network.
-        head: action head.
-        hidden: MLP widths.
-        learning_rate: Adam learning rate.
-        lr_decay_steps: cosine decay of the learning rate to 0.1x over this many steps (0: constant).
-        max_grad_norm: global-norm gradient clip.
-        seed: seeds the parameters, batches and rollouts.
-        crosser_prob: apg / grpo: fraction of episodes with a random pedestrian or cyclist crossing the ego's path.
-        start_noise: apg / grpo: episodes start off the logged ego state by up to this fraction of 1 m, 0.1 rad, 1 m/s.
-        dynamics: action space.
-        non_ego_agent: behaviour of the other objects.
-        group_size: GRPO rollouts per scenario.
-        kl_coef: GRPO KL weight to the reference policy.
-        truncate_every: APG truncated-BPTT window (0: full horizon).
         log_every: steps between metric logs.
         ckpt_every: steps between checkpoints.
         max_consecutive_skips: skipped (non-finite) updates in a row that stop the run (exit 1, "diverged").
         max_skip_fraction: a run that skipped more than this fraction of its updates exits 1 ("too_many_skips").
-        num_toy: number of toy scenarios for --data toy.
         progress: show a progress bar.
-        num_objects: N object slots when reading raw files.
-        select: raw files with more objects than N: keep the N nearest to the SDC (and every track to predict /
-            object of interest), or stop with an error.
-        skip_invalid: raw --data files: skip (and count on stderr) invalid files and records instead of stopping.
     """
-    from jaxloop.data.formats import init_steps_of
-    from jaxloop.policy.networks import ModelConfig
-    if steps < 0:
-        raise ValueError(f"--steps must be >= 0, got {steps}")
+    from jaxloop.data import init_steps_of
     for flag, value in (("--log-every", log_every), ("--ckpt-every", ckpt_every),
                         ("--max-consecutive-skips", max_consecutive_skips)):
         if value < 1:
@@ -416,20 +398,15 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
     if not (math.isfinite(max_skip_fraction) and 0.0 <= max_skip_fraction <= 1.0):
         raise ValueError(f"--max-skip-fraction must be in [0, 1], got {max_skip_fraction}")
     check_out_dir(out)
-    scenarios, infos = load_data(data, num_toy=num_toy, num_objects=num_objects, select=select, with_infos=True,
-                                 skip_invalid=skip_invalid)
-    config = TrainConfig(algo=algo, seed=seed, init_steps=init_steps_of(infos, f"--data {data}"),
-                         batch_size=batch_size, learning_rate=learning_rate,
-                         lr_decay_steps=lr_decay_steps, crosser_prob=crosser_prob, start_noise=start_noise,
-                         max_grad_norm=max_grad_norm, horizon=horizon, reward_preset=preset, dynamics=dynamics,
-                         non_ego_agent=non_ego_agent, model=ModelConfig(kind=model, head=head, hidden=tuple(hidden)),
-                         grpo=dataclasses.replace(GRPOConfig(), group_size=group_size, kl_coef=kl_coef),
-                         apg=dataclasses.replace(APGConfig(), truncate_every=truncate_every))
+    data = experiment.data
+    scenarios, infos = load_data(data.source, num_toy=data.num_toy, num_objects=data.num_objects, select=data.select,
+                                 with_infos=True, skip_invalid=data.skip_invalid)
+    experiment = dataclasses.replace(experiment, data=dataclasses.replace(
+        data, init_steps=init_steps_of(infos, f"--data.source {data.source}")))
     # A path is recorded absolute, so the same data reached from another working directory is the same source.
-    source = str(Path(data).expanduser().absolute()) if os.path.exists(data) else data
+    source = str(Path(data.source).expanduser().absolute()) if os.path.exists(data.source) else data.source
     # TrainingDiverged / TooManySkips carry exit code 1; the `jaxloop` command prints them as one line.
-    run(config, scenarios, out, steps, init_from=init_from, log_every=log_every, ckpt_every=ckpt_every,
+    run(experiment, scenarios, out, init_from=init_from, log_every=log_every, ckpt_every=ckpt_every,
         max_consecutive_skips=max_consecutive_skips, max_skip_fraction=max_skip_fraction, progress=progress,
         run_info={"data": source})
     return 0
-

@@ -85,8 +85,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def jit_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
-    """`jax.jit` of `step_fn(state, batch, key) -> (state, metrics)`: batch sharded, the rest replicated
-    (with jaxloop's `compiler_options`)."""
+    """`jax.jit` of `step_fn(state, batch, key, params) -> (state, metrics)`: batch sharded, the rest
+    (state, key, traced `Params`) replicated (with jaxloop's `compiler_options`)."""
     rep, data = replicated(mesh), batch_sharding(mesh)
-    return jax.jit(step_fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+    return jax.jit(step_fn, in_shardings=(rep, data, rep, rep), out_shardings=(rep, rep),
                    compiler_options=compiler_options())
