@@ -175,6 +175,8 @@ def test_construction_errors(bank):
         DrivingEnv(bank, terminate_on=("speeding",))
     with pytest.raises(ValueError, match="init_steps=11.*init_steps=5"):
         DrivingEnv.from_source("toy:2", env_config=EnvConfig(init_steps=5))
+    with pytest.raises(ValueError, match=r"one leading axis \(\[S, N, T\]\); got .*\[1, 3, 8, 91\]"):
+        DrivingEnv(jax.tree.map(lambda a: a[None], bank))
     one = DrivingEnv(make_toy_scenario())  # an unbatched scenario is a bank of one
     assert isinstance(one.default_params, EnvParams) and one.default_params.num_scenarios == 1
 

@@ -88,8 +88,9 @@ def _as_bank(scenarios: Scenario) -> Scenario:
     if ndim == 2:
         scenarios = jax.tree.map(lambda a: np.asarray(a)[None], scenarios)
     elif ndim != 3:
+        shape = list(np.shape(scenarios.log_trajectory.x))
         raise ValueError("DrivingEnv: scenarios must be one Scenario ([N, T] trajectories) or a bank with one "
-                         f"leading axis ([S, N, T]); got log_trajectory.x of shape {list(np.shape(scenarios.log_trajectory.x))}")
+                         f"leading axis ([S, N, T]); got log_trajectory.x of shape {shape}")
     scenarios.validate()
     return jax.tree.map(jnp.asarray, scenarios)
 
@@ -98,11 +99,12 @@ class DrivingEnv:
     """Gymnax-style environment: the ego drives scenarios drawn from a bank. Methods are pure.
 
     scenarios: the bank, a `Scenario` with one leading axis `[S, ...]` (e.g. from
-      `jaxloop.data.sources.load_source`; see `from_source`).
+      `jaxloop.data.load_source`; see `from_source`).
     env_config: the simulator (static); must control the ego only (`controlled="sdc"`).
       Default: `default_env_config()`, the bicycle with actions in [-1, 1].
     obs_config: sizes of the observation (static).
     reward_weights: the default `EnvParams.reward_weights` (a `RewardWeights` or a preset name).
+    agent_params: the non-ego models' constants in the default `EnvParams.sim_params`.
     max_steps_in_episode: the default episode length; default all closed-loop steps of the log.
     terminate_on: end an episode early on the ego's at-fault "collision" and / or "offroad" (static).
     reward_fn: `fn(scenario, prev_state, state, weights) -> []`, default `rewards.step_reward`.
@@ -138,8 +140,9 @@ class DrivingEnv:
         if max_steps_in_episode is None:
             max_steps_in_episode = self.available_steps
         if not 1 <= max_steps_in_episode <= self.available_steps:
-            raise ValueError(f"DrivingEnv: max_steps_in_episode must be in [1, {self.available_steps}] (T={self.num_steps}"
-                             f" minus init_steps={self.config.init_steps}), got {max_steps_in_episode}")
+            raise ValueError(f"DrivingEnv: max_steps_in_episode must be in [1, {self.available_steps}] "
+                             f"(T={self.num_steps} minus init_steps={self.config.init_steps}), "
+                             f"got {max_steps_in_episode}")
         if isinstance(reward_weights, str):
             reward_weights = rewards_lib.get_preset(reward_weights)
         self._default_params = EnvParams(
