@@ -34,7 +34,7 @@ import time
 import jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from open_vs_closed_loop import SHARED_DATA, log  # noqa: E402
+from jaxloop.experiments.open_vs_closed_loop import SHARED_DATA, log  # noqa: E402
 from real_logs import load_files, real_files  # noqa: E402
 
 POLICIES = pathlib.Path(__file__).resolve().parent / "results" / "policies"

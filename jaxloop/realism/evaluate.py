@@ -248,7 +248,7 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
     docstring), and a description of how it drives."""
     from jaxloop.policy import networks
     from jaxloop.policy.observation import features as obs_features, flatten
-    from jaxloop.train.policy_fn import load_policy
+    from jaxloop.io.policies import load_policy
 
     _, train_config = load_policy(path)
     obs_config = train_config.obs
@@ -258,7 +258,7 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
     exported = os.path.isfile(os.path.join(path, "metadata.json"))
     if exported:
         from jaxloop.io.export import load_policy as load_exported
-        from jaxloop.train.policy_fn import batch_polymorphic_call
+        from jaxloop.io.policies import batch_polymorphic_call
         loaded = load_exported(path)
         call = batch_polymorphic_call(lambda flat: loaded.exported.call(loaded.params, flat)[0])
 
@@ -268,7 +268,7 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
         how = f"deterministic exported policy + N(0, {config.policy_noise}²) action noise"
     else:
         from flax import nnx
-        from jaxloop.train.policy_fn import load_params
+        from jaxloop.io.policies import load_params
         graphdef, params, _ = load_params(path)
 
         def act(feat, key):
