@@ -179,3 +179,12 @@ def test_bad_config_is_refused():
         RealismConfig(agents="random")
     with pytest.raises(ValueError, match="rollouts"):
         RealismConfig(rollouts=0)
+
+
+def test_idm_fit_lowers_its_loss():
+    from jaxloop.realism.fit import FitConfig, fit_idm
+    scenarios = stack_scenarios([_scene()])
+    params, info = fit_idm(scenarios, FitConfig(horizon=20, steps=4, learning_rate=0.1, accel_weight=1.0), log=None)
+    losses = [h["loss"] for h in info["history"]]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert params.idm_time_headway != AgentParams().idm_time_headway

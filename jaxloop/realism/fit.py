@@ -22,7 +22,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.compute import compiler_options
