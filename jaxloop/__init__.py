@@ -5,8 +5,8 @@ The public API: what a research script needs from data to an exported policy.
     scenarios, infos = jaxloop.load_scenarios("procedural:train:64")    # any data spec
     env = jaxloop.Env(jaxloop.EnvConfig())                               # one scenario at a time; vmap it
     final, out = jaxloop.rollout(env, scenario, env.reset(scenario, key), policy, num_steps)
-    config = jaxloop.TrainConfig(algo="bc")
-    state, metrics = jaxloop.make_train(config, scenarios, num_steps=100)(key)   # or make_trainer(config)
+    config = jaxloop.Experiment(algo=jaxloop.BC())                      # the whole run, one frozen tree
+    state, metrics = jaxloop.make_train(config, scenarios, num_steps=100)(key, jaxloop.params_of(config))
     policy = jaxloop.policy_from_params(config, state.params)
     report = jaxloop.evaluate(policy, scenarios, infos, jaxloop.EvalConfig(env=config.env_config()))
     result = jaxloop.gate(policy, "expert", scenarios, infos)            # the safety gate
@@ -36,12 +36,18 @@ _EXPORTS = {
     "make_dynamics": "jaxloop.sim.dynamics",
     "rollout": "jaxloop.sim.rollout", "Rollout": "jaxloop.sim.rollout",
     "constant_action_policy": "jaxloop.sim.rollout",
+    # the experiment (static) and its traced parameters
+    "Experiment": "jaxloop.config", "DataConfig": "jaxloop.config", "EnvSettings": "jaxloop.config",
+    "EvalSettings": "jaxloop.config", "BC": "jaxloop.config", "APG": "jaxloop.config", "PPO": "jaxloop.config",
+    "GRPO": "jaxloop.config", "Params": "jaxloop.config", "params_of": "jaxloop.config",
+    "stack_params": "jaxloop.config",
     # training
-    "TrainConfig": "jaxloop.train.config", "make_trainer": "jaxloop.train.trainer",
-    "make_train": "jaxloop.train.trainer",
+    "make_trainer": "jaxloop.train.trainer", "make_train": "jaxloop.train.trainer",
     # evaluation and the gate
     "EvalConfig": "jaxloop.eval.evaluate", "evaluate": "jaxloop.eval.evaluate", "run_suite": "jaxloop.eval.perturb",
-    "GateConfig": "jaxloop.eval.gate", "gate": "jaxloop.eval.gate",
+    "GateConfig": "jaxloop.config", "gate": "jaxloop.eval.gate",
+    # the simulator as a gymnax-style RL environment
+    "DrivingEnv": "jaxloop.envs",
     # trained policies
     "load_policy": "jaxloop.io.policies", "policy_from_params": "jaxloop.io.policies", "export": "jaxloop.io.policies",
 }

@@ -13,7 +13,8 @@ from jaxloop.data import formats
 from jaxloop.data.sources import detect_format, expand_sources, iter_raw
 from jaxloop.data.common import LoadConfig
 from jaxloop.data.errors import DataError, SkipReport
-from jaxloop.data.gpudrive import DEFAULT_HEIGHT, TL_STATES, TYPE_MAP, _road_code, load_gpudrive, read_scene, scene_to_raw
+from jaxloop.data.gpudrive import (DEFAULT_HEIGHT, TL_STATES, TYPE_MAP, _road_code, load_gpudrive, read_scene,
+                                  scene_to_raw)
 from jaxloop.data.sources import load_source
 from jaxloop.sim.datatypes import SYNTHETIC_ID, TYPE_OTHER
 

@@ -19,30 +19,12 @@ import pathlib
 
 from typing import Sequence
 
+from jaxloop.config import GateConfig  # the experiment's `gate` section
 from jaxloop.eval.evaluate import EvalConfig, _finite
 from jaxloop.eval.perturb import SuiteReport, run_suite
 from jaxloop.sim.datatypes import Scenario
 from jaxloop.sim.perturb import Perturbation
 from jaxloop.sim.rollout import PolicyFn
-
-
-@dataclasses.dataclass(frozen=True)
-class GateConfig:
-    """Thresholds. Rates are fractions of scenarios."""
-
-    failure_tolerance: float = 0.02  # candidate failure rate <= baseline's + this, clean and perturbed
-    max_failure_rate: float = 0.25  # absolute, clean held-out set
-    max_collision_rate: float = 0.20
-    max_offroad_rate: float = 0.20
-    max_red_light_rate: float = 0.10
-    min_progress_ratio: float = 0.80
-    max_perturbed_failure_rate: float = 0.50  # absolute, under each perturbation
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not 0.0 <= v <= (10.0 if f.name == "min_progress_ratio" else 1.0):
-                raise ValueError(f"GateConfig.{f.name} out of range: {v}")
 
 
 @dataclasses.dataclass

@@ -33,16 +33,7 @@ import time
 import jax
 import numpy as np
 
-PROFILES = {
-    # The committed results: ~30 min on a 2-core CPU.
-    "full": dict(num_train=1024, num_test=200, num_ood=200, num_perturbed=200, bc_steps=3000, apg_steps=600,
-                 grpo_steps=300, batch_size=64, grpo_batch=16, group_size=4, suite="full", post=("apg", "grpo"),
-                 baseline_suites=True),
-    # `make demo`: the same pipeline, small (APG only).
-    "demo": dict(num_train=256, num_test=64, num_ood=64, num_perturbed=32, bc_steps=800, apg_steps=120,
-                 grpo_steps=60, batch_size=32, grpo_batch=8, group_size=4, suite="short", post=("apg",),
-                 baseline_suites=False),
-}
+PROFILES = ("demo", "full")  # names of `presets`
 SUMMARY_KEYS = ("failure_rate", "collision_rate", "offroad_rate", "red_light_rate", "progress_ratio", "score")
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -51,21 +42,42 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def configs(p: dict, seed: int):
+def presets(profile: str, seed: int = 0) -> dict:
+    """The pipeline's runs of `profile` as `jaxloop.config.Experiment`s: "bc", then the closed-loop stages
+    ("apg"; "grpo" too in the full profile). `"full"` is the committed results (~30 min on a 2-core CPU),
+    `"demo"` (`make demo`) the same pipeline, small. Evaluation sets and the suite are in `eval`."""
+    from jaxloop.config import APG, BC, GRPO, DataConfig, EnvSettings, EvalSettings, Experiment
     from jaxloop.policy.networks import ModelConfig
-    from jaxloop.train.config import BCConfig, GRPOConfig, TrainConfig
 
-    base = TrainConfig(algo="bc", seed=seed, batch_size=p["batch_size"], learning_rate=1e-3, horizon=80,
-                       model=ModelConfig(kind="mlp", head="gaussian", hidden=(256, 256)),
-                       bc=BCConfig(samples_per_scenario=8))
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    full = profile == "full"
+    n = dict(train=1024, test=200, perturbed=200) if full else dict(train=256, test=64, perturbed=32)
+    base = Experiment(algo=BC(samples_per_scenario=8), seed=seed, steps=3000 if full else 800,
+                      batch_size=64 if full else 32, learning_rate=1e-3,
+                      data=DataConfig(source=f"procedural:train:{n['train']}:{seed}"),
+                      model=ModelConfig(kind="mlp", head="gaussian", hidden=(256, 256)),
+                      eval=EvalSettings(source=f"procedural:test:{n['test']}:{seed}", suite="full" if full else "short",
+                                        num_perturbed=n["perturbed"]))
     # APG: anticipation surrogates (red lights, headway, predicted conflicts), random crossing road users in
     # half the episodes with reactive traffic, noisy starts, cosine learning-rate decay.
-    apg = dataclasses.replace(base, algo="apg", learning_rate=1e-3, lr_decay_steps=p["apg_steps"], horizon=80,
-                              reward_preset="closed_loop_safety", crosser_prob=0.5, start_noise=1.0)
-    grpo = dataclasses.replace(base, algo="grpo", learning_rate=1e-4, batch_size=p["grpo_batch"], horizon=80,
-                               grpo=GRPOConfig(group_size=p["group_size"], kl_coef=0.02, num_epochs=2),
-                               reward_preset="safety_first", crosser_prob=0.5)
-    return base, apg, grpo
+    apg_steps = 600 if full else 120
+    runs = {"bc": base,
+            "apg": dataclasses.replace(base, algo=APG(), steps=apg_steps, lr_decay_steps=apg_steps,
+                                       env=EnvSettings(reward_preset="closed_loop_safety", crosser_prob=0.5,
+                                                       start_noise=1.0))}
+    if full:
+        runs["grpo"] = dataclasses.replace(base, algo=GRPO(group_size=4, kl_coef=0.02, num_epochs=2), steps=300,
+                                           learning_rate=1e-4, batch_size=16,
+                                           env=EnvSettings(reward_preset="safety_first", crosser_prob=0.5))
+    return runs
+
+
+def procedural_set(spec: str):
+    """The (scenarios, infos) of a `procedural:SPLIT:NUM:SEED` source, generated on 2 workers."""
+    from jaxloop.data import procedural
+    _, split, num, seed = spec.split(":")
+    return procedural.generate(split, int(num), int(seed), workers=2)
 
 
 def load_real():
@@ -216,7 +228,7 @@ def to_markdown(result: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{res['test'][k]:.3f}" for k in SUMMARY_KEYS) + " |")
     names = list(next(iter(result["policies"].values()))["perturbation_deltas"])
     lines += ["", "### Failure rate under each perturbation (first "
-              f"{result['sizes']['num_perturbed']} test scenarios)", "",
+              f"{result['experiments']['bc']['eval']['num_perturbed']} test scenarios)", "",
               "| policy | clean | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for name, res in result["policies"].items():
         clean = res["perturbed_clean"]["failure_rate"]
@@ -254,13 +266,15 @@ def main(argv=None, prog: str = "python experiments/open_vs_closed_loop.py") -> 
     `prog` is the command recorded in the results.
     """
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--profile", choices=PROFILES, default="full")
     parser.add_argument("--out", default="experiments/results")
     parser.add_argument("--runs", default=None, help="where the training runs go (default: OUT/runs/PROFILE)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs (bc, apg, grpo) under --runs first")
     args = parser.parse_args(argv)
-    p = PROFILES[args.profile]
+    runs_cfg = presets(args.profile, args.seed)
+    bc_cfg = runs_cfg["bc"]
+    post = tuple(name for name in runs_cfg if name != "bc")
     t_start = time.perf_counter()
     out = pathlib.Path(args.out)
     runs = out / "runs" / args.profile if args.runs is None else pathlib.Path(args.runs)
@@ -270,36 +284,37 @@ def main(argv=None, prog: str = "python experiments/open_vs_closed_loop.py") -> 
                 shutil.rmtree(runs / name)
     out.mkdir(parents=True, exist_ok=True)
 
-    from jaxloop.data import procedural
-    from jaxloop.eval.gate import GateConfig, check
+    from jaxloop.config import to_dict
+    from jaxloop.eval.gate import check
     from jaxloop.io.policies import load_policy_from_checkpoint
     from jaxloop.sim import perturb
     from jaxloop.train.loop import run
 
     log(f"generating scenarios ({args.profile})")
-    train = procedural.generate("train", p["num_train"], args.seed, workers=2)
-    test = procedural.generate("test", p["num_test"], args.seed, workers=2)
-    ood = procedural.generate("test_ood", p["num_ood"], args.seed, workers=2)
-    k = p["num_perturbed"]
+    train = procedural_set(bc_cfg.data.source)
+    test = procedural_set(bc_cfg.eval.source)
+    ood = procedural_set(bc_cfg.eval.source.replace(":test:", ":test_ood:"))
+    k = bc_cfg.eval.num_perturbed
     perturbed_base = (jax.tree.map(lambda a: a[:k], test[0]), test[1][:k])
     sets = {"test": test, "test_ood": ood, "perturbed_base": perturbed_base, **load_real()}
 
-    bc_cfg, apg_cfg, grpo_cfg = configs(p, args.seed)
     training = {}
     log("behaviour cloning (open loop)")
-    training["bc"] = run(bc_cfg, train[0], str(runs / "bc"), p["bc_steps"], log_every=50, ckpt_every=500,
-                         progress=False, use_tensorboard=True)
+    training["bc"] = run(bc_cfg, train[0], str(runs / "bc"), log_every=50, ckpt_every=500, progress=False,
+                         use_tensorboard=True)
     log("APG post-training (closed loop, gradients through the simulator)")
-    training["apg"] = run(apg_cfg, train[0], str(runs / "apg"), p["apg_steps"], init_from=str(runs / "bc"),
-                          log_every=10, ckpt_every=100, progress=False)
-    if "grpo" in p["post"]:
+    training["apg"] = run(runs_cfg["apg"], train[0], str(runs / "apg"), init_from=str(runs / "bc"), log_every=10,
+                          ckpt_every=100, progress=False)
+    if "grpo" in post:
         log("GRPO post-training (closed loop RL, KL to the BC policy)")
-        training["grpo"] = run(grpo_cfg, train[0], str(runs / "grpo"), p["grpo_steps"], init_from=str(runs / "bc"),
+        training["grpo"] = run(runs_cfg["grpo"], train[0], str(runs / "grpo"), init_from=str(runs / "bc"),
                                log_every=10, ckpt_every=100, progress=False)
-    names = ("bc",) + tuple(p["post"])
+    names = ("bc",) + post
 
-    suite = perturb.default_suite() if p["suite"] == "full" else [
-        perturb.ego_noise(), perturb.agents_idm(), perturb.inject_crossing(), perturb.action_latency()]
+    init_steps = bc_cfg.data.init_steps
+    suite = perturb.default_suite(init_steps) if bc_cfg.eval.suite == "full" else [
+        perturb.ego_noise(), perturb.agents_idm(), perturb.inject_crossing(init_steps=init_steps),
+        perturb.action_latency()]
     results, reports, suites, policies, env_configs = {}, {}, {}, {}, {}
     for name in names:
         policy, cfg = load_policy_from_checkpoint(runs / name)
@@ -318,7 +333,7 @@ def main(argv=None, prog: str = "python experiments/open_vs_closed_loop.py") -> 
         baselines[name] = {"test": {k: rep.aggregate[k] for k in ("num_scenarios",) + SUMMARY_KEYS}}
         log(f"  baseline {name} on test: failure {rep.aggregate['failure_rate']:.3f}")
     # How hard each perturbation is: log replay of the ego and the reactive IDM ego under it.
-    for name in ("expert", "idm") if p["baseline_suites"] else ():
+    for name in ("expert", "idm") if bc_cfg.eval.suite == "full" else ():
         rep = run_suite(name, perturbed_base[0], perturbed_base[1], EvalConfig(env=EnvConfig()), args.seed,
                         perturbations=suite, name=name)
         baselines[name]["perturbed_failure_rate"] = {k: v.aggregate["failure_rate"] for k, v in rep.perturbed.items()}
@@ -326,7 +341,7 @@ def main(argv=None, prog: str = "python experiments/open_vs_closed_loop.py") -> 
 
     bc_fail = results["bc"]["test"]["failure_rate"]
     targets = {}
-    for name in p["post"]:
+    for name in post:
         r = results[name]
         ratio = r["test"]["failure_rate"] / bc_fail if bc_fail > 0 else float("nan")
         degr = lambda n: results[n]["perturbed"]["failure_rate"] - reports[n]["perturbed_base"].aggregate["failure_rate"]
@@ -337,7 +352,7 @@ def main(argv=None, prog: str = "python experiments/open_vs_closed_loop.py") -> 
                          f"perturbation {degr(name):+.3f} vs BC {degr('bc'):+.3f} "
                          f"[{'less' if degr(name) < degr('bc') else 'not less'}]")
     targets["bc"] = f"BC's own test failure rate: {bc_fail:.3f}"
-    gate = {name: check(suites[name], suites["bc"], GateConfig()).to_dict() for name in p["post"]}
+    gate = {name: check(suites[name], suites["bc"], runs_cfg[name].gate).to_dict() for name in post}
 
     plots = [plot_curves({n: runs / n for n in names}, out),
              plot_families({n: _merge(reports[n]["test"], reports[n]["test_ood"]) for n in reports}, out),
@@ -355,7 +370,7 @@ def main(argv=None, prog: str = "python experiments/open_vs_closed_loop.py") -> 
     result = {
         "command": " ".join([prog] + list(argv if argv is not None else sys.argv[1:])),
         "seed": args.seed, "profile": args.profile, "machine": f"{env.platform} ({os.cpu_count()} cores), jax {jax.__version__}",
-        "wall_s": time.perf_counter() - t_start, "sizes": p,
+        "wall_s": time.perf_counter() - t_start, "experiments": {n: to_dict(e) for n, e in runs_cfg.items()},
         "policies": results, "baselines": baselines, "targets": targets, "gate": gate,
         "training": {n: {k: s[k] for k in ("start_step", "final_step", "steps", "wall_s", "env_steps_per_s",
                                             "skipped_updates")} for n, s in training.items()},

@@ -78,8 +78,8 @@ def freeze_after(step_fn, max_consecutive_skips: int):
     if max_consecutive_skips < 1:
         raise ValueError(f"freeze_after: max_consecutive_skips must be >= 1, got {max_consecutive_skips}")
 
-    def guarded(state: TrainState, batch, key):
-        new, metrics = step_fn(state, batch, key)
+    def guarded(state: TrainState, batch, key, params):
+        new, metrics = step_fn(state, batch, key, params)
         frozen = state.consecutive_skipped >= max_consecutive_skips
         new = jax.tree.map(lambda old, upd: jnp.where(frozen, old, upd), state, new)
         return new, {**metrics, "frozen": frozen.astype(jnp.float32)}

@@ -2,7 +2,8 @@
 
 The default dataset of jaxloop: nothing to download. Each scenario is generated from
 one integer seed, deterministically, in the same `Scenario` format as the real-data
-loaders (the map is compiled straight into the `RoadMap` layout of `jaxloop.data.mapcompile`).
+loaders (the network's polylines go through the map compiler of the real loaders,
+`jaxloop.data.mapcompile.compile_polylines`, with `config.PROCEDURAL_MAP`).
 
 Map families (`FAMILY_NAMES`): multi-lane straight and curved two-way roads (with
 mid-block crosswalks, signalised or not), a 4-way signalised intersection (protected
@@ -47,9 +48,9 @@ deviation from the lane) and agents that violate are removed and the chunk
 re-simulated; a scenario whose ego violates is regenerated from the next sub-seed.
 
 Speed: every stage past building a scenario's network and traffic runs on a whole chunk
-of scenarios at once (conflict records, simulation, checks, map compilation), with
-every value computed from its own scenario only, so results do not depend on the chunk
-size or the number of worker processes.
+of scenarios at once (conflict records, simulation, checks; maps are compiled one by
+one), with every value computed from its own scenario only, so results do not depend on
+the chunk size or the number of worker processes.
 
 Splits draw scenario seeds from disjoint ranges (`SPLIT_SEEDS`): `train` [0, 1e9),
 `val` [1e9, 1.1e9), `test` [1.1e9, 1.2e9) with the training parameter ranges and

@@ -13,7 +13,7 @@ from jaxloop.data.procedural.config import (FAMILY_IDS, FAMILY_NAMES, OOD_FAMILI
 from jaxloop.data.procedural.conflicts import _records
 from jaxloop.data.procedural.driver import _Batch, _simulate
 from jaxloop.data.procedural.junctions import _build_junction
-from jaxloop.data.procedural.maps import _compile_maps
+from jaxloop.data.mapcompile import compile_polylines
 from jaxloop.data.procedural.network import _Net
 from jaxloop.data.procedural.roads import _build_merge, _build_road, _build_roundabout
 from jaxloop.data.procedural.traffic import _add_parked, _spawn
@@ -125,6 +125,14 @@ def _focus(item: dict, b: _Batch, out: dict, lo: int, cfg: GeneratorConfig) -> t
     return route_xy, focus[np.sort(first)]
 
 
+def _compile_map(net: _Net, focus: np.ndarray, cfg: GeneratorConfig) -> tuple:
+    """The network compiled into a `RoadMap` by `mapcompile.compile_polylines` (lane pieces numbered 1, 2, ...
+    with `PROCEDURAL_MAP`), culled around `focus` `[F, 2]`: (RoadMap, whether features within the cull radius were
+    dropped for capacity, the id `[num lanes]` of each lane's last piece)."""
+    roadmap, report, last_ids = compile_polylines(net.polylines(), focus, cfg.map)
+    return roadmap, report.dropped_any, last_ids
+
+
 def _log_fields(out: dict) -> np.ndarray:
     """The logged x, y, vel_x, vel_y, yaw `[5, G, T]` of every simulated agent (float32, zero where not valid)."""
     yaw, speed = out["yaw"], out["v"]
@@ -196,7 +204,7 @@ def _assemble(item: dict, b: _Batch, out: dict, logs: np.ndarray, lo: int, cfg: 
     route = Route(xy=route_xy.astype(np.float32), arc_length=arc.astype(np.float32),
                   valid=np.ones(cfg.route_points, bool))
     scenario = Scenario(log_trajectory=traj, object_metadata=meta, roadmap=roadmap, traffic_lights=TrafficLights(**tl),
-                        route=route, family=np.asarray(FAMILY_IDS[item["family"]], np.int32))
+                        route=route)
     kinds = [agents[a].kind for a in keep]
     info = dict(scenario_id=f"procedural-{item['split']}-{item['seed']}", format="procedural",
                 family=item["family"], split=item["split"], seed=int(item["seed"]), attempt=int(item["attempt"]),
@@ -234,9 +242,9 @@ def _generate_chunk(split: str, seeds: Sequence[int], cfg: GeneratorConfig) -> t
                 nxt.append(k)
             else:
                 fin.append((k, lo))
-        if fin:  # the maps of every scenario finished this round, compiled together
+        if fin:
             focus = [_focus(items[k], b, out, lo, cfg) for k, lo in fin]
-            maps = _compile_maps([items[k]["net"] for k, _ in fin], [f for _, f in focus], cfg)
+            maps = [_compile_map(items[k]["net"], fxy, cfg) for (k, _), (_, fxy) in zip(fin, focus)]
             logs = _log_fields(out)
             for (k, lo), (route_xy, fxy), compiled in zip(fin, focus, maps):
                 done[k] = _assemble(items[k], b, out, logs, lo, cfg, route_xy, fxy, compiled)

@@ -89,10 +89,12 @@ OOD_PARAMS = ParamRanges(lane_width=(2.9, 3.2), curve_radius=(28.0, 45.0), angle
 
 
 # The map sizes of generated scenarios: lanes cut into pieces of at most 56 m (110 m junction
-# arms in two pieces; 20 points about 2.9 m apart), 80 m culling; road edges are oriented as
-# built (drivable area on their right).
+# arms in two pieces; 20 points about 2.9 m apart), each piece its own lane id, culled by
+# every third point at 80 m; road edges are oriented as built (drivable area on their right),
+# vertices within 5 cm of the previous one left out.
 PROCEDURAL_MAP = MapConfig(max_lanes=64, lane_points=20, max_lane_length_m=56.0, max_edges=256, edge_segment_m=6.0,
-                           max_crosswalks=8, max_stop_signs=8, cull_radius_m=80.0, orient_edges="keep")
+                           max_crosswalks=8, max_stop_signs=8, cull_radius_m=80.0, orient_edges="keep",
+                           lane_piece_ids=True, lane_probe_stride=3, edge_min_step_m=0.05)
 # GeneratorConfig fields of earlier versions that are now those of GeneratorConfig.map.
 _MOVED_TO_MAP = ("max_lanes", "lane_points", "max_lane_length_m", "max_edges", "max_crosswalks", "max_stop_signs",
                  "cull_radius_m", "edge_segment_m")

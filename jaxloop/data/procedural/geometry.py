@@ -167,15 +167,3 @@ def _integrate_heading(heading0: float, start: np.ndarray, curvature: np.ndarray
     h = heading0 + np.concatenate([[0.0], np.cumsum(curvature[:-1] * ds)])
     steps = np.stack([np.cos(h), np.sin(h)], -1) * ds
     return start + np.concatenate([[np.zeros(2)], np.cumsum(steps[:-1], axis=0)])
-
-
-def _min_dist_to(points: np.ndarray, focus: np.ndarray) -> np.ndarray:
-    """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[F, 2]` (exact per pair, no BLAS)."""
-    if len(points) == 0:
-        return np.zeros(0)
-    dx = points[:, 0, None] - focus[None, :, 0]
-    dy = points[:, 1, None] - focus[None, :, 1]
-    dx *= dx
-    dy *= dy
-    dx += dy
-    return np.sqrt(np.min(dx, axis=1))

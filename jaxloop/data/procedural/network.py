@@ -7,8 +7,9 @@ import dataclasses
 
 import numpy as np
 
-from jaxloop.data.procedural.geometry import _min_dist_to, _resample
-from jaxloop.sim.datatypes import DT
+from jaxloop.data.mapcompile import PolylineMap, exact_min_dist
+from jaxloop.data.procedural.geometry import _resample
+from jaxloop.sim.datatypes import DT, RG_ROAD_EDGE_BOUNDARY
 
 
 @dataclasses.dataclass
@@ -62,6 +63,19 @@ class _Net:
     parking: list[tuple[np.ndarray, float]] = dataclasses.field(default_factory=list)
     urban: bool = False  # an urban street: queued, stop-and-go traffic
 
+    def polylines(self) -> PolylineMap:
+        """The map features as `mapcompile.PolylineMap` (stop signs name their lane by its index)."""
+        lanes, edges = self.lanes, self.edges
+        return PolylineMap(
+            lane_xy=np.concatenate([ln.xy for ln in lanes]), lane_counts=np.array([len(ln.xy) for ln in lanes]),
+            lane_types=np.array([ln.rg_type for ln in lanes], np.int32),
+            lane_speed=np.array([ln.speed for ln in lanes], np.float64),
+            edge_xy=np.concatenate(edges) if edges else np.zeros((0, 2)), edge_counts=np.array([len(e) for e in edges]),
+            edge_types=np.full(len(edges), RG_ROAD_EDGE_BOUNDARY, np.int32),
+            crosswalks=np.array(self.crosswalks, np.float64).reshape(-1, 4, 2),
+            stop_sign_xy=np.array([xy for xy, _ in self.signs], np.float64).reshape(-1, 2),
+            stop_sign_lanes=np.array([lane for _, lane in self.signs], np.int64))
+
     def add_lane(self, xy, rg_type, speed, rank=2, resampled=False) -> int:
         xy = np.asarray(xy, np.float64)
         self.lanes.append(_Lane(xy if resampled else _resample(xy), rg_type, float(speed), rank))
@@ -78,7 +92,7 @@ def _orient_edges(net: _Net) -> None:
     d /= np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
     right = np.stack([d[:, 1], -d[:, 0]], -1)
     mid = 0.5 * (a + b)
-    dist = _min_dist_to(np.concatenate([mid + right, mid - right]), lane_pts).reshape(2, -1)
+    dist = exact_min_dist(np.concatenate([mid + right, mid - right]), lane_pts).reshape(2, -1)
     net.edges = [e if dr <= dl else e[::-1].copy() for e, dr, dl in zip(net.edges, dist[0], dist[1])]
 
 

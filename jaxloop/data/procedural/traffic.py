@@ -8,9 +8,10 @@ import math
 
 import numpy as np
 
+from jaxloop.data.mapcompile import exact_min_dist
 from jaxloop.data.procedural.config import (_HEAD_TURN_SHARE, _INF, _PARK_INNER, _PARK_OUTER, _PATH_DS, GeneratorConfig,
                                             ParamRanges)
-from jaxloop.data.procedural.geometry import _min_dist_to, _tangent, _unit
+from jaxloop.data.procedural.geometry import _tangent, _unit
 from jaxloop.data.procedural.network import _Net
 from jaxloop.sim.datatypes import TYPE_CYCLIST, TYPE_PEDESTRIAN, TYPE_VEHICLE
 
@@ -228,7 +229,7 @@ def _parking_spots(net: _Net, rng: np.random.Generator, occupancy: float, focus:
     park_w = np.array([w for _, w in net.parking])[owner]
     i = p0[owner] + np.minimum(np.round((start + length / 2) / _PATH_DS).astype(np.int64), n_pts[owner] - 1)
     dist = np.full(len(sel), np.inf)
-    dist[sel] = _min_dist_to(xy_all[i[sel]], focus)
+    dist[sel] = exact_min_dist(xy_all[i[sel]], focus)
     sel &= dist <= radius
     dist = dist[sel]
     i, owner, length, width, height, park_w = i[sel], owner[sel], length[sel], width[sel], height[sel], park_w[sel]
