@@ -153,11 +153,11 @@ def bench_cache(scenario, copies: int, batch: int, epochs: int, tmp: pathlib.Pat
     per_epoch = copies // batch
     it = ds.batches(batch, seed=0, prefetch=2)
     for _ in range(per_epoch):  # warm-up epoch: loads the shards
-        jax.block_until_ready(next(it))
+        jax.block_until_ready(next(it)[0])
     t0 = time.perf_counter()
     n = 0
     for _ in range(per_epoch * epochs):
-        jax.block_until_ready(next(it))
+        jax.block_until_ready(next(it)[0])
         n += batch
     dt = time.perf_counter() - t0
     it.close()

@@ -46,6 +46,8 @@ _EXPORTS = {
     # evaluation and the gate
     "EvalConfig": "jaxloop.eval.evaluate", "evaluate": "jaxloop.eval.evaluate", "run_suite": "jaxloop.eval.perturb",
     "GateConfig": "jaxloop.config", "gate": "jaxloop.eval.gate",
+    # the simulator as a gymnax-style RL environment
+    "DrivingEnv": "jaxloop.envs",
     # trained policies
     "load_policy": "jaxloop.io.policies", "policy_from_params": "jaxloop.io.policies", "export": "jaxloop.io.policies",
 }

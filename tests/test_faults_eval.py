@@ -42,8 +42,8 @@ def coast_policy(scenario, state, key):
 
 
 def nan_for_family_7(scenario, state, key):
-    # NaN weights reach only the scenario marked family 7; the others coast.
-    return jnp.where(scenario.family == 7, jnp.nan, 0.0) * jnp.ones(2)
+    # NaN weights reach only the scenario marked 7 (object id 7 in slot 0); the others coast.
+    return jnp.where(scenario.object_metadata.ids[0] == 7, jnp.nan, 0.0) * jnp.ones(2)
 
 
 # ----------------------------------------------------------------------------- NaN rollouts
@@ -67,7 +67,9 @@ def test_nan_policy_is_a_failure_on_every_episode_and_warns_with_the_ids(toy_set
 
 def test_one_nan_episode_fails_alone_and_continuous_metrics_average_the_finite_ones(toy_set):
     scenarios, infos = toy_set
-    marked = scenarios.replace(family=jnp.array([0, 7, 0], jnp.int32))
+    ids = np.asarray(scenarios.object_metadata.ids).copy()
+    ids[:, 0] = [0, 7, 0]
+    marked = scenarios.replace(object_metadata=scenarios.object_metadata.replace(ids=ids))
     with pytest.warns(NonFiniteEpisodeWarning, match=r"1 of 3 episodes, scored as failures: toy-1$"):
         rep = evaluate(nan_for_family_7, marked, infos, CONFIG)
     coast = evaluate(coast_policy, marked, infos, CONFIG)  # the same finite episodes, all three

@@ -28,6 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "eval":     ("io", "config", "policy", "sim", "base"),
     "viz":      ("sim", "base"),
     "interop":  ("data", "sim", "base"),
+    "envs":     ("policy", "data", "sim", "base"),                          # gymnax-style environments
 }
 
 # Which layer a module belongs to: the longest matching dotted prefix wins.
@@ -44,6 +45,7 @@ MODULE_LAYER: dict[str, str] = {
     "jaxloop.eval": "eval",
     "jaxloop.viz": "viz",
     "jaxloop.interop": "interop",
+    "jaxloop.envs": "envs",
 }
 
 # A layer listed here is used by other layers only through these modules (its public entry points).

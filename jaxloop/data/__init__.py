@@ -7,6 +7,8 @@ submodule (say `jaxloop.data.errors`) stays cheap.
 - `load_scenarios(spec)` / `load_source(spec)`: any data spec -> `(scenarios, infos)`.
 - `ScenarioDataset`, `CacheWriter`, `write_cache`, `MANIFEST`: the packed on-disk cache.
 - `Mixture`, `mix`, `parse_weight`: weighted sources.
+- `Dataset`, `open_dataset`, `as_dataset`, `InMemoryDataset`, `MixtureDataset`, `BatchPlan`: what training and
+  evaluation iterate (streamed caches, in-memory sets, weighted mixtures) and the batch sequence.
 - `init_steps_of`: the one `init_steps` of a set of infos.
 - `make_toy_scenario`: the tiny straight-road scenario of tests and examples.
 - `LoadConfig`, `RawLog`, `RawRoadgraph`, `build_scenario`: raw logs -> `Scenario`, for new formats and bridges.
@@ -22,6 +24,8 @@ _EXPORTS = {
     "expand_sources": "sources", "detect_format": "sources",
     "ScenarioDataset": "pipeline", "CacheWriter": "pipeline", "write_cache": "pipeline", "MANIFEST": "pipeline",
     "Mixture": "mixture", "mix": "mixture", "parse_weight": "mixture",
+    "Dataset": "dataset", "InMemoryDataset": "dataset", "MixtureDataset": "dataset", "BatchPlan": "dataset",
+    "as_dataset": "dataset", "open_dataset": "dataset",
     "init_steps_of": "formats",
     "make_toy_scenario": "toy",
     "LoadConfig": "common", "RawLog": "common", "build_scenario": "common",

@@ -186,15 +186,26 @@ def _finite_checks(sc: Scenario) -> list[tuple[str, Any, Any]]:
     return out
 
 
-def check_scenarios(scenarios: Scenario, infos: Sequence[dict] | None = None,
+def check_scenarios(scenarios: Any, infos: Sequence[dict] | None = None,
                     config: EvalConfig | None = None) -> int:
-    """Validates a batched scenario set `[S, ...]` before any rollout; returns S.
+    """Validates a batched scenario set `[S, ...]` (or a `jaxloop.data` dataset) before any rollout; returns S.
 
     Raises ValueError for an empty set, infos of the wrong length, a horizon longer than
     the logs (with `config`), or a NaN / inf at a valid step of the log, map, route or
-    lights, naming the scenario ids and fields that hold them.
+    lights, naming the scenario ids and fields that hold them. Datasets held in memory are
+    checked whole; a streamed cache for its size and horizon (its shard loader refuses any
+    non-finite value, naming the scenario and field).
     """
-    num = int(np.shape(scenarios.family)[0])
+    if not isinstance(scenarios, Scenario):  # a dataset (`jaxloop.data.Dataset`: get, infos, stream)
+        if len(scenarios) == 0:
+            raise ValueError("evaluate: empty scenario set")
+        for part in getattr(scenarios, "parts", [scenarios]):
+            if isinstance(getattr(part, "scenarios", None), Scenario):  # held in memory: checked whole
+                check_scenarios(part.scenarios, part.infos, config)
+            elif config is not None:
+                check_horizon(config, int(np.shape(part.get([0]).log_trajectory.x)[-1]) - config.env.init_steps)
+        return len(scenarios)
+    num = scenarios.num_scenarios
     if num == 0:
         raise ValueError("evaluate: empty scenario set")
     if infos is not None and len(infos) != num:
@@ -280,31 +291,38 @@ def aggregate(rows: Sequence[dict]) -> dict[str, float]:
     return out
 
 
-def evaluate(policy: PolicyFn | str, scenarios: Scenario, infos: Sequence[dict] | None = None,
+def evaluate(policy: PolicyFn | str, scenarios: Any, infos: Sequence[dict] | None = None,
              config: EvalConfig = EvalConfig(), seed: int = 0, perturbation: Perturbation | None = None,
              name: str | None = None) -> EvalReport:
-    """Evaluates `policy` (a `PolicyFn` or a baseline name) on batched `scenarios` `[S, ...]`.
+    """Evaluates `policy` (a `PolicyFn` or a baseline name) on batched `scenarios` `[S, ...]` (with `infos`) or
+    a `jaxloop.data.Dataset` (its own infos: a cache is streamed), in order, in batches of `config.batch_size`.
 
     Raises ValueError (`check_scenarios`) before any rollout for non-finite inputs or a
     horizon longer than the logs; warns `NonFiniteEpisodeWarning` for episodes that
     became non-finite, which the report counts as failures.
     """
     num = check_scenarios(scenarios, infos, config)
-    first = jax.tree.map(lambda a: a[0], scenarios)
+    bs = min(config.batch_size, num)
+    # The last batch is padded by wrapping: one shape, one compile.
+    index_batches = [np.arange(start, start + bs) % num for start in range(0, num, bs)]
+    if isinstance(scenarios, Scenario):
+        batches = (jax.tree.map(lambda a: np.asarray(a)[ix], scenarios) for ix in index_batches)
+        first = jax.tree.map(lambda a: a[0], scenarios)
+    else:
+        infos = scenarios.infos
+        batches = (batch for batch, _ in scenarios.stream(iter(index_batches)))  # prefetched
+        first = jax.tree.map(lambda a: a[0], scenarios.get([0]))
     steps = num_closed_loop_steps(first, config.env)
     episode = make_episode_fn(policy, config, steps, perturbation)
     fn = jax.jit(lambda batch, keys: over_batch(episode, batch, None, keys=keys), compiler_options=compiler_options())
     keys = jax.random.split(jax.random.key(seed), num)
-    bs = min(config.batch_size, num)
     chunks = []
-    for start in range(0, num, bs):
-        idx = np.arange(start, start + bs) % num  # pad the last chunk by wrapping: one compile
-        batch = jax.tree.map(lambda a: np.asarray(a)[idx], scenarios)
-        res = jax.device_get(fn(batch, keys[idx]))
+    for start, ix, batch in zip(range(0, num, bs), index_batches, batches):
+        res = jax.device_get(fn(batch, keys[ix]))
         keep = min(bs, num - start)
         chunks.append({k: np.asarray(v)[:keep] for k, v in res.items()})
     cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    families = _family_names(scenarios, infos)
+    families = _family_names(num, infos)
     ids = _scenario_ids(num, infos)
     rows = []
     for i in range(num):
@@ -325,15 +343,10 @@ def evaluate(policy: PolicyFn | str, scenarios: Scenario, infos: Sequence[dict] 
     return report
 
 
-def _family_names(scenarios: Scenario, infos: Sequence[dict] | None) -> list[str]:
-    """A family label per scenario: the info's family (generated scenarios carry their family's name), else the
-    format."""
-    fam = np.asarray(scenarios.family).reshape(-1)
+def _family_names(num: int, infos: Sequence[dict] | None) -> list[str]:
+    """A family label per scenario from its info: the procedural `family`, else the `format` (else "real")."""
     names = []
-    for i, f in enumerate(fam):
+    for i in range(num):
         info = infos[i] if infos is not None else {}
-        if info.get("family"):
-            names.append(str(info["family"]))
-        else:
-            names.append(str(info.get("format", "real" if f < 0 else f"family_{f}")))
+        names.append(str(info.get("family") or info.get("format") or "real"))
     return names

@@ -144,10 +144,21 @@ def _leaf_record(array: np.ndarray) -> dict:
             "blake2b": hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest()}
 
 
+def _whole(leaf: Any) -> Any:
+    """A leaf as one value every process agrees on: a replicated multi-host array from this process's own
+    copy, a sharded one gathered from all processes (a collective: every process must call it)."""
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+        return leaf
+    if leaf.is_fully_replicated:
+        return leaf.addressable_data(0)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(leaf, tiled=True)
+
+
 def _host_leaves(tree: Any) -> dict[str, np.ndarray]:
-    """{path: host array} of the leaves this process can read whole (multi-host shards are not checked)."""
-    named = [(path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    named = [(n, x) for n, x in named if not isinstance(x, jax.Array) or x.is_fully_addressable]
+    """{path: host array} of every leaf, whole and the same on every process (see `_whole`), so a multi-host
+    step's checksum record covers every leaf and verifies on every process."""
+    named = [(path_str(p), _whole(x)) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
     values = jax.device_get([x for _, x in named])
     return {n: np.asarray(v) for (n, _), v in zip(named, values)}
 
@@ -325,7 +336,15 @@ class CheckpointManager:
         try:
             key_impls = manager.restore(step, args=ocp.args.Composite(**{_KEYS: ocp.args.JsonRestore()}))[_KEYS]
             restore_args = ocp.args.StandardRestore() if abstract is None else ocp.args.StandardRestore(abstract)
-            restored = manager.restore(step, args=ocp.args.Composite(**{_STATE: restore_args}))[_STATE]
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(**{_STATE: restore_args}))[_STATE]
+            except ValueError as e:
+                if abstract is not None or "opology" not in str(e):
+                    raise
+                # Saved by another set of processes / devices (a multi-host run) and read without a target:
+                # every leaf whole on this process's first device.
+                restored = manager.restore(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(
+                    self._local_target(step))}))[_STATE]
         except (ValueError, KeyError, TypeError) as e:
             if record is None and target is not None:  # unverifiable: keep the plain mismatch message
                 raise ValueError(f"checkpoint {self.directory}/{step}: state does not match the restore target "
@@ -355,6 +374,13 @@ class CheckpointManager:
             return leaf
 
         return jax.tree.map(rewrap_target, target, restored)
+
+    def _local_target(self, step: int) -> Any:
+        """The saved state's leaves as `ShapeDtypeStruct`s on this process's first device (from orbax metadata)."""
+        import orbax.checkpoint as ocp
+        metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / _STATE).item_metadata
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), metadata)
 
     def _check_target(self, step: int, record: dict, abstract: Any) -> None:
         """A target whose leaves differ from what was saved is the caller's error, not damage: no fallback."""

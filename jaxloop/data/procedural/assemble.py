@@ -204,7 +204,7 @@ def _assemble(item: dict, b: _Batch, out: dict, logs: np.ndarray, lo: int, cfg: 
     route = Route(xy=route_xy.astype(np.float32), arc_length=arc.astype(np.float32),
                   valid=np.ones(cfg.route_points, bool))
     scenario = Scenario(log_trajectory=traj, object_metadata=meta, roadmap=roadmap, traffic_lights=TrafficLights(**tl),
-                        route=route, family=np.asarray(FAMILY_IDS[item["family"]], np.int32))
+                        route=route)
     kinds = [agents[a].kind for a in keep]
     info = dict(scenario_id=f"procedural-{item['split']}-{item['seed']}", format="procedural",
                 family=item["family"], split=item["split"], seed=int(item["seed"]), attempt=int(item["attempt"]),
