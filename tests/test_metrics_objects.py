@@ -16,7 +16,7 @@ from jaxloop.sim.env import Env, EnvConfig
 from jaxloop.sim.metrics import road
 from jaxloop.sim.rollout import rollout
 
-STEPS = (0, 30, 60, 90)
+STEPS = (0, 60)
 
 
 def _brute_offroad(state: ObjectState, start, end, valid) -> np.ndarray:
@@ -60,7 +60,7 @@ def real_scenes(shared_data):
 
 
 def test_culled_offroad_equals_the_reference_on_real_scenes(real_scenes):
-    # Every scene at four steps, as logged and with objects shifted (0.5 m / 3 m / 25 m) and
+    # Every scene at two steps, as logged and with objects shifted (3 m / 25 m) and
     # turned at random: the far shifts put objects where the culling bound fails and every
     # edge is tested, so both paths of `offroad` meet the reference.
     batch = stack_scenarios(real_scenes)
@@ -75,7 +75,7 @@ def test_culled_offroad_equals_the_reference_on_real_scenes(real_scenes):
     total = redone = offroad_count = 0
     for t in STEPS:
         logged = jax.vmap(lambda traj: trajectory_at(traj, t))(batch.log_trajectory)
-        for k, shift in enumerate((0.0, 0.5, 3.0, 25.0)):
+        for k, shift in enumerate((0.0, 3.0, 25.0)):
             state = logged if shift == 0.0 else jax.vmap(lambda s: _perturbed(s, 7 * t + k, shift))(logged)
             fast, ref, redo = (np.asarray(a) for a in run(rm, state))
             np.testing.assert_array_equal(fast, ref, err_msg=f"step {t}, shift {shift}")
@@ -152,26 +152,23 @@ def test_per_object_metrics_at_the_ego_equal_the_ego_metrics(real_scenes):
 
     def go(sc, steer):
         state = env.reset(sc, jax.random.key(0))
-        policy = lambda scenario, s, key: jnp.array([2.0, steer])
+        policy = lambda scenario, s, key: jnp.stack([jnp.float32(2.0), steer])
         both = lambda s, p, n, i: (m.step_metrics(s, p, n, i, config=every),
                                    m.step_metrics(s, p, n, i, config=ego_only))
-        _, out = rollout(env, sc, state, policy, 40, extras_fn=both)
+        _, out = rollout(env, sc, state, policy, 30, extras_fn=both)
         return out.extras
 
-    run = jax.jit(go)
-    seen_offroad = 0
-    for sc in (real_scenes[0], real_scenes[3]):
-        for steer in (0.0, 0.08):
-            per, ego = run(sc, steer)
-            sdc = np.asarray(sc.object_metadata.is_sdc)
-            for k in ("ego_overlap", "ego_offroad", "ego_log_divergence", "ego_log_valid", "ego_red_light",
-                      "ego_offroad_at_fault", "ego_overlap_at_fault"):
-                np.testing.assert_array_equal(np.asarray(per[k]), np.asarray(ego[k]), err_msg=k)
-            for k, e in (("overlap", "ego_overlap"), ("offroad", "ego_offroad"), ("log_divergence", "ego_log_divergence"),
-                         ("red_light", "ego_red_light")):
-                np.testing.assert_array_equal(np.asarray(per[k])[:, sdc][:, 0], np.asarray(ego[e]), err_msg=k)
-            seen_offroad += int(np.asarray(ego["ego_offroad"]).sum())
-    assert seen_offroad > 0
+    scenes = stack_scenarios([real_scenes[0], real_scenes[0], real_scenes[3], real_scenes[3]])
+    per, ego = jax.jit(jax.vmap(go))(scenes, jnp.array([0.0, 0.08, 0.0, 0.08], jnp.float32))
+    sdc = np.asarray(scenes.object_metadata.is_sdc)  # [4, N]
+    for k in ("ego_overlap", "ego_offroad", "ego_log_divergence", "ego_log_valid", "ego_red_light",
+              "ego_offroad_at_fault", "ego_overlap_at_fault"):
+        np.testing.assert_array_equal(np.asarray(per[k]), np.asarray(ego[k]), err_msg=k)
+    for k, e in (("overlap", "ego_overlap"), ("offroad", "ego_offroad"), ("log_divergence", "ego_log_divergence"),
+                 ("red_light", "ego_red_light")):
+        at_sdc = np.stack([np.asarray(per[k])[b][:, sdc[b]][:, 0] for b in range(4)])
+        np.testing.assert_array_equal(at_sdc, np.asarray(ego[e]), err_msg=k)
+    assert np.asarray(ego["ego_offroad"]).any() and not np.asarray(ego["ego_offroad"]).all()
 
     # The per-object functions against the ego ones on perturbed states, where overlaps and
     # offroad corners are frequent (every object in turn as the ego).

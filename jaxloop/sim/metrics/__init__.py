@@ -6,8 +6,9 @@ at the step count: each metric comes with (or is masked by) a validity flag.
 
 Discrete metrics (the reported truth)
 - overlap: separating-axis test of oriented boxes among valid objects (self excluded).
-- offroad: any box corner on the off-road side of its nearest road edge. Road edges are
-  directed segments with the drivable area on their RIGHT, so a positive cross product
+- offroad: any box corner on the off-road side of its nearest road edge (per object, the
+  edges culled to the chunks nearest each object, with an exact guard: `road.offroad`).
+  Road edges are directed segments with the drivable area on their RIGHT, so a positive cross product
   `cross(end - start, corner - start)` means off the road. Where several segments are
   equally near (a shared vertex), the one whose supporting line is farthest decides
   (`signed_edge_distance`), which is right on both sides of sharp corners.
@@ -85,11 +86,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxloop.sim.datatypes import Scenario, SimState, trajectory_at
-from jaxloop.sim.metrics.boxes import (ego_overlap, ego_separation, object_boxes, object_mask, overlap, overlap_surrogate,
-                                       pair_separation, pairwise_separation, select_index, take_object)
+from jaxloop.sim.metrics.boxes import (ego_overlap, ego_separation, object_boxes, object_mask, overlap,
+                                       overlap_surrogate, pair_separation, pairwise_separation, select_index,
+                                       take_object)
 from jaxloop.sim.metrics.fault import (CONTACT_AT_FAULT, CONTACT_LATERAL, CONTACT_LOGGED, CONTACT_NAMES, CONTACT_NONE,
-                                       CONTACT_REAR, CONTACT_STOPPED_EGO, IN_LANE_LATERAL, NEAR_LOG_DISTANCE, NEAR_LOG_YAW,
-                                       STOPPED_SPEED, closed_in_from_behind, contact_classes, ego_in_lane,
+                                       CONTACT_REAR, CONTACT_STOPPED_EGO, IN_LANE_LATERAL, NEAR_LOG_DISTANCE,
+                                       NEAR_LOG_YAW, STOPPED_SPEED, closed_in_from_behind, contact_classes, ego_in_lane,
                                        ego_offroad_corners, inherited_contacts, near_log, offroad_artefacts,
                                        recorded_objects)
 from jaxloop.sim.metrics.motion import (ACCEL_LIMIT, CURVATURE_LIMIT, OFF_ROUTE_DISTANCE, RED_LIGHT_LATERAL, TTC_CAP,
@@ -109,8 +111,9 @@ class MetricsConfig:
     """What `step_metrics` computes (static). Ego metrics are always on.
 
     per_object_overlap: all-pairs SAT `[N, N]` -> `overlap` `[N]` (the ego's comes from it).
-    per_object_offroad: every object's corners against every edge `[N, 4, E]` (heavy on
-      real maps: off by default).
+    per_object_offroad: every object's corners against the road edges near it (`offroad`:
+      `[N, C]` chunk distances, then `[N, 4, K * G]` segment terms; exactly the all-edges
+      answer; off by default).
     per_object_red_light: `[N, L]` stop-line crossings (cheap).
     per_object_log_divergence: `[N]` distances to the log (cheap).
     edge_cull: if > 0, the ego offroad test only looks at the `edge_cull` road-edge
