@@ -37,11 +37,15 @@ def _brute_offroad(state: ObjectState, start, end, valid) -> np.ndarray:
     return np.asarray(state.valid) & off.any(-1)
 
 
-def _perturbed(state: ObjectState, seed: int, shift: float) -> ObjectState:
+def _perturbed(state: ObjectState, seed: int, shift: float, far_every: int = 0) -> ObjectState:
+    """Objects shifted by N(0, shift) m and turned at random; with `far_every`, every far_every-th object 25 m."""
     rng = np.random.default_rng(seed)
     n = state.x.shape
+    scale = np.full(n, shift)
+    if far_every:
+        scale[..., ::far_every] = 25.0
     f = lambda a: jnp.asarray(a, jnp.float32)
-    return state.replace(x=state.x + f(rng.normal(0, shift, n)), y=state.y + f(rng.normal(0, shift, n)),
+    return state.replace(x=state.x + f(rng.normal(0, 1, n) * scale), y=state.y + f(rng.normal(0, 1, n) * scale),
                          yaw=state.yaw + f(rng.uniform(-math.pi, math.pi, n)))
 
 
@@ -60,7 +64,7 @@ def real_scenes(shared_data):
 
 
 def test_culled_offroad_equals_the_reference_on_real_scenes(real_scenes):
-    # Every scene at two steps, as logged and with objects shifted (3 m / 25 m) and
+    # Every scene at two steps, as logged and with objects shifted (3 m, every 16th 25 m) and
     # turned at random: the far shifts put objects where the culling bound fails and every
     # edge is tested, so both paths of `offroad` meet the reference.
     batch = stack_scenarios(real_scenes)
@@ -75,8 +79,8 @@ def test_culled_offroad_equals_the_reference_on_real_scenes(real_scenes):
     total = redone = offroad_count = 0
     for t in STEPS:
         logged = jax.vmap(lambda traj: trajectory_at(traj, t))(batch.log_trajectory)
-        for k, shift in enumerate((0.0, 3.0, 25.0)):
-            state = logged if shift == 0.0 else jax.vmap(lambda s: _perturbed(s, 7 * t + k, shift))(logged)
+        for k, shift in enumerate((0.0, 3.0)):
+            state = logged if shift == 0.0 else _perturbed(logged, 7 * t + k, shift, far_every=16)
             fast, ref, redo = (np.asarray(a) for a in run(rm, state))
             np.testing.assert_array_equal(fast, ref, err_msg=f"step {t}, shift {shift}")
             valid = np.asarray(state.valid)
