@@ -15,7 +15,7 @@ import jax
 
 from benchmarks.common import emit, environment, time_fn
 from jaxloop.data import procedural
-from jaxloop.train.config import APGConfig, TrainConfig
+from jaxloop.config import APG, EnvSettings, Experiment
 from jaxloop.train.loop import host_batch
 from jaxloop.train.trainer import make_trainer
 
@@ -30,14 +30,14 @@ def main(argv=None) -> None:
     for horizon in ([80] if args.quick else [20, 40, 80]):
         figures = {}
         for remat in (False, True):
-            config = TrainConfig(algo="apg", batch_size=args.batch, horizon=horizon, apg=APGConfig(remat=remat))
+            config = Experiment(algo=APG(remat=remat), batch_size=args.batch, env=EnvSettings(horizon=horizon))
             trainer = make_trainer(config)
             state = trainer.init(jax.random.PRNGKey(0))
             batch = trainer.shard(host_batch(scenarios, 0, 0, args.batch))
             key = jax.random.PRNGKey(1)
-            compiled = trainer.train_step.lower(state, batch, key).compile()
+            compiled = trainer.train_step.lower(state, batch, key, trainer.params).compile()
             memory = compiled.memory_analysis().temp_size_in_bytes / 2 ** 20
-            step_s = time_fn(compiled, state, batch, key, repeats=3)["median_s"]
+            step_s = time_fn(compiled, state, batch, key, trainer.params, repeats=3)["median_s"]
             figures[remat] = (memory, step_s)
             case = {"algo": "apg", "B": args.batch, "N": 32, "H": horizon, "remat": remat}
             emit("apg_remat", case, "temp_memory_mb", memory, "MiB", env=env_meta)

@@ -9,8 +9,10 @@ JSON lines:
   map compilation, route, lights: a finished `Scenario`);
 - `json_scenarios_per_s`: GPUDrive / PufferDrive JSON scenes (the 18 real WOMD scenes of
   `shared/data/gpudrive`, 2.3 MB and 18-100 objects each) read, decoded and built into
-  finished `Scenario`s on one core: the median over passes of the whole set, with the
-  split of one pass into JSON decode / field extraction / shared builder;
+  finished `Scenario`s on one core (the process is pinned to one CPU for the case, and
+  BLAS / OpenMP pools to one thread): the median over passes of the whole set (`rates`:
+  every pass), with the split of one pass into JSON decode / field extraction / shared
+  builder;
 - `cache_scenarios_per_s`: `ScenarioDataset.batches` from a packed cache of S copies,
   shuffled, into device batches of B (prefetch thread on), after one warm-up epoch;
 - `peak_host_mb` rides along on every line; parse lines also carry `scenarios_per_cpu_s`
@@ -19,7 +21,14 @@ JSON lines:
 
 from __future__ import annotations
 
+import os
+
+# One-thread numeric pools, set before numpy loads: the parse cases measure one core.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import argparse
+import contextlib
 import pathlib
 import tempfile
 import time
@@ -70,6 +79,21 @@ def bench_parse(records: int, tmp: pathlib.Path, env_meta: dict) -> list:
     return [s for s, _ in scenarios]
 
 
+@contextlib.contextmanager
+def one_core():
+    """Pins this process to one of its CPUs (the last: the least likely to serve interrupts) for the block."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    before = os.sched_getaffinity(0)
+    core = max(before)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield core
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def bench_json(passes: int, env_meta: dict) -> None:
     import statistics
 
@@ -81,7 +105,7 @@ def bench_json(passes: int, env_meta: dict) -> None:
         raise SystemExit(f"no JSON scenes under {JSON_SCENES}")
     config = LoadConfig()
     rates, cpu_rates = [], []
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), one_core() as core:
         warnings.simplefilter("ignore")
         for p in paths:  # warm-up: imports, first numpy calls, the file cache
             load_gpudrive(p, config)
@@ -108,6 +132,7 @@ def bench_json(passes: int, env_meta: dict) -> None:
     total = sum(split.values())
     emit("data_throughput", {"stage": "json_full", "scenes": len(paths), "passes": passes, "N": 128, "T": 91},
          "json_scenarios_per_s", statistics.median(rates), "1/s", scenarios_per_cpu_s=statistics.median(cpu_rates),
+         rates=rates, cpu=core,
          ms_per_scene={k.removesuffix("_s"): 1e3 * v / len(paths) for k, v in split.items()},
          share={k.removesuffix("_s"): v / total for k, v in split.items()},
          mb_per_scene=sum(p.stat().st_size for p in paths) / len(paths) / 2 ** 20,
@@ -128,11 +153,11 @@ def bench_cache(scenario, copies: int, batch: int, epochs: int, tmp: pathlib.Pat
     per_epoch = copies // batch
     it = ds.batches(batch, seed=0, prefetch=2)
     for _ in range(per_epoch):  # warm-up epoch: loads the shards
-        jax.block_until_ready(next(it))
+        jax.block_until_ready(next(it)[0])
     t0 = time.perf_counter()
     n = 0
     for _ in range(per_epoch * epochs):
-        jax.block_until_ready(next(it))
+        jax.block_until_ready(next(it)[0])
         n += batch
     dt = time.perf_counter() - t0
     it.close()
@@ -149,15 +174,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--records", type=int, default=None)
     parser.add_argument("--copies", type=int, default=None)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--only", choices=("tfrecord", "json", "cache"), default=None, help="run one case")
+    parser.add_argument("--passes", type=int, default=None, help="JSON passes over the scenes")
     args = parser.parse_args(argv)
     env_meta = environment()
     records = args.records or (20 if args.quick else 200)
     copies = args.copies or (256 if args.quick else 1024)
+    run = lambda case: args.only in (None, case)
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
-        scenarios = bench_parse(records, tmp, env_meta)
-        bench_json(3 if args.quick else 7, env_meta)
-        bench_cache(scenarios[0], copies, args.batch, 2 if args.quick else 4, tmp, env_meta)
+        if run("tfrecord") or run("cache"):
+            scenarios = bench_parse(records if run("tfrecord") else 1, tmp, env_meta)
+        if run("json"):
+            bench_json(args.passes or (3 if args.quick else 7), env_meta)
+        if run("cache"):
+            bench_cache(scenarios[0], copies, args.batch, 2 if args.quick else 4, tmp, env_meta)
 
 
 if __name__ == "__main__":

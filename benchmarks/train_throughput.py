@@ -19,7 +19,6 @@ Rewards are the `progress_safety` preset of `jaxloop.sim.rewards`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Sequence
 
 import jax
@@ -27,12 +26,12 @@ import jax.numpy as jnp
 
 from benchmarks.common import emit, environment, peak_device_memory_mb, peak_host_memory_mb, time_fn
 from jaxloop.data.toy import make_toy_scenario
+from jaxloop.config import ALGO_CLASSES, BC, GRPO, EnvSettings, Experiment
 from jaxloop.policy.networks import ModelConfig
 from jaxloop.sim.compute import compiler_options
 from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.rollout import rollout
-from jaxloop.train.config import GRPOConfig, TrainConfig
-from jaxloop.train.policy_fn import make_policy_fn
+from jaxloop.io.policies import make_policy_fn
 from jaxloop.train.trainer import make_trainer
 
 BENCH = "train_throughput"
@@ -44,19 +43,19 @@ def _scenarios(batch: int, num_objects: int, num_steps: int):
     return stack_scenarios([base[i % 4] for i in range(batch)])
 
 
-def _config(algo: str, model: str, batch: int, horizon: int, group: int) -> TrainConfig:
+def _config(algo: str, model: str, batch: int, horizon: int, group: int) -> Experiment:
     scen = batch // group if algo == "grpo" else batch
-    return TrainConfig(algo=algo, batch_size=scen, horizon=horizon,
-                       model=ModelConfig(kind=model, hidden=(128, 128), embed_dim=64, num_heads=4),
-                       grpo=dataclasses.replace(GRPOConfig(), group_size=group))
+    return Experiment(algo=GRPO(group_size=group) if algo == "grpo" else ALGO_CLASSES[algo](), batch_size=scen,
+                      env=EnvSettings(horizon=horizon),
+                      model=ModelConfig(kind=model, hidden=(128, 128), embed_dim=64, num_heads=4))
 
 
-def _env_steps(config: TrainConfig) -> int:
-    if config.algo == "bc":
-        return config.batch_size * config.bc.samples_per_scenario
-    if config.algo == "grpo":
-        return config.batch_size * config.grpo.group_size * config.horizon
-    return config.batch_size * config.horizon
+def _env_steps(config: Experiment) -> int:
+    if isinstance(config.algo, BC):
+        return config.batch_size * config.algo.samples_per_scenario
+    if isinstance(config.algo, GRPO):
+        return config.batch_size * config.algo.group_size * config.env.horizon
+    return config.batch_size * config.env.horizon
 
 
 def bench(algos: Sequence[str], models: Sequence[str], batch: int, num_objects: int, horizon: int, group: int,
@@ -69,7 +68,8 @@ def bench(algos: Sequence[str], models: Sequence[str], batch: int, num_objects: 
             state = trainer.init(jax.random.PRNGKey(0))
             batch_data = trainer.shard(jax.tree.map(lambda a: a[:config.batch_size], data))
             key = jax.random.PRNGKey(1)
-            step = lambda s: trainer.train_step(s, batch_data, key)
+            params = trainer.params
+            step = lambda s: trainer.train_step(s, batch_data, key, params)
             timing = time_fn(step, state, repeats=repeats, min_time=0.0)
             rate = _env_steps(config) / timing["median_s"]
             case = {"algo": algo, "model": model, "B": batch, "N": num_objects, "H": horizon}
@@ -86,7 +86,8 @@ def bench(algos: Sequence[str], models: Sequence[str], batch: int, num_objects: 
 
                 def forward(scenarios, k, with_loss):
                     def episode(scenario, kk):
-                        extras = (lambda sc, prev, new, info: {"loss": surrogate(sc, prev, new)}) if with_loss else None
+                        extras = ((lambda sc, prev, new, info: {"loss": surrogate(sc, prev, new, params.reward)})
+                                  if with_loss else None)
                         _, out = rollout(env, scenario, env.reset(scenario, kk), policy, horizon, extras_fn=extras)
                         return jnp.mean(out.extras["loss"]) if with_loss else jnp.mean(out.states.x)
                     return jnp.mean(jax.vmap(episode)(scenarios, jax.random.split(k, batch)))

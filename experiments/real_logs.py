@@ -37,20 +37,35 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from open_vs_closed_loop import SHARED_DATA, configs, log  # noqa: E402
+from jaxloop.experiments.open_vs_closed_loop import SHARED_DATA, log, presets as base_presets, procedural_set
 
-PROFILES = {
-    "full": dict(num_train=512, num_test=100, bc_steps=1500, apg_steps=300, finetune_steps=200, batch_size=32,
-                 real_weight=0.5),
-    # A smoke run of the same pipeline (minutes).
-    "quick": dict(num_train=64, num_test=16, bc_steps=60, apg_steps=10, finetune_steps=10, batch_size=8,
-                  real_weight=0.5),
-}
+PROFILES = ("full", "quick")  # names of `presets`; quick: a smoke run of the same pipeline (minutes)
+REAL_TRAIN = "gpudrive-train-split"  # the fine-tuning mixture's name for the 12 real training scenes
 REAL_HOLDOUT = slice(2, None, 3)  # positions 2, 5, 8, 11, 14, 17 of the sorted 18 files
 KEYS = ("failure_rate", "collision_rate", "offroad_rate", "raw_failure_rate", "raw_collision_rate",
         "raw_offroad_rate", "progress_ratio", "score")
 COUNTS = ("failure", "raw_failure", "collision", "raw_collision", "offroad", "raw_offroad")
+
+
+def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety") -> dict:
+    """The runs of `profile` as `Experiment`s: "bc", "apg_procedural" (setting a) and "apg_finetuned"
+    (setting b, on `procedural@W_P,gpudrive-train-split@W_R`); `preset` is the APG runs' reward preset."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    full = profile == "full"
+    num_train, num_test, batch = (512, 100, 32) if full else (64, 16, 8)
+    base = base_presets("full", seed)
+    procedural = f"procedural:train:{num_train}:{seed}"
+    data = dataclasses.replace(base["bc"].data, source=procedural)
+    evals = dataclasses.replace(base["bc"].eval, source=f"procedural:test:{num_test}:{seed}", batch_size=32)
+    bc = dataclasses.replace(base["bc"], steps=1500 if full else 60, batch_size=batch, data=data, eval=evals)
+    apg_steps = 300 if full else 10
+    apg = dataclasses.replace(base["apg"], steps=apg_steps, lr_decay_steps=apg_steps, batch_size=batch, data=data,
+                              eval=evals, env=dataclasses.replace(base["apg"].env, reward_preset=preset))
+    ft_steps = 200 if full else 10
+    finetuned = dataclasses.replace(apg, steps=ft_steps, learning_rate=3e-4, lr_decay_steps=ft_steps,
+                                    data=dataclasses.replace(data, source=f"{procedural}@0.5,{REAL_TRAIN}@0.5"))
+    return {"bc": bc, "apg_procedural": apg, "apg_finetuned": finetuned}
 
 
 def real_files() -> tuple[list[pathlib.Path], list[pathlib.Path]]:
@@ -81,7 +96,8 @@ def training_load_config():
     g = procedural.GeneratorConfig()
     return LoadConfig(num_objects=g.num_objects, select="nearest", route_points=g.route_points,
                       num_lights=g.max_lights,
-                      map=MapConfig(max_lanes=g.max_lanes, max_edges=g.max_edges, lane_points=g.lane_points))
+                      map=MapConfig(max_lanes=g.map.max_lanes, max_edges=g.map.max_edges,
+                                    lane_points=g.map.lane_points))
 
 
 def evaluate_sets(name, policy, env_config, sets, seed) -> dict:
@@ -162,50 +178,48 @@ def to_markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--profile", choices=PROFILES, default="full")
     parser.add_argument("--out", default="experiments/results")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="closed_loop_safety", help="reward preset of the APG runs")
     args = parser.parse_args(argv)
-    p = PROFILES[args.profile]
+    cfgs = presets(args.profile, args.seed, args.preset)
     t_start = time.perf_counter()
     out = pathlib.Path(args.out)
     runs = out / "runs" / f"real_logs_{args.profile}"
     tag = "" if args.preset == "closed_loop_safety" else f"_{args.preset}"
     out.mkdir(parents=True, exist_ok=True)
 
-    from jaxloop.data import procedural, sources
-    from jaxloop.data.mixture import mix
+    from jaxloop.config import to_dict
+    from jaxloop.data import sources
+    from jaxloop.data.mixture import mix, parse_weight
     from jaxloop.data.stats import gap_table, scenario_statistics, summarize
     from jaxloop.sim.env import EnvConfig
     from jaxloop.train.loop import run
-    from jaxloop.train.policy_fn import export, load_policy_from_checkpoint
+    from jaxloop.io.policies import export, load_policy_from_checkpoint
 
     log(f"loading scenarios ({args.profile})")
-    train = procedural.generate("train", p["num_train"], args.seed, workers=2)
-    test = procedural.generate("test", p["num_test"], args.seed, workers=2)
+    procedural_spec = cfgs["bc"].data.source
+    train = procedural_set(procedural_spec)
+    test = procedural_set(cfgs["bc"].eval.source)
     train_files, held_files = real_files()
     real_train = load_files(train_files, training_load_config())
     sets = {"test": test, "real_holdout": load_files(held_files), "real_all": load_files(train_files + held_files),
             "womd": sources.load_source(str(SHARED_DATA / "womd" / "*.tfrecord")),
             "av2": sources.load_source(str(SHARED_DATA / "av2" / "*.parquet"))}
-
-    bc_cfg, apg_cfg, _ = configs(dict(p, grpo_batch=8, group_size=4), args.seed)
-    bc_cfg = dataclasses.replace(bc_cfg, batch_size=p["batch_size"])
-    apg_cfg = dataclasses.replace(apg_cfg, batch_size=p["batch_size"], reward_preset=args.preset)
-    ft_cfg = dataclasses.replace(apg_cfg, learning_rate=3e-4, lr_decay_steps=p["finetune_steps"])
-    mixture = mix([(f"procedural:train:{p['num_train']}", train[0], train[1], 1.0 - p["real_weight"]),
-                   ("gpudrive train split (12)", real_train[0], real_train[1], p["real_weight"])])
+    loaded = {procedural_spec: train, REAL_TRAIN: real_train}
+    parts = [parse_weight(part) for part in cfgs["apg_finetuned"].data.source.split(",")]
+    mixture = mix([(spec, *loaded[spec], weight) for spec, weight in parts])
     training = {}
     log("behaviour cloning (open loop, procedural)")
-    training["bc"] = run(bc_cfg, train[0], str(runs / "bc"), p["bc_steps"], log_every=50, ckpt_every=500,
-                         progress=False, use_tensorboard=False, run_info={"data": f"procedural:train:{p['num_train']}"})
+    training["bc"] = run(cfgs["bc"], train[0], str(runs / "bc"), log_every=50, ckpt_every=500,
+                         progress=False, use_tensorboard=False, run_info={"data": procedural_spec})
     log("setting (a): APG post-training on procedural data only")
-    training["apg_procedural"] = run(apg_cfg, train[0], str(runs / f"apg_procedural{tag}"), p["apg_steps"],
+    training["apg_procedural"] = run(cfgs["apg_procedural"], train[0], str(runs / f"apg_procedural{tag}"),
                                      init_from=str(runs / "bc"), log_every=10, ckpt_every=100, progress=False,
-                                     use_tensorboard=False, run_info={"data": f"procedural:train:{p['num_train']}"})
+                                     use_tensorboard=False, run_info={"data": procedural_spec})
     log("setting (b): APG fine-tuning on procedural + the 12 real training scenes")
-    training["apg_finetuned"] = run(ft_cfg, mixture, str(runs / f"apg_finetuned{tag}"), p["finetune_steps"],
+    training["apg_finetuned"] = run(cfgs["apg_finetuned"], mixture, str(runs / f"apg_finetuned{tag}"),
                                     init_from=str(runs / f"apg_procedural{tag}"), log_every=10, ckpt_every=100,
                                     progress=False, use_tensorboard=False,
                                     run_info={"data": json.dumps(mixture.describe())})
@@ -224,13 +238,13 @@ def main(argv=None) -> dict:
 
     real = sets["real_all"]
     gap = gap_table(summarize(scenario_statistics(test[0])), summarize(scenario_statistics(real[0])),
-                    f"procedural test ({p['num_test']})", "real (18)")
+                    f"procedural test ({len(test[1])})", "real (18)")
     env = jax.devices()[0]
     result = {
         "command": " ".join(["python", "experiments/real_logs.py"] + list(argv if argv is not None else sys.argv[1:])),
         "seed": args.seed, "profile": args.profile, "preset": args.preset,
         "machine": f"{env.platform} ({os.cpu_count()} cores), jax {jax.__version__}",
-        "wall_s": time.perf_counter() - t_start, "sizes": p,
+        "wall_s": time.perf_counter() - t_start, "experiments": {n: to_dict(e) for n, e in cfgs.items()},
         "split": {"train_count": len(train_files), "holdout": [f.name for f in held_files]},
         "policies": results, "targets": targets(results), "gap_table": gap,
         "training": {n: {k: s[k] for k in ("final_step", "steps", "wall_s", "env_steps_per_s", "skipped_updates",

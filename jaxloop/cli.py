@@ -27,13 +27,14 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "eval": "jaxloop.eval.cli:run_eval",
     "gate": "jaxloop.eval.cli:run_gate",
     "data": {"convert": "jaxloop.data.cli:convert", "inspect": "jaxloop.data.cli:inspect",
-             "generate": "jaxloop.data.procedural:generate_cli"},
+             "generate": "jaxloop.data.procedural.cli:generate_cli"},
     "train": "jaxloop.train.cli:train",
     "export": "jaxloop.train.cli:export",
 }
 
 _HELP = {
-    "demo": "the main job on built-in data: roll out baselines and print a comparison table",
+    "demo": "the main job on built-in data: pretrain (BC), post-train closed loop (APG), evaluate, gate; "
+            "runs in runs/demo",
     "render": "roll out one scenario and draw it top-down to PNG / GIF",
     "eval": "closed-loop evaluation of a checkpoint or baseline: metrics, per-family tables, perturbations",
     "gate": "safety gate: candidate vs baseline on held-out and perturbed scenarios (exit 0 pass / 1 fail)",
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if argv else 2
         name = argv.pop(0)
         if name == "--version" and table is COMMANDS:
-            from jaxloop import __version__
+            from jaxloop._version import __version__
             print(__version__)
             return 0
         if name not in table:

@@ -19,7 +19,7 @@ from jaxloop.io.checkpoint import CheckpointManager
 from jaxloop.policy.observation import features, flatten
 from jaxloop.sim.env import Env
 from jaxloop.train import loop
-from jaxloop.train.policy_fn import export, load_params, load_policy_from_checkpoint
+from jaxloop.io.policies import export, load_params, load_policy_from_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN = dict(log_every=3, ckpt_every=3, progress=False, use_tensorboard=False)

@@ -103,14 +103,6 @@ def test_multi_agent_control_moves_every_vehicle():
     assert info.action.shape == (scenario.num_objects, 2)
 
 
-def test_observe_ego_frame(toy_scenario):
-    env = Env()
-    state = env.reset(toy_scenario, jax.random.key(0))
-    obs = env.observe(toy_scenario, state)
-    np.testing.assert_allclose(obs.objects_xy[0, -1], [0.0, 0.0], atol=1e-4)  # the ego sits at its own origin
-    assert obs.lane_xy.shape == toy_scenario.roadmap.lane_xy.shape
-
-
 def test_validate_names_field():
     s = make_toy_scenario()
     bad = s.replace(log_trajectory=s.log_trajectory.replace(yaw=s.log_trajectory.yaw[:, :50]))

@@ -5,8 +5,9 @@ import pytest
 
 from jaxloop.data.toy import make_toy_scenario
 from jaxloop.eval import perturb
+from jaxloop.sim import perturb as perturbations
 from jaxloop.eval.evaluate import EvalConfig, evaluate
-from jaxloop.eval.gate import GateConfig, check
+from jaxloop.eval.gate import GateConfig, check, gate
 from jaxloop.sim import agents
 from jaxloop.sim.datatypes import TYPE_PEDESTRIAN, stack_scenarios
 from jaxloop.sim.env import Env
@@ -43,7 +44,7 @@ def test_expert_has_no_failures_and_reports_families(toy_set):
 def test_random_policy_fails_the_gate_and_self_passes(toy_set):
     scenarios, infos = toy_set
     config = EvalConfig(batch_size=6, horizon=20)
-    suite = [perturb.ego_noise(pos_std=0.5), perturb.action_latency(2)]
+    suite = [perturbations.ego_noise(pos_std=0.5), perturbations.action_latency(2)]
     expert = perturb.run_suite("expert", scenarios, infos, config, perturbations=suite)
     rand = perturb.run_suite(random_policy, scenarios, infos, config, perturbations=suite, name="random")
     assert rand.clean.aggregate["failure_rate"] > 0.5
@@ -54,6 +55,11 @@ def test_random_policy_fails_the_gate_and_self_passes(toy_set):
     assert good.passed and not good.reasons
     # Per set (clean + each perturbation): a non-finite check; clean: 6 rate checks; perturbed: 2 each.
     assert len(good.checks) == 7 + 3 * len(suite)
+    # `gate` runs both suites itself: the same verdict on the same scenarios.
+    via = gate(random_policy, "expert", scenarios, infos, config, perturbations=suite[:1])
+    assert not via.passed and len(via.checks) == 7 + 3
+    held_out = lambda result: [c for c in result.checks if c["name"].startswith("held-out")]
+    assert held_out(via) == held_out(bad) and len(held_out(via)) == 7
 
 
 def _episode_pieces(perturbation, scenario, key=jax.random.key(3)):
@@ -72,8 +78,8 @@ def _same(a, b):
 
 def test_ego_noise_changes_only_the_ego_start():
     sc = make_toy_scenario(num_cars=3)
-    _, clean = _episode_pieces(perturb.Perturbation("none"), sc)
-    sc2, noisy = _episode_pieces(perturb.ego_noise(), sc)
+    _, clean = _episode_pieces(perturbations.Perturbation("none"), sc)
+    sc2, noisy = _episode_pieces(perturbations.ego_noise(), sc)
     assert _same(sc2, sc)
     moved = np.abs(np.asarray(noisy.current.x) - np.asarray(clean.current.x)) > 0
     assert moved[0] and not moved[1:].any()
@@ -83,14 +89,14 @@ def test_ego_noise_changes_only_the_ego_start():
 def test_agent_switch_changes_only_non_ego_kinds():
     sc = make_toy_scenario(num_cars=3)
     kind = Env().reset(sc, jax.random.key(0)).agent_kind
-    new = perturb.agents_idm().agent_kind_fn(sc, kind)
+    new = perturbations.agents_idm().agent_kind_fn(sc, kind)
     assert int(new[0]) == agents.AGENT_POLICY
     assert (np.asarray(new[1:]) == agents.AGENT_IDM).all()
 
 
 def test_speed_scale_warps_other_logs_only():
     sc = make_toy_scenario(num_cars=3)
-    out = perturb.speed_scale(2.0).scenario_fn(sc, jax.random.key(0))
+    out = perturbations.speed_scale(2.0).scenario_fn(sc, jax.random.key(0))
     a, b = sc.log_trajectory, out.log_trajectory
     np.testing.assert_array_equal(b.x[0], a.x[0])  # the ego's log is untouched
     np.testing.assert_array_equal(b.x[1, :11], a.x[1, :11])  # the past is untouched
@@ -103,7 +109,7 @@ def test_speed_scale_warps_other_logs_only():
 
 def test_inject_crossing_fills_one_slot_that_crosses_the_ego_path():
     sc = make_toy_scenario(num_cars=3)  # slots 3.. are padding
-    p = perturb.inject_crossing(TYPE_PEDESTRIAN, ahead_steps=30, lead_s=0.0)
+    p = perturbations.inject_crossing(TYPE_PEDESTRIAN, ahead_steps=30, lead_s=0.0)
     out = p.scenario_fn(sc, jax.random.key(1))
     changed = [i for i in range(sc.num_objects)
                if not np.array_equal(np.asarray(out.log_trajectory.x[i]), np.asarray(sc.log_trajectory.x[i]))]
@@ -117,7 +123,7 @@ def test_inject_crossing_fills_one_slot_that_crosses_the_ego_path():
 
 def test_lane_geometry_widens_lanes_and_bends_map_and_logs_together():
     sc = make_toy_scenario(num_cars=3)
-    out = perturb.lane_geometry(width_scale=1.5, curvature=0.0).scenario_fn(sc, jax.random.key(0))
+    out = perturbations.lane_geometry(width_scale=1.5, curvature=0.0).scenario_fn(sc, jax.random.key(0))
     gap = lambda s: float(np.mean(np.asarray(s.roadmap.lane_xy[1, :, 1] - s.roadmap.lane_xy[0, :, 1])))
     assert gap(out) == pytest.approx(1.5 * gap(sc), rel=1e-3)  # lanes 1.5x as far apart
     # In the ego's start frame, logs keep their longitudinal and scale their lateral coordinate.
@@ -128,7 +134,7 @@ def test_lane_geometry_widens_lanes_and_bends_map_and_logs_together():
     valid = np.asarray(log.valid)
     np.testing.assert_allclose(np.asarray(after[..., 0])[valid], np.asarray(before[..., 0])[valid], atol=1e-3)
     np.testing.assert_allclose(np.asarray(after[..., 1])[valid], 1.5 * np.asarray(before[..., 1])[valid], atol=1e-3)
-    bent = perturb.lane_geometry(width_scale=1.0, curvature=0.01).scenario_fn(sc, jax.random.key(0))
+    bent = perturbations.lane_geometry(width_scale=1.0, curvature=0.01).scenario_fn(sc, jax.random.key(0))
     # A car on the ego's lane keeps its lateral offset to the bent lane centre (map and log move together).
     lane = np.asarray(bent.roadmap.lane_xy[0])
     car = np.array([float(bent.log_trajectory.x[0, 60]), float(bent.log_trajectory.y[0, 60])])
@@ -148,11 +154,11 @@ def test_observation_noise_and_latency_change_only_what_the_policy_sees():
         seen["state"] = s
         return jnp.zeros(2)
 
-    perturb.observation_noise(0.5).policy_fn(spy)(sc, state, jax.random.key(1))
+    perturbations.observation_noise(0.5).policy_fn(spy)(sc, state, jax.random.key(1))
     s = seen["state"]
     assert float(s.current.x[0]) == float(state.current.x[0])  # the ego sees itself exactly
     assert float(jnp.abs(s.current.x[1] - state.current.x[1])) > 0
-    perturb.action_latency(2).policy_fn(spy)(sc, state, jax.random.key(1))
+    perturbations.action_latency(2).policy_fn(spy)(sc, state, jax.random.key(1))
     s = seen["state"]
     np.testing.assert_array_equal(s.current.x, state.history.x[:, -3])
     assert int(s.timestep) == int(state.timestep) - 2
@@ -163,7 +169,7 @@ def test_injected_crossing_hits_the_log_replay_ego_but_a_yielding_driver_avoids_
     # the log collides; the IDM ego sees it in its lane early enough to stop.
     scenarios, infos = toy_set
     cfg = EvalConfig(batch_size=6, horizon=60)
-    p = perturb.inject_crossing(TYPE_PEDESTRIAN)
+    p = perturbations.inject_crossing(TYPE_PEDESTRIAN)
     expert = evaluate("expert", scenarios, infos, cfg, perturbation=p).aggregate
     idm = evaluate("idm", scenarios, infos, cfg, perturbation=p).aggregate
     # The crosser is written into the log, but as an injected object (SYNTHETIC_ID) its

@@ -60,8 +60,21 @@ def _cache_bytes(out: pathlib.Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
+TAG = 1000  # toy i carries object id TAG + i in slot 0: a mark that survives the round trip
+
+
 def _toys(n):
-    return [make_toy_scenario(seed=i).replace(family=np.asarray(i, np.int32)) for i in range(n)]
+    out = []
+    for i in range(n):
+        toy = make_toy_scenario(seed=i)
+        ids = np.asarray(toy.object_metadata.ids).copy()
+        ids[0] = TAG + i
+        out.append(toy.replace(object_metadata=toy.object_metadata.replace(ids=ids)))
+    return out
+
+
+def _tag(scenarios):
+    return np.asarray(scenarios.object_metadata.ids)[..., 0] - TAG
 
 
 # ----------------------------------------------------------------------------- defect 3: convert keeps the old cache
@@ -85,7 +98,7 @@ def test_failed_convert_leaves_the_old_cache(converted, tmp_path, capsys):
     assert main(["data", "convert", str(tmp_path / "in" / "*.tfrecord"), "--out", str(out)]) == 2
     assert "empty.tfrecord: record 0: empty file" in capsys.readouterr().err
     assert _cache_bytes(out) == before  # every file, byte for byte
-    assert len(load_scenarios(out).family) == 1
+    assert load_scenarios(out).num_scenarios == 1
     assert _no_partial_dirs(tmp_path) == []
     # Skipping the only file leaves nothing to write: exit 1, and again the old cache stays.
     assert main(["data", "convert", str(tmp_path / "in" / "*.tfrecord"), "--out", str(out), "--skip-invalid"]) == 1
@@ -156,7 +169,7 @@ def test_skip_invalid_keeps_good_records_of_broken_tfrecords(example_bytes, exam
         list(load_womd(d / "d_mixed.tfrecord"))
 
     report = SkipReport()
-    from jaxloop.data.cli import iter_raw
+    from jaxloop.data.sources import iter_raw
     from jaxloop.data.common import LoadConfig
     got = [info for f in sorted(d.iterdir()) for _, info in iter_raw(f, LoadConfig(), True, report)]
     # The good file, the good record before the truncation, and the good record after the bad one.
@@ -243,7 +256,7 @@ def test_load_source_skip_invalid_reports_on_stderr(shared_data, example_bytes, 
     with pytest.raises(DataError, match=r"b\.tfrecord: record 0: empty file"):
         load_source(spec)
     scenarios, infos = load_source(spec, skip_invalid=True)
-    assert scenarios.family.shape == (1,) and [pathlib.Path(i["source"]).name for i in infos] == ["a.tfrecord"]
+    assert scenarios.batch_shape == (1,) and [pathlib.Path(i["source"]).name for i in infos] == ["a.tfrecord"]
     err = capsys.readouterr().err
     assert "skipped 1 invalid record(s)" in err and "b.tfrecord: record 0: empty file" in err
     with pytest.raises(DataError, match=r"no valid scenario \(skipped 1 invalid record"):
@@ -306,7 +319,7 @@ def test_cache_without_an_sdc_is_refused(toy_cache):
                                          r"shard row 1\): expected exactly one SDC \(ego\), found 0"):
         load_scenarios(toy_cache)
     ds = ScenarioDataset(toy_cache)
-    assert int(ds.get([2]).family[0]) == 2  # the other shard still serves
+    assert int(_tag(ds.get([2]))[0]) == 2  # the other shard still serves
 
 
 def test_cache_with_non_finite_values_is_refused(toy_cache):
@@ -338,7 +351,7 @@ def test_truncated_shard_of_an_old_cache_names_the_shard(toy_cache):
     (toy_cache / "manifest.json").write_text(json.dumps(manifest))
     with pytest.warns(UserWarning, match=r"manifest\.json: 2 shard\(s\) without a sha256 checksum"):
         back = load_scenarios(toy_cache)  # still loads, unverified
-    np.testing.assert_array_equal(back.family, [0, 1, 2])
+    np.testing.assert_array_equal(_tag(back), [0, 1, 2])
     shard = toy_cache / "shard_00001.npz"
     shard.write_bytes(shard.read_bytes()[:-100])
     with warnings.catch_warnings():

@@ -14,6 +14,7 @@ from jaxloop.data.toy import make_toy_scenario
 from jaxloop.eval import cli as eval_cli
 from jaxloop.eval import evaluate as evaluate_mod
 from jaxloop.eval import perturb
+from jaxloop.sim import perturb as perturbations
 from jaxloop.eval.evaluate import EvalConfig, EvalReport, NonFiniteEpisodeWarning, check_scenarios, evaluate
 from jaxloop.eval.gate import GateConfig, check
 from jaxloop.interop import waymax as bridge
@@ -41,8 +42,8 @@ def coast_policy(scenario, state, key):
 
 
 def nan_for_family_7(scenario, state, key):
-    # NaN weights reach only the scenario marked family 7; the others coast.
-    return jnp.where(scenario.family == 7, jnp.nan, 0.0) * jnp.ones(2)
+    # NaN weights reach only the scenario marked 7 (object id 7 in slot 0); the others coast.
+    return jnp.where(scenario.object_metadata.ids[0] == 7, jnp.nan, 0.0) * jnp.ones(2)
 
 
 # ----------------------------------------------------------------------------- NaN rollouts
@@ -66,7 +67,9 @@ def test_nan_policy_is_a_failure_on_every_episode_and_warns_with_the_ids(toy_set
 
 def test_one_nan_episode_fails_alone_and_continuous_metrics_average_the_finite_ones(toy_set):
     scenarios, infos = toy_set
-    marked = scenarios.replace(family=jnp.array([0, 7, 0], jnp.int32))
+    ids = np.asarray(scenarios.object_metadata.ids).copy()
+    ids[:, 0] = [0, 7, 0]
+    marked = scenarios.replace(object_metadata=scenarios.object_metadata.replace(ids=ids))
     with pytest.warns(NonFiniteEpisodeWarning, match=r"1 of 3 episodes, scored as failures: toy-1$"):
         rep = evaluate(nan_for_family_7, marked, infos, CONFIG)
     coast = evaluate(coast_policy, marked, infos, CONFIG)  # the same finite episodes, all three
@@ -124,7 +127,7 @@ def test_gate_fails_a_candidate_with_one_nonfinite_episode_even_with_perfect_rat
 
 def test_gate_fails_the_nan_policy_with_the_nonfinite_reason(toy_set):
     scenarios, infos = toy_set
-    suite = [perturb.ego_noise(pos_std=0.5)]
+    suite = [perturbations.ego_noise(pos_std=0.5)]
     with pytest.warns(NonFiniteEpisodeWarning):
         nan = perturb.run_suite(nan_policy, scenarios, infos, CONFIG, perturbations=suite, name="nan")
     expert = perturb.run_suite("expert", scenarios, infos, CONFIG, perturbations=suite)

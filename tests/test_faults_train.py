@@ -7,6 +7,7 @@ that verifies; bad flags and errors give one line from the `jaxloop` command.
 
 import dataclasses
 import glob
+import itertools
 import json
 import math
 import os
@@ -20,10 +21,11 @@ import numpy as np
 import pytest
 
 from _train_utils import scenarios, tiny_config
+from jaxloop.data.dataset import BatchPlan
 from jaxloop.errors import CheckpointError, JaxloopError, RunError
 from jaxloop.io.checkpoint import CheckpointManager
 from jaxloop.train import loop
-from jaxloop.train.config import GRPOConfig, PPOConfig, TrainConfig
+from jaxloop.config import GRPO, PPO, EnvSettings, Experiment
 from jaxloop.train.state import apply_update, create, make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +38,7 @@ def data():
     return scenarios()
 
 
-def _unvalidated(config: TrainConfig, **changes) -> TrainConfig:
+def _unvalidated(config: Experiment, **changes) -> Experiment:
     """`config` with fields set past `__post_init__` (the validation a Python caller could bypass)."""
     config = dataclasses.replace(config)
     for name, value in changes.items():
@@ -63,9 +65,9 @@ def _summary(out):
 
 
 def _bad_steps(num_scenarios, bad, seed, num_steps, batch_size=8):
-    """Which steps draw a poisoned scenario, by the loop's own batch sampler."""
-    return [bool(set(np.random.default_rng([seed, s]).integers(0, num_scenarios, batch_size)) & set(bad))
-            for s in range(num_steps)]
+    """Which steps draw a poisoned scenario, by the loop's own batch plan (one in-memory source)."""
+    plan = BatchPlan(((0, num_scenarios, num_scenarios),), None, batch_size, seed)
+    return [bool(set(plan.indices(s).tolist()) & set(bad)) for s in range(num_steps)]
 
 
 def _poison(data, bad):
@@ -80,7 +82,7 @@ def _poison(data, bad):
 def test_update_to_nonfinite_params_is_skipped():
     # Finite gradients, infinite learning rate: Adam's step is inf (or 0 * inf = NaN).
     opt = make_optimizer(math.inf, 1.0)
-    state = create({"w": jnp.ones(3)}, opt, jax.random.PRNGKey(0))
+    state = create({"w": jnp.ones(3)}, opt)
     new, info = apply_update(state, {"w": jnp.array([1.0, 0.0, -1.0])}, jnp.asarray(1.0), opt)
     np.testing.assert_array_equal(new.params["w"], np.ones(3))
     assert (int(new.skipped), int(new.consecutive_skipped), float(info["update_skipped"])) == (1, 1, 1.0)
@@ -113,19 +115,20 @@ def test_infinite_learning_rate_diverges_and_keeps_only_finite_checkpoints(data,
 
 def test_consecutive_skips_between_log_steps_stop_the_run(data, tmp_path):
     steps = 20
+    big = jax.tree.map(lambda a: np.concatenate([np.asarray(a)] * 4), data)  # 32 scenarios: 4 batches an epoch
     # A poisoned scenario set with a streak of LIMIT bad steps that recovers before the log
     # step: checked only at step 20, this run would have looked healthy.
-    for bad in ([i] for i in range(8)):
-        pattern = _bad_steps(8, bad, 0, steps)
+    for bad in itertools.combinations(range(32), 3):
+        pattern = _bad_steps(32, bad, 0, steps)
         ends = [s + 1 for s in range(LIMIT - 1, steps) if all(pattern[s - LIMIT + 1:s + 1])]
         if ends and not pattern[steps - 1] and ends[0] < steps - 1:
             break
     else:
-        pytest.fail("no single poisoned scenario gives a recovering streak")
+        pytest.fail("no three poisoned scenarios give a recovering streak")
     diverged_at = ends[0]
     out = str(tmp_path / "streak")
     with pytest.raises(loop.TrainingDiverged, match=rf"diverged at step {diverged_at} and stopped at step {steps}\."):
-        loop.run(tiny_config("bc"), _poison(data, bad), out, steps, log_every=steps, ckpt_every=100,
+        loop.run(tiny_config("bc"), _poison(big, bad), out, steps, log_every=steps, ckpt_every=100,
                  max_consecutive_skips=LIMIT, **QUIET)
     summary = _summary(out)
     assert summary["status"] == "diverged" and summary["diverged_at_step"] == diverged_at
@@ -170,6 +173,10 @@ def test_resume_with_other_data_is_refused(data, tmp_path):
     with pytest.raises(RunError, match=r"sources \['toy'\] -> \['procedural:train:6'\]; scenario count 8 -> 6"):
         loop.run(tiny_config("bc"), fewer, out, 4, max_consecutive_skips=LIMIT,
                  run_info={"data": "procedural:train:6"}, **QUIET)
+    # The batch order is part of it too: other data partitions give other batches.
+    with pytest.raises(RunError, match=r"batch order \{.*'partitions': 1.*\} -> \{.*'partitions': 2"):
+        loop.run(tiny_config("bc"), data, out, 4, max_consecutive_skips=LIMIT, run_info={"data": "toy"},
+                 data_partitions=2, **QUIET)
     manager = CheckpointManager(os.path.join(out, "checkpoints"))
     assert manager.all_steps() == [0, 2]  # the refused resumes wrote nothing
     manager.close()
@@ -278,12 +285,12 @@ def test_sigterm_says_which_step_was_saved_where(tmp_path, mode):
 # --- 9. flags and one-line errors ---------------------------------------------------------------
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: TrainConfig(learning_rate=math.nan), r"TrainConfig.learning_rate must be a finite number, got nan"),
-    (lambda: TrainConfig(learning_rate=math.inf), r"TrainConfig.learning_rate must be a finite number, got inf"),
-    (lambda: TrainConfig(max_grad_norm=math.nan), r"TrainConfig.max_grad_norm must be a finite number"),
-    (lambda: TrainConfig(start_noise=math.inf), r"TrainConfig.start_noise must be a finite number"),
-    (lambda: PPOConfig(clip_eps=math.nan), r"PPOConfig.clip_eps must be a finite number"),
-    (lambda: GRPOConfig(kl_coef=math.nan), r"GRPOConfig.kl_coef must be a finite number"),
+    (lambda: Experiment(learning_rate=math.nan), r"Experiment.learning_rate must be a finite number, got nan"),
+    (lambda: Experiment(learning_rate=math.inf), r"Experiment.learning_rate must be a finite number, got inf"),
+    (lambda: Experiment(max_grad_norm=math.nan), r"Experiment.max_grad_norm must be a finite number"),
+    (lambda: EnvSettings(start_noise=math.inf), r"EnvSettings.start_noise must be a finite number"),
+    (lambda: PPO(clip_eps=math.nan), r"PPO.clip_eps must be a finite number"),
+    (lambda: GRPO(kl_coef=math.nan), r"GRPO.kl_coef must be a finite number"),
 ])
 def test_nonfinite_config_values_are_rejected(make, match):
     with pytest.raises(ValueError, match=match):
@@ -291,9 +298,9 @@ def test_nonfinite_config_values_are_rejected(make, match):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--learning-rate", "nan"], "TrainConfig.learning_rate must be a finite number, got nan"),
-    (["--learning-rate", "inf"], "TrainConfig.learning_rate must be a finite number, got inf"),
-    (["--steps", "-1"], "--steps must be >= 0, got -1"),
+    (["--learning-rate", "nan"], "Experiment.learning_rate must be a finite number, got nan"),
+    (["--learning-rate", "inf"], "Experiment.learning_rate must be a finite number, got inf"),
+    (["--steps", "-1"], "Experiment.steps must be >= 0, got -1"),
     (["--max-skip-fraction", "1.5"], "--max-skip-fraction must be in [0, 1], got 1.5"),
 ])
 def test_train_flags_give_one_line_errors(tmp_path, capsys, args, message):

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from jaxloop.data import formats
-from jaxloop.data.cli import detect_format, expand_sources, iter_raw
+from jaxloop.data.sources import detect_format, expand_sources, iter_raw
 from jaxloop.data.common import LoadConfig
 from jaxloop.data.errors import DataError, SkipReport
-from jaxloop.data.gpudrive import DEFAULT_HEIGHT, TL_STATES, TYPE_MAP, load_gpudrive
+from jaxloop.data.gpudrive import (DEFAULT_HEIGHT, TL_STATES, TYPE_MAP, _road_code, load_gpudrive, read_scene,
+                                  scene_to_raw)
 from jaxloop.data.sources import load_source
-from jaxloop.sim.datatypes import TYPE_OTHER
+from jaxloop.sim.datatypes import SYNTHETIC_ID, TYPE_OTHER
 
 NUM_SCENES = 18
 WITH_METADATA = "tfrecord-00000-of-00150_2af8a17d6cee3f8.json"  # metadata, lane_id lists, 100 objects, 14 lights
@@ -258,3 +259,36 @@ def test_more_objects_than_slots_keeps_sdc_and_scored_tracks(scene_dir):
     d = np.where(v, np.hypot(x - x[s], y - y[s]), np.inf)
     others = [i for i in np.argsort(d, kind="stable") if ids[i] not in must]
     assert {ids[i] for i in others[: n_slots - len(must)]} <= kept
+
+
+@pytest.mark.parametrize("bad_id, why", [(-2, "reserved"), (-1, "reserved"), (2 ** 31, r"outside \[0, 2147483647\]")])
+def test_reserved_or_out_of_range_object_ids_are_rejected(scene, tmp_path, bad_id, why):
+    # -1 marks padding slots and -2 (SYNTHETIC_ID) injected objects; ids are stored as int32.
+    assert SYNTHETIC_ID == -2
+    path = _write(tmp_path, _edited(scene, lambda s: s["objects"][3].update(id=bad_id)), "bad_id.json")
+    with pytest.raises(DataError, match=why) as e:
+        _quiet(load_gpudrive, path)
+    assert e.value.file == str(path) and e.value.field == "objects[3].id"
+
+
+def test_raw_arrays_match_a_per_point_parse(scene_dir):
+    """The vectorised field extraction against a point-by-point reading of every example scene, exactly."""
+    for path in sorted(scene_dir.glob("*.json")):
+        scene = read_scene(path)
+        raw = scene_to_raw(scene, str(path))
+        objects = scene["objects"]
+        for field, series, key in (("x", "position", "x"), ("y", "position", "y"), ("z", "position", "z"),
+                                   ("vel_x", "velocity", "x"), ("vel_y", "velocity", "y")):
+            expected = np.array([[float(p.get(key, 0.0)) for p in o[series]] for o in objects])
+            np.testing.assert_array_equal(raw.traj[field], expected, err_msg=f"{path.name} {field}")
+        np.testing.assert_array_equal(raw.traj["yaw"], np.array([o["heading"] for o in objects], float))
+        np.testing.assert_array_equal(raw.traj["valid"], np.array([o["valid"] for o in objects], bool))
+        points, codes = [], []
+        for j, road in enumerate(scene["roads"]):
+            code = _road_code(road, j, "")
+            geometry = road["geometry"] if isinstance(road["geometry"], list) else [road["geometry"]]
+            if code is not None:
+                points += [(p["x"], p["y"], p.get("z", 0.0)) for p in geometry]
+                codes += [code] * len(geometry)
+        np.testing.assert_array_equal(raw.roadgraph.xyz, np.array(points, np.float32).reshape(-1, 3))
+        np.testing.assert_array_equal(raw.roadgraph.types, codes)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from _train_utils import scenarios
+from jaxloop.data.dataset import InMemoryDataset, as_dataset
 from jaxloop.data.mixture import mix, pad_to, parse_weight, proportional_counts, slot_dims
 from jaxloop.eval.evaluate import EvalConfig, evaluate
 
@@ -49,16 +50,21 @@ def test_batches_mix_sources_in_the_configured_proportion():
     info = lambda n, name: [{"scenario_id": f"{name}-{i}"} for i in range(n)]
     m = mix([("a", a, info(5, "a"), 3.0), ("b", b, info(3, "b"), 1.0)])
     assert len(m) == 8 and slot_dims(m.scenarios)["N"] == 9
+    ds = as_dataset(m)
+    plan = ds.plan(64, seed=0)
     for step in range(5):
-        idx = m.batch_indices(seed=0, step=step, batch_size=64)
-        src = m.source_of(idx)
+        idx = plan.indices(step)
+        src = ds.source_of(idx)
         assert (src == 0).sum() == 48 and (src == 1).sum() == 16  # 64 * 3/4 and 64 * 1/4
         assert src[:32].min() == 0 and src[:32].max() == 1  # rows are shuffled: a half-batch mixes too
-    np.testing.assert_array_equal(m.batch_indices(1, 2, 16), m.batch_indices(1, 2, 16))
+        batch, infos = ds.load(idx[:8])  # padded to the common slots, the infos beside their rows
+        assert slot_dims(batch)["N"] == 9 and [i["scenario_id"][0] for i in infos] == ["ab"[k] for k in src[:8]]
+    np.testing.assert_array_equal(ds.plan(16, seed=1).indices(2), ds.plan(16, seed=1).indices(2))
     assert [d["num_scenarios"] for d in m.describe()] == [5, 3]
     # no weights: the draw of one source over all scenarios
-    u = mix([("a", a, info(5, "a"), None), ("b", b, info(3, "b"), None)])
-    np.testing.assert_array_equal(u.batch_indices(0, 7, 16), np.random.default_rng([0, 7]).integers(0, 8, 16))
+    u = as_dataset(mix([("a", a, info(5, "a"), None), ("b", b, info(3, "b"), None)]))
+    whole = InMemoryDataset(jax.tree.map(lambda *x: np.concatenate(x), pad_to(a, slot_dims(b)), b))
+    np.testing.assert_array_equal(u.plan(16, seed=0).indices(7), whole.plan(16, seed=0).indices(7))
 
 
 def test_mix_errors():
@@ -76,10 +82,10 @@ def test_mix_errors():
 def test_weighted_data_spec_trains_on_a_mixture():
     from jaxloop.train import loop
     mixture, infos = loop.load_data("toy:4@3,toy:2@1", with_infos=True)
-    assert len(mixture) == 6 and len(infos) == 6 and mixture.sources == ("toy:4", "toy:2")
+    assert len(mixture) == 6 and len(infos) == 6 and mixture.names == ("toy:4", "toy:2")
     batch = loop.host_batch(mixture, seed=0, step=1, batch_size=8)
-    assert np.shape(batch.family) == (8,)
-    src = mixture.source_of(mixture.batch_indices(0, 1, 8))
+    assert batch.batch_shape == (8,)
+    src = mixture.source_of(loop.make_plan(mixture, 8, 0).indices(1))
     assert (src == 0).sum() == 6 and (src == 1).sum() == 2  # 8 * 3/4 and 8 * 1/4
     # the weights are part of what a run trained on: a resume with other weights is other data
     other = loop.load_data("toy:4@1,toy:2@1")

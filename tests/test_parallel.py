@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
         batch = trainer.shard(data)
         assert len(batch.log_trajectory.x.sharding.device_set) == n
         for i in range(2):
-            state, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(i))
+            state, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(i), trainer.params)
         leaf = jax.tree.leaves(state.params)[0]
         assert len(leaf.sharding.device_set) == n and leaf.sharding.is_fully_replicated
         results[n] = [np.asarray(x) for x in jax.tree.leaves(state.params)], float(metrics["loss"])

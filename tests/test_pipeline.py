@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -6,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxloop.data.mapcompile import MapConfig, RawRoadgraph, compile_roadmap, oriented_bounding_box
+from jaxloop.data.mapcompile import (MapConfig, PolylineMap, RawRoadgraph, compile_polylines, compile_roadmap,
+                                     oriented_bounding_box)
 from jaxloop.data.pipeline import CacheError, ScenarioDataset, load_infos, load_scenarios, write_cache
 from jaxloop.data.route import route_from_log
 from jaxloop.data.toy import make_toy_scenario
@@ -20,8 +22,28 @@ def womd_pair(shared_data):
     return [s for s, _ in out], [i for _, i in out]
 
 
+TAG = 1000  # toy i carries object id TAG + i in slot 0: a mark that survives the round trip
+
+
 def _toys(n):
-    return [make_toy_scenario(seed=i).replace(family=np.asarray(i, np.int32)) for i in range(n)]
+    out = []
+    for i in range(n):
+        toy = make_toy_scenario(seed=i)
+        ids = np.asarray(toy.object_metadata.ids).copy()
+        ids[0] = TAG + i
+        out.append(toy.replace(object_metadata=toy.object_metadata.replace(ids=ids)))
+    return out
+
+
+def _tag(scenarios):
+    return np.asarray(scenarios.object_metadata.ids)[..., 0] - TAG
+
+
+def _tags(batch_and_infos):
+    batch, infos = batch_and_infos
+    tags = _tag(batch)
+    assert [i["scenario_id"] for i in infos] == [str(t) for t in tags]  # the infos travel with their rows
+    return tags
 
 
 def test_cache_round_trip_bit_exact(womd_pair, tmp_path):
@@ -48,7 +70,7 @@ def test_cache_refuses_other_version_and_reports_bad_files(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["version"] = 999
     (out / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CacheError, match=r"manifest\.json: cache format version 999, this jaxloop reads version 1"):
+    with pytest.raises(CacheError, match=r"manifest\.json: cache format version 999, this jaxloop reads version 1 or 2; re-run `jaxloop data convert`"):
         load_scenarios(out)
     with pytest.raises(CacheError, match="refusing to overwrite a cache of format .* version 999"):
         write_cache(toys, out, infos)
@@ -79,14 +101,14 @@ def test_dataset_batches_shuffle_and_split(tmp_path):
     ds = ScenarioDataset(tmp_path / "c")
     assert len(ds) == 10 and ds.infos[4]["scenario_id"] == "4"
     got = ds.get([7, 2, 2])
-    np.testing.assert_array_equal(got.family, [7, 2, 2])
+    np.testing.assert_array_equal(_tag(got), [7, 2, 2])
     np.testing.assert_array_equal(got.log_trajectory.x[0], toys[7].log_trajectory.x)
 
     # Two processes: disjoint blocks of 5; batches of 2 drop the remainder (2 per epoch each).
     seen = []
     for p in range(2):
         it = ds.batches(2, seed=3, process_index=p, process_count=2, num_epochs=2)
-        fam = [np.asarray(b.family) for b in it]
+        fam = [_tags(b) for b in it]
         assert len(fam) == 4 and all(isinstance(b, np.ndarray) and b.shape == (2,) for b in fam)
         epoch0, epoch1 = np.concatenate(fam[:2]), np.concatenate(fam[2:])
         block = set(range(5 * p, 5 * p + 5))
@@ -94,17 +116,17 @@ def test_dataset_batches_shuffle_and_split(tmp_path):
         seen.append(set(epoch0))
     assert not seen[0] & seen[1]
     # Same seed, same order; another seed, another order (10 scenarios: 1 - 1/(10*9*8*7) odds).
-    a = [np.asarray(b.family).tolist() for b in ds.batches(5, seed=1, num_epochs=1)]
-    b = [np.asarray(b.family).tolist() for b in ds.batches(5, seed=1, num_epochs=1, prefetch=0)]
-    c = [np.asarray(b.family).tolist() for b in ds.batches(5, seed=2, num_epochs=1)]
+    a = [_tags(b).tolist() for b in ds.batches(5, seed=1, num_epochs=1)]
+    b = [_tags(b).tolist() for b in ds.batches(5, seed=1, num_epochs=1, prefetch=0)]
+    c = [_tags(b).tolist() for b in ds.batches(5, seed=2, num_epochs=1)]
     assert a == b and a != c and sorted(sum(a, [])) == list(range(10))
-    ordered = [np.asarray(b.family).tolist() for b in ds.batches(4, shuffle=False, drop_remainder=False,
+    ordered = [_tags(b).tolist() for b in ds.batches(4, shuffle=False, drop_remainder=False,
                                                                   num_epochs=1)]
     assert ordered == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     it = ds.batches(2, seed=0, sharding=sharding)
-    batch = next(it)
+    batch, _ = next(it)
     it.close()
     assert isinstance(batch.log_trajectory.x, jax.Array) and batch.log_trajectory.x.sharding == sharding
 
@@ -164,6 +186,37 @@ def test_compile_culls_and_warns_when_over_capacity():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         compile_roadmap(_straight_map(), focus, MapConfig(cull_radius_m=40.0))
+
+
+def test_polyline_maps_share_the_compiler():
+    """The same straight map as polylines compiles like the raw points; piece ids and the 5 cm vertex rule."""
+    raw = _straight_map()
+    focus = np.array([[0.0, 0.0], [100.0, 0.0]])
+    config = MapConfig(max_lanes=8, lane_points=5, max_edges=128, edge_segment_m=4.0, orient_edges="keep")
+    rm_raw, _ = compile_roadmap(raw, focus, config)
+    xy = raw.xyz[:, :2].astype(np.float64)
+    n = (len(xy) - 4) // 3
+    lower = xy[n:2 * n].copy()
+    lower = np.concatenate([lower[:10], lower[9:10] + [0.01, 0.03], lower[10:]])  # a kink 3 cm from the last vertex
+    polylines = PolylineMap(lane_xy=xy[:n], lane_counts=[n], lane_types=[2], lane_speed=[13.4],
+                            edge_xy=np.concatenate([lower, xy[2 * n:3 * n]]), edge_counts=[n + 1, n],
+                            edge_types=[15, 15], crosswalks=rm_raw.crosswalk_xy[:1], stop_sign_xy=[[99.0, 0.0]],
+                            stop_sign_lanes=[1], lane_ids=[1])  # stop signs name lanes by id
+    # The kink only matters without the 5 cm rule: with it, the maps are the same.
+    rm, report, last = compile_polylines(polylines, focus, dataclasses.replace(config, edge_min_step_m=0.05))
+    for name in ("lane_xy", "lane_dir", "lane_ids", "lane_speed_limit", "edge_start", "edge_end", "crosswalk_xy"):
+        np.testing.assert_allclose(getattr(rm, name), getattr(rm_raw, name), atol=1e-4, err_msg=name)
+    assert report.lanes.kept == 4 and report.edges.kept == 50 and last.tolist() == [1]
+    assert rm.stop_sign_lane_ids[0] == 1 and rm.stop_sign_valid.sum() == 1
+    _, with_kink, _ = compile_polylines(polylines, focus, config)
+    assert with_kink.edges.kept > 50  # its corners split the edge into more pieces
+    # Piece ids: the four 25 m pieces are lanes 1..4; the stop sign (naming its lane by index) gets the last piece.
+    by_index = dataclasses.replace(polylines, stop_sign_lanes=[0])
+    rm, _, last = compile_polylines(by_index, focus, dataclasses.replace(config, lane_piece_ids=True))
+    assert sorted(rm.lane_ids[rm.lane_valid[:, 0]].tolist()) == [1, 2, 3, 4] and last.tolist() == [4]
+    assert rm.stop_sign_lane_ids[0] == 4
+    end = rm.lane_xy[rm.lane_ids == 4][0, -1]
+    np.testing.assert_allclose(end, [100.0, 0.0], atol=1e-4)
 
 
 def test_oriented_bounding_box_of_rotated_rectangle():
@@ -234,7 +287,7 @@ def test_cache_writer_streams_shards_and_checks_shapes(tmp_path):
             writer.add(make_toy_scenario(num_objects=4), {"scenario_id": "x", "format": "toy"})
     assert [s["count"] for s in writer.manifest["shards"]] == [2, 2, 1]
     back = load_scenarios(tmp_path / "c")
-    np.testing.assert_array_equal(back.family, np.arange(5))
+    np.testing.assert_array_equal(_tag(back), np.arange(5))
     assert [i["scenario_id"] for i in load_infos(tmp_path / "c")] == [f"t{i}" for i in range(5)]
 
 

@@ -15,7 +15,7 @@ from jaxloop.eval.cli import resolve_policy_spec
 from jaxloop.eval.evaluate import EvalConfig, evaluate
 from jaxloop.sim.env import EnvConfig
 from jaxloop.train import loop
-from jaxloop.train.policy_fn import batch_polymorphic_call, export, load_policy
+from jaxloop.io.policies import batch_polymorphic_call, export, load_policy
 
 
 @pytest.fixture(scope="module")

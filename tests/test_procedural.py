@@ -7,6 +7,7 @@ of the ego log, interaction with other road users.
 """
 
 import collections
+import dataclasses
 import time
 
 import jax
@@ -175,7 +176,7 @@ def _ego_nearest_other(scenario):
 
 def _in_batches(fn, scenarios, size=100):
     outs = []
-    num = scenarios.family.shape[0]
+    num = scenarios.num_scenarios
     for i in range(0, num, size):
         outs.append(jax.tree.map(np.asarray, fn(jax.tree.map(lambda a: a[i:i + size], scenarios))))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
@@ -205,12 +206,12 @@ def _quality(scenarios, infos, label):
 
 def test_train_quality(train_set):
     scenarios, infos = train_set
-    assert scenarios.family.shape == (NUM_TRAIN,)
+    assert scenarios.batch_shape == (NUM_TRAIN,)
     _quality(scenarios, infos, "train")
-    # Every training family appears, and Scenario.family holds its id.
+    # Every training family appears; the family is host metadata in the infos, not in the simulator's Scenario.
     names = {i["family"] for i in infos}
     assert names == set(P.TRAIN_FAMILIES)
-    np.testing.assert_array_equal(scenarios.family, [P.FAMILY_IDS[i["family"]] for i in infos])
+    assert not hasattr(scenarios, "family")
     # Pedestrians and cyclists occur; every scenario has exactly one ego, a vehicle valid at every step.
     types = np.asarray(scenarios.object_metadata.object_types)
     assert (types == TYPE_PEDESTRIAN).any() and (types == TYPE_CYCLIST).any()
@@ -234,7 +235,7 @@ def test_format_and_infos(train_set):
     one.validate()
     cfg = P.GeneratorConfig()
     assert one.log_trajectory.x.shape == (cfg.num_objects, cfg.num_steps)
-    assert one.roadmap.lane_xy.shape == (cfg.max_lanes, cfg.lane_points, 2)
+    assert one.roadmap.lane_xy.shape == (cfg.map.max_lanes, cfg.map.lane_points, 2)
     assert one.route.xy.shape == (cfg.route_points, 2)
     assert one.traffic_lights.state.shape == (cfg.max_lights, cfg.num_steps)
     for i, info in enumerate(infos[:50]):
@@ -285,6 +286,16 @@ def test_config_validation():
         P.GeneratorConfig(num_objects=2)
     with pytest.raises(ValueError, match="lane_width"):
         P.ParamRanges(lane_width=(2.0, 3.0))
+    # The map sizes live in GeneratorConfig.map: the old top-level names say where they went.
+    with pytest.raises(TypeError, match=r"max_lanes=\.\.\..*GeneratorConfig.map.*PROCEDURAL_MAP"):
+        P.GeneratorConfig(max_lanes=48)
+    with pytest.raises(TypeError, match="cull_radius_m"):
+        dataclasses.replace(P.GeneratorConfig(), cull_radius_m=50.0)
+    with pytest.raises(AttributeError, match=r"GeneratorConfig.map.max_edges"):
+        P.GeneratorConfig().max_edges
+    with pytest.raises(ValueError, match="map.max_lane_length_m"):
+        P.GeneratorConfig(map=dataclasses.replace(P.PROCEDURAL_MAP, max_lane_length_m=4.0))
+    assert P.GeneratorConfig().map == P.PROCEDURAL_MAP and P.GeneratorConfig().map.orient_edges == "keep"
 
 
 def test_checks_detect_violations(train_set):
@@ -337,8 +348,8 @@ def test_cli_writes_cache(tmp_path, capsys):
 
 
 def test_custom_sizes():
-    cfg = P.GeneratorConfig(num_objects=16, num_steps=51, init_steps=6, route_points=32, max_lights=8, max_lanes=48,
-                            max_edges=200, chunk_size=8)
+    cfg = P.GeneratorConfig(num_objects=16, num_steps=51, init_steps=6, route_points=32, max_lights=8,
+                            map=dataclasses.replace(P.PROCEDURAL_MAP, max_lanes=48, max_edges=200), chunk_size=8)
     scenarios, infos = P.generate("train", 10, seed=3, config=cfg)
     scenarios.validate()
     assert scenarios.log_trajectory.x.shape == (10, 16, 51)

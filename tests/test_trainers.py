@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from _train_utils import ego_log_distance, forward_progress, scenarios, tiny_config
+from jaxloop.config import APG, GRPO, Experiment, params_of
 from jaxloop.train.grpo import group_advantages
 from jaxloop.train.ppo import gae
 from jaxloop.train.state import apply_update, create, make_optimizer
 from jaxloop.train.trainer import make_train, make_trainer
 
 
-def final_step_distance(scenario, prev_state, state):
+def final_step_distance(scenario, prev_state, state, weights=None):
     """Distance to the log counted only at the last step of a 20-step episode (init_steps 11 -> t = 30)."""
     return jnp.where(state.timestep == 30, ego_log_distance(scenario, prev_state, state), 0.0)
 
@@ -40,7 +41,7 @@ def test_step_compiles_once_and_learns(algo, data):
     batch = trainer.shard(data)
     history = []
     for i in range(30):
-        state, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(i))
+        state, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(i), trainer.params)
         history.append(metrics)
     history = jax.device_get(history)
     assert trainer.train_step._cache_size() == 1  # 30 steps, one trace / compile
@@ -77,10 +78,11 @@ def test_gae_by_hand():
 
 def test_same_seed_same_params_and_vmapped_seeds(data):
     # make_train: the whole run (batch sampling, 3 steps) is one compiled function, vmapped over seeds.
-    train = jax.jit(jax.vmap(make_train(tiny_config("bc"), data, num_steps=3)))
+    config = tiny_config("bc")
+    train = jax.jit(jax.vmap(make_train(config, data, num_steps=3), in_axes=(0, None)))
     keys = jnp.stack([jax.random.PRNGKey(7), jax.random.PRNGKey(8)])
-    a, metrics = train(keys)
-    b, _ = train(keys)
+    a, metrics = train(keys, params_of(config))
+    b, _ = train(keys, params_of(config))
     assert metrics["loss"].shape == (2, 3)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # same seed, same parameters
@@ -96,12 +98,12 @@ def test_nan_gradient_is_skipped_and_counted(data):
     bad_batch, good_batch = trainer.shard(bad), trainer.shard(data)
     before = jax.device_get(state.params)
     for i in range(2):
-        state, metrics = trainer.train_step(state, bad_batch, jax.random.PRNGKey(i))
+        state, metrics = trainer.train_step(state, bad_batch, jax.random.PRNGKey(i), trainer.params)
         assert float(metrics["update_skipped"]) == 1.0
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state.params))):
         np.testing.assert_array_equal(x, y)
     assert (int(state.skipped), int(state.consecutive_skipped), int(state.step)) == (2, 2, 2)
-    state, metrics = trainer.train_step(state, good_batch, jax.random.PRNGKey(5))
+    state, metrics = trainer.train_step(state, good_batch, jax.random.PRNGKey(5), trainer.params)
     assert (int(state.skipped), int(state.consecutive_skipped)) == (2, 0)
     assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before),
                                                          jax.tree.leaves(jax.device_get(state.params))))
@@ -110,7 +112,7 @@ def test_nan_gradient_is_skipped_and_counted(data):
 def test_apply_update_guard_directly():
     params = {"w": jnp.ones(3)}
     opt = make_optimizer(0.1, 1.0)
-    state = create(params, opt, jax.random.PRNGKey(0))
+    state = create(params, opt)
     new, info = apply_update(state, {"w": jnp.array([1.0, jnp.nan, 0.0])}, jnp.asarray(1.0), opt)
     np.testing.assert_array_equal(new.params["w"], params["w"])
     assert int(new.skipped) == 1 and float(info["update_skipped"]) == 1.0
@@ -124,7 +126,7 @@ def test_cosine_learning_rate_decay_steps():
     # Adam moves each coordinate by the current learning rate per step (unit gradients):
     # 0.1 * (0.1 + 0.9 * (1 + cos(pi * k / 4)) / 2) at k = 0..3, then 0.01 from step 4 on.
     opt = make_optimizer(0.1, 10.0, decay_steps=4)
-    state = create({"w": jnp.zeros(())}, opt, jax.random.PRNGKey(0))
+    state = create({"w": jnp.zeros(())}, opt)
     moves = []
     for _ in range(6):
         new, _ = apply_update(state, {"w": jnp.ones(())}, jnp.asarray(1.0), opt)
@@ -136,36 +138,35 @@ def test_cosine_learning_rate_decay_steps():
 
 def test_real_reward_preset_runs(data):
     # The default reward comes from jaxloop.sim.rewards (progress_safety) when none is injected.
-    config = tiny_config("grpo", horizon=2, batch_size=2, grpo=tiny_config("grpo").grpo.__class__(group_size=2))
+    config = tiny_config("grpo", horizon=2, batch_size=2, algo=GRPO(group_size=2))
     trainer = make_trainer(config)
     state = trainer.init(jax.random.PRNGKey(0))
     batch = trainer.shard(jax.tree.map(lambda a: a[:2], data))
-    state, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(0))
+    state, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(0), trainer.params)
     assert np.isfinite(float(metrics["episode_return"])) and float(metrics["group_adv_mean"]) < 1e-4
     assert int(state.skipped) == 0
 
 
 def test_bad_config_messages(data):
     with pytest.raises(ValueError, match="algo"):
-        tiny_config("dqn")
+        Experiment(algo="dqn")
     with pytest.raises(ValueError, match="divide"):
-        tiny_config("apg", horizon=10, apg=tiny_config("apg").apg.__class__(truncate_every=3))
+        tiny_config("apg", horizon=10, algo=APG(truncate_every=3))
     trainer = make_trainer(tiny_config("ppo", horizon=36, batch_size=2))
     with pytest.raises(ValueError, match="horizon 36 exceeds"):
         trainer.train_step(trainer.init(jax.random.PRNGKey(0)), trainer.shard(jax.tree.map(lambda a: a[:2], data)),
-                           jax.random.PRNGKey(0))
+                           jax.random.PRNGKey(0), trainer.params)
 
 
 def test_logged_state_matches_reset(data):
-    # The BC observation state at log step init_steps - 1 is exactly the env's initial state.
+    # The BC observation state at log step init_steps - 1 (a traced start step) is exactly the env's initial state.
     from jaxloop.sim.env import Env
-    from jaxloop.train.bc import logged_state
     config = tiny_config("bc")
     env = Env(config.env_config())
     scenario = jax.tree.map(lambda a: a[1], data)
     key = jax.random.PRNGKey(3)
     a = jax.jit(lambda s: env.reset(s, key))(scenario)
-    b = jax.jit(lambda s, t: logged_state(env, s, t, key))(scenario, jnp.asarray(config.init_steps - 1))
+    b = jax.jit(lambda s, t: env.reset(s, key, timestep=t))(scenario, jnp.asarray(config.data.init_steps - 1))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -193,7 +194,8 @@ def test_crosser_augmentation_adds_a_crossing_road_user_and_makes_traffic_reacti
     assert moved[0] > 1e-3 and np.all(moved[1:] == 0.0)
     # The APG step runs with augmentation and gives finite, non-zero gradients.
     trainer = make_trainer(tiny_config("apg", horizon=10, crosser_prob=0.5, start_noise=1.0))
-    st, metrics = trainer.train_step(trainer.init(jax.random.PRNGKey(0)), trainer.shard(data), jax.random.PRNGKey(1))
+    st, metrics = trainer.train_step(trainer.init(jax.random.PRNGKey(0)), trainer.shard(data), jax.random.PRNGKey(1),
+                                     trainer.params)
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
 
 
@@ -204,18 +206,46 @@ def test_apg_grad_through_agents_reaches_the_policy_through_an_idm_follower(thro
     # (its lead): non-zero with apg.grad_through_agents, exactly zero without.
     from jaxloop.data.toy import make_track_scenario
     from jaxloop.sim.datatypes import stack_scenarios
-    from jaxloop.train.config import APGConfig
 
     t = np.arange(40) * 0.1
     track = lambda x: dict(x=np.asarray(x, np.float64), y=np.zeros(40))
     scenario = make_track_scenario([track(20.0 + 6.0 * t), track(8.0 * t)], num_objects=3)
     config = tiny_config("apg", horizon=15, batch_size=2, non_ego_agent="idm",
-                         apg=APGConfig(grad_through_agents=through))
+                         algo=APG(grad_through_agents=through))
     assert config.env_config().grad_through_agents is through
-    follower_progress = lambda sc, prev, new: -(new.current.x[1] - prev.current.x[1])
+    follower_progress = lambda sc, prev, new, weights: -(new.current.x[1] - prev.current.x[1])
     trainer = make_trainer(config, surrogate_fn=follower_progress)
     state = trainer.init(jax.random.PRNGKey(0))
     batch = trainer.shard(stack_scenarios([scenario, scenario]))
-    _, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(1))
+    _, metrics = trainer.train_step(state, batch, jax.random.PRNGKey(1), trainer.params)
     grad_norm = float(metrics["grad_norm"])
     assert (grad_norm > 1e-4) if through else (grad_norm == 0.0)
+
+
+def test_make_train_vmaps_over_seeds_and_reward_weightings(data):
+    # Two reward weightings x two seeds in one compiled, vmapped make_train call; each member equals its own
+    # run, and the weighting changes what APG learns: the loss reads the traced `Params.reward` weights.
+    from jaxloop.config import stack_params
+    from jaxloop.sim.rewards import RewardWeights
+
+    def surrogate(scenario, prev, state, weights):
+        return (weights.log_divergence * ego_log_distance(scenario, prev, state)
+                - weights.progress * forward_progress(scenario, prev, state))
+
+    config = tiny_config("apg", horizon=3, batch_size=2, learning_rate=1e-2)
+    train = make_train(config, jax.tree.map(lambda a: a[:4], data), num_steps=2, surrogate_fn=surrogate)
+    tracking = params_of(config, reward=RewardWeights(progress=0.0, log_divergence=1.0))
+    progress = params_of(config, reward=RewardWeights(progress=1.0, log_divergence=0.0))
+    keys = jnp.stack([jax.random.PRNGKey(1), jax.random.PRNGKey(2)])
+    sweep = jax.jit(jax.vmap(jax.vmap(train, in_axes=(0, None)), in_axes=(None, 0)))  # [weighting, seed]
+    states, metrics = sweep(keys, stack_params(tracking, progress))
+    assert metrics["loss"].shape == (2, 2, 2) and sweep._cache_size() == 1
+    single = jax.jit(train)
+    for i, p in enumerate((tracking, progress)):
+        for j in range(2):
+            alone, _ = single(keys[j], p)
+            for x, y in zip(jax.tree.leaves(alone.params), jax.tree.leaves(states.params)):
+                np.testing.assert_allclose(np.asarray(y[i, j]), np.asarray(x), rtol=2e-4, atol=1e-6)
+    assert single._cache_size() == 1  # another weighting is another input, not another compile
+    moved = [float(np.max(np.abs(np.asarray(x[0, 0]) - np.asarray(x[1, 0])))) for x in jax.tree.leaves(states.params)]
+    assert max(moved) > 1e-4  # same seed, other weights: other parameters

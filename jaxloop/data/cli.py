@@ -21,83 +21,16 @@ import json
 import pathlib
 import sys
 import warnings
-from typing import Annotated, Iterator, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import tyro
 
-from jaxloop.data import formats
 from jaxloop.data.common import LoadConfig
-from jaxloop.data.errors import MALFORMED, DataError, SkipReport, as_data_error
-from jaxloop.data.pipeline import MANIFEST, CacheWriter, ScenarioDataset
+from jaxloop.data.errors import DataError, SkipReport
+from jaxloop.data.pipeline import CacheWriter, ScenarioDataset
+from jaxloop.data.sources import detect_format, expand_sources, iter_raw
 from jaxloop.sim.datatypes import Scenario
-
-
-def expand_sources(sources: list[str]) -> list[pathlib.Path]:
-    """Files named or matched by globs, in order, without repeats; a pattern matching nothing is an error.
-
-    A directory holding a cache manifest stays one entry (a cache); any other directory
-    stands for the raw scenario files directly in it (sorted; files of no known format,
-    e.g. a README, are left out; none at all is an error).
-    """
-    out: list[pathlib.Path] = []
-    for src in sources:
-        matches = sorted(glob.glob(src)) if glob.has_magic(src) else [src]
-        if not matches:
-            raise FileNotFoundError(f"{src}: no file matches")
-        for m in matches:
-            p = pathlib.Path(m)
-            if not p.exists():
-                raise FileNotFoundError(f"{p}: no such file")
-            if p.is_dir() and not (p / MANIFEST).is_file():
-                files = [f for f in sorted(p.iterdir()) if f.is_file() and formats.find_format(f) is not None]
-                if not files:
-                    raise DataError(f"a directory with neither a {MANIFEST} (scenario cache) nor raw scenario files "
-                                    f"({formats.describe()})", file=p)
-            else:
-                files = [p]
-            for f in files:
-                if f not in out:
-                    out.append(f)
-    return out
-
-
-def detect_format(path: pathlib.Path) -> str:
-    """"cache" or the registry name of a raw file's format ("womd", "av2", "av2_map", "gpudrive", see
-    `jaxloop.data.formats`); raises `DataError` for anything else."""
-    if path.is_dir():
-        if (path / MANIFEST).is_file():
-            return "cache"
-        raise DataError(f"a directory without {MANIFEST} (not a scenario cache)", file=path)
-    fmt = formats.find_format(path)
-    if fmt is None:
-        raise DataError(f"unrecognised format: expected {formats.describe()} or a scenario cache directory", file=path)
-    return fmt.name
-
-
-def iter_raw(path: pathlib.Path, config: LoadConfig, skip_invalid: bool,
-             report: SkipReport | None) -> Iterator[tuple[Scenario, dict]]:
-    """(Scenario, info) of every record of one raw file through its registry entry; each info carries
-    `init_steps`. Any error of the file becomes a `DataError` naming it; with `skip_invalid` it is counted in
-    `report` and the rest of that file is left out (the readers skip bad records themselves and go on)."""
-    try:
-        yield from _iter_raw(path, config, skip_invalid, report)
-    except (DataError, *MALFORMED) as e:
-        located = isinstance(e, DataError) and e.file is not None
-        error = e if located else as_data_error(e, file=path)
-        if not skip_invalid:
-            if located:
-                raise
-            raise error from e
-        if report is not None:
-            report.add(error)
-
-
-def _iter_raw(path: pathlib.Path, config: LoadConfig, skip_invalid: bool,
-              report: SkipReport | None) -> Iterator[tuple[Scenario, dict]]:
-    if detect_format(path) == "cache":
-        raise DataError("is a scenario cache, not a raw file", file=path)
-    yield from formats.read(path, config, skip_invalid, report)
 
 
 def convert(src: tyro.conf.Positional[list[str]], out: str, num_objects: int = 128, skip_invalid: bool = False,

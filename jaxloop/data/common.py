@@ -276,7 +276,7 @@ def build_scenario(log: RawLog, config: LoadConfig, source: str = "", record: in
                       f"LoadConfig.num_lights={config.num_lights} dropped (farthest from the SDC)", stacklevel=2)
 
     scenario = Scenario(log_trajectory=trajectory, object_metadata=meta, roadmap=roadmap, traffic_lights=lights,
-                        route=route, family=np.asarray(-1, np.int32)).validate()
+                        route=route).validate()
     info = {
         "scenario_id": str(log.scenario_id), "format": fmt, "source": str(source), "record": record,
         "num_objects_raw": int(present.sum()), "dropped_objects": dropped_objects, "dropped_lights": dropped_lights,

@@ -31,6 +31,8 @@ Bad input raises `DataError` naming the file and the field (`objects[3].heading`
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import gzip
 import itertools
 import json
@@ -45,8 +47,8 @@ from jaxloop.data.common import LoadConfig, RawLog, build_scenario
 from jaxloop.data.errors import DataError
 from jaxloop.data.mapcompile import RawRoadgraph
 from jaxloop.sim.datatypes import (RG_CROSSWALK, RG_ROAD_EDGE_BOUNDARY, RG_ROAD_LINE_MIN, RG_SPEED_BUMP,
-                                   RG_STOP_SIGN, RG_SURFACE_LANE, TYPE_CYCLIST, TYPE_OTHER, TYPE_PEDESTRIAN,
-                                   TYPE_VEHICLE, Scenario)
+                                   RG_STOP_SIGN, RG_SURFACE_LANE, SYNTHETIC_ID, TYPE_CYCLIST, TYPE_OTHER,
+                                   TYPE_PEDESTRIAN, TYPE_VEHICLE, Scenario)
 
 import orjson  # 3-4x faster than the stdlib decoder on these multi-MB scenes: decoding dominates reading
 
@@ -129,29 +131,56 @@ def _steps(obj: dict, key: str, i: int, t_len: int, source: str) -> list:
     return value
 
 
-def _flat_xyz(points: list, out: list) -> None:
-    """Appends x, y, z of every {x, y, z} point to `out` (z defaults to 0); C-level getters on the fast path."""
-    start = len(out)
-    try:
-        out.extend(_chain(map(_XYZ, points)))
-    except KeyError:  # some exporters leave z out
-        del out[start:]  # extend keeps what it appended before the error
-        out.extend(_chain((p["x"], p["y"], p.get("z", 0.0)) for p in points))
-
-
-_XYZ = operator.itemgetter("x", "y", "z")
-_XY = operator.itemgetter("x", "y")
-_chain = itertools.chain.from_iterable
+_X, _Y = operator.itemgetter("x"), operator.itemgetter("y")
+_Z_KEY, _ZERO = itertools.repeat("z"), itertools.repeat(0.0)
 _NUMERIC = frozenset((float, int))  # np.fromiter would quietly parse strings and turn None into NaN
+_ID_MAX = 2 ** 31 - 1  # ids are stored as int32; negative ids are reserved (-1 padding, SYNTHETIC_ID)
 
 
-def _numbers(flat: list, shape: tuple) -> np.ndarray:
-    """`flat` as a float64 array of `shape`; ValueError naming the first non-number (and its index)."""
-    if not _NUMERIC.issuperset(map(type, flat)):
-        bad = next(k for k, v in enumerate(flat) if type(v) not in _NUMERIC)
-        raise ValueError(bad, f"expected a number, got {flat[bad]!r}")
-    return np.fromiter(flat, np.float64, len(flat)).reshape(shape)
+def _split_xyz(points: list, xs: list, ys: list, zs: list | None) -> None:
+    """Appends the x, y (and, with `zs`, z; 0 where a file leaves it out) of `points` to the lists.
+
+    One C-level `map` per coordinate: much cheaper than a tuple per point. The points are
+    dicts once x and y are read (`dict.get` reads z).
+    """
+    xs.extend(map(_X, points))
+    ys.extend(map(_Y, points))
+    if zs is None:
+        return
+    zs.extend(map(dict.get, points, _Z_KEY, _ZERO))  # some exporters leave z out: 0
+
+
+def _first_non_number(flat: list) -> int | None:
+    """Index of the first value of `flat` that is not an int or float (bool is not a number here), or None."""
+    if _NUMERIC.issuperset(map(type, flat)):
+        return None
+    return next(k for k, v in enumerate(flat) if type(v) not in _NUMERIC)
+
+
+def _numbers(columns: tuple[list, ...], shape: tuple) -> tuple[np.ndarray, ...]:
+    """Equal-length flat lists -> float64 arrays of `shape`.
+
+    ValueError(point, message) for the first non-number in point-major order (all of a
+    point's coordinates before the next point's), as the lists interleave in the file.
+    """
+    bad = [(k, c) for c, flat in enumerate(columns) if (k := _first_non_number(flat)) is not None]
+    if bad:
+        k, c = min(bad)
+        raise ValueError(k, f"expected a number, got {columns[c][k]!r}")
+    return tuple(np.fromiter(flat, np.float64, len(flat)).reshape(shape) for flat in columns)
+
+
 _SERIES = {"position": "{x, y, z} points", "velocity": "{x, y} vectors", "heading": "numbers", "valid": "booleans"}
+
+
+def _object_id(o: dict, i: int, source: str) -> int:
+    obj_id = o.get("id", i)
+    if not isinstance(obj_id, int) or isinstance(obj_id, bool):
+        raise _fail(source, f"objects[{i}].id", f"expected an integer id, got {obj_id!r}")
+    if not 0 <= obj_id <= _ID_MAX:
+        raise _fail(source, f"objects[{i}].id", f"id {obj_id} outside [0, {_ID_MAX}] (ids are int32; negative ids are "
+                    f"reserved: -1 marks padding, {SYNTHETIC_ID} injected objects)")
+    return obj_id
 
 
 def _objects(scene: dict, source: str):
@@ -167,8 +196,11 @@ def _objects(scene: dict, source: str):
     n = len(objects)
     # Flat Python lists filled object by object, converted to arrays once: much cheaper
     # than one small numpy conversion per object and step.
-    pos: list = []
-    vel: list = []
+    px: list = []
+    py: list = []
+    pz: list = []
+    vx: list = []
+    vy: list = []
     yaw: list = []
     valid: list = []
     box = np.empty((n, 3), np.float64)  # length, width, height
@@ -179,9 +211,9 @@ def _objects(scene: dict, source: str):
             raise _fail(source, f"objects[{i}]", f"expected an object, got {type(o).__name__}")
         field = "position"
         try:
-            _flat_xyz(_steps(o, "position", i, t_len, source), pos)
+            _split_xyz(_steps(o, "position", i, t_len, source), px, py, pz)
             field = "velocity"
-            vel.extend(_chain(map(_XY, _steps(o, "velocity", i, t_len, source))))
+            _split_xyz(_steps(o, "velocity", i, t_len, source), vx, vy, None)
             field = "heading"
             yaw.extend(_steps(o, "heading", i, t_len, source))
             field = "valid"
@@ -201,24 +233,20 @@ def _objects(scene: dict, source: str):
                 box[i, k] = DEFAULT_HEIGHT[int(types[i])]
                 continue
             box[i, k] = _get(o, key, f"objects[{i}]", source, (int, float))
-        obj_id = o.get("id", i)
-        if not isinstance(obj_id, int) or isinstance(obj_id, bool):
-            raise _fail(source, f"objects[{i}].id", f"expected an integer id, got {obj_id!r}")
-        ids[i] = obj_id
+        ids[i] = _object_id(o, i, source)
     arrays = {}
-    for field, flat, width in (("position", pos, 3), ("velocity", vel, 2), ("heading", yaw, 1)):
+    for field, columns in (("position", (px, py, pz)), ("velocity", (vx, vy)), ("heading", (yaw,))):
         try:
-            arrays[field] = _numbers(flat, (n, t_len, width))
+            arrays[field] = _numbers(columns, (n, t_len))
         except ValueError as e:
             bad, why = e.args
-            raise _fail(source, f"objects[{bad // (t_len * width)}].{field}",
-                        f"step {bad % (t_len * width) // width}: {why}") from None
+            raise _fail(source, f"objects[{bad // t_len}].{field}", f"step {bad % t_len}: {why}") from None
     flags = np.array(valid)
     if flags.dtype != bool:
         bad = next(k for k, v in enumerate(valid) if type(v) is not bool)
         raise _fail(source, f"objects[{bad // t_len}].valid", f"expected a list of {t_len} booleans, got "
                     f"{valid[bad]!r} at step {bad % t_len}")
-    return (arrays["position"], arrays["velocity"], arrays["heading"][..., 0], flags.reshape(n, t_len), box, types,
+    return (arrays["position"], arrays["velocity"], arrays["heading"][0], flags.reshape(n, t_len), box, types,
             ids)
 
 
@@ -241,7 +269,9 @@ def _road_code(road: dict, j: int, source: str) -> int | None:
 
 def _roadgraph(scene: dict, source: str) -> RawRoadgraph:
     roads = _get(scene, "roads", "", source, list)
-    pts: list = []
+    xs: list = []
+    ys: list = []
+    zs: list = []
     counts, codes, ids, firsts = [], [], [], []  # per kept road with points
     for j, road in enumerate(roads):
         if not isinstance(road, dict):
@@ -252,8 +282,9 @@ def _roadgraph(scene: dict, source: str) -> RawRoadgraph:
         geometry = _get(road, "geometry", f"roads[{j}]", source, (list, dict))
         if isinstance(geometry, dict):  # a single point (stop signs of some exporters)
             geometry = [geometry]
+        start = len(xs)
         try:
-            _flat_xyz(geometry, pts)
+            _split_xyz(geometry, xs, ys, zs)
         except (KeyError, TypeError, AttributeError) as e:
             detail = f"missing key {e}" if isinstance(e, KeyError) else str(e)
             raise _fail(source, f"roads[{j}].geometry", f"expected a list of {{x, y, z}} points ({detail})") from None
@@ -261,19 +292,19 @@ def _roadgraph(scene: dict, source: str) -> RawRoadgraph:
         if not isinstance(road_id, int) or isinstance(road_id, bool):
             raise _fail(source, f"roads[{j}].id", f"expected an integer id, got {road_id!r}")
         if geometry:
-            counts.append(len(geometry))
+            counts.append(len(xs) - start)
             codes.append(code)
             ids.append(road_id)
             firsts.append(j)
-    if not pts:
+    if not xs:
         z = np.zeros((0, 3))
         return RawRoadgraph(xyz=z, dir=z, types=np.zeros(0), ids=np.zeros(0), valid=np.zeros(0, bool))
     try:
-        xyz = _numbers(pts, (-1, 3))
+        xyz = np.stack(_numbers((xs, ys, zs), (-1,)), -1)
     except ValueError as e:
         bad, why = e.args
-        run = int(np.searchsorted(np.cumsum(counts), bad // 3, side="right"))
-        raise _fail(source, f"roads[{firsts[run]}].geometry", f"point {bad // 3 - sum(counts[:run])}: {why}") from None
+        run = int(np.searchsorted(np.cumsum(counts), bad, side="right"))
+        raise _fail(source, f"roads[{firsts[run]}].geometry", f"point {bad - sum(counts[:run])}: {why}") from None
     counts_a = np.asarray(counts)
     run = np.repeat(np.arange(counts_a.shape[0]), counts_a)
     d = np.zeros_like(xyz)
@@ -369,7 +400,7 @@ def scene_to_raw(scene: dict, source: str = "") -> RawLog:
         raise _fail(source, "metadata.objects_of_interest", f"expected a list of object ids, got {interest!r}")
     ooi = np.isin(ids, np.asarray(interest, np.int64))
 
-    traj = {"x": pos[..., 0], "y": pos[..., 1], "z": pos[..., 2], "vel_x": vel[..., 0], "vel_y": vel[..., 1],
+    traj = {"x": pos[0], "y": pos[1], "z": pos[2], "vel_x": vel[0], "vel_y": vel[1],
             "yaw": yaw, "valid": valid,
             "timestamp_micros": np.broadcast_to(np.arange(t_len, dtype=np.int64) * STEP_MICROS, (n, t_len))}
     for k, key in enumerate(("length", "width", "height")):
@@ -390,9 +421,29 @@ def scene_to_raw(scene: dict, source: str = "") -> RawLog:
         field_name=lambda f, t: f"objects[*].{json_name[f]}[{t}]", sdc_field=sdc_field, objects_field="objects")
 
 
+@contextlib.contextmanager
+def _collector_paused():
+    """Pauses the cyclic garbage collector for the block (unless it is off already).
+
+    Decoding a scene creates some 30,000 containers that all live until it is converted;
+    each collection the allocations trigger would walk them again for nothing (they hold
+    no cycles, and reference counting frees them).
+    """
+    was_on = gc.isenabled()
+    if was_on:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def load_gpudrive(path: str | os.PathLike, config: LoadConfig = LoadConfig()) -> tuple[Scenario, dict]:
     """One GPUDrive / PufferDrive JSON scene file -> (Scenario, info); `DataError` on bad input."""
     source = os.fspath(path)
-    scenario, info = build_scenario(scene_to_raw(read_scene(source), source), config, source=source, fmt=FORMAT)
+    with _collector_paused():
+        raw = scene_to_raw(read_scene(source), source)
+    scenario, info = build_scenario(raw, config, source=source, fmt=FORMAT)
     info["init_steps"] = INIT_STEPS
     return scenario, info

@@ -19,6 +19,12 @@ Only features within `cull_radius_m` of `focus_xy` (the ego's reachable area, e.
 logged path) are kept, nearest first; what did not fit is counted in a `CompileReport`
 and, when any of it lay within the cull radius, a warning names the source.
 
+Sources that already hold their map as polylines (the procedural generator) call
+`compile_polylines` with a `PolylineMap`: the same resampling, edge splitting, culling
+and packing (`_compile`), without the raw-point decoding, crosswalk hulls and focus
+thinning. Every map is compiled on its own, so a result never depends on the others
+compiled beside it.
+
 Everything is vectorised over points; Python loops run only over polylines where
 a per-polyline computation is unavoidable (crosswalk hulls, a handful per map).
 """
@@ -55,6 +61,12 @@ class MapConfig:
     orient_edges: "lanes" reverses road-edge polylines whose nearby lane centres (within
       `orient_radius_m`) lie on their left, so every edge has the road on its right;
       "keep" trusts the source's direction.
+    lane_piece_ids: False: every piece of a lane keeps the lane's id (a WOMD lane id names
+      the whole lane); True: pieces are numbered 1, 2, ... in lane order, each its own id
+      (stop signs then name the last piece of their lane, the one ending at the stop line).
+    lane_probe_stride: a lane piece's distance to the focus is that of every k-th of its points.
+    edge_min_step_m: edge vertices closer than this to the previous vertex are left out
+      first (a near-zero segment has no reliable side); 0 keeps every vertex.
     """
 
     max_lanes: int = 256
@@ -69,6 +81,9 @@ class MapConfig:
     focus_spacing_m: float = 2.0
     orient_edges: str = "lanes"
     orient_radius_m: float = 10.0
+    lane_piece_ids: bool = False
+    lane_probe_stride: int = 1
+    edge_min_step_m: float = 0.0
 
     def __post_init__(self):
         for name in ("max_lanes", "max_edges", "max_crosswalks", "max_stop_signs"):
@@ -82,6 +97,10 @@ class MapConfig:
                 raise ValueError(f"MapConfig.{name} must be a positive finite number, got {v!r}")
         if self.orient_edges not in ("lanes", "keep"):
             raise ValueError(f"MapConfig.orient_edges must be 'lanes' or 'keep', got {self.orient_edges!r}")
+        if not isinstance(self.lane_probe_stride, int) or self.lane_probe_stride < 1:
+            raise ValueError(f"MapConfig.lane_probe_stride must be an int >= 1, got {self.lane_probe_stride!r}")
+        if not (np.isfinite(self.edge_min_step_m) and self.edge_min_step_m >= 0):
+            raise ValueError(f"MapConfig.edge_min_step_m must be a finite number >= 0, got {self.edge_min_step_m!r}")
         if not 0 < self.edge_corner_deg < 180:
             raise ValueError(f"MapConfig.edge_corner_deg must be in (0, 180), got {self.edge_corner_deg!r}")
 
@@ -257,18 +276,33 @@ def nearest_points(points: np.ndarray, refs: np.ndarray, chunk: int = 2048) -> t
     return idx, dist
 
 
-def _min_dist(points: np.ndarray, focus: np.ndarray, radius: float | None = None) -> np.ndarray:
+def exact_min_dist(points: np.ndarray, focus: np.ndarray) -> np.ndarray:
+    """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[F, 2]`, exact per pair in float64."""
+    if points.shape[0] == 0:
+        return np.zeros(0)
+    dx = points[:, 0, None] - focus[None, :, 0]
+    dy = points[:, 1, None] - focus[None, :, 1]
+    dx *= dx
+    dy *= dy
+    dx += dy
+    return np.sqrt(np.min(dx, axis=1))
+
+
+def _min_dist(points: np.ndarray, focus: np.ndarray, radius: float | None = None, exact: bool = False) -> np.ndarray:
     """Distance `[M]` of each point `[M, 2]` to the nearest focus point `[K, 2]`.
 
-    With `radius`, points outside the focus bounding box grown by it are beyond the
-    radius anyway: they get +inf without a distance computation.
+    `exact`: float64 per pair (`exact_min_dist`); else `nearest_points` (float32 about a
+    common origin: millimetre precision, for the many points of raw maps). With `radius`,
+    points outside the focus bounding box grown by it are beyond the radius anyway: they
+    get +inf without a distance computation.
     """
+    nearest = exact_min_dist if exact else lambda p, f: nearest_points(p, f)[1]
     if radius is None or points.shape[0] == 0:
-        return nearest_points(points, focus)[1]
+        return nearest(points, focus)
     lo, hi = focus.min(axis=0) - radius, focus.max(axis=0) + radius
     inside = np.all((points >= lo) & (points <= hi), axis=1)
     out = np.full(points.shape[0], np.inf)
-    out[inside] = nearest_points(points[inside], focus)[1]
+    out[inside] = nearest(points[inside], focus)
     return out
 
 
@@ -286,24 +320,28 @@ def _select(dist: np.ndarray, radius: float, capacity: int, count: FeatureCount)
 
 def _convex_hull(points: np.ndarray) -> np.ndarray:
     """Counter-clockwise convex hull `[H, 2]` (monotone chain) of a few points."""
-    pts = np.unique(points.astype(np.float64), axis=0)
+    pts = points.astype(np.float64).reshape(-1, 2)
+    pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]  # by x, then y
+    if pts.shape[0] > 1:
+        pts = pts[np.concatenate([[True], np.any(pts[1:] != pts[:-1], axis=1)])]  # the distinct points
     if pts.shape[0] <= 2:
         return pts
 
     def cross(o, a, b):
         return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
 
+    rows = pts.tolist()  # Python floats: the same float64 arithmetic without numpy scalar overhead
     lower: list = []
-    for p in pts:
+    for p in rows:
         while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
             lower.pop()
         lower.append(p)
     upper: list = []
-    for p in pts[::-1]:
+    for p in reversed(rows):
         while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
             upper.pop()
         upper.append(p)
-    return np.array(lower[:-1] + upper[:-1])
+    return np.array(lower[:-1] + upper[:-1], np.float64)
 
 
 def oriented_bounding_box(points: np.ndarray) -> np.ndarray:
@@ -334,7 +372,8 @@ def oriented_bounding_box(points: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- compile
 
 
-def _lanes(xy, dir_xy, types, ids, starts, ends, config: MapConfig, focus, report, speed_limits):
+def _lanes(xy, starts, ends, run_types, run_ids, run_dir, run_speed, config: MapConfig, focus, report, exact):
+    """Lane polylines (runs `[R]` of `xy`) -> lane fields; and the id of each run's last piece `[R]`."""
     q = config.lane_points
     arc, lengths, run_of = _run_arc(xy, starts, ends)
     num_pieces = np.maximum(1, np.ceil(lengths / config.max_lane_length_m - 1e-9)).astype(np.int64)
@@ -354,12 +393,14 @@ def _lanes(xy, dir_xy, types, ids, starts, ends, config: MapConfig, focus, repor
     tangent[:, 0] = pts[:, 1] - pts[:, 0]
     tangent[:, -1] = pts[:, -1] - pts[:, -2]
     norm = np.linalg.norm(tangent, axis=-1, keepdims=True)
-    raw_dir = dir_xy[starts[piece_run]].astype(np.float64)
+    raw_dir = run_dir[piece_run].astype(np.float64)
     raw_norm = np.linalg.norm(raw_dir, axis=-1, keepdims=True)
     fallback = np.where(raw_norm > 1e-9, raw_dir / np.maximum(raw_norm, 1e-9), np.array([1.0, 0.0]))
     tangent = np.where(norm > 1e-6, tangent / np.maximum(norm, 1e-12), fallback[:, None, :])
 
-    dist = _min_dist(pts.reshape(-1, 2), focus, config.cull_radius_m).reshape(-1, q).min(axis=1) if pts.shape[0] else np.zeros(0)
+    probe = pts[:, ::config.lane_probe_stride]
+    dist = (_min_dist(probe.reshape(-1, 2), focus, config.cull_radius_m, exact).reshape(probe.shape[:2]).min(axis=1)
+            if pts.shape[0] else np.zeros(0))
     keep = _select(dist, config.cull_radius_m, config.max_lanes, report.lanes)
     p = config.max_lanes
     k = keep.shape[0]
@@ -372,13 +413,17 @@ def _lanes(xy, dir_xy, types, ids, starts, ends, config: MapConfig, focus, repor
     lane_xy[:k] = pts[keep]
     lane_dir[:k] = tangent[keep]
     lane_valid[:k] = True
-    run_ids = ids[starts[piece_run[keep]]]
-    lane_ids[:k] = run_ids
-    lane_types[:k] = types[starts[piece_run[keep]]]
-    if speed_limits:
-        lane_speed[:k] = [float(speed_limits.get(int(i), 0.0)) for i in run_ids]
+    if config.lane_piece_ids:  # pieces numbered 1, 2, ... in lane order
+        lane_ids[:k] = keep + 1
+        last_ids = np.cumsum(num_pieces)
+    else:
+        lane_ids[:k] = run_ids[piece_run[keep]]
+        last_ids = np.asarray(run_ids, np.int64)
+    lane_types[:k] = run_types[piece_run[keep]]
+    if run_speed is not None:
+        lane_speed[:k] = run_speed[piece_run[keep]]
     return dict(lane_xy=lane_xy, lane_dir=lane_dir, lane_valid=lane_valid, lane_ids=lane_ids,
-                lane_types=lane_types, lane_speed_limit=lane_speed)
+                lane_types=lane_types, lane_speed_limit=lane_speed), last_ids
 
 
 def _orient_edges(e0, e1, polyline, lane_xy, config: MapConfig, report) -> tuple[np.ndarray, np.ndarray]:
@@ -408,19 +453,30 @@ def _orient_edges(e0, e1, polyline, lane_xy, config: MapConfig, report) -> tuple
     return np.where(flip[:, None], e1, e0), np.where(flip[:, None], e0, e1)
 
 
-def _edges(xy, types, starts, ends, config: MapConfig, focus, report, lane_xy=None):
-    # Split every edge polyline at sharp raw vertices (duplicating the vertex) so that
-    # uniform resampling keeps corners.
+def _edges(xy, starts, ends, run_types, config: MapConfig, focus, report, exact, lane_xy=None):
+    """Edge polylines (runs `[R]` of `xy`) -> directed segments of about `edge_segment_m`."""
     n = xy.shape[0]
     run_of = np.repeat(np.arange(starts.shape[0]), ends - starts)
+    if config.edge_min_step_m > 0 and n > 1:  # vertices this close to the previous one carry no reliable side
+        d = np.diff(xy, axis=0)
+        keep = np.concatenate([[True], np.hypot(d[:, 0], d[:, 1]) >= config.edge_min_step_m])
+        keep[starts] = True
+        xy, run_of = xy[keep], run_of[keep]
+        n = xy.shape[0]
+        starts = np.flatnonzero(np.concatenate([[True], run_of[1:] != run_of[:-1]])) if n else starts[:0]
+        run_types = run_types[run_of[starts]]
+        run_of = np.repeat(np.arange(starts.shape[0]), np.diff(np.append(starts, n)))
+    # Split every edge polyline at sharp raw vertices (duplicating the vertex) so that
+    # uniform resampling keeps corners.
     is_corner = np.zeros(n, bool)
     if n > 2:
         d = np.diff(xy.astype(np.float64), axis=0)  # d[i] = xy[i+1] - xy[i]
         a_in, a_out = d[:-1], d[1:]  # at interior point i+1
+        norm = np.linalg.norm(d, axis=-1)
+        n_in, n_out = norm[:-1], norm[1:]
         same = (run_of[:-2] == run_of[1:-1]) & (run_of[1:-1] == run_of[2:])
-        cos = np.sum(a_in * a_out, -1) / np.maximum(np.linalg.norm(a_in, axis=-1) * np.linalg.norm(a_out, axis=-1),
-                                                    1e-12)
-        long_enough = (np.linalg.norm(a_in, axis=-1) > 1e-6) & (np.linalg.norm(a_out, axis=-1) > 1e-6)
+        cos = np.sum(a_in * a_out, -1) / np.maximum(n_in * n_out, 1e-12)
+        long_enough = (n_in > 1e-6) & (n_out > 1e-6)
         is_corner[1:-1] = same & long_enough & (cos < np.cos(np.deg2rad(config.edge_corner_deg)))
     src = np.repeat(np.arange(n), 1 + is_corner)
     # A new piece starts at each polyline start and at the second copy of a corner.
@@ -435,8 +491,8 @@ def _edges(xy, types, starts, ends, config: MapConfig, focus, report, lane_xy=No
     piece_id = np.cumsum(new_piece) - 1
     pxy = xy[src]
     pstarts, pends = _runs(piece_id)
-    ptypes = types[src[pstarts]]
     porig = run_of[src[pstarts]] if pstarts.shape[0] else np.zeros(0, np.int64)
+    ptypes = run_types[porig]
     arc, lengths, prun = _run_arc(pxy, pstarts, pends)
     usable = lengths > 1e-6  # single-point edges carry no direction
     if (~usable).any():
@@ -451,7 +507,8 @@ def _edges(xy, types, starts, ends, config: MapConfig, focus, report, lane_xy=No
                            np.concatenate([a0, a0 + seg_len]))
     e0, e1 = ends_xy[:seg_run.shape[0]], ends_xy[seg_run.shape[0]:]
     probe = np.concatenate([e0, e1, 0.5 * (e0 + e1)])
-    dist = _min_dist(probe, focus, config.cull_radius_m).reshape(3, -1).min(axis=0) if seg_run.shape[0] else np.zeros(0)
+    dist = (_min_dist(probe, focus, config.cull_radius_m, exact).reshape(3, -1).min(axis=0) if seg_run.shape[0]
+            else np.zeros(0))
     keep = _select(dist, config.cull_radius_m, config.max_edges, report.edges)
     e = config.max_edges
     k = keep.shape[0]
@@ -468,10 +525,10 @@ def _edges(xy, types, starts, ends, config: MapConfig, focus, report, lane_xy=No
     return dict(edge_start=edge_start, edge_end=edge_end, edge_types=edge_types, edge_valid=edge_valid)
 
 
-def _crosswalks(xy, starts, ends, config: MapConfig, focus, report):
-    boxes = [oriented_bounding_box(xy[s:e]) for s, e in zip(starts, ends)]
-    boxes = np.stack(boxes) if boxes else np.zeros((0, 4, 2), np.float32)
-    dist = _min_dist(boxes.reshape(-1, 2), focus, config.cull_radius_m).reshape(-1, 4).min(axis=1) if boxes.shape[0] else np.zeros(0)
+def _crosswalks(boxes, config: MapConfig, focus, report, exact):
+    """Crosswalk boxes `[C, 4, 2]` -> crosswalk fields."""
+    dist = (_min_dist(boxes.reshape(-1, 2), focus, config.cull_radius_m, exact).reshape(-1, 4).min(axis=1)
+            if boxes.shape[0] else np.zeros(0))
     keep = _select(dist, config.cull_radius_m, config.max_crosswalks, report.crosswalks)
     c = config.max_crosswalks
     out = np.zeros((c, 4, 2), np.float32)
@@ -481,19 +538,9 @@ def _crosswalks(xy, starts, ends, config: MapConfig, focus, report):
     return dict(crosswalk_xy=out, crosswalk_valid=valid)
 
 
-def _stop_signs(xy, ids, starts, ends, config: MapConfig, focus, report, stop_sign_lanes):
-    sums = np.add.reduceat(xy.astype(np.float64), starts, axis=0) if starts.shape[0] else np.zeros((0, 2))
-    centres = sums / np.maximum(ends - starts, 1)[:, None]
-    sign_ids = ids[starts]
-    pos, lanes = [], []
-    for c, sid in zip(centres, sign_ids):  # one entry per governed lane
-        governed = list(stop_sign_lanes.get(int(sid), [])) or [-1]
-        for lane in governed:
-            pos.append(c)
-            lanes.append(int(lane))
-    pos = np.array(pos, np.float64).reshape(-1, 2)
-    lanes = np.array(lanes, np.int64)
-    dist = _min_dist(pos, focus, config.cull_radius_m) if pos.shape[0] else np.zeros(0)
+def _stop_signs(pos, lanes, config: MapConfig, focus, report, exact):
+    """Stop-sign entries (point `[S, 2]`, governed lane id `[S]`, -1: none) -> stop-sign fields."""
+    dist = _min_dist(pos, focus, config.cull_radius_m, exact) if pos.shape[0] else np.zeros(0)
     keep = _select(dist, config.cull_radius_m, config.max_stop_signs, report.stop_signs)
     s = config.max_stop_signs
     out = np.zeros((s, 2), np.float32)
@@ -503,6 +550,27 @@ def _stop_signs(xy, ids, starts, ends, config: MapConfig, focus, report, stop_si
     lane_ids[:keep.shape[0]] = lanes[keep]
     valid[:keep.shape[0]] = True
     return dict(stop_sign_xy=out, stop_sign_lane_ids=lane_ids, stop_sign_valid=valid)
+
+
+def _compile(lane_xy, lane_starts, lane_ends, lane_types, lane_ids, lane_dir, lane_speed, edge_xy, edge_starts,
+             edge_ends, edge_types, boxes, sign_xy, sign_lanes, focus, config: MapConfig, report: CompileReport,
+             exact: bool = False):
+    """The compiler every map goes through: polylines per kind -> RoadMap fields, and each lane's last-piece id.
+
+    Lanes and edges are runs `[starts, ends)` of their point arrays with per-run types /
+    ids / directions / speeds; crosswalks are boxes `[C, 4, 2]`; stop signs one entry per
+    governed lane (`sign_lanes`: lane ids, or lane indices with `config.lane_piece_ids`).
+    `exact`: culling distances in float64 per pair (see `_min_dist`).
+    """
+    fields, last_ids = _lanes(lane_xy, lane_starts, lane_ends, lane_types, lane_ids, lane_dir, lane_speed, config,
+                              focus, report, exact)
+    fields.update(_edges(edge_xy, edge_starts, edge_ends, edge_types, config, focus, report, exact,
+                         lane_xy=fields["lane_xy"][fields["lane_valid"]]))
+    fields.update(_crosswalks(boxes, config, focus, report, exact))
+    if config.lane_piece_ids:
+        sign_lanes = np.where(sign_lanes >= 0, last_ids[np.maximum(sign_lanes, 0)] if last_ids.shape[0] else -1, -1)
+    fields.update(_stop_signs(sign_xy, np.asarray(sign_lanes, np.int64), config, focus, report, exact))
+    return fields, last_ids
 
 
 def compile_roadmap(raw: RawRoadgraph, focus_xy: np.ndarray, config: MapConfig = MapConfig(),
@@ -531,39 +599,45 @@ def compile_roadmap(raw: RawRoadgraph, focus_xy: np.ndarray, config: MapConfig =
 
     valid = raw.valid
     report.invalid_points = int((~valid).sum())
-    xyz = raw.xyz[valid]
+    every = report.invalid_points == 0  # the usual case: no copies for the mask
+    xyz = raw.xyz if every else raw.xyz[valid]
     bad = ~np.all(np.isfinite(xyz), axis=-1)
     if bad.any():
         i = int(np.flatnonzero(valid)[np.flatnonzero(bad)[0]])
         raise DataError(f"{int(bad.sum())} valid point(s) with non-finite coordinates (first: point {i}, "
                         f"{raw.xyz[i].tolist()})", file=source or None, field="roadgraph_samples/xyz")
     xy = xyz[:, :2]
-    dir_xy = np.nan_to_num(raw.dir[valid][:, :2])
-    types = raw.types[valid]
-    ids = raw.ids[valid]
+    dir_xy = raw.dir[:, :2] if every else raw.dir[valid][:, :2]
+    if not np.isfinite(dir_xy).all():
+        dir_xy = np.nan_to_num(dir_xy)
+    types = raw.types if every else raw.types[valid]
+    ids = raw.ids if every else raw.ids[valid]
     # A polyline is a run of consecutive points with the same id and type.
     key = ids.astype(np.int64) * 64 + types
     starts, ends = _runs(key)
     run_type = types[starts] if starts.shape[0] else np.zeros(0, np.int32)
 
     def subset(kinds):
-        sel = np.isin(run_type, kinds)
+        sel = np.any(run_type[:, None] == np.asarray(kinds)[None], axis=1)  # a few kinds: cheaper than np.isin
         idx = np.flatnonzero(np.repeat(sel, ends - starts))
         lens = (ends - starts)[sel]
         new_starts = (np.cumsum(lens) - lens).astype(np.int64)
         return idx, new_starts, new_starts + lens
 
-    fields = {}
-    idx, s, e = subset(LANE_TYPES)
-    fields.update(_lanes(xy[idx], dir_xy[idx], types[idx], ids[idx], s, e, config, focus, report,
-                         raw.speed_limits))
-    idx, s, e = subset(EDGE_TYPES)
-    fields.update(_edges(xy[idx], types[idx], s, e, config, focus, report,
-                         lane_xy=fields["lane_xy"][fields["lane_valid"]]))
-    idx, s, e = subset([RG_CROSSWALK])
-    fields.update(_crosswalks(xy[idx], s, e, config, focus, report))
-    idx, s, e = subset([RG_STOP_SIGN])
-    fields.update(_stop_signs(xy[idx], ids[idx], s, e, config, focus, report, raw.stop_sign_lanes))
+    lane_idx, lane_s, lane_e = subset(LANE_TYPES)
+    lane_ids = ids[lane_idx][lane_s]
+    speed = (np.array([float(raw.speed_limits.get(int(i), 0.0)) for i in lane_ids]) if raw.speed_limits
+             else None)
+    edge_idx, edge_s, edge_e = subset(EDGE_TYPES)
+    cw_idx, cw_s, cw_e = subset([RG_CROSSWALK])
+    cw_xy = xy[cw_idx]
+    boxes = [oriented_bounding_box(cw_xy[s:e]) for s, e in zip(cw_s, cw_e)]
+    boxes = np.stack(boxes) if boxes else np.zeros((0, 4, 2), np.float32)
+    sign_idx, sign_s, sign_e = subset([RG_STOP_SIGN])
+    sign_xy, sign_lanes = _stop_sign_entries(xy[sign_idx], ids[sign_idx], sign_s, sign_e, raw.stop_sign_lanes)
+    fields, _ = _compile(xy[lane_idx], lane_s, lane_e, types[lane_idx][lane_s], lane_ids, dir_xy[lane_idx][lane_s],
+                         speed, xy[edge_idx], edge_s, edge_e, types[edge_idx][edge_s], boxes, sign_xy, sign_lanes,
+                         focus, config, report)
 
     known = set(LANE_TYPES) | set(EDGE_TYPES) | {RG_CROSSWALK, RG_STOP_SIGN}
     for t in np.unique(run_type):
@@ -575,3 +649,71 @@ def compile_roadmap(raw: RawRoadgraph, focus_xy: np.ndarray, config: MapConfig =
         warnings.warn(f"{source or 'map'}: map features within the cull radius did not fit the MapConfig "
                       f"capacity and were dropped (nearest kept): {report}", stacklevel=2)
     return RoadMap(**fields), report
+
+
+def _stop_sign_entries(xy, ids, starts, ends, stop_sign_lanes) -> tuple[np.ndarray, np.ndarray]:
+    """One (centre `[2]`, lane id) entry per stop sign (its points' mean) and governed lane (-1: none known)."""
+    sums = np.add.reduceat(xy.astype(np.float64), starts, axis=0) if starts.shape[0] else np.zeros((0, 2))
+    centres = sums / np.maximum(ends - starts, 1)[:, None]
+    pos, lanes = [], []
+    for c, sid in zip(centres, ids[starts]):
+        governed = list(stop_sign_lanes.get(int(sid), [])) or [-1]
+        for lane in governed:
+            pos.append(c)
+            lanes.append(int(lane))
+    return np.array(pos, np.float64).reshape(-1, 2), np.array(lanes, np.int64)
+
+
+@dataclasses.dataclass
+class PolylineMap:
+    """A map already held as polylines (numpy, host): the input of `compile_polylines`.
+
+    The polylines of a kind are stored one after another (`lane_xy` holds lane 0's points,
+    then lane 1's, ...; `lane_counts` says how many each has). Lanes' points should be
+    dense enough to resample by arc length; edges are directed as they should be kept
+    when `MapConfig.orient_edges="keep"`.
+    """
+
+    lane_xy: np.ndarray  # [K, 2] float64
+    lane_counts: np.ndarray  # [A] int, >= 1
+    lane_types: np.ndarray  # [A] int32, RG_*_LANE
+    lane_speed: np.ndarray  # [A] float, speed limit m/s (0: unknown)
+    edge_xy: np.ndarray  # [M, 2] float64
+    edge_counts: np.ndarray  # [B] int, >= 1
+    edge_types: np.ndarray  # [B] int32, RG_ROAD_EDGE_*
+    crosswalks: np.ndarray  # [C, 4, 2] corner boxes, kept as they are
+    stop_sign_xy: np.ndarray  # [S, 2], one entry per (sign, governed lane)
+    stop_sign_lanes: np.ndarray  # [S] int: the governed lane's id (with MapConfig.lane_piece_ids its index), -1 none
+    lane_ids: np.ndarray | None = None  # [A] int32 (None: 0, 1, ...); unused with MapConfig.lane_piece_ids
+
+
+def compile_polylines(polylines: PolylineMap, focus_xy: np.ndarray, config: MapConfig = MapConfig(),
+                      source: str = "") -> tuple[RoadMap, CompileReport, np.ndarray]:
+    """Compiles a map held as polylines into a `RoadMap`, through the same steps as `compile_roadmap`.
+
+    `focus_xy` `[F, 2]` are used as given (no thinning), and culling distances are exact
+    (float64 per pair: a polyline map has few points, so nearest-first order never rests
+    on float32 rounding). Returns (RoadMap, CompileReport,
+    the id of each lane's last piece `[A]`, which with `config.lane_piece_ids` is the id
+    that traffic lights at the lane's end name). Nothing is warned: the report says what
+    was dropped.
+    """
+    pm = polylines
+    report = CompileReport(source=source)
+    focus = np.asarray(focus_xy, np.float64).reshape(-1, 2)
+    if focus.shape[0] == 0 or not np.all(np.isfinite(focus)):
+        raise DataError("compile_polylines needs finite focus points", file=source or None, field="focus_xy")
+    lane_counts = np.asarray(pm.lane_counts, np.int64)
+    lane_ends = np.cumsum(lane_counts)
+    edge_counts = np.asarray(pm.edge_counts, np.int64)
+    edge_ends = np.cumsum(edge_counts)
+    num_lanes = lane_counts.shape[0]
+    lane_ids = np.arange(num_lanes) if pm.lane_ids is None else np.asarray(pm.lane_ids, np.int64)
+    fields, last_ids = _compile(
+        np.asarray(pm.lane_xy, np.float64).reshape(-1, 2), lane_ends - lane_counts, lane_ends,
+        np.asarray(pm.lane_types, np.int32), lane_ids, np.zeros((num_lanes, 2)), np.asarray(pm.lane_speed, np.float64),
+        np.asarray(pm.edge_xy, np.float64).reshape(-1, 2), edge_ends - edge_counts, edge_ends,
+        np.asarray(pm.edge_types, np.int32), np.asarray(pm.crosswalks, np.float64).reshape(-1, 4, 2),
+        np.asarray(pm.stop_sign_xy, np.float64).reshape(-1, 2), np.asarray(pm.stop_sign_lanes, np.int64), focus,
+        config, report, exact=True)
+    return RoadMap(**fields), report, last_ids

@@ -8,14 +8,16 @@ metric, observation or reward sees it. Axes whose length is part of the data its
 (steps `T`, points per lane `Q`, route points `R`) must already agree; a mismatch is an
 error naming the field.
 
-`Mixture.batch_indices(seed, step, batch_size)` draws a step's batch: without weights,
-uniformly over all scenarios (exactly the draw of a single source, so a one-source run
-is unchanged); with weights, each source fills its share of the batch (largest-remainder
-rounding of `batch_size * weight`), rows shuffled so every process slice mixes sources.
+A `Mixture` holds the sources in memory; training and evaluation iterate it as a
+`jaxloop.data.dataset.MixtureDataset` (`as_dataset`), whose `BatchPlan` gives each source
+its share of every batch (largest-remainder rounding of `batch_size * weight`), rows
+shuffled so every process slice mixes sources; without weights, the sources are one set.
+Sources streamed from caches mix the same way (`open_dataset("A@0.75,B@0.25")`).
 
     mixture = mix([("procedural:train:1024", procedural, infos_p, 0.75),
                    ("data/womd_train", real, infos_r, 0.25)])
-    idx = mixture.batch_indices(seed=0, step=17, batch_size=64)   # 48 procedural rows, 16 real
+    plan = as_dataset(mixture).plan(batch_size=64, seed=0)
+    idx = plan.indices(step=17)   # 48 procedural rows, 16 real
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ _PARTS = ("log_trajectory", "object_metadata", "roadmap", "traffic_lights", "rou
 def slot_dims(scenarios: Scenario) -> dict[str, int]:
     """The symbolic dimensions of a (batched) scenario set: {"N": 128, "T": 91, "P": 256, ...}."""
     dims: dict[str, int] = {}
-    batch = tuple(np.shape(scenarios.family))
+    batch = scenarios.batch_shape
     for part in _PARTS:
         getattr(scenarios, part).validate(f"Scenario.{part}", dims, batch)
     return dims
@@ -53,7 +55,7 @@ def pad_to(scenarios: Scenario, dims: dict[str, int]) -> Scenario:
                              f"{PADDED_DIMS} can be padded to a common size")
         if target < size:
             raise ValueError(f"pad_to: dimension {sym} is {size}, larger than the target {target}")
-    batch_ndim = np.ndim(scenarios.family)
+    batch_ndim = len(scenarios.batch_shape)
 
     def pad_part(part: str):
         obj = getattr(scenarios, part)
@@ -112,15 +114,6 @@ class Mixture:
         """Which source (0..K-1) each scenario index belongs to."""
         return np.searchsorted(self.starts, np.asarray(index), side="right") - 1
 
-    def batch_indices(self, seed: int, step: int, batch_size: int) -> np.ndarray:
-        """Scenario indices `[batch_size]` of training step `step`, from a generator seeded by `(seed, step)`."""
-        rng = np.random.default_rng([seed, step])
-        if self.weights is None:
-            return rng.integers(0, len(self), batch_size)
-        counts = proportional_counts(self.weights, batch_size)
-        idx = np.concatenate([rng.integers(lo, hi, n) for lo, hi, n in zip(self.starts[:-1], self.starts[1:], counts)])
-        return rng.permutation(idx)
-
     def check_batch_size(self, batch_size: int) -> None:
         """ValueError when `batch_size` rows leave some weighted source with no row in every batch."""
         if self.weights is None:
@@ -152,9 +145,9 @@ def mix(parts: Sequence[tuple[str, Scenario, list[dict], float | None]]) -> Mixt
         raise ValueError("data sources: give a weight (SPEC@W) to every source or to none; got "
                          + ", ".join(f"{s}@{w}" if w is not None else s for s, *_, w in parts))
     for spec, scenarios, infos, _ in parts:
-        if np.ndim(scenarios.family) != 1 or len(infos) != np.shape(scenarios.family)[0]:
+        if len(scenarios.batch_shape) != 1 or len(infos) != scenarios.batch_shape[0]:
             raise ValueError(f"data source {spec!r}: expected scenarios [S, ...] with one info per scenario, got "
-                             f"batch shape {np.shape(scenarios.family)} and {len(infos)} infos")
+                             f"batch shape {list(scenarios.batch_shape)} and {len(infos)} infos")
     all_dims = [slot_dims(s) for _, s, _, _ in parts]
     target = {k: max(d[k] for d in all_dims) for k in all_dims[0]}
     padded = [pad_to(s, target) for _, s, _, _ in parts]

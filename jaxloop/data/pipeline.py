@@ -28,23 +28,23 @@ the ego). All of these raise `CacheError` (a `DataError`). Caches written before
 checksums existed (no "sha256" in their manifest) still load, unverified, with a
 warning naming the manifest; `jaxloop data convert` rebuilds them with checksums.
 
-`ScenarioDataset.batches` serves training: each process takes a disjoint contiguous
-block of the cache (so it reads mostly its own shards), shuffles it per epoch from
-`(seed, epoch, process_index)`, gathers batches on a background thread and hands them
-over already on device (`jax.device_put`, or a global array over `sharding` when there
-are several processes).
+Format version 2 holds no `family` field (the procedural map family is in the infos);
+version 1 caches still load, their `family` arrays ignored.
+
+`ScenarioDataset` is a `jaxloop.data.dataset.Dataset`: training and evaluation stream it
+shard by shard (`train_batches` / `batches`, `(Scenario, infos)` per batch), each process
+reading its own blocks of the cache, with shuffling by seed and epoch and prefetch on a
+background thread (see `jaxloop.data.dataset`).
 """
 
 from __future__ import annotations
 
-import atexit
 import collections
 import hashlib
 import io
 import json
 import os
 import pathlib
-import queue
 import re
 import shutil
 import tempfile
@@ -52,17 +52,21 @@ import threading
 import warnings
 import weakref
 import zipfile
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 
+from jaxloop.data.dataset import Dataset
 from jaxloop.data.errors import MALFORMED, DataError
 from jaxloop.sim.datatypes import (ObjectMetadata, RoadMap, Route, Scenario, ShapeError, TrafficLights, Trajectory,
                                    field_names)
 
 CACHE_FORMAT = "jaxloop.scenario_cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+# Version 1 caches also stored `family` (the procedural map family id, now in the infos): read, field ignored.
+READABLE_VERSIONS = (1, 2)
+_DROPPED_FIELDS = {1: ("family",)}
 MANIFEST = "manifest.json"
 
 
@@ -77,7 +81,7 @@ def _template() -> Scenario:
     """A `Scenario` whose leaves are placeholders: only its structure and key paths matter."""
     part = lambda cls: cls(**{f: 0 for f in field_names(cls)})
     return Scenario(log_trajectory=part(Trajectory), object_metadata=part(ObjectMetadata), roadmap=part(RoadMap),
-                    traffic_lights=part(TrafficLights), route=part(Route), family=0)
+                    traffic_lights=part(TrafficLights), route=part(Route))
 
 
 def _key_name(path) -> str:
@@ -130,10 +134,16 @@ def _read_manifest(path: pathlib.Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
         raise CacheError(f"not a {CACHE_FORMAT} manifest (format={manifest.get('format') if isinstance(manifest, dict) else None!r})",
                          file=file)
-    if manifest.get("version") != CACHE_VERSION:
-        raise CacheError(f"cache format version {manifest.get('version')!r}, this jaxloop reads version "
-                         f"{CACHE_VERSION}; re-run `jaxloop data convert` to rebuild it", file=file)
+    version = manifest.get("version")
+    if version not in READABLE_VERSIONS:
+        raise CacheError(f"cache format version {version!r}, this jaxloop reads version "
+                         f"{' or '.join(map(str, READABLE_VERSIONS))}; re-run `jaxloop data convert` to rebuild it",
+                         file=file)
     _check_shards(path, manifest, file)
+    fields = manifest.get("fields")
+    if isinstance(fields, dict):
+        for dropped in _DROPPED_FIELDS.get(version, ()):
+            fields.pop(dropped, None)
     expected = field_keys()
     got = list(manifest.get("fields", {}))
     if sorted(got) != sorted(expected):
@@ -199,7 +209,7 @@ def _check_replaceable(out: pathlib.Path) -> None:
             old = json.loads((out / MANIFEST).read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CacheError(f"refusing to overwrite: existing {MANIFEST} is unreadable ({e})", file=out) from e
-        if not isinstance(old, dict) or old.get("format") != CACHE_FORMAT or old.get("version") != CACHE_VERSION:
+        if not isinstance(old, dict) or old.get("format") != CACHE_FORMAT or old.get("version") not in READABLE_VERSIONS:
             raise CacheError(
                 f"refusing to overwrite a cache of format {old.get('format') if isinstance(old, dict) else None!r} "
                 f"version {old.get('version') if isinstance(old, dict) else None!r} with version {CACHE_VERSION}; "
@@ -264,9 +274,9 @@ class CacheWriter:
         """Adds one unbatched scenario and its info dict."""
         flat = flatten_scenario(scenario)
         if self._fields is None:
-            if np.shape(scenario.family) != ():
-                raise ShapeError("CacheWriter.add: expected one unbatched scenario, got family shape "
-                                 f"{list(np.shape(scenario.family))}")
+            if scenario.batch_shape != ():
+                raise ShapeError("CacheWriter.add: expected one unbatched scenario, got batch shape "
+                                 f"{list(scenario.batch_shape)}")
             scenario.validate()
             self._fields = {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in flat.items()}
         else:
@@ -283,7 +293,7 @@ class CacheWriter:
 
     def add_batch(self, scenarios: Scenario, infos: list[dict]) -> None:
         """Adds a batched scenario `[S, ...]` with its S info dicts."""
-        count = int(np.shape(scenarios.family)[0])
+        count = scenarios.num_scenarios
         if len(infos) != count:
             raise ValueError(f"write_cache: {count} scenarios but {len(infos)} info dicts")
         flat = flatten_scenario(scenarios)
@@ -329,7 +339,7 @@ class CacheWriter:
 
     def _finish(self) -> dict:
         self._flush()
-        from jaxloop import __version__
+        from jaxloop._version import __version__
         manifest = {
             "format": CACHE_FORMAT, "version": CACHE_VERSION, "jaxloop_version": __version__,
             "num_scenarios": len(self._infos), "shard_size": self.shard_size, "shards": self._shards,
@@ -374,12 +384,12 @@ def write_cache(scenarios: Scenario | Sequence[Scenario], out_dir: str | os.Path
     if shard_size < 1:
         raise ValueError(f"write_cache: shard_size must be >= 1, got {shard_size}")
     if isinstance(scenarios, Scenario):
-        if np.ndim(scenarios.family) != 1:
-            raise ShapeError(f"write_cache: expected scenarios batched along one leading axis, got family shape "
-                             f"{list(np.shape(scenarios.family))}")
+        if len(scenarios.batch_shape) != 1:
+            raise ShapeError(f"write_cache: expected scenarios batched along one leading axis, got batch shape "
+                             f"{list(scenarios.batch_shape)}")
         scenarios = jax.tree.map(np.asarray, scenarios)
         scenarios.validate()
-        count = int(np.shape(scenarios.family)[0])
+        count = scenarios.num_scenarios
     else:
         scenarios = list(scenarios)
         count = len(scenarios)
@@ -462,8 +472,8 @@ def load_scenarios(path: str | os.PathLike) -> Scenario:
     return ds.get(np.arange(len(ds)))
 
 
-class ScenarioDataset:
-    """Random access and device batches over a scenario cache.
+class ScenarioDataset(Dataset):
+    """Random access and device batches over a scenario cache (`jaxloop.data.dataset.Dataset`).
 
     Shards are loaded on first use and kept (at most `max_cached_shards` of them, least
     recently used evicted; None keeps all).
@@ -491,6 +501,29 @@ class ScenarioDataset:
 
     def __len__(self) -> int:
         return self._count
+
+    def __repr__(self) -> str:
+        return f"ScenarioDataset({self.path})"
+
+    @property
+    def chunk_size(self) -> int:
+        return max(int(self.manifest.get("shard_size") or self._shards[0]["count"]), 1)
+
+    def hold(self, chunks: int) -> None:
+        """Keeps at least `chunks` shards loaded (a bound of None, keep all, stays)."""
+        if self._max_cached is not None:
+            self._max_cached = max(self._max_cached, int(chunks))
+
+    def identity(self) -> dict:
+        """Scenario count and a blake2b over the manifest's fields, shard checksums and infos (no shard is read,
+        except shards of a cache written before checksums, which are hashed whole)."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(json.dumps(self.manifest["fields"], sort_keys=True).encode())
+        for shard in self._shards:
+            sha = shard.get("sha256") or _sha256((self.path / shard["file"]).read_bytes())
+            digest.update(f"{shard['count']}:{sha};".encode())
+        digest.update(json.dumps(self.infos, sort_keys=True).encode())
+        return {"num_scenarios": self._count, "blake2b": digest.hexdigest()}
 
     def _shard(self, i: int) -> dict[str, np.ndarray]:
         with self._lock:
@@ -526,130 +559,3 @@ class ScenarioDataset:
                 for k in self._keys:
                     out[k][pos] = data[k][local]
         return unflatten_scenario(out)
-
-    def process_indices(self, process_index: int, process_count: int) -> np.ndarray:
-        """This process's disjoint contiguous block of scenario indices (equal sizes; the remainder is unused)."""
-        if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-        per = self._count // process_count
-        return np.arange(process_index * per, (process_index + 1) * per)
-
-    def batches(self, batch_size: int, seed: int = 0, shuffle: bool = True, drop_remainder: bool = True,
-                process_index: int | None = None, process_count: int | None = None, prefetch: int = 2,
-                sharding: jax.sharding.Sharding | None = None, num_epochs: int | None = None) -> Iterator[Scenario]:
-        """Device batches of `batch_size` scenarios (per process), epoch after epoch.
-
-        Each process reads its own block (`process_indices`), reshuffled every epoch from
-        `(seed, epoch, process_index)` when `shuffle`. With `drop_remainder` every batch
-        has exactly `batch_size` scenarios (one shape: one compile). `num_epochs=None`
-        repeats forever. A background thread keeps up to `prefetch` batches ready on
-        device; with several processes and a `sharding`, batches are global arrays built
-        from each process's local batch (global batch = batch_size * process_count).
-        """
-        if batch_size < 1:
-            raise ValueError(f"batches: batch_size must be >= 1, got {batch_size}")
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-        local = self.process_indices(process_index, process_count)
-        if drop_remainder and local.size < batch_size:
-            raise ValueError(f"{self.path}: {local.size} scenarios for this process, fewer than batch_size "
-                             f"{batch_size} (drop_remainder=True would yield nothing)")
-        multi = sharding is not None and process_count > 1
-
-        def to_device(batch: Scenario) -> Scenario:
-            if multi:
-                return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
-            return jax.device_put(batch, sharding)
-
-        def index_batches() -> Iterator[np.ndarray]:
-            epoch = 0
-            while num_epochs is None or epoch < num_epochs:
-                order = local
-                if shuffle:
-                    rng = np.random.default_rng([seed, epoch, process_index])
-                    order = local[rng.permutation(local.size)]
-                stop = local.size - local.size % batch_size if drop_remainder else local.size
-                for start in range(0, stop, batch_size):
-                    # Sorted within the batch (its order carries no information once
-                    # shuffled): each shard's part is then one contiguous gather.
-                    yield np.sort(order[start:start + batch_size]) if shuffle else order[start:start + batch_size]
-                epoch += 1
-
-        if prefetch <= 0:
-            return (to_device(self.get(ix)) for ix in index_batches())
-        return _Prefetcher((to_device(self.get(ix)) for ix in index_batches()), prefetch)
-
-
-_LIVE: "weakref.WeakSet[_Prefetcher]" = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    for prefetcher in list(_LIVE):
-        prefetcher.close()
-
-
-class _Prefetcher:
-    """Runs a generator on a daemon thread, `size` items ahead; re-raises its errors in order."""
-
-    _END = object()
-
-    def __init__(self, source: Iterator, size: int):
-        self._queue: queue.Queue = queue.Queue(maxsize=size)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(source,), daemon=True)
-        self._thread.start()
-        _LIVE.add(self)
-
-    def _put(self, entry) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, source: Iterator) -> None:
-        try:
-            for item in source:
-                if not self._put((item, None)):
-                    return
-            self._put((self._END, None))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            self._put((self._END, e))
-
-    def __iter__(self) -> "_Prefetcher":
-        return self
-
-    def __next__(self):
-        if self._stop.is_set():
-            raise StopIteration
-        item, error = self._queue.get()
-        if item is self._END:
-            self._stop.set()
-            if error is not None:
-                raise error
-            raise StopIteration
-        return item
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stops the background thread and waits for it (also at exit and on garbage collection).
-
-        Waiting matters: a daemon thread torn down at interpreter exit in the middle of a
-        device transfer aborts the process.
-        """
-        self._stop.set()
-        try:
-            while True:
-                self._queue.get_nowait()
-        except queue.Empty:
-            pass
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn down `queue`
-            pass

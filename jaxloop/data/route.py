@@ -49,15 +49,22 @@ def _lanes_near(path: np.ndarray, lane_xy: np.ndarray, lane_valid: np.ndarray, r
 
 
 def _project(points: np.ndarray, start: np.ndarray, end: np.ndarray, seg_valid: np.ndarray):
-    """Nearest lane segment of each point: (dist [T, P, S], foot [T, P, S, 2], t [T, P, S])."""
+    """Each point `[T, 2]` against each lane segment `[P, S, 2]`: (dist [T, P, S], t [T, P, S]).
+
+    `t` is the clipped fraction along the segment of the nearest point on it (the foot,
+    `start + t * (end - start)`). Computed per coordinate: no `[T, P, S, 2]` temporaries.
+    """
     seg = end - start  # [P, S, 2]
     len2 = np.maximum(np.sum(seg ** 2, -1), 1e-12)
-    rel = points[:, None, None, :] - start[None]
-    t = np.clip(np.sum(rel * seg[None], -1) / len2[None], 0.0, 1.0)
-    foot = start[None] + t[..., None] * seg[None]
-    dist = np.linalg.norm(points[:, None, None, :] - foot, axis=-1)
+    sx, sy = seg[..., 0], seg[..., 1]
+    x0, y0 = start[..., 0], start[..., 1]
+    px, py = points[:, 0, None, None], points[:, 1, None, None]
+    t = np.clip(((px - x0) * sx + (py - y0) * sy) / len2, 0.0, 1.0)
+    dx = px - (x0 + t * sx)
+    dy = py - (y0 + t * sy)
+    dist = np.sqrt(dx * dx + dy * dy)
     dist = np.where(seg_valid[None], dist, np.inf)
-    return dist, foot, t
+    return dist, t
 
 
 def _heading_of_travel(xy: np.ndarray) -> np.ndarray:
@@ -121,21 +128,23 @@ def route_from_log(ego_xy: np.ndarray, ego_valid: np.ndarray, roadmap: RoadMap |
         near = _lanes_near(thin_polyline(path, 1.0), lane_xy, lane_valid, snap_distance_m + step + 1.0)
         if near.size == 0:
             near = np.zeros(1, np.int64)  # nothing within reach: one (far) lane keeps shapes non-empty
-        dist, foot, t = _project(path, start[near], end[near], seg_valid[near])
-        seg_dir = end[near] - start[near]
-        seg_dir = seg_dir / np.maximum(np.linalg.norm(seg_dir, axis=-1, keepdims=True), 1e-12)
+        dist, t = _project(path, start[near], end[near], seg_valid[near])
+        near_start, near_seg = start[near], end[near] - start[near]
+        seg_dir = near_seg / np.maximum(np.linalg.norm(near_seg, axis=-1, keepdims=True), 1e-12)
         agree = np.einsum("kd,psd->kps", travel, seg_dir) > np.cos(np.deg2rad(45.0))
         cand = np.where(agree, dist, np.inf)
         flat = cand.reshape(cand.shape[0], -1).argmin(axis=1)
         best = cand.reshape(cand.shape[0], -1)[np.arange(cand.shape[0]), flat]
-        snapped = foot.reshape(foot.shape[0], -1, 2)[np.arange(foot.shape[0]), flat]
+        pick_p, pick_s = np.unravel_index(flat, cand.shape[1:])
+        pick_t = t[np.arange(t.shape[0]), pick_p, pick_s]
+        snapped = near_start[pick_p, pick_s] + pick_t[:, None] * near_seg[pick_p, pick_s]  # the feet
         on_lane = best <= snap_distance_m
         path = np.where(on_lane[:, None], snapped, path)
 
         if on_lane[-1] and remaining > 0:
-            ps, s = np.unravel_index(flat[-1], cand.shape[1:])
+            ps, s = int(pick_p[-1]), int(pick_s[-1])
             p = int(near[ps])
-            tail = np.concatenate([foot[-1, ps, s][None], lane_xy[p, s + 1:][lane_valid[p, s + 1:]]])
+            tail = np.concatenate([snapped[-1][None], lane_xy[p, s + 1:][lane_valid[p, s + 1:]]])
             visited = {int(p)}
             while remaining > 0:
                 seg_len = np.linalg.norm(np.diff(tail, axis=0), axis=-1)

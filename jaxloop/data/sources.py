@@ -14,15 +14,24 @@ one value of a set). Raw files keep, by default, the N objects nearest to the SD
 every track to predict / object of interest); `info["dropped_objects"]` counts the rest.
 Raw files that are bad raise `DataError` naming file, record and field; with
 `skip_invalid=True` bad files and records are left out, counted, and the `SkipReport` is
-printed on stderr (an error if nothing valid is left).
+printed on stderr (an error if nothing valid is left). `load_scenarios(spec)` also reads
+weighted mixtures (`SPEC@W,...`).
 """
 
 from __future__ import annotations
 
+import glob
+import pathlib
 import sys
+from typing import Iterator
 
 import numpy as np
 
+from jaxloop.data import formats
+from jaxloop.data.common import LoadConfig
+from jaxloop.data.errors import MALFORMED, DataError, SkipReport, as_data_error
+from jaxloop.data.mixture import Mixture, mix, parse_weight
+from jaxloop.data.pipeline import MANIFEST
 from jaxloop.sim.datatypes import Scenario, stack_scenarios
 
 SPEC_SEPARATOR = ","
@@ -59,9 +68,6 @@ def _load_one(spec: str, num_objects: int | None, select: str, skip_invalid: boo
             info.setdefault("init_steps", procedural.GeneratorConfig().init_steps)
         return scenarios, infos
     from jaxloop.data import pipeline
-    from jaxloop.data.cli import detect_format, expand_sources, iter_raw
-    from jaxloop.data.common import LoadConfig
-    from jaxloop.data.errors import DataError, SkipReport
     try:
         paths = expand_sources([spec])
     except (FileNotFoundError, DataError) as e:
@@ -111,3 +117,89 @@ def load_source(spec: str, num_objects: int | None = None, select: str = "neares
     if not all(specs):
         raise ValueError(f"data spec {spec!r}: an empty part between commas")
     return _concat([_load_one(s, num_objects, select, skip_invalid) for s in specs], spec)
+
+
+def load_scenarios(spec: str, num_objects: int | None = None, select: str = "nearest",
+                   skip_invalid: bool = False) -> tuple[Scenario | Mixture, list[dict]]:
+    """Every scenario of a data spec and one info dict per scenario: the entry point of a script.
+
+    `spec` is any spec of `load_source` (toy, procedural, caches, raw files, comma-joined);
+    sources with weights (`procedural:train:1024@0.75,real/@0.25`) give a `Mixture` whose
+    batches take each source in the given proportion (slot sizes padded to the largest).
+    Otherwise the scenarios are one batched numpy `Scenario` `[S, ...]`, validated.
+    """
+    parts = [parse_weight(part.strip()) for part in spec.split(SPEC_SEPARATOR)]
+    if any(weight is not None for _, weight in parts):
+        mixture = mix([(part, *load_source(part, num_objects, select, skip_invalid), weight)
+                       for part, weight in parts])
+        return mixture, mixture.infos
+    scenarios, infos = load_source(spec, num_objects, select, skip_invalid)
+    scenarios.validate()
+    return scenarios, infos
+
+
+def expand_sources(sources: list[str]) -> list[pathlib.Path]:
+    """Files named or matched by globs, in order, without repeats; a pattern matching nothing is an error.
+
+    A directory holding a cache manifest stays one entry (a cache); any other directory
+    stands for the raw scenario files directly in it (sorted; files of no known format,
+    e.g. a README, are left out; none at all is an error).
+    """
+    out: list[pathlib.Path] = []
+    for src in sources:
+        matches = sorted(glob.glob(src)) if glob.has_magic(src) else [src]
+        if not matches:
+            raise FileNotFoundError(f"{src}: no file matches")
+        for m in matches:
+            p = pathlib.Path(m)
+            if not p.exists():
+                raise FileNotFoundError(f"{p}: no such file")
+            if p.is_dir() and not (p / MANIFEST).is_file():
+                files = [f for f in sorted(p.iterdir()) if f.is_file() and formats.find_format(f) is not None]
+                if not files:
+                    raise DataError(f"a directory with neither a {MANIFEST} (scenario cache) nor raw scenario files "
+                                    f"({formats.describe()})", file=p)
+            else:
+                files = [p]
+            for f in files:
+                if f not in out:
+                    out.append(f)
+    return out
+
+
+def detect_format(path: pathlib.Path) -> str:
+    """"cache" or the registry name of a raw file's format ("womd", "av2", "av2_map", "gpudrive", see
+    `jaxloop.data.formats`); raises `DataError` for anything else."""
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            return "cache"
+        raise DataError(f"a directory without {MANIFEST} (not a scenario cache)", file=path)
+    fmt = formats.find_format(path)
+    if fmt is None:
+        raise DataError(f"unrecognised format: expected {formats.describe()} or a scenario cache directory", file=path)
+    return fmt.name
+
+
+def iter_raw(path: pathlib.Path, config: LoadConfig, skip_invalid: bool,
+             report: SkipReport | None) -> Iterator[tuple[Scenario, dict]]:
+    """(Scenario, info) of every record of one raw file through its registry entry; each info carries
+    `init_steps`. Any error of the file becomes a `DataError` naming it; with `skip_invalid` it is counted in
+    `report` and the rest of that file is left out (the readers skip bad records themselves and go on)."""
+    try:
+        yield from _iter_raw(path, config, skip_invalid, report)
+    except (DataError, *MALFORMED) as e:
+        located = isinstance(e, DataError) and e.file is not None
+        error = e if located else as_data_error(e, file=path)
+        if not skip_invalid:
+            if located:
+                raise
+            raise error from e
+        if report is not None:
+            report.add(error)
+
+
+def _iter_raw(path: pathlib.Path, config: LoadConfig, skip_invalid: bool,
+              report: SkipReport | None) -> Iterator[tuple[Scenario, dict]]:
+    if detect_format(path) == "cache":
+        raise DataError("is a scenario cache, not a raw file", file=path)
+    yield from formats.read(path, config, skip_invalid, report)

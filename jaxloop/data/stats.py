@@ -104,7 +104,7 @@ def scenario_statistics(scenarios: Scenario, current_index: int = 10) -> dict[st
     log step of the episode start (WOMD: 10)."""
     import jax
     host = jax.tree.map(np.asarray, scenarios)
-    count = int(np.shape(host.family)[0])
+    count = host.num_scenarios
     rows = [_one(jax.tree.map(lambda a: a[i], host), current_index) for i in range(count)]
     return {k: np.array([r[k] for r in rows]) for k in STAT_KEYS}
 

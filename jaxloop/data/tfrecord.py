@@ -174,11 +174,6 @@ def read_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes
             offset += 16 + length
 
 
-def count_records(path: str | os.PathLike) -> int:
-    """The number of records in a TFRecord file (headers only; payload CRCs not checked)."""
-    return sum(1 for _ in read_records(path, verify=False))
-
-
 def encode_record(payload: bytes) -> bytes:
     length = _LEN.pack(len(payload))
     return length + _CRC.pack(masked_crc(length)) + payload + _CRC.pack(masked_crc(payload))

@@ -102,8 +102,7 @@ def make_toy_scenario(num_objects: int = 8, num_steps: int = 91, num_cars: int =
     route_xy = np.linspace(ego_xy[0], ego_xy[-1] + np.array([30.0, 0.0]), route_points).astype(np.float32)
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(route_xy, axis=0), axis=-1))]).astype(np.float32)
     route = Route(xy=route_xy, arc_length=arc, valid=np.ones(route_points, bool))
-    return Scenario(log_trajectory=traj, object_metadata=meta, roadmap=roadmap, traffic_lights=lights, route=route,
-                    family=np.asarray(-1, np.int32)).validate()
+    return Scenario(log_trajectory=traj, object_metadata=meta, roadmap=roadmap, traffic_lights=lights, route=route).validate()
 
 
 def make_track_scenario(tracks: list[dict], num_objects: int | None = None, lights: list[dict] | None = None,
@@ -198,8 +197,7 @@ def make_track_scenario(tracks: list[dict], num_objects: int | None = None, ligh
     route_xy = np.asarray(route_xy, np.float32)
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(route_xy, axis=0), axis=-1))]).astype(np.float32)
     route = Route(xy=route_xy, arc_length=arc, valid=np.ones(len(route_xy), bool))
-    return Scenario(log_trajectory=traj, object_metadata=meta, roadmap=roadmap, traffic_lights=tl, route=route,
-                    family=np.asarray(-1, np.int32)).validate()
+    return Scenario(log_trajectory=traj, object_metadata=meta, roadmap=roadmap, traffic_lights=tl, route=route).validate()
 
 
 def pad_map(scenario: Scenario, num_lanes: int | None = None, lane_points: int | None = None,

@@ -32,9 +32,9 @@ def resolve_policy_spec(spec: str, env: EnvConfig, flag: str = "--policy") -> tu
     if spec in BASELINES:
         return spec, env, spec
     path = pathlib.Path(spec)
-    from jaxloop.train.policy_fn import load_policy
-    policy, train_config = load_policy(path)
-    policy_env = dataclasses.replace(train_config.env_config(), non_ego_agent=env.non_ego_agent,
+    from jaxloop.io.policies import load_policy
+    policy, experiment = load_policy(path)
+    policy_env = dataclasses.replace(experiment.env_config(), non_ego_agent=env.non_ego_agent,
                                      init_steps=env.init_steps, controlled="sdc")
     return policy, policy_env, path.name if path.name != "checkpoints" else path.parent.name
 
@@ -48,7 +48,7 @@ def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: 
 
     Args:
         policy: a baseline name or a training checkpoint / run directory.
-        data: toy[:NUM], procedural:SPLIT:NUM[:SEED], a cache directory, or WOMD / AV2 files.
+        data: toy[:NUM], procedural:SPLIT:NUM[:SEED], a cache directory (streamed), or WOMD / AV2 files.
         non_ego: the model of every other object.
         perturb: also run the perturbation suite and report metric deltas.
         horizon: closed-loop steps (default: to the end of the log).
@@ -59,11 +59,12 @@ def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: 
         select: raw files with more objects than N: keep the N nearest to the SDC (and every track to predict /
             object of interest), or stop with an error.
     """
+    from jaxloop.data import open_dataset
     from jaxloop.data.formats import init_steps_of
-    from jaxloop.data.sources import load_source
     EvalConfig(batch_size=batch_size, horizon=horizon)  # flags checked before the data loads
     check_policy_spec(policy)
-    scenarios, infos = load_source(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)
+    scenarios = open_dataset(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)
+    infos = scenarios.infos
     env = EnvConfig(non_ego_agent=non_ego, init_steps=init_steps_of(infos, f"--data {data}"))
     policy_obj, env, label = resolve_policy_spec(policy, env)
     config = EvalConfig(env=env, batch_size=batch_size, horizon=horizon)
@@ -113,8 +114,8 @@ def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:t
         select: raw files with more objects than N: keep the N nearest to the SDC (and every track to predict /
             object of interest), or stop with an error.
     """
+    from jaxloop.data import open_dataset
     from jaxloop.data.formats import init_steps_of
-    from jaxloop.data.sources import load_source
     from jaxloop.eval.gate import GateConfig, check
     from jaxloop.eval.perturb import run_suite
     # Everything that can be wrong is found before the first (long) suite runs: flags,
@@ -125,7 +126,8 @@ def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:t
     EvalConfig(batch_size=batch_size, horizon=horizon)
     check_policy_spec(candidate, "--candidate")
     check_policy_spec(baseline, "--baseline")
-    scenarios, infos = load_source(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)
+    scenarios = open_dataset(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)
+    infos = scenarios.infos
     env = EnvConfig(non_ego_agent=non_ego, init_steps=init_steps_of(infos, f"--data {data}"))
     plans = []
     for spec, flag in ((candidate, "--candidate"), (baseline, "--baseline")):

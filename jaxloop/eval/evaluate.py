@@ -9,7 +9,7 @@ IDM). Baselines drive the ego without a network:
 - `constant_velocity`: the ego keeps its initial velocity,
 - `idm`: the ego follows its logged path with IDM speed control, reacting to others.
 
-A `Perturbation` (see `jaxloop.eval.perturb`) changes the scenario, the initial state,
+A `Perturbation` (see `jaxloop.sim.perturb`) changes the scenario, the initial state,
 the agents or what the policy sees; the same function evaluates clean and perturbed.
 
 Non-finite numbers are never scored as safe:
@@ -43,10 +43,11 @@ import numpy as np
 
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.compute import compiler_options
-from jaxloop.sim.datatypes import Scenario, SimState
+from jaxloop.sim.datatypes import Scenario
 from jaxloop.sim.env import Env, EnvConfig, num_closed_loop_steps
 from jaxloop.sim.metrics import MetricsConfig, episode_metrics, step_metrics
-from jaxloop.sim.rollout import PolicyFn, constant_action_policy, rollout
+from jaxloop.sim.perturb import Perturbation
+from jaxloop.sim.rollout import PolicyFn, constant_action_policy, over_batch, rollout
 
 BASELINES = ("expert", "constant_velocity", "idm")
 _BASELINE_KIND = {"expert": agents_lib.AGENT_LOG, "constant_velocity": agents_lib.AGENT_CONSTANT_VELOCITY,
@@ -92,28 +93,6 @@ class EvalConfig:
                              f"steps, got {self.horizon!r}")
         if self.env.controlled != "sdc":
             raise ValueError("evaluation scores the ego: EvalConfig.env.controlled must be 'sdc'")
-
-
-@dataclasses.dataclass(frozen=True)
-class Perturbation:
-    """A change to an evaluation episode. Every hook is pure and runs inside `vmap`.
-
-    scenario_fn(scenario, key) -> scenario     before reset (map / log changes)
-    state_fn(scenario, state, key) -> state    right after reset
-    agent_kind_fn(scenario, kind) -> kind      per-object agent models `[N]`
-    uses_idm: whether agent_kind_fn may make objects IDM (static)
-    policy_fn(policy) -> policy                what the policy sees / when it acts
-    params: AgentParams or None                traced agent constants
-    """
-
-    name: str
-    scenario_fn: Callable[[Scenario, jax.Array], Scenario] | None = None
-    state_fn: Callable[[Scenario, SimState, jax.Array], SimState] | None = None
-    agent_kind_fn: Callable[[Scenario, jax.Array], jax.Array] | None = None
-    uses_idm: bool = False
-    policy_fn: Callable[[PolicyFn], PolicyFn] | None = None
-    params: agents_lib.AgentParams | None = None
-    description: str = ""
 
 
 def resolve_policy(policy: PolicyFn | str, env: Env) -> tuple[PolicyFn, int | None]:
@@ -207,15 +186,26 @@ def _finite_checks(sc: Scenario) -> list[tuple[str, Any, Any]]:
     return out
 
 
-def check_scenarios(scenarios: Scenario, infos: Sequence[dict] | None = None,
+def check_scenarios(scenarios: Any, infos: Sequence[dict] | None = None,
                     config: EvalConfig | None = None) -> int:
-    """Validates a batched scenario set `[S, ...]` before any rollout; returns S.
+    """Validates a batched scenario set `[S, ...]` (or a `jaxloop.data` dataset) before any rollout; returns S.
 
     Raises ValueError for an empty set, infos of the wrong length, a horizon longer than
     the logs (with `config`), or a NaN / inf at a valid step of the log, map, route or
-    lights, naming the scenario ids and fields that hold them.
+    lights, naming the scenario ids and fields that hold them. Datasets held in memory are
+    checked whole; a streamed cache for its size and horizon (its shard loader refuses any
+    non-finite value, naming the scenario and field).
     """
-    num = int(np.shape(scenarios.family)[0])
+    if not isinstance(scenarios, Scenario):  # a dataset (`jaxloop.data.Dataset`: get, infos, stream)
+        if len(scenarios) == 0:
+            raise ValueError("evaluate: empty scenario set")
+        for part in getattr(scenarios, "parts", [scenarios]):
+            if isinstance(getattr(part, "scenarios", None), Scenario):  # held in memory: checked whole
+                check_scenarios(part.scenarios, part.infos, config)
+            elif config is not None:
+                check_horizon(config, int(np.shape(part.get([0]).log_trajectory.x)[-1]) - config.env.init_steps)
+        return len(scenarios)
+    num = scenarios.num_scenarios
     if num == 0:
         raise ValueError("evaluate: empty scenario set")
     if infos is not None and len(infos) != num:
@@ -301,31 +291,38 @@ def aggregate(rows: Sequence[dict]) -> dict[str, float]:
     return out
 
 
-def evaluate(policy: PolicyFn | str, scenarios: Scenario, infos: Sequence[dict] | None = None,
+def evaluate(policy: PolicyFn | str, scenarios: Any, infos: Sequence[dict] | None = None,
              config: EvalConfig = EvalConfig(), seed: int = 0, perturbation: Perturbation | None = None,
              name: str | None = None) -> EvalReport:
-    """Evaluates `policy` (a `PolicyFn` or a baseline name) on batched `scenarios` `[S, ...]`.
+    """Evaluates `policy` (a `PolicyFn` or a baseline name) on batched `scenarios` `[S, ...]` (with `infos`) or
+    a `jaxloop.data.Dataset` (its own infos: a cache is streamed), in order, in batches of `config.batch_size`.
 
     Raises ValueError (`check_scenarios`) before any rollout for non-finite inputs or a
     horizon longer than the logs; warns `NonFiniteEpisodeWarning` for episodes that
     became non-finite, which the report counts as failures.
     """
     num = check_scenarios(scenarios, infos, config)
-    first = jax.tree.map(lambda a: a[0], scenarios)
+    bs = min(config.batch_size, num)
+    # The last batch is padded by wrapping: one shape, one compile.
+    index_batches = [np.arange(start, start + bs) % num for start in range(0, num, bs)]
+    if isinstance(scenarios, Scenario):
+        batches = (jax.tree.map(lambda a: np.asarray(a)[ix], scenarios) for ix in index_batches)
+        first = jax.tree.map(lambda a: a[0], scenarios)
+    else:
+        infos = scenarios.infos
+        batches = (batch for batch, _ in scenarios.stream(iter(index_batches)))  # prefetched
+        first = jax.tree.map(lambda a: a[0], scenarios.get([0]))
     steps = num_closed_loop_steps(first, config.env)
     episode = make_episode_fn(policy, config, steps, perturbation)
-    fn = jax.jit(jax.vmap(episode), compiler_options=compiler_options())
+    fn = jax.jit(lambda batch, keys: over_batch(episode, batch, None, keys=keys), compiler_options=compiler_options())
     keys = jax.random.split(jax.random.key(seed), num)
-    bs = min(config.batch_size, num)
     chunks = []
-    for start in range(0, num, bs):
-        idx = np.arange(start, start + bs) % num  # pad the last chunk by wrapping: one compile
-        batch = jax.tree.map(lambda a: np.asarray(a)[idx], scenarios)
-        res = jax.device_get(fn(batch, keys[idx]))
+    for start, ix, batch in zip(range(0, num, bs), index_batches, batches):
+        res = jax.device_get(fn(batch, keys[ix]))
         keep = min(bs, num - start)
         chunks.append({k: np.asarray(v)[:keep] for k, v in res.items()})
     cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    families = _family_names(scenarios, infos)
+    families = _family_names(num, infos)
     ids = _scenario_ids(num, infos)
     rows = []
     for i in range(num):
@@ -346,20 +343,10 @@ def evaluate(policy: PolicyFn | str, scenarios: Scenario, infos: Sequence[dict] 
     return report
 
 
-def _family_names(scenarios: Scenario, infos: Sequence[dict] | None) -> list[str]:
-    """A family label per scenario: the info's family, else the procedural family id, else the format."""
-    fam = np.asarray(scenarios.family).reshape(-1)
-    try:
-        from jaxloop.data.procedural import FAMILY_NAMES
-    except ImportError:
-        FAMILY_NAMES = ()
+def _family_names(num: int, infos: Sequence[dict] | None) -> list[str]:
+    """A family label per scenario from its info: the procedural `family`, else the `format` (else "real")."""
     names = []
-    for i, f in enumerate(fam):
+    for i in range(num):
         info = infos[i] if infos is not None else {}
-        if info.get("family"):
-            names.append(str(info["family"]))
-        elif 0 <= f < len(FAMILY_NAMES):
-            names.append(FAMILY_NAMES[f])
-        else:
-            names.append(str(info.get("format", "real" if f < 0 else f"family_{f}")))
+        names.append(str(info.get("family") or info.get("format") or "real"))
     return names

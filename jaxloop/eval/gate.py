@@ -17,27 +17,14 @@ import dataclasses
 import json
 import pathlib
 
-from jaxloop.eval.evaluate import _finite
-from jaxloop.eval.perturb import SuiteReport
+from typing import Sequence
 
-
-@dataclasses.dataclass(frozen=True)
-class GateConfig:
-    """Thresholds. Rates are fractions of scenarios."""
-
-    failure_tolerance: float = 0.02  # candidate failure rate <= baseline's + this, clean and perturbed
-    max_failure_rate: float = 0.25  # absolute, clean held-out set
-    max_collision_rate: float = 0.20
-    max_offroad_rate: float = 0.20
-    max_red_light_rate: float = 0.10
-    min_progress_ratio: float = 0.80
-    max_perturbed_failure_rate: float = 0.50  # absolute, under each perturbation
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not 0.0 <= v <= (10.0 if f.name == "min_progress_ratio" else 1.0):
-                raise ValueError(f"GateConfig.{f.name} out of range: {v}")
+from jaxloop.config import GateConfig  # the experiment's `gate` section
+from jaxloop.eval.evaluate import EvalConfig, _finite
+from jaxloop.eval.perturb import SuiteReport, run_suite
+from jaxloop.sim.datatypes import Scenario
+from jaxloop.sim.perturb import Perturbation
+from jaxloop.sim.rollout import PolicyFn
 
 
 @dataclasses.dataclass
@@ -108,3 +95,18 @@ def check(candidate: SuiteReport, baseline: SuiteReport, config: GateConfig = Ga
         add(f"{name}: failure rate", cf, config.max_perturbed_failure_rate)
     reasons += [f"{name}: not evaluated for the candidate" for name in missing]
     return GateResult(passed=not reasons, reasons=reasons, checks=checks)
+
+
+def gate(candidate: PolicyFn | str, baseline: PolicyFn | str, scenarios: Scenario, infos: Sequence[dict] | None = None,
+         config: EvalConfig = EvalConfig(), gate_config: GateConfig = GateConfig(), seed: int = 0,
+         baseline_config: EvalConfig | None = None, perturbations: Sequence[Perturbation] | None = None) -> GateResult:
+    """Runs the perturbation suite for both policies on the same held-out scenarios `[S, ...]` and `check`s.
+
+    A policy is a `PolicyFn` (e.g. from `jaxloop.io.policies.load_policy`) or a baseline name;
+    `config` is the candidate's evaluation config, `baseline_config` the baseline's (default:
+    the same), so a trained policy can run in the env of its own training config.
+    `perturbations` default to `jaxloop.sim.perturb.default_suite`.
+    """
+    suites = [run_suite(policy, scenarios, infos, cfg, seed, perturbations=perturbations)
+              for policy, cfg in ((candidate, config), (baseline, baseline_config or config))]
+    return check(suites[0], suites[1], gate_config)

@@ -254,11 +254,10 @@ def from_waymax(sim_state, config=None, source: str = "waymax") -> tuple[Scenari
 
     The log, metadata and lights are copied field by field; the roadgraph points are
     compiled with `mapcompile` and the route derived from the SDC's log, exactly as for
-    a WOMD record (`config` is a `jaxloop.data.common.LoadConfig`).
+    a WOMD record (`config` is a `jaxloop.data.LoadConfig`).
     """
     waymax_datatypes()
-    from jaxloop.data.common import LoadConfig, RawLog, build_scenario
-    from jaxloop.data.mapcompile import RawRoadgraph
+    from jaxloop.data import LoadConfig, RawLog, RawRoadgraph, build_scenario
 
     config = LoadConfig() if config is None else config
     lt = sim_state.log_trajectory

@@ -14,6 +14,9 @@ given, else from the key paths recorded at save time.
     manager.save(step, train_state, config=asdict(cfg))   # saves every 100 steps
     state = manager.restore(target=abstract_state)          # latest step that verifies
 
+`to_flat_dict` / `from_flat_dict` give a pytree's checkpoint form, a flat `{path: array}`
+dict independent of container classes.
+
 Guarantees:
 
 - Only finite state is written: `save` refuses a state with a NaN / inf in any float
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxloop.errors import CheckpointError
@@ -63,6 +67,38 @@ def path_str(path: tuple) -> str:
         else:
             parts.append(str(entry))
     return "/".join(parts)
+
+
+def to_flat_dict(tree: Any) -> dict[str, np.ndarray]:
+    """`{"params/trunk/0/kernel/value": array, ...}` of any pytree (host numpy arrays)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    out = {}
+    for path, leaf in leaves:
+        name = path_str(path)
+        if name in out:
+            raise ValueError(f"to_flat_dict: duplicate leaf path {name!r}")
+        out[name] = np.asarray(jax.device_get(leaf))
+    return out
+
+
+def from_flat_dict(template: Any, flat: dict[str, Any], prefix: str = "", strict: bool = True) -> Any:
+    """Rebuilds `template`'s structure from a flat dict (`prefix/` names the subtree in `flat`).
+
+    With `strict=False`, leaves missing from `flat` (or of a different shape) keep the
+    template's value: a BC checkpoint initialises a PPO policy whose value head is new.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    new = []
+    for path, leaf in leaves:
+        name = (prefix + "/" if prefix else "") + path_str(path)
+        if name in flat and np.shape(flat[name]) == np.shape(leaf):
+            new.append(jnp.asarray(flat[name], dtype=leaf.dtype))
+        elif strict:
+            got = "missing" if name not in flat else f"shape {np.shape(flat[name])}"
+            raise ValueError(f"checkpoint: leaf {name!r} expected shape {np.shape(leaf)}, {got}")
+        else:
+            new.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, new)
 
 
 def _is_key(leaf: Any) -> bool:
@@ -108,10 +144,21 @@ def _leaf_record(array: np.ndarray) -> dict:
             "blake2b": hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest()}
 
 
+def _whole(leaf: Any) -> Any:
+    """A leaf as one value every process agrees on: a replicated multi-host array from this process's own
+    copy, a sharded one gathered from all processes (a collective: every process must call it)."""
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+        return leaf
+    if leaf.is_fully_replicated:
+        return leaf.addressable_data(0)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(leaf, tiled=True)
+
+
 def _host_leaves(tree: Any) -> dict[str, np.ndarray]:
-    """{path: host array} of the leaves this process can read whole (multi-host shards are not checked)."""
-    named = [(path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    named = [(n, x) for n, x in named if not isinstance(x, jax.Array) or x.is_fully_addressable]
+    """{path: host array} of every leaf, whole and the same on every process (see `_whole`), so a multi-host
+    step's checksum record covers every leaf and verifies on every process."""
+    named = [(path_str(p), _whole(x)) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
     values = jax.device_get([x for _, x in named])
     return {n: np.asarray(v) for (n, _), v in zip(named, values)}
 
@@ -289,7 +336,15 @@ class CheckpointManager:
         try:
             key_impls = manager.restore(step, args=ocp.args.Composite(**{_KEYS: ocp.args.JsonRestore()}))[_KEYS]
             restore_args = ocp.args.StandardRestore() if abstract is None else ocp.args.StandardRestore(abstract)
-            restored = manager.restore(step, args=ocp.args.Composite(**{_STATE: restore_args}))[_STATE]
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(**{_STATE: restore_args}))[_STATE]
+            except ValueError as e:
+                if abstract is not None or "opology" not in str(e):
+                    raise
+                # Saved by another set of processes / devices (a multi-host run) and read without a target:
+                # every leaf whole on this process's first device.
+                restored = manager.restore(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(
+                    self._local_target(step))}))[_STATE]
         except (ValueError, KeyError, TypeError) as e:
             if record is None and target is not None:  # unverifiable: keep the plain mismatch message
                 raise ValueError(f"checkpoint {self.directory}/{step}: state does not match the restore target "
@@ -319,6 +374,13 @@ class CheckpointManager:
             return leaf
 
         return jax.tree.map(rewrap_target, target, restored)
+
+    def _local_target(self, step: int) -> Any:
+        """The saved state's leaves as `ShapeDtypeStruct`s on this process's first device (from orbax metadata)."""
+        import orbax.checkpoint as ocp
+        metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / _STATE).item_metadata
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), metadata)
 
     def _check_target(self, step: int, record: dict, abstract: Any) -> None:
         """A target whose leaves differ from what was saved is the caller's error, not damage: no fallback."""

@@ -40,6 +40,7 @@ NUM_LIGHT_STATES = 9  # TL_UNKNOWN .. TL_FLASHING_CAUTION
 class ObsConfig:
     """Sizes of the observation (static: they decide the shapes)."""
 
+    history_length: int = 5  # K states of every object kept and observed (current included)
     num_objects: int = 8  # nearest other objects
     num_lanes: int = 6  # nearest lane polylines
     lane_points: int = 8  # points kept per lane (uniform subsample of the compiled Q points)
@@ -52,7 +53,7 @@ class ObsConfig:
     velocity_scale: float = 10.0  # m/s per feature unit
 
     def __post_init__(self):
-        for name in ("num_objects", "num_lanes", "lane_points", "num_edges", "num_lights", "route_points"):
+        for name in ("history_length", "num_objects", "num_lanes", "lane_points", "num_edges", "num_lights", "route_points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ObsConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("route_spacing", "max_distance", "position_scale", "velocity_scale"):
@@ -60,8 +61,8 @@ class ObsConfig:
                 raise ValueError(f"ObsConfig.{name} must be positive, got {getattr(self, name)}")
 
     # Per-token feature widths.
-    def ego_dim(self, history_length: int) -> int:
-        return history_length * 7 + 2
+    def ego_dim(self, history_length: int | None = None) -> int:
+        return (self.history_length if history_length is None else history_length) * 7 + 2
 
     @property
     def object_dim(self) -> int:
@@ -235,8 +236,8 @@ def flatten(feats: Features) -> jax.Array:
     return jnp.concatenate([p.reshape(*batch, -1).astype(jnp.float32) for p in parts], -1)
 
 
-def flat_dim(config: ObsConfig, history_length: int) -> int:
-    """Length of `flatten(features(...))`."""
+def flat_dim(config: ObsConfig, history_length: int | None = None) -> int:
+    """Length of `flatten(features(...))` (history length: the config's unless given)."""
     c = config
     return (c.ego_dim(history_length) + c.num_objects * (c.object_dim + 1) + c.num_lanes * (c.lane_dim + 1)
             + c.num_edges * (c.edge_dim + 1) + c.num_lights * (c.light_dim + 1) + c.route_points * c.route_dim)
@@ -247,7 +248,7 @@ def observer_features(scenario: Scenario, state: SimState, observers: jax.Array,
     return jax.vmap(features, in_axes=(None, None, 0, None))(scenario, state, observers, config)
 
 
-def unflatten(flat: jax.Array, config: ObsConfig, history_length: int) -> Features:
+def unflatten(flat: jax.Array, config: ObsConfig, history_length: int | None = None) -> Features:
     """Inverse of `flatten`: `Features` from flat vectors `[..., D]` (masks read back as `> 0.5`)."""
     c = config
     batch = flat.shape[:-1]

@@ -356,7 +356,6 @@ class Scenario:
     roadmap: RoadMap
     traffic_lights: TrafficLights  # [L, T]
     route: Route  # [R]
-    family: jax.Array  # [] int32: procedural map family, -1 for real data
 
     @property
     def num_objects(self) -> int:
@@ -368,13 +367,21 @@ class Scenario:
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
-        return tuple(self.family.shape)
+        """The leading (batch) dims: `()` for one scenario, `(B,)` for a batch."""
+        return tuple(np.shape(self.log_trajectory.x))[:-2]
+
+    @property
+    def num_scenarios(self) -> int:
+        """B of a batch `[B, ...]` (a ShapeError for an unbatched scenario)."""
+        batch = self.batch_shape
+        if len(batch) != 1:
+            raise ShapeError(f"Scenario.num_scenarios: expected one leading batch axis, got batch shape {list(batch)}")
+        return batch[0]
 
     def validate(self) -> "Scenario":
         """Raises `ShapeError` naming the field if any shape disagrees; returns self."""
         dims: dict[str, int] = {}
-        batch = _check("Scenario.family", self.family, (), None, dims, _I)
-        self.log_trajectory.validate("Scenario.log_trajectory", dims, batch)
+        batch = self.log_trajectory.validate("Scenario.log_trajectory", dims, None)
         self.object_metadata.validate("Scenario.object_metadata", dims, batch)
         self.roadmap.validate("Scenario.roadmap", dims, batch)
         self.traffic_lights.validate("Scenario.traffic_lights", dims, batch)

@@ -2,6 +2,8 @@
 
 Each model is a frozen, hashable dataclass (static config under `jit`) with
 `forward(state, action) -> state` and `inverse(state, next_state) -> (action, valid)`.
+Their action limits may be overridden by a traced `limits` `[action_dim]` argument
+(`forward` / `clip` / `inverse`), so they can be vmapped or swept like any parameter.
 States are `ObjectState`s of any leading shape; actions are `[..., action_dim]`.
 Only x, y, yaw, vel_x, vel_y evolve; z and the box size carry over.
 """
@@ -60,14 +62,18 @@ class InvertibleBicycle:
     def limits(self) -> jax.Array:  # [2]
         return jnp.array([self.max_accel, self.max_curvature], jnp.float32)
 
-    def clip(self, action: jax.Array) -> jax.Array:
-        """Physical action from a raw one: scaled if normalised, then clipped to the limits."""
-        if self.normalize_actions:
-            return jnp.clip(action, -1.0, 1.0) * self.limits
-        return jnp.clip(action, -self.limits, self.limits)
+    def clip(self, action: jax.Array, limits: jax.Array | None = None) -> jax.Array:
+        """Physical action from a raw one: scaled if normalised, then clipped to the limits.
 
-    def forward(self, state: ObjectState, action: jax.Array) -> ObjectState:
-        a_k = self.clip(action)
+        `limits` `[2]` (traced) replaces the configured ones (see `EnvParams.action_limits`).
+        """
+        limits = self.limits if limits is None else limits
+        if self.normalize_actions:
+            return jnp.clip(action, -1.0, 1.0) * limits
+        return jnp.clip(action, -limits, limits)
+
+    def forward(self, state: ObjectState, action: jax.Array, limits: jax.Array | None = None) -> ObjectState:
+        a_k = self.clip(action, limits)
         a, k = a_k[..., 0], a_k[..., 1]
         dt = self.dt
         v = jnp.sqrt(state.vel_x ** 2 + state.vel_y ** 2 + 1e-12)
@@ -77,14 +83,16 @@ class InvertibleBicycle:
         v_next = v + a * dt
         return _evolve(state, x, y, yaw, v_next * jnp.cos(yaw), v_next * jnp.sin(yaw))
 
-    def inverse(self, state: ObjectState, next_state: ObjectState) -> tuple[jax.Array, jax.Array]:
+    def inverse(self, state: ObjectState, next_state: ObjectState,
+                limits: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Expert action reproducing `state -> next_state`; invalid transitions give zeros."""
+        limits = self.limits if limits is None else limits
         a, k = bicycle_inverse_unclipped(state, next_state, self.dt)
         valid = state.valid & next_state.valid
         action = jnp.where(valid[..., None], jnp.stack([a, k], -1), 0.0)
-        action = jnp.clip(action, -self.limits, self.limits)
+        action = jnp.clip(action, -limits, limits)
         if self.normalize_actions:
-            action = action / self.limits
+            action = action / limits
         return action, valid
 
 
@@ -104,13 +112,14 @@ class DeltaGlobal:
     def limits(self) -> jax.Array:  # [3]
         return jnp.array([self.max_delta, self.max_delta, jnp.pi], jnp.float32)
 
-    def clip(self, action: jax.Array) -> jax.Array:
+    def clip(self, action: jax.Array, limits: jax.Array | None = None) -> jax.Array:
+        limits = self.limits if limits is None else limits
         if self.normalize_actions:
-            return jnp.clip(action, -1.0, 1.0) * self.limits
-        return jnp.clip(action, -self.limits, self.limits)
+            return jnp.clip(action, -1.0, 1.0) * limits
+        return jnp.clip(action, -limits, limits)
 
-    def forward(self, state: ObjectState, action: jax.Array) -> ObjectState:
-        act = self.clip(action)
+    def forward(self, state: ObjectState, action: jax.Array, limits: jax.Array | None = None) -> ObjectState:
+        act = self.clip(action, limits)
         dxy = act[..., :2]
         if self.local:
             dxy = rotate(dxy, state.yaw)
@@ -119,16 +128,18 @@ class DeltaGlobal:
         yaw = wrap_angle(state.yaw + act[..., 2])
         return _evolve(state, x, y, yaw, dxy[..., 0] / self.dt, dxy[..., 1] / self.dt)
 
-    def inverse(self, state: ObjectState, next_state: ObjectState) -> tuple[jax.Array, jax.Array]:
+    def inverse(self, state: ObjectState, next_state: ObjectState,
+                limits: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        limits = self.limits if limits is None else limits
         dxy = jnp.stack([next_state.x - state.x, next_state.y - state.y], -1)
         if self.local:
             dxy = rotate(dxy, -state.yaw)
         dyaw = wrap_angle(next_state.yaw - state.yaw)
         valid = state.valid & next_state.valid
         action = jnp.where(valid[..., None], jnp.concatenate([dxy, dyaw[..., None]], -1), 0.0)
-        action = jnp.clip(action, -self.limits, self.limits)
+        action = jnp.clip(action, -limits, limits)
         if self.normalize_actions:
-            action = action / self.limits
+            action = action / limits
         return action, valid
 
 
@@ -145,14 +156,15 @@ class StateDynamics:
     action_names = ("x", "y", "yaw", "vel_x", "vel_y")
     normalize_actions: bool = False
 
-    def clip(self, action: jax.Array) -> jax.Array:
+    def clip(self, action: jax.Array, limits: jax.Array | None = None) -> jax.Array:
         return action
 
-    def forward(self, state: ObjectState, action: jax.Array) -> ObjectState:
+    def forward(self, state: ObjectState, action: jax.Array, limits: jax.Array | None = None) -> ObjectState:
         return _evolve(state, action[..., 0], action[..., 1], wrap_angle(action[..., 2]), action[..., 3],
                        action[..., 4])
 
-    def inverse(self, state: ObjectState, next_state: ObjectState) -> tuple[jax.Array, jax.Array]:
+    def inverse(self, state: ObjectState, next_state: ObjectState,
+                limits: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         valid = state.valid & next_state.valid
         action = jnp.stack([next_state.x, next_state.y, next_state.yaw, next_state.vel_x, next_state.vel_y], -1)
         return jnp.where(valid[..., None], action, 0.0), valid

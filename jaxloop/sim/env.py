@@ -1,23 +1,22 @@
-"""The closed-loop environment: `reset`, `step`, `observe` over one scenario.
+"""The closed-loop environment: `reset` and `step` over one scenario.
 
 Pure, unbatched functions (DESIGN.md "Simulation contract"): batch with `jax.vmap`
-in one place. `EnvConfig` is static (decides shapes and code paths); `AgentParams`
-is traced.
+in one place. `EnvConfig` is static (decides shapes and code paths); `EnvParams`
+(the agent models' `AgentParams` and the dynamics' action limits) is traced. What a
+policy observes is built from the state by `jaxloop.policy.observation.features`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from jaxloop.sim import agents as agents_lib
-from jaxloop.sim.datatypes import (TYPE_VEHICLE, ObjectState, Scenario, SimState, at_step, trajectory_at)
+from jaxloop.sim.datatypes import TYPE_VEHICLE, ObjectState, Scenario, SimState, trajectory_at
 from jaxloop.sim.dynamics import Dynamics, InvertibleBicycle
-from jaxloop.sim.geometry import to_local, rotate
 
 CONTROLLED_CHOICES = ("sdc", "vehicles", "all")
 
@@ -61,30 +60,26 @@ class EnvConfig:
 
 
 @struct.dataclass
+class EnvParams:
+    """Traced constants of a step: the non-policy agents' models and the dynamics' action limits."""
+
+    agents: agents_lib.AgentParams = agents_lib.AgentParams()
+    action_limits: jax.Array | None = None  # [A] physical limits of the action (None: the dynamics' own)
+
+
+def env_params(config: EnvConfig, agents: agents_lib.AgentParams | None = None) -> EnvParams:
+    """The `EnvParams` of `config`: default agent constants and the dynamics' configured limits as an array."""
+    limits = getattr(config.dynamics, "limits", None)
+    return EnvParams(agents=agents_lib.AgentParams() if agents is None else agents,
+                     action_limits=None if limits is None else jnp.asarray(limits, jnp.float32))
+
+
+@struct.dataclass
 class StepInfo:
     """What a step reports besides the new state."""
 
     action: jax.Array  # [M, A] the physical (clipped, de-normalised) action of each controlled slot
     log_state: ObjectState  # [N] the log at the new timestep
-
-
-@struct.dataclass
-class Observation:
-    """Raw ego-centric view (the policy's features are built in `jaxloop.policy.observation`)."""
-
-    objects_xy: jax.Array  # [N, K, 2] history of every object, in the observer's frame
-    objects_yaw: jax.Array  # [N, K] relative heading
-    objects_vel: jax.Array  # [N, K, 2] velocity in the observer's frame
-    objects_size: jax.Array  # [N, 2] length, width
-    objects_valid: jax.Array  # [N, K] bool
-    objects_type: jax.Array  # [N] int32
-    lane_xy: jax.Array  # [P, Q, 2] lane centres in the observer's frame
-    lane_valid: jax.Array  # [P, Q]
-    route_xy: jax.Array  # [R, 2] route in the observer's frame
-    route_valid: jax.Array  # [R]
-    lights_xy: jax.Array  # [L, 2] stop points in the observer's frame
-    lights_state: jax.Array  # [L] int32
-    lights_valid: jax.Array  # [L]
 
 
 def controlled_mask(scenario: Scenario, controlled: str) -> jax.Array:
@@ -120,19 +115,22 @@ class Env:
         return self.config.dynamics
 
     def reset(self, scenario: Scenario, key: jax.Array, agent_kind: jax.Array | None = None,
-              with_idm: bool | None = None) -> SimState:
+              with_idm: bool | None = None, timestep: jax.Array | int | None = None) -> SimState:
         """Initial state from the log at steps `0..init_steps-1`.
 
         `agent_kind` `[N]` overrides the per-object models chosen by the config.
         `with_idm` (static) says whether any object may be IDM, which decides whether
         the IDM model is carried and computed at all; by default it is when the config
-        asks for IDM agents or `agent_kind` is given.
+        asks for IDM agents or `agent_kind` is given. `timestep` (may be traced) starts
+        the episode at another log step instead of `init_steps - 1`: the state the
+        simulator would hold had it replayed the log up to there (behaviour cloning's
+        observation at a sampled log step).
         """
         with jax.named_scope("env.reset"):
             cfg = self.config
-            t0 = cfg.init_steps - 1
+            t0 = cfg.init_steps - 1 if timestep is None else timestep
             k = cfg.history_length
-            steps = jnp.arange(t0 - k + 1, t0 + 1)
+            steps = t0 - k + 1 + jnp.arange(k)
             history = jax.vmap(lambda t: trajectory_at(scenario.log_trajectory, t), out_axes=-1)(steps)
             current = trajectory_at(scenario.log_trajectory, t0)
             # IDM memory (and the IDM computation) only when some object can be IDM.
@@ -150,9 +148,12 @@ class Env:
                             key=key)
 
     def step(self, scenario: Scenario, state: SimState, action: jax.Array,
-             params: agents_lib.AgentParams | None = None,
+             params: EnvParams | agents_lib.AgentParams | None = None,
              log_next: ObjectState | None = None) -> tuple[SimState, StepInfo]:
         """Advances one step.
+
+        `params` (traced): `EnvParams`, or `AgentParams` alone (the dynamics' own
+        limits), or None (the env's `AgentParams` and the dynamics' own limits).
 
         `log_next` `[N]` is the log at `state.timestep + 1` (`trajectory_at`) for a caller
         that has read it already: `rollout` reads its whole horizon at once
@@ -164,6 +165,9 @@ class Env:
         costs one bicycle update per step however many objects the scenario holds.
         """
         with jax.named_scope("env.step"):
+            limits = None
+            if isinstance(params, EnvParams):
+                params, limits = params.agents, params.action_limits
             params = self.params if params is None else params
             slots = state.controlled
             num_slots, num_objects = slots.shape[0], state.current.x.shape[-1]
@@ -177,14 +181,14 @@ class Env:
                 getattr(self.dynamics, "dt", 0.1), log_next)
             if not self.config.grad_through_agents:
                 others = jax.lax.stop_gradient(others)
-            driven = self.dynamics.forward(jax.tree.map(lambda a: a[slots], state.current), action)
+            driven = self.dynamics.forward(jax.tree.map(lambda a: a[slots], state.current), action, limits)
             use = state.agent_kind[slots] == agents_lib.AGENT_POLICY  # [M]
             current = jax.tree.map(lambda o, d: o.at[slots].set(jnp.where(use, d, o[slots])), others, driven)
             history = jax.tree.map(lambda h, c: jnp.concatenate([h[..., 1:], c[..., None]], -1),
                                    state.history, current)
             timestep = state.timestep + 1
             new_state = state.replace(timestep=timestep, current=current, history=history, agent_state=agent_state)
-            info = StepInfo(action=jnp.where(use[:, None], self.dynamics.clip(action), 0.0),
+            info = StepInfo(action=jnp.where(use[:, None], self.dynamics.clip(action, limits), 0.0),
                             log_state=log_next)
             return new_state, info
 
@@ -192,51 +196,21 @@ class Env:
         """The current states `[M]` of the controlled slots."""
         return jax.tree.map(lambda a: a[state.controlled], state.current)
 
-    def observe(self, scenario: Scenario, state: SimState, observer: jax.Array | None = None) -> Observation:
-        """Everything in the frame of object `observer` (default: the ego) at its current pose."""
-        with jax.named_scope("env.observe"):
-            if observer is None:
-                observer = scenario.object_metadata.sdc_index
-            cur = state.current
-            origin = jnp.stack([cur.x[observer], cur.y[observer]])
-            yaw0 = cur.yaw[observer]
-            hist = state.history
-            hist_xy = jnp.stack([hist.x, hist.y], -1)
-            rm = scenario.roadmap
-            tl = jax.tree.map(lambda a: at_step(a, state.timestep), scenario.traffic_lights)
-            return Observation(
-                objects_xy=to_local(hist_xy, origin, yaw0),
-                objects_yaw=hist.yaw - yaw0,
-                objects_vel=rotate(jnp.stack([hist.vel_x, hist.vel_y], -1), -yaw0),
-                objects_size=jnp.stack([cur.length, cur.width], -1),
-                objects_valid=hist.valid,
-                objects_type=scenario.object_metadata.object_types,
-                lane_xy=to_local(rm.lane_xy, origin, yaw0),
-                lane_valid=rm.lane_valid,
-                route_xy=to_local(scenario.route.xy, origin, yaw0),
-                route_valid=scenario.route.valid,
-                lights_xy=to_local(jnp.stack([tl.x, tl.y], -1), origin, yaw0),
-                lights_state=tl.state,
-                lights_valid=tl.valid,
-            )
-
-
-def expert_actions(scenario: Scenario, dynamics: Dynamics) -> tuple[jax.Array, jax.Array]:
+def expert_actions(scenario: Scenario, dynamics: Dynamics,
+                   limits: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Inverse-dynamics actions of the log: `[N, T-1, A]` and validity `[N, T-1]`.
 
-    Action t moves the logged state at t to the logged state at t+1.
+    Action t moves the logged state at t to the logged state at t+1; `limits` `[A]`
+    (traced) replaces the dynamics' configured action limits.
     """
     traj = scenario.log_trajectory
     fields = ("x", "y", "z", "vel_x", "vel_y", "yaw", "length", "width", "height", "valid")
     s0 = ObjectState(**{f: getattr(traj, f)[..., :-1] for f in fields})
     s1 = ObjectState(**{f: getattr(traj, f)[..., 1:] for f in fields})
-    return dynamics.inverse(s0, s1)
+    return dynamics.inverse(s0, s1, limits)
 
 
 def num_closed_loop_steps(scenario: Scenario, config: EnvConfig) -> int:
     """Steps from the initial state to the end of the log (WOMD: 80)."""
     return scenario.num_steps - config.init_steps
 
-
-def replace_config(config: EnvConfig, **changes: Any) -> EnvConfig:
-    return dataclasses.replace(config, **changes)

@@ -144,10 +144,15 @@ def _ego_log_distance(scenario: Scenario, state: SimState, ego: jax.Array,
 
 
 def _weighted(weight: float | jax.Array, term: Callable[[], jax.Array]) -> jax.Array | float:
-    """`weight * term()`, without tracing `term` when the weight is a concrete 0 (a preset that does not use it)."""
-    if isinstance(weight, (int, float)) and weight == 0:
-        return 0.0
-    return weight * term()
+    """`weight * term()`, without tracing `term` when the weight is a concrete 0 (a preset that does not use it).
+
+    A traced weight (swept, vmapped) computes the term under `lax.cond` only when it is
+    non-zero at run time; under `vmap` the two branches become a select, so a term any
+    sweep member uses is computed for all.
+    """
+    if isinstance(weight, (int, float)):
+        return 0.0 if weight == 0 else weight * term()
+    return jax.lax.cond(weight != 0, lambda: (weight * term()).astype(jnp.float32), lambda: jnp.zeros((), jnp.float32))
 
 
 def _route_step(scenario: Scenario, prev_state: SimState, state: SimState, ego: jax.Array) -> jax.Array:

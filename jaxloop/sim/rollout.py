@@ -60,6 +60,17 @@ def rollout(env: Env, scenario: Scenario, state: SimState, policy: PolicyFn, num
         return jax.lax.scan(body, state, logs, length=num_steps)
 
 
+def over_batch(fn: Callable, batch, key: jax.Array, *, keys: jax.Array | None = None):
+    """`fn(scenario, key)` of one scenario, mapped over a batch `[B, ...]`: the one place the batch axis is added.
+
+    Every scenario gets its own key: `keys` `[B]` when given, else `key` split B ways.
+    Outputs gain a leading axis B.
+    """
+    num = jax.tree.leaves(batch)[0].shape[0]
+    keys = jax.random.split(key, num) if keys is None else keys
+    return jax.vmap(fn)(batch, keys)
+
+
 def log_replay_policy(env: Env) -> PolicyFn:
     """A policy that reproduces the log through the env's dynamics (the inverse-dynamics expert)."""
 

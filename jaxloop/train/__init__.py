@@ -1,15 +1,16 @@
 """Training: behaviour cloning, analytic policy gradients, PPO and GRPO in one compiled step.
 
-- `config.TrainConfig`: the static configuration of a run (saved beside checkpoints).
-- `trainer.make_trainer(config, mesh)`: `.init(key) -> TrainState`, `.train_step(state, batch, key)`
-  (one jit, batch sharded over the mesh's data axis); `trainer.make_train(config, scenarios,
-  num_steps)`: a pure `train(key)` for small experiments (vmappable over seeds).
-- `bc`, `apg`, `ppo`, `grpo`: the algorithms' losses and step functions.
+- `jaxloop.config.Experiment`: the static configuration of a run (saved beside checkpoints), and
+  `jaxloop.config.Params`: the traced reward weights, agent constants and action limits.
+- `trainer.make_trainer(experiment, mesh)`: `.init(key) -> TrainState`, `.train_step(state, batch,
+  key, params)` (one jit, batch sharded over the mesh's data axis); `trainer.make_train(experiment,
+  scenarios)`: a pure `train(key, params)` for small experiments (vmappable over seeds and params).
+- `bc`, `apg`, `ppo`, `grpo`: the algorithms' per-scenario losses / rollouts and step functions;
+  the batch axis is added once (`jaxloop.sim.rollout.over_batch`).
 - `state.TrainState`, guarded updates (non-finite updates skipped and counted).
 - `parallel`: mesh, shardings, multi-host notes.
 - `loop.run` / `jaxloop train`: the Python loop with logging, checkpoints, resume.
-- `policy_fn`: trained policies as rollout `PolicyFn`s, checkpoint loading, `jaxloop export`.
 
 The policy drives the ego (`EnvConfig.controlled="sdc"`) during training; a trained policy
-can drive every object through `policy_fn.make_policy_fn(..., controlled="vehicles")`.
+can drive every object through `jaxloop.io.policies.make_policy_fn(..., controlled="vehicles")`.
 """

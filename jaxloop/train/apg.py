@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxloop.config import Params
 from jaxloop.policy import networks
 from jaxloop.policy.observation import features
 from jaxloop.sim.datatypes import Scenario, SimState
@@ -27,10 +28,10 @@ from jaxloop.sim.rollout import rollout
 from jaxloop.train.common import Context, check_horizon, gradient_step_fn, start_episode
 
 
-def _policy(ctx: Context, params):
+def _policy(ctx: Context, net_params):
     from flax import nnx
-    model = nnx.merge(ctx.graphdef, params)
-    stochastic = ctx.config.apg.stochastic
+    model = nnx.merge(ctx.graphdef, net_params)
+    stochastic = ctx.config.algo.stochastic
 
     def policy(scenario: Scenario, state: SimState, key: jax.Array) -> jax.Array:
         out = model(features(scenario, state, scenario.object_metadata.sdc_index, ctx.config.obs))
@@ -41,33 +42,29 @@ def _policy(ctx: Context, params):
     return policy
 
 
-def episode_loss(ctx: Context, params, scenario: Scenario, key: jax.Array) -> tuple[jax.Array, dict]:
-    """Mean surrogate loss of one closed-loop episode (unbatched) and diagnostics."""
-    cfg = ctx.config
-    env = ctx.env  # its config stops gradients through other objects unless apg.grad_through_agents
-    policy = _policy(ctx, params)
-    extras_fn = lambda s, prev, new, info: {"loss": ctx.surrogate_fn(s, prev, new)}
+def episode_loss(ctx: Context, net_params, params: Params, scenario: Scenario,
+                 key: jax.Array) -> tuple[jax.Array, dict, jax.Array]:
+    """Mean surrogate loss `[]` of one closed-loop episode (unbatched), diagnostics and its weight (1)."""
+    check_horizon(ctx, scenario)
+    algo = ctx.config.algo
+    env = ctx.env  # its config stops gradients through other objects unless algo.grad_through_agents
+    policy = _policy(ctx, net_params)
+    extras_fn = lambda s, prev, new, info: {"loss": ctx.surrogate(params, s, prev, new)}
     scenario, state = start_episode(ctx, env, scenario, key)
-    horizon, window = cfg.horizon, cfg.apg.truncate_every or cfg.horizon
+    horizon = ctx.config.env.horizon
+    window = algo.truncate_every or horizon
 
     def run_window(carry: SimState, _):
-        carry = jax.lax.stop_gradient(carry) if cfg.apg.truncate_every else carry
-        return rollout(env, scenario, carry, policy, window, remat=cfg.apg.remat, extras_fn=extras_fn)
+        carry = jax.lax.stop_gradient(carry) if algo.truncate_every else carry
+        return rollout(env, scenario, carry, policy, window, remat=algo.remat, extras_fn=extras_fn,
+                       params=params.env)
 
     _, out = jax.lax.scan(run_window, state, None, length=horizon // window)
     out = jax.tree.map(lambda a: a.reshape(horizon, *a.shape[2:]), out)  # [H/W, W, ...] -> [H, ...]
     ego = scenario.object_metadata.sdc_index
     err = jnp.hypot(out.states.x[:, ego] - out.log_states.x[:, ego], out.states.y[:, ego] - out.log_states.y[:, ego])
-    return jnp.mean(out.extras["loss"]), {"ade": jnp.mean(err), "fde": err[-1]}
-
-
-def apg_loss(ctx: Context, params, batch: Scenario, key: jax.Array) -> tuple[jax.Array, dict]:
-    check_horizon(ctx, batch)
-    keys = jax.random.split(key, batch.family.shape[0])
-    loss, diag = jax.vmap(lambda s, k: episode_loss(ctx, params, s, k))(batch, keys)
-    total = jnp.mean(loss)
-    return total, {"loss": total, **{k: jnp.mean(v) for k, v in diag.items()}}
+    return jnp.mean(out.extras["loss"]), {"ade": jnp.mean(err), "fde": err[-1]}, jnp.ones(())
 
 
 def make_step_fn(ctx: Context):
-    return gradient_step_fn(ctx, apg_loss, "apg.step")
+    return gradient_step_fn(ctx, episode_loss, "apg.step")

@@ -7,7 +7,7 @@ from typing import Annotated
 import tyro
 
 from jaxloop.train.loop import train
-from jaxloop.train.policy_fn import export as _export
+from jaxloop.io.policies import export as _export
 
 
 def export(ckpt: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CKPT")], out: str, step: int | None = None) -> int:
@@ -18,7 +18,8 @@ def export(ckpt: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CKP
         out: output directory of the artefact (jax.export module + params.npz + metadata.json).
         step: checkpoint step (default: the latest).
     """
-    return _export(ckpt, out, step)
+    _export(ckpt, out, step)
+    return 0
 
 
 __all__ = ["export", "train"]

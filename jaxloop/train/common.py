@@ -1,12 +1,16 @@
 """Pieces every trainer shares: the model / env context, the ego policy, on-policy collection.
 
-A `Context` bundles the static parts of a trainer (config, env, the model's graph
-definition, the optimiser, the reward functions). Per-scenario functions here are
-unbatched; the algorithms vmap them over the batch.
+A `Context` bundles the static parts of a trainer (experiment, env, the model's graph
+definition, the optimiser, injected reward functions). Per-scenario functions here are
+unbatched; `over_batch` (`jaxloop.sim.rollout`) adds the batch axis, once per step.
+
+The traced `Params` (`jaxloop.config`) reach every per-scenario function: reward weights
+go to the reward, agent constants and action limits to every `env.step`.
 
 Reward functions are injectable components with the signature
-`fn(scenario, prev_state, state) -> scalar`; by default they come from the reward
-presets of `jaxloop.sim.rewards` (`step_reward` for RL, `step_surrogate_loss` for APG).
+`fn(scenario, prev_state, state, weights) -> scalar`, `weights` the traced
+`Params.reward` (`RewardWeights`); by default they are `jaxloop.sim.rewards.step_reward`
+(RL) and `step_surrogate_loss` (APG).
 """
 
 from __future__ import annotations
@@ -19,65 +23,58 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from jaxloop.config import GRPO, Experiment, Params, params_of
+from jaxloop.io.policies import build_model
 from jaxloop.policy import networks
 from jaxloop.policy.observation import Features, features
+from jaxloop.sim import rewards
 from jaxloop.sim.datatypes import ObjectState, Scenario, SimState, trajectory_window
 from jaxloop.sim.env import Env
 from jaxloop.train import state as state_lib
-from jaxloop.train.config import TrainConfig
 
-StepFn = Callable[[Scenario, SimState, SimState], jax.Array]
-
-
-def default_reward_fn(preset: str) -> StepFn:
-    """`rewards.step_reward` under the named preset (the RL reward)."""
-    from jaxloop.sim import rewards
-    weights = rewards.get_preset(preset)
-    return lambda scenario, prev, state: rewards.step_reward(scenario, prev, state, weights)
-
-
-def default_surrogate_fn(preset: str) -> StepFn:
-    """`rewards.step_surrogate_loss` under the named preset (the APG loss per step)."""
-    from jaxloop.sim import rewards
-    weights = rewards.get_preset(preset)
-    return lambda scenario, prev, state: rewards.step_surrogate_loss(scenario, prev, state, weights)
+StepFn = Callable[[Scenario, SimState, SimState, rewards.RewardWeights], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    config: TrainConfig
+    config: Experiment
     env: Env
     graphdef: nnx.GraphDef
     optimizer: optax.GradientTransformation
-    reward_fn: StepFn | None = None
-    surrogate_fn: StepFn | None = None
+    reward_fn: StepFn = rewards.step_reward  # the RL reward of a transition under the traced weights
+    surrogate_fn: StepFn = rewards.step_surrogate_loss  # the APG loss of a transition
+
+    @property
+    def params(self) -> Params:
+        """The experiment's default traced parameters."""
+        return params_of(self.config)
+
+    def reward(self, params: Params, scenario: Scenario, prev: SimState, state: SimState) -> jax.Array:
+        """The RL reward `[]` of a transition under `params.reward`."""
+        return self.reward_fn(scenario, prev, state, params.reward)
+
+    def surrogate(self, params: Params, scenario: Scenario, prev: SimState, state: SimState) -> jax.Array:
+        """The APG loss `[]` of a transition under `params.reward`."""
+        return self.surrogate_fn(scenario, prev, state, params.reward)
 
 
-def build_model(config: TrainConfig, key: jax.Array) -> nnx.Module:
-    env_cfg = config.env_config()
-    return networks.make_model(config.model, config.obs, config.history_length, env_cfg.action_dim, key)
-
-
-def make_context(config: TrainConfig, reward_fn: StepFn | None = None,
+def make_context(config: Experiment, reward_fn: StepFn | None = None,
                  surrogate_fn: StepFn | None = None) -> Context:
     env = Env(config.env_config())
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, jax.random.PRNGKey(0))))
-    if config.algo in ("ppo", "grpo") and reward_fn is None:
-        reward_fn = default_reward_fn(config.reward_preset)
-    if config.algo == "apg" and surrogate_fn is None:
-        surrogate_fn = default_surrogate_fn(config.reward_preset)
     return Context(config=config, env=env, graphdef=graphdef,
                    optimizer=state_lib.make_optimizer(config.learning_rate, config.max_grad_norm,
                                                       config.lr_decay_steps),
-                   reward_fn=reward_fn, surrogate_fn=surrogate_fn)
+                   reward_fn=reward_fn or rewards.step_reward,
+                   surrogate_fn=surrogate_fn or rewards.step_surrogate_loss)
 
 
 def init_state(ctx: Context, key: jax.Array) -> state_lib.TrainState:
     """Fresh parameters and optimiser state; GRPO's reference policy starts as a copy of the parameters."""
-    key_model, key_state = jax.random.split(key)
+    key_model = jax.random.split(key)[0]  # the first half, as always: a seed keeps its initial parameters
     _, params = nnx.split(build_model(ctx.config, key_model))
-    ref = jax.tree.map(jnp.copy, params) if ctx.config.algo == "grpo" else None
-    return state_lib.create(params, ctx.optimizer, key_state, ref)
+    ref = jax.tree.map(jnp.copy, params) if isinstance(ctx.config.algo, GRPO) else None
+    return state_lib.create(params, ctx.optimizer, ref)
 
 
 def ego_features(ctx: Context, scenario: Scenario, state: SimState) -> Features:
@@ -90,10 +87,11 @@ def apply_model(ctx: Context, params: nnx.State, feats: Features) -> networks.Po
 
 def check_horizon(ctx: Context, scenario: Scenario) -> None:
     """Static check that the closed-loop horizon fits in the log (called at trace time)."""
-    available = scenario.log_trajectory.x.shape[-1] - ctx.config.init_steps
-    if ctx.config.horizon > available:
-        raise ValueError(f"horizon {ctx.config.horizon} exceeds the {available} closed-loop steps of the scenarios "
-                         f"(T={scenario.log_trajectory.x.shape[-1]}, init_steps={ctx.config.init_steps})")
+    init_steps, horizon = ctx.config.data.init_steps, ctx.config.env.horizon
+    available = scenario.log_trajectory.x.shape[-1] - init_steps
+    if horizon > available:
+        raise ValueError(f"horizon {horizon} exceeds the {available} closed-loop steps of the scenarios "
+                         f"(T={scenario.log_trajectory.x.shape[-1]}, init_steps={init_steps})")
 
 
 def start_episode(ctx: Context, env: Env, scenario: Scenario, key: jax.Array,
@@ -101,22 +99,22 @@ def start_episode(ctx: Context, env: Env, scenario: Scenario, key: jax.Array,
     """The (possibly augmented) scenario and its initial state for one closed-loop episode.
 
     With `config.crosser_prob > 0`, a random crossing pedestrian or cyclist drawn with
-    `key_aug` (default: from `key`) is added (`jaxloop.eval.perturb.random_crosser`) and
+    `key_aug` (default: from `key`) is added (`jaxloop.sim.perturb.random_crosser`) and
     then every other non-policy object is IDM (episodes without one keep the configured
     traffic). With `config.start_noise > 0`, the ego starts off its logged state by
-    `jaxloop.eval.perturb.ego_noise` at a random fraction (uniform in [0, start_noise]) of
+    `jaxloop.sim.perturb.ego_noise` at a random fraction (uniform in [0, start_noise]) of
     1 m, 0.1 rad and 1 m/s standard deviations. Episodes sharing `key_aug` share both.
     """
-    cfg = ctx.config
+    cfg = ctx.config.env
     if cfg.crosser_prob <= 0 and cfg.start_noise <= 0:
         return scenario, env.reset(scenario, key)
-    from jaxloop.eval.perturb import ego_noise, random_crosser, react_to_crosser
+    from jaxloop.sim.perturb import ego_noise, random_crosser, react_to_crosser
     key_reset = key
     if key_aug is None:
         key_aug, key_reset = jax.random.split(key)
     key_cross, key_scale, key_noise = jax.random.split(key_aug, 3)
     if cfg.crosser_prob > 0:
-        scenario, added = random_crosser(scenario, key_cross, cfg.crosser_prob, cfg.init_steps)
+        scenario, added = random_crosser(scenario, key_cross, cfg.crosser_prob, ctx.config.data.init_steps)
         state = env.reset(scenario, key_reset)
         kind = jnp.where(added, react_to_crosser(scenario, state.agent_kind), state.agent_kind)
         state = env.reset(scenario, key_reset, agent_kind=kind, with_idm=True)
@@ -140,11 +138,12 @@ class Transitions:
     valid: jax.Array  # [H] bool: the ego exists before and after the step
 
 
-def collect(ctx: Context, params: nnx.State, scenario: Scenario, key: jax.Array,
+def collect(ctx: Context, params: nnx.State, p: Params, scenario: Scenario, key: jax.Array,
             num_steps: int, key_aug: jax.Array | None = None) -> tuple[Transitions, jax.Array, SimState]:
     """Samples one episode with the tanh-Gaussian policy: (transitions, value of the final state, final state).
 
-    `key_aug` draws the episode's augmentation (see `start_episode`).
+    `params` are the network's, `p` the traced experiment parameters; `key_aug` draws the
+    episode's augmentation (see `start_episode`).
     """
     env = ctx.env
     model = nnx.merge(ctx.graphdef, params)
@@ -159,8 +158,8 @@ def collect(ctx: Context, params: nnx.State, scenario: Scenario, key: jax.Array,
         feats = features(scenario, carry, ego, ctx.config.obs)
         out = model(feats)
         action, u, log_prob = networks.sample(out, key_policy)
-        new_state, _ = env.step(scenario, carry, action, log_next=log_next)
-        reward = ctx.reward_fn(scenario, carry, new_state)
+        new_state, _ = env.step(scenario, carry, action, p.env, log_next=log_next)
+        reward = ctx.reward(p, scenario, carry, new_state)
         valid = carry.current.valid[ego] & new_state.current.valid[ego]
         return new_state, Transitions(feats=feats, u=u, log_prob=log_prob, value=out.value,
                                       reward=jnp.where(valid, reward, 0.0), valid=valid)
@@ -178,13 +177,26 @@ def mean_over(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def gradient_step_fn(ctx: "Context", loss_fn: Callable, scope: str):
-    """`train_step(state, batch, key)` for a differentiable `loss_fn(ctx, params, batch, key) -> (loss, metrics)`:
-    value and gradient, a guarded optimiser update (non-finite updates are skipped), step + 1."""
+def weighted_means(loss: jax.Array, metrics: dict, weight: jax.Array) -> tuple[jax.Array, dict]:
+    """Batch reduction of per-scenario outputs `[B, ...]`: weighted means of the loss and of every metric."""
+    total = mean_over(loss, weight)
+    return total, {"loss": total, **{k: mean_over(v, weight) for k, v in metrics.items()}}
 
-    def step_fn(state, batch: Scenario, key: jax.Array):
+
+def gradient_step_fn(ctx: "Context", loss_fn: Callable, scope: str, reduce: Callable = weighted_means):
+    """`train_step(state, batch, key, params)` for a per-scenario differentiable
+    `loss_fn(ctx, net_params, params, scenario, key) -> (loss, metrics, weight)`: batched once by
+    `over_batch`, reduced by `reduce(loss [B, ...], metrics, weight [B, ...]) -> (loss [], metrics)`
+    (weighted means), value and gradient, a guarded optimiser update (non-finite updates are
+    skipped), step + 1."""
+    from jaxloop.sim.rollout import over_batch
+
+    def batch_loss(net_params, params: Params, batch: Scenario, key: jax.Array):
+        return reduce(*over_batch(lambda s, k: loss_fn(ctx, net_params, params, s, k), batch, key))
+
+    def step_fn(state, batch: Scenario, key: jax.Array, params: Params):
         with jax.named_scope(scope):
-            (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(ctx, p, batch, key), has_aux=True)(
+            (loss, metrics), grads = jax.value_and_grad(lambda w: batch_loss(w, params, batch, key), has_aux=True)(
                 state.params)
             state, upd = state_lib.apply_update(state, grads, loss, ctx.optimizer)
             return state.replace(step=state.step + 1), {**metrics, **upd}

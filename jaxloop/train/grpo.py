@@ -15,8 +15,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxloop.config import Params
 from jaxloop.policy import networks
 from jaxloop.sim.datatypes import Scenario
+from jaxloop.sim.rollout import over_batch
 from jaxloop.train import state as state_lib
 from jaxloop.train.common import Context, apply_model, check_horizon, collect, mean_over
 
@@ -29,7 +31,7 @@ def group_advantages(returns: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 
 def grpo_loss(ctx: Context, params, ref_params, data: dict) -> tuple[jax.Array, dict]:
-    cfg = ctx.config.grpo
+    cfg = ctx.config.algo
     out = apply_model(ctx, params, data["feats"])
     log_prob = networks.tanh_log_prob(out, data["u"])
     ref_log_prob = jax.lax.stop_gradient(networks.tanh_log_prob(apply_model(ctx, ref_params, data["feats"]), data["u"]))
@@ -46,22 +48,23 @@ def grpo_loss(ctx: Context, params, ref_params, data: dict) -> tuple[jax.Array, 
                   "clip_frac": mean_over((jnp.abs(ratio - 1) > cfg.clip_eps).astype(jnp.float32), mask)}
 
 
+def group_rollout(ctx: Context, net_params, params: Params, scenario: Scenario, keys: jax.Array):
+    """G episodes `[G, H, ...]` of one scenario (unbatched) from the same augmented start, one per key `[G]`."""
+    check_horizon(ctx, scenario)
+    # One augmentation per group: advantages compare rollouts of the same episode.
+    key_aug = jax.random.fold_in(keys[0], 1)
+    return jax.vmap(lambda k: collect(ctx, net_params, params, scenario, k, ctx.config.env.horizon, key_aug)[0])(keys)
+
+
 def make_step_fn(ctx: Context):
-    cfg = ctx.config
-    gcfg = cfg.grpo
+    gcfg = ctx.config.algo
 
-    def step_fn(state: state_lib.TrainState, batch: Scenario, key: jax.Array):
+    def step_fn(state: state_lib.TrainState, batch: Scenario, key: jax.Array, params: Params):
         with jax.named_scope("grpo.step"):
-            check_horizon(ctx, batch)
-            num, group = batch.family.shape[0], gcfg.group_size
+            num, group = jax.tree.leaves(batch)[0].shape[0], gcfg.group_size
             keys = jax.random.split(key, num * group).reshape(num, group, -1)
-
-            def per_scenario(scenario, ks):
-                # One augmentation per group: advantages compare rollouts of the same episode.
-                key_aug = jax.random.fold_in(ks[0], 1)
-                return jax.vmap(lambda k: collect(ctx, state.params, scenario, k, cfg.horizon, key_aug)[0])(ks)
-
-            traj = jax.vmap(per_scenario)(batch, keys)  # leaves [B, G, H, ...]
+            traj = over_batch(lambda s, ks: group_rollout(ctx, state.params, params, s, ks), batch, key,
+                              keys=keys)  # leaves [B, G, H, ...]
             returns = jnp.sum(traj.reward, -1)  # [B, G]
             adv = group_advantages(returns, gcfg.eps)
             data = {"feats": traj.feats, "u": traj.u, "log_prob": traj.log_prob,

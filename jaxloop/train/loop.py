@@ -3,14 +3,24 @@
 A Python loop at logging / checkpoint granularity around one compiled train step.
 What it guarantees:
 
-- Same batches, same keys: batches are drawn on the host from the scenario set with a
-  generator seeded by `(seed, step)` and the step's key is `fold_in(key(seed + 1), step)`,
-  so a resumed run sees exactly the batches and keys an uninterrupted one would.
+- One data path: the run iterates a `jaxloop.data.Dataset` (a cache streams from its
+  shards; toy / procedural / raw files are built in memory; `A@w,B@w` is a weighted mixture)
+  through its `BatchPlan`, prefetched on a background thread; each process loads only its
+  own rows (`--data-partitions` blocks shared among the processes). Scenario infos travel
+  beside each batch on the host.
+- Same batches, same keys: the batch of a step is a pure function of `(seed, step)` (epochs
+  shuffled by seed, see `BatchPlan`) and the step's key is `fold_in(key(seed + 1), step)`, so a
+  resumed run sees exactly the batches and keys an uninterrupted one would. Every checkpoint
+  records the data position (`BatchPlan.position`) and the order that defines it; a resume
+  checks both.
 - Resume: an existing checkpoint in the output directory is resumed, from the newest
   step whose checksum verifies (newer steps that do not verify are named on stderr and
   moved aside to `damaged_checkpoints/`), and only if the saved config and the data
-  identity (sources, scenario count, content hash) match this run's; a mismatch is a
-  `RunError` saying what differs.
+  identity (sources, scenario count, content hash, batch order) match this run's; a
+  mismatch is a `RunError` saying what differs.
+- Multi-host: `jaxloop train --coordinator-address HOST:PORT --num-processes P --process-id I`,
+  or under Slurm / another cluster JAX detects, with no flag (`parallel.initialize_distributed`).
+  Process 0 writes logs and the summary; every process takes part in checkpoints.
 - SIGTERM / SIGINT save the current state (stderr names the step and directory) and the
   run resumes bit-identically; after `kill -9` it resumes from the last committed step.
 - Only finite states are checkpointed (`CheckpointManager.save` refuses others), so the
@@ -36,30 +46,31 @@ Layout of `out`: `checkpoints/` (orbax steps, checksums/, config.json), `logs/`
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated
 
 import jax
 import numpy as np
+import tyro
 
-from jaxloop.data.mixture import Mixture, mix, parse_weight
+from jaxloop.config import BC, GRPO, Experiment, Params, from_saved, to_dict
+from jaxloop.data import BatchPlan, Dataset, Mixture, MixtureDataset, as_dataset, open_dataset
 from jaxloop.errors import CheckpointError, JaxloopError, RunError
-from jaxloop.io.checkpoint import path_str
+from jaxloop.io.checkpoint import from_flat_dict, to_flat_dict
+from jaxloop.io.policies import CONFIG_KEY, resolve_checkpoint_dir
 from jaxloop.sim.datatypes import Scenario
 from jaxloop.train import parallel
 from jaxloop.train.common import StepFn
-from jaxloop.train.config import APGConfig, GRPOConfig, TrainConfig, config_from_dict, config_to_dict
-from jaxloop.train.policy_fn import CONFIG_KEY, resolve_checkpoint_dir
-from jaxloop.train.state import TrainState, from_flat_dict, to_flat_dict
+from jaxloop.train.state import TrainState
 from jaxloop.train.trainer import make_trainer
 
 DATA_KEY = "data"
+POSITION_KEY = "data_position"
 
 
 class TrainingDiverged(JaxloopError, RuntimeError):
@@ -76,61 +87,48 @@ class TooManySkips(JaxloopError, RuntimeError):
 
 def load_data(data: str, num_toy: int = 64, toy_objects: int = 16, num_objects: int | None = None,
               select: str = "nearest", with_infos: bool = False,
-              skip_invalid: bool = False) -> Scenario | Mixture | tuple[Scenario | Mixture, list[dict]]:
-    """Scenarios `[S, ...]` (numpy): `"toy"`, `procedural:SPLIT:NUM[:SEED]`, a cache directory or raw files
-    (`jaxloop.data.sources`; `num_objects` / `select` / `skip_invalid` for raw files); with `with_infos`, also
-    their infos. Comma-separated sources with weights (`procedural:train:1024@0.75,real/@0.25`) give a
-    `Mixture`: slot sizes padded to the largest, each batch filled in the given proportion."""
-    if data == "toy":
-        from jaxloop.data.toy import make_toy_scenario
-        from jaxloop.sim.datatypes import stack_scenarios
-        scenarios = stack_scenarios([make_toy_scenario(num_objects=toy_objects, seed=i) for i in range(num_toy)])
-        infos = [{"scenario_id": f"toy-{i}", "format": "toy", "init_steps": 11} for i in range(num_toy)]
-        return (scenarios, infos) if with_infos else scenarios
-    from jaxloop.data.sources import SPEC_SEPARATOR, load_source
-    parts = [parse_weight(part.strip()) for part in data.split(SPEC_SEPARATOR)]
-    if any(w is not None for _, w in parts):
-        loaded = [(spec, *load_source(spec, num_objects=num_objects, select=select, skip_invalid=skip_invalid), w)
-                  for spec, w in parts]
-        mixture = mix(loaded)
-        return (mixture, mixture.infos) if with_infos else mixture
-    scenarios, infos = load_source(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)
-    scenarios.validate()
-    if not scenarios.batch_shape or len(scenarios.batch_shape) != 1:
-        raise ValueError(f"--data {data!r}: expected scenarios with one leading batch axis, "
-                         f"got batch shape {scenarios.batch_shape}")
-    return (scenarios, infos) if with_infos else scenarios
+              skip_invalid: bool = False) -> Dataset | tuple[Dataset, list[dict]]:
+    """The `Dataset` of `--data.source` (`jaxloop.data.open_dataset`): `"toy"` (`num_toy` scenarios of
+    `toy_objects`), `procedural:SPLIT:NUM[:SEED]`, a cache directory (streamed) or raw files (`num_objects` /
+    `select` / `skip_invalid`); with `with_infos`, also its infos. Comma-separated sources with weights
+    (`procedural:train:1024@0.75,real/@0.25`) give a `MixtureDataset`: slot sizes padded to the largest, each
+    batch filled in the given proportion."""
+    dataset = open_dataset(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid,
+                           num_toy=num_toy, toy_objects=toy_objects)
+    return (dataset, dataset.infos) if with_infos else dataset
 
 
-def host_batch(data: Scenario | Mixture, seed: int, step: int, batch_size: int) -> Scenario:
-    """The batch of `step`: indices from a generator seeded by `(seed, step)`; this process's rows only.
+def make_plan(data: Dataset, batch_size: int, seed: int, partitions: int | None = None) -> BatchPlan:
+    """The run's batch sequence over `data` with `partitions` blocks (default: one per process)."""
+    partitions = jax.process_count() if partitions is None else partitions
+    if isinstance(data, MixtureDataset):
+        if batch_size % partitions == 0:
+            data.check_batch_size(batch_size // partitions)
+    return data.plan(batch_size, seed, partitions)
 
-    A `Mixture` fills each source's share of the batch (`Mixture.batch_indices`); plain
-    scenarios are drawn uniformly, exactly as an unweighted mixture draws.
-    """
-    if isinstance(data, Mixture):
-        idx, scenarios = data.batch_indices(seed, step, batch_size), data.scenarios
-    else:
-        scenarios = data
-        idx = np.random.default_rng([seed, step]).integers(0, int(np.shape(scenarios.family)[0]), batch_size)
-    idx = idx[parallel.process_slice(batch_size)]
-    return jax.tree.map(lambda a: np.asarray(a)[idx], scenarios)
+
+def host_batch(data: Dataset | Scenario | Mixture, seed: int, step: int, batch_size: int,
+               partitions: int | None = None) -> Scenario:
+    """This process's rows of the batch of `step` (`BatchPlan.process_indices`) as a numpy `Scenario`."""
+    data = as_dataset(data)
+    plan = make_plan(data, batch_size, seed, partitions)
+    return data.get(plan.process_indices(step, jax.process_index(), jax.process_count()))
 
 
 def step_key(seed: int, step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(seed + 1), step)
 
 
-def _init_from(state: TrainState, config: TrainConfig, path: str) -> TrainState:
+def _init_from(state: TrainState, config: Experiment, path: str) -> TrainState:
     """Policy parameters (and GRPO's reference) from another run's checkpoint; new heads keep their init."""
     from jaxloop.io.checkpoint import CheckpointManager
-    from jaxloop.train.policy_fn import config_from_checkpoint
+    from jaxloop.io.policies import config_from_checkpoint
     ckpt_dir = resolve_checkpoint_dir(path)
     source = config_from_checkpoint(ckpt_dir)
-    if (source.obs, source.model.kind, source.model.hidden, source.history_length, source.dynamics) != (
-            config.obs, config.model.kind, config.model.hidden, config.history_length, config.dynamics):
+    if (source.obs, source.model.kind, source.model.hidden, source.env.dynamics) != (
+            config.obs, config.model.kind, config.model.hidden, config.env.dynamics):
         raise ValueError(f"--init-from {path}: its observation / model / dynamics config differs from this run's "
-                         f"(source model {source.model}, dynamics {source.dynamics})")
+                         f"(source model {source.model}, dynamics {source.env.dynamics})")
     manager = CheckpointManager(ckpt_dir)
     try:
         flat = to_flat_dict(manager.restore())
@@ -144,21 +142,14 @@ def _init_from(state: TrainState, config: TrainConfig, path: str) -> TrainState:
     return state.replace(params=params, ref_params=ref, opt_state=state.opt_state)
 
 
-def data_identity(data: Scenario | Mixture, sources: list[str] | tuple[str, ...] = ()) -> dict:
-    """What a run trained on: the source spec(s), the scenario count and a blake2b over every array (with its path);
-    for a `Mixture` also each source's weight."""
-    digest = hashlib.blake2b(digest_size=16)
-    if isinstance(data, Mixture):
-        digest.update(json.dumps(data.describe()).encode())
-        scenarios = data.scenarios
-    else:
-        scenarios = data
-    for path, leaf in jax.tree_util.tree_flatten_with_path(scenarios)[0]:
-        a = np.asarray(leaf, order="C")
-        digest.update(f"{path_str(path)}:{a.dtype}:{a.shape};".encode())
-        digest.update(a.tobytes())
-    return {"sources": list(sources), "num_scenarios": int(np.shape(scenarios.family)[0]),
-            "blake2b": digest.hexdigest()}
+def data_identity(data: Dataset | Scenario | Mixture, sources: list[str] | tuple[str, ...] = (),
+                  plan: BatchPlan | None = None) -> dict:
+    """What a run trained on: the source spec(s), the scenario count, the dataset's content hash
+    (`Dataset.identity`; for a mixture also each source's weight) and, with `plan`, the batch order."""
+    identity = {"sources": list(sources), **as_dataset(data).identity()}
+    if plan is not None:
+        identity["order"] = plan.describe()
+    return identity
 
 
 def _check_same_data(out: str, saved: dict | None, current: dict) -> None:
@@ -171,6 +162,8 @@ def _check_same_data(out: str, saved: dict | None, current: dict) -> None:
         differ.append(f"scenario count {saved.get('num_scenarios')} -> {current['num_scenarios']}")
     if saved.get("blake2b") != current["blake2b"]:
         differ.append(f"content hash {saved.get('blake2b')} -> {current['blake2b']}")
+    if saved.get("order") and current.get("order") and saved["order"] != current["order"]:
+        differ.append(f"batch order {saved['order']} -> {current['order']}")
     if differ:
         raise RunError(f"{out}: its checkpoint was trained on other data ({'; '.join(differ)}); resume with the same "
                        f"--data or use a new --out")
@@ -178,7 +171,7 @@ def _check_same_data(out: str, saved: dict | None, current: dict) -> None:
 
 def check_out_dir(out: str) -> None:
     """Refuses an output directory that is a scenario cache or lies inside one (a run would write into the data)."""
-    from jaxloop.data.pipeline import MANIFEST
+    from jaxloop.data import MANIFEST
     path = Path(out).expanduser().absolute()
     for folder in (path, *path.parents):
         if (folder / MANIFEST).is_file():
@@ -187,12 +180,17 @@ def check_out_dir(out: str) -> None:
                            f"the data")
 
 
-def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps: int, *, init_from: str | None = None,
-        log_every: int = 10, ckpt_every: int = 100, max_consecutive_skips: int = 5, max_skip_fraction: float = 0.1,
-        reward_fn: StepFn | None = None, surrogate_fn: StepFn | None = None, mesh=None, progress: bool = True,
-        use_tensorboard: bool = True, run_info: dict | None = None) -> dict:
-    """Trains `config` on `scenarios` (`[S, ...]`, or a `Mixture` of weighted sources) until `num_steps` total
-    steps; returns the summary dict.
+def run(config: Experiment, scenarios: Dataset | Scenario | Mixture, out: str, num_steps: int | None = None, *,
+        init_from: str | None = None, log_every: int = 10, ckpt_every: int = 100, max_consecutive_skips: int = 5,
+        max_skip_fraction: float = 0.1, reward_fn: StepFn | None = None, surrogate_fn: StepFn | None = None,
+        mesh=None, progress: bool = True, use_tensorboard: bool = True, run_info: dict | None = None,
+        params: Params | None = None, data_partitions: int | None = None, prefetch: int = 2) -> dict:
+    """Trains the experiment `config` on `scenarios` (a `Dataset`, scenarios `[S, ...]` or a `Mixture` of
+    weighted sources) until `num_steps` total steps (default `config.steps`); returns the summary dict. `params`
+    replace the experiment's default traced `Params` (not saved: a resume passes them again).
+
+    `data_partitions` (default: the number of processes) cuts every source into that many blocks
+    (`BatchPlan`); the batches depend on it, not on the process count, which must divide it.
 
     Raises `TrainingDiverged` once `max_consecutive_skips` updates in a row were skipped,
     `TooManySkips` at the end if more than `max_skip_fraction` of all updates were, and
@@ -207,37 +205,43 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
     if log_every < 1 or ckpt_every < 1 or max_consecutive_skips < 1:
         raise ValueError(f"run: log_every, ckpt_every and max_consecutive_skips must be >= 1, got {log_every}, "
                          f"{ckpt_every}, {max_consecutive_skips}")
+    num_steps = config.steps if num_steps is None else num_steps
     if num_steps < 0:
         raise ValueError(f"run: num_steps must be >= 0, got {num_steps}")
     if not (math.isfinite(max_skip_fraction) and 0.0 <= max_skip_fraction <= 1.0):
         raise ValueError(f"run: max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
     check_out_dir(out)
-    if isinstance(scenarios, Mixture):
-        scenarios.check_batch_size(config.batch_size)
+    dataset = as_dataset(scenarios)
+    plan = make_plan(dataset, config.batch_size, config.seed, data_partitions)
+    plan.check_processes(jax.process_count())
     run_info = dict(run_info or {})
     source = run_info.get("data")
-    identity = data_identity(scenarios, [source] if source else [])
+    identity = data_identity(dataset, [source] if source else [], plan)
+    lead = jax.process_index() == 0  # writes logs and the summary
     trainer = make_trainer(config, mesh=mesh, reward_fn=reward_fn, surrogate_fn=surrogate_fn)
     train_step = trainer.guarded_step(max_consecutive_skips)
-    cfg_dict = {CONFIG_KEY: config_to_dict(config), "run": run_info, DATA_KEY: identity}
+    params = trainer.params if params is None else params
+    cfg_dict = {CONFIG_KEY: to_dict(config), "run": run_info, DATA_KEY: identity}
     ckpt_dir = os.path.join(out, "checkpoints")
     ckpt = CheckpointManager(ckpt_dir, max_to_keep=3, save_interval_steps=ckpt_every)
     state = trainer.init(jax.random.PRNGKey(config.seed))
     latest = ckpt.latest_step()
     if latest is not None:
         saved_cfg = read_config(ckpt.directory)
-        saved = config_from_dict(TrainConfig, saved_cfg[CONFIG_KEY])
-        if saved != config:
+        saved = from_saved(saved_cfg, f"{ckpt.directory}/config.json")
+        if not saved.same_run(config):
             raise RunError(f"{out}: holds a checkpoint of a different config; use a new --out or the same "
-                           f"settings (saved: {config_to_dict(saved)})")
+                           f"settings (saved: {to_dict(saved)})")
         _check_same_data(out, saved_cfg.get(DATA_KEY), identity)
         state = ckpt.restore(target=state)
         start = ckpt.restored_step
+        _check_position(out, ckpt, start, plan)
         if start != latest:
             moved, where = ckpt.quarantine_after(start)
             print(f"warning: moved checkpoint step(s) {moved} that did not verify from {ckpt_dir} to {where}; they are "
                   f"re-run from step {start}", file=sys.stderr)
-        print(f"resuming from step {start} in {ckpt_dir}")
+        if lead:
+            print(f"resuming from step {start} in {ckpt_dir}")
     else:
         start = 0
         if init_from:
@@ -246,7 +250,7 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
         # Step 0 on disk: config.json exists from the start, and a diverged or interrupted
         # run always leaves a restorable checkpoint.
         try:
-            ckpt.save(0, state, cfg_dict, force=True)
+            ckpt.save(0, state, _with_position(cfg_dict, plan, 0), force=True)
         except CheckpointError as e:
             ckpt.close()
             raise TrainingDiverged(f"step 0: the initial state is not finite, nothing was trained ({e})") from e
@@ -260,12 +264,15 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
         return int(current.step), current
 
     ckpt.install_signal_handlers(state_to_save)
-    logger = MetricLogger(os.path.join(out, "logs"), use_tensorboard=use_tensorboard)
-    env_steps_per_step = config.batch_size * (config.bc.samples_per_scenario if config.algo == "bc" else
-                                              config.horizon * (config.grpo.group_size if config.algo == "grpo" else 1))
+    logger = MetricLogger(os.path.join(out, "logs"), use_tensorboard=use_tensorboard) if lead else _NullLogger()
+    algo = config.algo
+    env_steps_per_step = config.batch_size * (algo.samples_per_scenario if isinstance(algo, BC) else
+                                              config.env.horizon * (algo.group_size if isinstance(algo, GRPO) else 1))
     status, last, diverged_at = "completed", {}, None
     t_start = time.perf_counter()
-    bar = tqdm(total=num_steps, initial=start, disable=not progress, desc=f"train {config.algo}", dynamic_ncols=True)
+    bar = tqdm(total=num_steps, initial=start, disable=not (progress and lead), desc=f"train {config.algo_name}",
+               dynamic_ncols=True)
+    batches = dataset.train_batches(plan, start, max(num_steps - start, 0), prefetch=prefetch, place=trainer.shard)
 
     def diverged(done: int, in_a_row: int, at: int) -> TrainingDiverged:
         return TrainingDiverged(
@@ -274,9 +281,8 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
             f"checkpoint is step {ckpt.newest_checked_step()} in {ckpt_dir}.")
 
     try:
-        for step in range(start, num_steps):
-            batch = trainer.shard(host_batch(scenarios, config.seed, step, config.batch_size))
-            state, metrics = train_step(state, batch, step_key(config.seed, step))
+        for step, (batch, _infos) in zip(range(start, num_steps), batches):
+            state, metrics = train_step(state, batch, step_key(config.seed, step), params)
             holder["state"] = state
             bar.update(1)
             done = step + 1
@@ -295,9 +301,9 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
                 logger.log(done, last)
                 bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "episode_return", "grad_norm") if k in last})
             if is_ckpt:
-                _save(ckpt, done, state, cfg_dict, ckpt_dir)
+                _save(ckpt, done, state, _with_position(cfg_dict, plan, done), ckpt_dir)
         if num_steps > start:
-            _save(ckpt, num_steps, state, cfg_dict, ckpt_dir, force=True)
+            _save(ckpt, num_steps, state, _with_position(cfg_dict, plan, num_steps), ckpt_dir, force=True)
         skipped, total = (int(x) for x in jax.device_get((state.skipped, state.step)))
         if total > 0 and skipped / total > max_skip_fraction:
             status = "too_many_skips"
@@ -309,6 +315,8 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
             status = "diverged" if isinstance(e, TrainingDiverged) else "interrupted"
         raise
     finally:
+        if hasattr(batches, "close"):
+            batches.close()
         bar.close()
         logger.close()
         good = ckpt.newest_checked_step() if status != "interrupted" else None
@@ -316,7 +324,7 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
         wall = time.perf_counter() - t_start
         final_step, final_skipped = (int(x) for x in jax.device_get((holder["state"].step, holder["state"].skipped)))
         steps_run = max(final_step - start, 0)
-        summary = {"status": status, "algo": config.algo, "start_step": start, "final_step": start + steps_run,
+        summary = {"status": status, "algo": config.algo_name, "start_step": start, "final_step": start + steps_run,
                    "steps": steps_run, "wall_s": wall, "steps_per_s": steps_run / wall if wall > 0 else 0.0,
                    "env_steps_per_s": steps_run * env_steps_per_step / wall if wall > 0 else 0.0,
                    "skipped_updates": final_skipped,
@@ -324,12 +332,36 @@ def run(config: TrainConfig, scenarios: Scenario | Mixture, out: str, num_steps:
                    "diverged_at_step": diverged_at, "final_metrics": last, "out": out}
         if status != "interrupted":
             summary["last_good_checkpoint"] = {"step": good, "directory": ckpt_dir}
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        if status != "interrupted":
-            print(_format_summary(summary))
+        if lead:
+            os.makedirs(out, exist_ok=True)
+            with open(os.path.join(out, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=2)
+            if status != "interrupted":
+                print(_format_summary(summary))
     return summary
+
+
+class _NullLogger:
+    """The metric logger of a process other than 0 (process 0 writes the run's logs)."""
+
+    def log(self, step: int, metrics) -> None:
+        del step, metrics
+
+    def close(self) -> None:
+        pass
+
+
+def _with_position(cfg_dict: dict, plan: BatchPlan, step: int) -> dict:
+    return {**cfg_dict, POSITION_KEY: plan.position(step)}
+
+
+def _check_position(out: str, ckpt, step: int, plan: BatchPlan) -> None:
+    """The data position saved with the resumed step is where this run's batch order stands at it."""
+    saved = (ckpt.restore_config(step) or {}).get(POSITION_KEY)
+    if saved is not None and saved != plan.position(step):
+        raise RunError(f"{out}: step {step} was saved at data position {saved}, but this run's batch order is at "
+                       f"{plan.position(step)} there; resume with the same data, seed, batch size and "
+                       f"--data-partitions or use a new --out")
 
 
 def _save(ckpt, step: int, state: TrainState, cfg_dict: dict, ckpt_dir: str, force: bool = False) -> None:
@@ -355,60 +387,43 @@ def _format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", out: str = "runs/train",
-          steps: int = 100, init_from: str | None = None, preset: str = "progress_safety", batch_size: int = 16,
-          horizon: int = 80, model: Literal["mlp", "attention"] = "mlp",
-          head: Literal["gaussian", "deterministic"] = "gaussian", hidden: tuple[int, ...] = (128, 128),
-          learning_rate: float = 3e-4, lr_decay_steps: int = 0, max_grad_norm: float = 1.0, seed: int = 0,
-          crosser_prob: float = 0.0, start_noise: float = 0.0,
-          dynamics: Literal["bicycle", "delta_local", "delta_global"] = "bicycle",
-          non_ego_agent: Literal["log", "constant_velocity", "idm"] = "log", group_size: int = 4,
-          kl_coef: float = 0.05, truncate_every: int = 0, log_every: int = 10, ckpt_every: int = 100,
-          max_consecutive_skips: int = 5, max_skip_fraction: float = 0.1, num_toy: int = 64,
-          progress: bool = True, num_objects: int = 128, select: Literal["nearest", "error"] = "nearest",
-          skip_invalid: bool = False) -> int:
-    """Trains a driving policy (bc | apg | ppo | grpo) and checkpoints it under OUT.
+_EXPERIMENT_ARG = tyro.conf.arg(name="")  # the experiment's fields are the command's own flags
+
+
+@tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)  # run flags may follow the algorithm's subcommand
+def train(experiment: Annotated[Experiment, _EXPERIMENT_ARG] = Experiment(),
+          out: str = "runs/train", init_from: str | None = None, log_every: int = 10, ckpt_every: int = 100,
+          max_consecutive_skips: int = 5, max_skip_fraction: float = 0.1, progress: bool = True,
+          data_partitions: int | None = None, coordinator_address: str | None = None,
+          num_processes: int | None = None, process_id: int | None = None) -> int:
+    """Trains a driving policy and checkpoints it, with the whole experiment, under OUT.
+
+    The algorithm is a subcommand with its own flags, e.g.
+    `jaxloop train --data.source data/train --steps 3000 --out runs/bc` (behaviour cloning, the default),
+    `jaxloop train algo:apg --algo.truncate-every 8 --env.reward-preset closed_loop_safety --init-from runs/bc`,
+    `jaxloop train algo:grpo --algo.group-size 4 --algo.kl-coef 0.05`, `jaxloop train algo:ppo`.
+    `--data.source` takes "toy", procedural:SPLIT:NUM[:SEED], a cache directory, raw WOMD / AV2 / GPUDrive JSON
+    files, directories of them or globs, several joined by commas (see `jaxloop.data.sources`); with a weight
+    on every part (`procedural:train:1024@0.75,real/@0.25`) each batch mixes them in that proportion. The log
+    steps before the closed loop (`data.init_steps`) come from the loaded sources.
 
     Args:
-        algo: behaviour cloning (open loop), analytic policy gradients, PPO or GRPO (closed loop).
-        data: "toy", procedural:SPLIT:NUM[:SEED], a cache directory, raw WOMD / AV2 / GPUDrive JSON files,
-            directories of them or globs; several joined by commas (see `jaxloop.data.sources`); with a weight
-            on every part (`procedural:train:1024@0.75,real/@0.25`) each batch mixes them in that proportion.
+        experiment: the experiment (`jaxloop.config.Experiment`), saved beside every checkpoint.
         out: run directory (checkpoints/, logs/, summary.json); an existing run there is resumed.
-        steps: total train steps (a resumed run continues up to this number).
         init_from: checkpoint (or run) directory whose policy parameters start this run (GRPO: also the reference).
-        preset: reward preset of jaxloop.sim.rewards (RL reward / APG surrogate weights).
-        batch_size: scenarios per step (divisible by the number of devices).
-        horizon: closed-loop steps per episode.
-        model: policy network.
-        head: action head.
-        hidden: MLP widths.
-        learning_rate: Adam learning rate.
-        lr_decay_steps: cosine decay of the learning rate to 0.1x over this many steps (0: constant).
-        max_grad_norm: global-norm gradient clip.
-        seed: seeds the parameters, batches and rollouts.
-        crosser_prob: apg / grpo: fraction of episodes with a random pedestrian or cyclist crossing the ego's path.
-        start_noise: apg / grpo: episodes start off the logged ego state by up to this fraction of 1 m, 0.1 rad, 1 m/s.
-        dynamics: action space.
-        non_ego_agent: behaviour of the other objects.
-        group_size: GRPO rollouts per scenario.
-        kl_coef: GRPO KL weight to the reference policy.
-        truncate_every: APG truncated-BPTT window (0: full horizon).
         log_every: steps between metric logs.
         ckpt_every: steps between checkpoints.
         max_consecutive_skips: skipped (non-finite) updates in a row that stop the run (exit 1, "diverged").
         max_skip_fraction: a run that skipped more than this fraction of its updates exits 1 ("too_many_skips").
-        num_toy: number of toy scenarios for --data toy.
         progress: show a progress bar.
-        num_objects: N object slots when reading raw files.
-        select: raw files with more objects than N: keep the N nearest to the SDC (and every track to predict /
-            object of interest), or stop with an error.
-        skip_invalid: raw --data files: skip (and count on stderr) invalid files and records instead of stopping.
+        data_partitions: blocks every data source is cut into (default: one per process); the batches depend on
+            it, not on the number of processes, which must divide it.
+        coordinator_address: multi-host: HOST:PORT of process 0 (with --num-processes and --process-id); without
+            these flags a Slurm / cluster environment is detected, and a single plain process starts none.
+        num_processes: multi-host: the number of processes.
+        process_id: multi-host: this process's index in [0, num_processes).
     """
-    from jaxloop.data.formats import init_steps_of
-    from jaxloop.policy.networks import ModelConfig
-    if steps < 0:
-        raise ValueError(f"--steps must be >= 0, got {steps}")
+    from jaxloop.data import init_steps_of
     for flag, value in (("--log-every", log_every), ("--ckpt-every", ckpt_every),
                         ("--max-consecutive-skips", max_consecutive_skips)):
         if value < 1:
@@ -416,20 +431,16 @@ def train(algo: Literal["bc", "apg", "ppo", "grpo"] = "bc", data: str = "toy", o
     if not (math.isfinite(max_skip_fraction) and 0.0 <= max_skip_fraction <= 1.0):
         raise ValueError(f"--max-skip-fraction must be in [0, 1], got {max_skip_fraction}")
     check_out_dir(out)
-    scenarios, infos = load_data(data, num_toy=num_toy, num_objects=num_objects, select=select, with_infos=True,
-                                 skip_invalid=skip_invalid)
-    config = TrainConfig(algo=algo, seed=seed, init_steps=init_steps_of(infos, f"--data {data}"),
-                         batch_size=batch_size, learning_rate=learning_rate,
-                         lr_decay_steps=lr_decay_steps, crosser_prob=crosser_prob, start_noise=start_noise,
-                         max_grad_norm=max_grad_norm, horizon=horizon, reward_preset=preset, dynamics=dynamics,
-                         non_ego_agent=non_ego_agent, model=ModelConfig(kind=model, head=head, hidden=tuple(hidden)),
-                         grpo=dataclasses.replace(GRPOConfig(), group_size=group_size, kl_coef=kl_coef),
-                         apg=dataclasses.replace(APGConfig(), truncate_every=truncate_every))
+    parallel.initialize_distributed(coordinator_address, num_processes, process_id)
+    data = experiment.data
+    scenarios, infos = load_data(data.source, num_toy=data.num_toy, num_objects=data.num_objects, select=data.select,
+                                 with_infos=True, skip_invalid=data.skip_invalid)
+    experiment = dataclasses.replace(experiment, data=dataclasses.replace(
+        data, init_steps=init_steps_of(infos, f"--data.source {data.source}")))
     # A path is recorded absolute, so the same data reached from another working directory is the same source.
-    source = str(Path(data).expanduser().absolute()) if os.path.exists(data) else data
+    source = str(Path(data.source).expanduser().absolute()) if os.path.exists(data.source) else data.source
     # TrainingDiverged / TooManySkips carry exit code 1; the `jaxloop` command prints them as one line.
-    run(config, scenarios, out, steps, init_from=init_from, log_every=log_every, ckpt_every=ckpt_every,
+    run(experiment, scenarios, out, init_from=init_from, log_every=log_every, ckpt_every=ckpt_every,
         max_consecutive_skips=max_consecutive_skips, max_skip_fraction=max_skip_fraction, progress=progress,
-        run_info={"data": source})
+        run_info={"data": source}, data_partitions=data_partitions)
     return 0
-

@@ -14,8 +14,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxloop.config import Params
 from jaxloop.policy import networks
 from jaxloop.sim.datatypes import Scenario
+from jaxloop.sim.rollout import over_batch
 from jaxloop.train import state as state_lib
 from jaxloop.train.common import Context, apply_model, check_horizon, collect, mean_over
 
@@ -41,7 +43,7 @@ def gae(reward: jax.Array, value: jax.Array, last_value: jax.Array, valid: jax.A
 
 
 def ppo_loss(ctx: Context, params, data: dict) -> tuple[jax.Array, dict]:
-    cfg = ctx.config.ppo
+    cfg = ctx.config.algo
     out = apply_model(ctx, params, data["feats"])
     log_prob = networks.tanh_log_prob(out, data["u"])
     ratio = jnp.exp(log_prob - data["log_prob"])
@@ -60,27 +62,33 @@ def ppo_loss(ctx: Context, params, data: dict) -> tuple[jax.Array, dict]:
                   "clip_frac": clip_frac}
 
 
-def make_step_fn(ctx: Context):
-    cfg = ctx.config
-    pcfg = cfg.ppo
+def scenario_rollout(ctx: Context, net_params, params: Params, scenario: Scenario, key: jax.Array):
+    """One scenario's episode (unbatched): its transitions `[H, ...]` with GAE advantages and returns `[H]`."""
+    check_horizon(ctx, scenario)
+    algo = ctx.config.algo
+    traj, last_value, _ = collect(ctx, net_params, params, scenario, key, ctx.config.env.horizon)
+    adv, ret = gae(traj.reward, traj.value, last_value, traj.valid, algo.gamma, algo.gae_lambda)
+    return traj, adv, ret
 
-    def step_fn(state: state_lib.TrainState, batch: Scenario, key: jax.Array):
+
+def make_step_fn(ctx: Context):
+    horizon = ctx.config.env.horizon
+    pcfg = ctx.config.algo
+
+    def step_fn(state: state_lib.TrainState, batch: Scenario, key: jax.Array, params: Params):
         with jax.named_scope("ppo.step"):
-            check_horizon(ctx, batch)
             key_roll, key_update = jax.random.split(key)
-            num = batch.family.shape[0]
-            keys = jax.random.split(key_roll, num)
-            traj, last_value, _ = jax.vmap(lambda s, k: collect(ctx, state.params, s, k, cfg.horizon))(batch, keys)
-            adv, ret = jax.vmap(lambda r, v, lv, m: gae(r, v, lv, m, pcfg.gamma, pcfg.gae_lambda))(
-                traj.reward, traj.value, last_value, traj.valid)
+            traj, adv, ret = over_batch(lambda s, k: scenario_rollout(ctx, state.params, params, s, k), batch,
+                                        key_roll)
+            num = traj.reward.shape[0]
             if pcfg.normalize_advantages:
                 mu = mean_over(adv, traj.valid)
                 sd = jnp.sqrt(mean_over((adv - mu) ** 2, traj.valid))
                 adv = (adv - mu) / (sd + 1e-8)
             data = {"feats": traj.feats, "u": traj.u, "log_prob": traj.log_prob, "adv": adv, "ret": ret,
                     "valid": traj.valid}
-            data = jax.tree.map(lambda a: a.reshape(num * cfg.horizon, *a.shape[2:]), data)
-            size = num * cfg.horizon
+            data = jax.tree.map(lambda a: a.reshape(num * horizon, *a.shape[2:]), data)
+            size = num * horizon
             mb = size // pcfg.num_minibatches
 
             def minibatch(st, idx):

@@ -15,11 +15,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx, struct
 
-from jaxloop.io.checkpoint import path_str
 
 
 @struct.dataclass
@@ -28,7 +26,6 @@ class TrainState:
     params: nnx.State  # the policy's parameters (replicated)
     opt_state: optax.OptState
     ref_params: Any  # frozen reference policy (GRPO's KL anchor) or None
-    key: jax.Array  # [2] uint32 PRNG key (raw, so checkpoints are plain arrays)
     skipped: jax.Array  # [] int32, updates skipped for a non-finite loss / gradient
     consecutive_skipped: jax.Array  # [] int32, skipped in a row (reset by a good update)
 
@@ -44,10 +41,10 @@ def make_optimizer(learning_rate: float, max_grad_norm: float, decay_steps: int 
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr))
 
 
-def create(params: nnx.State, optimizer: optax.GradientTransformation, key: jax.Array,
-           ref_params: Any = None) -> TrainState:
+def create(params: nnx.State, optimizer: optax.GradientTransformation, ref_params: Any = None) -> TrainState:
+    """Step 0: `params`, a fresh optimiser state and no skips (each step's key comes from the loop)."""
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=optimizer.init(params), ref_params=ref_params, key=key,
+    return TrainState(step=zero, params=params, opt_state=optimizer.init(params), ref_params=ref_params,
                       skipped=zero, consecutive_skipped=zero)
 
 
@@ -81,44 +78,10 @@ def freeze_after(step_fn, max_consecutive_skips: int):
     if max_consecutive_skips < 1:
         raise ValueError(f"freeze_after: max_consecutive_skips must be >= 1, got {max_consecutive_skips}")
 
-    def guarded(state: TrainState, batch, key):
-        new, metrics = step_fn(state, batch, key)
+    def guarded(state: TrainState, batch, key, params):
+        new, metrics = step_fn(state, batch, key, params)
         frozen = state.consecutive_skipped >= max_consecutive_skips
         new = jax.tree.map(lambda old, upd: jnp.where(frozen, old, upd), state, new)
         return new, {**metrics, "frozen": frozen.astype(jnp.float32)}
 
     return guarded
-
-
-# --- checkpoint form: a flat {path: array} dict, independent of container classes ------------
-
-def to_flat_dict(tree: Any) -> dict[str, np.ndarray]:
-    """`{"params/trunk/0/kernel/value": array, ...}` of any pytree (host numpy arrays)."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    out = {}
-    for path, leaf in leaves:
-        name = path_str(path)
-        if name in out:
-            raise ValueError(f"to_flat_dict: duplicate leaf path {name!r}")
-        out[name] = np.asarray(jax.device_get(leaf))
-    return out
-
-
-def from_flat_dict(template: Any, flat: dict[str, Any], prefix: str = "", strict: bool = True) -> Any:
-    """Rebuilds `template`'s structure from a flat dict (`prefix/` names the subtree in `flat`).
-
-    With `strict=False`, leaves missing from `flat` (or of a different shape) keep the
-    template's value: a BC checkpoint initialises a PPO policy whose value head is new.
-    """
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    new = []
-    for path, leaf in leaves:
-        name = (prefix + "/" if prefix else "") + path_str(path)
-        if name in flat and np.shape(flat[name]) == np.shape(leaf):
-            new.append(jnp.asarray(flat[name], dtype=leaf.dtype))
-        elif strict:
-            got = "missing" if name not in flat else f"shape {np.shape(flat[name])}"
-            raise ValueError(f"checkpoint: leaf {name!r} expected shape {np.shape(leaf)}, {got}")
-        else:
-            new.append(leaf)
-    return jax.tree_util.tree_unflatten(treedef, new)

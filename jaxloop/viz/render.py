@@ -89,8 +89,8 @@ def _host(tree: Any) -> Any:
 
 
 def _check_unbatched(scenario: Scenario) -> None:
-    if np.ndim(scenario.family) != 0:
-        raise ValueError(f"render: expected one unbatched Scenario, got batch shape {list(np.shape(scenario.family))}; "
+    if scenario.batch_shape != ():
+        raise ValueError(f"render: expected one unbatched Scenario, got batch shape {list(scenario.batch_shape)}; "
                          "index the batch first (jaxloop.sim.datatypes.index_batch)")
 
 

@@ -1,7 +1,10 @@
 """Trained policies as `jaxloop.sim.rollout.PolicyFn`s: `policy(scenario, state, key) -> action`.
 
-    policy, config = load_policy_from_checkpoint("runs/bc/checkpoints")
-    env = Env(config.env_config())          # normalised actions: the policy emits [-1, 1]
+Loading lives here, below both training and evaluation: a training run's checkpoints or
+an exported artefact (`jaxloop export`) become a policy any evaluator can roll out.
+
+    policy, experiment = load_policy("runs/bc")  # a run, its checkpoints/ or an export directory
+    env = Env(experiment.env_config())      # normalised actions: the policy emits [-1, 1]
     final, out = rollout(env, scenario, env.reset(scenario, key), policy, num_steps)
 
 The action is `[A]` for the ego (`controlled="sdc"`) or `[N, A]` when one policy drives
@@ -18,13 +21,20 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxloop.config import EXPERIMENT_KEY, Experiment, from_saved, to_dict
+from jaxloop.io.checkpoint import from_flat_dict, to_flat_dict
 from jaxloop.policy import networks
 from jaxloop.policy.observation import ObsConfig, features, observer_features
 from jaxloop.sim.datatypes import Scenario, SimState
 from jaxloop.sim.rollout import PolicyFn
-from jaxloop.train.config import TrainConfig, config_from_dict
 
-CONFIG_KEY = "train_config"
+CONFIG_KEY = EXPERIMENT_KEY  # the `Experiment` in a checkpoint's config.json and an export's metadata
+
+
+def build_model(config: Experiment, key: jax.Array) -> nnx.Module:
+    """The policy network an experiment describes (PPO's with its value head), freshly initialised from `key`."""
+    return networks.make_model(config.network, config.obs, config.obs.history_length,
+                               config.env_config().action_dim, key)
 
 
 def make_policy_fn(model_graphdef: nnx.GraphDef, params: nnx.State, obs_config: ObsConfig,
@@ -46,21 +56,27 @@ def make_policy_fn(model_graphdef: nnx.GraphDef, params: nnx.State, obs_config: 
     return policy
 
 
-def config_from_checkpoint(ckpt_dir: str | os.PathLike) -> TrainConfig:
-    """The `TrainConfig` saved beside a checkpoint's weights."""
+def policy_from_params(config: Experiment, params: nnx.State, deterministic: bool = True,
+                       controlled: str = "sdc") -> PolicyFn:
+    """The rollout policy of trained `params` (e.g. `TrainState.params` of `make_train`) under their `config`.
+
+    The policy emits normalised actions: roll it out in `Env(config.env_config())`.
+    """
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, jax.random.PRNGKey(0))))
+    return make_policy_fn(graphdef, params, config.obs, deterministic, controlled)
+
+
+def config_from_checkpoint(ckpt_dir: str | os.PathLike) -> Experiment:
+    """The `Experiment` saved beside a checkpoint's weights (an older run's `TrainConfig` converted)."""
     from jaxloop.io.checkpoint import read_config
     data = read_config(resolve_checkpoint_dir(ckpt_dir))
-    if CONFIG_KEY not in data:
-        raise ValueError(f"{ckpt_dir}/config.json: no {CONFIG_KEY!r} entry; not a jaxloop training checkpoint")
-    return config_from_dict(TrainConfig, data[CONFIG_KEY])
+    return from_saved(data, f"{ckpt_dir}/config.json")
 
 
-def load_params(ckpt_dir: str | os.PathLike, config: TrainConfig | None = None,
-                step: int | None = None) -> tuple[nnx.GraphDef, nnx.State, TrainConfig]:
+def load_params(ckpt_dir: str | os.PathLike, config: Experiment | None = None,
+                step: int | None = None) -> tuple[nnx.GraphDef, nnx.State, Experiment]:
     """(graphdef, params, config) of the checkpoint at `step` (latest if None); a run directory works too."""
     from jaxloop.io.checkpoint import CheckpointManager
-    from jaxloop.train.common import build_model
-    from jaxloop.train.state import from_flat_dict, to_flat_dict
     ckpt_dir = resolve_checkpoint_dir(ckpt_dir)
     config = config_from_checkpoint(ckpt_dir) if config is None else config
     graphdef, template = nnx.split(build_model(config, jax.random.PRNGKey(0)))
@@ -74,7 +90,7 @@ def load_params(ckpt_dir: str | os.PathLike, config: TrainConfig | None = None,
 
 
 def load_policy_from_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = None,
-                                deterministic: bool = True, controlled: str = "sdc") -> tuple[PolicyFn, TrainConfig]:
+                                deterministic: bool = True, controlled: str = "sdc") -> tuple[PolicyFn, Experiment]:
     """`(policy_fn, config)` of a training checkpoint directory (or its run directory).
 
     The policy emits normalised actions: roll it out in `Env(config.env_config())`.
@@ -108,7 +124,7 @@ def batch_polymorphic_call(call: Any) -> Any:
     return batched
 
 
-def load_exported_policy(export_dir: str | os.PathLike) -> tuple[PolicyFn, TrainConfig]:
+def load_exported_policy(export_dir: str | os.PathLike) -> tuple[PolicyFn, Experiment]:
     """`(policy_fn, config)` of a directory written by `jaxloop export`: the exported artefact itself runs.
 
     The policy computes the observation features in jaxloop, flattens them and calls the
@@ -119,10 +135,7 @@ def load_exported_policy(export_dir: str | os.PathLike) -> tuple[PolicyFn, Train
     from jaxloop.policy.observation import flatten
     loaded = load_policy(export_dir)
     meta = loaded.metadata.get("metadata", {})
-    if CONFIG_KEY not in meta:
-        raise ValueError(f"{export_dir}/metadata.json: no {CONFIG_KEY!r} entry; not a policy exported by "
-                         "`jaxloop export`")
-    config = config_from_dict(TrainConfig, meta[CONFIG_KEY])
+    config = from_saved(meta, f"{export_dir}/metadata.json")
     if not loaded.metadata.get("batch_polymorphic", False):
         raise ValueError(f"{export_dir}: the exported policy has a fixed batch size; re-export it with a "
                          "symbolic batch dimension to evaluate it")
@@ -137,7 +150,7 @@ def load_exported_policy(export_dir: str | os.PathLike) -> tuple[PolicyFn, Train
     return policy, config
 
 
-def load_policy(path: str | os.PathLike, step: int | None = None) -> tuple[PolicyFn, TrainConfig]:
+def load_policy(path: str | os.PathLike, step: int | None = None) -> tuple[PolicyFn, Experiment]:
     """A trained policy from a training run / checkpoint directory or an exported policy directory."""
     from jaxloop.io.export import METADATA_FILE
     if os.path.isfile(os.path.join(path, METADATA_FILE)):
@@ -147,7 +160,7 @@ def load_policy(path: str | os.PathLike, step: int | None = None) -> tuple[Polic
     return load_policy_from_checkpoint(path, step=step)
 
 
-def export(ckpt: str, out: str, step: int | None = None) -> int:
+def export(ckpt: str | os.PathLike, out: str | os.PathLike, step: int | None = None) -> str:
     """Exports a checkpoint's deterministic policy: Features -> action in [-1, 1] (jax.export + npz params).
 
     The exported function takes the flat feature vector `[b, D]` of
@@ -158,25 +171,27 @@ def export(ckpt: str, out: str, step: int | None = None) -> int:
         ckpt: checkpoint directory written by `jaxloop train` (its `checkpoints/` folder or the run folder).
         out: output directory of the artefact.
         step: checkpoint step (default: the latest).
+
+    Returns the output directory.
     """
     from jaxloop.io.export import export_policy
     ckpt_dir = resolve_checkpoint_dir(ckpt)
     graphdef, params, config = load_params(ckpt_dir, step=step)
     apply_fn, example = flat_apply_fn(graphdef, config)
     export_policy(apply_fn, params, [example], out,
-                  metadata={CONFIG_KEY: _to_dict(config), "input": "flat observation features",
+                  metadata={CONFIG_KEY: to_dict(config), "input": "flat observation features",
                             "output": "normalised action in [-1, 1]"})
     print(f"exported {ckpt_dir} -> {out}")
-    return 0
+    return str(out)
 
 
-def flat_apply_fn(graphdef: nnx.GraphDef, config: TrainConfig) -> tuple[Any, jax.Array]:
+def flat_apply_fn(graphdef: nnx.GraphDef, config: Experiment) -> tuple[Any, jax.Array]:
     """`apply(params, flat_features [b, D]) -> action [b, A]` and an example input `[1, D]`."""
     from jaxloop.policy.observation import flat_dim, unflatten
-    dim = flat_dim(config.obs, config.history_length)
+    dim = flat_dim(config.obs)
 
     def apply(params, flat):
-        feats = unflatten(flat, config.obs, config.history_length)
+        feats = unflatten(flat, config.obs)
         return networks.mode(nnx.merge(graphdef, params)(feats))
 
     return apply, jnp.zeros((1, dim), jnp.float32)
@@ -186,8 +201,3 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> str:
     """A run directory's `checkpoints/` sub-folder if it has one, else the path itself."""
     sub = os.path.join(path, "checkpoints")
     return sub if os.path.isfile(os.path.join(sub, "config.json")) else str(path)
-
-
-def _to_dict(config: TrainConfig) -> dict:
-    from jaxloop.train.config import config_to_dict
-    return config_to_dict(config)
