@@ -115,6 +115,11 @@ def _sharp_corner_map(turn_deg: float, filler: int = 120):
     return start, end, np.ones(len(start), bool), v, d2
 
 
+@jax.jit
+def both_offroads(state, roadmap):
+    return m.offroad(state, roadmap), road.offroad_reference(state, roadmap)
+
+
 def test_culled_offroad_at_sharp_road_edge_corners():
     # As tests/test_metrics.py's sharp corner, with small boxes (0.2 x 0.1 m, so the corners sit
     # at the sampled points) around the vertex on both turns, through the culled path.
@@ -132,8 +137,8 @@ def test_culled_offroad_at_sharp_road_edge_corners():
                             width=f(np.full(n, 1e-3)), height=f(np.ones(n)), valid=jnp.ones(n, bool))
         roadmap = _roadmap(start, end, valid)
         assert road.edge_chunks_count(roadmap) > road.EDGE_CHUNKS_PER_OBJECT
-        fast = np.asarray(jax.jit(m.offroad)(state, roadmap))
-        np.testing.assert_array_equal(fast, np.asarray(road.offroad_reference(state, roadmap)))
+        fast, ref = (np.asarray(a) for a in both_offroads(state, roadmap))
+        np.testing.assert_array_equal(fast, ref)
         # Tiny boxes: a box is off the road where its centre is, up to the points within 1 mm of an edge.
         near_edge = np.abs(u[:, 1]) < 2e-3
         np.testing.assert_array_equal(fast[~near_edge], truth[~near_edge])
@@ -146,8 +151,9 @@ def _roadmap(start, end, valid) -> RoadMap:
 
 
 def test_per_object_metrics_at_the_ego_equal_the_ego_metrics(real_scenes):
-    # A WOMD and a JSON scene, the ego driven off its log (full throttle, steering) so it
-    # leaves the road: every per-object metric read at the SDC equals the ego-only one.
+    # A WOMD scene with the ego driven off its log (hard throttle and steering, so it leaves
+    # the road) and a JSON scene driven straight: every per-object metric read at the SDC
+    # equals the ego-only one at every step.
     env = Env(EnvConfig(non_ego_agent="log"))
     every = m.MetricsConfig(per_object_overlap=True, per_object_offroad=True, per_object_red_light=True,
                             per_object_log_divergence=True)
@@ -159,18 +165,18 @@ def test_per_object_metrics_at_the_ego_equal_the_ego_metrics(real_scenes):
         policy = lambda scenario, s, key: jnp.stack([jnp.float32(2.0), steer])
         both = lambda s, p, n, i: (m.step_metrics(s, p, n, i, config=every),
                                    m.step_metrics(s, p, n, i, config=ego_only))
-        _, out = rollout(env, sc, state, policy, 30, extras_fn=both)
+        _, out = rollout(env, sc, state, policy, 20, extras_fn=both)
         return out.extras
 
-    scenes = stack_scenarios([real_scenes[0], real_scenes[0], real_scenes[3], real_scenes[3]])
-    per, ego = jax.jit(jax.vmap(go))(scenes, jnp.array([0.0, 0.08, 0.0, 0.08], jnp.float32))
+    scenes = stack_scenarios([real_scenes[0], real_scenes[3]])
+    per, ego = jax.jit(jax.vmap(go))(scenes, jnp.array([0.08, 0.0], jnp.float32))
     sdc = np.asarray(scenes.object_metadata.is_sdc)  # [4, N]
     for k in ("ego_overlap", "ego_offroad", "ego_log_divergence", "ego_log_valid", "ego_red_light",
               "ego_offroad_at_fault", "ego_overlap_at_fault"):
         np.testing.assert_array_equal(np.asarray(per[k]), np.asarray(ego[k]), err_msg=k)
     for k, e in (("overlap", "ego_overlap"), ("offroad", "ego_offroad"), ("log_divergence", "ego_log_divergence"),
                  ("red_light", "ego_red_light")):
-        at_sdc = np.stack([np.asarray(per[k])[b][:, sdc[b]][:, 0] for b in range(4)])
+        at_sdc = np.stack([np.asarray(per[k])[b][:, sdc[b]][:, 0] for b in range(2)])
         np.testing.assert_array_equal(at_sdc, np.asarray(ego[e]), err_msg=k)
     assert np.asarray(ego["ego_offroad"]).any() and not np.asarray(ego["ego_offroad"]).all()
 

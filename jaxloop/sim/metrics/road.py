@@ -140,22 +140,31 @@ EDGE_CHUNK = 8
 EDGE_CHUNKS_PER_OBJECT = 10
 
 
-def _morton(x: jax.Array, y: jax.Array, valid: jax.Array) -> jax.Array:
-    """uint32 Z-order keys `[E]` of points quantised to 16 bits over the valid points' extent (invalid: last)."""
+def _z_order(x: jax.Array, y: jax.Array, valid: jax.Array) -> jax.Array:
+    """The permutation `[E]` that sorts points along a Z-order curve over the valid points' extent (invalid last).
+
+    Each point's key holds its Z-order code (coordinates quantised to (32 - b) / 2 bits)
+    above its index (the low b = ceil(log2 E) bits), so one sort of a single uint32 array
+    (cheaper on CPU than an argsort) yields the permutation in its low bits.
+    """
+    num = x.shape[-1]
+    index_bits = max(1, (num - 1).bit_length())
+    axis_bits = (32 - index_bits) // 2
     lo_x, hi_x = jnp.min(jnp.where(valid, x, jnp.inf)), jnp.max(jnp.where(valid, x, -jnp.inf))
     lo_y, hi_y = jnp.min(jnp.where(valid, y, jnp.inf)), jnp.max(jnp.where(valid, y, -jnp.inf))
     span = jnp.maximum(jnp.maximum(hi_x - lo_x, hi_y - lo_y), 1e-3)
+    top = float((1 << axis_bits) - 2)  # all ones is the code of the invalid points
 
-    def bits(v, lo):
-        n = jnp.clip((v - lo) / span * 65534.0, 0.0, 65534.0)  # all ones is the invalid key
-        n = jnp.where(valid, n, 0.0).astype(jnp.uint32)
+    def spread(v, lo):  # axis_bits (<= 16) bits -> every other bit
+        n = jnp.where(valid, jnp.clip((v - lo) / span * top, 0.0, top), 0.0).astype(jnp.uint32)
         n = (n | (n << 8)) & jnp.uint32(0x00FF00FF)
         n = (n | (n << 4)) & jnp.uint32(0x0F0F0F0F)
         n = (n | (n << 2)) & jnp.uint32(0x33333333)
         return (n | (n << 1)) & jnp.uint32(0x55555555)
 
-    key = bits(x, lo_x) | (bits(y, lo_y) << 1)
-    return jnp.where(valid, key, jnp.uint32(0xFFFFFFFF))
+    code = jnp.where(valid, spread(x, lo_x) | (spread(y, lo_y) << 1), jnp.uint32((1 << (2 * axis_bits)) - 1))
+    key = (code << index_bits) | jnp.arange(num, dtype=jnp.uint32)
+    return (jnp.sort(key) & jnp.uint32((1 << index_bits) - 1)).astype(jnp.int32)
 
 
 def edge_chunks(roadmap: RoadMap, chunk: int = EDGE_CHUNK):
@@ -174,7 +183,7 @@ def edge_chunks(roadmap: RoadMap, chunk: int = EDGE_CHUNK):
         end = jnp.concatenate([end, jnp.zeros((pad, 2), end.dtype)])
         valid = jnp.concatenate([valid, jnp.zeros((pad,), bool)])
     mid = 0.5 * (start + end)
-    order = jnp.argsort(_morton(mid[:, 0], mid[:, 1], valid), stable=True)
+    order = _z_order(mid[:, 0], mid[:, 1], valid)
     start, end, valid = start[order], end[order], valid[order]
     c = (num + pad) // chunk
     start, end, valid = start.reshape(c, chunk, 2), end.reshape(c, chunk, 2), valid.reshape(c, chunk)
@@ -232,35 +241,36 @@ def _culled_hits(state: ObjectState, roadmap: RoadMap):
     gx = jnp.maximum(jnp.maximum(box[None, :, 0] - cx, cx - box[None, :, 2]), 0.0)
     gy = jnp.maximum(jnp.maximum(box[None, :, 1] - cy, cy - box[None, :, 3]), 0.0)
     box_d2 = jnp.where(jnp.isfinite(box[None, :, 0]), gx * gx + gy * gy, jnp.inf)  # [N, C]
-    # k passes of a min-reduction over the chunk axis (a major axis: elementwise across objects) pick the
-    # nearest chunks; `jax.lax.top_k` over the minor axis ran 4x slower in the rollout on CPU.
-    idx, left_d2 = _k_smallest(box_d2.T, k)
-    idx = idx.T  # [N, k]
+    # k passes of an integer min-reduction along each object's row of chunks pick the nearest
+    # chunks: on CPU 70x faster than `jax.lax.top_k`, and 14x faster than the same passes
+    # reducing over the object axis.
+    idx, left_d2 = _k_smallest(box_d2, k)  # [N, k], [N]
     left_out = jnp.sqrt(left_d2)  # [N]: every chunk not taken is at least this far from the centre
     pick = lambda a: a[idx].reshape((idx.shape[0], k * chunk) + a.shape[2:])
     off, key_min = jax.vmap(_culled_offroad)(corners, pick(start), pick(end), pick(valid))  # [N, 4]
     half_diag = 0.5 * jnp.sqrt(state.length ** 2 + state.width ** 2)
-    reach = jnp.maximum(left_out - half_diag, 0.0)
-    # Keys are >= (1 - EDGE_TIE_TOLERANCE) * d2; a further relative 1e-4 and 1e-9 m² absorb rounding.
-    bound = (1.0 - 2.0 * EDGE_TIE_TOLERANCE) * (reach * reach)[:, None] * (1.0 - 1e-4) - 1e-9
+    # 1 cm absorbs float32 rounding of map-frame coordinates (an ulp is 1 mm at 10 km from the origin).
+    reach = jnp.maximum(left_out - half_diag - 0.01, 0.0)
+    # Keys are >= (1 - EDGE_TIE_TOLERANCE) * d2; a further relative 1e-4 absorbs rounding.
+    bound = (1.0 - 2.0 * EDGE_TIE_TOLERANCE) * (reach * reach)[:, None] * (1.0 - 1e-4)
     exact = jnp.isinf(left_out)[:, None] | (bound > key_min)  # [N, 4]
     return corners, jnp.any(off, -1), state.valid & ~jnp.all(exact, -1)
 
 
 def _k_smallest(x: jax.Array, k: int):
-    """Indices `[k, N]` of the k smallest of non-negative `x` `[C, N]` along C, and the (k+1)-th value `[N]`."""
-    c = x.shape[0]
+    """Indices `[N, k]` of the k smallest of non-negative `x` `[N, C]` in each row, and a lower bound `[N]`
+    of the (k+1)-th smallest (its value with the low index bits cleared)."""
+    c = x.shape[-1]
     bits = max(1, (c - 1).bit_length())
     low = jnp.int32((1 << bits) - 1)
-    key = (ordered_key(x) & ~low) | jnp.arange(c, dtype=jnp.int32)[:, None]
+    key = (ordered_key(x) & ~low) | jnp.arange(c, dtype=jnp.int32)  # unique: the index is in the low bits
     picked = []
     for _ in range(k):
-        best = jnp.min(key, 0)
-        picked.append(best & low)
-        key = jnp.where(key == best[None], jnp.iinfo(jnp.int32).max, key)
-    # The (k+1)-th value, with its index bits cleared: a lower bound of it (rounded down).
-    rest = jnp.min(key, 0) & ~low
-    return jnp.stack(picked), jax.lax.bitcast_convert_type(rest, jnp.float32)
+        best = jnp.min(key, -1, keepdims=True)
+        picked.append(best[:, 0] & low)
+        key = jnp.where(key == best, jnp.iinfo(jnp.int32).max, key)
+    rest = jnp.min(key, -1) & ~low
+    return jnp.stack(picked, -1), jax.lax.bitcast_convert_type(rest, jnp.float32)
 
 
 def _culled_offroad(points: jax.Array, start: jax.Array, end: jax.Array, valid: jax.Array):
