@@ -1,6 +1,6 @@
 """rejax's PPO on `jaxloop.envs.DrivingEnv`: jaxloop as the environment of an off-the-shelf JAX RL library.
 
-rejax (optional: `pip install rejax`, or `pip install -e .[rl]`) takes any environment
+rejax (a separate install, `pip install rejax`, not a jaxloop dependency) takes any environment
 with the gymnax interface; `DrivingEnv` is one, so the whole of the integration is
 `PPO.create(env=env, env_params=env.default_params, ...)`.
 
