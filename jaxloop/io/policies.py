@@ -25,6 +25,7 @@ from jaxloop.config import EXPERIMENT_KEY, Experiment, from_saved, to_dict
 from jaxloop.io.checkpoint import from_flat_dict, to_flat_dict
 from jaxloop.policy import networks
 from jaxloop.policy.observation import ObsConfig, features, observer_features
+from jaxloop.sim.actor import Actor, ActorOutput, Observation, per_object_action, policy_controlled, stateless_init
 from jaxloop.sim.datatypes import Scenario, SimState
 from jaxloop.sim.rollout import PolicyFn
 
@@ -54,6 +55,50 @@ def make_policy_fn(model_graphdef: nnx.GraphDef, params: nnx.State, obs_config: 
         return networks.mode(out) if deterministic else networks.sample(out, key)[0]
 
     return policy
+
+
+def make_actor(model_graphdef: nnx.GraphDef, obs_config: ObsConfig, deterministic: bool = True,
+               controlled: str = "sdc", record_features: bool = False, name: str = "policy") -> Actor:
+    """The learned policy as an `Actor`: `select_action(params, observation, (), key)`, `params` the model's.
+
+    deterministic: `tanh(mean)`, aux `{"value"}`; otherwise a tanh-Gaussian sample drawn
+    with `key`, aux `{"u": pre-tanh sample [.., A], "log_prob": [..], "value": [..]}`
+    (`[]` per entry for the ego, `[N]` per object when one policy drives every object).
+    `record_features` adds the observation features the action was computed from
+    (`aux["feats"]`, what an on-policy trainer re-evaluates). The actor drives the ego
+    (`controlled="sdc"`) or every object the environment lets a policy drive.
+    """
+
+    def select_action(params: nnx.State, obs: Observation, actor_state, key: jax.Array) -> ActorOutput:
+        model = nnx.merge(model_graphdef, params)
+        scenario, state = obs.scenario, obs.state
+        if controlled == "sdc":
+            ego = scenario.object_metadata.sdc_index
+            feats = features(scenario, state, ego, obs_config)
+            mask = jnp.arange(state.current.x.shape[-1]) == ego
+        else:
+            feats = observer_features(scenario, state, jnp.arange(state.current.x.shape[-1]), obs_config)
+            mask = policy_controlled(state)
+        out = model(feats)
+        if deterministic:
+            action, aux = networks.mode(out), {"value": out.value}
+        else:
+            action, u, log_prob = networks.sample(out, key)
+            aux = {"u": u, "log_prob": log_prob, "value": out.value}
+        if record_features:
+            aux["feats"] = feats
+        if controlled == "sdc":
+            action = per_object_action(action[None], state)
+        return ActorOutput(action=action, controlled=mask, actor_state=actor_state, aux=aux)
+
+    return Actor(init=stateless_init, select_action=select_action, name=name)
+
+
+def actor_from_params(config: Experiment, deterministic: bool = True, controlled: str = "sdc",
+                      record_features: bool = False) -> Actor:
+    """The `Actor` of `config`'s network (`make_actor`); roll it out with `actor_params` = the trained params."""
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, jax.random.PRNGKey(0))))
+    return make_actor(graphdef, config.obs, deterministic, controlled, record_features)
 
 
 def policy_from_params(config: Experiment, params: nnx.State, deterministic: bool = True,

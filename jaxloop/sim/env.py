@@ -149,7 +149,8 @@ class Env:
 
     def step(self, scenario: Scenario, state: SimState, action: jax.Array,
              params: EnvParams | agents_lib.AgentParams | None = None,
-             log_next: ObjectState | None = None) -> tuple[SimState, StepInfo]:
+             log_next: ObjectState | None = None,
+             controlled: jax.Array | None = None) -> tuple[SimState, StepInfo]:
         """Advances one step.
 
         `params` (traced): `EnvParams`, or `AgentParams` alone (the dynamics' own
@@ -163,6 +164,10 @@ class Env:
         (broadcast to every slot) or `[N, A]` (per object; the controlled rows are used).
         Only the M controlled objects go through the dynamics, so a single-ego episode
         costs one bicycle update per step however many objects the scenario holds.
+
+        `controlled` `[N]` bool (an actor's `ActorOutput.controlled`) narrows the objects the
+        action drives: a policy object (`AGENT_POLICY`) outside it follows the log this step,
+        every other object its agent model as always. None: every policy object is driven.
         """
         with jax.named_scope("env.step"):
             limits = None
@@ -183,6 +188,8 @@ class Env:
                 others = jax.lax.stop_gradient(others)
             driven = self.dynamics.forward(jax.tree.map(lambda a: a[slots], state.current), action, limits)
             use = state.agent_kind[slots] == agents_lib.AGENT_POLICY  # [M]
+            if controlled is not None:
+                use = use & controlled[slots]
             current = jax.tree.map(lambda o, d: o.at[slots].set(jnp.where(use, d, o[slots])), others, driven)
             history = jax.tree.map(lambda h, c: jnp.concatenate([h[..., 1:], c[..., None]], -1),
                                    state.history, current)

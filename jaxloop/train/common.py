@@ -24,12 +24,13 @@ import optax
 from flax import nnx, struct
 
 from jaxloop.config import GRPO, Experiment, Params, params_of
-from jaxloop.io.policies import build_model
+from jaxloop.io.policies import build_model, make_actor
 from jaxloop.policy import networks
 from jaxloop.policy.observation import Features, features
 from jaxloop.sim import rewards
-from jaxloop.sim.datatypes import ObjectState, Scenario, SimState, trajectory_window
+from jaxloop.sim.datatypes import Scenario, SimState
 from jaxloop.sim.env import Env
+from jaxloop.sim.rollout import over_batch, rollout
 from jaxloop.train import state as state_lib
 
 StepFn = Callable[[Scenario, SimState, SimState, rewards.RewardWeights], jax.Array]
@@ -144,32 +145,27 @@ def collect(ctx: Context, params: nnx.State, p: Params, scenario: Scenario, key:
     """Samples one episode with the tanh-Gaussian policy: (transitions, value of the final state, final state).
 
     `params` are the network's, `p` the traced experiment parameters; `key_aug` draws the
-    episode's augmentation (see `start_episode`).
+    episode's augmentation (see `start_episode`). The episode is a `rollout` of the
+    policy's actor (`jaxloop.io.policies.make_actor`, features recorded); its aux gives the
+    samples, log-probs and values, an extras hook the rewards and validity.
     """
     env = ctx.env
-    model = nnx.merge(ctx.graphdef, params)
     ego = scenario.object_metadata.sdc_index
     key_reset, key_run = jax.random.split(key)
     scenario, state = start_episode(ctx, env, scenario, key_reset, key_aug)
     state = state.replace(key=key_run)
+    actor = make_actor(ctx.graphdef, ctx.config.obs, deterministic=False, record_features=True)
 
-    def body(carry: SimState, log_next: ObjectState):
-        key, key_policy = jax.random.split(carry.key)
-        carry = carry.replace(key=key)
-        feats = features(scenario, carry, ego, ctx.config.obs)
-        out = model(feats)
-        action, u, log_prob = networks.sample(out, key_policy)
-        new_state, _ = env.step(scenario, carry, action, p.env, log_next=log_next)
-        reward = ctx.reward(p, scenario, carry, new_state)
-        valid = carry.current.valid[ego] & new_state.current.valid[ego]
-        return new_state, Transitions(feats=feats, u=u, log_prob=log_prob, value=out.value,
-                                      reward=jnp.where(valid, reward, 0.0), valid=valid)
+    def extras_fn(sc: Scenario, prev: SimState, new: SimState, info) -> dict:
+        valid = prev.current.valid[ego] & new.current.valid[ego]
+        return {"reward": jnp.where(valid, ctx.reward(p, sc, prev, new), 0.0), "valid": valid}
 
     with jax.named_scope("train.collect"):
-        # The horizon's log read once, time-major, as in `rollout`.
-        logs = trajectory_window(scenario.log_trajectory, state.timestep + 1, num_steps)
-        final, traj = jax.lax.scan(body, state, logs, length=num_steps)
-        last_value = model(features(scenario, final, ego, ctx.config.obs)).value
+        final, out = rollout(env, scenario, state, actor, num_steps, extras_fn=extras_fn, params=p.env,
+                             actor_params=params)
+        last_value = apply_model(ctx, params, ego_features(ctx, scenario, final)).value
+    traj = Transitions(feats=out.aux["feats"], u=out.aux["u"], log_prob=out.aux["log_prob"],
+                       value=out.aux["value"], reward=out.extras["reward"], valid=out.extras["valid"])
     return traj, last_value, final
 
 
@@ -190,8 +186,6 @@ def gradient_step_fn(ctx: "Context", loss_fn: Callable, scope: str, reduce: Call
     `over_batch`, reduced by `reduce(loss [B, ...], metrics, weight [B, ...]) -> (loss [], metrics)`
     (weighted means), value and gradient, a guarded optimiser update (non-finite updates are
     skipped), step + 1."""
-    from jaxloop.sim.rollout import over_batch
-
     def batch_loss(net_params, params: Params, batch: Scenario, key: jax.Array):
         return reduce(*over_batch(lambda s, k: loss_fn(ctx, net_params, params, s, k), batch, key))
 
