@@ -36,6 +36,8 @@ _EXPORTS = {
     "make_dynamics": "jaxloop.sim.dynamics",
     "rollout": "jaxloop.sim.rollout", "Rollout": "jaxloop.sim.rollout",
     "constant_action_policy": "jaxloop.sim.rollout",
+    "Actor": "jaxloop.sim.actor", "ActorOutput": "jaxloop.sim.actor", "Observation": "jaxloop.sim.actor",
+    "as_actor": "jaxloop.sim.actor", "baseline_actor": "jaxloop.sim.actor",
     # the experiment (static) and its traced parameters
     "Experiment": "jaxloop.config", "DataConfig": "jaxloop.config", "EnvSettings": "jaxloop.config",
     "EvalSettings": "jaxloop.config", "BC": "jaxloop.config", "APG": "jaxloop.config", "PPO": "jaxloop.config",
@@ -52,6 +54,7 @@ _EXPORTS = {
     "DrivingEnv": "jaxloop.envs",
     # trained policies
     "load_policy": "jaxloop.io.policies", "policy_from_params": "jaxloop.io.policies", "export": "jaxloop.io.policies",
+    "actor_from_params": "jaxloop.io.policies",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -47,11 +47,10 @@ from jaxloop.sim.datatypes import Scenario
 from jaxloop.sim.env import Env, EnvConfig, num_closed_loop_steps
 from jaxloop.sim.metrics import MetricsConfig, episode_metrics, step_metrics
 from jaxloop.sim.perturb import Perturbation
-from jaxloop.sim.rollout import PolicyFn, constant_action_policy, over_batch, rollout
+from jaxloop.sim.actor import BASELINE_KINDS, Actor, as_actor, baseline_actor, map_policy, with_agent_kind
+from jaxloop.sim.rollout import PolicyFn, over_batch, rollout
 
-BASELINES = ("expert", "constant_velocity", "idm")
-_BASELINE_KIND = {"expert": agents_lib.AGENT_LOG, "constant_velocity": agents_lib.AGENT_CONSTANT_VELOCITY,
-                  "idm": agents_lib.AGENT_IDM}
+BASELINES = tuple(BASELINE_KINDS)
 
 # Aggregate name -> per-episode metric averaged over scenarios.
 # failure / collision / offroad are the at-fault layer of `jaxloop.sim.metrics` (what the
@@ -95,56 +94,57 @@ class EvalConfig:
             raise ValueError("evaluation scores the ego: EvalConfig.env.controlled must be 'sdc'")
 
 
-def resolve_policy(policy: PolicyFn | str, env: Env) -> tuple[PolicyFn, int | None]:
-    """A policy function and, for baselines, the agent kind that drives the ego."""
+def resolve_policy(policy: Actor | PolicyFn | str, env: Env) -> Actor:
+    """The actor of a policy: a baseline name becomes its `baseline_actor`, a `PolicyFn` its `as_actor`."""
     if isinstance(policy, str):
         if policy not in BASELINES:
-            raise ValueError(f"unknown baseline {policy!r}; expected one of {BASELINES} or a policy function")
-        return constant_action_policy(jnp.zeros(env.config.action_dim)), _BASELINE_KIND[policy]
-    return policy, None
+            raise ValueError(f"unknown baseline {policy!r}; expected one of {BASELINES}, an Actor or a policy function")
+        return baseline_actor(policy, env.config.action_dim)
+    return as_actor(policy)
 
 
-def make_rollout_fn(policy: PolicyFn | str, config: EvalConfig, num_steps: int,
-                    perturbation: Perturbation | None = None) -> Callable[[Scenario, jax.Array], tuple]:
+def make_rollout_fn(policy: Actor | PolicyFn | str, config: EvalConfig, num_steps: int,
+                    perturbation: Perturbation | None = None, actor_params=None) -> Callable[[Scenario, jax.Array], tuple]:
     """`episode(scenario, key) -> (scenario, RolloutOutput)` for one unbatched scenario.
 
-    The returned scenario is the (possibly perturbed) one the episode ran in; the output
-    holds the per-step states and metrics (`extras`) that `make_episode_fn` reduces and
+    `policy` is an `Actor` (run under `actor_params`), a `PolicyFn` or a baseline name. The
+    returned scenario is the (possibly perturbed) one the episode ran in; the output holds
+    the per-step states and metrics (`extras`) that `make_episode_fn` reduces and
     `jaxloop render` draws.
     """
     env = Env(config.env)
-    policy_fn, ego_kind = resolve_policy(policy, env)
+    actor = resolve_policy(policy, env)
     p = perturbation or Perturbation("none")
     if p.policy_fn is not None:
-        policy_fn = p.policy_fn(policy_fn)
+        actor = map_policy(p.policy_fn, actor)
     horizon = check_horizon(config, num_steps)
     extras_fn = lambda sc, prev, new, info: step_metrics(sc, prev, new, info, config=config.metrics)
-    with_idm = (config.env.non_ego_agent == "idm" or ego_kind == agents_lib.AGENT_IDM or p.uses_idm)
+    with_idm = (config.env.non_ego_agent == "idm" or actor.agent_kind == agents_lib.AGENT_IDM or p.uses_idm)
 
     def episode(scenario: Scenario, key: jax.Array) -> tuple:
         key_scenario, key_reset, key_state = jax.random.split(key, 3)
         if p.scenario_fn is not None:
             scenario = p.scenario_fn(scenario, key_scenario)
         state = env.reset(scenario, key_reset)
-        kind = state.agent_kind
-        if ego_kind is not None:
-            kind = kind.at[scenario.object_metadata.sdc_index].set(ego_kind)
+        kind = with_agent_kind(actor, scenario, state.agent_kind)
         if p.agent_kind_fn is not None:
             kind = p.agent_kind_fn(scenario, kind)
-        if ego_kind is not None or p.agent_kind_fn is not None:
+        if actor.agent_kind is not None or p.agent_kind_fn is not None:
             state = env.reset(scenario, key_reset, agent_kind=kind, with_idm=with_idm)
         if p.state_fn is not None:
             state = p.state_fn(scenario, state, key_state)
-        _, out = rollout(env, scenario, state, policy_fn, horizon, extras_fn=extras_fn, params=p.params)
+        _, out = rollout(env, scenario, state, actor, horizon, extras_fn=extras_fn, params=p.params,
+                         actor_params=actor_params)
         return scenario, out
 
     return episode
 
 
-def make_episode_fn(policy: PolicyFn | str, config: EvalConfig, num_steps: int,
-                    perturbation: Perturbation | None = None) -> Callable[[Scenario, jax.Array], dict]:
+def make_episode_fn(policy: Actor | PolicyFn | str, config: EvalConfig, num_steps: int,
+                    perturbation: Perturbation | None = None,
+                    actor_params=None) -> Callable[[Scenario, jax.Array], dict]:
     """`episode(scenario, key) -> {metric: scalar}` for one unbatched scenario."""
-    run = make_rollout_fn(policy, config, num_steps, perturbation)
+    run = make_rollout_fn(policy, config, num_steps, perturbation, actor_params)
 
     def episode(scenario: Scenario, key: jax.Array) -> dict:
         scenario, out = run(scenario, key)
@@ -291,10 +291,11 @@ def aggregate(rows: Sequence[dict]) -> dict[str, float]:
     return out
 
 
-def evaluate(policy: PolicyFn | str, scenarios: Any, infos: Sequence[dict] | None = None,
+def evaluate(policy: Actor | PolicyFn | str, scenarios: Any, infos: Sequence[dict] | None = None,
              config: EvalConfig = EvalConfig(), seed: int = 0, perturbation: Perturbation | None = None,
-             name: str | None = None) -> EvalReport:
-    """Evaluates `policy` (a `PolicyFn` or a baseline name) on batched `scenarios` `[S, ...]` (with `infos`) or
+             name: str | None = None, actor_params=None) -> EvalReport:
+    """Evaluates `policy` (an `Actor` under `actor_params`, a `PolicyFn` or a baseline name) on batched
+    `scenarios` `[S, ...]` (with `infos`) or
     a `jaxloop.data.Dataset` (its own infos: a cache is streamed), in order, in batches of `config.batch_size`.
 
     Raises ValueError (`check_scenarios`) before any rollout for non-finite inputs or a
@@ -313,7 +314,7 @@ def evaluate(policy: PolicyFn | str, scenarios: Any, infos: Sequence[dict] | Non
         batches = (batch for batch, _ in scenarios.stream(iter(index_batches)))  # prefetched
         first = jax.tree.map(lambda a: a[0], scenarios.get([0]))
     steps = num_closed_loop_steps(first, config.env)
-    episode = make_episode_fn(policy, config, steps, perturbation)
+    episode = make_episode_fn(policy, config, steps, perturbation, actor_params)
     fn = jax.jit(lambda batch, keys: over_batch(episode, batch, None, keys=keys), compiler_options=compiler_options())
     keys = jax.random.split(jax.random.key(seed), num)
     chunks = []
@@ -331,7 +332,7 @@ def evaluate(policy: PolicyFn | str, scenarios: Any, infos: Sequence[dict] | Non
         row["family"] = families[i]
         rows.append(row)
     per_family = {f: aggregate([r for r in rows if r["family"] == f]) for f in sorted(set(families))}
-    label = name or (policy if isinstance(policy, str) else "policy")
+    label = name or (policy if isinstance(policy, str) else policy.name if isinstance(policy, Actor) else "policy")
     if perturbation is not None:
         label += f" [{perturbation.name}]"
     report = EvalReport(name=label, per_scenario=rows, aggregate=aggregate(rows), per_family=per_family)

@@ -10,6 +10,13 @@ an exported artefact (`jaxloop export`) become a policy any evaluator can roll o
 The action is `[A]` for the ego (`controlled="sdc"`) or `[N, A]` when one policy drives
 every object (`controlled="vehicles"` / `"all"`: every object is an observer; the env
 applies the action only to the objects it controls).
+
+The same network as an `Actor` (`jaxloop.sim.actor`), its params passed at every step and
+its aux holding the log-prob and value a trainer reads:
+
+    actor = actor_from_params(experiment, deterministic=False)
+    final, out = rollout(env, scenario, state, actor, num_steps, actor_params=params)
+    out.aux["log_prob"], out.aux["value"]    # [H] each
 """
 
 from __future__ import annotations

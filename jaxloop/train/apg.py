@@ -1,6 +1,7 @@
 """Closed-loop analytic policy gradients (backpropagation through the simulator).
 
-The policy drives the ego for H steps through `jaxloop.sim.rollout.rollout`; the loss is
+The policy's actor (`jaxloop.io.policies.make_actor`) drives the ego for H steps through
+`jaxloop.sim.rollout.rollout`, differentiated with respect to its params; the loss is
 the mean over the batch of the per-step smooth surrogate (`rewards.step_surrogate_loss`
 by default: weighted distance to the logged state plus smooth safety / progress terms),
 averaged over the H steps. Gradients flow through the dynamics into the policy at every
@@ -21,25 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxloop.config import Params
-from jaxloop.policy import networks
-from jaxloop.policy.observation import features
-from jaxloop.sim.datatypes import Scenario, SimState
+from jaxloop.io.policies import make_actor
+from jaxloop.sim.actor import INIT_SALT
+from jaxloop.sim.datatypes import Scenario
 from jaxloop.sim.rollout import rollout
 from jaxloop.train.common import Context, check_horizon, gradient_step_fn, start_episode
-
-
-def _policy(ctx: Context, net_params):
-    from flax import nnx
-    model = nnx.merge(ctx.graphdef, net_params)
-    stochastic = ctx.config.algo.stochastic
-
-    def policy(scenario: Scenario, state: SimState, key: jax.Array) -> jax.Array:
-        out = model(features(scenario, state, scenario.object_metadata.sdc_index, ctx.config.obs))
-        if stochastic:
-            return networks.sample(out, key)[0]
-        return networks.mode(out)
-
-    return policy
 
 
 def episode_loss(ctx: Context, net_params, params: Params, scenario: Scenario,
@@ -48,18 +35,20 @@ def episode_loss(ctx: Context, net_params, params: Params, scenario: Scenario,
     check_horizon(ctx, scenario)
     algo = ctx.config.algo
     env = ctx.env  # its config stops gradients through other objects unless algo.grad_through_agents
-    policy = _policy(ctx, net_params)
+    actor = make_actor(ctx.graphdef, ctx.config.obs, deterministic=not algo.stochastic)
     extras_fn = lambda s, prev, new, info: {"loss": ctx.surrogate(params, s, prev, new)}
     scenario, state = start_episode(ctx, env, scenario, key)
     horizon = ctx.config.env.horizon
     window = algo.truncate_every or horizon
 
-    def run_window(carry: SimState, _):
-        carry = jax.lax.stop_gradient(carry) if algo.truncate_every else carry
-        return rollout(env, scenario, carry, policy, window, remat=algo.remat, extras_fn=extras_fn,
-                       params=params.env)
+    def run_window(carry, _):
+        sim, memory = jax.lax.stop_gradient(carry) if algo.truncate_every else carry
+        final, out = rollout(env, scenario, sim, actor, window, remat=algo.remat, extras_fn=extras_fn,
+                             params=params.env, actor_params=net_params, actor_state=memory)
+        return (final, out.actor_state), out.replace(actor_state=())
 
-    _, out = jax.lax.scan(run_window, state, None, length=horizon // window)
+    memory = actor.init(jax.random.fold_in(state.key, INIT_SALT), scenario)  # one episode across the windows
+    _, out = jax.lax.scan(run_window, (state, memory), None, length=horizon // window)
     out = jax.tree.map(lambda a: a.reshape(horizon, *a.shape[2:]), out)  # [H/W, W, ...] -> [H, ...]
     ego = scenario.object_metadata.sdc_index
     err = jnp.hypot(out.states.x[:, ego] - out.log_states.x[:, ego], out.states.y[:, ego] - out.log_states.y[:, ego])
