@@ -187,7 +187,7 @@ ALGO_CLASSES: dict[str, type] = {c.kind: c for c in (BC, APG, PPO, GRPO)}
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-    """Closed-loop evaluation of the trained policy (`jaxloop eval`, the experiments)."""
+    """How the experiment pipelines evaluate the trained policy (held-out set, perturbation suite)."""
 
     source: str = "procedural:test:64"  # held-out scenarios
     non_ego_agent: Literal["log", "idm"] = "log"

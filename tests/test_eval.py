@@ -96,7 +96,7 @@ def test_agent_switch_changes_only_non_ego_kinds():
 
 def test_speed_scale_warps_other_logs_only():
     sc = make_toy_scenario(num_cars=3)
-    out = perturbations.speed_scale(2.0).scenario_fn(sc, jax.random.key(0))
+    out = perturbations.speed_scale(2.0, init_steps=11).scenario_fn(sc, jax.random.key(0))
     a, b = sc.log_trajectory, out.log_trajectory
     np.testing.assert_array_equal(b.x[0], a.x[0])  # the ego's log is untouched
     np.testing.assert_array_equal(b.x[1, :11], a.x[1, :11])  # the past is untouched
@@ -109,7 +109,7 @@ def test_speed_scale_warps_other_logs_only():
 
 def test_inject_crossing_fills_one_slot_that_crosses_the_ego_path():
     sc = make_toy_scenario(num_cars=3)  # slots 3.. are padding
-    p = perturbations.inject_crossing(TYPE_PEDESTRIAN, ahead_steps=30, lead_s=0.0)
+    p = perturbations.inject_crossing(TYPE_PEDESTRIAN, ahead_steps=30, lead_s=0.0, init_steps=11)
     out = p.scenario_fn(sc, jax.random.key(1))
     changed = [i for i in range(sc.num_objects)
                if not np.array_equal(np.asarray(out.log_trajectory.x[i]), np.asarray(sc.log_trajectory.x[i]))]
@@ -123,7 +123,7 @@ def test_inject_crossing_fills_one_slot_that_crosses_the_ego_path():
 
 def test_lane_geometry_widens_lanes_and_bends_map_and_logs_together():
     sc = make_toy_scenario(num_cars=3)
-    out = perturbations.lane_geometry(width_scale=1.5, curvature=0.0).scenario_fn(sc, jax.random.key(0))
+    out = perturbations.lane_geometry(width_scale=1.5, curvature=0.0, init_steps=11).scenario_fn(sc, jax.random.key(0))
     gap = lambda s: float(np.mean(np.asarray(s.roadmap.lane_xy[1, :, 1] - s.roadmap.lane_xy[0, :, 1])))
     assert gap(out) == pytest.approx(1.5 * gap(sc), rel=1e-3)  # lanes 1.5x as far apart
     # In the ego's start frame, logs keep their longitudinal and scale their lateral coordinate.
@@ -134,7 +134,8 @@ def test_lane_geometry_widens_lanes_and_bends_map_and_logs_together():
     valid = np.asarray(log.valid)
     np.testing.assert_allclose(np.asarray(after[..., 0])[valid], np.asarray(before[..., 0])[valid], atol=1e-3)
     np.testing.assert_allclose(np.asarray(after[..., 1])[valid], 1.5 * np.asarray(before[..., 1])[valid], atol=1e-3)
-    bent = perturbations.lane_geometry(width_scale=1.0, curvature=0.01).scenario_fn(sc, jax.random.key(0))
+    bent = perturbations.lane_geometry(width_scale=1.0, curvature=0.01, init_steps=11).scenario_fn(
+        sc, jax.random.key(0))
     # A car on the ego's lane keeps its lateral offset to the bent lane centre (map and log move together).
     lane = np.asarray(bent.roadmap.lane_xy[0])
     car = np.array([float(bent.log_trajectory.x[0, 60]), float(bent.log_trajectory.y[0, 60])])
@@ -169,7 +170,7 @@ def test_injected_crossing_hits_the_log_replay_ego_but_a_yielding_driver_avoids_
     # the log collides; the IDM ego sees it in its lane early enough to stop.
     scenarios, infos = toy_set
     cfg = EvalConfig(batch_size=6, horizon=60)
-    p = perturbations.inject_crossing(TYPE_PEDESTRIAN)
+    p = perturbations.inject_crossing(TYPE_PEDESTRIAN, init_steps=11)
     expert = evaluate("expert", scenarios, infos, cfg, perturbation=p).aggregate
     idm = evaluate("idm", scenarios, infos, cfg, perturbation=p).aggregate
     # The crosser is written into the log, but as an injected object (SYNTHETIC_ID) its

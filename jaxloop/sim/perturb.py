@@ -14,6 +14,9 @@ evaluates a policy clean and under each of `default_suite`).
   into a curve around the ego's start, changing lane width and curvature.
 - `observation_noise`: the policy sees other objects' positions with Gaussian noise.
 - `action_latency`: the policy acts on the state as it was `steps` steps ago.
+
+Those that read the log from the episode's start take `init_steps` (keyword, no default):
+a property of the data source (`formats.init_steps_of`; WOMD 11, AV2 50), never a guess.
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def agents_log() -> Perturbation:
     return _non_ego_switch(agents_lib.AGENT_LOG, "agents_log")
 
 
-def speed_scale(scale: float = 1.3, init_steps: int = 11) -> Perturbation:
+def speed_scale(scale: float = 1.3, *, init_steps: int) -> Perturbation:
     """Non-ego objects replay their logs `scale` times as fast from the current step on."""
 
     def scenario_fn(scenario: Scenario, key: jax.Array) -> Scenario:
@@ -131,7 +134,7 @@ CYCLIST_SIZE = (1.8, 0.8, 1.6)
 
 def add_crosser(scenario: Scenario, key: jax.Array, object_type: int | jax.Array = TYPE_PEDESTRIAN,
                 ahead_steps: int | jax.Array = 40, speed: float | jax.Array = 1.0, lead_s: float | jax.Array = 0.5,
-                min_distance: float = 20.0, init_steps: int = 11, enabled: bool | jax.Array = True) -> Scenario:
+                min_distance: float = 20.0, *, init_steps: int, enabled: bool | jax.Array = True) -> Scenario:
     """The scenario with a pedestrian or cyclist crossing the ego's logged path (every
     argument but `min_distance` and `init_steps` may be traced; see `inject_crossing`).
 
@@ -185,8 +188,8 @@ def add_crosser(scenario: Scenario, key: jax.Array, object_type: int | jax.Array
     return scenario.replace(log_trajectory=new_traj, object_metadata=new_meta)
 
 
-def random_crosser(scenario: Scenario, key: jax.Array, prob: float | jax.Array = 0.5,
-                   init_steps: int = 11) -> tuple[Scenario, jax.Array]:
+def random_crosser(scenario: Scenario, key: jax.Array, prob: float | jax.Array = 0.5, *,
+                   init_steps: int) -> tuple[Scenario, jax.Array]:
     """With probability `prob`, a crosser of random type, side, timing and speed (training
     augmentation): pedestrians at 0.8-1.6 m/s, cyclists at 2-4 m/s, on the path 2.5-6 s
     after the start and 0-1 s before the logged ego. Returns the scenario and whether a
@@ -210,8 +213,8 @@ def react_to_crosser(scenario: Scenario, kind: jax.Array) -> jax.Array:
 
 
 def inject_crossing(object_type: int = TYPE_PEDESTRIAN, ahead_steps: int = 40, speed: float | None = None,
-                    lead_s: float | None = None, min_distance: float = 20.0, reactive: bool = True,
-                    init_steps: int = 11) -> Perturbation:
+                    lead_s: float | None = None, min_distance: float = 20.0, reactive: bool = True, *,
+                    init_steps: int) -> Perturbation:
     """A pedestrian (or cyclist) crosses the ego's logged path at the point the logged ego
     reaches `ahead_steps` steps after the start (or `min_distance` metres along its path,
     whichever is farther), getting there `lead_s` seconds before the logged ego.
@@ -229,7 +232,7 @@ def inject_crossing(object_type: int = TYPE_PEDESTRIAN, ahead_steps: int = 40, s
     lead_s = lead_s if lead_s is not None else (0.5 if object_type == TYPE_PEDESTRIAN else 0.6)
 
     def scenario_fn(scenario: Scenario, key: jax.Array) -> Scenario:
-        return add_crosser(scenario, key, object_type, ahead_steps, speed, lead_s, min_distance, init_steps)
+        return add_crosser(scenario, key, object_type, ahead_steps, speed, lead_s, min_distance, init_steps=init_steps)
 
     name = "inject_pedestrian" if object_type == TYPE_PEDESTRIAN else "inject_cyclist"
     extra = dict(agent_kind_fn=react_to_crosser, uses_idm=True) if reactive else {}
@@ -264,7 +267,7 @@ def _warp_vector(local_xy: jax.Array, local_vec: jax.Array, width_scale: float, 
     return jnp.stack([stretch * vu * c - vv * s, stretch * vu * s + vv * c], -1)
 
 
-def lane_geometry(width_scale: float = 1.15, curvature: float = 0.004, init_steps: int = 11) -> Perturbation:
+def lane_geometry(width_scale: float = 1.15, curvature: float = 0.004, *, init_steps: int) -> Perturbation:
     """Warps map and logs together in the ego's start frame: lateral distances times
     `width_scale` (lane width), then the scene bent with `curvature` 1/m."""
 
@@ -352,7 +355,9 @@ def action_latency(steps: int = 2) -> Perturbation:
                         description=f"the policy acts on the state of {steps} steps ago")
 
 
-def default_suite(init_steps: int = 11) -> list[Perturbation]:
-    return [ego_noise(), agents_idm(), speed_scale(1.3, init_steps), inject_crossing(TYPE_PEDESTRIAN, init_steps=init_steps),
+def default_suite(init_steps: int) -> list[Perturbation]:
+    """The evaluation suite for scenarios whose episodes start after `init_steps` log steps."""
+    return [ego_noise(), agents_idm(), speed_scale(1.3, init_steps=init_steps),
+            inject_crossing(TYPE_PEDESTRIAN, init_steps=init_steps),
             inject_crossing(TYPE_CYCLIST, init_steps=init_steps), lane_geometry(init_steps=init_steps),
             observation_noise(), action_latency()]

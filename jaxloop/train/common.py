@@ -114,7 +114,8 @@ def start_episode(ctx: Context, env: Env, scenario: Scenario, key: jax.Array,
         key_aug, key_reset = jax.random.split(key)
     key_cross, key_scale, key_noise = jax.random.split(key_aug, 3)
     if cfg.crosser_prob > 0:
-        scenario, added = random_crosser(scenario, key_cross, cfg.crosser_prob, ctx.config.data.init_steps)
+        scenario, added = random_crosser(scenario, key_cross, cfg.crosser_prob,
+                                           init_steps=ctx.config.data.init_steps)
         state = env.reset(scenario, key_reset)
         kind = jnp.where(added, react_to_crosser(scenario, state.agent_kind), state.agent_kind)
         state = env.reset(scenario, key_reset, agent_kind=kind, with_idm=True)
