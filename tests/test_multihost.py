@@ -16,7 +16,7 @@ import pytest
 from _train_utils import scenarios, tiny_config
 from jaxloop.data.dataset import BatchPlan, InMemoryDataset
 from jaxloop.train import loop, parallel
-from jaxloop.train.policy_fn import load_params
+from jaxloop.io.policies import load_params
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN = dict(log_every=2, ckpt_every=2, progress=False, use_tensorboard=False, data_partitions=2)
