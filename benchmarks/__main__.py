@@ -36,6 +36,7 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         ("benchmarks.data_throughput", ["--quick"]),
         ("benchmarks.generate", ["--quick"]),
         ("benchmarks.waymax_compare", ["--quick"]),
+        ("benchmarks.realism", ["--quick"]),
     ],
     "full": [
         ("benchmarks.sim_step", []),
@@ -45,6 +46,7 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         ("benchmarks.data_throughput", []),
         ("benchmarks.generate", []),
         ("benchmarks.waymax_compare", []),
+        ("benchmarks.realism", []),
     ],
 }
 

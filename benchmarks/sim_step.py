@@ -9,6 +9,11 @@ replay for every non-ego object); the same with `{"agents": "idm", "metrics": "a
 IDM for every non-ego object and `jaxloop.sim.metrics.step_metrics` on every step
 (every ego metric + all-pairs overlap: `FULL_METRICS`) on a WOMD-sized compiled map
 (P=256 lanes x Q=20 points, E=2048 road-edge segments, L=16 lights); and
+the all-object metrics case `{"agents": "log", "metrics": "objects", "map": "womd"}`: log replay
+for every non-ego object and, on every step, overlap, offroad and log divergence of all N=128
+objects (`metrics.overlap`, `metrics.offroad`, `metrics.log_divergence`, the work of Waymax's
+per-object metrics) on the WOMD tf.Example fixture (`../shared/data/womd`, its compiled map),
+at B in (1, 16, 1024); and
 `backward_over_forward` for an 80-step rollout at B=64 (gradient of the final ego
 position w.r.t. all actions vs the forward pass). Each timed call resets B episodes
 and unrolls `--steps` closed-loop steps (default 20), so the per-episode set-up (the
@@ -23,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import pathlib
 from typing import Sequence
 
 import jax
@@ -127,6 +134,50 @@ def bench_steps_full(batches: Sequence[int], num_objects: int, env_meta: dict,
              peak_host_mb=peak_host_memory_mb(), peak_device_mb=peak_device_memory_mb(), env=env_meta)
 
 
+WOMD_FIXTURE = (pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "womd"
+                / "motion_data_one_example.tfrecord")
+OBJECT_BATCHES = (1, 16, 1024)
+
+
+def object_metrics(scenario, prev, state, info):
+    """Overlap, offroad and log divergence of every object `[N]` at the new step (Waymax's per-object metrics)."""
+    del prev
+    cur = state.current
+    div, div_valid = metrics.log_divergence(cur, info.log_state)
+    return {"overlap": metrics.overlap(cur), "offroad": metrics.offroad(cur, scenario.roadmap),
+            "log_divergence": div, "log_valid": div_valid}
+
+
+def bench_objects(batches: Sequence[int], env_meta: dict, steps: int = STEPS_PER_CALL,
+                  path: pathlib.Path = WOMD_FIXTURE) -> None:
+    """Log-replay env steps with all-object overlap + offroad + log divergence on the WOMD fixture (N=128)."""
+    from jaxloop.data.womd import load_womd
+    if not path.is_file():
+        print(json.dumps({"bench": "sim_step", "skipped": f"WOMD fixture not found at {path}"}), flush=True)
+        return
+    base = [next(load_womd(path))[0]]
+    num_objects = base[0].log_trajectory.x.shape[0]
+    env = Env(EnvConfig(non_ego_agent="log"))
+    for batch in batches:
+        placement = batch_placement(batch)
+        scenarios = device_batch(base, batch, placement)
+        actions, keys = _actions_and_keys(batch, steps, placement)
+
+        def episode(scenario, acts, key):
+            state = env.reset(scenario, key)
+            final, out = rollout(env, scenario, state, open_loop_policy(acts), steps, extras_fn=object_metrics)
+            return final.current.x, jax.tree.map(lambda a: jnp.sum(a.astype(jnp.float32)), out.extras)
+
+        fn = jax.jit(jax.vmap(episode), compiler_options=compiler_options())
+        timing = time_fn(fn, scenarios, actions, keys)
+        rate = batch * steps / timing["median_s"]
+        emit("sim_step", {"B": batch, "N": num_objects, "agents": "log", "metrics": "objects", "map": "womd",
+                          "steps": steps, "devices": len(placement.device_set)},
+             "scenario_steps_per_s", rate, "1/s",
+             object_steps_per_s=rate * num_objects, compile_s=timing["compile_s"], repeats=timing["repeats"],
+             peak_host_mb=peak_host_memory_mb(), peak_device_mb=peak_device_memory_mb(), env=env_meta)
+
+
 def bench_backward(batch: int, num_objects: int, horizon: int, env_meta: dict) -> None:
     env = Env()
     placement = batch_placement(batch)
@@ -155,9 +206,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="the small sweep (CI-sized)")
     parser.add_argument("--batches", type=int, nargs="*", default=None)
     parser.add_argument("--num-objects", type=int, default=128)
-    parser.add_argument("--only", choices=("log", "full", "backward"), nargs="*", default=None,
-                        help="run only these cases (log: log-replay steps; full: IDM + every metric; "
-                             "backward: rollout gradient); default all")
+    parser.add_argument("--only", choices=("log", "full", "objects", "backward"), nargs="*", default=None,
+                        help="run only these cases (log: log-replay steps; full: IDM + every metric; objects: "
+                             "all-object overlap + offroad + log divergence on the WOMD fixture; backward: "
+                             "rollout gradient); default all")
     parser.add_argument("--edge-cull", type=int, default=0, help="MetricsConfig.edge_cull of the full case")
     parser.add_argument("--steps", type=int, default=STEPS_PER_CALL,
                         help="closed-loop steps per timed call of the full case (at most 80 on T=91 logs)")
@@ -171,12 +223,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     use_cpu_devices(args.cpu_devices or CPU_DEVICES_PER_CORE * (os.cpu_count() or 1))
     env_meta = environment()
     batches = args.batches or ([1, 64, 1024] if args.quick else [1, 64, 256, 1024, 4096])
-    only = set(args.only or ("log", "full", "backward"))
+    only = set(args.only or ("log", "full", "objects", "backward"))
     if "log" in only:
         bench_steps(batches, args.num_objects, "log", env_meta)
     if "full" in only:
         bench_steps_full(batches, args.num_objects, env_meta,
                          dataclasses.replace(FULL_METRICS, edge_cull=args.edge_cull), args.steps)
+    if "objects" in only:
+        bench_objects(args.batches or OBJECT_BATCHES, env_meta, args.steps)
     if "backward" in only:
         bench_backward(64, args.num_objects, 80, env_meta)
 

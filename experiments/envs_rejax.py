@@ -1,6 +1,6 @@
 """rejax's PPO on `jaxloop.envs.DrivingEnv`: jaxloop as the environment of an off-the-shelf JAX RL library.
 
-rejax (optional: `pip install rejax`, or `pip install -e .[rl]`) takes any environment
+rejax (a separate install, `pip install rejax`, not a jaxloop dependency) takes any environment
 with the gymnax interface; `DrivingEnv` is one, so the whole of the integration is
 `PPO.create(env=env, env_params=env.default_params, ...)`.
 
@@ -28,6 +28,7 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=10_240, help="environment steps between evaluations")
     ap.add_argument("--episode-steps", type=int, default=40, help="steps before an episode is truncated")
     ap.add_argument("--reward", default="progress_safety", help="reward preset (jaxloop.sim.rewards.PRESETS)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:
@@ -39,7 +40,7 @@ def main(argv=None):
                                  terminate_on=("collision", "offroad"))
     algo = PPO.create(env=env, env_params=env.default_params, total_timesteps=args.timesteps,
                       eval_freq=args.eval_every, num_envs=16, num_steps=32, num_epochs=4, num_minibatches=4,
-                      learning_rate=3e-4, max_grad_norm=0.5, gae_lambda=0.95, clip_eps=0.2, ent_coef=0.0,
+                      learning_rate=args.lr, max_grad_norm=0.5, gae_lambda=0.95, clip_eps=0.2, ent_coef=0.0,
                       agent_kwargs={"activation": "tanh", "hidden_layer_sizes": (128, 128)})
     # The algorithm is a pytree: passing it in keeps the scenario bank (in env_params) an argument, not a constant.
     train = jax.jit(lambda algo, key: algo.train(key))

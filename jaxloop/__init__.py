@@ -46,6 +46,8 @@ _EXPORTS = {
     # evaluation and the gate
     "EvalConfig": "jaxloop.eval.evaluate", "evaluate": "jaxloop.eval.evaluate", "run_suite": "jaxloop.eval.perturb",
     "GateConfig": "jaxloop.config", "gate": "jaxloop.eval.gate",
+    # realism of traffic models (WOSAC-style)
+    "RealismConfig": "jaxloop.realism.evaluate", "RealismRunner": "jaxloop.realism.evaluate",
     # the simulator as a gymnax-style RL environment
     "DrivingEnv": "jaxloop.envs",
     # trained policies

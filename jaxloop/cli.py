@@ -30,6 +30,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
              "generate": "jaxloop.data.procedural.cli:generate_cli"},
     "train": "jaxloop.train.cli:train",
     "export": "jaxloop.train.cli:export",
+    "realism": "jaxloop.realism.cli:run_realism",
 }
 
 _HELP = {
@@ -42,6 +43,7 @@ _HELP = {
             "generate built-in procedural scenarios",
     "train": "train a policy: bc | apg | ppo | grpo, with checkpoints, logs and resume",
     "export": "export a trained policy checkpoint with jax.export (runs without jaxloop)",
+    "realism": "WOSAC-style realism meta-metric of a traffic model (log, constant velocity, IDM, policy) vs real logs",
 }
 
 

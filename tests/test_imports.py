@@ -26,6 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "io":       ("config", "policy", "sim", "base"),                        # checkpoints, export, policy loading
     "train":    ("io", "config", "policy", "data", "sim", "base"),
     "eval":     ("io", "config", "policy", "sim", "base"),
+    "realism":  ("io", "config", "policy", "sim", "base"),                  # WOSAC-style realism of traffic models
     "viz":      ("sim", "base"),
     "interop":  ("data", "sim", "base"),
     "envs":     ("policy", "data", "sim", "base"),                          # gymnax-style environments
@@ -43,6 +44,7 @@ MODULE_LAYER: dict[str, str] = {
     "jaxloop.io": "io",
     "jaxloop.train": "train",
     "jaxloop.eval": "eval",
+    "jaxloop.realism": "realism",
     "jaxloop.viz": "viz",
     "jaxloop.interop": "interop",
     "jaxloop.envs": "envs",

@@ -4,7 +4,7 @@ Loading lives here, below both training and evaluation: a training run's checkpo
 an exported artefact (`jaxloop export`) become a policy any evaluator can roll out.
 
     policy, experiment = load_policy("runs/bc")  # a run, its checkpoints/ or an export directory
-    env = Env(experiment.env_config())      # normalised actions: the policy emits [-1, 1]
+    env = Env(experiment.env_config())           # normalised actions: the policy emits [-1, 1]
     final, out = rollout(env, scenario, env.reset(scenario, key), policy, num_steps)
 
 The action is `[A]` for the ego (`controlled="sdc"`) or `[N, A]` when one policy drives

@@ -1,0 +1,1 @@
+"""WOSAC-style realism of traffic models against real logs (see `jaxloop.realism.evaluate`)."""
