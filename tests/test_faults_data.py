@@ -267,7 +267,7 @@ class _Stop(Exception):
     pass
 
 
-def test_eval_gate_and_train_pass_skip_invalid_through(monkeypatch):
+def test_eval_gate_and_train_pass_skip_invalid_through(monkeypatch, tmp_path):
     import jaxloop.data.sources as sources
     from jaxloop.eval.cli import run_eval, run_gate
     from jaxloop.train.loop import train
@@ -279,11 +279,17 @@ def test_eval_gate_and_train_pass_skip_invalid_through(monkeypatch):
         raise _Stop
 
     monkeypatch.setattr(sources, "load_source", fake)
-    for fn, kwargs in ((run_eval, {}), (run_gate, {"candidate": "expert"}), (train, {})):
+    for fn, kwargs in ((run_eval, {}), (run_gate, {"candidate": "expert"})):
         assert inspect.signature(fn).parameters["skip_invalid"].default is False
         for flag in (False, True):
             with pytest.raises(_Stop):
                 fn(data="some/*.tfrecord", skip_invalid=flag, **kwargs)
+    # train: the flag is the experiment's `--data.skip-invalid`
+    from jaxloop.config import DataConfig, Experiment
+    assert DataConfig().skip_invalid is False
+    for flag in (False, True):
+        with pytest.raises(_Stop):
+            train(Experiment(data=DataConfig(source="some/*.tfrecord", skip_invalid=flag)), out=str(tmp_path / "run"))
     assert seen == [False, True] * 3
 
 

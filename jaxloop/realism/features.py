@@ -48,6 +48,8 @@ from flax import struct
 
 from jaxloop.sim import geometry as geo
 from jaxloop.sim import metrics
+from jaxloop.sim.metrics.boxes import _separation  # closed-form separating-axis gap of box parameters
+from jaxloop.sim.metrics.road import _segment_d2  # squared point-segment distances
 from jaxloop.sim.datatypes import DT, ObjectState, Scenario
 
 CORNER_ROUNDING_FACTOR = 0.7
@@ -177,7 +179,7 @@ def _box_distance(a: tuple, b: tuple) -> jax.Array:
     """
     xa, ya, ca, sa, hla, hwa = a
     xb, yb, cb, sb, hlb, hwb = b
-    sep = metrics._separation(xa, ya, ca, sa, hla, hwa, xb, yb, cb, sb, hlb, hwb)
+    sep = _separation(xa, ya, ca, sa, hla, hwa, xb, yb, cb, sb, hlb, hwb)
     best = jnp.inf
     for sl, sw in ((1.0, 1.0), (1.0, -1.0), (-1.0, 1.0), (-1.0, -1.0)):
         pxa = xa + sl * hla * ca - sw * hwa * sa
@@ -202,7 +204,7 @@ def nearest_object_distance(x, y, yaw, length, width, valid, index, index_valid)
     full = (x, y, c, s, jnp.broadcast_to(hl[:, None], x.shape), jnp.broadcast_to(hw[:, None], x.shape))
     rows = tuple(f[index][:, None] for f in full)  # [E, 1, T]
     cols = tuple(f[None] for f in full)  # [1, N, T]
-    sep = metrics._separation(*rows, *cols) - r[index][:, None, None] - r[None, :, None]  # [E, N, T]
+    sep = _separation(*rows, *cols) - r[index][:, None, None] - r[None, :, None]  # [E, N, T]
     others = valid[None] & valid[index][:, None] & (index[:, None, None] != jnp.arange(n)[None, :, None])
     sep = jnp.where(others, sep, jnp.inf)
     k = min(NEAREST_CANDIDATES, n)
@@ -256,7 +258,7 @@ def road_edge_distance(scenario: Scenario, x, y, yaw, length, width) -> jax.Arra
     corners = geo.box_corners(x, y, yaw, jnp.broadcast_to(length, shape), jnp.broadcast_to(width, shape))
     k = min(EDGE_CANDIDATES, rm.edge_start.shape[0])
     centres = jnp.stack([x, y], -1).reshape(-1, 2)
-    d2, _ = metrics._segment_d2(centres[:, None, 0], centres[:, None, 1], rm.edge_start[None, :, 0],
+    d2, _ = _segment_d2(centres[:, None, 0], centres[:, None, 1], rm.edge_start[None, :, 0],
                                 rm.edge_start[None, :, 1], rm.edge_end[None, :, 0], rm.edge_end[None, :, 1])
     _, idx = jax.lax.top_k(-jnp.where(rm.edge_valid[None], d2, jnp.inf), k)  # [E*T, k]
 
