@@ -156,10 +156,11 @@ def test_policy_fn_and_learned_actor_agree(scenario):
         actor = make_actor(ctx.graphdef, config.obs, deterministic)
         _, ref = rollout(env, scenario, state, policy, H)
         _, out = rollout(env, scenario, state, actor, H, actor_params=params)
-        _, adapted = rollout(env, scenario, state, as_actor(policy), H)
         np.testing.assert_array_equal(out.states.x, ref.states.x)
         np.testing.assert_array_equal(out.actions, ref.actions)
-        np.testing.assert_array_equal(adapted.states.x, ref.states.x)
+        if deterministic:  # a PolicyFn wrapped explicitly is the PolicyFn
+            _, adapted = rollout(env, scenario, state, as_actor(policy), H)
+            np.testing.assert_array_equal(adapted.states.x, ref.states.x)
         assert out.aux["value"].shape == (H,)
         if not deterministic:  # the Gaussian head reports its log-prob
             assert out.aux["log_prob"].shape == (H,) and np.all(np.isfinite(out.aux["log_prob"]))
@@ -202,9 +203,8 @@ def reference_collect(ctx, params, p, scenario, key, num_steps, key_aug=None):
     return traj, last_value, final
 
 
-@pytest.mark.parametrize("crosser_prob", [0.0, 1.0])
-def test_ppo_collection_through_rollout_equals_its_own_scan(scenario, crosser_prob):
-    ctx = make_context(tiny_config("ppo", crosser_prob=crosser_prob))
+def test_ppo_collection_through_rollout_equals_its_own_scan(scenario):
+    ctx = make_context(tiny_config("ppo"))
     params = init_state(ctx, jax.random.key(0)).params
     key = jax.random.key(7)
     new = jax.jit(lambda w, sc: collect(ctx, w, ctx.params, sc, key, H))(params, scenario)
