@@ -35,6 +35,7 @@ import jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from jaxloop.experiments.open_vs_closed_loop import SHARED_DATA, log  # noqa: E402
+from jaxloop.io.logging import finite_or_none as _finite  # noqa: E402
 from real_logs import load_files, real_files  # noqa: E402
 
 POLICIES = pathlib.Path(__file__).resolve().parent / "results" / "policies"
@@ -121,17 +122,6 @@ def main(argv=None) -> int:
     (out / "realism.md").write_text(markdown(results, args))
     log(f"wrote {out}/realism.json and realism.md in {results['wall_min']} min")
     return 0
-
-
-def _finite(obj):
-    import math
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def markdown(results: dict, args) -> str:

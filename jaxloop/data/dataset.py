@@ -398,21 +398,13 @@ class MixtureDataset(Dataset):
 
     def check_batch_size(self, batch_size: int) -> None:
         """ValueError when `batch_size` rows (per data partition) leave a weighted source with no row per batch."""
-        if self._weights is None:
-            return
-        from jaxloop.data.mixture import proportional_counts
-        counts = proportional_counts(self._weights, batch_size)
-        empty = [s for s, n in zip(self.names, counts) if n == 0]
-        if empty:
-            raise ValueError(f"batch size {batch_size} gives the sources rows {counts.tolist()} for weights "
-                             f"{np.round(self._weights, 3).tolist()}: {empty} would never be trained on; use a batch "
-                             f"of at least {int(np.ceil(1.0 / self._weights.min()))} or larger weights for them")
+        from jaxloop.data.mixture import check_source_rows
+        check_source_rows(self.names, self._weights, batch_size)
 
     def describe(self) -> list[dict]:
         """Per source: spec, scenario count and weight (JSON-able, for run configs and summaries)."""
-        sizes = np.diff(self.starts)
-        return [{"source": s, "num_scenarios": int(n), "weight": None if self._weights is None else float(w)}
-                for s, n, w in zip(self.names, sizes, self._weights if self._weights is not None else sizes)]
+        from jaxloop.data.mixture import describe_sources
+        return describe_sources(self.names, self.starts, self._weights)
 
     def identity(self) -> dict:
         digest = hashlib.blake2b(digest_size=16)

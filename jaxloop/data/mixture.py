@@ -73,6 +73,25 @@ def pad_to(scenarios: Scenario, dims: dict[str, int]) -> Scenario:
     return scenarios.replace(**{part: pad_part(part) for part in _PARTS})
 
 
+def check_source_rows(sources: Sequence[str], weights: np.ndarray | None, batch_size: int) -> None:
+    """ValueError when `batch_size` rows leave a weighted source with no row in every batch (None weights: no check)."""
+    if weights is None:
+        return
+    counts = proportional_counts(weights, batch_size)
+    empty = [s for s, n in zip(sources, counts) if n == 0]
+    if empty:
+        raise ValueError(f"batch size {batch_size} gives the sources rows {counts.tolist()} for weights "
+                         f"{np.round(weights, 3).tolist()}: {empty} would never be trained on; use a batch "
+                         f"of at least {int(np.ceil(1.0 / weights.min()))} or larger weights for them")
+
+
+def describe_sources(sources: Sequence[str], starts: np.ndarray, weights: np.ndarray | None) -> list[dict]:
+    """Per source: spec, scenario count and weight (JSON-able, for run configs and summaries)."""
+    sizes = np.diff(starts)
+    return [{"source": s, "num_scenarios": int(n), "weight": None if weights is None else float(w)}
+            for s, n, w in zip(sources, sizes, weights if weights is not None else sizes)]
+
+
 def proportional_counts(weights: Sequence[float], total: int) -> np.ndarray:
     """Integer counts summing to `total`, proportional to `weights` (largest-remainder rounding)."""
     w = np.asarray(weights, np.float64)
@@ -116,20 +135,11 @@ class Mixture:
 
     def check_batch_size(self, batch_size: int) -> None:
         """ValueError when `batch_size` rows leave some weighted source with no row in every batch."""
-        if self.weights is None:
-            return
-        counts = proportional_counts(self.weights, batch_size)
-        empty = [s for s, n in zip(self.sources, counts) if n == 0]
-        if empty:
-            raise ValueError(f"batch size {batch_size} gives the sources rows {counts.tolist()} for weights "
-                             f"{np.round(self.weights, 3).tolist()}: {empty} would never be trained on; use a batch "
-                             f"of at least {int(np.ceil(1.0 / self.weights.min()))} or larger weights for them")
+        check_source_rows(self.sources, self.weights, batch_size)
 
     def describe(self) -> list[dict]:
         """Per source: spec, scenario count and weight (JSON-able, for run configs and summaries)."""
-        sizes = np.diff(self.starts)
-        return [{"source": s, "num_scenarios": int(n), "weight": None if self.weights is None else float(w)}
-                for s, n, w in zip(self.sources, sizes, self.weights if self.weights is not None else sizes)]
+        return describe_sources(self.sources, self.starts, self.weights)
 
 
 def mix(parts: Sequence[tuple[str, Scenario, list[dict], float | None]]) -> Mixture:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import numbers
 import warnings
 from typing import Any, Callable, Sequence
@@ -41,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxloop.io.logging import finite_or_none as _finite
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.compute import compiler_options
 from jaxloop.sim.datatypes import Scenario
@@ -269,16 +269,6 @@ def _fmt(v) -> str:
     if v is None:
         return ""
     return str(int(v)) if isinstance(v, int) else f"{v:.3f}"
-
-
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def aggregate(rows: Sequence[dict]) -> dict[str, float]:

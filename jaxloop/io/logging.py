@@ -18,6 +18,17 @@ import numpy as np
 METRICS_FILE = "metrics.jsonl"
 
 
+def finite_or_none(obj: Any) -> Any:
+    """`obj` (nested dicts / lists) with every non-finite float replaced by None, so `json.dumps` writes strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
 def _scalar(name: str, value: Any) -> float | int | bool | str | None:
     """A JSON-ready scalar: ints stay ints, non-finite floats become None (strict JSON)."""
     if isinstance(value, (str, bool)) or value is None:

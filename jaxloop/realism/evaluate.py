@@ -49,6 +49,7 @@ import numpy as np
 
 from jaxloop.realism import features as feats
 from jaxloop.realism import likelihood as lk
+from jaxloop.io.logging import finite_or_none as _finite
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.compute import compiler_options
 from jaxloop.sim.datatypes import TYPE_VEHICLE, Route, Scenario
@@ -422,16 +423,6 @@ def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     return f"{v:.4f}"
-
-
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def aggregate(rows: Sequence[dict]) -> dict[str, float]:
