@@ -197,10 +197,11 @@ def test_per_agent_step_metrics_equal_the_ego_metrics_on_real_scenes(real_scenes
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """A run directory of the training loop: an ego-only BC policy's checkpoint (the step-0 one: what is
+    evaluated here is the plumbing, and a train step would cost one more compile)."""
     from jaxloop.train import loop
     out = str(tmp_path_factory.mktemp("traffic_run"))
-    loop.run(tiny_config("bc"), tiny_scenarios(count=2, num_steps=30), out, 2, log_every=2, ckpt_every=2,
-             progress=False, use_tensorboard=False)
+    loop.run(tiny_config("bc"), tiny_scenarios(count=2, num_steps=30), out, 0, progress=False, use_tensorboard=False)
     return out
 
 
