@@ -68,9 +68,10 @@ def subjects_in_lane(scenario: Scenario, state: ObjectState) -> jax.Array:
     IN_LANE_LATERAL of its own logged path (none without one).
     """
     xy = jnp.stack([state.x, state.y], -1)  # [N, 2]
+    paths = log_paths(scenario)
     _, route_lat = route_progress(xy, scenario.route)
-    _, path_lat = path_progress(log_paths(scenario), xy)
-    others = log_paths(scenario).has_path & (path_lat <= IN_LANE_LATERAL)
+    _, path_lat = path_progress(paths, xy)
+    others = paths.has_path & (path_lat <= IN_LANE_LATERAL)
     return jnp.where(scenario.object_metadata.is_sdc, ego_in_lane(route_lat, scenario.route), others)
 
 
