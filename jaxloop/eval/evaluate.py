@@ -188,9 +188,6 @@ def evaluated_agents(scenario: Scenario, out) -> jax.Array:
     return start.valid & (out.aux["controlled"][0] | scenario.object_metadata.is_sdc)
 
 
-AGENT_GROUPS = ("all", "non_ego")
-
-
 def agents_report(per_agent: dict) -> dict[str, dict[str, float]]:
     """Per-agent rates (`agent_rates`) of the batched episode values `{name: [S, N]}` of `make_episode_fn(agents=True)`:
     "all" over every rated agent, "non_ego" over those besides the ego (when there are any)."""
