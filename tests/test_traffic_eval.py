@@ -16,12 +16,11 @@ from jaxloop.data.toy import make_track_scenario
 from jaxloop.eval import cli
 from jaxloop.eval.evaluate import EvalConfig, make_rollout_fn
 from jaxloop.sim import metrics as m
-from jaxloop.sim.actor import (Actor, ActorOutput, as_actor, baseline_actor, policy_controlled, stateless_init,
+from jaxloop.sim.actor import (Actor, ActorOutput, Observation, baseline_actor, policy_controlled, stateless_init,
                                with_traffic)
 from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.env import Env, EnvConfig
 from jaxloop.sim.metrics import agents as am
-from jaxloop.sim.rollout import over_batch, rollout
 
 H = 40  # closed-loop steps of the hand-built scene
 BRAKE, STEER = 1, 2  # traffic the table actor drives: the car ahead brakes, the one beside steers off the road
@@ -128,6 +127,37 @@ def test_per_agent_metrics_of_the_hand_built_scene(traffic_episode):
     assert rates["collision_offroad_rate"] == pytest.approx(2 / 3) and rates["goal_rate"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="'collision' has shape"):
         am.agent_rates(agent_ep, mask[None])
+
+
+def test_with_traffic_routes_params_and_state_to_each_actor():
+    # Each part gets its own params, keeps its own state and drives only its own objects, whatever it asks for.
+    sc = _scene()
+    env = Env(EnvConfig(controlled="vehicles"))
+    state = env.reset(sc, jax.random.key(0))
+
+    def counter(scale):
+        def select_action(params, obs, count, key):
+            n = obs.state.current.x.shape[-1]
+            return ActorOutput(action=jnp.full((n, 2), params * scale), controlled=jnp.ones(n, bool),
+                               actor_state=count + 1, aux={"seen": params})
+        return Actor(init=lambda key, scenario: jnp.int32(10 * scale), select_action=select_action)
+
+    both = with_traffic(counter(1), counter(2))
+    memory = both.init(jax.random.key(1), sc)
+    assert (int(memory.ego), int(memory.traffic)) == (10, 20)
+    out = both.select_action((3.0, 5.0), Observation(sc, state), memory, jax.random.key(2))
+    ego = np.asarray(sc.object_metadata.is_sdc)
+    np.testing.assert_array_equal(np.asarray(out.action)[ego], [[3.0, 3.0]])
+    np.testing.assert_array_equal(np.asarray(out.action)[~ego], np.full(((~ego).sum(), 2), 10.0))
+    np.testing.assert_array_equal(np.asarray(out.controlled), np.ones(sc.num_objects, bool))
+    assert (int(out.actor_state.ego), int(out.actor_state.traffic)) == (11, 21)
+    assert (float(out.aux["ego"]["seen"]), float(out.aux["traffic"]["seen"])) == (3.0, 5.0)
+    # An ego actor that drives nothing (a baseline) leaves the ego to its agent model, and keeps its kind.
+    base = with_traffic(baseline_actor("idm", 2), counter(2))
+    assert base.agent_kind == baseline_actor("idm", 2).agent_kind
+    out = base.select_action((None, 1.0), Observation(sc, state), base.init(jax.random.key(1), sc),
+                             jax.random.key(2))
+    np.testing.assert_array_equal(np.asarray(out.controlled), ~ego)
 
 
 @pytest.fixture(scope="module")
