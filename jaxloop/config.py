@@ -96,10 +96,11 @@ class EnvSettings:
     crosser_prob: float = 0.0
     # ... and start off the logged ego state (noise up to this fraction of 1 m, 0.1 rad, 1 m/s).
     start_noise: float = 0.0
-    # Self-play: what ends an agent's episode besides the end of its logged route (its goal
-    # reached or its log ended). A finished agent keeps driving under the policy, and its
-    # later transitions are masked out of every loss, reward and advantage.
+    # Self-play: an agent's episode ends at its first collision step too (it always ends at the
+    # end of its logged route: goal reached or log ended). A finished agent keeps driving under
+    # the policy; its later transitions are masked out of every loss, reward and advantage.
     done_on_collision: bool = True
+    # Self-play: ... and at its first offroad step.
     done_on_offroad: bool = True
 
     def __post_init__(self):

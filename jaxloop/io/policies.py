@@ -55,7 +55,7 @@ def agent_features(scenario: Scenario, state: SimState, observers: jax.Array, ob
     every agent sees where its own route goes and where it ends; everything else is
     `jaxloop.policy.observation.features` from that observer.
     """
-    paths = log_paths(scenario)
+    paths = jax.tree.map(jnp.asarray, log_paths(scenario))
 
     def one(i):
         route = Route(xy=paths.xy[i], arc_length=paths.arc_length[i], valid=paths.valid[i])
