@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from _train_utils import scenarios, tiny_config
-from jaxloop.config import APG
+from jaxloop.config import APG, EnvSettings
 from jaxloop.data.toy import make_track_scenario
 from jaxloop.io.policies import make_actor
 from jaxloop.sim import agents, rewards
@@ -112,6 +112,9 @@ def test_controlled_fn_narrows_agents_and_the_rest_follow_their_model(data):
     np.testing.assert_array_equal(np.asarray(state.agent_kind)[1:4], agents.AGENT_POLICY)
     with pytest.raises(ValueError, match="controlled_fn"):
         make_context(tiny_config("ppo"), controlled_fn=not_ego)  # the ego-only setting has no agents to narrow
+    with pytest.raises(ValueError, match="EnvSettings.controlled"):
+        EnvSettings(controlled="cars")
+    assert tiny_config("bc", controlled="all").env_config().controlled == "all"
 
 
 def test_agent_episode_ends_mask_later_steps():
@@ -135,29 +138,39 @@ def test_agent_rewards_by_hand():
               _track(82.0 + 10.0 * TIME, 3.5)]
     scenario = make_track_scenario(tracks)
     env = Env(tiny_config("apg", controlled="vehicles").env_config())
-    prev = env.reset(scenario, jax.random.key(0))
-    log_next = trajectory_at(scenario.log_trajectory, prev.timestep + 1)
-    new = prev.replace(timestep=prev.timestep + 1, current=log_next)
-    moved = new.replace(current=new.current.replace(x=new.current.x.at[0].set(log_next.x[1] - 3.0)))
-    log = trajectory_at(scenario.log_trajectory, new.timestep)
-    np.testing.assert_array_equal(rewards.agent_collision(moved, log), [True, True, False, False])
-    np.testing.assert_array_equal(rewards.agent_collision(new, log), [False] * 4)
-    # On the log: 1 m along each own path (10 m/s), no divergence; off it, the divergence counts.
-    np.testing.assert_allclose(rewards.agent_path_step(scenario, prev, new), 1.0, atol=1e-4)
     weights = rewards.RewardWeights(progress=1.0, collision=10.0, offroad=0.0, log_divergence=0.5)
-    np.testing.assert_allclose(rewards.agent_step_reward(scenario, prev, new, weights), 1.0, atol=1e-2)
-    # Object 0 moved to 3 m behind object 1 (x = 48 at t = 11, its log at 11): its path ends at x = 29,
-    # so it progressed 29 - 10 m, diverged 37 m and collides; object 1, on its log, collides too.
-    r = rewards.agent_step_reward(scenario, prev, moved, weights)
-    np.testing.assert_allclose(r[:2], [19.0 - 10.0 - 0.5 * 37.0, 1.0 - 10.0], atol=1e-2)
-    # The smooth loss: the logged overlap of 2 and 3 is exempt, the simulated one of 0 and 1 is not.
-    loss_log = rewards.agent_step_surrogate_loss(scenario, prev, new, weights)
-    loss_moved = rewards.agent_step_surrogate_loss(scenario, prev, moved, weights)
-    np.testing.assert_allclose(loss_log[2:], loss_moved[2:], atol=1e-5)
-    assert float(loss_moved[1]) > float(loss_log[1]) + 5.0
-    grad = jax.grad(lambda x: rewards.agent_step_surrogate_loss(
-        scenario, prev, moved.replace(current=moved.current.replace(x=x)), weights)[1])(moved.current.x)
-    assert np.isfinite(np.asarray(grad)).all() and abs(float(grad[0])) > 1.0  # object 1's loss pulls object 0 away
+
+    @jax.jit
+    def terms(shift):
+        prev = env.reset(scenario, jax.random.key(0))
+        log_next = trajectory_at(scenario.log_trajectory, prev.timestep + 1)
+        new = prev.replace(timestep=prev.timestep + 1, current=log_next)
+        # Object 0 moved to 3 m behind object 1 (x = 48 at t = 11).
+        moved = new.replace(current=new.current.replace(x=new.current.x.at[0].set(log_next.x[1] - 3.0 + shift)))
+        loss_of_1 = lambda x: rewards.agent_step_surrogate_loss(
+            scenario, prev, moved.replace(current=moved.current.replace(x=x)), weights)[1]
+        return dict(hit=rewards.agent_collision(moved, log_next), hit_log=rewards.agent_collision(new, log_next),
+                    step=rewards.agent_path_step(scenario, prev, new),
+                    r_log=rewards.agent_step_reward(scenario, prev, new, weights),
+                    r=rewards.agent_step_reward(scenario, prev, moved, weights),
+                    loss_log=rewards.agent_step_surrogate_loss(scenario, prev, new, weights),
+                    loss=rewards.agent_step_surrogate_loss(scenario, prev, moved, weights),
+                    grad=jax.grad(loss_of_1)(moved.current.x))
+
+    out = jax.device_get(terms(0.0))
+    np.testing.assert_array_equal(out["hit"], [True, True, False, False])
+    np.testing.assert_array_equal(out["hit_log"], [False] * 4)
+    # On the log: 1 m along each own path (10 m/s), no divergence, so the reward is the progress.
+    np.testing.assert_allclose(out["step"], 1.0, atol=1e-4)
+    np.testing.assert_allclose(out["r_log"], 1.0, atol=1e-2)
+    # Object 0's path ends at x = 29, so it progressed 29 - 10 m, diverged 37 m and collides;
+    # object 1, on its log, collides too.
+    np.testing.assert_allclose(out["r"][:2], [19.0 - 10.0 - 0.5 * 37.0, 1.0 - 10.0], atol=1e-2)
+    # The smooth loss: the logged overlap of 2 and 3 is exempt, the simulated one of 0 and 1 is not,
+    # and object 1's loss pushes object 0 back (d loss_1 / d x_0 > 0).
+    np.testing.assert_allclose(out["loss_log"][2:], out["loss"][2:], atol=1e-5)
+    assert out["loss"][1] > out["loss_log"][1] + 5.0
+    assert np.isfinite(out["grad"]).all() and out["grad"][0] > 1.0
 
 
 def perturbed_actor(inner: Actor, agent: int) -> Actor:
@@ -175,7 +188,7 @@ def test_multi_agent_gradient_matches_finite_differences():
     # A leads, B follows 12 m behind in the same lane; both are driven by one random policy.
     # B's final position depends on A's acceleration only through B's observation of A.
     scenario = make_track_scenario([_track(12.0 + 8.0 * TIME, 0.0), _track(8.0 * TIME, 0.0)], num_objects=2)
-    config = tiny_config("apg", controlled="vehicles", horizon=12)
+    config = tiny_config("apg", controlled="vehicles", horizon=10)
     ctx = make_context(config)
     net = init_state(ctx, jax.random.key(1)).params
     policy = make_actor(ctx.graphdef, config.obs, controlled="vehicles")
@@ -185,7 +198,7 @@ def test_multi_agent_gradient_matches_finite_differences():
     def follower_x(delta):
         state = env.reset(scenario, jax.random.key(0))
         actor = perturbed_actor(policy, agent=0)
-        final, _ = rollout(env, scenario, state, actor, 12, params=ctx.params.env, actor_params=(net, delta))
+        final, _ = rollout(env, scenario, state, actor, 10, params=ctx.params.env, actor_params=(net, delta))
         return final.current.x[1]
 
     grad = float(jax.grad(follower_x)(0.0))

@@ -32,7 +32,7 @@ from jaxloop.sim.actor import INIT_SALT, policy_controlled
 from jaxloop.sim.datatypes import Scenario
 from jaxloop.sim.rollout import rollout
 from jaxloop.train.common import (Context, agent_step_events, agent_valid, check_horizon, gradient_step_fn, mean_over,
-                                  route_goals, start_agents, start_episode)
+                                  route_goals, start_agents, start_episode, weighted_means)
 
 
 def episode_loss(ctx: Context, net_params, params: Params, scenario: Scenario,
@@ -106,5 +106,16 @@ def agent_episode_loss(ctx: Context, net_params, params: Params, scenario: Scena
     return mean_over(out.extras["loss"], valid), metrics, count
 
 
+def _reduce_agents(loss: jax.Array, metrics: dict, count: jax.Array) -> tuple[jax.Array, dict]:
+    """Self-play batch reduction: the loss, ade and fde over all valid agent transitions of the batch
+    (scenarios weighted by their count), the agent count and ended fraction per scenario."""
+    total, out = weighted_means(loss, {k: metrics[k] for k in ("ade", "fde")}, count)
+    out.update(agents=jnp.mean(metrics["agents"]), ended_frac=jnp.mean(metrics["ended_frac"]),
+               agent_steps=jnp.sum(count))
+    return total, out
+
+
 def make_step_fn(ctx: Context):
+    if ctx.selfplay:
+        return gradient_step_fn(ctx, episode_loss, "apg.step", _reduce_agents)
     return gradient_step_fn(ctx, episode_loss, "apg.step")
