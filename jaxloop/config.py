@@ -2,7 +2,8 @@
 
     Experiment
       data   DataConfig     the sources, and the log steps before the closed loop (`init_steps`)
-      env    EnvSettings    dynamics, other traffic, horizon, reward preset, training augmentation
+      env    EnvSettings    dynamics, who the policy drives (ego or self-play), other traffic, horizon,
+                            reward preset, training augmentation
       obs    ObsConfig      observation sizes and the history length K
       model  ModelConfig    the policy network
       algo   BC | APG | PPO | GRPO   the algorithm and its settings (a tagged union)

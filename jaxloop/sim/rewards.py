@@ -1,5 +1,9 @@
 """Rewards (discrete metrics, for RL) and surrogate losses (smooth, for analytic gradients).
 
+The ego's are `step_reward` / `step_surrogate_loss` (below); self-play gives every object
+its own, `agent_step_reward` / `agent_step_surrogate_loss` `[N]` (progress along its own
+logged path, collision, offroad and log divergence; equations in their docstrings).
+
 Both are weighted sums over the ego's metrics on one transition `prev_state -> state`
 (see `jaxloop.sim.metrics`), with the weights a traced `RewardWeights` pytree so they
 can be vmapped, swept or annealed without recompiling:
