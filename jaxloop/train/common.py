@@ -271,6 +271,7 @@ def agent_step_events(ctx: Context, scenario: Scenario, prev: SimState, new: Sim
     object's episode: goal reached, log ended, or a collision / offroad where configured) and `agent_step_ok`
     (valid before and after the step, with a valid log at the new step)."""
     cfg = ctx.config.env
+    prev, new = jax.lax.stop_gradient((prev, new))  # flags only: no tangent reaches the metrics' loops
     log_state = trajectory_at(scenario.log_trajectory, new.timestep)
     goal = goal_far & (paths_lib.goal_distance(paths, new.current.xy) < paths_lib.GOAL_RADIUS)
     end = goal | ~log_state.valid
@@ -279,7 +280,7 @@ def agent_step_events(ctx: Context, scenario: Scenario, prev: SimState, new: Sim
     if cfg.done_on_offroad:
         end = end | rewards.agent_offroad(scenario, new, log_state)
     ok = prev.current.valid & new.current.valid & log_state.valid
-    return jax.lax.stop_gradient({"agent_end": end, "agent_step_ok": ok})
+    return {"agent_end": end, "agent_step_ok": ok}
 
 
 def agent_valid(agents: jax.Array, end: jax.Array, step_ok: jax.Array) -> jax.Array:
