@@ -110,6 +110,12 @@ def test_controlled_fn_narrows_agents_and_the_rest_follow_their_model(data):
     _, state = start_agents(ctx_idm, ctx_idm.env, scenario, jax.random.key(0))
     assert int(state.agent_kind[0]) == agents.AGENT_IDM
     np.testing.assert_array_equal(np.asarray(state.agent_kind)[1:4], agents.AGENT_POLICY)
+    # A vehicle that appears later in the log is no agent: it replays its log (and appears with it).
+    late = make_track_scenario([_track(10.0 * TIME, 0.0), {**_track(40.0 + 10.0 * TIME, 0.0),
+                                                           "valid": np.arange(30) >= 14}])
+    ctx_all = make_context(selfplay_config("ppo"))
+    _, state = start_agents(ctx_all, ctx_all.env, late, jax.random.key(0))
+    np.testing.assert_array_equal(state.agent_kind, [agents.AGENT_POLICY, agents.AGENT_LOG])
     with pytest.raises(ValueError, match="controlled_fn"):
         make_context(tiny_config("ppo"), controlled_fn=not_ego)  # the ego-only setting has no agents to narrow
     with pytest.raises(ValueError, match="EnvSettings.controlled"):

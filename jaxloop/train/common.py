@@ -14,7 +14,8 @@ Reward functions are injectable components with the signature
 
 Self-play (`Experiment.env.controlled` "vehicles" or "all"): one shared-weight policy
 drives every controlled object (the agents: `agent_mask`, narrowed by an optional
-`controlled_fn(scenario) -> [N] bool` given to `make_context`), each from its own
+`controlled_fn(scenario) -> [N] bool` given to `make_context`, and valid at the start;
+objects appearing later keep the non-ego model), each from its own
 ego-centric observation (`jaxloop.io.policies.agent_features`: its own logged path is
 its route). Reward functions then return `[N]` per object (defaults
 `rewards.agent_step_reward` / `agent_step_surrogate_loss`), and transitions are `[H, N]`
@@ -249,13 +250,12 @@ def agent_mask(ctx: Context, scenario: Scenario) -> jax.Array:
 
 def start_agents(ctx: Context, env: Env, scenario: Scenario, key: jax.Array,
                  key_aug: jax.Array | None = None) -> tuple[Scenario, SimState]:
-    """`start_episode` for self-play: objects of `env.controlled` left out by `controlled_fn` get the
-    configured non-ego agent model instead of the policy."""
+    """`start_episode` for self-play: the agents are the objects of `agent_mask` valid at the start; the
+    other objects of `env.controlled` (left out by `controlled_fn`, or appearing later in the log) get the
+    configured non-ego agent model instead of the policy, as every other object has."""
     scenario, state = start_episode(ctx, env, scenario, key, key_aug)
-    if ctx.controlled_fn is None:
-        return scenario, state
     default = agents_lib.AGENT_NAMES[ctx.config.env.non_ego_agent]
-    free = policy_controlled(state) & ~agent_mask(ctx, scenario)
+    free = policy_controlled(state) & ~(agent_mask(ctx, scenario) & state.current.valid)
     return scenario, state.replace(agent_kind=jnp.where(free, default, state.agent_kind).astype(jnp.int32))
 
 
