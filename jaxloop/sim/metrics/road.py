@@ -276,8 +276,10 @@ def _k_smallest(x: jax.Array, k: int):
 def _culled_offroad(points: jax.Array, start: jax.Array, end: jax.Array, valid: jax.Array):
     """`edge_offroad` of points `[M, 2]` against segments `[K, 2]`, and each point's least ordering key `[M]`."""
     _, key, side = _edge_terms(points, start, end, valid)
-    packed = jnp.where(valid[None, :], _nearest_side_key(key, side > 0.0), jnp.uint32(0xFFFFFFFF))
-    return (jnp.min(packed, -1) & 1) == 0, jnp.min(key, -1)
+    packed = jnp.min(jnp.where(valid[None, :], _nearest_side_key(key, side > 0.0), jnp.uint32(0xFFFFFFFF)), -1)
+    # One reduction answers both: the packed minimum holds the least key in its upper 31 bits
+    # (NaN where no segment is valid, which no bound exceeds).
+    return (packed & 1) == 0, jax.lax.bitcast_convert_type(packed >> 1, jnp.float32)
 
 
 def ego_offroad(state: ObjectState, roadmap: RoadMap, ego: jax.Array, edge_cull: int = 0) -> jax.Array:
