@@ -260,9 +260,9 @@ _NO_CHUNK = 1e38
 
 
 def _chunk_table(roadmap: RoadMap, chunk: int = EDGE_CHUNK):
-    """`edge_chunks` as the culled pass reads it: the segments as five `[C, G]` arrays (start x, start y,
-    direction x, direction y, inverse squared length: `_segment_frames`), and the chunk boxes as four `[C]`
-    arrays (min x, min y, max x, max y).
+    """`edge_chunks` as the culled pass reads it: the segments `[C, G, 5]` as (start x, start y, direction x,
+    direction y, inverse squared length) (`_segment_frames`), and the chunk boxes as four `[C]` arrays
+    (min x, min y, max x, max y).
 
     Invalid segments become zero-length segments at (`_FAR`, `_FAR`), so the culled pass needs
     no validity mask. Depends on the map only: inside a rollout XLA computes it once.
@@ -274,41 +274,45 @@ def _chunk_table(roadmap: RoadMap, chunk: int = EDGE_CHUNK):
             jnp.where(valid, sy, 0.0), jnp.where(valid, inv, 1e12))
     lo = jnp.where(valid[..., None], jnp.minimum(start, end), jnp.inf)  # per axis: four contiguous `[C]` arrays
     hi = jnp.where(valid[..., None], jnp.maximum(start, end), -jnp.inf)
-    return rows, (lo[..., 0].min(1), lo[..., 1].min(1), hi[..., 0].max(1), hi[..., 1].max(1))
+    return jnp.stack(rows, -1), (lo[..., 0].min(1), lo[..., 1].min(1), hi[..., 0].max(1), hi[..., 1].max(1))
 
 
 def _culled_hits(state: ObjectState, roadmap: RoadMap):
     """The culled pass of `offroad`: corners `[N, 4, 2]`, some corner off the road among the culled edges `[N]`,
     and which valid objects the culled answer is not exact for `[N]`."""
-    table, box = _chunk_table(roadmap)  # 5 x [C, G], 4 x [C]
+    table, box = _chunk_table(roadmap)  # [C, G, 5], 4 x [C]
     k = EDGE_CHUNKS_PER_OBJECT
     corners = _corners(state)  # [N, 4, 2]
-    cx, cy = state.x[:, None], state.y[:, None]
+    # The corners meet every culled segment: computed once, not per (corner, segment) pair.
+    px, py = materialize(corners[..., 0], corners[..., 1])  # [N, 4]
+    # Gaps between each object's axis-aligned bounding box and each chunk's box: a lower
+    # bound on the distance from any corner to any segment of the chunk.
+    ox0, ox1 = jnp.min(px, -1)[:, None], jnp.max(px, -1)[:, None]  # [N, 1]
+    oy0, oy1 = jnp.min(py, -1)[:, None], jnp.max(py, -1)[:, None]
     lo_x, lo_y, hi_x, hi_y = (b[None, :] for b in box)  # [1, C] each, contiguous
-    gx = jnp.maximum(jnp.maximum(lo_x - cx, cx - hi_x), 0.0)
-    gy = jnp.maximum(jnp.maximum(lo_y - cy, cy - hi_y), 0.0)
+    gx = jnp.maximum(jnp.maximum(lo_x - ox1, ox0 - hi_x), 0.0)
+    gy = jnp.maximum(jnp.maximum(lo_y - oy1, oy0 - hi_y), 0.0)
     # Distances, not squared: the square root is an op XLA does not recompute in each of
     # `_k_smallest`'s passes. Chunks without a valid segment are sqrt(_NO_CHUNK) away.
     box_d = jnp.sqrt(jnp.where(jnp.isfinite(lo_x), gx * gx + gy * gy, _NO_CHUNK))  # [N, C]
     # k passes of an integer min-reduction along each object's row of chunks pick the nearest
     # chunks: on CPU 70x faster than `jax.lax.top_k`, and 14x faster than the same passes
     # reducing over the object axis.
-    idx, left_out = _k_smallest(box_d, k)  # [N, k], [N]: every chunk not taken is at least this far
+    idx, left_out = _k_smallest(box_d, k)  # [N, k], [N]: every chunk not taken is at least this far from every corner
     none_left = left_out > 0.5 * _NO_CHUNK ** 0.5  # [N]: every chunk not taken is empty
-    n, chunk = idx.shape[0], table[0].shape[1]
+    n, chunk = idx.shape[0], table.shape[1]
     # Whole chunks, each row contiguous over the k * G culled segments.
-    ax, ay, sx, sy, inv = (t[idx].reshape(n, 1, k * chunk) for t in table)  # [N, 1, k * G]
-    # The corners meet every culled segment: computed once, not per (corner, segment) pair.
-    px, py = materialize(corners[..., 0], corners[..., 1])  # [N, 4]
+    # One gather of whole chunks (on CPU 2.7x faster than one per row).
+    seg = table[idx].reshape(n, 1, k * chunk, 5)
+    ax, ay, sx, sy, inv = (seg[..., j] for j in range(5))  # [N, 1, k * G]
     _, key, side = _frame_terms(px[..., None], py[..., None], ax, ay, sx, sy, inv)  # [N, 4, k * G]
     # One reduction answers both "off the road" and "how near": the packed minimum holds the
     # least key in its upper 31 bits.
     packed = jnp.min(_nearest_side_key(key, side > 0.0), -1)  # [N, 4]
     off = (packed & 1) == 0
     key_min = jax.lax.bitcast_convert_type(packed >> 1, jnp.float32)
-    half_diag = 0.5 * jnp.sqrt(state.length ** 2 + state.width ** 2)
     # 1 cm absorbs float32 rounding of map-frame coordinates (an ulp is 1 mm at 10 km from the origin).
-    reach = jnp.maximum(left_out - half_diag - 0.01, 0.0)
+    reach = jnp.maximum(left_out - 0.01, 0.0)
     # Keys are >= (1 - EDGE_TIE_TOLERANCE) * d2; a further relative 1e-4 absorbs rounding.
     bound = (1.0 - 2.0 * EDGE_TIE_TOLERANCE) * (reach * reach)[:, None] * (1.0 - 1e-4)
     exact = none_left[:, None] | (bound > key_min)  # [N, 4]
