@@ -157,7 +157,7 @@ def offroad_reference(state: ObjectState, roadmap: RoadMap) -> jax.Array:
 
 # Culling of the per-object offroad test (`offroad`): the road edges are regrouped into
 # spatially coherent chunks of EDGE_CHUNK segments, and each object is tested against the
-# EDGE_CHUNKS_PER_OBJECT chunks whose bounding boxes are nearest to its centre.
+# EDGE_CHUNKS_PER_OBJECT chunks whose bounding boxes are nearest to its corners' bounding box.
 EDGE_CHUNK = 8
 EDGE_CHUNKS_PER_OBJECT = 10
 
@@ -219,14 +219,16 @@ def offroad(state: ObjectState, roadmap: RoadMap) -> jax.Array:
 
     Exactly `offroad_reference` (the same segment terms, tie rule and booleans), with
     the edges culled per object: each object's corners meet only the segments of the
-    EDGE_CHUNKS_PER_OBJECT chunks (`edge_chunks`) whose boxes are nearest to its centre
-    (`[N, C]` box distances, then `[N, 4, K * G]` segment terms). Every segment left out
-    is at least `b - r` from each corner, with `b` the box distance of the nearest chunk
-    left out and `r` the object's half diagonal; when that bound is above the nearest
-    culled segment's ordering key (with the tie tolerance and a rounding margin), no
-    segment left out can be nearest or tie. A valid object whose corners miss the bound
-    (far from every edge, or edges crowding the culled ones) is tested against every
-    edge, one such object at a time, in a loop that does not run while none needs it.
+    EDGE_CHUNKS_PER_OBJECT chunks (`edge_chunks`) whose boxes are nearest to the
+    axis-aligned bounding box of its corners (`[N, C]` box distances, then
+    `[N, 4, K * G]` segment terms, one min-reduction per corner). Every segment left out is
+    at least `b` from each corner, with `b` the box distance of the nearest chunk left
+    out; when `b^2` is above the nearest culled segment's ordering key (with the tie
+    tolerance and a rounding margin), no segment left out can be nearest or tie. A valid
+    object whose corners miss the bound (far from every edge, or edges crowding the
+    culled ones) is tested against every edge, one such object at a time, in a loop that
+    does not run while none needs it. The chunk layout (`_chunk_table`) depends on the
+    map only, so inside a rollout XLA computes it once per episode, not per step.
     """
     with jax.named_scope("metrics.offroad"):
         if edge_chunks_count(roadmap) <= EDGE_CHUNKS_PER_OBJECT:
