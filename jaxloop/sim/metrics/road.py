@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxloop.sim.compute import materialize, ordered_key
+from jaxloop.sim.compute import materialize
 from jaxloop.sim.datatypes import ObjectState, RoadMap
 from jaxloop.sim.metrics.boxes import _corners, take_object
 
@@ -333,7 +333,8 @@ def _k_smallest(x: jax.Array, k: int):
     c = x.shape[-1]
     bits = max(1, (c - 1).bit_length())
     low = jnp.int32((1 << bits) - 1)
-    key = (ordered_key(x) & ~low) | jnp.arange(c, dtype=jnp.int32)
+    # A non-negative float32's bit pattern orders like its value (no `ordered_key` flip needed).
+    key = (jax.lax.bitcast_convert_type(x, jnp.int32) & ~low) | jnp.arange(c, dtype=jnp.int32)
     picked = []
     best = jnp.full(x.shape[:-1] + (1,), -1, jnp.int32)  # below every key (keys of non-negative x are >= 0)
     for _ in range(k + 1):
