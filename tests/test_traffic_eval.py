@@ -263,10 +263,13 @@ def test_eval_with_policy_traffic_reports_per_agent_rates(tiny_run, tmp_path, ca
         cli.resolve_traffic(lambda *a: None, EnvConfig(dynamics=env.dynamics, history_length=7), tiny_run, "p")
 
 
-def test_self_play_policy_run_drives_every_vehicle(tiny_run, monkeypatch, capsys):
+def test_self_play_policy_run_drives_every_vehicle(tmp_path, monkeypatch, capsys):
     # A run trained in self-play (its env.controlled "vehicles") is one policy driving all its agents,
     # evaluated with per-agent rates.
-    monkeypatch.setattr(cli, "run_controlled", lambda experiment: "vehicles")
+    from jaxloop.train import loop
+    run = str(tmp_path / "selfplay")
+    loop.run(tiny_config("bc", controlled="vehicles"), tiny_scenarios(count=2, num_steps=30), run, 0, progress=False,
+             use_tensorboard=False)
     seen = {}
 
     def fake_evaluate(policy, scenarios, infos, config, seed, name=None, agents=False):
@@ -275,7 +278,7 @@ def test_self_play_policy_run_drives_every_vehicle(tiny_run, monkeypatch, capsys
         return EvalReport(name=name, per_scenario=[], aggregate={}, per_family={}, agents={"all": {}})
 
     monkeypatch.setattr(cli, "evaluate", fake_evaluate)
-    assert cli.run_eval(policy=tiny_run, data="toy:1", horizon=4, json_output=True, num_objects=4) == 0
+    assert cli.run_eval(policy=run, data="toy:1", horizon=4, json_output=True, num_objects=4) == 0
     assert seen["config"].env.controlled == "vehicles" and seen["agents"] is True
     sc = jax.tree.map(lambda a: a[0], seen["scenarios"].get([0]))
     state = Env(seen["config"].env).reset(sc, jax.random.key(0))

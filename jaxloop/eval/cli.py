@@ -63,7 +63,7 @@ def _run_label(path: pathlib.Path) -> str:
 
 def run_controlled(experiment) -> str:
     """The objects a run's policy was trained to drive: its `env.controlled` ("sdc" for an ego-only run)."""
-    return getattr(experiment.env, "controlled", "sdc")
+    return experiment.env.controlled
 
 
 def parse_non_ego(spec: str) -> tuple[str, str | None]:

@@ -49,7 +49,6 @@ from jaxloop.sim.datatypes import ObjectState, Scenario, SimState, trajectory_at
 from jaxloop.sim.metrics.boxes import _corners
 from jaxloop.sim.metrics.fault import (CONTACT_AT_FAULT, CONTACT_LOGGED, CONTACT_NONE, IN_LANE_LATERAL,
                                        contact_classes, ego_in_lane, near_log, recorded_objects)
-from jaxloop.sim.metrics.motion import route_progress
 from jaxloop.sim.metrics.paths import GOAL_RADIUS, completion, goal_distance, log_paths, path_progress
 from jaxloop.sim.metrics.road import offroad
 
@@ -69,10 +68,28 @@ def subjects_in_lane(scenario: Scenario, state: ObjectState) -> jax.Array:
     """
     xy = jnp.stack([state.x, state.y], -1)  # [N, 2]
     paths = log_paths(scenario)
-    _, route_lat = route_progress(xy, scenario.route)
-    _, path_lat = path_progress(paths, xy)
+    route = scenario.route
+    route_lat = polyline_distance(xy, route.xy, route.valid)  # [N] to the ego's route
+    path_lat = polyline_distance(xy, paths.xy, paths.valid)  # [N] each to its own path
     others = paths.has_path & (path_lat <= IN_LANE_LATERAL)
-    return jnp.where(scenario.object_metadata.is_sdc, ego_in_lane(route_lat, scenario.route), others)
+    return jnp.where(scenario.object_metadata.is_sdc, ego_in_lane(route_lat, route), others)
+
+
+def polyline_distance(point: jax.Array, xy: jax.Array, valid: jax.Array) -> jax.Array:
+    """Distance `[...]` of `point` `[..., 2]` to a polyline `[..., R, 2]` (inf without a valid segment).
+
+    The lateral distance of `geometry.project_to_polyline`, by the same arithmetic, as a
+    plain min-reduction (no argmin and gathers: only the distance is needed).
+    """
+    start, end = xy[..., :-1, :], xy[..., 1:, :]
+    seg_valid = valid[..., :-1] & valid[..., 1:]
+    seg = end - start
+    seg_len2 = jnp.sum(seg ** 2, -1)
+    rel = point[..., None, :] - start
+    t = jnp.clip(jnp.sum(rel * seg, -1) / jnp.maximum(seg_len2, 1e-12), 0.0, 1.0)
+    nearest = start + t[..., None] * seg
+    dist = jnp.sqrt(jnp.sum((point[..., None, :] - nearest) ** 2, -1) + 1e-12)
+    return jnp.min(jnp.where(seg_valid, dist, jnp.inf), -1)
 
 
 def agent_contacts(scenario: Scenario, state: ObjectState, log_state: ObjectState,
