@@ -251,13 +251,14 @@ def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weigh
     episode's collision counts each pair once).
     """
     with jax.named_scope("rewards.step_reward"):
-        ego = scenario.object_metadata.is_sdc
-        inputs = m.StepInputs(scenario, prev_state, state, config=REWARD_METRICS)
-        r = 0.0
         for metric in registry.rewarded:
             if not hasattr(weights, metric.reward_weight):
                 raise ValueError(f"Metric {metric.name!r}: reward_weight {metric.reward_weight!r} is not a "
                                  f"RewardWeights field")
+        ego = scenario.object_metadata.is_sdc
+        inputs = m.StepInputs(scenario, prev_state, state, config=REWARD_METRICS)
+        r = 0.0
+        for metric in registry.rewarded:
             penalty = metric.penalty(inputs)
             if penalty is not None:
                 r -= getattr(weights, metric.reward_weight) * penalty

@@ -237,10 +237,11 @@ def reduce_steps(reduce: str, values: jax.Array, mask: jax.Array, empty: float =
         return jnp.sum(jnp.where(mask, values, 0.0), axis=0)
     if reduce == "mean":
         return jnp.where(n > 0, jnp.sum(jnp.where(mask, values, 0.0), axis=0) / jnp.maximum(n, 1), empty)
+    # Unmasked steps never decide a min / max (+-inf); without a masked step it is `empty`.
     if reduce == "min":
-        return jnp.min(jnp.where(mask, values, empty), axis=0)
+        return jnp.where(n > 0, jnp.min(jnp.where(mask, values, jnp.inf), axis=0), empty)
     if reduce == "max":
-        return jnp.max(jnp.where(mask, values, empty), axis=0)
+        return jnp.where(n > 0, jnp.max(jnp.where(mask, values, -jnp.inf), axis=0), empty)
     if reduce == "last":
         if values.ndim != 1:
             return jax.vmap(lambda v, k: reduce_steps("last", v, k, empty), in_axes=1, out_axes=0)(values, mask)
