@@ -2,7 +2,8 @@
 
 Both are weighted sums over the ego's metrics on one transition `prev_state -> state`
 (see `jaxloop.sim.metrics`), with the weights a traced `RewardWeights` pytree so they
-can be vmapped, swept or annealed without recompiling:
+can be vmapped, swept or annealed without recompiling. The reward's metric terms are the
+entries of the metric registry that name a weight (`Metric.reward_weight`), in its order:
 
     step_reward = progress * (metres along the route this step)
                 - collision * at-fault overlap - offroad * at-fault offroad
