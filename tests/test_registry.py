@@ -10,10 +10,9 @@ import pytest
 
 from jaxloop.data.toy import make_toy_scenario
 from jaxloop.eval import perturb
-from jaxloop.eval.evaluate import RATES, EvalConfig, EvalReport
+from jaxloop.eval.evaluate import RATES, EvalConfig, EvalReport, aggregate, evaluate
 from jaxloop.eval.gate import GateConfig, check
 from jaxloop.sim import metrics as m
-from jaxloop.sim import perturb as perturbations
 from jaxloop.sim import rewards
 from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.env import Env
@@ -50,41 +49,52 @@ def speed_up(scenario, state, key):
 
 @pytest.fixture(scope="module")
 def suite(toy_set):
+    # One evaluation (one compile). The deltas and the gate under a perturbation read reports,
+    # so the "perturbed" report here is the clean one's rows with no episode speeding.
     scenarios, infos = toy_set
-    return perturb.run_suite(speed_up, scenarios, infos, CONFIG, perturbations=[perturbations.ego_noise()],
-                             name="speed_up")
+    clean = evaluate(speed_up, scenarios, infos, CONFIG, name="speed_up")
+    suite = perturb.run_suite(speed_up, scenarios, infos, CONFIG, perturbations=[], clean=clean)
+    rows = [dict(r, speeding=0.0) for r in clean.per_scenario]
+    suite.perturbed["calm"] = EvalReport("speed_up [calm]", rows, aggregate(rows, REGISTRY), {}, registry=REGISTRY)
+    return suite
 
 
 # ----------------------------------------------------------------------------- one entry, every consumer
 
 
 def test_an_added_metric_reaches_eval_json_deltas_and_the_gate(suite):
-    clean, noisy = suite.clean, suite.perturbed["ego_noise"]
+    clean, calm = suite.clean, suite.perturbed["calm"]
+    assert suite.registry is REGISTRY  # from EvalConfig.registry
     # Eval JSON: a per-scenario value and an aggregate (a rate for the event, a mean for the rest).
     loaded = json.loads(clean.to_json())
     rows = loaded["per_scenario"]
     assert all(r["speeding"] in (0.0, 1.0) and r["speed"] > 0.0 for r in rows)
-    assert loaded["aggregate"]["speeding_rate"] == pytest.approx(np.mean([r["speeding"] for r in rows]))
+    rate = loaded["aggregate"]["speeding_rate"]
+    assert rate == pytest.approx(np.mean([r["speeding"] for r in rows]))
     assert loaded["aggregate"]["speed"] == pytest.approx(np.mean([r["speed"] for r in rows]))
-    assert loaded["aggregate"]["speeding_rate"] > 0.0  # 3 m/s² for 1.2 s takes the 8-12 m/s cars past 11 m/s
+    assert rate > 0.0  # 3 m/s² for 1.2 s takes the 8-12 m/s cars past 11 m/s
     assert loaded["better"]["speeding_rate"] == "lower" and loaded["better"]["speed"] == "higher"
     assert "speeding_rate" in clean.to_markdown()  # a summary column
     # Perturbation deltas.
     d = suite.to_dict()
-    for k in ("speeding_rate", "speed"):
-        assert d["deltas"]["ego_noise"][k] == pytest.approx(noisy.aggregate[k] - clean.aggregate[k])
-        assert d["mean_perturbed"][k] == pytest.approx(noisy.aggregate[k])
-    assert "Δ speeding_rate" in suite.to_markdown()
+    assert d["deltas"]["calm"]["speeding_rate"] == pytest.approx(-rate) and d["deltas"]["calm"]["speed"] == 0.0
+    assert d["mean_perturbed"]["speeding_rate"] == 0.0 and d["better"]["speeding_rate"] == "lower"
+    assert "| calm | " in suite.to_markdown() and "Δ speeding_rate" in suite.to_markdown()
     # The gate: non-regression against the baseline (clean and perturbed) and the absolute limit.
     res = check(suite, suite, GateConfig())
     names = {c["name"]: c for c in res.checks}
-    assert names["held-out speeding rate vs baseline"]["ok"] and names["ego_noise: speeding rate vs baseline"]["ok"]
-    assert not names["held-out speeding rate"]["ok"]
-    assert f"held-out speeding rate: {clean.aggregate['speeding_rate']:.3f} > limit 0.000" in res.reasons
-    # The default registry's checks are untouched, and a registry without the entry does not check it.
-    assert "held-out failure rate vs baseline" in names and "ego_noise: failure rate" in names
+    assert names["held-out speeding rate vs baseline"]["ok"] and names["calm: speeding rate vs baseline"]["ok"]
+    assert res.reasons == [f"held-out speeding rate: {rate:.3f} > limit 0.000"]
+    # The default registry's checks are all there, and a registry without the entry does not check it.
+    assert {"held-out failure rate vs baseline", "held-out failure rate", "held-out collision rate",
+            "held-out offroad rate", "held-out red-light rate", "held-out progress ratio",
+            "calm: failure rate vs baseline", "calm: failure rate"} <= set(names)
     plain = check(suite, suite, GateConfig(), registry=m.DEFAULT)
-    assert not any("speeding" in c["name"] for c in plain.checks)
+    assert plain.passed and not any("speeding" in c["name"] for c in plain.checks)
+    # Speeding where the baseline does not, under the perturbation, is a regression.
+    speeding = perturb.SuiteReport(clean, {"calm": clean}, registry=REGISTRY)
+    res = check(speeding, suite, GateConfig())
+    assert f"calm: speeding rate vs baseline: {rate:.3f} > limit 0.000" in res.reasons
     # A default evaluation knows nothing of it.
     assert "speeding" not in m.DEFAULT and "speeding_rate" not in RATES
 
