@@ -53,7 +53,7 @@ def test_compiler_options_turn_off_ynn_fusions_and_split_reductions_on_cpu_and_k
         assert opts == {}
         return
     assert opts == {"xla_cpu_experimental_ynn_fusion_type": "", "xla_disable_hlo_passes": "tree_reduction_rewriter",
-                    "xla_cpu_enable_concurrency_optimized_scheduler": True}
+                    "xla_cpu_enable_concurrency_optimized_scheduler": True, "xla_cpu_prefer_vector_width": 512}
     # A batch of short and long float reductions and a matmul, as in the metrics.
     fn = lambda x, w: (jnp.min(x, -1), jnp.sum(x * x, -1), x @ w, jnp.max(jnp.abs(x) * 2.0, 0))
     x = jnp.asarray(np.random.default_rng(2).normal(size=(64, 31)), jnp.float32)

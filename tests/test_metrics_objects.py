@@ -97,9 +97,10 @@ def test_culled_offroad_equals_the_reference_on_real_scenes(real_scenes):
     assert 0 < redone < total / 4
 
 
-def _sharp_corner_map(turn_deg: float, filler: int = 120):
+def _sharp_corner_map(turn_deg: float, filler: int = 120, invalid_filler: bool = False):
     """Two edge segments meeting at V = (10, 3) with a `turn_deg` turn (road on their right), each cut in
-    eight pieces, plus far-away filler segments so that `offroad` culls."""
+    eight pieces, plus far-away filler segments so that `offroad` culls; with `invalid_filler`, the
+    filler is the real segments reversed (every point on the other side of them) and invalid."""
     th = math.radians(turn_deg)
     v = np.array([10.0, 3.0])
     d1, d2 = np.array([1.0, 0.0]), np.array([math.cos(th), math.sin(th)])
@@ -112,7 +113,12 @@ def _sharp_corner_map(turn_deg: float, filler: int = 120):
         start.append(p)
         end.append(p + np.array([1.0, 0.5]))
     start, end = np.asarray(start, np.float32), np.asarray(end, np.float32)
-    return start, end, np.ones(len(start), bool), v, d2
+    valid = np.ones(len(start), bool)
+    if invalid_filler:
+        real = 2 * len(cuts) - 2
+        start[real:], end[real:] = np.resize(end[:real], (filler, 2)), np.resize(start[:real], (filler, 2))
+        valid[real:] = False
+    return start, end, valid, v, d2
 
 
 @jax.jit
@@ -122,9 +128,12 @@ def both_offroads(state, roadmap):
 
 def test_culled_offroad_at_sharp_road_edge_corners():
     # As tests/test_metrics.py's sharp corner, with small boxes (0.2 x 0.1 m, so the corners sit
-    # at the sampled points) around the vertex on both turns, through the culled path.
-    for turn in (120.0, -120.0):
-        start, end, valid, v, d2 = _sharp_corner_map(turn)
+    # at the sampled points) around the vertex on both turns, through the culled path; and on the
+    # same shapes with the filler invalid, reversed copies of the real segments, so that fewer
+    # chunks hold a valid segment than each object takes and an invalid segment that counted
+    # would flip every answer.
+    for turn, invalid_filler in ((120.0, False), (-120.0, False), (120.0, True)):
+        start, end, valid, v, d2 = _sharp_corner_map(turn, invalid_filler=invalid_filler)
         rng = np.random.default_rng(1)
         r, phi = rng.uniform(0.5, 5.0, 400), rng.uniform(-np.pi, np.pi, 400)
         u = np.stack([r * np.cos(phi), r * np.sin(phi)], -1)
