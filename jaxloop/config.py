@@ -2,7 +2,8 @@
 
     Experiment
       data   DataConfig     the sources, and the log steps before the closed loop (`init_steps`)
-      env    EnvSettings    dynamics, other traffic, horizon, reward preset, training augmentation
+      env    EnvSettings    dynamics, who the policy drives (ego or self-play), other traffic, horizon,
+                            reward preset, training augmentation
       obs    ObsConfig      observation sizes and the history length K
       model  ModelConfig    the policy network
       algo   BC | APG | PPO | GRPO   the algorithm and its settings (a tagged union)
@@ -41,7 +42,7 @@ from jaxloop.policy.networks import ModelConfig
 from jaxloop.policy.observation import ObsConfig
 from jaxloop.sim.agents import AgentParams
 from jaxloop.sim.dynamics import make_dynamics
-from jaxloop.sim.env import EnvConfig, EnvParams, env_params
+from jaxloop.sim.env import CONTROLLED_CHOICES, EnvConfig, EnvParams, env_params
 from jaxloop.sim.rewards import PRESETS, RewardWeights, get_preset
 
 DYNAMICS = ("bicycle", "delta_local", "delta_global")
@@ -84,6 +85,10 @@ class EnvSettings:
     """The closed-loop environment of training: static parts (the traced ones are in `Params`)."""
 
     dynamics: Literal["bicycle", "delta_local", "delta_global"] = "bicycle"
+    # Which objects the policy drives: the ego ("sdc"), or self-play with one shared policy
+    # driving every valid vehicle ("vehicles") or every valid object ("all"), each from its
+    # own observation with its own reward / loss (`jaxloop.train.common`, "Self-play").
+    controlled: Literal["sdc", "vehicles", "all"] = "sdc"
     non_ego_agent: Literal["log", "constant_velocity", "idm"] = "log"
     horizon: int = 80  # closed-loop steps per episode (apg / ppo / grpo)
     reward_preset: str = "progress_safety"  # default reward weights (`jaxloop.sim.rewards.PRESETS`)
@@ -92,9 +97,17 @@ class EnvSettings:
     crosser_prob: float = 0.0
     # ... and start off the logged ego state (noise up to this fraction of 1 m, 0.1 rad, 1 m/s).
     start_noise: float = 0.0
+    # Self-play: an agent's episode ends at its first collision step too (it always ends at the
+    # end of its logged route: goal reached or log ended). A finished agent keeps driving under
+    # the policy; its later transitions are masked out of every loss, reward and advantage.
+    done_on_collision: bool = True
+    # Self-play: ... and at its first offroad step.
+    done_on_offroad: bool = True
 
     def __post_init__(self):
         _require_finite(self)
+        if self.controlled not in CONTROLLED_CHOICES:
+            raise ValueError(f"EnvSettings.controlled must be one of {CONTROLLED_CHOICES}, got {self.controlled!r}")
         if self.dynamics not in DYNAMICS:
             raise ValueError(f"EnvSettings.dynamics must be one of {DYNAMICS}, got {self.dynamics!r}")
         if self.horizon < 1:
@@ -274,11 +287,17 @@ class Experiment:
             return dataclasses.replace(self.model, value_head=True)
         return self.model
 
+    @property
+    def selfplay(self) -> bool:
+        """Whether the policy drives more than the ego (`env.controlled` "vehicles" or "all")."""
+        return self.env.controlled != "sdc"
+
     def env_config(self) -> EnvConfig:
-        """The environment: ego-controlled, actions normalised to [-1, 1]; APG's `grad_through_agents`
-        lets gradients flow through the reactive objects' response to the ego."""
+        """The environment: the objects of `env.controlled` policy-driven, actions normalised to [-1, 1];
+        APG's `grad_through_agents` lets gradients flow through the reactive objects' response to the policy."""
         return EnvConfig(init_steps=self.data.init_steps, history_length=self.obs.history_length,
-                         dynamics=make_dynamics(self.env.dynamics, normalize_actions=True), controlled="sdc",
+                         dynamics=make_dynamics(self.env.dynamics, normalize_actions=True),
+                         controlled=self.env.controlled,
                          non_ego_agent=self.env.non_ego_agent,
                          grad_through_agents=isinstance(self.algo, APG) and self.algo.grad_through_agents)
 

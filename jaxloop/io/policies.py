@@ -9,7 +9,8 @@ an exported artefact (`jaxloop export`) become a policy any evaluator can roll o
 
 The action is `[A]` for the ego (`controlled="sdc"`) or `[N, A]` when one policy drives
 every object (`controlled="vehicles"` / `"all"`: every object is an observer; the env
-applies the action only to the objects it controls).
+applies the action only to the objects it controls). Driving every object, each observer
+follows its own logged path as its route (`agent_features`), as self-play training does.
 
 The same network as an `Actor` (`jaxloop.sim.actor`), its params passed at every step and
 its aux holding the log-prob and value a trainer reads:
@@ -31,9 +32,10 @@ from flax import nnx
 from jaxloop.config import EXPERIMENT_KEY, Experiment, from_saved, to_dict
 from jaxloop.io.checkpoint import from_flat_dict, to_flat_dict
 from jaxloop.policy import networks
-from jaxloop.policy.observation import ObsConfig, features, observer_features
+from jaxloop.policy.observation import Features, ObsConfig, features
 from jaxloop.sim.actor import Actor, ActorOutput, Observation, per_object_action, policy_controlled, stateless_init
-from jaxloop.sim.datatypes import Scenario, SimState
+from jaxloop.sim.datatypes import Route, Scenario, SimState
+from jaxloop.sim.metrics.paths import log_paths
 from jaxloop.sim.rollout import PolicyFn
 
 CONFIG_KEY = EXPERIMENT_KEY  # the `Experiment` in a checkpoint's config.json and an export's metadata
@@ -43,6 +45,23 @@ def build_model(config: Experiment, key: jax.Array) -> nnx.Module:
     """The policy network an experiment describes (PPO's with its value head), freshly initialised from `key`."""
     return networks.make_model(config.network, config.obs, config.obs.history_length,
                                config.env_config().action_dim, key)
+
+
+def agent_features(scenario: Scenario, state: SimState, observers: jax.Array, obs_config: ObsConfig) -> Features:
+    """Features `[len(observers), ...]` of several observers, each with its own logged path as its route.
+
+    The route waypoints of observer i are read along object i's logged trajectory
+    (`jaxloop.sim.metrics.paths.log_paths`, the path self-play rewards progress on), so
+    every agent sees where its own route goes and where it ends; everything else is
+    `jaxloop.policy.observation.features` from that observer.
+    """
+    paths = jax.tree.map(jnp.asarray, log_paths(scenario))
+
+    def one(i):
+        route = Route(xy=paths.xy[i], arc_length=paths.arc_length[i], valid=paths.valid[i])
+        return features(scenario.replace(route=route), state, i, obs_config)
+
+    return jax.vmap(one)(observers)
 
 
 def make_policy_fn(model_graphdef: nnx.GraphDef, params: nnx.State, obs_config: ObsConfig,
@@ -58,7 +77,7 @@ def make_policy_fn(model_graphdef: nnx.GraphDef, params: nnx.State, obs_config: 
             out = model(features(scenario, state, scenario.object_metadata.sdc_index, obs_config))
         else:
             observers = jnp.arange(state.current.x.shape[-1])
-            out = model(observer_features(scenario, state, observers, obs_config))
+            out = model(agent_features(scenario, state, observers, obs_config))
         return networks.mode(out) if deterministic else networks.sample(out, key)[0]
 
     return policy
@@ -84,7 +103,7 @@ def make_actor(model_graphdef: nnx.GraphDef, obs_config: ObsConfig, deterministi
             feats = features(scenario, state, ego, obs_config)
             mask = jnp.arange(state.current.x.shape[-1]) == ego
         else:
-            feats = observer_features(scenario, state, jnp.arange(state.current.x.shape[-1]), obs_config)
+            feats = agent_features(scenario, state, jnp.arange(state.current.x.shape[-1]), obs_config)
             mask = policy_controlled(state)
         out = model(feats)
         if deterministic:

@@ -1,5 +1,9 @@
 """Rewards (discrete metrics, for RL) and surrogate losses (smooth, for analytic gradients).
 
+The ego's are `step_reward` / `step_surrogate_loss` (below); self-play gives every object
+its own, `agent_step_reward` / `agent_step_surrogate_loss` `[N]` (progress along its own
+logged path, collision, offroad and log divergence; equations in their docstrings).
+
 Both are weighted sums over the ego's metrics on one transition `prev_state -> state`
 (see `jaxloop.sim.metrics`), with the weights a traced `RewardWeights` pytree so they
 can be vmapped, swept or annealed without recompiling. The reward's metric terms are the
@@ -59,6 +63,7 @@ from flax import struct
 from jaxloop.sim import geometry as geo
 from jaxloop.sim import metrics as m
 from jaxloop.sim.datatypes import DT, Scenario, SimState, trajectory_at
+from jaxloop.sim.metrics.paths import LogPaths, log_paths, path_progress
 
 
 @struct.dataclass
@@ -300,3 +305,123 @@ def step_surrogate_loss(scenario: Scenario, prev_state: SimState, state: SimStat
         loss += _weighted(weights.conflict, lambda: predicted_conflict(state, ego, weights, logged))
         loss -= weights.progress * _route_step(scenario, prev_state, state, ego)
         return jnp.where(m.select_index(cur.valid, ego), loss, 0.0)
+
+
+# ----------------------------------------------------------------------------- self-play: every object's own
+
+
+def agent_log_distance(scenario: Scenario, state: SimState, lag: float | jax.Array = 0.0) -> jax.Array:
+    """`_ego_log_distance` of every object `[N]` (m): to its logged position now or up to `lag` s earlier.
+
+    Smooth (an epsilon under the square root keeps the gradient finite on the log); 0 where
+    the object's log is invalid at this step.
+    """
+    traj = scenario.log_trajectory
+    cur = state.current
+    steps_back = state.timestep - jnp.arange(traj.x.shape[-1])  # [T]
+    window = traj.valid & ((steps_back >= 0) & (steps_back * DT <= jnp.maximum(lag, 0.0) + 1e-3))[None, :]
+    d2 = jnp.where(window, (cur.x[:, None] - traj.x) ** 2 + (cur.y[:, None] - traj.y) ** 2, jnp.inf)  # [N, T]
+    valid_now = jnp.any(traj.valid & (steps_back == 0)[None, :], -1)
+    return jnp.where(valid_now, jnp.sqrt(jnp.min(d2, -1) + 1e-6), 0.0)
+
+
+def agent_path_step(scenario: Scenario, prev_state: SimState, state: SimState,
+                    paths: LogPaths | None = None) -> jax.Array:
+    """Metres `[N]` each object moved along its own logged path this step (`metrics.paths`). Differentiable."""
+    paths = log_paths(scenario) if paths is None else paths
+    s, _ = path_progress(paths, state.current.xy)
+    s_prev, _ = path_progress(paths, prev_state.current.xy)
+    return s - s_prev
+
+
+def _logged_overlap(log_state) -> jax.Array:
+    """Pairs `[N, N]` whose logged boxes overlap at this step (label noise the simulation inherits)."""
+    return m.pairwise_separation(log_state) < 0.0
+
+
+def agent_collision(state: SimState, log_state) -> jax.Array:
+    """`[N]` bool: the valid object overlaps a valid object whose logged box it does not overlap at this step."""
+    hit = m.pairwise_separation(state.current) < 0.0
+    return jnp.any(hit & ~_logged_overlap(log_state), -1)
+
+
+def agent_offroad(scenario: Scenario, state: SimState, log_state) -> jax.Array:
+    """`[N]` bool: the valid object has a corner off the road and its logged box at this step has none."""
+    return m.offroad(state.current, scenario.roadmap) & ~m.offroad(log_state, scenario.roadmap)
+
+
+def agent_overlap_surrogate(state: SimState, log_state, margin: float | jax.Array,
+                            tau: float | jax.Array) -> jax.Array:
+    """Smooth `[N]`: `sum_j tau * softplus((margin - sep_ij) / tau)` over valid others j, all pairs.
+
+    `sep_ij` is `geometry.smooth_box_separation`; pairs whose logged boxes overlap at this
+    step are left out.
+    """
+    cur = state.current
+    boxes = m.object_boxes(cur)
+    sep = geo.smooth_box_separation(boxes[:, None, :], boxes[None, :, :])  # [N, N]
+    n = cur.x.shape[-1]
+    pair = cur.valid[:, None] & cur.valid[None, :] & ~jnp.eye(n, dtype=bool) & ~_logged_overlap(log_state)
+    return jnp.sum(jnp.where(pair, _softplus(margin - sep, tau), 0.0), -1)
+
+
+def agent_offroad_surrogate(scenario: Scenario, state: SimState, log_state, margin: float | jax.Array,
+                            tau: float | jax.Array) -> jax.Array:
+    """Smooth `[N]`: `sum_corners tau * softplus((d + margin) / tau)`, d the corner's signed road distance.
+
+    Corners whose logged counterpart is off the road at this step are left out (a map or
+    label artefact the log holds).
+    """
+    def corners(s):
+        return geo.box_corners(s.x, s.y, s.yaw, s.length, s.width)  # [N, 4, 2]
+
+    d = m.corner_road_distance(corners(state.current), scenario.roadmap)  # [N, 4]
+    d_log = m.corner_road_distance(corners(log_state), scenario.roadmap)
+    exempt = log_state.valid[:, None] & (d_log > 0.0)
+    return jnp.sum(jnp.where(exempt, 0.0, _softplus(d + margin, tau)), -1)
+
+
+def agent_step_reward(scenario: Scenario, prev_state: SimState, state: SimState,
+                      weights: RewardWeights) -> jax.Array:
+    """The self-play RL reward `[N]` of every object on the transition (discrete metrics, 0 where invalid):
+
+        r_i = progress * (metres along i's own logged path this step)
+            - collision * [i overlaps an object it does not overlap in the log at this step]
+            - offroad * [a corner of i is off the road while its logged box is not]
+            - log_divergence * (distance of i to its logged position, up to `log_lag` s old)
+
+    The path is the object's logged trajectory (`metrics.paths`; for the ego too). The
+    other `RewardWeights` terms are ego-only and not applied.
+    """
+    with jax.named_scope("rewards.agent_step_reward"):
+        log_state = trajectory_at(scenario.log_trajectory, state.timestep)
+        f = lambda b: b.astype(jnp.float32)
+        r = weights.progress * agent_path_step(scenario, prev_state, state)
+        r -= weights.collision * f(agent_collision(state, log_state))
+        r -= weights.offroad * f(agent_offroad(scenario, state, log_state))
+        r -= weights.log_divergence * agent_log_distance(scenario, state, weights.log_lag)
+        return jnp.where(state.current.valid, r, 0.0)
+
+
+def agent_step_surrogate_loss(scenario: Scenario, prev_state: SimState, state: SimState,
+                              weights: RewardWeights) -> jax.Array:
+    """The smooth self-play loss `[N]` of every object on the transition (lower is better, 0 where invalid):
+
+        l_i = log_divergence * (distance of i to its logged position, up to `log_lag` s old)
+            + collision * sum_j tau softplus((overlap_margin - sep_ij) / tau)   (pairs not overlapping in the log)
+            + offroad * sum_corners tau softplus((d_ic + offroad_margin) / tau)  (corners on the road in the log)
+            - progress * (metres along i's own logged path this step)
+
+    with `tau = temperature`, `sep_ij` the smooth box separation and `d_ic` the signed road
+    distance of corner c (> 0 off the road). Differentiable in every object's state, so a
+    loss of object i reaches the actions of every object it interacts with.
+    """
+    with jax.named_scope("rewards.agent_step_surrogate_loss"):
+        log_state = trajectory_at(scenario.log_trajectory, state.timestep)
+        loss = weights.log_divergence * agent_log_distance(scenario, state, weights.log_lag)
+        loss += weights.collision * agent_overlap_surrogate(state, log_state, weights.overlap_margin,
+                                                            weights.temperature)
+        loss += weights.offroad * agent_offroad_surrogate(scenario, state, log_state, weights.offroad_margin,
+                                                          weights.temperature)
+        loss -= weights.progress * agent_path_step(scenario, prev_state, state)
+        return jnp.where(state.current.valid, loss, 0.0)

@@ -11,6 +11,8 @@
 - `parallel`: mesh, shardings, multi-host notes.
 - `loop.run` / `jaxloop train`: the Python loop with logging, checkpoints, resume.
 
-The policy drives the ego (`EnvConfig.controlled="sdc"`) during training; a trained policy
-can drive every object through `jaxloop.io.policies.make_policy_fn(..., controlled="vehicles")`.
+The policy drives the ego (`env.controlled="sdc"`), or in self-play (`"vehicles"`, `"all"`)
+one shared policy drives every controlled object with its own reward / loss `[N]`
+(`common`, "Self-play"); a trained policy drives every object through
+`jaxloop.io.policies.make_actor(..., controlled="vehicles")`.
 """

@@ -8,6 +8,11 @@ The loss is the clipped ratio surrogate against the sampling policy plus `kl_coe
 a KL penalty to a frozen reference policy (`TrainState.ref_params`, e.g. the BC
 checkpoint), estimated per step with the non-negative estimator
 `exp(ref - logp) - (ref - logp) - 1`. `num_epochs` full-batch updates per step.
+
+Self-play (`env.controlled` "vehicles" / "all"): each of the G rollouts holds every
+agent's transitions `[H, N]` (`common.collect_agents`); agent i's return in rollout g is
+the sum of its own masked rewards, and its advantage is normalised within its group: the
+same agent of the same scenario across the G rollouts.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from jaxloop.policy import networks
 from jaxloop.sim.datatypes import Scenario
 from jaxloop.sim.rollout import over_batch
 from jaxloop.train import state as state_lib
-from jaxloop.train.common import Context, apply_model, check_horizon, collect, mean_over
+from jaxloop.train.common import Context, apply_model, check_horizon, collect, collect_agents, mean_over
 
 
 def group_advantages(returns: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -53,7 +58,9 @@ def group_rollout(ctx: Context, net_params, params: Params, scenario: Scenario, 
     check_horizon(ctx, scenario)
     # One augmentation per group: advantages compare rollouts of the same episode.
     key_aug = jax.random.fold_in(keys[0], 1)
-    return jax.vmap(lambda k: collect(ctx, net_params, params, scenario, k, ctx.config.env.horizon, key_aug)[0])(keys)
+    collect_fn = collect_agents if ctx.selfplay else collect
+    return jax.vmap(lambda k: collect_fn(ctx, net_params, params, scenario, k, ctx.config.env.horizon, key_aug)[0])(
+        keys)
 
 
 def make_step_fn(ctx: Context):
@@ -65,10 +72,15 @@ def make_step_fn(ctx: Context):
             keys = jax.random.split(key, num * group).reshape(num, group, -1)
             traj = over_batch(lambda s, ks: group_rollout(ctx, state.params, params, s, ks), batch, key,
                               keys=keys)  # leaves [B, G, H, ...]
-            returns = jnp.sum(traj.reward, -1)  # [B, G]
-            adv = group_advantages(returns, gcfg.eps)
+            returns = jnp.sum(traj.reward, 2)  # [B, G] (self-play: [B, G, N])
+            if ctx.selfplay:  # each agent against itself across the group
+                adv = jnp.swapaxes(group_advantages(jnp.swapaxes(returns, 1, 2), gcfg.eps), 1, 2)
+                step_adv = adv[:, :, None, :]
+            else:
+                adv = group_advantages(returns, gcfg.eps)
+                step_adv = adv[..., None]
             data = {"feats": traj.feats, "u": traj.u, "log_prob": traj.log_prob,
-                    "adv": jnp.broadcast_to(adv[..., None], traj.reward.shape), "valid": traj.valid}
+                    "adv": jnp.broadcast_to(step_adv, traj.reward.shape), "valid": traj.valid}
 
             def epoch(st, _):
                 (loss, aux), grads = jax.value_and_grad(
@@ -79,8 +91,14 @@ def make_step_fn(ctx: Context):
             state, stats = jax.lax.scan(epoch, state, None, length=gcfg.num_epochs)
             metrics = {k: jnp.mean(v) for k, v in stats.items()}
             metrics["update_skipped"] = jnp.sum(stats["update_skipped"])
-            metrics.update(episode_return=jnp.mean(returns), group_return_std=jnp.mean(jnp.std(returns, -1)),
-                           group_adv_mean=jnp.max(jnp.abs(jnp.mean(adv, -1))))
+            if ctx.selfplay:
+                agent = jnp.any(traj.valid, 2)  # [B, G, N]: the agent has a counted step in the rollout
+                metrics.update(episode_return=mean_over(returns, agent),
+                               group_return_std=mean_over(jnp.std(returns, 1), jnp.any(agent, 1)),
+                               group_adv_mean=jnp.max(jnp.abs(jnp.mean(adv, 1))))
+            else:
+                metrics.update(episode_return=jnp.mean(returns), group_return_std=jnp.mean(jnp.std(returns, -1)),
+                               group_adv_mean=jnp.max(jnp.abs(jnp.mean(adv, -1))))
             return state.replace(step=state.step + 1), metrics
 
     return step_fn

@@ -183,11 +183,12 @@ def check_out_dir(out: str) -> None:
 def run(config: Experiment, scenarios: Dataset | Scenario | Mixture, out: str, num_steps: int | None = None, *,
         init_from: str | None = None, log_every: int = 10, ckpt_every: int = 100, max_consecutive_skips: int = 5,
         max_skip_fraction: float = 0.1, reward_fn: StepFn | None = None, surrogate_fn: StepFn | None = None,
-        mesh=None, progress: bool = True, use_tensorboard: bool = True, run_info: dict | None = None,
+        controlled_fn=None, mesh=None, progress: bool = True, use_tensorboard: bool = True, run_info: dict | None = None,
         params: Params | None = None, data_partitions: int | None = None, prefetch: int = 2) -> dict:
     """Trains the experiment `config` on `scenarios` (a `Dataset`, scenarios `[S, ...]` or a `Mixture` of
     weighted sources) until `num_steps` total steps (default `config.steps`); returns the summary dict. `params`
-    replace the experiment's default traced `Params` (not saved: a resume passes them again).
+    replace the experiment's default traced `Params` (not saved: a resume passes them again), `controlled_fn`
+    narrows the self-play agents (`jaxloop.train.common.agent_mask`; not saved either).
 
     `data_partitions` (default: the number of processes) cuts every source into that many blocks
     (`BatchPlan`); the batches depend on it, not on the process count, which must divide it.
@@ -218,7 +219,8 @@ def run(config: Experiment, scenarios: Dataset | Scenario | Mixture, out: str, n
     source = run_info.get("data")
     identity = data_identity(dataset, [source] if source else [], plan)
     lead = jax.process_index() == 0  # writes logs and the summary
-    trainer = make_trainer(config, mesh=mesh, reward_fn=reward_fn, surrogate_fn=surrogate_fn)
+    trainer = make_trainer(config, mesh=mesh, reward_fn=reward_fn, surrogate_fn=surrogate_fn,
+                           controlled_fn=controlled_fn)
     train_step = trainer.guarded_step(max_consecutive_skips)
     params = trainer.params if params is None else params
     cfg_dict = {CONFIG_KEY: to_dict(config), "run": run_info, DATA_KEY: identity}

@@ -6,6 +6,10 @@ value), then `num_epochs` passes over the B*H samples in `num_minibatches` shuff
 minibatches, all inside `lax.scan`. Loss per minibatch: clipped ratio surrogate +
 `value_coef` * Huber value error - `entropy_coef` * entropy; each minibatch update is
 clipped by global norm and skipped when non-finite.
+
+Self-play (`env.controlled` "vehicles" / "all"): the B episodes hold every agent's
+transitions `[B, H, N]` (`common.collect_agents`), GAE runs per agent, and the epochs
+pass over the B*H*N samples, the masked ones (not an agent, or its episode over) weighing 0.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from jaxloop.policy import networks
 from jaxloop.sim.datatypes import Scenario
 from jaxloop.sim.rollout import over_batch
 from jaxloop.train import state as state_lib
-from jaxloop.train.common import Context, apply_model, check_horizon, collect, mean_over
+from jaxloop.train.common import Context, apply_model, check_horizon, collect, collect_agents, mean_over
 
 
 def gae(reward: jax.Array, value: jax.Array, last_value: jax.Array, valid: jax.Array, gamma: float,
@@ -63,9 +67,18 @@ def ppo_loss(ctx: Context, params, data: dict) -> tuple[jax.Array, dict]:
 
 
 def scenario_rollout(ctx: Context, net_params, params: Params, scenario: Scenario, key: jax.Array):
-    """One scenario's episode (unbatched): its transitions `[H, ...]` with GAE advantages and returns `[H]`."""
+    """One scenario's episode (unbatched): its transitions `[H, ...]` with GAE advantages and returns `[H]`.
+
+    Self-play: every agent's transitions `[H, N]`, with GAE run per agent (its own values,
+    rewards and mask, so an agent's finished episode cuts its own recursion only).
+    """
     check_horizon(ctx, scenario)
     algo = ctx.config.algo
+    if ctx.selfplay:
+        traj, last_value, _ = collect_agents(ctx, net_params, params, scenario, key, ctx.config.env.horizon)
+        per_agent = jax.vmap(gae, in_axes=(1, 1, 0, 1, None, None), out_axes=1)
+        adv, ret = per_agent(traj.reward, traj.value, last_value, traj.valid, algo.gamma, algo.gae_lambda)
+        return traj, adv, ret
     traj, last_value, _ = collect(ctx, net_params, params, scenario, key, ctx.config.env.horizon)
     adv, ret = gae(traj.reward, traj.value, last_value, traj.valid, algo.gamma, algo.gae_lambda)
     return traj, adv, ret
@@ -87,8 +100,9 @@ def make_step_fn(ctx: Context):
                 adv = (adv - mu) / (sd + 1e-8)
             data = {"feats": traj.feats, "u": traj.u, "log_prob": traj.log_prob, "adv": adv, "ret": ret,
                     "valid": traj.valid}
-            data = jax.tree.map(lambda a: a.reshape(num * horizon, *a.shape[2:]), data)
-            size = num * horizon
+            lead = traj.reward.ndim  # [B, H] (self-play: [B, H, N]) transitions, flattened
+            size = traj.reward.size
+            data = jax.tree.map(lambda a: a.reshape(size, *a.shape[lead:]), data)
             mb = size // pcfg.num_minibatches
 
             def minibatch(st, idx):
@@ -102,7 +116,9 @@ def make_step_fn(ctx: Context):
                 return jax.lax.scan(minibatch, st, perm)
 
             state, stats = jax.lax.scan(epoch, state, jax.random.split(key_update, pcfg.num_epochs))
-            episode_return = jnp.sum(traj.reward, -1)
+            episode_return = jnp.sum(traj.reward, 1)  # [B] (self-play: [B, N], one per object)
+            if ctx.selfplay:
+                episode_return = mean_over(episode_return, jnp.any(traj.valid, 1))
             metrics = {k: jnp.mean(v) for k, v in stats.items()}
             metrics["update_skipped"] = jnp.sum(stats["update_skipped"])
             metrics.update(episode_return=jnp.mean(episode_return), reward_per_step=mean_over(traj.reward, traj.valid))

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from jaxloop.config import Experiment, Params
 from jaxloop.sim.datatypes import Scenario
 from jaxloop.train import parallel
-from jaxloop.train.common import Context, StepFn, init_state, make_context
+from jaxloop.train.common import ControlledFn, Context, StepFn, init_state, make_context
 from jaxloop.train.state import TrainState, freeze_after
 
 Batch = Scenario  # [B, ...]
@@ -64,21 +64,22 @@ class Trainer:
 
 
 def make_trainer(config: Experiment, mesh: Mesh | None = None, reward_fn: StepFn | None = None,
-                 surrogate_fn: StepFn | None = None) -> Trainer:
+                 surrogate_fn: StepFn | None = None, controlled_fn: ControlledFn | None = None) -> Trainer:
     """The trainer of `config.algo` on `mesh` (default: every device on one data axis).
 
-    Trainers are cached by (config, mesh, reward functions): a second run with the same
-    settings in one process (a resume, a sweep over data) reuses the compiled step.
+    `controlled_fn(scenario) -> [N] bool` narrows the self-play agents (`common.agent_mask`).
+    Trainers are cached by (config, mesh, reward / mask functions): a second run with the
+    same settings in one process (a resume, a sweep over data) reuses the compiled step.
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_batch_size(config.batch_size, mesh)
-    return _cached_trainer(config, mesh, reward_fn, surrogate_fn)
+    return _cached_trainer(config, mesh, reward_fn, surrogate_fn, controlled_fn)
 
 
 @functools.lru_cache(maxsize=16)
 def _cached_trainer(config: Experiment, mesh: Mesh, reward_fn: StepFn | None,
-                    surrogate_fn: StepFn | None) -> Trainer:
-    ctx = make_context(config, reward_fn, surrogate_fn)
+                    surrogate_fn: StepFn | None, controlled_fn: ControlledFn | None = None) -> Trainer:
+    ctx = make_context(config, reward_fn, surrogate_fn, controlled_fn)
     step_fn = _step_module(config.algo_name).make_step_fn(ctx)
     return Trainer(config=config, ctx=ctx, mesh=mesh, step_fn=step_fn,
                    train_step=parallel.jit_train_step(step_fn, mesh))
@@ -97,11 +98,13 @@ def sample_batch(scenarios: Scenario, key: jax.Array, batch_size: int) -> Batch:
 
 
 def make_train(config: Experiment, scenarios: Scenario, num_steps: int | None = None,
-               reward_fn: StepFn | None = None, surrogate_fn: StepFn | None = None
+               reward_fn: StepFn | None = None, surrogate_fn: StepFn | None = None,
+               controlled_fn: ControlledFn | None = None
                ) -> Callable[[jax.Array, Params], tuple[TrainState, dict[str, Any]]]:
     """A pure `train(key, params) -> (final TrainState, metrics stacked over steps)` of `num_steps` steps
-    (default `config.steps`); jit it and vmap it over keys and `Params` (`jaxloop.config.stack_params`) freely."""
-    ctx = make_context(config, reward_fn, surrogate_fn)
+    (default `config.steps`); jit it and vmap it over keys and `Params` (`jaxloop.config.stack_params`) freely.
+    `controlled_fn` narrows the self-play agents (see `make_trainer`)."""
+    ctx = make_context(config, reward_fn, surrogate_fn, controlled_fn)
     step_fn = _step_module(config.algo_name).make_step_fn(ctx)
     data = jax.tree.map(jnp.asarray, scenarios)
     num_steps = config.steps if num_steps is None else num_steps
