@@ -33,6 +33,12 @@ Non-finite numbers are never scored as safe:
   comfort, ttc_min) average over the finite episodes only, whose count is
   `num_scenarios - num_nonfinite` (NaN when none is finite), so they never turn NaN
   silently and never hide a failure -- `nonfinite_rate` says how many were left out.
+
+What is kept and aggregated comes from the metric registry (`EvalConfig.registry`, see
+`jaxloop.sim.metrics.registry`): every episode entry is a per-scenario value; every
+aggregated entry is a rate `{name}_rate` (events, over every scenario) or a mean (over the
+scenarios where it is defined: the finite ones, unless a non-finite episode gives it a value,
+as the score's 0); the report's `better` says, per aggregate, whether higher or lower is better.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.compute import compiler_options
 from jaxloop.sim.datatypes import Scenario, trajectory_at
 from jaxloop.sim.env import Env, EnvConfig, num_closed_loop_steps
-from jaxloop.sim.metrics import MetricsConfig, episode_metrics, step_metrics
+from jaxloop.sim.metrics import DEFAULT, MetricsConfig, Registry, episode_metrics, step_metrics
 from jaxloop.sim.metrics.agents import agent_episode_metrics, agent_rates, agent_step_metrics
 from jaxloop.sim.perturb import Perturbation
 from jaxloop.sim.actor import (BASELINE_KINDS, Actor, as_actor, baseline_actor, map_policy, record_controlled,
@@ -61,20 +67,13 @@ from jaxloop.sim.rollout import PolicyFn, over_batch, rollout
 
 BASELINES = tuple(BASELINE_KINDS)
 
-# Aggregate name -> per-episode metric averaged over scenarios.
+# Aggregate name -> per-episode metric averaged over scenarios, of the default registry.
 # failure / collision / offroad are the at-fault layer of `jaxloop.sim.metrics` (what the
 # gate checks); raw_* are the Waymax-compatible metrics, blind to what the log holds.
-RATES = {"failure_rate": "failure", "collision_rate": "collision", "offroad_rate": "offroad",
-         "raw_failure_rate": "raw_failure", "raw_collision_rate": "raw_collision", "raw_offroad_rate": "raw_offroad",
-         "red_light_rate": "red_light", "off_route_rate": "off_route", "wrong_way_rate": "wrong_way",
-         "infeasible_rate": "infeasible", "progress_ratio": "progress_ratio", "score": "score", "ade": "ade",
-         "fde": "fde", "comfort": "comfort", "ttc_min": "ttc_min", "nonfinite_rate": "nonfinite"}
+RATES = {**{m.aggregate_name: m.name for m in DEFAULT.aggregated}, "nonfinite_rate": "nonfinite"}
 # Aggregates taken over finite episodes only: a non-finite episode has no value for them.
-CONTINUOUS_RATES = ("progress_ratio", "ade", "fde", "comfort", "ttc_min")
-SCALAR_KEYS = ("failure", "collision", "offroad", "raw_failure", "raw_collision", "raw_offroad", "red_light",
-               "off_route", "wrong_way", "infeasible", "progress", "log_progress", "progress_ratio", "ade", "fde",
-               "comfort", "ttc_min", "score", "nonfinite", "collision_pairs", "exempt_logged_pairs",
-               "exempt_stopped_ego_pairs", "exempt_rear_pairs", "exempt_lateral_pairs", "offroad_artefact_steps")
+CONTINUOUS_RATES = tuple(m.aggregate_name for m in DEFAULT.aggregated if m.nonfinite == "nan")
+SCALAR_KEYS = DEFAULT.scalar_keys
 
 
 class NonFiniteEpisodeWarning(RuntimeWarning):
@@ -83,7 +82,8 @@ class NonFiniteEpisodeWarning(RuntimeWarning):
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Static evaluation settings. `horizon=None` runs to the end of the log.
+    """Static evaluation settings. `horizon=None` runs to the end of the log; `registry` holds the metrics
+    computed, kept per scenario, aggregated, compared under perturbations and gated.
 
     The report scores the ego. `env.controlled` "vehicles" / "all" makes those objects
     policy objects, for an actor that drives them too (a self-play policy emitting
@@ -95,8 +95,12 @@ class EvalConfig:
                                            per_object_log_divergence=False, edge_cull=64)
     batch_size: int = 64
     horizon: int | None = None
+    registry: Registry = DEFAULT
 
     def __post_init__(self):
+        if not isinstance(self.registry, Registry):
+            raise ValueError(f"EvalConfig.registry must be a jaxloop.sim.metrics.Registry, got "
+                             f"{type(self.registry).__name__}")
         if self.batch_size < 1:
             raise ValueError(f"EvalConfig.batch_size must be >= 1, got {self.batch_size}")
         # The upper bound depends on the scenarios' length: `check_horizon` checks it.
@@ -132,7 +136,8 @@ def make_rollout_fn(policy: Actor | PolicyFn | str, config: EvalConfig, num_step
     if p.policy_fn is not None:
         actor = map_policy(p.policy_fn, actor)
     horizon = check_horizon(config, num_steps)
-    extras_fn = lambda sc, prev, new, info: step_metrics(sc, prev, new, info, config=config.metrics)
+    extras_fn = lambda sc, prev, new, info: step_metrics(sc, prev, new, info, config=config.metrics,
+                                                         registry=config.registry)
     if agents:
         actor, ego_extras = record_controlled(actor), extras_fn
         extras_fn = lambda sc, prev, new, info: {**ego_extras(sc, prev, new, info),
@@ -170,8 +175,8 @@ def make_episode_fn(policy: Actor | PolicyFn | str, config: EvalConfig, num_step
 
     def episode(scenario: Scenario, key: jax.Array) -> dict:
         scenario, out = run(scenario, key)
-        m = episode_metrics(scenario, out)
-        res = {k: m[k] for k in SCALAR_KEYS}
+        m = episode_metrics(scenario, out, registry=config.registry)
+        res = {k: m[k] for k in config.registry.scalar_keys}
         if agents:
             res["agents"] = {**agent_episode_metrics(scenario, out), "controlled": evaluated_agents(scenario, out),
                              "ego": scenario.object_metadata.is_sdc}
@@ -275,13 +280,14 @@ def check_scenarios(scenarios: Any, infos: Sequence[dict] | None = None,
 
 @dataclasses.dataclass
 class EvalReport:
-    """Per-scenario metrics and their aggregates (overall and per family)."""
+    """Per-scenario metrics and their aggregates (overall and per family), of the metrics of `registry`."""
 
     name: str
     per_scenario: list[dict]
     aggregate: dict[str, float]
     per_family: dict[str, dict[str, float]]
     agents: dict[str, dict[str, float]] | None = None  # per-agent rates by group (`agents_report`), when computed
+    registry: Registry = dataclasses.field(default=DEFAULT, repr=False, compare=False)
 
     @property
     def nonfinite_ids(self) -> list[str]:
@@ -289,8 +295,8 @@ class EvalReport:
         return [r["scenario_id"] for r in self.per_scenario if r.get("nonfinite")]
 
     def to_dict(self) -> dict:
-        out = {"name": self.name, "aggregate": self.aggregate, "per_family": self.per_family,
-               "per_scenario": self.per_scenario}
+        out = {"name": self.name, "aggregate": self.aggregate, "better": self.registry.directions(),
+               "per_family": self.per_family, "per_scenario": self.per_scenario}
         if self.agents is not None:
             out["agents"] = self.agents
         return out
@@ -303,9 +309,7 @@ class EvalReport:
         return text
 
     def to_markdown(self) -> str:
-        cols = ("num_scenarios", "failure_rate", "collision_rate", "offroad_rate", "raw_failure_rate",
-                "raw_collision_rate", "raw_offroad_rate", "red_light_rate", "nonfinite_rate", "progress_ratio",
-                "score")
+        cols = ("num_scenarios",) + self.registry.summary_names
         lines = [f"### {self.name}", "", "| set | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         rows = [("all", self.aggregate)] + sorted(self.per_family.items())
         for label, agg in rows:
@@ -332,12 +336,15 @@ def _fmt(v) -> str:
     return str(int(v)) if isinstance(v, int) else f"{v:.3f}"
 
 
-def aggregate(rows: Sequence[dict]) -> dict[str, float]:
-    """Means over `rows`; `CONTINUOUS_RATES` over the finite episodes only (see the module docstring)."""
+def aggregate(rows: Sequence[dict], registry: Registry = DEFAULT) -> dict[str, float]:
+    """Means over `rows` of every aggregated entry of `registry` (`Metric.aggregate_name`: events as
+    `{name}_rate`) and `nonfinite_rate`; the continuous ones (`Metric.nonfinite == "nan"`) over the
+    finite episodes only (see the module docstring). NaN where no row has a value."""
     finite = [r for r in rows if not r.get("nonfinite")]
     out: dict[str, Any] = {"num_scenarios": len(rows), "num_nonfinite": len(rows) - len(finite)}
-    for name, key in RATES.items():
-        vals = [r[key] for r in (finite if name in CONTINUOUS_RATES else rows) if r.get(key) is not None]
+    keys = [(m.aggregate_name, m.name, m.nonfinite == "nan") for m in registry.aggregated]
+    for name, key, finite_only in keys + [("nonfinite_rate", "nonfinite", False)]:
+        vals = [r[key] for r in (finite if finite_only else rows) if r.get(key) is not None]
         out[name] = float(np.mean(vals)) if vals else float("nan")
     return out
 
@@ -385,11 +392,13 @@ def evaluate(policy: Actor | PolicyFn | str, scenarios: Any, infos: Sequence[dic
         row["scenario_id"] = ids[i]
         row["family"] = families[i]
         rows.append(row)
-    per_family = {f: aggregate([r for r in rows if r["family"] == f]) for f in sorted(set(families))}
+    per_family = {f: aggregate([r for r in rows if r["family"] == f], config.registry)
+                  for f in sorted(set(families))}
     label = name or (policy if isinstance(policy, str) else policy.name if isinstance(policy, Actor) else "policy")
     if perturbation is not None:
         label += f" [{perturbation.name}]"
-    report = EvalReport(name=label, per_scenario=rows, aggregate=aggregate(rows), per_family=per_family)
+    report = EvalReport(name=label, per_scenario=rows, aggregate=aggregate(rows, config.registry),
+                        per_family=per_family, registry=config.registry)
     if agents:
         report.agents = agents_report({k: np.concatenate([c[k] for c in agent_chunks]) for k in agent_chunks[0]})
     bad = report.nonfinite_ids

@@ -5,6 +5,11 @@ suite, its failure rate is not worse than the baseline's by more than a toleranc
 it meets absolute thresholds (failure, collision, offroad and red-light rates; progress
 ratio). Every check that fails is a reason in the report; the CLI exits 1 on failure.
 
+The checks come from the metric registry (`jaxloop.sim.metrics.registry`): each entry with
+a `GateSpec` is checked for non-regression against the baseline (in its direction, within
+its tolerance) and against its absolute limits, clean and (where its spec says) under every
+perturbation; thresholds that name a `GateConfig` field read it from the gate config.
+
 A candidate with any non-finite episode (its simulated ego state became NaN / inf, see
 `jaxloop.eval.evaluate`), clean or under any perturbation, FAILS whatever its rates, with
 a reason naming the scenarios; so does a comparison against a baseline with non-finite
@@ -23,6 +28,7 @@ from jaxloop.config import GateConfig  # the experiment's `gate` section
 from jaxloop.eval.evaluate import EvalConfig, _finite
 from jaxloop.eval.perturb import SuiteReport, run_suite
 from jaxloop.sim.datatypes import Scenario
+from jaxloop.sim.metrics import Registry
 from jaxloop.sim.perturb import Perturbation
 from jaxloop.sim.rollout import PolicyFn
 
@@ -52,8 +58,10 @@ class GateResult:
         path.with_suffix(".md").write_text(self.to_markdown(title))
 
 
-def check(candidate: SuiteReport, baseline: SuiteReport, config: GateConfig = GateConfig()) -> GateResult:
-    """Compares two suite reports over the same scenarios and perturbations."""
+def check(candidate: SuiteReport, baseline: SuiteReport, config: GateConfig = GateConfig(),
+          registry: Registry | None = None) -> GateResult:
+    """Compares two suite reports over the same scenarios and perturbations, checking every gated entry
+    of `registry` (default: the candidate's)."""
     checks: list[dict] = []
     reasons: list[str] = []
 
@@ -79,20 +87,33 @@ def check(candidate: SuiteReport, baseline: SuiteReport, config: GateConfig = Ga
             reasons.append(f"{name}: the baseline has non-finite (NaN / inf) ego states in {len(rep.nonfinite_ids)} "
                            f"episodes ({', '.join(rep.nonfinite_ids[:10])}); a comparison against it is meaningless")
 
-    c, b = candidate.clean.aggregate, baseline.clean.aggregate
-    add("held-out failure rate vs baseline", c["failure_rate"], b["failure_rate"] + config.failure_tolerance)
-    add("held-out failure rate", c["failure_rate"], config.max_failure_rate)
-    add("held-out collision rate", c["collision_rate"], config.max_collision_rate)
-    add("held-out offroad rate", c["offroad_rate"], config.max_offroad_rate)
-    add("held-out red-light rate", c["red_light_rate"], config.max_red_light_rate)
-    add("held-out progress ratio", c["progress_ratio"], config.min_progress_ratio, upper=False)
+    registry = candidate.registry if registry is None else registry
+
+    def compare(prefix: str, c: dict, b: dict, perturbed: bool) -> None:
+        for metric in registry.gated:
+            spec, key = metric.gate, metric.aggregate_name
+            if perturbed and not spec.perturbed:
+                continue
+            lower = not metric.higher_is_better
+            value = c.get(key, float("nan"))
+            what = f"{prefix}{metric.gate_label}"
+            missing_reason = f"{what}: not in the candidate's report" if key not in c else None
+            tolerance = spec.resolve("tolerance", config)
+            if tolerance is not None:
+                ref = b.get(key, float("nan"))
+                add(f"{what} vs baseline", value, ref + tolerance if lower else ref - tolerance, upper=lower,
+                    reason=missing_reason or (f"{what} vs baseline: not in the baseline's report" if key not in b
+                                              else None))
+            limit = spec.resolve("perturbed_limit" if perturbed else "limit", config)
+            if limit is not None:
+                add(what, value, limit, upper=lower, reason=missing_reason)
+
+    compare("held-out ", candidate.clean.aggregate, baseline.clean.aggregate, perturbed=False)
     missing = sorted(set(baseline.perturbed) - set(candidate.perturbed))
     for name, rep in candidate.perturbed.items():
         if name not in baseline.perturbed:
             continue
-        cf, bf = rep.aggregate["failure_rate"], baseline.perturbed[name].aggregate["failure_rate"]
-        add(f"{name}: failure rate vs baseline", cf, bf + config.failure_tolerance)
-        add(f"{name}: failure rate", cf, config.max_perturbed_failure_rate)
+        compare(f"{name}: ", rep.aggregate, baseline.perturbed[name].aggregate, perturbed=True)
     reasons += [f"{name}: not evaluated for the candidate" for name in missing]
     return GateResult(passed=not reasons, reasons=reasons, checks=checks)
 

@@ -6,7 +6,8 @@ logged path, collision, offroad and log divergence; equations in their docstring
 
 Both are weighted sums over the ego's metrics on one transition `prev_state -> state`
 (see `jaxloop.sim.metrics`), with the weights a traced `RewardWeights` pytree so they
-can be vmapped, swept or annealed without recompiling:
+can be vmapped, swept or annealed without recompiling. The reward's metric terms are the
+entries of the metric registry that name a weight (`Metric.reward_weight`), in its order:
 
     step_reward = progress * (metres along the route this step)
                 - collision * at-fault overlap - offroad * at-fault offroad
@@ -238,38 +239,40 @@ def predicted_conflict(state: SimState, ego: jax.Array, weights: RewardWeights,
     return jnp.mean(pen(taus))
 
 
-def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weights: RewardWeights) -> jax.Array:
+# The metrics' cheap ego-only forms: a reward reads the ego's values only.
+REWARD_METRICS = m.MetricsConfig(per_object_overlap=False, per_object_red_light=False, per_object_log_divergence=False)
+
+
+def step_reward(scenario: Scenario, prev_state: SimState, state: SimState, weights: RewardWeights, *,
+                registry: m.Registry = m.DEFAULT) -> jax.Array:
     """The RL reward `[]` of the transition `prev_state -> state` (discrete metrics, ego only).
 
-    The collision and offroad terms are the at-fault ones of `metrics` on this step
-    (`contact_classes`, `ego_offroad_corners`), so a logged overlap or a map artefact the
-    ego replays is not punished. A reward has no memory of earlier steps, so a contact is
-    judged anew on every step it lasts (the episode's collision counts each pair once).
+    The metric terms are the entries of `registry` that name a reward weight
+    (`Metric.reward_weight`), in registry order: `- weight * penalty` with the entry's
+    per-step ego penalty (`Metric.penalty`: progress counts as a negative penalty); then
+    the log-divergence, headway and conflict terms. The collision and offroad terms are the
+    at-fault ones of `metrics` on this step (`contact_classes`, `ego_offroad_corners`), so a
+    logged overlap or a map artefact the ego replays is not punished. A reward has no
+    memory of earlier steps, so a contact is judged anew on every step it lasts (the
+    episode's collision counts each pair once).
     """
     with jax.named_scope("rewards.step_reward"):
+        for metric in registry.rewarded:
+            if not hasattr(weights, metric.reward_weight):
+                raise ValueError(f"Metric {metric.name!r}: reward_weight {metric.reward_weight!r} is not a "
+                                 f"RewardWeights field")
         ego = scenario.object_metadata.is_sdc
-        cur, prev = state.current, prev_state.current
-        e, e_prev = m.take_object(cur, ego), m.take_object(prev, ego)
-        log_state = trajectory_at(scenario.log_trajectory, state.timestep)
-        f = lambda b: b.astype(jnp.float32)
-        r = weights.progress * _route_step(scenario, prev_state, state, ego)
-        _, lateral = m.route_progress(jnp.stack([e.x, e.y]), scenario.route)
-        contact = m.contact_classes(cur, log_state, ego, m.ego_in_lane(lateral, scenario.route),
-                                    m.recorded_objects(scenario), prev=prev_state.current)
-        r -= weights.collision * f(jnp.any(contact == m.CONTACT_AT_FAULT))
-        valid, off, artefact = m.ego_offroad_corners(cur, log_state, scenario.roadmap, ego)
-        r -= weights.offroad * f(valid & jnp.any(off & ~artefact))
-        r -= weights.red_light * f(m.red_light_crossing(scenario, e_prev, e, state.timestep))
-        r -= weights.off_route * f(m.off_route(jnp.stack([e.x, e.y]), scenario.route))
-        r -= weights.wrong_way * f(m.wrong_way(e, scenario.roadmap, scenario.route))
-        r -= weights.infeasible * f(m.kinematic_infeasibility(e_prev, e))
-        if state.history.x.shape[-1] >= 2:
-            r -= weights.discomfort * f(~m.comfort(m.take_object(state.history, ego))["comfortable"])
+        inputs = m.StepInputs(scenario, prev_state, state, config=REWARD_METRICS)
+        r = 0.0
+        for metric in registry.rewarded:
+            penalty = metric.penalty(inputs)
+            if penalty is not None:
+                r -= getattr(weights, metric.reward_weight) * penalty
         r -= weights.log_divergence * _ego_log_distance(scenario, state, ego, weights.log_lag)
         r -= _weighted(weights.headway, lambda: headway_shortfall(state, ego, weights))
         r -= _weighted(weights.conflict, lambda: predicted_conflict(
-            state, ego, weights, m.inherited_contacts(cur, log_state, ego, m.recorded_objects(scenario))))
-        return jnp.where(e.valid, r, 0.0)
+            state, ego, weights, m.inherited_contacts(inputs.cur, inputs.log_state, ego, m.recorded_objects(scenario))))
+        return jnp.where(inputs.e.valid, r, 0.0)
 
 
 def step_surrogate_loss(scenario: Scenario, prev_state: SimState, state: SimState,
