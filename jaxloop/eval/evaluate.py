@@ -12,6 +12,13 @@ IDM). Baselines drive the ego without a network:
 A `Perturbation` (see `jaxloop.sim.perturb`) changes the scenario, the initial state,
 the agents or what the policy sees; the same function evaluates clean and perturbed.
 
+Traffic that is itself a policy (`jaxloop.sim.actor.with_traffic`, in an environment with
+`controlled="vehicles"` / "all") and a self-play policy driving every vehicle are actors
+like any other: the ego report is the same. `evaluate(..., agents=True)` adds per-agent
+rates over every controlled agent (`jaxloop.sim.metrics.agents`, GPUDrive style) as
+`EvalReport.agents`: "all" the agents the actor drives (and the ego, whatever drives it),
+"non_ego" those besides the ego.
+
 Non-finite numbers are never scored as safe:
 
 - inputs: `evaluate` first checks the scenarios (`check_scenarios`); a NaN / inf in the
@@ -43,11 +50,13 @@ import numpy as np
 from jaxloop.io.logging import finite_or_none as _finite
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.compute import compiler_options
-from jaxloop.sim.datatypes import Scenario
+from jaxloop.sim.datatypes import Scenario, trajectory_at
 from jaxloop.sim.env import Env, EnvConfig, num_closed_loop_steps
 from jaxloop.sim.metrics import MetricsConfig, episode_metrics, step_metrics
+from jaxloop.sim.metrics.agents import agent_episode_metrics, agent_rates, agent_step_metrics
 from jaxloop.sim.perturb import Perturbation
-from jaxloop.sim.actor import BASELINE_KINDS, Actor, as_actor, baseline_actor, map_policy, with_agent_kind
+from jaxloop.sim.actor import (BASELINE_KINDS, Actor, as_actor, baseline_actor, map_policy, record_controlled,
+                               with_agent_kind)
 from jaxloop.sim.rollout import PolicyFn, over_batch, rollout
 
 BASELINES = tuple(BASELINE_KINDS)
@@ -74,7 +83,12 @@ class NonFiniteEpisodeWarning(RuntimeWarning):
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Static evaluation settings. `horizon=None` runs to the end of the log."""
+    """Static evaluation settings. `horizon=None` runs to the end of the log.
+
+    The report scores the ego. `env.controlled` "vehicles" / "all" makes those objects
+    policy objects, for an actor that drives them too (a self-play policy emitting
+    `[N, A]`, or `with_traffic`); with "sdc" only the ego is.
+    """
 
     env: EnvConfig = EnvConfig()
     metrics: MetricsConfig = MetricsConfig(per_object_overlap=False, per_object_red_light=False,
@@ -90,8 +104,6 @@ class EvalConfig:
                                          or not isinstance(self.horizon, numbers.Integral) or self.horizon < 1):
             raise ValueError(f"EvalConfig.horizon must be None (to the end of the log) or an int >= 1 closed-loop "
                              f"steps, got {self.horizon!r}")
-        if self.env.controlled != "sdc":
-            raise ValueError("evaluation scores the ego: EvalConfig.env.controlled must be 'sdc'")
 
 
 def resolve_policy(policy: Actor | PolicyFn | str, env: Env) -> Actor:
@@ -104,13 +116,15 @@ def resolve_policy(policy: Actor | PolicyFn | str, env: Env) -> Actor:
 
 
 def make_rollout_fn(policy: Actor | PolicyFn | str, config: EvalConfig, num_steps: int,
-                    perturbation: Perturbation | None = None, actor_params=None) -> Callable[[Scenario, jax.Array], tuple]:
+                    perturbation: Perturbation | None = None, actor_params=None,
+                    agents: bool = False) -> Callable[[Scenario, jax.Array], tuple]:
     """`episode(scenario, key) -> (scenario, RolloutOutput)` for one unbatched scenario.
 
     `policy` is an `Actor` (run under `actor_params`), a `PolicyFn` or a baseline name. The
     returned scenario is the (possibly perturbed) one the episode ran in; the output holds
     the per-step states and metrics (`extras`) that `make_episode_fn` reduces and
-    `jaxloop render` draws.
+    `jaxloop render` draws. `agents` adds the per-agent step metrics (`agent_step_metrics`)
+    to the extras and the actor's controlled mask `[H, N]` to `aux["controlled"]`.
     """
     env = Env(config.env)
     actor = resolve_policy(policy, env)
@@ -119,6 +133,10 @@ def make_rollout_fn(policy: Actor | PolicyFn | str, config: EvalConfig, num_step
         actor = map_policy(p.policy_fn, actor)
     horizon = check_horizon(config, num_steps)
     extras_fn = lambda sc, prev, new, info: step_metrics(sc, prev, new, info, config=config.metrics)
+    if agents:
+        actor, ego_extras = record_controlled(actor), extras_fn
+        extras_fn = lambda sc, prev, new, info: {**ego_extras(sc, prev, new, info),
+                                                 **agent_step_metrics(sc, prev, new, info)}
     with_idm = (config.env.non_ego_agent == "idm" or actor.agent_kind == agents_lib.AGENT_IDM or p.uses_idm)
 
     def episode(scenario: Scenario, key: jax.Array) -> tuple:
@@ -142,16 +160,42 @@ def make_rollout_fn(policy: Actor | PolicyFn | str, config: EvalConfig, num_step
 
 def make_episode_fn(policy: Actor | PolicyFn | str, config: EvalConfig, num_steps: int,
                     perturbation: Perturbation | None = None,
-                    actor_params=None) -> Callable[[Scenario, jax.Array], dict]:
-    """`episode(scenario, key) -> {metric: scalar}` for one unbatched scenario."""
-    run = make_rollout_fn(policy, config, num_steps, perturbation, actor_params)
+                    actor_params=None, agents: bool = False) -> Callable[[Scenario, jax.Array], dict]:
+    """`episode(scenario, key) -> {metric: scalar}` for one unbatched scenario.
+
+    `agents` adds "agents": the per-agent episode values `[N]` (`agent_episode_metrics`)
+    with "controlled" (the agents to rate, `evaluated_agents`) and "ego" `[N]` masks.
+    """
+    run = make_rollout_fn(policy, config, num_steps, perturbation, actor_params, agents)
 
     def episode(scenario: Scenario, key: jax.Array) -> dict:
         scenario, out = run(scenario, key)
         m = episode_metrics(scenario, out)
-        return {k: m[k] for k in SCALAR_KEYS}
+        res = {k: m[k] for k in SCALAR_KEYS}
+        if agents:
+            res["agents"] = {**agent_episode_metrics(scenario, out), "controlled": evaluated_agents(scenario, out),
+                             "ego": scenario.object_metadata.is_sdc}
+        return res
 
     return episode
+
+
+def evaluated_agents(scenario: Scenario, out) -> jax.Array:
+    """`[N]` bool: the agents an episode rates: valid at its start, and driven by the actor at its first step
+    (`aux["controlled"]`, see `make_rollout_fn(agents=True)`) or the ego (whatever drives it: a baseline's
+    simulator model too)."""
+    start = trajectory_at(scenario.log_trajectory, out.timesteps[0] - 1)
+    return start.valid & (out.aux["controlled"][0] | scenario.object_metadata.is_sdc)
+
+
+def agents_report(per_agent: dict) -> dict[str, dict[str, float]]:
+    """Per-agent rates (`agent_rates`) of the batched episode values `{name: [S, N]}` of `make_episode_fn(agents=True)`:
+    "all" over every rated agent, "non_ego" over those besides the ego (when there are any)."""
+    controlled, ego = np.asarray(per_agent["controlled"], bool), np.asarray(per_agent["ego"], bool)
+    out = {"all": agent_rates(per_agent, controlled)}
+    if (controlled & ~ego).any():
+        out["non_ego"] = agent_rates(per_agent, controlled & ~ego)
+    return out
 
 
 def check_horizon(config: EvalConfig, num_steps: int) -> int:
@@ -237,6 +281,7 @@ class EvalReport:
     per_scenario: list[dict]
     aggregate: dict[str, float]
     per_family: dict[str, dict[str, float]]
+    agents: dict[str, dict[str, float]] | None = None  # per-agent rates by group (`agents_report`), when computed
 
     @property
     def nonfinite_ids(self) -> list[str]:
@@ -244,8 +289,11 @@ class EvalReport:
         return [r["scenario_id"] for r in self.per_scenario if r.get("nonfinite")]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "aggregate": self.aggregate, "per_family": self.per_family,
-                "per_scenario": self.per_scenario}
+        out = {"name": self.name, "aggregate": self.aggregate, "per_family": self.per_family,
+               "per_scenario": self.per_scenario}
+        if self.agents is not None:
+            out["agents"] = self.agents
+        return out
 
     def to_json(self, path: str | None = None) -> str:
         text = json.dumps(_finite(self.to_dict()), indent=1)
@@ -262,7 +310,20 @@ class EvalReport:
         rows = [("all", self.aggregate)] + sorted(self.per_family.items())
         for label, agg in rows:
             lines.append(f"| {label} | " + " | ".join(_fmt(agg.get(c)) for c in cols) + " |")
+        if self.agents:
+            lines += ["", agents_markdown(self.agents)]
         return "\n".join(lines) + "\n"
+
+
+def agents_markdown(agents: dict[str, dict[str, float]]) -> str:
+    """The per-agent rates table of `EvalReport.agents`."""
+    cols = ("num_agents", "collision_rate", "offroad_rate", "collision_offroad_rate", "route_completion",
+            "goal_rate", "raw_collision_rate", "raw_offroad_rate", "nonfinite_rate")
+    lines = ["Per-agent rates (at fault unless raw)", "", "| agents | " + " | ".join(cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for group, rates in agents.items():
+        lines.append(f"| {group} | " + " | ".join(_fmt(rates.get(c)) for c in cols) + " |")
+    return "\n".join(lines)
 
 
 def _fmt(v) -> str:
@@ -283,14 +344,15 @@ def aggregate(rows: Sequence[dict]) -> dict[str, float]:
 
 def evaluate(policy: Actor | PolicyFn | str, scenarios: Any, infos: Sequence[dict] | None = None,
              config: EvalConfig = EvalConfig(), seed: int = 0, perturbation: Perturbation | None = None,
-             name: str | None = None, actor_params=None) -> EvalReport:
+             name: str | None = None, actor_params=None, agents: bool = False) -> EvalReport:
     """Evaluates `policy` (an `Actor` under `actor_params`, a `PolicyFn` or a baseline name) on batched
     `scenarios` `[S, ...]` (with `infos`) or
     a `jaxloop.data.Dataset` (its own infos: a cache is streamed), in order, in batches of `config.batch_size`.
 
     Raises ValueError (`check_scenarios`) before any rollout for non-finite inputs or a
     horizon longer than the logs; warns `NonFiniteEpisodeWarning` for episodes that
-    became non-finite, which the report counts as failures.
+    became non-finite, which the report counts as failures. `agents` adds the per-agent
+    rates over every controlled agent (`EvalReport.agents`, see the module docstring).
     """
     num = check_scenarios(scenarios, infos, config)
     bs = min(config.batch_size, num)
@@ -304,13 +366,15 @@ def evaluate(policy: Actor | PolicyFn | str, scenarios: Any, infos: Sequence[dic
         batches = (batch for batch, _ in scenarios.stream(iter(index_batches)))  # prefetched
         first = jax.tree.map(lambda a: a[0], scenarios.get([0]))
     steps = num_closed_loop_steps(first, config.env)
-    episode = make_episode_fn(policy, config, steps, perturbation, actor_params)
+    episode = make_episode_fn(policy, config, steps, perturbation, actor_params, agents)
     fn = jax.jit(lambda batch, keys: over_batch(episode, batch, None, keys=keys), compiler_options=compiler_options())
     keys = jax.random.split(jax.random.key(seed), num)
-    chunks = []
+    chunks, agent_chunks = [], []
     for start, ix, batch in zip(range(0, num, bs), index_batches, batches):
         res = jax.device_get(fn(batch, keys[ix]))
         keep = min(bs, num - start)
+        if agents:
+            agent_chunks.append({k: np.asarray(v)[:keep] for k, v in res.pop("agents").items()})
         chunks.append({k: np.asarray(v)[:keep] for k, v in res.items()})
     cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     families = _family_names(num, infos)
@@ -326,6 +390,8 @@ def evaluate(policy: Actor | PolicyFn | str, scenarios: Any, infos: Sequence[dic
     if perturbation is not None:
         label += f" [{perturbation.name}]"
     report = EvalReport(name=label, per_scenario=rows, aggregate=aggregate(rows), per_family=per_family)
+    if agents:
+        report.agents = agents_report({k: np.concatenate([c[k] for c in agent_chunks]) for k in agent_chunks[0]})
     bad = report.nonfinite_ids
     if bad:
         shown = ", ".join(bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")

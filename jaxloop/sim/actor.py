@@ -22,6 +22,10 @@ Baselines are actors that drive nothing themselves: `baseline_actor("idm")` hand
 ego to the simulator's IDM model (`Actor.agent_kind`), which is what an evaluation of the
 baseline runs. A plain `PolicyFn` (`policy(scenario, state, key) -> action`) becomes an
 actor with `as_actor`.
+
+Actors compose: `with_traffic(ego_actor, traffic_actor)` drives the ego with one actor and
+every other object the environment lets a policy drive with another (e.g. a self-play
+policy as reactive traffic), each with its own params and state.
 """
 
 from __future__ import annotations
@@ -178,3 +182,74 @@ def with_agent_kind(actor: Actor, scenario: Scenario, agent_kind: jax.Array) -> 
     if actor.agent_kind is None:
         return agent_kind
     return agent_kind.at[scenario.object_metadata.sdc_index].set(actor.agent_kind)
+
+
+@struct.dataclass
+class TrafficState:
+    """The state of a `with_traffic` actor: each part's own."""
+
+    ego: Any
+    traffic: Any
+
+
+def ego_objects(scenario: Scenario) -> jax.Array:
+    """`[N]` bool: the ego (`ObjectMetadata.is_sdc`), what `with_traffic` takes from the ego actor."""
+    return scenario.object_metadata.is_sdc
+
+
+def with_traffic(ego_actor: Actor, traffic_actor: Actor,
+                 ego_mask: Callable[[Scenario], jax.Array] = ego_objects, name: str | None = None) -> Actor:
+    """One actor of two: `ego_actor` drives the objects of `ego_mask(scenario)` `[N]`, `traffic_actor` the rest.
+
+    Params are the pair `(ego_params, traffic_params)` (None: both None), the state a
+    `TrafficState`, each part initialised with its own key. Per object i:
+
+        action_i     = ego.action_i if ego_mask_i else traffic.action_i
+        controlled_i = ego.controlled_i & ego_mask_i  |  traffic.controlled_i & ~ego_mask_i
+
+    so neither actor drives the other's objects, whatever its own mask says (an ego-only
+    policy's broadcast `[A]` action stays on the ego). Objects neither drives keep what
+    the environment does for them. aux holds each part's aux under "ego" and "traffic".
+    The ego actor's `agent_kind` (a baseline's simulator model of the ego) is kept. Put
+    the environment in a multi-agent mode (`EnvConfig.controlled="vehicles"` or "all")
+    so that the traffic objects are policy objects at all.
+    """
+
+    def init(key: jax.Array, scenario: Scenario) -> TrafficState:
+        key_ego, key_traffic = jax.random.split(key)
+        return TrafficState(ego=ego_actor.init(key_ego, scenario), traffic=traffic_actor.init(key_traffic, scenario))
+
+    def select_action(params, obs: Observation, actor_state: TrafficState, key: jax.Array) -> ActorOutput:
+        ego_params, traffic_params = (None, None) if params is None else params
+        key_ego, key_traffic = jax.random.split(key)
+        ego = ego_actor.select_action(ego_params, obs, actor_state.ego, key_ego)
+        traffic = traffic_actor.select_action(traffic_params, obs, actor_state.traffic, key_traffic)
+        mine = ego_mask(obs.scenario)
+        ego_action = per_object_action(ego.action, obs.state)
+        traffic_action = per_object_action(traffic.action, obs.state).astype(ego_action.dtype)
+        return ActorOutput(action=jnp.where(mine[:, None], ego_action, traffic_action),
+                           controlled=(ego.controlled & mine) | (traffic.controlled & ~mine),
+                           actor_state=TrafficState(ego=ego.actor_state, traffic=traffic.actor_state),
+                           aux={"ego": ego.aux, "traffic": traffic.aux})
+
+    return Actor(init=init, select_action=select_action, agent_kind=ego_actor.agent_kind,
+                 name=name or f"{ego_actor.name}+{traffic_actor.name}")
+
+
+def bind_params(actor: Actor, params) -> Actor:
+    """`actor` with its params fixed to `params` (constants of the trace): its own `select_action` params ignored."""
+
+    def select_action(_, obs: Observation, actor_state, key: jax.Array) -> ActorOutput:
+        return actor.select_action(params, obs, actor_state, key)
+
+    return Actor(init=actor.init, select_action=select_action, agent_kind=actor.agent_kind, name=actor.name)
+
+
+def record_controlled(actor: Actor) -> Actor:
+    """`actor` with its `controlled` mask `[N]` also in `aux["controlled"]` (stacked `[H, N]` by `rollout`)."""
+
+    def select_action(params, obs: Observation, actor_state, key: jax.Array) -> ActorOutput:
+        out = actor.select_action(params, obs, actor_state, key)
+        return out.replace(aux={**out.aux, "controlled": out.controlled})
+
+    return Actor(init=actor.init, select_action=select_action, agent_kind=actor.agent_kind, name=actor.name)
