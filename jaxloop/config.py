@@ -145,10 +145,16 @@ class APG:
     grad_through_agents: bool = False  # let gradients flow through reactive (non-policy) objects
     remat: bool = True  # jax.checkpoint per step
     stochastic: bool = False  # reparameterised tanh-Gaussian samples instead of the mean action
+    # > 0: loss = APG loss + bc_coef x the behaviour-cloning action MSE on the same batch (every controlled
+    # agent's expert action at bc_samples sampled log steps per scenario): self-play regularised toward the logs
+    bc_coef: float = 0.0
+    bc_samples: int = 4
 
     def __post_init__(self):
         if self.truncate_every < 0:
             raise ValueError(f"APG.truncate_every must be >= 0, got {self.truncate_every}")
+        if self.bc_coef < 0 or self.bc_samples < 1:
+            raise ValueError(f"APG: bc_coef must be >= 0 and bc_samples >= 1, got {self.bc_coef}, {self.bc_samples}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -212,3 +212,19 @@ def test_multi_agent_gradient_matches_finite_differences():
     fd = float(follower_x(eps) - follower_x(-eps)) / (2 * eps)
     assert abs(grad) > 1e-3
     np.testing.assert_allclose(grad, fd, rtol=0.05, atol=1e-4)
+
+
+def test_apg_bc_coef_adds_the_bc_loss(data):
+    """L = L_apg + bc_coef * L_bc on the same batch and key; L_apg is what bc_coef = 0 computes."""
+    batch = jax.tree.map(lambda a: a[:4], data)
+    losses = {}
+    for coef in (0.0, 0.5):
+        trainer = make_trainer(selfplay_config("apg", algo=APG(remat=False, bc_coef=coef)),
+                               surrogate_fn=agent_log_distance)
+        state = trainer.init(jax.random.PRNGKey(0))
+        _, metrics = trainer.train_step(state, trainer.shard(batch), jax.random.PRNGKey(1), trainer.params)
+        losses[coef] = jax.device_get(metrics)
+    with_bc = losses[0.5]
+    assert with_bc["bc_loss"] > 1e-3  # an untrained policy is far from the expert actions
+    np.testing.assert_allclose(with_bc["apg_loss"], losses[0.0]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(with_bc["loss"], losses[0.0]["loss"] + 0.5 * with_bc["bc_loss"], rtol=1e-5)

@@ -19,18 +19,30 @@ Self-play (`env.controlled` "vehicles" / "all"): the shared policy drives every 
 the same differentiated rollout, each agent's loss is its own `[N]` surrogate
 (`rewards.agent_step_surrogate_loss`), masked `[H, N]` by `common.agent_valid`, and the
 gradient flows through the dynamics of all of them (`agent_episode_loss`).
+
+With `bc_coef = c > 0` the loss of a batch is
+
+    L = L_apg + c * L_bc,
+
+L_bc the behaviour-cloning action MSE of `jaxloop.train.bc.scenario_loss` on the same batch
+(every controlled agent's expert action at `bc_samples` sampled log steps per scenario,
+MSE between the policy's mode and the expert action): closed-loop self-play held near the
+human logs. The metrics add `apg_loss` and `bc_loss`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from jaxloop.config import Params
+from jaxloop.config import BC, Params
 from jaxloop.io.policies import make_actor
 from jaxloop.sim.actor import INIT_SALT, policy_controlled
 from jaxloop.sim.datatypes import Scenario
 from jaxloop.sim.rollout import rollout
+from jaxloop.train import bc as bc_lib
 from jaxloop.train.common import (Context, agent_step_events, agent_valid, check_horizon, gradient_step_fn, mean_over,
                                   route_goals, start_agents, start_episode, weighted_means)
 
@@ -116,6 +128,23 @@ def _reduce_agents(loss: jax.Array, metrics: dict, count: jax.Array) -> tuple[ja
 
 
 def make_step_fn(ctx: Context):
-    if ctx.selfplay:
-        return gradient_step_fn(ctx, episode_loss, "apg.step", _reduce_agents)
-    return gradient_step_fn(ctx, episode_loss, "apg.step")
+    reduce = _reduce_agents if ctx.selfplay else weighted_means
+    algo = ctx.config.algo
+    if not algo.bc_coef:
+        return gradient_step_fn(ctx, episode_loss, "apg.step", reduce)
+    bc_ctx = dataclasses.replace(ctx, config=dataclasses.replace(
+        ctx.config, algo=BC(samples_per_scenario=algo.bc_samples, loss="mse")))
+
+    def loss_fn(ctx_, net_params, params: Params, scenario: Scenario, key: jax.Array):
+        # The episode keeps its key, so L_apg is what bc_coef = 0 computes on the same batch and key.
+        apg = episode_loss(ctx_, net_params, params, scenario, key)
+        bc = bc_lib.scenario_loss(bc_ctx, net_params, params, scenario, jax.random.fold_in(key, 1))
+        return (apg[0], bc[0]), (apg[1], bc[1]), (apg[2], bc[2])
+
+    def reduce_fn(loss, metrics, weight):
+        apg_total, out = reduce(loss[0], metrics[0], weight[0])
+        bc_total = mean_over(loss[1], weight[1])
+        total = apg_total + algo.bc_coef * bc_total
+        return total, {**out, "loss": total, "apg_loss": apg_total, "bc_loss": bc_total}
+
+    return gradient_step_fn(ctx, loss_fn, "apg.step", reduce_fn)

@@ -1,0 +1,368 @@
+"""Self-play: one shared policy drives every vehicle; how safe, how useful as an ego, and how human?
+
+    python experiments/selfplay.py [--profile full|quick] [--out experiments/results]
+
+On built-in procedural scenarios, evaluated on procedural `test` and on the 18 real WOMD
+scenes of `../shared/data/gpudrive/` (GPUDrive / PufferDrive JSON):
+
+1. self-play behaviour cloning (`env.controlled="vehicles"`: every vehicle's expert action
+   from its own ego-centric view, its own logged path as route) on procedural `train`;
+2. self-play APG from it (one differentiated rollout, every vehicle driven by the policy,
+   every agent's own surrogate, gradients through all of them), with the `--preset` reward
+   weights, and the same with `APG.bc_coef` > 0 (the BC action loss on the same batch
+   added: self-play regularised toward the logs);
+3. evaluation:
+   (a) self-play traffic: the policy drives every vehicle; per-agent (GPUDrive-style)
+       at-fault collision, offroad, either, route completion and goal rate
+       (`evaluate(..., agents=True)`);
+   (b) as the ego (other objects log replay, then IDM): at-fault failure, collision,
+       offroad, progress ratio, against the ego-only BC and APG policies exported by
+       `experiments/real_logs.py` (`OUT/policies/{bc,apg_procedural}`);
+   (c) realism (WOSAC-style meta-metric, `jaxloop.realism`) on the 18 real scenes of the
+       self-play policies, with constant velocity and IDM rows at the same rollout count;
+4. one failing self-play episode per policy rendered as a GIF.
+
+Writes `OUT/selfplay.json` / `.md` (after every stage: an interrupted run keeps what it
+measured) and exports the self-play policies to `OUT/policies/selfplay_*` (the exported
+artefact maps one observer's features to its action: `jaxloop eval --policy DIR` drives the
+ego with it; the runs, which `--non-ego policy:RUN` takes, go to `OUT/runs/selfplay_PROFILE/`,
+not committed). Deterministic given `--seed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from jaxloop.experiments.open_vs_closed_loop import log, presets as base_presets, procedural_set  # noqa: E402
+from real_logs import load_files, real_files  # noqa: E402
+
+PROFILES = ("full", "quick")
+EGO_KEYS = ("failure_rate", "collision_rate", "offroad_rate", "raw_failure_rate", "progress_ratio")
+AGENT_KEYS = ("num_agents", "collision_rate", "offroad_rate", "collision_offroad_rate", "route_completion",
+              "goal_rate", "raw_collision_rate", "raw_offroad_rate")
+SELFPLAY = ("selfplay_bc", "selfplay_apg", "selfplay_apg_bc")
+EGO_BASELINES = ("bc", "apg_procedural")  # exported by experiments/real_logs.py
+
+
+def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_coef: float = 1.0) -> dict:
+    """The runs of `profile`: "selfplay_bc", "selfplay_apg" (from it) and "selfplay_apg_bc" (from it, with
+    `APG.bc_coef`), every vehicle driven by the policy (`env.controlled="vehicles"`)."""
+    from jaxloop.config import APG, BC, EnvSettings
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    full = profile == "full"
+    num_train, num_test = (256, 100) if full else (16, 8)
+    base = base_presets("full", seed)["bc"]  # the model (MLP 256x256, Gaussian head) and observation
+    data = dataclasses.replace(base.data, source=f"procedural:train:{num_train}:{seed}")
+    evals = dataclasses.replace(base.eval, source=f"procedural:test:{num_test}:{seed}", batch_size=32)
+    env = EnvSettings(controlled="vehicles", reward_preset=preset)
+    bc = dataclasses.replace(base, algo=BC(samples_per_scenario=4), steps=600 if full else 20,
+                             batch_size=16 if full else 4, data=data, eval=evals, env=env)
+    apg_steps = 60 if full else 3
+    apg = dataclasses.replace(bc, algo=APG(), steps=apg_steps, lr_decay_steps=apg_steps, learning_rate=3e-4,
+                              batch_size=8 if full else 2)
+    apg_bc = dataclasses.replace(apg, algo=APG(bc_coef=bc_coef))
+    return {"selfplay_bc": bc, "selfplay_apg": apg, "selfplay_apg_bc": apg_bc}
+
+
+def selfplay_rates(run: str, sets: dict, seed: int) -> dict:
+    """(a) the run's policy drives every vehicle: the per-agent rates over all of them, and the ego's failure."""
+    from jaxloop.data.formats import init_steps_of
+    from jaxloop.eval.cli import resolve_policy_spec
+    from jaxloop.eval.evaluate import EvalConfig, evaluate
+    from jaxloop.sim.env import EnvConfig
+    out = {}
+    for set_name, (scenarios, infos) in sets.items():
+        env = EnvConfig(non_ego_agent="log", init_steps=init_steps_of(infos, set_name))
+        policy, env, label = resolve_policy_spec(run, env)
+        rep = evaluate(policy, scenarios, infos, EvalConfig(env=env, batch_size=16), seed, name=label, agents=True)
+        row = {k: rep.agents["all"][k] for k in AGENT_KEYS}
+        row["num_scenarios"] = len(infos)
+        row["agents_failed_scenarios"] = [r["scenario_id"] for r in rep.per_scenario if r["failure"] > 0]
+        out[set_name] = row
+        log(f"  {label} self-play on {set_name}: {row['num_agents']} agents, collision "
+            f"{row['collision_rate']:.4f} offroad {row['offroad_rate']:.4f} either {row['collision_offroad_rate']:.4f}"
+            f" route {row['route_completion']:.3f} goal {row['goal_rate']:.3f}")
+    return out
+
+
+def ego_policy(name: str, path: pathlib.Path):
+    """(policy, env config) of `name` driving the ego only: an exported policy, or a self-play run's network
+    applied to the ego's own view."""
+    from jaxloop.io.policies import load_policy, load_policy_from_checkpoint
+    if (path / "metadata.json").is_file():
+        policy, cfg = load_policy(path)
+    else:
+        policy, cfg = load_policy_from_checkpoint(path, controlled="sdc")
+    return policy, dataclasses.replace(cfg.env_config(), controlled="sdc", grad_through_agents=False)
+
+
+def ego_rates(name: str, path: pathlib.Path, sets: dict, seed: int) -> dict:
+    """(b) the policy as the ego, other objects log replay and IDM: at-fault failure, collision, offroad, progress."""
+    from jaxloop.data.formats import init_steps_of
+    from jaxloop.eval.evaluate import EvalConfig, evaluate
+    policy, env_config = ego_policy(name, path)
+    out = {}
+    for traffic in ("log", "idm"):
+        for set_name, (scenarios, infos) in sets.items():
+            env = dataclasses.replace(env_config, non_ego_agent=traffic, init_steps=init_steps_of(infos, set_name))
+            rep = evaluate(policy, scenarios, infos, EvalConfig(env=env, batch_size=32), seed, name=name)
+            row = {k: rep.aggregate[k] for k in ("num_scenarios",) + EGO_KEYS}
+            row["failures"] = int(round(sum(r["failure"] for r in rep.per_scenario)))
+            out[f"{set_name}/{traffic}"] = row
+            log(f"  {name} ego on {set_name} vs {traffic}: at-fault failure {row['failures']}/{row['num_scenarios']}"
+                f" collision {row['collision_rate']:.3f} offroad {row['offroad_rate']:.3f} "
+                f"progress {row['progress_ratio']:.3f}")
+    return out
+
+
+def realism_rows(rows: dict[str, str], scenarios, infos, rollouts: int, seed: int) -> dict:
+    """(c) the WOSAC-style realism of each `{label: agents spec}` on the real scenes."""
+    from jaxloop.realism.evaluate import RealismConfig, RealismRunner
+    out = {}
+    for label, agents in rows.items():
+        t = time.perf_counter()
+        rep = RealismRunner(scenarios, infos, RealismConfig(agents=agents, rollouts=rollouts, seed=seed),
+                            name=label).run()
+        out[label] = {"description": rep.description, "wall_s": round(time.perf_counter() - t, 1),
+                      **{k: rep.aggregate[k] for k in ("realism_meta_metric", "kinematic", "interactive",
+                                                       "map_based", "min_ade")}}
+        log(f"  realism {label}: meta {out[label]['realism_meta_metric']:.4f}, minADE {out[label]['min_ade']:.2f} m "
+            f"({out[label]['wall_s']:.0f} s)")
+    return out
+
+
+def render_failure(run: str, spec: str, scenario_ids: list, infos, path: pathlib.Path) -> dict | None:
+    """A GIF of the first self-play episode with an ego failure (or of scenario 0), via `jaxloop render`."""
+    from jaxloop.viz.cli import render
+    ids = [i.get("scenario_id") for i in infos]
+    index = ids.index(scenario_ids[0]) if scenario_ids and scenario_ids[0] in ids else 0
+    png, gif = path.with_suffix(".png"), path.with_suffix(".gif")
+    render(out=str(png), data=spec, index=index, gif=str(gif), policy=run, step="first_failure", stride=2,
+           width_px=400, height_px=400)
+    return {"scenario_index": index, "scenario_id": ids[index], "png": png.name, "gif": gif.name}
+
+
+def targets(res: dict) -> list[tuple[str, str, str]]:
+    """(target, measured, met / missed) of issue 21 item 6 and issue 22's self-play targets."""
+    out = []
+    sp, ego, real = res.get("selfplay", {}), res.get("ego", {}), res.get("realism", {})
+    for name in ("selfplay_apg", "selfplay_apg_bc"):
+        for s in ("test", "real"):
+            r = sp.get(name, {}).get(s)
+            if r:
+                out.append((f"{name} self-play on {s}: per-agent at-fault collision+offroad <= 2%",
+                            f"{100 * r['collision_offroad_rate']:.2f}%",
+                            "met" if r["collision_offroad_rate"] <= 0.02 else "missed"))
+                out.append((f"{name} self-play on {s}: route completion >= 95%", f"{100 * r['route_completion']:.1f}%",
+                            "met" if r["route_completion"] >= 0.95 else "missed"))
+        base = ego.get("apg_procedural", {})
+        for key in sorted(ego.get(name, {})):
+            r, b = ego[name][key], base.get(key)
+            if b:
+                ok = r["failure_rate"] <= b["failure_rate"]
+                out.append((f"{name} as the ego on {key.replace('/', ' vs ')}: at-fault failure <= ego-only APG",
+                            f"{r['failure_rate']:.3f} vs {b['failure_rate']:.3f} (progress {r['progress_ratio']:.3f} "
+                            f"vs {b['progress_ratio']:.3f})", "met" if ok else "missed"))
+    idm, cv = real.get("idm"), real.get("constant_velocity")
+    for name in ("selfplay_apg", "selfplay_apg_bc"):
+        r = real.get(name)
+        if r and idm:
+            out.append((f"{name} realism >= IDM (18 real scenes)",
+                        f"{r['realism_meta_metric']:.4f} vs {idm['realism_meta_metric']:.4f}",
+                        "met" if r["realism_meta_metric"] >= idm["realism_meta_metric"] else "missed"))
+    if idm and cv:
+        learned = max((real[n]["realism_meta_metric"] for n in SELFPLAY if n in real), default=float("nan"))
+        ok = cv["realism_meta_metric"] < idm["realism_meta_metric"] < learned
+        out.append(("ranking constant velocity < IDM < learned (best self-play)",
+                    f"{cv['realism_meta_metric']:.4f} < {idm['realism_meta_metric']:.4f} < {learned:.4f}",
+                    "met" if ok else "missed"))
+    r, sp_r = real.get("selfplay_apg_bc"), sp.get("selfplay_apg_bc", {}).get("real")
+    if r and idm and sp_r:
+        ok = r["realism_meta_metric"] >= idm["realism_meta_metric"] and sp_r["collision_offroad_rate"] <= 0.02
+        out.append(("realism-regularised self-play >= IDM with <= 2% per-agent collision+offroad (real scenes)",
+                    f"{r['realism_meta_metric']:.4f} vs {idm['realism_meta_metric']:.4f}; "
+                    f"{100 * sp_r['collision_offroad_rate']:.2f}%", "met" if ok else "missed"))
+    return out
+
+
+def _f(v, nd=3):
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{nd}f}"
+
+
+def to_markdown(res: dict) -> str:
+    lines = ["# Self-play: one policy drives every vehicle", "", f"Command: `{res['command']}`  ",
+             f"Seed: {res['seed']}; reward preset `{res['preset']}`; bc_coef {res['bc_coef']}  ",
+             f"Machine: {res['machine']}  ", f"Wall time: {res['wall_s'] / 60:.1f} min"
+             + ("" if res.get("complete") else " (incomplete: stages below are what finished)"), "",
+             "Rates are at fault unless raw (the gate's definitions). Real = the 18 GPUDrive JSON WOMD scenes.", ""]
+    lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {ok} |" for t, m, ok in targets(res)] + [""]
+    if res.get("selfplay"):
+        lines += ["## (a) Self-play traffic: the policy drives every vehicle (per-agent rates)", "",
+                  "| policy | set | agents | collision | offroad | collision+offroad | route completion | goal | "
+                  "raw collision | raw offroad |", "|---" * 10 + "|"]
+        for name, sets in res["selfplay"].items():
+            for s, r in sets.items():
+                lines.append(f"| {name} | {s} | {r['num_agents']} | " + " | ".join(_f(r[k], 4) for k in (
+                    "collision_rate", "offroad_rate", "collision_offroad_rate", "route_completion", "goal_rate",
+                    "raw_collision_rate", "raw_offroad_rate")) + " |")
+        lines.append("")
+    if res.get("ego"):
+        keys = list(next(iter(res["ego"].values())))
+        lines += ["## (b) As the ego (other objects log replay or IDM)", "",
+                  "Cells: at-fault failure (k/n) / collision / offroad / progress ratio.", "",
+                  "| policy | " + " | ".join(k.replace("/", " vs ") for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for name, rows in res["ego"].items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{_f(r['failure_rate'])} ({r['failures']}/{r['num_scenarios']}) / {_f(r['collision_rate'])} / "
+                f"{_f(r['offroad_rate'])} / {_f(r['progress_ratio'])}" for r in (rows[k] for k in keys)) + " |")
+        lines.append("")
+    if res.get("realism"):
+        lines += [f"## (c) Realism on the 18 real scenes (WOSAC-style, {res['realism_rollouts']} rollouts per scene)",
+                  "", "WOSAC-style re-implementation (`jaxloop.realism`), not the official number. "
+                  f"{res['realism_note']}", "",
+                  "| agents | meta-metric | kinematic | interactive | map-based | minADE (m) | wall s |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in res["realism"].items():
+            lines.append(f"| {name} | {_f(r['realism_meta_metric'], 4)} | {_f(r['kinematic'])} | "
+                         f"{_f(r['interactive'])} | {_f(r['map_based'])} | {_f(r['min_ade'], 2)} | {r['wall_s']} |")
+        lines += ["", "Rows: " + "; ".join(f"`{k}`: {v['description']}" for k, v in res["realism"].items()), ""]
+    if res.get("training"):
+        lines += ["## Training", ""]
+        for name, s in res["training"].items():
+            lines.append(f"- {name}: {s['final_step']} steps, {s['wall_s']:.0f} s this invocation "
+                         f"({s['env_steps_per_s']:.0f} env-steps/s), {s['skipped_updates']} skipped updates, "
+                         f"final loss {_f(s.get('final_loss'), 4)}")
+        lines.append("")
+    if res.get("renders"):
+        lines += ["## Rendered self-play episodes", ""]
+        for name, r in res["renders"].items():
+            lines.append(f"- {name}: `{r['gif']}` (scenario {r['scenario_id']}, frame `{r['png']}` at the first "
+                         f"ego failure or the last step)")
+        lines.append("")
+    if res.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=PROFILES, default="full")
+    parser.add_argument("--out", default="experiments/results")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="closed_loop_safety", help="reward preset of the self-play APG runs")
+    parser.add_argument("--bc-coef", type=float, default=1.0, help="APG.bc_coef of the regularised run")
+    parser.add_argument("--rollouts", type=int, default=None, help="realism rollouts per scene")
+    parser.add_argument("--stages", default="train,selfplay,ego,realism,render")
+    args = parser.parse_args(argv)
+    cfgs = presets(args.profile, args.seed, args.preset, args.bc_coef)
+    full = args.profile == "full"
+    rollouts = args.rollouts or (16 if full else 2)
+    stages = set(args.stages.split(","))
+    t_start = time.perf_counter()
+    out = pathlib.Path(args.out)
+    runs = out / "runs" / f"selfplay_{args.profile}"
+    stem = "selfplay" if full else f"selfplay_{args.profile}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    from jaxloop.config import to_dict
+    from jaxloop.io.logging import finite_or_none, read_jsonl
+    from jaxloop.io.policies import export
+    from jaxloop.train.loop import run
+
+    dev = jax.devices()[0]
+    res = {"command": " ".join(["python", "experiments/selfplay.py"] + list(argv if argv is not None else sys.argv[1:])),
+           "seed": args.seed, "profile": args.profile, "preset": args.preset, "bc_coef": args.bc_coef,
+           "machine": f"{dev.platform} ({os.cpu_count()} cores, shared with other jobs), jax {jax.__version__}",
+           "experiments": {n: to_dict(e) for n, e in cfgs.items()}, "realism_rollouts": rollouts,
+           "realism_note": "", "notes": [], "complete": False}
+    json_path = out / f"{stem}.json"
+    if json_path.exists() and "train" not in stages:
+        old = json.loads(json_path.read_text())
+        res.update({k: old[k] for k in ("training", "selfplay", "ego", "realism", "renders") if k in old})
+
+    def save():
+        res["wall_s"] = time.perf_counter() - t_start + res.get("wall_s_before", 0.0)
+        json_path.write_text(json.dumps(finite_or_none(res), indent=1, default=float))
+        (out / f"{stem}.md").write_text(to_markdown(res))
+
+    log(f"loading scenarios ({args.profile})")
+    train_spec, test_spec = cfgs["selfplay_bc"].data.source, cfgs["selfplay_bc"].eval.source
+    test = procedural_set(test_spec)
+    files = sorted(sum(real_files(), []))
+    real = load_files(files if full else files[:3])
+    sets = {"test": test, "real": real}
+
+    if "train" in stages:
+        train = procedural_set(train_spec)
+        res["training"] = {}
+        for name, init in (("selfplay_bc", None), ("selfplay_apg", "selfplay_bc"), ("selfplay_apg_bc", "selfplay_bc")):
+            log(f"training {name}" + (f" from {init}" if init else ""))
+            s = run(cfgs[name], train[0], str(runs / name), init_from=str(runs / init) if init else None,
+                    log_every=10 if name != "selfplay_bc" else 50, ckpt_every=100, progress=False,
+                    use_tensorboard=False, run_info={"data": train_spec})
+            rows = [r for r in read_jsonl(runs / name / "logs") if r.get("loss") is not None]
+            s = {k: s[k] for k in ("final_step", "steps", "wall_s", "env_steps_per_s", "skipped_updates")}
+            s.update(final_loss=rows[-1]["loss"] if rows else None, first_loss=rows[0]["loss"] if rows else None,
+                     **{k: rows[-1][k] for k in ("apg_loss", "bc_loss", "ade", "ended_frac") if rows and k in rows[-1]})
+            res["training"][name] = s
+            export(str(runs / name), str(out / "policies" / (name if full else f"{name}_{args.profile}")))
+            save()
+        del train
+
+    if "selfplay" in stages:
+        res["selfplay"] = {}
+        for name in SELFPLAY:
+            log(f"(a) self-play traffic: {name}")
+            res["selfplay"][name] = selfplay_rates(str(runs / name), sets, args.seed)
+            save()
+
+    if "ego" in stages:
+        res["ego"] = {}
+        for name in EGO_BASELINES + SELFPLAY[1:]:
+            path = out / "policies" / name if name in EGO_BASELINES else runs / name
+            log(f"(b) as the ego: {name}")
+            res["ego"][name] = ego_rates(name, path, sets, args.seed)
+            save()
+
+    if "realism" in stages:
+        log(f"(c) realism, {rollouts} rollouts per scene")
+        specs = {"constant_velocity": "constant_velocity", "idm": "idm"}
+        specs.update({n: f"policy:{out / 'policies' / (n if full else f'{n}_{args.profile}')}"
+                      for n in SELFPLAY[1:]})
+        res["realism"] = {}
+        for label, spec in specs.items():
+            res["realism"].update(realism_rows({label: spec}, *real, rollouts, args.seed))
+            save()
+        res["realism_note"] = (f"{rollouts} rollouts per scene (WOSAC uses 32; experiments/results/realism.md has "
+                               "32): the constant-velocity and IDM rows here use the same count.")
+
+    if "render" in stages and res.get("selfplay"):
+        res["renders"] = {}
+        for name in SELFPLAY[1:]:
+            failed = res["selfplay"][name]["test"]["agents_failed_scenarios"]
+            log(f"rendering {name}")
+            res["renders"][name] = render_failure(str(runs / name), test_spec, failed, test[1],
+                                                  out / f"selfplay_{name}{'' if full else '_' + args.profile}")
+            save()
+
+    res["complete"] = True
+    save()
+    log(f"wrote {json_path} / .md in {res['wall_s'] / 60:.1f} min")
+    print(to_markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
