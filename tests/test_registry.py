@@ -16,6 +16,7 @@ from jaxloop.sim import metrics as m
 from jaxloop.sim import rewards
 from jaxloop.sim.datatypes import stack_scenarios
 from jaxloop.sim.env import Env
+from jaxloop.sim.metrics import agents
 from jaxloop.sim.rollout import rollout
 
 SPEED_LIMIT = 11.0  # m/s
@@ -100,7 +101,7 @@ def test_an_added_metric_reaches_eval_json_deltas_and_the_gate(suite):
 
 
 EVERY = m.MetricsConfig(per_object_overlap=True, per_object_offroad=True, per_object_red_light=True,
-                        per_object_log_divergence=True)
+                        per_object_log_divergence=True, per_agent=True)
 EGO_ONLY = m.MetricsConfig(per_object_overlap=False, per_object_offroad=False, per_object_red_light=False,
                            per_object_log_divergence=False)
 # The reward names an existing weight: the infeasibility term swapped for speeding.
@@ -126,16 +127,18 @@ def rolled(toy_set):
                     reward=rewards.step_reward(s, prev, new, WEIGHTS),
                     swapped=rewards.step_reward(s, prev, new, WEIGHTS, registry=SWAPPED),
                     infeasible=m.kinematic_infeasibility(m.take_object(prev.current, sdc),
-                                                         m.take_object(new.current, sdc)))
+                                                         m.take_object(new.current, sdc)),
+                    agents=agents.agent_step_metrics(s, prev, new, info))
 
     def go(sc):
         state = env.reset(sc, jax.random.key(0))
         policy = lambda scenario, s, key: jnp.array([1.0, 0.05])
         _, out = rollout(env, sc, state, policy, 15, extras_fn=extras)
-        return out.extras, m.episode_metrics(sc, out, out.extras["per"], registry=REGISTRY)
+        return (out.extras, m.episode_metrics(sc, out, out.extras["per"], registry=REGISTRY),
+                agents.agent_episode_metrics(sc, out, out.extras["agents"]))
 
-    x, ep = jax.jit(jax.vmap(go))(scenarios)
-    return np.asarray(scenarios.object_metadata.is_sdc), x, ep
+    x, ep, agent_ep = jax.jit(jax.vmap(go))(scenarios)
+    return np.asarray(scenarios.object_metadata.is_sdc), dict(x, agent_episode=agent_ep), ep
 
 
 def _at_sdc(a, sdc):
@@ -176,15 +179,25 @@ def test_per_object_entries_at_the_ego_equal_the_ego_metric(rolled):
     per_object = [e for e in REGISTRY if e.per_object]
     assert {e.name for e in per_object} >= {"valid", "raw_collision", "raw_offroad", "red_light", "log_valid", "ade",
                                             "speeding"}
+    assert {e.objects_key for e in per_object} >= {"agent_contact", "agent_overlap_at_fault", "agent_offroad_at_fault"}
     for e in per_object:
-        k = e.step_key
-        assert k in per and (k in ego) == (e.per_object_flag is None), k
-        np.testing.assert_array_equal(_at_sdc(per[k], sdc), np.asarray(per[f"ego_{k}"]), err_msg=k)
-        np.testing.assert_array_equal(_at_sdc(per[k], sdc), np.asarray(ego[f"ego_{k}"]), err_msg=k)
+        k, k_ego = e.objects_key, f"ego_{e.step_key}"
+        assert k in per and (k in ego) == (not e.flags), k
+        np.testing.assert_array_equal(_at_sdc(per[k], sdc), np.asarray(per[k_ego]), err_msg=k)
+        np.testing.assert_array_equal(_at_sdc(per[k], sdc), np.asarray(ego[k_ego]), err_msg=k)
     for k in ("ego_overlap", "ego_offroad"):  # the test sees both outcomes
         assert np.asarray(ego[k]).any() and not np.asarray(ego[k]).all(), k
+    assert np.asarray(per["agent_overlap_at_fault"]).any()  # at-fault contacts of the ego and the car it hits
+    # The per-agent entries are the per-agent metrics of `jaxloop.sim.metrics.agents`.
+    for k in ("agent_contact", "agent_offroad_at_fault", "agent_valid", "agent_offroad"):
+        np.testing.assert_array_equal(per[{"agent_valid": "valid", "agent_offroad": "offroad"}.get(k, k)],
+                                      x["agents"][k], err_msg=k)
+    for e in REGISTRY:
+        if e.object_reduce is not None:
+            np.testing.assert_array_equal(ep[e.object_name], x["agent_episode"][e.object_name[len("agent_"):]],
+                                          err_msg=e.name)
     # Episode values per object read at the ego equal the ego's.
-    for e in (REGISTRY["raw_collision"], SPEEDING):
+    for e in (REGISTRY["raw_collision"], SPEEDING, REGISTRY["collision"], REGISTRY["offroad"], REGISTRY["raw_offroad"]):
         np.testing.assert_array_equal(np.asarray(ep[e.object_name])[sdc].astype(np.float32), np.asarray(ep[e.name]),
                                       err_msg=e.name)
 

@@ -142,7 +142,7 @@ def step_metrics(scenario: Scenario, prev_state: SimState, state: SimState, info
             key = metric.step_key
             if metric.per_object_on(config):
                 value = metric.step(inputs)
-                out[key] = value
+                out[metric.objects_key] = value
                 out[f"ego_{key}"] = select_index(value, inputs.ego)
             else:
                 out[f"ego_{key}"] = ego_value(metric, inputs)
@@ -178,13 +178,19 @@ def episode_metrics(scenario: Scenario, rollout_out, extras: dict | None = None,
         x = rollout_out.extras if extras is None else extras
         ep = EpisodeInputs(scenario, rollout_out, x, registry)
         out = {metric.name: ep.value(metric.name) for metric in registry.episode_entries}
-        for metric in registry.episode_entries:
-            key = metric.step_key
-            if metric.object_name is None or key not in x:
+        for metric in registry:
+            if metric.object_name is None:
                 continue
-            mask = x["valid"] if metric.valid is None else x["valid"] & x[metric.valid]
-            value = reduce_steps(metric.reduce, x[key], mask, metric.empty)
-            out[metric.object_name] = value > 0 if metric.reduce == "any" else value
+            if metric.object_reduce is not None:
+                value = metric.object_reduce(ep)
+            elif metric.objects_key in x:
+                mask = x["valid"] if metric.valid is None else x["valid"] & x[metric.valid]
+                value = reduce_steps(metric.reduce, x[metric.objects_key], mask, metric.empty)
+                value = value > 0 if metric.reduce == "any" else value
+            else:
+                value = None
+            if value is not None:
+                out[metric.object_name] = value
         return mark_nonfinite(out, nonfinite_episode(scenario, rollout_out, x, registry=registry), registry=registry)
 
 

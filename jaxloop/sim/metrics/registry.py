@@ -23,8 +23,17 @@ aggregates and reports, perturbation deltas, the gate and `step_reward` iterate 
 `Registry` (default `DEFAULT`), so a metric added to a registry shows up in all of them.
 
 Step outputs: an entry with key `k` (default its name) gives `ego_{k}` and, while its
-per-object form is on, `{k}` `[N]`. Episode outputs: `{name}` `[]`, and `{object_name}`
-`[N]` for an entry that names one (reduced per object over the steps where the object is valid).
+per-object form is on, `{object_key}` (default `k`) `[N]`. Episode outputs: `{name}` `[]`,
+and `{object_name}` `[N]` for an entry that names one (reduced per object over the steps
+where the object is valid, or by its `object_reduce`).
+
+Per agent (`MetricsConfig.per_agent`, `jaxloop.sim.metrics.agents`): every object scored as
+the ego is. The contact, at-fault collision and offroad entries then have `[N]` forms
+(agent_contact `[N, N]`, agent_overlap_at_fault, agent_offroad_at_fault) whose rows at the
+ego are the ego's; the episode gives agent_collision, agent_offroad, agent_raw_offroad,
+agent_collision_offroad, agent_completion and agent_goal_reached `[N]`
+(`agents.agent_episode_metrics`: an agent whose pose turns non-finite collided, went
+offroad and reached nothing).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxloop.sim.datatypes import Scenario, SimState, trajectory_at
+from jaxloop.sim.metrics import agents
 from jaxloop.sim.metrics.boxes import ego_separation, overlap, select_index, take_object
 from jaxloop.sim.metrics.fault import (CONTACT_AT_FAULT, CONTACT_LOGGED, CONTACT_NAMES, CONTACT_NONE, contact_classes,
                                        ego_in_lane, ego_offroad_corners, recorded_objects)
@@ -63,6 +73,8 @@ class MetricsConfig:
       answer; off by default).
     per_object_red_light: `[N, L]` stop-line crossings (cheap).
     per_object_log_divergence: `[N]` distances to the log (cheap).
+    per_agent: every object scored as the ego is (`jaxloop.sim.metrics.agents`): `[N, N]`
+      contact classes (`agent_contacts`), every object's at-fault and raw offroad (off by default).
     edge_cull: if > 0, the ego offroad test only looks at the `edge_cull` road-edge
       segments nearest to the ego's centre (a cheap `[E]` pass, then `[4, edge_cull]`).
       The nearest edge to every corner is among them unless more than `edge_cull`
@@ -74,6 +86,7 @@ class MetricsConfig:
     per_object_offroad: bool = False
     per_object_red_light: bool = True
     per_object_log_divergence: bool = True
+    per_agent: bool = False
     edge_cull: int = 0
     comfort: ComfortLimits = ComfortLimits()
 
@@ -156,6 +169,17 @@ class StepInputs:
         return log_divergence(self.e, take_object(self.log_state, self.ego))
 
     @functools.cached_property
+    def agent_contact(self):
+        """`[N, N]` int32: row i the contact classes with object i as the subject (`agents.agent_contacts`)."""
+        return agents.agent_contacts(self.scenario, self.cur, self.log_state, self.prev).astype(jnp.int32)
+
+    @functools.cached_property
+    def agent_offroad_at_fault(self):
+        """`[N]` bool: every object's at-fault offroad (`agents.agent_offroad_corners`)."""
+        off, artefact = agents.agent_offroad_corners(self.cur, self.log_state, self.roadmap)
+        return self.cur.valid & jnp.any(off & ~artefact, -1)
+
+    @functools.cached_property
     def comfort(self):
         """`comfort` of the ego's history (needs at least 2 history states)."""
         return comfort(take_object(self.state.history, self.ego), self.config.comfort)
@@ -190,6 +214,15 @@ class EpisodeInputs:
         x = self.extras
         mask = self.valid if metric.valid is None else x[f"ego_{metric.valid}"] & self.valid
         return x[f"ego_{metric.step_key}"], mask
+
+    @functools.cached_property
+    def agents(self) -> dict[str, jax.Array] | None:
+        """`agents.agent_episode_metrics` `{name: [N]}` when the per-agent step forms were computed, else None."""
+        x = self.extras
+        if not all(k in x for k in ("agent_contact", "agent_offroad_at_fault", "offroad", "valid")):
+            return None
+        return agents.agent_episode_metrics(self.scenario, self.rollout_out,
+                                            dict(x, agent_valid=x["valid"], agent_offroad=x["offroad"]))
 
     @functools.cached_property
     def pair_classes(self) -> jax.Array:
@@ -287,14 +320,18 @@ class Metric:
     per_object: `step` returns `[N]`, one value per object.
     ego_step: `(StepInputs) -> []` the ego's value when the `[N]` form is off (default:
       the `[N]` form at the ego's index, always computed).
-    per_object_flag: the `MetricsConfig` field that switches the `[N]` form on (None: always on).
+    per_object_flag: the `MetricsConfig` field (or fields: any of them) that switches the `[N]`
+      form on (None: always on).
+    object_key: the name of the `[N]` step output (default `key`).
     valid: the key of another step output `[H]` that masks the episode reduction (besides ego_valid).
     reduce: a name of `REDUCTIONS` or `(EpisodeInputs) -> []`; None: a per-step output only.
     empty: the reduction's value without a valid step (mean, min, max, last).
     higher_is_better: the direction; None for a diagnostic (e.g. a count).
     event: a failure event: a rate (`{name}_rate`) in reports, 1 in a non-finite episode.
     at_fault: the name of the at-fault variant of a raw metric.
-    object_name: also reduce the `[N]` step output per object into this episode output `[N]`.
+    object_name: also reduce per object into this episode output `[N]`: the `[N]` step output
+      by `reduce`, or `object_reduce`.
+    object_reduce: `(EpisodeInputs) -> [N]`, or None where its inputs were not computed.
     aggregate: reported in evaluation aggregates (a rate for events, else a mean).
     on_nonfinite: "one", "nan", "zero" or "keep" in a non-finite episode; default "one" for
       events, "keep" without a direction, else "nan" (averaged over finite episodes only).
@@ -312,7 +349,8 @@ class Metric:
     key: str | None = None
     per_object: bool = False
     ego_step: Callable[[StepInputs], jax.Array] | None = None
-    per_object_flag: str | None = None
+    per_object_flag: str | tuple[str, ...] | None = None
+    object_key: str | None = None
     valid: str | None = None
     reduce: str | Callable[[EpisodeInputs], jax.Array] | None = None
     empty: float = 0.0
@@ -320,6 +358,7 @@ class Metric:
     event: bool = False
     at_fault: str | None = None
     object_name: str | None = None
+    object_reduce: Callable[[EpisodeInputs], jax.Array | None] | None = None
     aggregate: bool = True
     on_nonfinite: str | None = None
     gate: GateSpec | None = None
@@ -335,21 +374,27 @@ class Metric:
         if self.reduce is not None and not callable(self.reduce) and self.reduce not in REDUCTIONS:
             raise ValueError(f"{where}: reduce must be one of {REDUCTIONS}, a function of EpisodeInputs or None, "
                              f"got {self.reduce!r}")
-        if self.step is None and self.key is None and (self.reduce is None or isinstance(self.reduce, str)):
+        if (self.step is None and self.key is None and (self.reduce is None or isinstance(self.reduce, str))
+                and self.object_reduce is None):
             raise ValueError(f"{where}: needs a step function, the key of another entry's step output, or a "
                              f"reduction function")
         if (self.per_object or self.ego_step is not None or self.per_object_flag is not None) and self.step is None:
             raise ValueError(f"{where}: per_object, ego_step and per_object_flag need a step function")
-        if (self.ego_step is not None or self.per_object_flag is not None or self.object_name) and not self.per_object:
-            raise ValueError(f"{where}: ego_step, per_object_flag and object_name are for per_object entries")
+        if (self.ego_step is not None or self.per_object_flag is not None or self.object_key) and not self.per_object:
+            raise ValueError(f"{where}: ego_step, per_object_flag and object_key are for per_object entries")
         if self.per_object_flag is not None and self.ego_step is None:
             raise ValueError(f"{where}: a per_object_flag needs an ego_step for when the [N] form is off")
-        if self.per_object_flag is not None and self.per_object_flag not in MetricsConfig.__dataclass_fields__:
-            raise ValueError(f"{where}: per_object_flag {self.per_object_flag!r} is not a MetricsConfig field")
-        if self.object_name is not None and (self.reduce is None or callable(self.reduce)):
-            raise ValueError(f"{where}: object_name needs a built-in reduction ({REDUCTIONS})")
-        if self.reduce is None and (self.event or self.gate is not None or self.object_name is not None):
-            raise ValueError(f"{where}: event, gate and object_name need an episode reduction (reduce)")
+        for flag in self.flags:
+            if flag not in MetricsConfig.__dataclass_fields__:
+                raise ValueError(f"{where}: per_object_flag {flag!r} is not a MetricsConfig field")
+        if self.object_name is not None and self.object_reduce is None and (
+                not self.per_object or self.reduce is None or callable(self.reduce)):
+            raise ValueError(f"{where}: object_name needs an object_reduce, or a per_object entry with a built-in "
+                             f"reduction ({REDUCTIONS})")
+        if self.object_reduce is not None and self.object_name is None:
+            raise ValueError(f"{where}: object_reduce needs an object_name (its episode output)")
+        if self.reduce is None and (self.event or self.gate is not None):
+            raise ValueError(f"{where}: event and gate need an episode reduction (reduce)")
         if self.on_nonfinite is not None and self.on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"{where}: on_nonfinite must be one of {ON_NONFINITE}, got {self.on_nonfinite!r}")
         if self.event and self.on_nonfinite not in (None, "one"):
@@ -364,6 +409,16 @@ class Metric:
     @property
     def step_key(self) -> str:
         return self.key or self.name
+
+    @property
+    def objects_key(self) -> str:
+        """The name of the `[N]` step output."""
+        return self.object_key or self.step_key
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        f = self.per_object_flag
+        return () if f is None else (f,) if isinstance(f, str) else tuple(f)
 
     @property
     def aggregate_name(self) -> str:
@@ -389,7 +444,7 @@ class Metric:
 
     def per_object_on(self, config: MetricsConfig) -> bool:
         """Whether `step_metrics` computes the `[N]` form under `config`."""
-        return self.per_object and (self.per_object_flag is None or bool(getattr(config, self.per_object_flag)))
+        return self.per_object and (not self.flags or any(bool(getattr(config, f)) for f in self.flags))
 
     def penalty(self, inputs: StepInputs) -> jax.Array | None:
         """The per-step penalty `step_reward` weighs (see `reward_penalty`)."""
@@ -423,7 +478,8 @@ class Registry:
         if dup:
             raise ValueError(f"Registry: duplicate metric names {dup}")
         keys = [m.step_key for m in self.entries if m.step is not None]
-        dup = sorted({k for k in keys if keys.count(k) > 1})
+        outputs = [f"ego_{k}" for k in keys] + [m.objects_key for m in self.entries if m.per_object]
+        dup = sorted({k for k in keys if keys.count(k) > 1} | {k for k in outputs if outputs.count(k) > 1})
         if dup:
             raise ValueError(f"Registry: several entries compute the step output(s) {dup}")
         for m in self.entries:
@@ -571,6 +627,11 @@ def _discomfort(s: StepInputs) -> jax.Array | None:
     return (~s.comfort["comfortable"]).astype(jnp.float32) if s.state.history.x.shape[-1] >= 2 else None
 
 
+def _agents(name: str):
+    """The per-agent episode value `name` `[N]` (`agents.agent_episode_metrics`), None without the per-agent pass."""
+    return lambda ep: None if ep.agents is None else ep.agents[name]
+
+
 def _step_only(name: str, step: Callable[[StepInputs], jax.Array], **kw) -> Metric:
     return Metric(name, step=step, aggregate=False, **kw)
 
@@ -586,14 +647,19 @@ DEFAULT = Registry((
                          perturbed_limit="max_perturbed_failure_rate")),
     Metric("progress", reduce=_progress, higher_is_better=True, aggregate=False,
            reward_weight="progress", reward_penalty=lambda s: -(s.route_s - s.route_s_prev)),
-    _step_only("contact", lambda s: s.contact),
-    Metric("collision", key="overlap_at_fault", step=lambda s: jnp.any(s.contact == CONTACT_AT_FAULT),
+    _step_only("contact", lambda s: s.agent_contact, per_object=True, per_object_flag="per_agent",
+               object_key="agent_contact", ego_step=lambda s: s.contact),
+    Metric("collision", key="overlap_at_fault", step=lambda s: jnp.any(s.agent_contact == CONTACT_AT_FAULT, -1),
+           per_object=True, per_object_flag="per_agent", object_key="agent_overlap_at_fault",
+           ego_step=lambda s: jnp.any(s.contact == CONTACT_AT_FAULT),
            reduce=lambda ep: (ep.value("collision_pairs") > 0).astype(jnp.float32), higher_is_better=False,
-           event=True, summary=True, gate=GateSpec(limit="max_collision_rate"), reward_weight="collision"),
-    Metric("offroad", key="offroad_at_fault",
-           step=lambda s: s.offroad_corners[0] & jnp.any(s.offroad_corners[1] & ~s.offroad_corners[2]),
+           event=True, summary=True, gate=GateSpec(limit="max_collision_rate"), reward_weight="collision",
+           object_name="agent_collision", object_reduce=_agents("collision")),
+    Metric("offroad", key="offroad_at_fault", step=lambda s: s.agent_offroad_at_fault, per_object=True,
+           per_object_flag="per_agent", object_key="agent_offroad_at_fault",
+           ego_step=lambda s: s.offroad_corners[0] & jnp.any(s.offroad_corners[1] & ~s.offroad_corners[2]),
            reduce="any", higher_is_better=False, event=True, summary=True, gate=GateSpec(limit="max_offroad_rate"),
-           reward_weight="offroad"),
+           reward_weight="offroad", object_name="agent_offroad", object_reduce=_agents("offroad")),
     # Raw (Waymax-compatible).
     Metric("raw_failure", reduce=_failure("raw_collision", "raw_offroad"), higher_is_better=False, event=True,
            at_fault="failure", summary=True),
@@ -602,9 +668,10 @@ DEFAULT = Registry((
            reduce="any", higher_is_better=False, event=True, at_fault="collision", object_name="object_collision",
            summary=True),
     Metric("raw_offroad", key="offroad", step=lambda s: offroad(s.cur, s.roadmap), per_object=True,
-           per_object_flag="per_object_offroad",
+           per_object_flag=("per_object_offroad", "per_agent"),
            ego_step=lambda s: s.offroad_corners[0] & jnp.any(s.offroad_corners[1]), reduce="any",
-           higher_is_better=False, event=True, at_fault="offroad", summary=True),
+           higher_is_better=False, event=True, at_fault="offroad", summary=True, object_name="agent_raw_offroad",
+           object_reduce=_agents("raw_offroad")),
     # Traffic rules and feasibility.
     Metric("red_light", step=lambda s: red_light_crossing(s.scenario, s.prev, s.cur, s.timestep), per_object=True,
            per_object_flag="per_object_red_light",
@@ -624,6 +691,12 @@ DEFAULT = Registry((
     Metric("log_progress", reduce=_log_progress, aggregate=False),
     Metric("progress_ratio", reduce=_progress_ratio, higher_is_better=True, summary=True,
            gate=GateSpec(limit="min_progress_ratio")),
+    # Per agent only (`MetricsConfig.per_agent`): on each object's own logged path.
+    Metric("collision_offroad", object_name="agent_collision_offroad", object_reduce=_agents("collision_offroad"),
+           higher_is_better=False),
+    Metric("completion", object_name="agent_completion", object_reduce=_agents("completion"), higher_is_better=True),
+    Metric("goal_reached", object_name="agent_goal_reached", object_reduce=_agents("goal_reached"),
+           higher_is_better=True),
     # Log divergence.
     Metric("log_valid", step=lambda s: s.log_divergence[1], per_object=True,
            per_object_flag="per_object_log_divergence", ego_step=lambda s: s.ego_log_divergence[1], aggregate=False),
