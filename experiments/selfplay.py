@@ -68,7 +68,7 @@ def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_
     env = EnvSettings(controlled="vehicles", reward_preset=preset)
     bc = dataclasses.replace(base, algo=BC(samples_per_scenario=4), steps=600 if full else 20,
                              batch_size=16 if full else 4, data=data, eval=evals, env=env)
-    apg_steps = 60 if full else 3
+    apg_steps = 100 if full else 3
     apg = dataclasses.replace(bc, algo=APG(), steps=apg_steps, lr_decay_steps=apg_steps, learning_rate=3e-4,
                               batch_size=8 if full else 2)
     apg_bc = dataclasses.replace(apg, algo=APG(bc_coef=bc_coef))
