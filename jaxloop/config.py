@@ -103,6 +103,9 @@ class EnvSettings:
     done_on_collision: bool = True
     # Self-play: ... and at its first offroad step.
     done_on_offroad: bool = True
+    # Self-play: also drive the objects that start within GOAL_RADIUS (2 m) of their goal (parked
+    # cars). Off: they follow `non_ego_agent`, as GPUDrive and PufferDrive leave them to the log.
+    control_parked: bool = False
 
     def __post_init__(self):
         _require_finite(self)
@@ -304,7 +307,7 @@ class Experiment:
         return EnvConfig(init_steps=self.data.init_steps, history_length=self.obs.history_length,
                          dynamics=make_dynamics(self.env.dynamics, normalize_actions=True),
                          controlled=self.env.controlled,
-                         non_ego_agent=self.env.non_ego_agent,
+                         non_ego_agent=self.env.non_ego_agent, control_parked=self.env.control_parked,
                          grad_through_agents=isinstance(self.algo, APG) and self.algo.grad_through_agents)
 
     def same_run(self, other: "Experiment") -> bool:

@@ -103,6 +103,24 @@ def test_multi_agent_control_moves_every_vehicle():
     assert info.action.shape == (scenario.num_objects, 2)
 
 
+def test_parked_vehicles_follow_their_log_unless_controlled():
+    # Car 2 parks: every logged position of it is its start, so it starts 0 m from its goal
+    # (<= GOAL_RADIUS 2 m) and, as in GPUDrive, is no self-play agent; the moving cars and the
+    # SDC (object 0) are. control_parked=True drives it too.
+    scenario = make_toy_scenario(num_cars=3)
+    traj = scenario.log_trajectory
+    x, y = jnp.asarray(traj.x), jnp.asarray(traj.y)
+    parked = traj.replace(x=x.at[2].set(x[2, 0]), y=y.at[2].set(y[2, 0]),
+                          vel_x=jnp.asarray(traj.vel_x).at[2].set(0.0), vel_y=jnp.asarray(traj.vel_y).at[2].set(0.0))
+    scenario = scenario.replace(log_trajectory=parked)
+    kinds = {}
+    for control_parked in (False, True):
+        state = Env(EnvConfig(controlled="vehicles", control_parked=control_parked)).reset(scenario, jax.random.key(0))
+        kinds[control_parked] = np.asarray(state.agent_kind[:3])
+    np.testing.assert_array_equal(kinds[False], [agents.AGENT_POLICY, agents.AGENT_POLICY, agents.AGENT_LOG])
+    np.testing.assert_array_equal(kinds[True], [agents.AGENT_POLICY] * 3)
+
+
 def test_validate_names_field():
     s = make_toy_scenario()
     bad = s.replace(log_trajectory=s.log_trajectory.replace(yaw=s.log_trajectory.yaw[:, :50]))

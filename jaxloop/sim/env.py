@@ -17,6 +17,7 @@ from flax import struct
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.datatypes import TYPE_VEHICLE, ObjectState, Scenario, SimState, trajectory_at
 from jaxloop.sim.dynamics import Dynamics, InvertibleBicycle
+from jaxloop.sim.metrics.paths import goal_far
 
 CONTROLLED_CHOICES = ("sdc", "vehicles", "all")
 
@@ -34,6 +35,9 @@ class EnvConfig:
     grad_through_agents: let gradients flow through the non-policy objects' models
       (reactive agents respond to the policy); off by default, so the backward pass
       only differentiates the policy-driven objects.
+    control_parked: the multi-agent modes also drive objects that start within
+      GOAL_RADIUS of their goal (parked cars); by default those follow `non_ego_agent`
+      (`controlled_mask`).
     """
 
     init_steps: int = 11
@@ -42,6 +46,7 @@ class EnvConfig:
     controlled: str = "sdc"
     non_ego_agent: str = "log"
     grad_through_agents: bool = False
+    control_parked: bool = False
 
     def __post_init__(self):
         if self.init_steps < 1:
@@ -82,14 +87,26 @@ class StepInfo:
     log_state: ObjectState  # [N] the log at the new timestep
 
 
-def controlled_mask(scenario: Scenario, controlled: str) -> jax.Array:
-    """Objects `[N]` the policy drives under `EnvConfig.controlled`."""
+def controlled_mask(scenario: Scenario, controlled: str, current: ObjectState | None = None,
+                    control_parked: bool = False) -> jax.Array:
+    """Objects `[N]` the policy drives under `EnvConfig.controlled`.
+
+    "sdc": the ego. "vehicles" / "all": every valid vehicle (the SDC included) / object.
+    Given the episode's initial state `current`, the multi-agent modes keep, besides the
+    SDC, only the objects valid in it that start farther than GOAL_RADIUS from their
+    goal (`paths.goal_far`, GPUDrive's and PufferDrive's rule): a parked car has nothing
+    to drive and follows the non-ego model instead. `control_parked` keeps them too.
+    """
     meta = scenario.object_metadata
     if controlled == "sdc":
         return meta.is_sdc
     if controlled == "vehicles":
-        return meta.is_valid & ((meta.object_types == TYPE_VEHICLE) | meta.is_sdc)
-    return meta.is_valid
+        mask = meta.is_valid & ((meta.object_types == TYPE_VEHICLE) | meta.is_sdc)
+    else:
+        mask = meta.is_valid
+    if current is None or control_parked:
+        return mask
+    return mask & (meta.is_sdc | (current.valid & goal_far(scenario, jnp.stack([current.x, current.y], -1))))
 
 
 def controlled_slots(scenario: Scenario, controlled: str) -> jax.Array:
@@ -138,7 +155,7 @@ class Env:
                 with_idm = agent_kind is not None or cfg.non_ego_agent == "idm"
             if agent_kind is None:
                 default = agents_lib.AGENT_NAMES[cfg.non_ego_agent]
-                policy = controlled_mask(scenario, cfg.controlled)
+                policy = controlled_mask(scenario, cfg.controlled, current, cfg.control_parked)
                 agent_kind = jnp.where(policy, agents_lib.AGENT_POLICY, default).astype(jnp.int32)
             timestep = jnp.asarray(t0, jnp.int32)
             return SimState(timestep=timestep, current=current, history=history,

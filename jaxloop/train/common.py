@@ -47,7 +47,7 @@ from jaxloop.policy.observation import Features, features
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim import rewards
 from jaxloop.sim.actor import policy_controlled
-from jaxloop.sim.datatypes import Scenario, SimState, trajectory_at
+from jaxloop.sim.datatypes import ObjectState, Scenario, SimState, trajectory_at
 from jaxloop.sim.env import Env, controlled_mask
 from jaxloop.sim.metrics import paths as paths_lib
 from jaxloop.sim.rollout import over_batch, rollout
@@ -236,9 +236,13 @@ def gradient_step_fn(ctx: "Context", loss_fn: Callable, scope: str, reduce: Call
 # ----------------------------------------------------------------------------- self-play
 
 
-def agent_mask(ctx: Context, scenario: Scenario) -> jax.Array:
-    """The self-play agents `[N]` bool: the objects of `env.controlled`, narrowed by `ctx.controlled_fn`."""
-    mask = controlled_mask(scenario, ctx.config.env.controlled)
+def agent_mask(ctx: Context, scenario: Scenario, current: ObjectState | None = None) -> jax.Array:
+    """The self-play agents `[N]` bool: the objects of `env.controlled`, narrowed by `ctx.controlled_fn`.
+
+    Given the episode's initial state `current`, those that start at their goal are left
+    out (`controlled_mask`, unless `env.control_parked`); behaviour cloning, which samples
+    log steps, passes none."""
+    mask = controlled_mask(scenario, ctx.config.env.controlled, current, ctx.config.env.control_parked)
     if ctx.controlled_fn is not None:
         extra = jnp.asarray(ctx.controlled_fn(scenario))
         if extra.shape != mask.shape or extra.dtype != jnp.bool_:
@@ -255,7 +259,7 @@ def start_agents(ctx: Context, env: Env, scenario: Scenario, key: jax.Array,
     configured non-ego agent model instead of the policy, as every other object has."""
     scenario, state = start_episode(ctx, env, scenario, key, key_aug)
     default = agents_lib.AGENT_NAMES[ctx.config.env.non_ego_agent]
-    free = policy_controlled(state) & ~(agent_mask(ctx, scenario) & state.current.valid)
+    free = policy_controlled(state) & ~(agent_mask(ctx, scenario, state.current) & state.current.valid)
     return scenario, state.replace(agent_kind=jnp.where(free, default, state.agent_kind).astype(jnp.int32))
 
 

@@ -74,3 +74,15 @@ def goal_distance(paths: LogPaths, xy: jax.Array) -> jax.Array:
 def completion(progress: jax.Array, log_progress: jax.Array) -> jax.Array:
     """Route completion `[...]` in [0, 1]: progress over the log's, 1 when the log moves less than `MIN_PATH`."""
     return jnp.where(log_progress > MIN_PATH, jnp.clip(progress / jnp.maximum(log_progress, 1e-6), 0.0, 1.0), 1.0)
+
+
+def goal_far(scenario: Scenario, xy: jax.Array) -> jax.Array:
+    """`[N]` bool: each object has a logged path and its position `[N, 2]` is farther than GOAL_RADIUS from its goal.
+
+    The self-play agents GPUDrive and PufferDrive control are the vehicles valid at the
+    start whose initial position is more than a minimum distance from their goal: an
+    object that starts at its goal (a parked car, an object seen at one step) has nothing
+    to drive and follows its log instead (`jaxloop.sim.env.controlled_mask`).
+    """
+    paths = log_paths(scenario)
+    return paths.has_path & (goal_distance(paths, xy) > GOAL_RADIUS)
