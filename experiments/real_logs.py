@@ -176,12 +176,18 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=PROFILES, default="full")
+def base_parser(description: str, preset_help: str, profiles=None) -> argparse.ArgumentParser:
+    """The options every real-scene experiment takes: --profile, --out, --seed and --preset (of its APG runs)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=PROFILES if profiles is None else profiles, default="full")
     parser.add_argument("--out", default="experiments/results")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="closed_loop_safety", help="reward preset of the APG runs")
+    parser.add_argument("--preset", default="closed_loop_safety", help=preset_help)
+    return parser
+
+
+def main(argv=None) -> dict:
+    parser = base_parser(__doc__, "reward preset of the APG runs")
     args = parser.parse_args(argv)
     cfgs = presets(args.profile, args.seed, args.preset)
     t_start = time.perf_counter()

@@ -31,7 +31,6 @@ not committed). Deterministic given `--seed`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -44,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from jaxloop.experiments.open_vs_closed_loop import log, presets as base_presets, procedural_set  # noqa: E402
-from real_logs import load_files, real_files  # noqa: E402
+from real_logs import base_parser, load_files, real_files  # noqa: E402
 
 PROFILES = ("full", "quick")
 EGO_KEYS = ("failure_rate", "collision_rate", "offroad_rate", "raw_failure_rate", "progress_ratio")
@@ -257,11 +256,7 @@ def to_markdown(res: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=PROFILES, default="full")
-    parser.add_argument("--out", default="experiments/results")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="closed_loop_safety", help="reward preset of the self-play APG runs")
+    parser = base_parser(__doc__, "reward preset of the self-play APG runs", PROFILES)
     parser.add_argument("--bc-coef", type=float, default=1.0, help="APG.bc_coef of the regularised run")
     parser.add_argument("--rollouts", type=int, default=None, help="realism rollouts per scene")
     parser.add_argument("--stages", default="train,selfplay,ego,realism,render")

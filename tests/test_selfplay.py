@@ -60,11 +60,24 @@ def selfplay_config(name, /, **changes):
     return tiny_config(name, **{"controlled": "vehicles", "horizon": H, "batch_size": 4, **changes})
 
 
+def selfplay_trainer(name, /, **changes):
+    """The self-play trainer of CASES[name], its config changed by `changes`."""
+    case = CASES[name]
+    config = selfplay_config(name, **{**case["config"], **changes})
+    return make_trainer(config, reward_fn=case["reward_fn"], surrogate_fn=case["surrogate_fn"])
+
+
+@pytest.fixture(scope="module")
+def apg_trainer():
+    """The self-play APG trainer (bc_coef 0), shared so its step compiles once for the tests that run it."""
+    return selfplay_trainer("apg")
+
+
 @pytest.mark.parametrize("algo", list(CASES))
-def test_selfplay_step_compiles_once_and_learns(algo, data):
+def test_selfplay_step_compiles_once_and_learns(algo, data, request):
     case = CASES[algo]
-    config = selfplay_config(algo, **case["config"])
-    trainer = make_trainer(config, reward_fn=case["reward_fn"], surrogate_fn=case["surrogate_fn"])
+    trainer = request.getfixturevalue("apg_trainer") if algo == "apg" else selfplay_trainer(algo)
+    config = trainer.config
     assert trainer.ctx.selfplay
     state = trainer.init(jax.random.PRNGKey(0))
     batch = trainer.shard(jax.tree.map(lambda a: a[:config.batch_size], data))
@@ -214,13 +227,12 @@ def test_multi_agent_gradient_matches_finite_differences():
     np.testing.assert_allclose(grad, fd, rtol=0.05, atol=1e-4)
 
 
-def test_apg_bc_coef_adds_the_bc_loss(data):
-    """L = L_apg + bc_coef * L_bc on the same batch and key; L_apg is what bc_coef = 0 computes."""
+def test_apg_bc_coef_adds_the_bc_loss(data, apg_trainer):
+    """L = L_apg + bc_coef * L_bc on the same batch and key; L_apg is what bc_coef = 0 computes
+    (the shared bc_coef = 0 trainer: only the bc_coef = 0.5 step compiles here)."""
     batch = jax.tree.map(lambda a: a[:4], data)
     losses = {}
-    for coef in (0.0, 0.5):
-        trainer = make_trainer(selfplay_config("apg", algo=APG(remat=False, bc_coef=coef)),
-                               surrogate_fn=agent_log_distance)
+    for coef, trainer in ((0.0, apg_trainer), (0.5, selfplay_trainer("apg", algo=APG(remat=False, bc_coef=0.5)))):
         state = trainer.init(jax.random.PRNGKey(0))
         _, metrics = trainer.train_step(state, trainer.shard(batch), jax.random.PRNGKey(1), trainer.params)
         losses[coef] = jax.device_get(metrics)

@@ -1,8 +1,10 @@
 """Evaluation against any traffic: per-agent metrics equal the ego's at its index, a traffic actor
-drives only the non-ego objects, and `jaxloop eval --non-ego policy:RUN` reports per-agent rates."""
+drives only the non-ego objects, and `jaxloop eval --non-ego policy:RUN` reports per-agent rates (RUN a
+training run or an exported policy; `jaxloop gate --non-ego` takes the same traffic)."""
 
 import glob
 import json
+import pathlib
 import warnings
 
 import jax
@@ -300,3 +302,80 @@ def test_bad_non_ego_spec_fails_before_any_rollout(spec, match, monkeypatch):
 def test_traffic_run_that_is_not_a_run_errors(tmp_path):
     with pytest.raises(ValueError, match="--non-ego policy:.*not a training run"):
         cli.resolve_traffic("expert", EnvConfig(), str(tmp_path), "expert")
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_run, tmp_path_factory):
+    """`tiny_run` exported (`jaxloop export`): the artefact maps one observer's flat features to its action."""
+    from jaxloop.io.policies import export
+    return export(tiny_run, str(tmp_path_factory.mktemp("traffic_export") / "exported"))
+
+
+def test_exported_policy_traffic_drives_every_vehicle_as_its_checkpoint(tiny_run, tiny_export):
+    # The exported artefact as traffic: the checkpoint's actions from every vehicle's own view, in one env.
+    exported, env, label = cli.resolve_traffic("expert", EnvConfig(), tiny_export, "expert")
+    checkpoint, env_ckpt, _ = cli.resolve_traffic("expert", EnvConfig(), tiny_run, "expert")
+    assert env == env_ckpt and env.controlled == "vehicles" and label == "expert vs exported traffic"
+    sc = jax.tree.map(lambda a: a[0], tiny_scenarios(count=1, num_steps=30))
+    config = EvalConfig(env=env)
+    steps = 4
+
+    @jax.jit
+    def run(scenario, key):
+        state = Env(env).reset(scenario, key)
+        obs = Observation(scenario, state)
+        acts = [a.select_action((None, None), obs, a.init(key, scenario), key) for a in (exported, checkpoint)]
+        return acts, make_rollout_fn(exported, config, steps, agents=True)(scenario, key)[1]
+
+    (ax, ac), out = jax.device_get(run(sc, jax.random.key(0)))
+    ego = np.asarray(sc.object_metadata.is_sdc)
+    driven = np.asarray(ax.controlled)
+    np.testing.assert_array_equal(driven, ac.controlled)
+    assert driven[~ego].sum() >= 2 and not driven[ego].any()  # the other vehicles, not the ego
+    np.testing.assert_allclose(ax.action[driven], ac.action[driven], atol=1e-5)
+    # In the rollout the traffic leaves the log (an untrained policy) while the expert ego replays it.
+    log = sc.log_trajectory
+    t = np.asarray(out.timesteps)
+    moved = np.abs(np.asarray(out.states.x) - np.asarray(log.x)[:, t].T)[-1]
+    assert moved[driven].min() > 1e-3
+    np.testing.assert_array_equal(moved[ego], 0.0)
+    assert np.asarray(out.aux["controlled"])[:, driven].all()
+
+
+def test_exported_self_play_policy_is_traffic_for_its_agents_and_an_ego_as_the_policy():
+    # The committed self-play export: as --non-ego it drives what it was trained to (its env.controlled);
+    # as --policy it drives the ego only, as before.
+    path = str(pathlib.Path(__file__).parents[1] / "experiments" / "results" / "policies" / "selfplay_apg")
+    if not (pathlib.Path(path) / "metadata.json").is_file():
+        pytest.skip(f"{path} is not in this checkout")
+    _, env, label = cli.resolve_traffic("expert", EnvConfig(), path, "expert")
+    assert env.controlled == "vehicles" and label == "expert vs selfplay_apg traffic"
+    policy, policy_env, _ = cli.resolve_policy_spec(path, EnvConfig())
+    assert policy_env.controlled == "sdc" and callable(policy)
+
+
+def test_gate_with_policy_traffic_names_it(tiny_run, tiny_export, tmp_path, monkeypatch):
+    # Candidate and baseline against the same (exported) policy traffic. The candidate's suite runs, clean
+    # only (the perturbations are the gate's own, tested elsewhere); the baseline's reuses it (one compile).
+    from jaxloop.eval import perturb
+    seen, suites = [], []
+    real = perturb.run_suite
+
+    def clean_only(policy, scenarios, infos, config, seed, name=None):
+        seen.append((config.env.controlled, name))
+        suites.append(suites[0] if suites else real(policy, scenarios, infos, config, seed, perturbations=(),
+                                                    name=name))
+        return suites[-1]
+
+    monkeypatch.setattr(perturb, "run_suite", clean_only)
+    out = tmp_path / "gate.json"
+    traffic = f"policy:{tiny_export}"
+    rc = cli.run_gate(candidate="expert", baseline="idm", data="toy:2", non_ego=traffic, out=str(out), horizon=4,
+                      batch_size=2, num_objects=8)
+    report = json.loads(out.read_text())
+    assert rc == (0 if report["passed"] else 1)
+    assert seen == [("vehicles", "expert vs exported traffic"), ("vehicles", "idm vs exported traffic")]
+    assert report["traffic"] == traffic and report["checks"]
+    assert f"{traffic} traffic" in out.with_suffix(".md").read_text()
+    with pytest.raises(ValueError, match="--non-ego"):
+        cli.run_gate(candidate="expert", data="toy:2", non_ego="bogus", out=str(out))

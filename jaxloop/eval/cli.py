@@ -7,9 +7,13 @@ the logs, the inputs are finite) before the first rollout, so a wrong `--baselin
 `jaxloop eval --non-ego policy:RUN` evaluates the ego against traffic driven by a trained
 run: its policy drives every other vehicle from that vehicle's own ego-centric view
 (`jaxloop.io.policies.make_actor(controlled="vehicles")`; a self-play run its own
-"vehicles" / "all"), pedestrians and cyclists replay the log. A `--policy` run trained in
-self-play (its `env.controlled` "vehicles" / "all") drives all its controlled agents. In
-both cases the report adds the per-agent rates over every controlled agent.
+"vehicles" / "all"), pedestrians and cyclists replay the log. RUN may be an exported
+policy directory (`jaxloop export`): the artefact maps one observer's features to its
+action, so it drives every vehicle the same way (`io.policies.call_actor`). A `--policy`
+run trained in self-play (its `env.controlled` "vehicles" / "all") drives all its
+controlled agents; an exported `--policy` drives the ego only. In both cases the report
+adds the per-agent rates over every controlled agent. `jaxloop gate --non-ego` takes the
+same forms: candidate and baseline are both evaluated against the same traffic.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from jaxloop.sim.env import EnvConfig
 
 NON_EGO_MODELS = ("log", "idm")
 POLICY_PREFIX = "policy:"
-NON_EGO_FORMS = "'log', 'idm' or 'policy:RUN' (RUN a training run or checkpoint directory)"
+NON_EGO_FORMS = "'log', 'idm' or 'policy:RUN' (RUN a training run, checkpoint or exported policy directory)"
 
 
 def check_policy_spec(spec: str, flag: str = "--policy") -> None:
@@ -88,22 +92,30 @@ def resolve_traffic(policy, env: EnvConfig, run: str, label: str) -> tuple[objec
 
     The traffic is `run`'s deterministic policy as an actor with its params bound
     (`make_actor(controlled=...)`, every vehicle from its own view; a self-play run's own
-    "vehicles" / "all"), combined with the ego's by `with_traffic`. Both drive one
+    "vehicles" / "all"), or for an exported policy directory the artefact itself
+    (`call_actor`, the same observers and mask), combined with the ego's by `with_traffic`. Both drive one
     environment: a trained ego must share the run's dynamics and history length (a
     baseline ego has none of its own and takes the run's).
     """
     from jaxloop.io.export import METADATA_FILE
-    from jaxloop.io.policies import load_params, make_actor
+    from jaxloop.io.policies import call_actor, config_from_checkpoint, load_exported_call, load_params, make_actor
     from jaxloop.sim.actor import as_actor, baseline_actor, bind_params, with_traffic
     flag = f"--non-ego {POLICY_PREFIX}{run}"
-    if (pathlib.Path(run) / METADATA_FILE).is_file():
-        raise ValueError(f"{flag}: an exported policy observes the ego only; expected a training run or "
-                         f"checkpoint directory")
+    name = _run_label(pathlib.Path(run))
+    exported = (pathlib.Path(run) / METADATA_FILE).is_file()
     try:
-        graphdef, params, experiment = load_params(run)
+        call, experiment = load_exported_call(run) if exported else (None, config_from_checkpoint(run))
     except (FileNotFoundError, ValueError) as e:
-        raise ValueError(f"{flag}: not a training run or checkpoint directory ({e})") from e
+        raise ValueError(f"{flag}: not a training run, checkpoint or exported policy directory ({e})") from e
     controlled = "all" if run_controlled(experiment) == "all" else "vehicles"
+    if exported:  # the artefact maps one observer's features to its action: every vehicle from its own view
+        traffic = call_actor(call, experiment.obs, controlled, name)
+    else:
+        try:
+            graphdef, params, experiment = load_params(run, experiment)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"{flag}: not a training run or checkpoint directory ({e})") from e
+        traffic = bind_params(make_actor(graphdef, experiment.obs, controlled=controlled, name=name), params)
     traffic_env = experiment.env_config()
     if not isinstance(policy, str):
         for field in ("dynamics", "history_length"):
@@ -113,8 +125,6 @@ def resolve_traffic(policy, env: EnvConfig, run: str, label: str) -> tuple[objec
                                  f"the traffic drive one environment")
     env = dataclasses.replace(env, controlled=controlled, dynamics=traffic_env.dynamics,
                               history_length=traffic_env.history_length)
-    name = _run_label(pathlib.Path(run))
-    traffic = bind_params(make_actor(graphdef, experiment.obs, controlled=controlled, name=name), params)
     ego = baseline_actor(policy, env.action_dim) if isinstance(policy, str) else as_actor(policy, label)
     return with_traffic(ego, traffic), env, f"{label} vs {name} traffic"
 
@@ -129,7 +139,8 @@ def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: 
     Args:
         policy: a baseline name or a training checkpoint / run directory.
         data: toy[:NUM], procedural:SPLIT:NUM[:SEED], a cache directory (streamed), or WOMD / AV2 files.
-        non_ego: the other objects: log (replay), idm, or policy:RUN (a trained run drives every other vehicle).
+        non_ego: the other objects: log (replay), idm, or policy:RUN (a training run, checkpoint or exported
+            policy directory drives every other vehicle, each from its own view).
         perturb: also run the perturbation suite and report metric deltas.
         horizon: closed-loop steps (default: to the end of the log).
         out: directory for report.json / report.md (and perturbations.json / .md).
@@ -185,7 +196,7 @@ def run_eval(policy: str = "expert", data: str = "procedural:test:64", non_ego: 
 
 
 def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:test:64",
-         non_ego: Literal["log", "idm"] = "log", out: str = "runs/gate/report.json", tolerance: float = 0.02,
+         non_ego: str = "log", out: str = "runs/gate/report.json", tolerance: float = 0.02,
          max_failure_rate: float = 0.25, min_progress_ratio: float = 0.8, max_perturbed_failure_rate: float = 0.5,
          horizon: int | None = None, batch_size: int = 64, seed: int = 0, skip_invalid: bool = False,
          num_objects: int = 128, select: Literal["nearest", "error"] = "nearest") -> int:
@@ -197,6 +208,8 @@ def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:t
         candidate: checkpoint / run directory or baseline name.
         baseline: checkpoint / run directory or baseline name.
         data: held-out scenarios (see `jaxloop eval --help`).
+        non_ego: the other objects, the same for candidate and baseline: log (replay), idm, or policy:RUN (a
+            training run, checkpoint or exported policy drives every other vehicle; see `jaxloop eval --help`).
         skip_invalid: raw --data files: skip (and count on stderr) invalid files and records instead of stopping.
         num_objects: N object slots when reading raw files.
         select: raw files with more objects than N: keep the N nearest to the SDC (and every track to predict /
@@ -214,19 +227,22 @@ def run_gate(candidate: str, baseline: str = "expert", data: str = "procedural:t
     EvalConfig(batch_size=batch_size, horizon=horizon)
     check_policy_spec(candidate, "--candidate")
     check_policy_spec(baseline, "--baseline")
+    non_ego_model, traffic_run = parse_non_ego(non_ego)
     scenarios = open_dataset(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)
     infos = scenarios.infos
-    env = EnvConfig(non_ego_agent=non_ego, init_steps=init_steps_of(infos, f"--data {data}"))
+    env = EnvConfig(non_ego_agent=non_ego_model, init_steps=init_steps_of(infos, f"--data {data}"))
     plans = []
     for spec, flag in ((candidate, "--candidate"), (baseline, "--baseline")):
         policy_obj, policy_env, label = resolve_policy_spec(spec, env, flag)
+        if traffic_run is not None:  # both against the same traffic
+            policy_obj, policy_env, label = resolve_traffic(policy_obj, policy_env, traffic_run, label)
         config = EvalConfig(env=policy_env, batch_size=batch_size, horizon=horizon)
         check_scenarios(scenarios, infos, config)
         plans.append((policy_obj, config, label))
     suites = [run_suite(policy_obj, scenarios, infos, config, seed, name=label)
               for policy_obj, config, label in plans]
-    result = check(suites[0], suites[1], gate_config)
-    title = f"Safety gate: {candidate} vs {baseline} on {data}"
+    result = dataclasses.replace(check(suites[0], suites[1], gate_config), traffic=non_ego)
+    title = f"Safety gate: {candidate} vs {baseline} on {data}, {non_ego} traffic"
     result.write(out, title)
     print(result.to_markdown(title))
     print(f"report: {out} and {pathlib.Path(out).with_suffix('.md')}")

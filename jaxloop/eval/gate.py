@@ -38,12 +38,16 @@ class GateResult:
     passed: bool
     reasons: list[str]  # one line per failed check
     checks: list[dict]  # every check: name, value, limit, ok
+    traffic: str | None = None  # what drove the other objects (`--non-ego`: log, idm, policy:RUN), if known
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "reasons": self.reasons, "checks": self.checks}
+        out = {"passed": self.passed, "reasons": self.reasons, "checks": self.checks}
+        return out if self.traffic is None else dict(out, traffic=self.traffic)
 
     def to_markdown(self, title: str = "Safety gate") -> str:
         lines = [f"## {title}: {'PASS' if self.passed else 'FAIL'}", ""]
+        if self.traffic is not None:
+            lines += [f"Traffic (the other objects, for both policies): {self.traffic}", ""]
         if self.reasons:
             lines += ["Reasons:", ""] + [f"- {r}" for r in self.reasons] + [""]
         lines += ["| check | value | limit | ok |", "|---|---|---|---|"]

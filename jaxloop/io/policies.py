@@ -95,8 +95,28 @@ def make_actor(model_graphdef: nnx.GraphDef, obs_config: ObsConfig, deterministi
     (`controlled="sdc"`) or every object the environment lets a policy drive.
     """
 
-    def select_action(params: nnx.State, obs: Observation, actor_state, key: jax.Array) -> ActorOutput:
-        model = nnx.merge(model_graphdef, params)
+    def act(params: nnx.State, feats: Features, key: jax.Array) -> tuple[jax.Array, dict]:
+        out = nnx.merge(model_graphdef, params)(feats)
+        if deterministic:
+            return networks.mode(out), {"value": out.value}
+        action, u, log_prob = networks.sample(out, key)
+        return action, {"u": u, "log_prob": log_prob, "value": out.value}
+
+    return features_actor(act, obs_config, controlled, record_features, name)
+
+
+def features_actor(act, obs_config: ObsConfig, controlled: str = "sdc", record_features: bool = False,
+                   name: str = "policy") -> Actor:
+    """An `Actor` of `act(params, features [M, ...] or one observer's, key) -> (action [M, A] or [A], aux)`.
+
+    `controlled="sdc"`: the ego observes (`features` from the SDC), its `[A]` action is
+    broadcast to `[N, A]` and only the ego is in the mask. Otherwise every object is an
+    observer with its own logged path as its route (`agent_features`, `M = N`) and the mask
+    is the objects the environment lets a policy drive (`policy_controlled`). The network
+    of `make_actor` and an exported artefact (`exported_actor`) both drive through it.
+    """
+
+    def select_action(params, obs: Observation, actor_state, key: jax.Array) -> ActorOutput:
         scenario, state = obs.scenario, obs.state
         if controlled == "sdc":
             ego = scenario.object_metadata.sdc_index
@@ -105,12 +125,7 @@ def make_actor(model_graphdef: nnx.GraphDef, obs_config: ObsConfig, deterministi
         else:
             feats = agent_features(scenario, state, jnp.arange(state.current.x.shape[-1]), obs_config)
             mask = policy_controlled(state)
-        out = model(feats)
-        if deterministic:
-            action, aux = networks.mode(out), {"value": out.value}
-        else:
-            action, u, log_prob = networks.sample(out, key)
-            aux = {"u": u, "log_prob": log_prob, "value": out.value}
+        action, aux = act(params, feats, key)
         if record_features:
             aux["feats"] = feats
         if controlled == "sdc":
@@ -195,6 +210,47 @@ def batch_polymorphic_call(call: Any) -> Any:
     return batched
 
 
+def load_exported_call(export_dir: str | os.PathLike) -> tuple[Any, Experiment]:
+    """`(call, config)` of a directory written by `jaxloop export`: `call(flat [b, D]) -> action [b, A]`.
+
+    The exported StableHLO function with its params bound, vmappable (`batch_polymorphic_call`);
+    a `ValueError` naming the directory when it was exported with a fixed batch size.
+    """
+    from jaxloop.io.export import load_policy
+    loaded = load_policy(export_dir)
+    config = from_saved(loaded.metadata.get("metadata", {}), f"{export_dir}/metadata.json")
+    if not loaded.metadata.get("batch_polymorphic", False):
+        raise ValueError(f"{export_dir}: the exported policy has a fixed batch size; re-export it with a "
+                         "symbolic batch dimension to evaluate it")
+    params = loaded.params
+    return batch_polymorphic_call(lambda flat: loaded.exported.call(params, flat)[0]), config
+
+
+def exported_actor(export_dir: str | os.PathLike, controlled: str = "vehicles",
+                   name: str = "policy") -> tuple[Actor, Experiment]:
+    """`(actor, config)`: an exported artefact as an `Actor` (`features_actor`), deterministic, params ignored.
+
+    The artefact maps one observer's flat features (`observation.flatten`) to its action,
+    so with `controlled` "vehicles" / "all" it drives every object the environment lets a
+    policy drive, each from its own view: the features `[N, ...]` flatten to one batch
+    `[N, D]` of the batch-polymorphic call. aux is empty.
+    """
+    call, config = load_exported_call(export_dir)
+    return call_actor(call, config.obs, controlled, name), config
+
+
+def call_actor(call, obs_config: ObsConfig, controlled: str = "vehicles", name: str = "policy") -> Actor:
+    """The `Actor` of `call(flat [b, D]) -> action [b, A]` (`load_exported_call`): see `exported_actor`."""
+    from jaxloop.policy.observation import flatten
+
+    def act(params, feats: Features, key: jax.Array) -> tuple[jax.Array, dict]:
+        del params, key
+        flat = flatten(feats)
+        return (call(flat) if flat.ndim == 2 else call(flat[None])[0]), {}
+
+    return features_actor(act, obs_config, controlled, name=name)
+
+
 def load_exported_policy(export_dir: str | os.PathLike) -> tuple[PolicyFn, Experiment]:
     """`(policy_fn, config)` of a directory written by `jaxloop export`: the exported artefact itself runs.
 
@@ -202,16 +258,8 @@ def load_exported_policy(export_dir: str | os.PathLike) -> tuple[PolicyFn, Exper
     exported StableHLO function (deterministic action in [-1, 1]), so an evaluation of it
     checks exactly what a deployment would run.
     """
-    from jaxloop.io.export import load_policy
     from jaxloop.policy.observation import flatten
-    loaded = load_policy(export_dir)
-    meta = loaded.metadata.get("metadata", {})
-    config = from_saved(meta, f"{export_dir}/metadata.json")
-    if not loaded.metadata.get("batch_polymorphic", False):
-        raise ValueError(f"{export_dir}: the exported policy has a fixed batch size; re-export it with a "
-                         "symbolic batch dimension to evaluate it")
-    params = loaded.params
-    call = batch_polymorphic_call(lambda flat: loaded.exported.call(params, flat)[0])
+    call, config = load_exported_call(export_dir)
 
     def policy(scenario: Scenario, state: SimState, key: jax.Array) -> jax.Array:
         del key

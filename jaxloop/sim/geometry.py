@@ -112,6 +112,22 @@ def pairwise_overlap(boxes: jax.Array, valid: jax.Array) -> jax.Array:
     return pairwise_box_separation(boxes, valid) < 0.0
 
 
+def segment_projection(points: jax.Array, seg_start: jax.Array, seg_end: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Nearest point of segments to points `[..., 2]` (broadcast): (t `[...]`, distance `[...]` >= 0).
+
+    With d = end - start, t = clip(<p - start, d> / |d|^2, 0, 1) is the nearest point's
+    fraction along the segment and distance = sqrt(|p - (start + t d)|^2 + 1e-12) (smooth at 0).
+    The one projection `point_segment_distance`, `project_to_polyline` and
+    `metrics.agents.polyline_distance` share.
+    """
+    seg = seg_end - seg_start
+    seg_len2 = jnp.sum(seg ** 2, -1)
+    rel = points - seg_start
+    t = jnp.clip(jnp.sum(rel * seg, -1) / jnp.maximum(seg_len2, 1e-12), 0.0, 1.0)
+    nearest = seg_start + t[..., None] * seg
+    return t, jnp.sqrt(jnp.sum((points - nearest) ** 2, -1) + 1e-12)
+
+
 def point_segment_distance(points: jax.Array, seg_start: jax.Array, seg_end: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Distance and side of points `[..., 2]` to segments (broadcast).
 
@@ -119,13 +135,9 @@ def point_segment_distance(points: jax.Array, seg_start: jax.Array, seg_end: jax
     `cross(end - start, p - start)` normalised by the segment length: positive on the
     segment's left.
     """
+    _, dist = segment_projection(points, seg_start, seg_end)
     seg = seg_end - seg_start
-    seg_len2 = jnp.sum(seg ** 2, -1)
-    rel = points - seg_start
-    t = jnp.clip(jnp.sum(rel * seg, -1) / jnp.maximum(seg_len2, 1e-12), 0.0, 1.0)
-    nearest = seg_start + t[..., None] * seg
-    dist = jnp.sqrt(jnp.sum((points - nearest) ** 2, -1) + 1e-12)
-    side = cross2(seg, rel) / jnp.sqrt(jnp.maximum(seg_len2, 1e-12))
+    side = cross2(seg, points - seg_start) / jnp.sqrt(jnp.maximum(jnp.sum(seg ** 2, -1), 1e-12))
     return dist, side
 
 
@@ -160,16 +172,12 @@ def project_to_polyline(point: jax.Array, xy: jax.Array, arc_length: jax.Array,
     """
     start, end = xy[..., :-1, :], xy[..., 1:, :]
     seg_valid = valid[..., :-1] & valid[..., 1:]
-    seg = end - start
-    seg_len2 = jnp.sum(seg ** 2, -1)
-    rel = point[..., None, :] - start
-    t = jnp.clip(jnp.sum(rel * seg, -1) / jnp.maximum(seg_len2, 1e-12), 0.0, 1.0)
-    nearest = start + t[..., None] * seg
-    dist = jnp.sqrt(jnp.sum((point[..., None, :] - nearest) ** 2, -1) + 1e-12)
+    t, dist = segment_projection(point[..., None, :], start, end)
     dist = jnp.where(seg_valid, dist, jnp.inf)
     i = jnp.argmin(dist, axis=-1)
     pick = lambda a: jnp.take_along_axis(a, i[..., None], -1)[..., 0]
-    seg_len = jnp.sqrt(jnp.maximum(seg_len2, 1e-12))
+    seg = end - start
+    seg_len = jnp.sqrt(jnp.maximum(jnp.sum(seg ** 2, -1), 1e-12))
     s = pick(arc_length[..., :-1]) + pick(t) * pick(seg_len)
     heading = jnp.arctan2(pick(seg[..., 1]), pick(seg[..., 0]))
     return s, pick(dist), heading

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxloop.sim.datatypes import ObjectState, Scenario, SimState, trajectory_at
+from jaxloop.sim.geometry import segment_projection
 from jaxloop.sim.metrics.boxes import _corners
 from jaxloop.sim.metrics.fault import (CONTACT_AT_FAULT, CONTACT_LOGGED, CONTACT_NONE, IN_LANE_LATERAL,
                                        contact_classes, ego_in_lane, near_log, recorded_objects)
@@ -78,17 +79,11 @@ def subjects_in_lane(scenario: Scenario, state: ObjectState) -> jax.Array:
 def polyline_distance(point: jax.Array, xy: jax.Array, valid: jax.Array) -> jax.Array:
     """Distance `[...]` of `point` `[..., 2]` to a polyline `[..., R, 2]` (inf without a valid segment).
 
-    The lateral distance of `geometry.project_to_polyline`, by the same arithmetic, as a
-    plain min-reduction (no argmin and gathers: only the distance is needed).
+    The lateral distance of `geometry.project_to_polyline` (the same `segment_projection`),
+    as a plain min-reduction (no argmin and gathers: only the distance is needed).
     """
-    start, end = xy[..., :-1, :], xy[..., 1:, :]
     seg_valid = valid[..., :-1] & valid[..., 1:]
-    seg = end - start
-    seg_len2 = jnp.sum(seg ** 2, -1)
-    rel = point[..., None, :] - start
-    t = jnp.clip(jnp.sum(rel * seg, -1) / jnp.maximum(seg_len2, 1e-12), 0.0, 1.0)
-    nearest = start + t[..., None] * seg
-    dist = jnp.sqrt(jnp.sum((point[..., None, :] - nearest) ** 2, -1) + 1e-12)
+    _, dist = segment_projection(point[..., None, :], xy[..., :-1, :], xy[..., 1:, :])
     return jnp.min(jnp.where(seg_valid, dist, jnp.inf), -1)
 
 

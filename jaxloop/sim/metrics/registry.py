@@ -48,7 +48,7 @@ import jax.numpy as jnp
 from jaxloop.sim.datatypes import Scenario, SimState, trajectory_at
 from jaxloop.sim.metrics import agents
 from jaxloop.sim.metrics.boxes import ego_separation, overlap, select_index, take_object
-from jaxloop.sim.metrics.fault import (CONTACT_AT_FAULT, CONTACT_LOGGED, CONTACT_NAMES, CONTACT_NONE, contact_classes,
+from jaxloop.sim.metrics.fault import (CONTACT_AT_FAULT, CONTACT_NAMES, CONTACT_NONE, contact_classes,
                                        ego_in_lane, ego_offroad_corners, recorded_objects)
 from jaxloop.sim.metrics.motion import (OFF_ROUTE_DISTANCE, TTC_CAP, TTC_THRESHOLD, ComfortLimits, comfort,
                                         kinematic_infeasibility, log_divergence, red_light_crossing, route_progress,
@@ -236,16 +236,7 @@ class EpisodeInputs:
         """
         contact = self.extras["ego_contact"]  # [H, N]
         touched = contact != CONTACT_NONE
-        onset = touched & ~jnp.concatenate([jnp.zeros_like(touched[:1]), touched[:-1]], 0)
-
-        def logged_run(carry, step):
-            touched_t, onset_t, contact_t = step
-            started_logged = jnp.where(onset_t, contact_t == CONTACT_LOGGED, carry) & touched_t
-            return started_logged, started_logged
-
-        _, from_log = jax.lax.scan(logged_run, jnp.zeros_like(touched[0]), (touched, onset, contact))
-        at_fault = contact == CONTACT_AT_FAULT
-        pair_at_fault = jnp.any(at_fault & (onset | from_log), axis=0)  # [N]
+        pair_at_fault = agents.pair_at_fault(contact)  # [N]
         first = jnp.argmax(touched, axis=0)  # [N]
         first_class = jnp.where(jnp.any(touched, 0), jnp.take_along_axis(contact, first[None], 0)[0], CONTACT_NONE)
         return jnp.where(pair_at_fault, CONTACT_AT_FAULT, first_class)
@@ -462,6 +453,11 @@ def ego_value(metric: Metric, inputs: StepInputs) -> jax.Array:
     return select_index(v, inputs.ego) if metric.per_object else v
 
 
+def _entries(keep: Callable[[Metric], bool], among: str = "entries") -> property:
+    """A `Registry` property: the entries of `among` (an attribute: a sequence of entries) that `keep`, in order."""
+    return property(lambda self: [m for m in getattr(self, among) if keep(m)])
+
+
 @dataclasses.dataclass(frozen=True)
 class Registry:
     """An ordered, immutable collection of `Metric` entries (the order of outputs, reports and reward terms).
@@ -530,22 +526,15 @@ class Registry:
         m = self[name]
         return self[m.at_fault] if m.at_fault else m
 
-    @property
-    def step_entries(self) -> list[Metric]:
-        return [m for m in self.entries if m.step is not None]
-
-    @property
-    def episode_entries(self) -> list[Metric]:
-        return [m for m in self.entries if m.reduce is not None]
+    step_entries = _entries(lambda m: m.step is not None)
+    episode_entries = _entries(lambda m: m.reduce is not None)
 
     @property
     def scalar_keys(self) -> tuple[str, ...]:
         """The per-episode scalars evaluation keeps per scenario: every episode entry, then `nonfinite`."""
         return tuple(m.name for m in self.episode_entries) + ("nonfinite",)
 
-    @property
-    def aggregated(self) -> list[Metric]:
-        return [m for m in self.episode_entries if m.aggregate]
+    aggregated = _entries(lambda m: m.aggregate, among="episode_entries")
 
     @property
     def aggregate_names(self) -> tuple[str, ...]:
@@ -565,13 +554,8 @@ class Registry:
                for m in self.aggregated if m.higher_is_better is not None}
         return dict(out, nonfinite_rate="lower")
 
-    @property
-    def gated(self) -> list[Metric]:
-        return [m for m in self.episode_entries if m.gate is not None]
-
-    @property
-    def rewarded(self) -> list[Metric]:
-        return [m for m in self.entries if m.reward_weight is not None]
+    gated = _entries(lambda m: m.gate is not None, among="episode_entries")
+    rewarded = _entries(lambda m: m.reward_weight is not None)
 
 
 # ----------------------------------------------------------------------------- the scorecard
