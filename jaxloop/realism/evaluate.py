@@ -87,6 +87,7 @@ class RealismConfig:
     max_evaluated: evaluated-object slots per scene (`features.evaluated_objects`).
     policy_objects: objects a policy drives (the SDC and the nearest vehicles).
     policy_noise: std of the Gaussian added to a deterministic (exported) policy's normalised action.
+    policy_head: a checkpoint samples its tanh-Gaussian head (False: its mode + `policy_noise`, as an export).
     policy_parked: let the policy drive parked vehicles too (default False: only the SDC and vehicles that
         start farther than GOAL_RADIUS from their goal, self-play's rule; parked ones are sampled IDM).
     idm_params / idm_spread: the IDM parameters and their sampling.
@@ -102,6 +103,7 @@ class RealismConfig:
     policy_objects: int = 16
     policy_noise: float = 0.1
     policy_parked: bool = False
+    policy_head: bool = True
     idm_params: agents_lib.AgentParams = agents_lib.AgentParams()
     idm_spread: IdmSpread = IdmSpread()
     time_scale_std: float = 0.05
@@ -291,9 +293,15 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
         from jaxloop.io.policies import load_params
         graphdef, params, _ = load_params(path)
 
-        def act(feat, key):
-            return networks.sample(nnx.merge(graphdef, params)(feat), key)[0]
-        how = "actions sampled from the checkpoint's tanh-Gaussian head"
+        if config.policy_head:
+            def act(feat, key):
+                return networks.sample(nnx.merge(graphdef, params)(feat), key)[0]
+            how = "actions sampled from the checkpoint's tanh-Gaussian head"
+        else:
+            def act(feat, key):
+                a = networks.mode(nnx.merge(graphdef, params)(feat))
+                return jnp.clip(a + config.policy_noise * jax.random.normal(key, a.shape), -1.0, 1.0)
+            how = f"the checkpoint's mode + N(0, {config.policy_noise}²) action noise"
     how += (f"; drives the SDC and up to {config.policy_objects - 1} nearest vehicles (per-object ego-centric "
             "observation, own logged path as route"
             + ("" if config.policy_parked else "; parked vehicles excluded") + "), the other objects sampled IDM")
