@@ -14,9 +14,16 @@ step driven by the model, 32 rollouts per scene, 80 future steps):
   defaults), `idm_fitted` (sampled around parameters fitted by gradient through the
   simulator to the 12 training scenes of the real-logs split, `jaxloop.realism.fit`);
 - `policy:bc`, `policy:apg_finetuned`: the exported ego policies of the real-logs
-  experiment driving the SDC and its 15 nearest vehicles (per-object ego-centric
-  observation, own logged path as route), deterministic actions + N(0, 0.1²) noise, the
-  other objects sampled IDM.
+  experiment, `policy:selfplay_apg` (and `selfplay_apg_bc`) the exported self-play policies
+  of `experiments/selfplay.py`, driving the SDC and its 15 nearest vehicles that have
+  somewhere to go (start farther than GOAL_RADIUS from their goal; parked ones are sampled
+  IDM), per-object ego-centric observation, own logged path as route, deterministic
+  actions + N(0, 0.1²) noise, the other objects sampled IDM;
+- `policy:selfplay_bc_real`: self-play BC trained here (`train_real_bc`, `--runs`) on the
+  12 real training scenes, a checkpoint whose actions are sampled from its head.
+
+The 18-scene rows are also averaged over the 12 training / 6 held-out scenes
+(`real_all_by_split`). `--rows ... --merge` reruns some rows into an existing JSON.
 
 The IDM fit is also compared on the 6 held-out scenes (default vs fitted). Writes
 `OUT/realism.json` / `.md` and `OUT/idm_fitted.json` (the fitted parameters).
@@ -36,9 +43,32 @@ import jax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from jaxloop.experiments.open_vs_closed_loop import SHARED_DATA, log  # noqa: E402
 from jaxloop.io.logging import finite_or_none as _finite  # noqa: E402
-from real_logs import load_files, real_files  # noqa: E402
+from real_logs import load_files, real_files, training_load_config  # noqa: E402
 
 POLICIES = pathlib.Path(__file__).resolve().parent / "results" / "policies"
+REAL_BC = "selfplay_bc_real"  # self-play BC trained on the 12 real training scenes (the learned realism row)
+
+
+def train_real_bc(runs: pathlib.Path, seed: int, steps: int = 600) -> pathlib.Path:
+    """Self-play BC on the 12 real training scenes of the real-logs split: the self-play BC preset of
+    `experiments/selfplay.py` (MLP 256x256, tanh-Gaussian head, `env.controlled="vehicles"`: every vehicle with
+    somewhere to go is a sample), its data replaced by the real scenes at the procedural slot sizes. Resumable:
+    a finished run is kept (`jaxloop.train.loop.run` trains up to `steps` total)."""
+    from selfplay import presets
+    from jaxloop.train.loop import run
+    out = runs / REAL_BC
+    summary = out / "summary.json"
+    if summary.exists() and json.loads(summary.read_text()).get("final_step", 0) >= steps:
+        return out
+    cfg = presets("full", seed)["selfplay_bc"]
+    cfg = dataclasses.replace(cfg, steps=steps, data=dataclasses.replace(cfg.data, source="gpudrive-train-split"))
+    train_files, _ = real_files()
+    scenarios, _ = load_files(train_files, training_load_config())
+    log(f"self-play BC on the {len(train_files)} real training scenes ({steps} steps) -> {out}")
+    s = run(cfg, scenarios, str(out), log_every=100, ckpt_every=steps, progress=False, use_tensorboard=False,
+            run_info={"data": "gpudrive-train-split (12 real scenes)"})
+    log(f"  {s['final_step']} steps in {s['wall_s']:.0f} s")
+    return out
 COLUMNS = ("realism_meta_metric", "kinematic", "interactive", "map_based", "min_ade")
 
 
@@ -46,15 +76,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rollouts", type=int, default=32)
     ap.add_argument("--fit-steps", type=int, default=25)
-    ap.add_argument("--policies", default="bc,apg_finetuned")
+    ap.add_argument("--policies", default=f"bc,apg_finetuned,selfplay_apg,selfplay_apg_bc,{REAL_BC}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--accel-weight", type=float, default=1.0,
                     help="acceleration term of the realism-regularised IDM fit (idm_fitted_realism)")
     ap.add_argument("--rows", default=None, help="comma-separated row labels to run (default: all)")
     ap.add_argument("--merge", action="store_true", help="add the rows to an existing OUT/realism.json")
+    ap.add_argument("--runs", default="/tmp/realism_runs",
+                    help=f"where the {REAL_BC} policy is trained (policy:{REAL_BC} in --policies; resumed if done)")
     ap.add_argument("--out", default="experiments/results")
     args = ap.parse_args(argv)
-    from jaxloop.realism.evaluate import RealismConfig, RealismReport, RealismRunner, markdown_table
+    from jaxloop.realism.evaluate import RealismConfig, RealismReport, RealismRunner, aggregate, markdown_table
     from jaxloop.realism.fit import FitConfig, fit_idm, params_dict, save_params
 
     out = pathlib.Path(args.out)
@@ -80,8 +112,11 @@ def main(argv=None) -> int:
     rows = [("log_resampled", "log_resampled", None), ("log", "log", None),
             ("constant_velocity", "constant_velocity", None), ("idm", "idm", None)]
     rows += [(label, "idm", f[0]) for label, f in fits.items()]
-    rows += [(f"policy:{p}", f"policy:{POLICIES / p}", None) for p in args.policies.split(",") if p]
+    policies = [p for p in args.policies.split(",") if p]
+    rows += [(f"policy:{p}", f"policy:{POLICIES / p}", None) for p in policies if p != REAL_BC]
     rows = [r for r in rows if wanted is None or r[0] in wanted]
+    if REAL_BC in policies and (wanted is None or f"policy:{REAL_BC}" in wanted):
+        rows.append((f"policy:{REAL_BC}", f"policy:{train_real_bc(pathlib.Path(args.runs), args.seed)}", None))
     results: dict = {"sets": {}, "timing_s": {}}
     if args.merge and (out / "realism.json").exists():
         results = json.loads((out / "realism.json").read_text())
@@ -109,6 +144,17 @@ def main(argv=None) -> int:
         results.setdefault("tables", {})[set_name] = markdown_table(
             [RealismReport(name=k, description=v["description"], per_scenario=[], aggregate=v["aggregate"], config={})
              for k, v in stored.items()])
+    held_ids = {str(i.get("scenario_id")) for i in sets["real_holdout"][1]}
+    subset = {}
+    for label, v in results["sets"].get("real_all", {}).items():
+        held_rows = [r for r in v["per_scenario"] if r["scenario_id"] in held_ids]
+        train_rows = [r for r in v["per_scenario"] if r["scenario_id"] not in held_ids]
+        if held_rows:
+            subset[label] = {"real_holdout": aggregate(held_rows), "real_train": aggregate(train_rows)}
+    results["real_all_by_split"] = subset
+    results["tables"]["real_all_by_split"] = markdown_table(
+        [RealismReport(name=f"{k} ({split})", description="", per_scenario=[], aggregate=v[split], config={})
+         for split in ("real_train", "real_holdout") for k, v in subset.items()], COLUMNS)
     for label, (fitted, fit_info, fit_s, cfg) in fits.items():
         results.setdefault("idm_fits", {})[label] = {
             "train_scenes": [f.name for f in train_files], "held_out": [f.name for f in held_files],
@@ -118,6 +164,8 @@ def main(argv=None) -> int:
             "log_factors": fit_info["log_factors"]}
     results["machine"] = f"{jax.default_backend()} ({jax.device_count()} device), 2-core CPU under contention"
     results["wall_min"] = round((time.time() - start) / 60, 1)
+    results.setdefault("invocations", []).append({"argv": sys.argv[1:] if argv is None else list(argv),
+                                                  "rows": [r[0] for r in rows], "wall_min": results["wall_min"]})
     (out / "realism.json").write_text(json.dumps(_finite(results), indent=1))
     (out / "realism.md").write_text(markdown(results, args))
     log(f"wrote {out}/realism.json and realism.md in {results['wall_min']} min")
@@ -126,14 +174,18 @@ def main(argv=None) -> int:
 
 def markdown(results: dict, args) -> str:
     lines = ["# Realism of simulated traffic (WOSAC-style)", "",
-             f"Command: `python experiments/realism.py --rollouts {args.rollouts} --fit-steps {args.fit_steps}`  ",
-             f"Machine: {results['machine']}; wall time {results['wall_min']} min", "",
+             "Commands (rows of a later `--merge` invocation replace the earlier ones):", ""]
+    for inv in results.get("invocations", []):
+        lines.append(f"- `python experiments/realism.py {' '.join(inv['argv'])}`: {inv['wall_min']} min"
+                     + (f" ({', '.join(inv['rows'])})" if inv.get("rows") else ""))
+    lines += ["", f"Machine: {results['machine']}", "",
              "WOSAC-style: the Waymo Open Sim Agents Challenge features, histogram / Bernoulli estimators and 2025 "
              "weights (`jaxloop.realism`), re-implemented; not the official challenge number. Higher is more "
              "human-like (1 = the log is certain under the rollouts). `log` is degenerate (every rollout is the "
              "log), `log_resampled` the near-human reference.", ""]
     for set_name, title in (("real_all", "18 real WOMD scenes (GPUDrive JSON)"), ("womd", "2 WOMD fixtures"),
-                            ("real_holdout", "6 held-out real scenes: IDM default vs fitted on the other 12")):
+                            ("real_holdout", "6 held-out real scenes: IDM default vs fitted on the other 12"),
+                            ("real_all_by_split", "The 18-scene rows split: 12 training scenes / 6 held out")):
         if set_name in results.get("tables", {}):
             lines += [f"## {title}", "", results["tables"][set_name], ""]
     from jaxloop.sim.agents import AgentParams

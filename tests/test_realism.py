@@ -188,3 +188,20 @@ def test_idm_fit_lowers_its_loss():
     losses = [h["loss"] for h in info["history"]]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert params.idm_time_headway != AgentParams().idm_time_headway
+
+
+def test_parked_vehicle_is_not_policy_driven():
+    # Ego moves 1 m/step; object 1 is parked 5 m away (never moves: 0 m from its goal < GOAL_RADIUS = 2 m);
+    # object 2 moves 0.5 m/step from 30 m away (25 m from its goal at step 10). With 2 policy slots the policy
+    # drives the ego and object 2, the nearest vehicle with somewhere to go; the old rule picked the parked one.
+    from jaxloop.realism.evaluate import policy_slots
+    t = np.arange(T, dtype=np.float64)
+    tracks = [dict(x=t * 1.0, y=np.zeros(T)), dict(x=np.full(T, 5.0), y=np.full(T, 3.5)),
+              dict(x=30.0 + 0.5 * t, y=np.full(T, 3.5))]
+    sc = make_track_scenario(tracks)
+    slots, driven = policy_slots(sc, INIT, 2)
+    assert slots.tolist() == [0, 2] and driven.tolist() == [True, True]
+    slots, driven = policy_slots(sc, INIT, 3)
+    assert slots.tolist()[:2] == [0, 2] and driven.tolist() == [True, True, False]
+    slots, _ = policy_slots(sc, INIT, 2, control_parked=True)
+    assert slots.tolist() == [0, 1]

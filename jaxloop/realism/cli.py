@@ -11,7 +11,8 @@ import tyro
 def run_realism(agents: str = "idm", data: str = "../shared/data/gpudrive", rollouts: int = 32,
                 horizon: int | None = None, batch_size: int = 2, seed: int = 0, out: str | None = None,
                 json_output: Annotated[bool, tyro.conf.arg(name="json")] = False, policy_objects: int = 16,
-                policy_noise: float = 0.1, idm_params: str | None = None, skip_invalid: bool = False,
+                policy_noise: float = 0.1, policy_parked: bool = False,
+                policy_head: bool = True, idm_params: str | None = None, skip_invalid: bool = False,
                 num_objects: int = 128, select: Literal["nearest", "error"] = "nearest") -> int:
     """Realism meta-metric of a traffic model: many stochastic rollouts per scene, the likelihood of the log
     under them per feature (WOSAC-style, not the official challenge number).
@@ -28,6 +29,9 @@ def run_realism(agents: str = "idm", data: str = "../shared/data/gpudrive", roll
         json_output: print the aggregate JSON on stdout instead of the table.
         policy_objects: a policy drives the SDC and the nearest vehicles, this many in all.
         policy_noise: action noise std added to an exported (deterministic) policy, normalised units.
+        policy_parked: the policy drives parked vehicles too (default: only vehicles that start farther than
+            GOAL_RADIUS from their goal, self-play's rule; parked ones are sampled IDM).
+        policy_head: a checkpoint samples its tanh-Gaussian head (False: its mode + policy_noise).
         idm_params: a JSON file of fitted IDM parameters (`jaxloop.realism.fit`) to sample around.
         skip_invalid: raw --data files: skip (and count on stderr) invalid files and records.
         num_objects: N object slots when reading raw files.
@@ -45,7 +49,8 @@ def run_realism(agents: str = "idm", data: str = "../shared/data/gpudrive", roll
         from jaxloop.realism.fit import load_params
         params = load_params(idm_params)
     config = RealismConfig(agents=agents, rollouts=rollouts, horizon=horizon, batch_size=batch_size, seed=seed,
-                           policy_objects=policy_objects, policy_noise=policy_noise, idm_params=params)
+                           policy_objects=policy_objects, policy_noise=policy_noise,
+                           policy_parked=policy_parked, policy_head=policy_head, idm_params=params)
     if agents.startswith("policy:") and not pathlib.Path(agents[len("policy:"):]).exists():
         raise FileNotFoundError(f"--agents {agents!r}: no such run, checkpoint or exported policy directory")
     scenarios, infos = load_source(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)

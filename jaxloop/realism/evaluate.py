@@ -21,8 +21,10 @@ Traffic models (`RealismConfig.agents`):
 - `policy:RUN`: a trained policy (training run / checkpoint or `jaxloop export`
   directory). An ego-only policy sees the world through the per-object ego-centric
   observation, so it drives the SDC and the `policy_objects - 1` vehicles nearest to it
-  (each with its own logged path as its route, as the ego's route is its logged path);
-  pedestrians, cyclists and farther vehicles are sampled IDM. A checkpoint's actions are
+  that have somewhere to go (start farther than GOAL_RADIUS from their goal, self-play's
+  controllable rule), each with its own logged path as its route (as the ego's route is
+  its logged path); parked vehicles, pedestrians, cyclists and farther vehicles are
+  sampled IDM (which holds a parked car still along its short logged path). A checkpoint's actions are
   sampled from its tanh-Gaussian head; an exported policy is deterministic, so Gaussian
   noise of `policy_noise` (normalised action units) is added to its actions;
 - `log_resampled`: the reference row, no simulator: each rollout replays the log at a
@@ -85,6 +87,9 @@ class RealismConfig:
     max_evaluated: evaluated-object slots per scene (`features.evaluated_objects`).
     policy_objects: objects a policy drives (the SDC and the nearest vehicles).
     policy_noise: std of the Gaussian added to a deterministic (exported) policy's normalised action.
+    policy_head: a checkpoint samples its tanh-Gaussian head (False: its mode + `policy_noise`, as an export).
+    policy_parked: let the policy drive parked vehicles too (default False: only the SDC and vehicles that
+        start farther than GOAL_RADIUS from their goal, self-play's rule; parked ones are sampled IDM).
     idm_params / idm_spread: the IDM parameters and their sampling.
     time_scale_std / lateral_std: the `log_resampled` reference's perturbations.
     """
@@ -97,6 +102,8 @@ class RealismConfig:
     max_evaluated: int = feats.DEFAULT_MAX_EVALUATED
     policy_objects: int = 16
     policy_noise: float = 0.1
+    policy_parked: bool = False
+    policy_head: bool = True
     idm_params: agents_lib.AgentParams = agents_lib.AgentParams()
     idm_spread: IdmSpread = IdmSpread()
     time_scale_std: float = 0.05
@@ -159,9 +166,20 @@ def object_routes(scenario: Scenario, extend_m: float = 20.0) -> Route:
     return Route(xy=xy, arc_length=arc, valid=ok)
 
 
-def policy_slots(scenario: Scenario, init_steps: int, num: int) -> tuple[np.ndarray, np.ndarray]:
+def policy_slots(scenario: Scenario, init_steps: int, num: int,
+                 control_parked: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Unique object indices `[M]` (M = min(num, N)) and which of them the policy drives `[M]` (host numpy):
-    the SDC first, then the vehicles valid at the current step nearest to it; the rest pad with other objects."""
+    the SDC first, then the vehicles valid at the current step nearest to it that have somewhere to go; the rest
+    pad with other objects (not driven).
+
+    "Somewhere to go" is self-play's controllable rule (`jaxloop.sim.metrics.paths.goal_far`, GPUDrive's):
+    the object's position at the current step is farther than GOAL_RADIUS from its last logged position. A
+    parked vehicle is left to the sampled IDM, which along its (sub-GOAL_RADIUS) logged path holds it
+    (nearly) still, as the log does; a noisy policy would make it drift. `control_parked` restores the
+    nearest-vehicles-regardless rule.
+    """
+    from jaxloop.sim.metrics.paths import goal_far
+
     meta, log = scenario.object_metadata, scenario.log_trajectory
     t0 = init_steps - 1
     n = int(np.shape(log.x)[0])
@@ -170,6 +188,9 @@ def policy_slots(scenario: Scenario, init_steps: int, num: int) -> tuple[np.ndar
     valid0 = np.asarray(log.valid)[:, t0]
     x, y = np.asarray(log.x)[:, t0], np.asarray(log.y)[:, t0]
     vehicle = valid0 & (np.asarray(meta.object_types) == TYPE_VEHICLE)
+    if not control_parked:
+        sc = jax.tree.map(jnp.asarray, scenario)
+        vehicle &= np.asarray(goal_far(sc, jnp.stack([jnp.asarray(x), jnp.asarray(y)], -1)))
     vehicle[sdc] = False
     dist = np.where(vehicle, np.hypot(x - x[sdc], y - y[sdc]), np.inf)
     order = [int(i) for i in np.argsort(dist, kind="stable") if np.isfinite(dist[i])]
@@ -192,7 +213,7 @@ def prepare(scenarios: Scenario, config: RealismConfig, with_policy: bool = Fals
         index.append(a)
         index_valid.append(b)
         if with_policy:
-            s, d = policy_slots(sc, config.init_steps, config.policy_objects)
+            s, d = policy_slots(sc, config.init_steps, config.policy_objects, config.policy_parked)
             slots.append(s)
             driven.append(d)
             routes.append(object_routes(sc))
@@ -272,11 +293,18 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
         from jaxloop.io.policies import load_params
         graphdef, params, _ = load_params(path)
 
-        def act(feat, key):
-            return networks.sample(nnx.merge(graphdef, params)(feat), key)[0]
-        how = "actions sampled from the checkpoint's tanh-Gaussian head"
+        if config.policy_head:
+            def act(feat, key):
+                return networks.sample(nnx.merge(graphdef, params)(feat), key)[0]
+            how = "actions sampled from the checkpoint's tanh-Gaussian head"
+        else:
+            def act(feat, key):
+                a = networks.mode(nnx.merge(graphdef, params)(feat))
+                return jnp.clip(a + config.policy_noise * jax.random.normal(key, a.shape), -1.0, 1.0)
+            how = f"the checkpoint's mode + N(0, {config.policy_noise}²) action noise"
     how += (f"; drives the SDC and up to {config.policy_objects - 1} nearest vehicles (per-object ego-centric "
-            "observation, own logged path as route), the other objects sampled IDM")
+            "observation, own logged path as route"
+            + ("" if config.policy_parked else "; parked vehicles excluded") + "), the other objects sampled IDM")
 
     def one(scenario, aux, key):
         key_reset, key_params = jax.random.split(key)
