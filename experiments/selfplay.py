@@ -11,7 +11,10 @@ scenes of `../shared/data/gpudrive/` (GPUDrive / PufferDrive JSON):
    every agent's own surrogate, gradients through all of them), with the `--preset` reward
    weights, and the same with `APG.bc_coef` > 0 (the BC action loss on the same batch
    added: self-play regularised toward the logs);
-3. evaluation:
+2b. real-data fine-tuning ("selfplay_ft"): self-play APG with `bc_coef` from (2)'s regularised
+   policy on a mixture of procedural `train` and the 12 real fine-tuning scenes of
+   `experiments/real_logs.py` (`--ft-preset` reward weights; each batch holds both halves);
+3. evaluation, on procedural `test`, the 6 held-out real scenes (`real_holdout`) and all 18 (`real`):
    (a) self-play traffic: the policy drives every vehicle; per-agent (GPUDrive-style)
        at-fault collision, offroad, either, route completion and goal rate
        (`evaluate(..., agents=True)`);
@@ -43,19 +46,22 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from jaxloop.experiments.open_vs_closed_loop import log, presets as base_presets, procedural_set  # noqa: E402
-from real_logs import base_parser, load_files, real_files  # noqa: E402
+from real_logs import REAL_TRAIN, base_parser, load_files, real_files, training_load_config  # noqa: E402
 
 PROFILES = ("full", "quick")
 EGO_KEYS = ("failure_rate", "collision_rate", "offroad_rate", "raw_failure_rate", "progress_ratio")
 AGENT_KEYS = ("num_agents", "collision_rate", "offroad_rate", "collision_offroad_rate", "route_completion",
               "goal_rate", "raw_collision_rate", "raw_offroad_rate")
-SELFPLAY = ("selfplay_bc", "selfplay_apg", "selfplay_apg_bc")
+SELFPLAY = ("selfplay_bc", "selfplay_apg", "selfplay_apg_bc", "selfplay_ft")
 EGO_BASELINES = ("bc", "apg_procedural")  # exported by experiments/real_logs.py
 
 
-def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_coef: float = 1.0) -> dict:
-    """The runs of `profile`: "selfplay_bc", "selfplay_apg" (from it) and "selfplay_apg_bc" (from it, with
-    `APG.bc_coef`), every vehicle driven by the policy (`env.controlled="vehicles"`)."""
+def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_coef: float = 1.0,
+            ft_preset: str = "closed_loop_safety", real_weight: float = 0.5) -> dict:
+    """The runs of `profile`: "selfplay_bc", "selfplay_apg" (from it), "selfplay_apg_bc" (from it, with
+    `APG.bc_coef`) and "selfplay_ft" (from "selfplay_apg_bc", same `bc_coef`, `ft_preset` rewards, on
+    `procedural@(1-real_weight),gpudrive-train-split@real_weight`), every vehicle driven by the policy
+    (`env.controlled="vehicles"`)."""
     from jaxloop.config import APG, BC, EnvSettings
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
@@ -71,7 +77,10 @@ def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_
     apg = dataclasses.replace(bc, algo=APG(), steps=apg_steps, lr_decay_steps=apg_steps, learning_rate=3e-4,
                               batch_size=8 if full else 2)
     apg_bc = dataclasses.replace(apg, algo=APG(bc_coef=bc_coef))
-    return {"selfplay_bc": bc, "selfplay_apg": apg, "selfplay_apg_bc": apg_bc}
+    mixture = f"{data.source}@{1 - real_weight:g},{REAL_TRAIN}@{real_weight:g}"
+    ft = dataclasses.replace(apg_bc, data=dataclasses.replace(data, source=mixture),
+                             env=dataclasses.replace(env, reward_preset=ft_preset))
+    return {"selfplay_bc": bc, "selfplay_apg": apg, "selfplay_apg_bc": apg_bc, "selfplay_ft": ft}
 
 
 def selfplay_rates(run: str, sets: dict, seed: int) -> dict:
@@ -156,8 +165,8 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
     """(target, measured, met / missed) of issue 21 item 6 and issue 22's self-play targets."""
     out = []
     sp, ego, real = res.get("selfplay", {}), res.get("ego", {}), res.get("realism", {})
-    for name in ("selfplay_apg", "selfplay_apg_bc"):
-        for s in ("test", "real"):
+    for name in ("selfplay_apg", "selfplay_apg_bc", "selfplay_ft"):
+        for s in ("test", "real_holdout", "real"):
             r = sp.get(name, {}).get(s)
             if r:
                 out.append((f"{name} self-play on {s}: per-agent at-fault collision+offroad <= 2%",
@@ -174,7 +183,7 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
                             f"{r['failure_rate']:.3f} vs {b['failure_rate']:.3f} (progress {r['progress_ratio']:.3f} "
                             f"vs {b['progress_ratio']:.3f})", "met" if ok else "missed"))
     idm, cv = real.get("idm"), real.get("constant_velocity")
-    for name in ("selfplay_apg", "selfplay_apg_bc"):
+    for name in SELFPLAY[1:]:
         r = real.get(name)
         if r and idm:
             out.append((f"{name} realism >= IDM (18 real scenes)",
@@ -204,7 +213,10 @@ def to_markdown(res: dict) -> str:
              f"Seed: {res['seed']}; reward preset `{res['preset']}`; bc_coef {res['bc_coef']}  ",
              f"Machine: {res['machine']}  ", f"Wall time: {res['wall_s'] / 60:.1f} min"
              + ("" if res.get("complete") else " (incomplete: stages below are what finished)"), "",
-             "Rates are at fault unless raw (the gate's definitions). Real = the 18 GPUDrive JSON WOMD scenes.", ""]
+             "Rates are at fault unless raw (the gate's definitions). real = the 18 GPUDrive JSON WOMD scenes; "
+             "real_holdout = the 6 of them `experiments/real_logs.py` holds out (selfplay_ft is fine-tuned on the "
+             "other 12). Self-play controls the agents that start farther than the goal radius from their goal "
+             "(`jaxloop.sim.env.controlled_mask`); the others (parked) follow the log.", ""]
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {ok} |" for t, m, ok in targets(res)] + [""]
     if res.get("selfplay"):
@@ -258,10 +270,12 @@ def to_markdown(res: dict) -> str:
 def main(argv=None) -> dict:
     parser = base_parser(__doc__, "reward preset of the self-play APG runs", PROFILES)
     parser.add_argument("--bc-coef", type=float, default=1.0, help="APG.bc_coef of the regularised run")
+    parser.add_argument("--ft-preset", default="closed_loop_safety", help="reward preset of the real fine-tuning run")
+    parser.add_argument("--real-weight", type=float, default=0.5, help="real scenes' share of the fine-tuning batches")
     parser.add_argument("--rollouts", type=int, default=None, help="realism rollouts per scene")
     parser.add_argument("--stages", default="train,selfplay,ego,realism,render")
     args = parser.parse_args(argv)
-    cfgs = presets(args.profile, args.seed, args.preset, args.bc_coef)
+    cfgs = presets(args.profile, args.seed, args.preset, args.bc_coef, args.ft_preset, args.real_weight)
     full = args.profile == "full"
     rollouts = args.rollouts or (16 if full else 2)
     stages = set(args.stages.split(","))
@@ -279,6 +293,7 @@ def main(argv=None) -> dict:
     dev = jax.devices()[0]
     res = {"command": " ".join(["python", "experiments/selfplay.py"] + list(argv if argv is not None else sys.argv[1:])),
            "seed": args.seed, "profile": args.profile, "preset": args.preset, "bc_coef": args.bc_coef,
+           "ft_preset": args.ft_preset, "real_weight": args.real_weight,
            "machine": f"{dev.platform} ({os.cpu_count()} cores, shared with other jobs), jax {jax.__version__}",
            "experiments": {n: to_dict(e) for n, e in cfgs.items()}, "realism_rollouts": rollouts,
            "realism_note": "", "notes": [], "complete": False}
@@ -298,23 +313,34 @@ def main(argv=None) -> dict:
     files = sorted(sum(real_files(), []))
     real = load_files(files if full else files[:3])
     sets = {"test": test, "real": real}
+    held = real_files()[1]  # the 6 real scenes no fine-tuning sees
+    sets = {"test": sets["test"], "real_holdout": load_files(held if full else held[:1]), "real": sets["real"]}
 
     if "train" in stages:
         train = procedural_set(train_spec)
         res["training"] = {}
-        for name, init in (("selfplay_bc", None), ("selfplay_apg", "selfplay_bc"), ("selfplay_apg_bc", "selfplay_bc")):
+        from jaxloop.data.mixture import mix, parse_weight
+        real_train = load_files(real_files()[0] if full else real_files()[0][:2], training_load_config())
+        loaded = {train_spec: train, REAL_TRAIN: real_train}
+        mixture = mix([(spec, *loaded[spec], w) for spec, w in map(parse_weight, cfgs["selfplay_ft"].data.source
+                                                                      .split(","))])
+        for name, init in (("selfplay_bc", None), ("selfplay_apg", "selfplay_bc"), ("selfplay_apg_bc", "selfplay_bc"),
+                           ("selfplay_ft", "selfplay_apg_bc")):
             log(f"training {name}" + (f" from {init}" if init else ""))
-            s = run(cfgs[name], train[0], str(runs / name), init_from=str(runs / init) if init else None,
+            ft = name == "selfplay_ft"
+            s = run(cfgs[name], mixture if ft else train[0], str(runs / name),
+                    init_from=str(runs / init) if init else None,
                     log_every=10 if name != "selfplay_bc" else 50, ckpt_every=100, progress=False,
-                    use_tensorboard=False, run_info={"data": train_spec})
+                    use_tensorboard=False, run_info={"data": json.dumps(mixture.describe()) if ft else train_spec})
             rows = [r for r in read_jsonl(runs / name / "logs") if r.get("loss") is not None]
             s = {k: s[k] for k in ("final_step", "steps", "wall_s", "env_steps_per_s", "skipped_updates")}
             s.update(final_loss=rows[-1]["loss"] if rows else None, first_loss=rows[0]["loss"] if rows else None,
                      **{k: rows[-1][k] for k in ("apg_loss", "bc_loss", "ade", "ended_frac") if rows and k in rows[-1]})
+            s["data"] = mixture.describe() if ft else train_spec
             res["training"][name] = s
             export(str(runs / name), str(out / "policies" / (name if full else f"{name}_{args.profile}")))
             save()
-        del train
+        del train, real_train, mixture
 
     if "selfplay" in stages:
         res["selfplay"] = {}
@@ -350,6 +376,12 @@ def main(argv=None) -> dict:
             log(f"rendering {name}")
             res["renders"][name] = render_failure(str(runs / name), test_spec, failed, test[1],
                                                   out / f"selfplay_{name}{'' if full else '_' + args.profile}")
+            save()
+        for name in ("selfplay_apg_bc", "selfplay_ft"):  # the same held-out real scene, before / after fine-tuning
+            log(f"rendering {name} on a held-out real scene")
+            res["renders"][f"{name}_real"] = render_failure(
+                str(runs / name), str(held[0]), [], load_files(held[:1])[1],
+                out / f"selfplay_{name}_real{'' if full else '_' + args.profile}")
             save()
 
     res["complete"] = True
