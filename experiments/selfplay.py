@@ -352,7 +352,8 @@ def main(argv=None) -> dict:
     if "ego" in stages:
         res["ego"] = {}
         for name in EGO_BASELINES + SELFPLAY[1:]:
-            path = out / "policies" / name if name in EGO_BASELINES else runs / name
+            # A self-play run, or its exported policy when the run is not here (runs/ is not committed).
+            path = out / "policies" / name if name in EGO_BASELINES or not (runs / name).is_dir() else runs / name
             log(f"(b) as the ego: {name}")
             res["ego"][name] = ego_rates(name, path, sets, args.seed)
             save()

@@ -379,3 +379,33 @@ def test_gate_with_policy_traffic_names_it(tiny_run, tiny_export, tmp_path, monk
     assert f"{traffic} traffic" in out.with_suffix(".md").read_text()
     with pytest.raises(ValueError, match="--non-ego"):
         cli.run_gate(candidate="expert", data="toy:2", non_ego="bogus", out=str(out))
+
+
+def test_a_self_play_policy_as_the_ego_sees_its_own_logged_path_as_its_route():
+    # Self-play trains every agent, the ego too, on its own logged path as its route (ending at its goal);
+    # the committed self-play export driving the ego alone must see that route, not the scenario's (which
+    # runs on past the logged goal): its action is the artefact's on the ego's row of agent_features.
+    from jaxloop.io.policies import agent_features, ego_features, load_exported_call, load_policy, trained_on_own_path
+    from jaxloop.policy.observation import features, flatten
+    path = pathlib.Path(__file__).parents[1] / "experiments" / "results" / "policies" / "selfplay_apg"
+    if not (path / "metadata.json").is_file():
+        pytest.skip(f"{path} is not in this checkout")
+    policy, config = load_policy(str(path))
+    assert trained_on_own_path(config) and not trained_on_own_path(tiny_config("bc"))
+    call, _ = load_exported_call(str(path))
+    from jaxloop.data.toy import make_toy_scenario
+    sc = make_toy_scenario()
+
+    @jax.jit
+    def run(sc):
+        state = Env(config.env_config()).reset(sc, jax.random.key(0))
+        ego = sc.object_metadata.sdc_index
+        own = flatten(jax.tree.map(lambda a: a[0], agent_features(sc, state, ego[None], config.obs)))
+        return (own, flatten(features(sc, state, ego, config.obs)),
+                flatten(ego_features(sc, state, config.obs, own_path=True)),
+                policy(sc, state, jax.random.key(1)), call(own[None])[0])
+
+    own, scen, via_helper, action, own_action = jax.device_get(run(sc))
+    np.testing.assert_allclose(via_helper, own, rtol=1e-6)
+    assert not np.allclose(own, scen)  # the two routes differ on this scene
+    np.testing.assert_allclose(action, own_action, rtol=1e-5, atol=1e-6)

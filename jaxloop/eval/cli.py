@@ -48,14 +48,15 @@ def resolve_policy_spec(spec: str, env: EnvConfig, flag: str = "--policy") -> tu
         return spec, env, spec
     path = pathlib.Path(spec)
     from jaxloop.io.export import METADATA_FILE
-    from jaxloop.io.policies import load_params, load_policy, make_policy_fn
+    from jaxloop.io.policies import load_params, load_policy, make_policy_fn, trained_on_own_path
     controlled = "sdc"
     if (path / METADATA_FILE).is_file():  # an exported policy drives the ego
         policy, experiment = load_policy(path)
     else:
         graphdef, params, experiment = load_params(path)
         controlled = run_controlled(experiment)
-        policy = make_policy_fn(graphdef, params, experiment.obs, controlled=controlled)
+        policy = make_policy_fn(graphdef, params, experiment.obs, controlled=controlled,
+                                own_path=trained_on_own_path(experiment))
     policy_env = dataclasses.replace(experiment.env_config(), non_ego_agent=env.non_ego_agent,
                                      init_steps=env.init_steps, controlled=controlled)
     return policy, policy_env, _run_label(path)

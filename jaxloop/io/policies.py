@@ -64,17 +64,38 @@ def agent_features(scenario: Scenario, state: SimState, observers: jax.Array, ob
     return jax.vmap(one)(observers)
 
 
+def ego_features(scenario: Scenario, state: SimState, obs_config: ObsConfig, own_path: bool = False) -> Features:
+    """The ego's features: its route is the scenario's, or with `own_path` its own logged path.
+
+    A self-play run (`env.controlled` "vehicles" / "all") trained every agent, the ego
+    included, on its own logged path as its route (`agent_features`): a route that ends at
+    the agent's goal. Its network driving the ego alone must see the route it was trained
+    on (`trained_on_own_path`): the scenario's route runs on past the logged goal (2.6x
+    the logged path on procedural `test`), which such a policy reads as a road with no end.
+    """
+    ego = scenario.object_metadata.sdc_index
+    if own_path:
+        return jax.tree.map(lambda a: a[0], agent_features(scenario, state, ego[None], obs_config))
+    return features(scenario, state, ego, obs_config)
+
+
+def trained_on_own_path(config: Experiment) -> bool:
+    """Whether `config`'s policy saw its own logged path as its route in training (a self-play run)."""
+    return config.env.controlled != "sdc"
+
+
 def make_policy_fn(model_graphdef: nnx.GraphDef, params: nnx.State, obs_config: ObsConfig,
-                   deterministic: bool = True, controlled: str = "sdc") -> PolicyFn:
+                   deterministic: bool = True, controlled: str = "sdc", own_path: bool = False) -> PolicyFn:
     """A rollout policy from a model's graph definition and parameters.
 
     deterministic: `tanh(mean)`; otherwise a tanh-Gaussian sample drawn with `key`.
+    own_path: the ego (`controlled="sdc"`) sees its own logged path as its route (`ego_features`).
     """
 
     def policy(scenario: Scenario, state: SimState, key: jax.Array) -> jax.Array:
         model = nnx.merge(model_graphdef, params)
         if controlled == "sdc":
-            out = model(features(scenario, state, scenario.object_metadata.sdc_index, obs_config))
+            out = model(ego_features(scenario, state, obs_config, own_path))
         else:
             observers = jnp.arange(state.current.x.shape[-1])
             out = model(agent_features(scenario, state, observers, obs_config))
@@ -149,7 +170,8 @@ def policy_from_params(config: Experiment, params: nnx.State, deterministic: boo
     The policy emits normalised actions: roll it out in `Env(config.env_config())`.
     """
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, jax.random.PRNGKey(0))))
-    return make_policy_fn(graphdef, params, config.obs, deterministic, controlled)
+    return make_policy_fn(graphdef, params, config.obs, deterministic, controlled,
+                          own_path=trained_on_own_path(config))
 
 
 def config_from_checkpoint(ckpt_dir: str | os.PathLike) -> Experiment:
@@ -182,7 +204,8 @@ def load_policy_from_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = 
     The policy emits normalised actions: roll it out in `Env(config.env_config())`.
     """
     graphdef, params, config = load_params(ckpt_dir, step=step)
-    return make_policy_fn(graphdef, params, config.obs, deterministic, controlled), config
+    return make_policy_fn(graphdef, params, config.obs, deterministic, controlled,
+                          own_path=trained_on_own_path(config)), config
 
 
 def batch_polymorphic_call(call: Any) -> Any:
@@ -256,14 +279,16 @@ def load_exported_policy(export_dir: str | os.PathLike) -> tuple[PolicyFn, Exper
 
     The policy computes the observation features in jaxloop, flattens them and calls the
     exported StableHLO function (deterministic action in [-1, 1]), so an evaluation of it
-    checks exactly what a deployment would run.
+    checks exactly what a deployment would run. A self-play export sees its own logged
+    path as the ego's route (`ego_features`), as in its training.
     """
     from jaxloop.policy.observation import flatten
     call, config = load_exported_call(export_dir)
+    own_path = trained_on_own_path(config)
 
     def policy(scenario: Scenario, state: SimState, key: jax.Array) -> jax.Array:
         del key
-        flat = flatten(features(scenario, state, scenario.object_metadata.sdc_index, config.obs))
+        flat = flatten(ego_features(scenario, state, config.obs, own_path))
         return call(flat[None])[0]
 
     return policy, config

@@ -270,9 +270,10 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
     docstring), and a description of how it drives."""
     from jaxloop.policy import networks
     from jaxloop.policy.observation import features as obs_features, flatten
-    from jaxloop.io.policies import load_policy
+    from jaxloop.io.policies import load_policy, trained_on_own_path
 
     _, train_config = load_policy(path)
+    own_path = trained_on_own_path(train_config)
     obs_config = train_config.obs
     env_config = dataclasses.replace(train_config.env_config(), init_steps=config.init_steps, controlled="sdc",
                                      non_ego_agent="log", grad_through_agents=False)
@@ -317,10 +318,12 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
         params = sample_idm_params(key_params, config.idm_params, config.idm_spread, n)
         sdc = scenario.object_metadata.sdc_index
         slot_routes = jax.tree.map(lambda r: r[slots], routes)
-        # The ego keeps the scenario's own route, as in training.
-        slot_routes = jax.tree.map(lambda r, own: jnp.where(
-            (slots == sdc).reshape((-1,) + (1,) * (r.ndim - 1)), jnp.broadcast_to(_fit(own, r.shape[1:]), r.shape),
-            r), slot_routes, scenario.route)
+        # The ego sees the route it was trained on: the scenario's for an ego-only run, its
+        # own logged path for a self-play run (`io.policies.ego_features`).
+        if not own_path:
+            slot_routes = jax.tree.map(lambda r, own: jnp.where(
+                (slots == sdc).reshape((-1,) + (1,) * (r.ndim - 1)), jnp.broadcast_to(_fit(own, r.shape[1:]), r.shape),
+                r), slot_routes, scenario.route)
 
         def policy(sc, st, k):
             view = lambda obs, route: obs_features(sc.replace(route=route), st, obs, obs_config)
