@@ -54,8 +54,8 @@ from jaxloop.realism import likelihood as lk
 from jaxloop.io.logging import finite_or_none as _finite
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.compute import compiler_options
-from jaxloop.sim.datatypes import TYPE_VEHICLE, Route, Scenario
-from jaxloop.sim.env import Env, EnvConfig
+from jaxloop.sim.datatypes import Route, Scenario, trajectory_at
+from jaxloop.sim.env import Env, EnvConfig, controlled_mask
 from jaxloop.sim.rollout import rollout
 
 AGENT_MODELS = ("log", "constant_velocity", "idm", "log_resampled")
@@ -172,14 +172,12 @@ def policy_slots(scenario: Scenario, init_steps: int, num: int,
     the SDC first, then the vehicles valid at the current step nearest to it that have somewhere to go; the rest
     pad with other objects (not driven).
 
-    "Somewhere to go" is self-play's controllable rule (`jaxloop.sim.metrics.paths.goal_far`, GPUDrive's):
+    "Somewhere to go" is self-play's controllable rule (`jaxloop.sim.env.controlled_mask`, GPUDrive's):
     the object's position at the current step is farther than GOAL_RADIUS from its last logged position. A
     parked vehicle is left to the sampled IDM, which along its (sub-GOAL_RADIUS) logged path holds it
     (nearly) still, as the log does; a noisy policy would make it drift. `control_parked` restores the
     nearest-vehicles-regardless rule.
     """
-    from jaxloop.sim.metrics.paths import goal_far
-
     meta, log = scenario.object_metadata, scenario.log_trajectory
     t0 = init_steps - 1
     n = int(np.shape(log.x)[0])
@@ -187,10 +185,9 @@ def policy_slots(scenario: Scenario, init_steps: int, num: int,
     sdc = int(np.argmax(np.asarray(meta.is_sdc)))
     valid0 = np.asarray(log.valid)[:, t0]
     x, y = np.asarray(log.x)[:, t0], np.asarray(log.y)[:, t0]
-    vehicle = valid0 & (np.asarray(meta.object_types) == TYPE_VEHICLE)
-    if not control_parked:
-        sc = jax.tree.map(jnp.asarray, scenario)
-        vehicle &= np.asarray(goal_far(sc, jnp.stack([jnp.asarray(x), jnp.asarray(y)], -1)))
+    sc = jax.tree.map(jnp.asarray, scenario)  # self-play's own rule: the objects it controls
+    vehicle = valid0 & np.asarray(controlled_mask(sc, "vehicles", trajectory_at(sc.log_trajectory, t0),
+                                                  control_parked))
     vehicle[sdc] = False
     dist = np.where(vehicle, np.hypot(x - x[sdc], y - y[sdc]), np.inf)
     order = [int(i) for i in np.argsort(dist, kind="stable") if np.isfinite(dist[i])]
