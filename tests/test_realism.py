@@ -205,3 +205,36 @@ def test_parked_vehicle_is_not_policy_driven():
     assert slots.tolist()[:2] == [0, 2] and driven.tolist() == [True, True, False]
     slots, _ = policy_slots(sc, INIT, 2, control_parked=True)
     assert slots.tolist() == [0, 1]
+
+
+def test_policy_view_is_the_training_view():
+    # Ego: 1 m/step, stopping at x = 22 (its goal); object 1: 1 m/step from x = 30, stopping at x = 52, one lane
+    # over. At the current step (t = 10) both are 12 m from their goals, so on their own logged paths the route
+    # waypoints at 5 and 10 m ahead are valid and the four beyond (15 .. 30 m) are not: 2 of 6 (a route
+    # extended 20 m past the goal would give all 6). An ego-only run's ego sees the scenario's route (its log
+    # extended 30 m: 42 m left, all 6 valid), as in its training.
+    from jaxloop.io.policies import agent_features, ego_features
+    from jaxloop.policy.observation import ObsConfig
+    from jaxloop.realism.evaluate import policy_slots, policy_view
+    from jaxloop.sim.env import Env, EnvConfig
+    t = np.arange(T, dtype=np.float64)
+    tracks = [dict(x=np.minimum(t, 22.0), y=np.zeros(T)), dict(x=30.0 + np.minimum(t, 22.0), y=np.full(T, 3.5))]
+    route = np.stack([np.arange(53.0), np.zeros(53)], -1)  # the ego's logged path, then 30 m on
+    sc = jax.tree.map(jnp.asarray, make_track_scenario(tracks, route_xy=route))
+    slots, driven = policy_slots(sc, INIT, 2)
+    assert slots.tolist() == [0, 1] and driven.all()
+    state = Env(EnvConfig(init_steps=INIT, controlled="sdc", non_ego_agent="log")).reset(sc, jax.random.key(0))
+    obs = ObsConfig()
+
+    @jax.jit
+    def views(sc, state, slots):  # one compile: both views and the training functions they must equal
+        return (policy_view(sc, state, slots, obs, True), policy_view(sc, state, slots, obs, False),
+                agent_features(sc, state, slots, obs), ego_features(sc, state, obs, own_path=False))
+
+    selfplay, ego_only, agents, ego = views(sc, state, jnp.asarray(slots))
+    assert np.sum(selfplay.route_valid, -1).tolist() == [2, 2]
+    assert np.sum(ego_only.route_valid, -1).tolist() == [6, 2]
+    same = lambda a, b: jax.tree.map(np.testing.assert_array_equal, a, b)
+    same(selfplay, agents)
+    same(jax.tree.map(lambda a: a[0], ego_only), ego)
+    same(jax.tree.map(lambda a: a[1:], ego_only), jax.tree.map(lambda a: a[1:], agents))

@@ -22,8 +22,11 @@ Traffic models (`RealismConfig.agents`):
   directory). An ego-only policy sees the world through the per-object ego-centric
   observation, so it drives the SDC and the `policy_objects - 1` vehicles nearest to it
   that have somewhere to go (start farther than GOAL_RADIUS from their goal, self-play's
-  controllable rule), each with its own logged path as its route (as the ego's route is
-  its logged path); parked vehicles, pedestrians, cyclists and farther vehicles are
+  controllable rule), each seeing what the training and evaluation actors show it
+  (`policy_view`): a vehicle that is not the ego its own logged path as its route
+  (`io.policies.agent_features`, as self-play trains), the ego the route it was trained
+  on (`io.policies.ego_features`: its own logged path for a self-play run, the
+  scenario's route for an ego-only run); parked vehicles, pedestrians, cyclists and farther vehicles are
   sampled IDM (which holds a parked car still along its short logged path). A checkpoint's actions are
   sampled from its tanh-Gaussian head; an exported policy is deterministic, so Gaussian
   noise of `policy_noise` (normalised action units) is added to its actions;
@@ -54,7 +57,7 @@ from jaxloop.realism import likelihood as lk
 from jaxloop.io.logging import finite_or_none as _finite
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.compute import compiler_options
-from jaxloop.sim.datatypes import Route, Scenario, trajectory_at
+from jaxloop.sim.datatypes import Scenario, SimState, trajectory_at
 from jaxloop.sim.env import Env, EnvConfig, controlled_mask
 from jaxloop.sim.rollout import rollout
 
@@ -138,34 +141,6 @@ def sample_idm_params(key: jax.Array, base: agents_lib.AgentParams, spread: IdmS
 # ----------------------------------------------------------------------------- host-side scene preparation
 
 
-def object_routes(scenario: Scenario, extend_m: float = 20.0) -> Route:
-    """Every object's logged path as a route `[N, T + 1]` (host numpy, one scene): its valid logged positions
-    in time order, extended `extend_m` straight ahead; objects with under two valid steps get an invalid route."""
-    log = scenario.log_trajectory
-    x, y, valid = (np.asarray(a) for a in (log.x, log.y, log.valid))
-    n, t = x.shape
-    xy = np.zeros((n, t + 1, 2), np.float32)
-    ok = np.zeros((n, t + 1), bool)
-    for i in range(n):
-        pts = np.stack([x[i][valid[i]], y[i][valid[i]]], -1)
-        if len(pts) < 2:
-            continue
-        step = pts[-1] - pts[-2]
-        for j in range(len(pts) - 2, -1, -1):  # the last moving direction
-            step = pts[-1] - pts[j]
-            if np.hypot(*step) > 0.5:
-                break
-        norm = np.hypot(*step)
-        ext = pts[-1] + (step / norm * extend_m if norm > 1e-6 else 0.0)
-        pts = np.concatenate([pts, ext[None]], 0)
-        xy[i, :len(pts)] = pts
-        xy[i, len(pts):] = pts[-1]
-        ok[i, :len(pts)] = True
-    seg = np.linalg.norm(np.diff(xy, axis=1), axis=-1) * (ok[:, 1:] & ok[:, :-1])
-    arc = np.concatenate([np.zeros((n, 1)), np.cumsum(seg, 1)], 1).astype(np.float32)
-    return Route(xy=xy, arc_length=arc, valid=ok)
-
-
 def policy_slots(scenario: Scenario, init_steps: int, num: int,
                  control_parked: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Unique object indices `[M]` (M = min(num, N)) and which of them the policy drives `[M]` (host numpy):
@@ -199,11 +174,30 @@ def policy_slots(scenario: Scenario, init_steps: int, num: int,
     return slots, driven
 
 
+def policy_view(scenario: Scenario, state: SimState, slots: jax.Array, obs_config, own_path: bool):
+    """Features `[M, ...]` of the policy-driven slots `[M]` (`policy_slots`: slot 0 is the SDC), as in training.
+
+    The training and evaluation actors' own functions (`jaxloop.io.policies`): every
+    vehicle that is not the ego sees its own logged path as its route (`agent_features`,
+    what self-play trains on and `jaxloop eval --non-ego policy:RUN` drives with); the ego
+    sees `ego_features`: its own logged path for a self-play run (`own_path`,
+    `trained_on_own_path`), the scenario's route for an ego-only run, as each was trained.
+    """
+    from jaxloop.io.policies import agent_features, ego_features
+    if own_path:
+        return agent_features(scenario, state, slots, obs_config)
+    ego = ego_features(scenario, state, obs_config, own_path=False)
+    if slots.shape[0] == 1:
+        return jax.tree.map(lambda a: a[None], ego)
+    others = agent_features(scenario, state, slots[1:], obs_config)
+    return jax.tree.map(lambda e, o: jnp.concatenate([e[None], o], 0), ego, others)
+
+
 def prepare(scenarios: Scenario, config: RealismConfig, with_policy: bool = False) -> dict[str, Any]:
-    """Per-scene host inputs `[S, ...]`: evaluated objects, and (for a policy) slots and routes."""
+    """Per-scene host inputs `[S, ...]`: evaluated objects, and (for a policy) its slots."""
     num = int(np.shape(scenarios.log_trajectory.x)[0])
     one = lambda i: jax.tree.map(lambda a: np.asarray(a)[i], scenarios)
-    index, index_valid, slots, driven, routes = [], [], [], [], []
+    index, index_valid, slots, driven = [], [], [], []
     for i in range(num):
         sc = one(i)
         a, b = feats.evaluated_objects(sc, config.init_steps, config.max_evaluated)
@@ -213,12 +207,10 @@ def prepare(scenarios: Scenario, config: RealismConfig, with_policy: bool = Fals
             s, d = policy_slots(sc, config.init_steps, config.policy_objects, config.policy_parked)
             slots.append(s)
             driven.append(d)
-            routes.append(object_routes(sc))
     out = {"index": np.stack(index), "index_valid": np.stack(index_valid)}
     if with_policy:
         out["slots"] = np.stack(slots)
         out["driven"] = np.stack(driven)
-        out["routes"] = jax.tree.map(lambda *a: np.stack(a), *routes)
     return out
 
 
@@ -301,47 +293,25 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
                 return jnp.clip(a + config.policy_noise * jax.random.normal(key, a.shape), -1.0, 1.0)
             how = f"the checkpoint's mode + N(0, {config.policy_noise}²) action noise"
     how += (f"; drives the SDC and up to {config.policy_objects - 1} nearest vehicles (per-object ego-centric "
-            "observation, own logged path as route"
+            "observation, own logged path as route" + ("" if own_path else ", the SDC the scenario's route")
             + ("" if config.policy_parked else "; parked vehicles excluded") + "), the other objects sampled IDM")
 
     def one(scenario, aux, key):
         key_reset, key_params = jax.random.split(key)
         n = scenario.num_objects
-        slots, driven, routes = aux["slots"], aux["driven"], aux["routes"]
+        slots, driven = aux["slots"], aux["driven"]
         kind = jnp.full((n,), agents_lib.AGENT_IDM, jnp.int32)
         kind = kind.at[slots].set(jnp.where(driven, agents_lib.AGENT_POLICY, agents_lib.AGENT_IDM))
         state = env.reset(scenario, key_reset, agent_kind=kind, with_idm=True)
         state = state.replace(controlled=slots)
         params = sample_idm_params(key_params, config.idm_params, config.idm_spread, n)
-        sdc = scenario.object_metadata.sdc_index
-        slot_routes = jax.tree.map(lambda r: r[slots], routes)
-        # The ego sees the route it was trained on: the scenario's for an ego-only run, its
-        # own logged path for a self-play run (`io.policies.ego_features`).
-        if not own_path:
-            slot_routes = jax.tree.map(lambda r, own: jnp.where(
-                (slots == sdc).reshape((-1,) + (1,) * (r.ndim - 1)), jnp.broadcast_to(_fit(own, r.shape[1:]), r.shape),
-                r), slot_routes, scenario.route)
-
         def policy(sc, st, k):
-            view = lambda obs, route: obs_features(sc.replace(route=route), st, obs, obs_config)
-            feat = jax.vmap(view)(st.controlled, slot_routes)
-            return act(feat, k)
+            return act(policy_view(sc, st, st.controlled, obs_config, own_path), k)
 
         _, out = rollout(env, scenario, state, policy, horizon, params=params)
         return _future_poses(out.states)
 
     return one, how
-
-
-def _fit(a: jax.Array, shape: tuple) -> jax.Array:
-    """`a` padded (repeating its last entry, or False for a bool mask) or cut to `shape[0]` along axis 0."""
-    k = shape[0]
-    if a.shape[0] >= k:
-        return a[:k]
-    pad = jnp.repeat(a[-1:], k - a.shape[0], 0)
-    if a.dtype == jnp.bool_:
-        pad = jnp.zeros_like(pad)
-    return jnp.concatenate([a, pad], 0)
 
 
 def resampled_log_fn(config: RealismConfig, horizon: int) -> Callable:
@@ -465,7 +435,7 @@ def aggregate(rows: Sequence[dict]) -> dict[str, float]:
 
 
 def resolve_model(agents: str, config: RealismConfig, horizon: int) -> tuple[Callable, str, bool]:
-    """(one-rollout function, description, whether it needs policy slots / routes)."""
+    """(one-rollout function, description, whether it needs policy slots)."""
     if agents.startswith("policy:"):
         path = agents[len("policy:"):]
         if not os.path.exists(path):
