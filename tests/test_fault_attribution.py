@@ -238,3 +238,83 @@ def test_surrogates_skip_only_what_the_log_holds():
     pen = lambda s: float(m.overlap_surrogate(s, 0, exempt=m.inherited_contacts(s, log, 0, RECORDED)))
     assert pen(log) == 0.0  # replaying the logged overlap: no push
     assert pen(_objs([(1.5, 0, 0, 10.0), (3.9, 0, 0, 5.0)])) > 1.0  # 1.6 m deep, off the log: pushed
+
+
+# ---------------------------------------------------------------- offroad: objects that start off the mapped road
+
+OFF_H = 30  # closed-loop steps
+ONROAD, DRIVEWAY, LEAVES, REJOINS = range(4)
+
+
+def _start_off_tracks():
+    """Logs and planned (simulated) poses `[T]` of four cars on the toy road (edges at y = -1.75 and 5.25, so a
+    2 m wide car is wholly on the road for y in [-0.75, 4.25] and wholly off it below y = -2.75). Logs: ONROAD
+    at 10 m/s on y = 0; DRIVEWAY and REJOINS at 2 m/s on y = -5 (a driveway outside the mapped edges); LEAVES
+    at 10 m/s on y = 3.5. Plans, k = t - 10 closed-loop steps: DRIVEWAY drifts 0.1 m/step to y = -7 (2 m off its
+    log, still off the road); LEAVES drifts 0.1 m/step to y = 6 (its top corners off from y = 4.25, 1 m from its
+    log at k = 10); REJOINS drives onto the road (y = -5 + 0.55 k to y = 0.5 at k = 10), stays there to k = 20,
+    then leaves for y = -6.5 (k = 26 on: 1.5 m from its log, wholly off)."""
+    t = np.arange(11 + OFF_H, dtype=np.float64)
+    k = np.maximum(t - 10, 0)
+    log = {ONROAD: (10.0 * t * DT, np.zeros_like(t)), DRIVEWAY: (60.0 + 2.0 * t * DT, np.full_like(t, -5.0)),
+           LEAVES: (120.0 + 10.0 * t * DT, np.full_like(t, 3.5)), REJOINS: (180.0 + 2.0 * t * DT, np.full_like(t, -5.0))}
+    plan = dict(log)
+    plan[DRIVEWAY] = (log[DRIVEWAY][0], -5.0 - np.minimum(0.1 * k, 2.0))
+    plan[LEAVES] = (log[LEAVES][0], 3.5 + np.minimum(0.1 * k, 2.5))
+    y = np.where(k <= 10, -5.0 + 0.55 * k, np.where(k <= 20, 0.5, np.maximum(0.5 - 1.4 * (k - 20), -6.5)))
+    plan[REJOINS] = (log[REJOINS][0], y)
+    return log, plan
+
+
+def _start_off_episodes():
+    """The four cars in three scenes, the SDC (object 0) in turn ONROAD, DRIVEWAY and REJOINS, every car driven
+    along its plan (`StateDynamics`: the action is the next pose); ego and per-agent episode metrics."""
+    from jaxloop.sim.datatypes import stack_scenarios
+    from jaxloop.sim.dynamics import StateDynamics
+    from jaxloop.sim.env import EnvConfig
+    log, plan = _start_off_tracks()
+    orders = [[ONROAD, DRIVEWAY, LEAVES, REJOINS], [DRIVEWAY, ONROAD, LEAVES, REJOINS],
+              [REJOINS, ONROAD, DRIVEWAY, LEAVES]]
+    track = lambda xy: dict(x=xy[0], y=xy[1], yaw=np.zeros_like(xy[0]))
+    scenes = stack_scenarios([make_track_scenario([track(log[i]) for i in order]) for order in orders])
+
+    def poses(i):  # [T, 5] next-pose actions: x, y, yaw, vel_x, vel_y
+        x, y = plan[i]
+        return np.stack([x, y, 0 * x, np.gradient(x, DT), np.gradient(y, DT)], -1)
+
+    plans = jnp.asarray(np.stack([np.stack([poses(i) for i in order], 1) for order in orders]), jnp.float32)
+    env = Env(EnvConfig(controlled="vehicles", dynamics=StateDynamics(), non_ego_agent="log"))
+    config = m.MetricsConfig(per_agent=True)
+
+    @jax.jit
+    @jax.vmap
+    def go(sc, table):
+        policy = lambda scenario, state, key: table[state.timestep + 1]
+        _, out = rollout(env, sc, env.reset(sc, jax.random.key(0)), policy, OFF_H,
+                         extras_fn=lambda s, p, n, i: m.step_metrics(s, p, n, i, config=config))
+        return m.episode_metrics(sc, out), out.extras
+
+    return orders, jax.device_get(go(scenes, plans))
+
+
+def test_offroad_of_objects_that_start_off_the_mapped_road():
+    orders, (ep, extras) = _start_off_episodes()
+    for b, order in enumerate(orders):
+        by_car = lambda v: {car: float(np.asarray(v)[b][j]) for j, car in enumerate(order)}
+        raw, at_fault = by_car(ep["agent_raw_offroad"]), by_car(ep["agent_offroad"])
+        # Raw offroad is Waymax's: every car but ONROAD has a corner off the road.
+        assert raw == {ONROAD: 0.0, DRIVEWAY: 1.0, LEAVES: 1.0, REJOINS: 1.0}
+        # DRIVEWAY is 2 m from its log, off the road, at fault step by step, but never on the road: not charged.
+        # LEAVES started on the road and left it; REJOINS joined the road (k = 11 .. 20) and left it again.
+        assert at_fault == {ONROAD: 0.0, DRIVEWAY: 0.0, LEAVES: 1.0, REJOINS: 1.0}
+        step_fault = np.asarray(extras["agent_offroad_at_fault"])[b]  # [H, N]
+        assert step_fault[:, order.index(DRIVEWAY)].sum() >= 10  # the per-step rule alone would charge it
+        # REJOINS: at fault from the step it is wholly off again (y <= -2.75 at k = 23), not while pulling out.
+        assert np.flatnonzero(step_fault[:, order.index(REJOINS)] & (np.arange(OFF_H) >= 10)).min() + 1 >= 21
+        # The ego (object 0) by the same rule: its episode offroad is its per-agent row.
+        assert float(ep["offroad"][b]) == at_fault[order[0]] and float(ep["raw_offroad"][b]) == raw[order[0]]
+    # The steps the start rule exempts (the ego's diagnostic): the whole drift of DRIVEWAY as the ego; none on the
+    # road; for REJOINS as the ego only those before it joined the road (pulling out, k = 1 .. 10).
+    exempt = np.asarray(ep["offroad_start_exempt_steps"])
+    ego_steps = np.asarray(extras["ego_offroad_at_fault"]).sum(-1)
+    assert exempt[0] == 0 and exempt[1] == ego_steps[1] >= 10 and 0 < exempt[2] <= 10 < ego_steps[2]

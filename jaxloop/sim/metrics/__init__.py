@@ -53,7 +53,10 @@ contact is the ego's doing, so the at-fault layer leaves out:
   out of the lane are at fault.
 - offroad (`ego_offroad_corners`): a corner off the road is an artefact when the same
   corner of the logged ego box is off the road at the same step and the ego is within
-  1 m / 15 degrees of its logged pose.
+  1 m / 15 degrees of its logged pose. Per episode (`offroad_charged`), an ego or object
+  whose logged box is off the road at the episode's first step (a driveway, street
+  parking outside the mapped road edges) is not charged until it has been on the road
+  (every corner) at some step; from then on every at-fault step counts.
 Every exemption needs the ego to be where the log was, or stopped, or hit from behind
 or from the side in its lane: a policy that leaves the log to drive into something, or
 off the road, is at fault even where the log itself was noisy.
@@ -101,7 +104,7 @@ from jaxloop.sim.metrics.fault import (CONTACT_AT_FAULT, CONTACT_LATERAL, CONTAC
                                        CONTACT_REAR, CONTACT_STOPPED_EGO, IN_LANE_LATERAL, NEAR_LOG_DISTANCE,
                                        NEAR_LOG_YAW, STOPPED_SPEED, closed_in_from_behind, contact_classes, ego_in_lane,
                                        ego_offroad_corners, inherited_contacts, near_log, offroad_artefacts,
-                                       recorded_objects)
+                                       offroad_charged, recorded_objects, start_offroad)
 from jaxloop.sim.metrics.motion import (ACCEL_LIMIT, CURVATURE_LIMIT, OFF_ROUTE_DISTANCE, RED_LIGHT_LATERAL, TTC_CAP,
                                         TTC_THRESHOLD, WRONG_WAY_ANGLE, WRONG_WAY_LANE_RADIUS, WRONG_WAY_MIN_SPEED,
                                         ComfortLimits, comfort, inverse_bicycle_unclipped, kinematic_infeasibility,
@@ -161,10 +164,13 @@ def episode_metrics(scenario: Scenario, rollout_out, extras: dict | None = None,
     on any valid step) and raw_failure (either, or red light); the at-fault collision
     (some contact is at fault where it starts, or at a later step of a contact that began
     as the log's overlap) and offroad (a corner off the road
-    that is not an artefact, on a valid step) and failure (either, or red light);
+    that is not an artefact, on a valid step, once the ego has been on the road if its log
+    starts off it: `offroad_charged`) and failure (either, or red light);
     collision_pairs (pairs with an at-fault contact), exempt_{logged, stopped_ego,
     rear, lateral}_pairs (the other touched pairs, by the rule of their first contact),
-    offroad_artefact_steps (raw offroad steps that are all artefact); progress (m along the route), log_progress, progress_ratio,
+    offroad_artefact_steps (raw offroad steps that are all artefact),
+    offroad_start_exempt_steps (at-fault offroad steps before an ego that starts off the
+    road has been on it); progress (m along the route), log_progress, progress_ratio,
     ade, fde (ego log divergence), comfort (fraction of comfortable steps), ttc_min,
     score (see the module docstring; its multipliers use the at-fault collision and
     offroad); nonfinite (see below); and, when per-object overlap was computed,

@@ -17,7 +17,11 @@ is the ego's metric:
   the object's logged box is off the road at the same step while the object is near its
   logged pose), as `ego_offroad_corners` for the ego. Every object's 4 + 4 corners go
   through the culled all-object test (`road.offroad`, on zero-size boxes: one per
-  corner), which is exactly the brute-force definition the ego's test uses.
+  corner), which is exactly the brute-force definition the ego's test uses. Per
+  episode, as for the ego (`fault.offroad_charged`): an object whose logged box is off
+  the road at the episode's first step (a driveway, street parking outside the mapped
+  road edges) is not charged until it has been on the road (every corner) at some step;
+  from then on every at-fault step counts.
 - raw collision / offroad: any contact / any corner off the road (Waymax's metrics).
 - route completion and goal reached on the object's own logged path
   (`jaxloop.sim.metrics.paths`): with s_i the arc position on it,
@@ -49,7 +53,8 @@ from jaxloop.sim.datatypes import ObjectState, Scenario, SimState, trajectory_at
 from jaxloop.sim.geometry import segment_projection
 from jaxloop.sim.metrics.boxes import _corners
 from jaxloop.sim.metrics.fault import (CONTACT_AT_FAULT, CONTACT_LOGGED, CONTACT_NONE, IN_LANE_LATERAL,
-                                       contact_classes, ego_in_lane, near_log, recorded_objects)
+                                       contact_classes, ego_in_lane, near_log, offroad_charged, recorded_objects,
+                                       start_offroad)
 from jaxloop.sim.metrics.paths import GOAL_RADIUS, completion, goal_distance, log_paths, path_progress
 from jaxloop.sim.metrics.road import offroad
 
@@ -187,10 +192,12 @@ def agent_episode_metrics(scenario: Scenario, rollout_out, extras: dict | None =
         valid = x["agent_valid"]  # [H, N]
         collision = jax.vmap(lambda c: jnp.any(pair_at_fault(c)), in_axes=1)(contact)
         raw_collision = jnp.any(contact != CONTACT_NONE, axis=(0, 2))
-        off = jnp.any(x["agent_offroad_at_fault"] & valid, 0)
-        raw_off = jnp.any(x["agent_offroad"] & valid, 0)
-        states, logs = rollout_out.states, rollout_out.log_states
         start = trajectory_at(scenario.log_trajectory, rollout_out.timesteps[0] - 1)  # the initial state's log
+        raw_off_steps = x["agent_offroad"] & valid
+        off = jnp.any(offroad_charged(x["agent_offroad_at_fault"] & valid, valid & ~raw_off_steps,
+                                      start_offroad(start, scenario.roadmap)), 0)
+        raw_off = jnp.any(raw_off_steps, 0)
+        states, logs = rollout_out.states, rollout_out.log_states
         paths = log_paths(scenario)
         start_xy = jnp.stack([start.x, start.y], -1)
         end_xy, has_end = _last_valid_xy(states.x, states.y, states.valid)

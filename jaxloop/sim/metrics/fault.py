@@ -1,4 +1,12 @@
-"""Fault attribution: which contacts and offroad corners the ego is blamed for (see `jaxloop.sim.metrics`)."""
+"""Fault attribution: which contacts and offroad corners the ego is blamed for (see `jaxloop.sim.metrics`).
+
+Offroad is judged in two layers. Per step, a corner off the road is at fault unless it is
+an artefact (`ego_offroad_corners`: the logged box is off the road there too while the
+object is near its logged pose). Per episode, an object whose logged box is off the road
+at the episode's first step (a car in a driveway or on street parking the map's road edges
+do not cover) is not charged until it has been on the road, every corner on it, at some
+step of the rollout (`offroad_charged`); from then on every at-fault step counts.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ from jaxloop.sim import geometry as geo
 from jaxloop.sim.compute import cos_sin, materialize
 from jaxloop.sim.datatypes import SYNTHETIC_ID, ObjectState, RoadMap, Route, Scenario
 from jaxloop.sim.metrics.boxes import _corners, _separation, ego_separation, select_index, take_object
-from jaxloop.sim.metrics.road import _edges_near, edge_offroad
+from jaxloop.sim.metrics.road import _edges_near, edge_offroad, ego_offroad, offroad
 
 STOPPED_SPEED = 0.05  # m/s: below it an object is stopped (nuPlan's threshold)
 NEAR_LOG_DISTANCE = 1.0  # m: within it (and NEAR_LOG_YAW) an object is still at its logged pose
@@ -170,3 +178,33 @@ def offroad_artefacts(state: ObjectState, log_state: ObjectState, roadmap: RoadM
     testing only the four logged corners, for the surrogates)."""
     e, log_e = take_object(state, ego), take_object(log_state, ego)
     return edge_offroad(_corners(log_e), *_edges_near(e, roadmap, edge_cull)) & near_log(e, log_e)
+
+
+def start_offroad(log_start: ObjectState, roadmap: RoadMap, ego: jax.Array | None = None) -> jax.Array:
+    """Whether the logged box is off the road at the episode's first step: `[N]` (or `[]` for `ego`), the raw test.
+
+    `log_start` is every object's logged state at the step the episode starts from (the
+    initial state of the rollout). Raw offroad of the logged boxes (`road.offroad`, or
+    `road.ego_offroad` for the ego alone: the same corners against the same edges).
+    """
+    return offroad(log_start, roadmap) if ego is None else ego_offroad(log_start, roadmap, ego)
+
+
+def offroad_charged(at_fault: jax.Array, on_road: jax.Array, starts_off: jax.Array) -> jax.Array:
+    """`[H, ...]` bool: the at-fault offroad steps an object is charged with over one episode.
+
+    at_fault `[H, ...]`: the per-step at-fault offroad (a corner off the road that is not an
+    artefact); on_road `[H, ...]`: valid with every corner on the road (raw offroad false);
+    starts_off `[...]`: the logged box is off the road at the episode's first step
+    (`start_offroad`).
+
+    An object that starts off the mapped road (a driveway, street parking outside the road
+    edges: the map does not cover where it is) is not charged until it has been on the
+    road at some step of the rollout; from that step on the normal rule applies, so one
+    that joins the road and leaves it again is charged, and one that starts on the road
+    is charged as before. GPUDrive and PufferDrive count offroad as crossing a road edge,
+    so an agent that stays in an unmapped driveway is not offroad there either. The
+    exemption ends for good at the first step on the road: it cannot be re-earned.
+    """
+    joined = jnp.cumsum(on_road.astype(jnp.int32), axis=0) > 0
+    return at_fault & (~starts_off | joined)

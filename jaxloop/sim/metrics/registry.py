@@ -34,6 +34,13 @@ ego are the ego's; the episode gives agent_collision, agent_offroad, agent_raw_o
 agent_collision_offroad, agent_completion and agent_goal_reached `[N]`
 (`agents.agent_episode_metrics`: an agent whose pose turns non-finite collided, went
 offroad and reached nothing).
+
+The at-fault offroad entry is a step rule and an episode rule: its step value (the per-step
+at-fault corner, what rewards and termination read) is reduced by `fault.offroad_charged`,
+so an ego or object whose logged box starts off the road is charged only once it has been
+on the road; the per-agent episode value applies the same rule to every object. The raw
+offroad step outputs are unchanged (Waymax's), and the rule reads them (`ego_offroad`,
+`offroad`) rather than adding work to the per-step path.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ from jaxloop.sim.datatypes import Scenario, SimState, trajectory_at
 from jaxloop.sim.metrics import agents
 from jaxloop.sim.metrics.boxes import ego_separation, overlap, select_index, take_object
 from jaxloop.sim.metrics.fault import (CONTACT_AT_FAULT, CONTACT_NAMES, CONTACT_NONE, contact_classes,
-                                       ego_in_lane, ego_offroad_corners, recorded_objects)
+                                       ego_in_lane, ego_offroad_corners, offroad_charged, recorded_objects,
+                                       start_offroad)
 from jaxloop.sim.metrics.motion import (OFF_ROUTE_DISTANCE, TTC_CAP, TTC_THRESHOLD, ComfortLimits, comfort,
                                         kinematic_infeasibility, log_divergence, red_light_crossing, route_progress,
                                         time_to_collision, wrong_way)
@@ -601,6 +609,20 @@ def _pair_count(code: int):
     return lambda ep: jnp.sum(ep.pair_classes == code).astype(jnp.float32)
 
 
+def _offroad_steps(ep: EpisodeInputs, charged: bool) -> jax.Array:
+    """`[H]` bool: the ego's at-fault offroad steps it is charged with (`fault.offroad_charged`: one that starts
+    off the mapped road is not charged until it has been on the road), or with `charged=False` those the start
+    rule exempts."""
+    x, scenario = ep.extras, ep.scenario
+    if "ego_offroad" not in x:
+        raise ValueError("the offroad episode rule needs the raw offroad step output ego_offroad (entry raw_offroad)")
+    at_fault = x["ego_offroad_at_fault"] & ep.valid
+    log_start = trajectory_at(scenario.log_trajectory, ep.rollout_out.timesteps[0] - 1)
+    starts_off = start_offroad(log_start, scenario.roadmap, scenario.object_metadata.is_sdc)
+    kept = offroad_charged(at_fault, ep.valid & ~x["ego_offroad"], starts_off)
+    return kept if charged else at_fault & ~kept
+
+
 def _offroad_artefact_steps(ep: EpisodeInputs) -> jax.Array:
     x = ep.extras
     return jnp.sum(x["ego_offroad"] & ~x["ego_offroad_at_fault"] & ep.valid).astype(jnp.float32)
@@ -642,7 +664,7 @@ DEFAULT = Registry((
     Metric("offroad", key="offroad_at_fault", step=lambda s: s.agent_offroad_at_fault, per_object=True,
            per_object_flag="per_agent", object_key="agent_offroad_at_fault",
            ego_step=lambda s: s.offroad_corners[0] & jnp.any(s.offroad_corners[1] & ~s.offroad_corners[2]),
-           reduce="any", higher_is_better=False, event=True, summary=True, gate=GateSpec(limit="max_offroad_rate"),
+           reduce=lambda ep: jnp.any(_offroad_steps(ep, True)).astype(jnp.float32), higher_is_better=False, event=True, summary=True, gate=GateSpec(limit="max_offroad_rate"),
            reward_weight="offroad", object_name="agent_offroad", object_reduce=_agents("offroad")),
     # Raw (Waymax-compatible).
     Metric("raw_failure", reduce=_failure("raw_collision", "raw_offroad"), higher_is_better=False, event=True,
@@ -701,4 +723,6 @@ DEFAULT = Registry((
     Metric("collision_pairs", reduce=_pair_count(CONTACT_AT_FAULT), aggregate=False),
     *_exempt,
     Metric("offroad_artefact_steps", reduce=_offroad_artefact_steps, aggregate=False),
+    Metric("offroad_start_exempt_steps", reduce=lambda ep: jnp.sum(_offroad_steps(ep, False)).astype(jnp.float32),
+           aggregate=False),
 ))
