@@ -41,6 +41,22 @@ def test_expert_has_no_failures_and_reports_families(toy_set):
     assert "| all |" in md and "| straight |" in md
 
 
+def test_expert_is_never_at_fault_on_the_real_scenes(shared_data):
+    # The 18 real JSON scenes hold label noise (logged boxes that overlap, a logged SDC
+    # partly off the mapped road): the raw metrics see it, the at-fault ones must not
+    # blame the log replay for any of it.
+    from jaxloop.data import open_dataset
+    from jaxloop.data.formats import init_steps_of
+    from jaxloop.sim.env import EnvConfig
+    data = str(shared_data / "gpudrive")
+    scenarios = open_dataset(data, num_objects=128, select="nearest")
+    env = EnvConfig(non_ego_agent="log", init_steps=init_steps_of(scenarios.infos, data))
+    agg = evaluate("expert", scenarios, scenarios.infos, EvalConfig(env=env, batch_size=18)).aggregate
+    assert agg["num_scenarios"] == 18
+    assert agg["failure_rate"] == 0.0 and agg["collision_rate"] == 0.0 and agg["offroad_rate"] == 0.0
+    assert agg["raw_collision_rate"] > 0.0 and agg["raw_offroad_rate"] > 0.0  # the noise is there
+
+
 def test_random_policy_fails_the_gate_and_self_passes(toy_set):
     scenarios, infos = toy_set
     config = EvalConfig(batch_size=6, horizon=20)
