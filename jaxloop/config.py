@@ -283,6 +283,14 @@ class Experiment:
         if isinstance(self.algo, APG) and self.algo.truncate_every and horizon % self.algo.truncate_every:
             raise ValueError(f"Experiment: env.horizon ({horizon}) must divide by algo.truncate_every "
                              f"({self.algo.truncate_every})")
+        if self.model.steer_prior != "none":  # the prior's curvature scale is the dynamics' normalised action scale
+            if self.env.dynamics != "bicycle":
+                raise ValueError(f"Experiment: model.steer_prior={self.model.steer_prior!r} needs env.dynamics "
+                                 f"'bicycle' (a curvature action), got {self.env.dynamics!r}")
+            limit = self.env_config().dynamics.max_curvature
+            if not math.isclose(self.model.steer_max_curvature, limit, rel_tol=1e-6):
+                raise ValueError(f"Experiment: model.steer_max_curvature ({self.model.steer_max_curvature}) must "
+                                 f"equal the bicycle dynamics' max_curvature ({limit})")
 
     @property
     def algo_name(self) -> str:

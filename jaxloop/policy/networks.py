@@ -11,12 +11,26 @@ with `normalize_actions=True`):
 
 Use the models functionally across `jit`: `graphdef, params = nnx.split(model)` outside,
 `nnx.merge(graphdef, params)` inside.
+
+Steering prior (`ModelConfig.steer_prior`). With "pure_pursuit" the curvature mean is a
+route-tracking controller plus the network's output (a residual):
+
+    mean[..., 1] = atanh(clip(kappa_pp / steer_max_curvature)) + network mean[..., 1]
+    kappa_pp     = 2 y_L / (x_L^2 + y_L^2)
+
+where (x_L, y_L) is the lookahead point on the observer's route, in its own frame (x
+ahead, y left), read from the observation's route waypoints (`Features.route`). With a
+zero network output the policy drives pure pursuit toward its route at constant speed.
+The prior is a deterministic function of the features, so the Gaussian, its log-prob,
+BC, APG, PPO, GRPO and exported policies all see it as part of the mean; the default
+"none" adds nothing to the graph.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +40,9 @@ from jaxloop.policy.observation import Features, ObsConfig, flat_dim, flatten
 
 MODEL_KINDS = ("mlp", "attention")
 HEAD_KINDS = ("deterministic", "gaussian")
+STEER_PRIORS = ("none", "pure_pursuit")
+CURVATURE_INDEX = 1  # (acceleration, curvature) of the bicycle dynamics (`jaxloop.sim.dynamics.InvertibleBicycle`)
+PRIOR_EPS = 1e-3  # |kappa_pp / steer_max_curvature| is clipped to 1 - PRIOR_EPS before atanh (|pre-tanh| <= 3.8)
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 
 
@@ -40,6 +57,15 @@ class ModelConfig:
     num_heads: int = 4
     value_head: bool = False  # PPO adds a value estimate
     init_log_std: float = -1.0
+    # Route-tracking steering prior added to the curvature's pre-tanh mean ("none" | "pure_pursuit").
+    steer_prior: Literal["none", "pure_pursuit"] = "none"
+    # Pure pursuit lookahead: clip(steer_lookahead_time x speed, steer_min_lookahead, the route
+    # waypoints' reach), in metres of arc length along the route ahead of the observer's projection.
+    steer_lookahead_time: float = 1.0  # s
+    steer_min_lookahead: float = 5.0  # m
+    # Physical curvature (1/m) of a normalised action of 1: the bicycle dynamics' `max_curvature`
+    # (`Experiment` checks that they agree).
+    steer_max_curvature: float = 0.3
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -50,6 +76,14 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.hidden must be non-empty positive widths, got {self.hidden}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"ModelConfig.embed_dim ({self.embed_dim}) must divide by num_heads ({self.num_heads})")
+        if self.steer_prior not in STEER_PRIORS:
+            raise ValueError(f"ModelConfig.steer_prior must be one of {STEER_PRIORS}, got {self.steer_prior!r}")
+        for name in ("steer_lookahead_time", "steer_min_lookahead"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"ModelConfig.{name} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.steer_max_curvature) and self.steer_max_curvature > 0):
+            raise ValueError(f"ModelConfig.steer_max_curvature must be positive, got {self.steer_max_curvature}")
 
 
 @struct.dataclass
@@ -57,6 +91,83 @@ class PolicyOutput:
     mean: jax.Array  # [..., A] pre-tanh mean
     log_std: jax.Array  # [..., A]
     value: jax.Array  # [...] (zeros without a value head)
+
+
+@dataclasses.dataclass(frozen=True)
+class SteerPrior:
+    """What the pure pursuit prior reads from the features: its lookahead, the action scale and the
+    observation's scales (static: kept on the model beside its `ModelConfig`)."""
+
+    lookahead_time: float  # s
+    min_lookahead: float  # m
+    max_curvature: float  # 1/m of a normalised curvature action of 1
+    route_spacing: float  # m of arc length between route waypoints (`ObsConfig.route_spacing`)
+    position_scale: float  # m per feature unit
+    velocity_scale: float  # m/s per feature unit
+    history_length: int  # K states in `Features.ego`, current last
+
+    @classmethod
+    def of(cls, config: ModelConfig, obs_config: ObsConfig, history_length: int,
+           action_dim: int) -> "SteerPrior | None":
+        """The prior of `config` (None for "none"); a `ValueError` unless the action is (acceleration, curvature)."""
+        if config.steer_prior == "none":
+            return None
+        if action_dim != 2:
+            raise ValueError(f"ModelConfig.steer_prior={config.steer_prior!r} needs the bicycle's (acceleration, "
+                             f"curvature) action, got action_dim={action_dim}")
+        return cls(config.steer_lookahead_time, config.steer_min_lookahead, config.steer_max_curvature,
+                   obs_config.route_spacing, obs_config.position_scale, obs_config.velocity_scale, history_length)
+
+
+def lookahead_point(feats: Features, prior: SteerPrior) -> tuple[jax.Array, jax.Array]:
+    """The pure pursuit target `[..., 2]` (metres, observer frame) and whether the route has one `[...]`.
+
+    Route waypoint j (0-based) lies (j + 1) x `route_spacing` m of arc ahead of the observer's
+    projection on its route (`jaxloop.policy.observation.route_waypoints`); waypoints past the
+    route's end are invalid (always a suffix). The lookahead arc length
+    clip(lookahead_time x speed, min_lookahead, last valid waypoint's arc) is interpolated
+    linearly between neighbouring waypoints, so it is at least the first waypoint's and at
+    most the last valid one's (the fallback near the route's end). No valid waypoint: no target.
+    """
+    k = prior.history_length
+    cur = feats.ego[..., (k - 1) * 7:k * 7]  # current (x, y, cos, sin, vx, vy, valid)
+    speed = jnp.hypot(cur[..., 4], cur[..., 5]) * prior.velocity_scale
+    xy = feats.route[..., :2] * prior.position_scale  # [..., W, 2]
+    valid = feats.route_valid
+    num_points = xy.shape[-2]
+    count = jnp.sum(valid, -1)  # valid waypoints: 0 .. count - 1
+    last = jnp.maximum(count - 1, 0).astype(jnp.float32)
+    idx = jnp.clip(jnp.maximum(prior.lookahead_time * speed, prior.min_lookahead) / prior.route_spacing - 1.0,
+                   0.0, last)  # fractional waypoint index of the lookahead arc length
+    j0 = jnp.floor(idx)
+    frac = idx - j0
+    j0 = j0.astype(jnp.int32)
+    j1 = jnp.minimum(j0 + 1, jnp.maximum(count - 1, 0))
+    weights = ((1.0 - frac)[..., None] * jax.nn.one_hot(j0, num_points)
+               + frac[..., None] * jax.nn.one_hot(j1, num_points))  # dense, as `observation._gather`
+    point = jnp.einsum("...w,...wc->...c", weights, xy)
+    return point, count > 0
+
+
+def pure_pursuit_curvature(feats: Features, prior: SteerPrior) -> jax.Array:
+    """kappa_pp = 2 y_L / (x_L^2 + y_L^2) `[...]` (1/m) toward the lookahead point; 0 without one."""
+    point, ok = lookahead_point(feats, prior)
+    d2 = jnp.sum(point ** 2, -1)
+    kappa = 2.0 * point[..., 1] / jnp.maximum(d2, 1e-6)
+    return jnp.where(ok & (d2 > 1e-6), kappa, 0.0)
+
+
+def steer_prior_mean(feats: Features, prior: SteerPrior) -> jax.Array:
+    """The prior's pre-tanh curvature `[...]`: atanh(clip(kappa_pp / max_curvature, 1 - PRIOR_EPS))."""
+    return atanh_clipped(pure_pursuit_curvature(feats, prior) / prior.max_curvature, PRIOR_EPS)
+
+
+def _with_prior(out: "PolicyOutput", feats: Features, prior: SteerPrior | None) -> "PolicyOutput":
+    """`out` with the steering prior added to the curvature mean (unchanged without a prior)."""
+    if prior is None:
+        return out
+    offset = steer_prior_mean(feats, prior)[..., None] * jax.nn.one_hot(CURVATURE_INDEX, out.mean.shape[-1])
+    return out.replace(mean=out.mean + offset)
 
 
 def _mlp(sizes: list[int], rngs: nnx.Rngs) -> nnx.List:
@@ -102,6 +213,7 @@ class MLPPolicy(nnx.Module):
     def __init__(self, obs_config: ObsConfig, history_length: int, action_dim: int, config: ModelConfig,
                  rngs: nnx.Rngs):
         self.config = config
+        self.steer = SteerPrior.of(config, obs_config, history_length, action_dim)
         sizes = [flat_dim(obs_config, history_length), *config.hidden]
         self.trunk = _mlp(sizes, rngs)
         self.heads = _Heads(sizes[-1], action_dim, config, rngs)
@@ -109,7 +221,7 @@ class MLPPolicy(nnx.Module):
 
     def __call__(self, feats: Features) -> PolicyOutput:
         h = _run_mlp(self.trunk, flatten(feats), final_activation=True)
-        return self.heads(h, None if self.value_net is None else self.value_net(feats))
+        return _with_prior(self.heads(h, None if self.value_net is None else self.value_net(feats)), feats, self.steer)
 
 
 class AttentionPolicy(nnx.Module):
@@ -122,6 +234,7 @@ class AttentionPolicy(nnx.Module):
     def __init__(self, obs_config: ObsConfig, history_length: int, action_dim: int, config: ModelConfig,
                  rngs: nnx.Rngs):
         self.config = config
+        self.steer = SteerPrior.of(config, obs_config, history_length, action_dim)
         d = config.embed_dim
         c = obs_config
         ego_in = c.ego_dim(history_length) + c.route_points * c.route_dim
@@ -167,7 +280,7 @@ class AttentionPolicy(nnx.Module):
         ctx = jnp.einsum("...hs,...shc->...hc", attn, v).reshape(*batch, d)
         ctx = self.norm(query + self.o(ctx))
         h = _run_mlp(self.out, jnp.concatenate([query, ctx], -1), final_activation=True)
-        return self.heads(h, None if self.value_net is None else self.value_net(feats))
+        return _with_prior(self.heads(h, None if self.value_net is None else self.value_net(feats)), feats, self.steer)
 
 
 def make_model(config: ModelConfig, obs_config: ObsConfig, history_length: int, action_dim: int,
