@@ -57,11 +57,13 @@ EGO_BASELINES = ("bc", "apg_procedural")  # exported by experiments/real_logs.py
 
 
 def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_coef: float = 1.0,
-            ft_preset: str = "closed_loop_safety", real_weight: float = 0.5) -> dict:
+            ft_preset: str = "closed_loop_safety", real_weight: float = 0.5,
+            steer_prior: str = "pure_pursuit") -> dict:
     """The runs of `profile`: "selfplay_bc", "selfplay_apg" (from it), "selfplay_apg_bc" (from it, with
     `APG.bc_coef`) and "selfplay_ft" (from "selfplay_apg_bc", same `bc_coef`, `ft_preset` rewards, on
     `procedural@(1-real_weight),gpudrive-train-split@real_weight`), every vehicle driven by the policy
-    (`env.controlled="vehicles"`)."""
+    (`env.controlled="vehicles"`), with the model's `steer_prior` (`ModelConfig.steer_prior`: the pure
+    pursuit route-tracking prior under the curvature, see `experiments/steer_prior.py`)."""
     from jaxloop.config import APG, BC, EnvSettings
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
@@ -71,8 +73,9 @@ def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_
     data = dataclasses.replace(base.data, source=f"procedural:train:{num_train}:{seed}")
     evals = dataclasses.replace(base.eval, source=f"procedural:test:{num_test}:{seed}", batch_size=32)
     env = EnvSettings(controlled="vehicles", reward_preset=preset)
+    model = dataclasses.replace(base.model, steer_prior=steer_prior)
     bc = dataclasses.replace(base, algo=BC(samples_per_scenario=4), steps=600 if full else 20,
-                             batch_size=16 if full else 4, data=data, eval=evals, env=env)
+                             batch_size=16 if full else 4, data=data, eval=evals, env=env, model=model)
     apg_steps = 100 if full else 3
     apg = dataclasses.replace(bc, algo=APG(), steps=apg_steps, lr_decay_steps=apg_steps, learning_rate=3e-4,
                               batch_size=8 if full else 2)
@@ -210,7 +213,7 @@ def _f(v, nd=3):
 
 def to_markdown(res: dict) -> str:
     lines = ["# Self-play: one policy drives every vehicle", "", f"Command: `{res['command']}`  ",
-             f"Seed: {res['seed']}; reward preset `{res['preset']}`; bc_coef {res['bc_coef']}  ",
+             f"Seed: {res['seed']}; reward preset `{res['preset']}`; bc_coef {res['bc_coef']}; steer prior `{res.get('steer_prior', 'none')}`  ",
              f"Machine: {res['machine']}  ", f"Wall time: {res['wall_s'] / 60:.1f} min"
              + ("" if res.get("complete") else " (incomplete: stages below are what finished)"), "",
              "Rates are at fault unless raw (the gate's definitions). real = the 18 GPUDrive JSON WOMD scenes; "
@@ -272,10 +275,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--bc-coef", type=float, default=1.0, help="APG.bc_coef of the regularised run")
     parser.add_argument("--ft-preset", default="closed_loop_safety", help="reward preset of the real fine-tuning run")
     parser.add_argument("--real-weight", type=float, default=0.5, help="real scenes' share of the fine-tuning batches")
+    parser.add_argument("--steer-prior", default="pure_pursuit", choices=("none", "pure_pursuit"),
+                        help="ModelConfig.steer_prior of the self-play runs")
     parser.add_argument("--rollouts", type=int, default=None, help="realism rollouts per scene")
     parser.add_argument("--stages", default="train,selfplay,ego,realism,render")
     args = parser.parse_args(argv)
-    cfgs = presets(args.profile, args.seed, args.preset, args.bc_coef, args.ft_preset, args.real_weight)
+    cfgs = presets(args.profile, args.seed, args.preset, args.bc_coef, args.ft_preset, args.real_weight,
+                   args.steer_prior)
     full = args.profile == "full"
     rollouts = args.rollouts or (16 if full else 2)
     stages = set(args.stages.split(","))
@@ -293,7 +299,7 @@ def main(argv=None) -> dict:
     dev = jax.devices()[0]
     res = {"command": " ".join(["python", "experiments/selfplay.py"] + list(argv if argv is not None else sys.argv[1:])),
            "seed": args.seed, "profile": args.profile, "preset": args.preset, "bc_coef": args.bc_coef,
-           "ft_preset": args.ft_preset, "real_weight": args.real_weight,
+           "ft_preset": args.ft_preset, "real_weight": args.real_weight, "steer_prior": args.steer_prior,
            "machine": f"{dev.platform} ({os.cpu_count()} cores, shared with other jobs), jax {jax.__version__}",
            "experiments": {n: to_dict(e) for n, e in cfgs.items()}, "realism_rollouts": rollouts,
            "realism_note": "", "notes": [], "complete": False}
