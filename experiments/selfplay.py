@@ -211,6 +211,18 @@ def _f(v, nd=3):
     return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{nd}f}"
 
 
+def ego_table(ego: dict, title: str) -> list[str]:
+    """Markdown lines of the as-the-ego table: a row per policy, a column per "set/traffic" of `ego_rates`."""
+    keys = list(next(iter(ego.values())))
+    lines = [title, "", "Cells: at-fault failure (k/n) / collision / offroad / progress ratio.", "",
+             "| policy | " + " | ".join(k.replace("/", " vs ") for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, rows in ego.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{_f(r['failure_rate'])} ({r['failures']}/{r['num_scenarios']}) / {_f(r['collision_rate'])} / "
+            f"{_f(r['offroad_rate'])} / {_f(r['progress_ratio'])}" for r in (rows[k] for k in keys)) + " |")
+    return lines + [""]
+
+
 def to_markdown(res: dict) -> str:
     lines = ["# Self-play: one policy drives every vehicle", "", f"Command: `{res['command']}`  ",
              f"Seed: {res['seed']}; reward preset `{res['preset']}`; bc_coef {res['bc_coef']}; steer prior `{res.get('steer_prior', 'none')}`  ",
@@ -233,15 +245,7 @@ def to_markdown(res: dict) -> str:
                     "raw_collision_rate", "raw_offroad_rate")) + " |")
         lines.append("")
     if res.get("ego"):
-        keys = list(next(iter(res["ego"].values())))
-        lines += ["## (b) As the ego (other objects log replay or IDM)", "",
-                  "Cells: at-fault failure (k/n) / collision / offroad / progress ratio.", "",
-                  "| policy | " + " | ".join(k.replace("/", " vs ") for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        for name, rows in res["ego"].items():
-            lines.append(f"| {name} | " + " | ".join(
-                f"{_f(r['failure_rate'])} ({r['failures']}/{r['num_scenarios']}) / {_f(r['collision_rate'])} / "
-                f"{_f(r['offroad_rate'])} / {_f(r['progress_ratio'])}" for r in (rows[k] for k in keys)) + " |")
-        lines.append("")
+        lines += ego_table(res["ego"], "## (b) As the ego (other objects log replay or IDM)")
     if res.get("realism"):
         lines += [f"## (c) Realism on the 18 real scenes (WOSAC-style, {res['realism_rollouts']} rollouts per scene)",
                   "", "WOSAC-style re-implementation (`jaxloop.realism`), not the official number. "

@@ -45,7 +45,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from jaxloop.experiments.open_vs_closed_loop import log, procedural_set  # noqa: E402
 from real_logs import base_parser, load_files, real_files  # noqa: E402
-from selfplay import AGENT_KEYS, PROFILES, ego_rates, presets as selfplay_presets, render_failure  # noqa: E402
+from selfplay import (PROFILES, _f, ego_rates, ego_table, presets as selfplay_presets, render_failure,  # noqa: E402
+                      selfplay_rates)
 
 PRIORS = ("none", "pure_pursuit")
 RUNS = ("bc_none", "bc_pure_pursuit", "apg_none", "apg_pure_pursuit")
@@ -72,28 +73,6 @@ def presets(profile: str, seed: int = 0, bc_steps: int | None = None, apg_steps:
     return out
 
 
-def selfplay_rates(run: str, sets: dict, seed: int) -> dict:
-    """(a) per-agent rates with the run's policy driving every vehicle (as `selfplay.selfplay_rates`), and the
-    scenes with a failed agent."""
-    from jaxloop.data.formats import init_steps_of
-    from jaxloop.eval.cli import resolve_policy_spec
-    from jaxloop.eval.evaluate import EvalConfig, evaluate
-    from jaxloop.sim.env import EnvConfig
-    out = {}
-    for set_name, (scenarios, infos) in sets.items():
-        env = EnvConfig(non_ego_agent="log", init_steps=init_steps_of(infos, set_name))
-        policy, env, label = resolve_policy_spec(run, env)
-        rep = evaluate(policy, scenarios, infos, EvalConfig(env=env, batch_size=16), seed, name=label, agents=True)
-        row = {k: rep.agents["all"][k] for k in AGENT_KEYS}
-        row["num_scenarios"] = len(infos)
-        row["ego_failed_scenarios"] = [r["scenario_id"] for r in rep.per_scenario if r["failure"] > 0]
-        out[set_name] = row
-        log(f"  {label} self-play on {set_name}: {row['num_agents']} agents, collision "
-            f"{row['collision_rate']:.4f} offroad {row['offroad_rate']:.4f} either {row['collision_offroad_rate']:.4f}"
-            f" route {row['route_completion']:.3f}")
-    return out
-
-
 def realism_row(label: str, agents: str, scenarios, infos, rollouts: int, seed: int) -> dict:
     """(c) the WOSAC-style realism of `agents` on the real scenes: meta-metric, categories, a few features."""
     from jaxloop.realism.evaluate import RealismConfig, RealismRunner
@@ -104,10 +83,6 @@ def realism_row(label: str, agents: str, scenarios, infos, rollouts: int, seed: 
     log(f"  realism {label}: meta {row['realism_meta_metric']:.4f}, map-based {row['map_based']:.4f}, "
         f"minADE {row['min_ade']:.2f} m ({row['wall_s']:.0f} s)")
     return row
-
-
-def _f(v, nd=3):
-    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{nd}f}"
 
 
 def to_markdown(res: dict) -> str:
@@ -141,15 +116,7 @@ def to_markdown(res: dict) -> str:
                         "collision_rate", "offroad_rate", "collision_offroad_rate", "route_completion")) + " |")
         lines.append("")
     if res.get("ego"):
-        keys = list(next(iter(res["ego"].values())))
-        lines += ["## (b) As the ego on the real scenes (other objects log replay or IDM)", "",
-                  "Cells: at-fault failure (k/n) / collision / offroad / progress ratio.", "",
-                  "| policy | " + " | ".join(k.replace("/", " vs ") for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        for name, rows in res["ego"].items():
-            lines.append(f"| {name} | " + " | ".join(
-                f"{_f(r['failure_rate'])} ({r['failures']}/{r['num_scenarios']}) / {_f(r['collision_rate'])} / "
-                f"{_f(r['offroad_rate'])} / {_f(r['progress_ratio'])}" for r in (rows[k] for k in keys)) + " |")
-        lines.append("")
+        lines += ego_table(res["ego"], "## (b) As the ego on the real scenes (other objects log replay or IDM)")
     if res.get("realism"):
         lines += [f"## (c) Realism on the 18 real scenes (WOSAC-style, {res['rollouts']} rollouts per scene)", "",
                   "WOSAC-style re-implementation (`jaxloop.realism`), not the official number; the policy rows "
@@ -306,7 +273,7 @@ def main(argv=None) -> dict:
     if "render" in stages and res.get("selfplay"):
         t0 = time.perf_counter()
         # One real scene, with and without the prior: the first where the "none" APG policy's ego fails.
-        failed = res["selfplay"]["apg_none"]["real"]["ego_failed_scenarios"]
+        failed = res["selfplay"]["apg_none"]["real"]["agents_failed_scenarios"]
         ids = [i.get("scenario_id") for i in real[1]]
         index = ids.index(failed[0]) if failed else 0
         res["renders"] = {}
