@@ -90,6 +90,13 @@ class RewardWeights:
     stop_margin: float | jax.Array = 1.0  # m, stop this far before a red stop line
     conflict: float | jax.Array = 0.0  # per metre of predicted overlap (reward and surrogate)
     conflict_time: float | jax.Array = 2.0  # s, how far ahead boxes are extrapolated
+    # self-play only: the per-agent anticipation terms (red light, headway, conflict: each object read as
+    # the ego, at the weights above) are multiplied by `anticipate` (0: self-play has none of them)
+    anticipate: float | jax.Array = 0.0
+    # self-play only: per metre an agent is behind (along its own logged path) where its log was
+    # `behind_lag` s earlier (surrogate, smooth): falling behind the log costs whatever the progress weight
+    behind_log: float | jax.Array = 0.0
+    behind_lag: float | jax.Array = 0.5  # s
 
 
 PRESETS: dict[str, RewardWeights] = {
@@ -116,6 +123,13 @@ PRESETS: dict[str, RewardWeights] = {
     "closed_loop_progress": RewardWeights(progress=0.6, collision=10.0, offroad=5.0, red_light=2.0, headway=1.0,
                                           conflict=4.0, conflict_time=2.0, log_divergence=1.0, log_lag=1.0,
                                           overlap_margin=1.5, offroad_margin=0.5, temperature=0.3),
+    # Self-play: closed_loop_safety with its anticipation terms per agent (anticipate=1) plus a floor at where each
+    # agent's log was 0.5 s earlier along its own path (behind_log), so the safety terms cannot buy
+    # clearance by every agent trailing its log (2 s of log_lag alone cost ~16% route completion).
+    "selfplay_keep_up": RewardWeights(progress=0.3, collision=10.0, offroad=5.0, red_light=2.0, headway=2.0,
+                                      conflict=4.0, conflict_time=2.0, log_divergence=1.0, log_lag=2.0,
+                                      anticipate=1.0, behind_log=2.0, behind_lag=0.5, overlap_margin=1.5, offroad_margin=0.5,
+                                      temperature=0.3),
     # Everything the scorecard counts, moderately weighted.
     "scorecard": RewardWeights(progress=0.5, collision=10.0, offroad=5.0, red_light=5.0, off_route=1.0,
                                wrong_way=2.0, infeasible=0.5, discomfort=0.05, log_divergence=0.01),
@@ -158,7 +172,9 @@ def _weighted(weight: float | jax.Array, term: Callable[[], jax.Array]) -> jax.A
     """
     if isinstance(weight, (int, float)):
         return 0.0 if weight == 0 else weight * term()
-    return jax.lax.cond(weight != 0, lambda: (weight * term()).astype(jnp.float32), lambda: jnp.zeros((), jnp.float32))
+    shape = jax.eval_shape(term).shape  # [] for the ego's terms, [N] for self-play's
+    return jax.lax.cond(weight != 0, lambda: (weight * term()).astype(jnp.float32),
+                        lambda: jnp.zeros(shape, jnp.float32))
 
 
 def _route_step(scenario: Scenario, prev_state: SimState, state: SimState, ego: jax.Array) -> jax.Array:
@@ -381,6 +397,49 @@ def agent_offroad_surrogate(scenario: Scenario, state: SimState, log_state, marg
     return jnp.sum(jnp.where(exempt, 0.0, _softplus(d + margin, tau)), -1)
 
 
+def _agent_terms(n: int, fn: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """`[N]`: an ego term `fn(index) -> []` read with every object as the ego (a vmap over subjects)."""
+    return jax.vmap(fn)(jnp.arange(n))
+
+
+def agent_headway_shortfall(state: SimState, weights: RewardWeights) -> jax.Array:
+    """`headway_shortfall` of every object `[N]` (m): the shortfall of its bumper gap to whatever is ahead
+    in its own corridor (its heading), so a follower closing in on a lead is warned before contact."""
+    return _agent_terms(state.current.x.shape[-1], lambda i: headway_shortfall(state, i, weights))
+
+
+def agent_red_light_surrogate(scenario: Scenario, state: SimState, weights: RewardWeights) -> jax.Array:
+    """`red_light_surrogate` of every object `[N]` (m): how far it is from being able to stop before a red
+    stop line ahead of it in a lane heading its way."""
+    return _agent_terms(state.current.x.shape[-1], lambda i: red_light_surrogate(scenario, state, i, weights))
+
+
+def agent_predicted_conflict(state: SimState, log_state, weights: RewardWeights) -> jax.Array:
+    """`predicted_conflict` of every object `[N]` (m): its overlap surrogate over the next `conflict_time`
+    seconds under constant velocity, pairs whose logged boxes overlap at this step left out."""
+    logged = _logged_overlap(log_state)
+    return _agent_terms(state.current.x.shape[-1], lambda i: predicted_conflict(state, i, weights, logged[i]))
+
+
+def agent_behind_log(scenario: Scenario, state: SimState, weights: RewardWeights,
+                     paths: LogPaths | None = None) -> jax.Array:
+    """Smooth `[N]` (m): how far each object is behind, along its own logged path, the arc position its log
+    had `behind_lag` s earlier: `tau softplus((s_log(t - lag) - s_i) / tau)`. 0 where the log is invalid now.
+
+    The log's position `lag` s ago is a floor, not a target: an agent may run ahead or wait
+    up to `lag` s (yield) for free, and each metre it falls farther behind costs
+    `behind_log`, whatever the progress weight, which a raw metres term does not do.
+    """
+    paths = log_paths(scenario) if paths is None else paths
+    s, _ = path_progress(paths, state.current.xy)
+    t = state.timestep
+    steps = paths.arc_length.shape[-1]
+    back = jnp.clip(t - jnp.round(jnp.maximum(weights.behind_lag, 0.0) / DT).astype(jnp.int32), 0, steps - 1)
+    s_log = jax.lax.dynamic_index_in_dim(paths.arc_length, back, 1, keepdims=False)
+    valid_now = jax.lax.dynamic_index_in_dim(paths.valid, jnp.clip(t, 0, steps - 1), 1, keepdims=False)
+    return jnp.where(valid_now & paths.has_path, _softplus(s_log - s, weights.temperature), 0.0)
+
+
 def agent_step_reward(scenario: Scenario, prev_state: SimState, state: SimState,
                       weights: RewardWeights) -> jax.Array:
     """The self-play RL reward `[N]` of every object on the transition (discrete metrics, 0 where invalid):
@@ -389,9 +448,10 @@ def agent_step_reward(scenario: Scenario, prev_state: SimState, state: SimState,
             - collision * [i overlaps an object it does not overlap in the log at this step]
             - offroad * [a corner of i is off the road while its logged box is not]
             - log_divergence * (distance of i to its logged position, up to `log_lag` s old)
+            - anticipate * headway * agent_headway_shortfall_i
 
     The path is the object's logged trajectory (`metrics.paths`; for the ego too). The
-    other `RewardWeights` terms are ego-only and not applied.
+    red-light, conflict and behind-log weights are surrogate-only here.
     """
     with jax.named_scope("rewards.agent_step_reward"):
         log_state = trajectory_at(scenario.log_trajectory, state.timestep)
@@ -400,6 +460,7 @@ def agent_step_reward(scenario: Scenario, prev_state: SimState, state: SimState,
         r -= weights.collision * f(agent_collision(state, log_state))
         r -= weights.offroad * f(agent_offroad(scenario, state, log_state))
         r -= weights.log_divergence * agent_log_distance(scenario, state, weights.log_lag)
+        r -= _weighted(weights.anticipate * weights.headway, lambda: agent_headway_shortfall(state, weights))
         return jnp.where(state.current.valid, r, 0.0)
 
 
@@ -410,11 +471,16 @@ def agent_step_surrogate_loss(scenario: Scenario, prev_state: SimState, state: S
         l_i = log_divergence * (distance of i to its logged position, up to `log_lag` s old)
             + collision * sum_j tau softplus((overlap_margin - sep_ij) / tau)   (pairs not overlapping in the log)
             + offroad * sum_corners tau softplus((d_ic + offroad_margin) / tau)  (corners on the road in the log)
+            + anticipate * (red_light * agent_red_light_surrogate_i + headway * agent_headway_shortfall_i
+                            + conflict * agent_predicted_conflict_i)
+            + behind_log * agent_behind_log_i
             - progress * (metres along i's own logged path this step)
 
     with `tau = temperature`, `sep_ij` the smooth box separation and `d_ic` the signed road
-    distance of corner c (> 0 off the road). Differentiable in every object's state, so a
-    loss of object i reaches the actions of every object it interacts with.
+    distance of corner c (> 0 off the road); the anticipation terms are the ego's
+    (`red_light_surrogate`, `headway_shortfall`, `predicted_conflict`) with each object as
+    the ego, so at the ego's index they equal the ego's. Differentiable in every object's
+    state, so a loss of object i reaches the actions of every object it interacts with.
     """
     with jax.named_scope("rewards.agent_step_surrogate_loss"):
         log_state = trajectory_at(scenario.log_trajectory, state.timestep)
@@ -423,5 +489,10 @@ def agent_step_surrogate_loss(scenario: Scenario, prev_state: SimState, state: S
                                                             weights.temperature)
         loss += weights.offroad * agent_offroad_surrogate(scenario, state, log_state, weights.offroad_margin,
                                                           weights.temperature)
+        a = weights.anticipate
+        loss += _weighted(a * weights.red_light, lambda: agent_red_light_surrogate(scenario, state, weights))
+        loss += _weighted(a * weights.headway, lambda: agent_headway_shortfall(state, weights))
+        loss += _weighted(a * weights.conflict, lambda: agent_predicted_conflict(state, log_state, weights))
+        loss += _weighted(weights.behind_log, lambda: agent_behind_log(scenario, state, weights))
         loss -= weights.progress * agent_path_step(scenario, prev_state, state)
         return jnp.where(state.current.valid, loss, 0.0)
