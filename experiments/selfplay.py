@@ -211,6 +211,19 @@ def _f(v, nd=3):
     return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{nd}f}"
 
 
+def agent_table(selfplay: dict) -> list[str]:
+    """Markdown lines of the per-agent table (a): a row per policy and set of `selfplay_rates`."""
+    lines = ["## (a) Self-play traffic: the policy drives every vehicle (per-agent rates)", "",
+             "| policy | set | agents | collision | offroad | collision+offroad | route completion | goal | "
+             "raw collision | raw offroad |", "|---" * 10 + "|"]
+    for name, sets in selfplay.items():
+        for s, r in sets.items():
+            lines.append(f"| {name} | {s} | {r['num_agents']} | " + " | ".join(_f(r[k], 4) for k in (
+                "collision_rate", "offroad_rate", "collision_offroad_rate", "route_completion", "goal_rate",
+                "raw_collision_rate", "raw_offroad_rate")) + " |")
+    return lines
+
+
 def ego_table(ego: dict, title: str) -> list[str]:
     """Markdown lines of the as-the-ego table: a row per policy, a column per "set/traffic" of `ego_rates`."""
     keys = list(next(iter(ego.values())))
@@ -235,14 +248,7 @@ def to_markdown(res: dict) -> str:
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {ok} |" for t, m, ok in targets(res)] + [""]
     if res.get("selfplay"):
-        lines += ["## (a) Self-play traffic: the policy drives every vehicle (per-agent rates)", "",
-                  "| policy | set | agents | collision | offroad | collision+offroad | route completion | goal | "
-                  "raw collision | raw offroad |", "|---" * 10 + "|"]
-        for name, sets in res["selfplay"].items():
-            for s, r in sets.items():
-                lines.append(f"| {name} | {s} | {r['num_agents']} | " + " | ".join(_f(r[k], 4) for k in (
-                    "collision_rate", "offroad_rate", "collision_offroad_rate", "route_completion", "goal_rate",
-                    "raw_collision_rate", "raw_offroad_rate")) + " |")
+        lines += agent_table(res["selfplay"])
         lines.append("")
     if res.get("ego"):
         lines += ego_table(res["ego"], "## (b) As the ego (other objects log replay or IDM)")

@@ -44,7 +44,7 @@ import jax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from jaxloop.experiments.open_vs_closed_loop import log, procedural_set  # noqa: E402
 from real_logs import base_parser, load_files, real_files  # noqa: E402
-from selfplay import (PROFILES, _f, ego_rates, ego_table, presets as selfplay_presets, render_failure,  # noqa: E402
+from selfplay import (PROFILES, _f, agent_table, ego_rates, ego_table, presets as selfplay_presets, render_failure,  # noqa: E402
                       selfplay_rates)
 
 PRIORS = ("none", "pure_pursuit")
@@ -96,14 +96,7 @@ def to_markdown(res: dict) -> str:
              "same seed, data, steps and settings (`experiments/selfplay.py::presets`' selfplay_bc / selfplay_apg). "
              "Rates are at fault unless raw. real = the 18 GPUDrive JSON WOMD scenes.", ""]
     if res.get("selfplay"):
-        lines += ["## (a) Self-play traffic: the policy drives every vehicle (per-agent rates)", "",
-                  "| policy | set | agents | collision | offroad | collision+offroad | route completion | goal | "
-                  "raw collision | raw offroad |", "|---" * 10 + "|"]
-        for name, sets in res["selfplay"].items():
-            for s, r in sets.items():
-                lines.append(f"| {name} | {s} | {r['num_agents']} | " + " | ".join(_f(r[k], 4) for k in (
-                    "collision_rate", "offroad_rate", "collision_offroad_rate", "route_completion", "goal_rate",
-                    "raw_collision_rate", "raw_offroad_rate")) + " |")
+        lines += agent_table(res["selfplay"])
         ref = res.get("reference", {}).get("selfplay", {})
         if ref:
             lines += ["", f"Reference ({res['reference']['note']}):", "",
