@@ -1,5 +1,6 @@
 """Training loop: resume equals an uninterrupted run, SIGTERM checkpoints, divergence stop, export."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _train_utils import scenarios, tiny_config
+from _train_utils import TINY_MODEL, scenarios, tiny_config
 from jaxloop.io.checkpoint import CheckpointManager
 from jaxloop.policy.observation import features, flatten
 from jaxloop.sim.env import Env
@@ -90,6 +91,18 @@ def test_exported_policy_matches_in_process(full_run, data, tmp_path):
     np.testing.assert_allclose(np.asarray(got), np.asarray(actions), rtol=1e-5, atol=1e-6)
     assert np.all(np.abs(np.asarray(got)) <= 1.0) and np.abs(np.asarray(got)).max() > 0
 
+
+
+def test_init_from_an_exported_policy_loads_its_weights(full_run, data, tmp_path):
+    out_full, _ = full_run
+    exported = export(out_full, str(tmp_path / "exported"))
+    out = str(tmp_path / "from_export")
+    loop.run(tiny_config("apg"), data, out, 0, init_from=exported, **RUN)  # step 0: the weights it started from
+    for a, b in zip(_params(out_full), _params(out)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="observation / model / dynamics config differs"):
+        loop.run(tiny_config("apg", model=dataclasses.replace(TINY_MODEL, hidden=(8,))), data,
+                 str(tmp_path / "other"), 1, init_from=exported, **RUN)
 
 SIGTERM_SCRIPT = textwrap.dedent("""
     import sys

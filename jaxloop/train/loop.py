@@ -120,23 +120,32 @@ def step_key(seed: int, step: int) -> jax.Array:
 
 
 def _init_from(state: TrainState, config: Experiment, path: str) -> TrainState:
-    """Policy parameters (and GRPO's reference) from another run's checkpoint; new heads keep their init."""
-    from jaxloop.io.checkpoint import CheckpointManager
-    from jaxloop.io.policies import config_from_checkpoint
-    ckpt_dir = resolve_checkpoint_dir(path)
-    source = config_from_checkpoint(ckpt_dir)
+    """Policy parameters (and GRPO's reference) from another run's checkpoint or from an exported policy
+    directory (`jaxloop export`: its params.npz and the `Experiment` in its metadata.json); new heads keep
+    their init (an export has no value head)."""
+    from jaxloop.io.export import METADATA_FILE
+    if os.path.isfile(os.path.join(path, METADATA_FILE)):
+        from jaxloop.io.export import load_policy
+        loaded = load_policy(path)
+        source = from_saved(loaded.metadata.get("metadata", {}), f"{path}/{METADATA_FILE}")
+        flat = {f"params/{name}": np.asarray(value) for name, value in loaded.params.items()}
+    else:
+        from jaxloop.io.checkpoint import CheckpointManager
+        from jaxloop.io.policies import config_from_checkpoint
+        ckpt_dir = resolve_checkpoint_dir(path)
+        source = config_from_checkpoint(ckpt_dir)
+        manager = CheckpointManager(ckpt_dir)
+        try:
+            flat = to_flat_dict(manager.restore())
+        finally:
+            manager.close()
     if (source.obs, source.model.kind, source.model.hidden, source.env.dynamics) != (
             config.obs, config.model.kind, config.model.hidden, config.env.dynamics):
         raise ValueError(f"--init-from {path}: its observation / model / dynamics config differs from this run's "
                          f"(source model {source.model}, dynamics {source.env.dynamics})")
-    manager = CheckpointManager(ckpt_dir)
-    try:
-        flat = to_flat_dict(manager.restore())
-    finally:
-        manager.close()
     params = from_flat_dict(state.params, flat, prefix="params", strict=False)
-    loaded = sum(1 for k in to_flat_dict(state.params) if "params/" + k in flat)
-    if loaded == 0:
+    loaded_leaves = sum(1 for k in to_flat_dict(state.params) if "params/" + k in flat)
+    if loaded_leaves == 0:
         raise ValueError(f"--init-from {path}: no parameter of this model was found in the checkpoint")
     ref = jax.tree.map(lambda a: a.copy(), params) if state.ref_params is not None else None
     return state.replace(params=params, ref_params=ref, opt_state=state.opt_state)
@@ -412,7 +421,8 @@ def train(experiment: Annotated[Experiment, _EXPERIMENT_ARG] = Experiment(),
     Args:
         experiment: the experiment (`jaxloop.config.Experiment`), saved beside every checkpoint.
         out: run directory (checkpoints/, logs/, summary.json); an existing run there is resumed.
-        init_from: checkpoint (or run) directory whose policy parameters start this run (GRPO: also the reference).
+        init_from: checkpoint, run or exported policy directory whose policy parameters start this run (GRPO: also
+            the reference).
         log_every: steps between metric logs.
         ckpt_every: steps between checkpoints.
         max_consecutive_skips: skipped (non-finite) updates in a row that stop the run (exit 1, "diverged").
