@@ -22,6 +22,7 @@ its aux holding the log-prob and value a trainer reads:
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -58,7 +59,7 @@ def agent_features(scenario: Scenario, state: SimState, observers: jax.Array, ob
     paths = jax.tree.map(jnp.asarray, log_paths(scenario))
 
     def one(i):
-        route = Route(xy=paths.xy[i], arc_length=paths.arc_length[i], valid=paths.valid[i])
+        route = Route(xy=paths.xy[i], arc_length=paths.arc_length[i], valid=paths.span[i])
         return features(scenario.replace(route=route), state, i, obs_config)
 
     return jax.vmap(one)(observers)
@@ -231,6 +232,15 @@ def batch_polymorphic_call(call: Any) -> Any:
                 jax.tree.map(lambda _: True, out))
 
     return batched
+
+
+def config_of_export(export_dir: str | os.PathLike) -> Experiment:
+    """The `Experiment` an exported policy directory (`jaxloop export`) was trained with (its metadata.json)."""
+    from jaxloop.io.export import METADATA_FILE
+    path = os.path.join(export_dir, METADATA_FILE)
+    with open(path) as f:
+        meta = json.load(f)
+    return from_saved(meta.get("metadata", {}), path)
 
 
 def load_exported_call(export_dir: str | os.PathLike) -> tuple[Any, Experiment]:

@@ -132,18 +132,25 @@ def _subsample_indices(num: int, keep: int) -> jax.Array:
 def route_waypoints(scenario: Scenario, point: jax.Array, num_points: int, spacing: float) -> tuple[jax.Array, jax.Array]:
     """Global route points `[W, 2]` at `spacing` m of arc length ahead of `point`'s projection, and validity `[W]`.
 
-    Waypoints past the end of the route are invalid.
+    Waypoints past the end of the route are invalid. The route's valid points, in order,
+    are the polyline (arc length non-decreasing along them); invalid points anywhere (a
+    padded suffix, the gaps of a logged path) are skipped, never interpolated toward.
     """
     route = jax.tree.map(jnp.asarray, scenario.route)
     s0, _, _ = project_to_polyline(point, route.xy, route.arc_length, route.valid)
     targets = s0 + spacing * jnp.arange(1, num_points + 1, dtype=jnp.float32)
-    arc = jnp.where(route.valid, route.arc_length, jnp.inf)
     last = jnp.max(jnp.where(route.valid, route.arc_length, -jnp.inf))
-    # Segment containing each target arc length: the last valid point with arc <= target.
-    i = jnp.clip(jnp.sum(arc[None, :] <= targets[:, None], axis=-1) - 1, 0, route.xy.shape[0] - 2)
-    a0, a1 = route.arc_length[i], route.arc_length[i + 1]
+    # Each target arc length lies between the last valid point at or before it (i) and the next valid one (j).
+    idx = jnp.arange(route.xy.shape[0])
+    first = jnp.argmax(route.valid)
+    before = route.valid[None, :] & (route.arc_length[None, :] <= targets[:, None])  # [W, R]
+    i = jnp.maximum(jnp.max(jnp.where(before, idx, -1), -1), first)
+    after = route.valid[None, :] & (idx[None, :] > i[:, None])
+    j = jnp.min(jnp.where(after, idx, route.xy.shape[0]), -1)
+    j = jnp.where(j < route.xy.shape[0], j, i)  # past the last valid point: hold it
+    a0, a1 = route.arc_length[i], route.arc_length[j]
     frac = jnp.clip((targets - a0) / jnp.maximum(a1 - a0, 1e-6), 0.0, 1.0)
-    xy = route.xy[i] + frac[:, None] * (route.xy[i + 1] - route.xy[i])
+    xy = route.xy[i] + frac[:, None] * (route.xy[j] - route.xy[i])
     valid = (targets <= last) & jnp.any(route.valid)
     return xy, valid
 

@@ -126,9 +126,9 @@ def _init_from(state: TrainState, config: Experiment, path: str) -> TrainState:
     from jaxloop.io.export import METADATA_FILE
     if os.path.isfile(os.path.join(path, METADATA_FILE)):
         from jaxloop.io.export import load_policy
-        loaded = load_policy(path)
-        source = from_saved(loaded.metadata.get("metadata", {}), f"{path}/{METADATA_FILE}")
-        flat = {f"params/{name}": np.asarray(value) for name, value in loaded.params.items()}
+        from jaxloop.io.policies import config_of_export
+        source = config_of_export(path)
+        flat = {f"params/{name}": np.asarray(value) for name, value in load_policy(path).params.items()}
     else:
         from jaxloop.io.checkpoint import CheckpointManager
         from jaxloop.io.policies import config_from_checkpoint

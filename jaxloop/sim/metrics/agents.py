@@ -76,7 +76,7 @@ def subjects_in_lane(scenario: Scenario, state: ObjectState) -> jax.Array:
     paths = log_paths(scenario)
     route = scenario.route
     route_lat = polyline_distance(xy, route.xy, route.valid)  # [N] to the ego's route
-    path_lat = polyline_distance(xy, paths.xy, paths.valid)  # [N] each to its own path
+    path_lat = polyline_distance(xy, paths.xy, paths.span)  # [N] each to its own path
     others = paths.has_path & (path_lat <= IN_LANE_LATERAL)
     return jnp.where(scenario.object_metadata.is_sdc, ego_in_lane(route_lat, route), others)
 
