@@ -58,12 +58,14 @@ EGO_BASELINES = ("bc", "apg_procedural")  # exported by experiments/real_logs.py
 
 def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_coef: float = 1.0,
             ft_preset: str = "closed_loop_safety", real_weight: float = 0.5,
-            steer_prior: str = "pure_pursuit") -> dict:
+            steer_prior: str = "pure_pursuit", goal_behavior: str = "remove") -> dict:
     """The runs of `profile`: "selfplay_bc", "selfplay_apg" (from it), "selfplay_apg_bc" (from it, with
     `APG.bc_coef`) and "selfplay_ft" (from "selfplay_apg_bc", same `bc_coef`, `ft_preset` rewards, on
     `procedural@(1-real_weight),gpudrive-train-split@real_weight`), every vehicle driven by the policy
     (`env.controlled="vehicles"`), with the model's `steer_prior` (`ModelConfig.steer_prior`: the pure
-    pursuit route-tracking prior under the curvature, see `experiments/steer_prior.py`)."""
+    pursuit route-tracking prior under the curvature, see `experiments/steer_prior.py`) and `goal_behavior`
+    (`EnvSettings.goal_behavior`: "remove" takes an agent out of the scene once it has reached its goal, the end
+    of its episode; "continue" lets it drive on)."""
     from jaxloop.config import APG, BC, EnvSettings
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
@@ -72,7 +74,7 @@ def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_
     base = base_presets("full", seed)["bc"]  # the model (MLP 256x256, Gaussian head) and observation
     data = dataclasses.replace(base.data, source=f"procedural:train:{num_train}:{seed}")
     evals = dataclasses.replace(base.eval, source=f"procedural:test:{num_test}:{seed}", batch_size=32)
-    env = EnvSettings(controlled="vehicles", reward_preset=preset)
+    env = EnvSettings(controlled="vehicles", reward_preset=preset, goal_behavior=goal_behavior)
     model = dataclasses.replace(base.model, steer_prior=steer_prior)
     bc = dataclasses.replace(base, algo=BC(samples_per_scenario=4), steps=600 if full else 20,
                              batch_size=16 if full else 4, data=data, eval=evals, env=env, model=model)
@@ -86,16 +88,22 @@ def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_
     return {"selfplay_bc": bc, "selfplay_apg": apg, "selfplay_apg_bc": apg_bc, "selfplay_ft": ft}
 
 
-def selfplay_rates(run: str, sets: dict, seed: int) -> dict:
-    """(a) the run's policy drives every vehicle: the per-agent rates over all of them, and the ego's failure."""
+def selfplay_rates(run: str, sets: dict, seed: int, continue_sets: tuple = ("test",)) -> dict:
+    """(a) the run's policy drives every vehicle: the per-agent rates over all of them, and the ego's failure.
+    The sets of `continue_sets` are evaluated a second time ("SET_continue") with every agent driving on past
+    its goal (`goal_behavior="continue"`), whatever the run's own goal behaviour."""
     from jaxloop.data.formats import init_steps_of
     from jaxloop.eval.cli import resolve_policy_spec
     from jaxloop.eval.evaluate import EvalConfig, evaluate
     from jaxloop.sim.env import EnvConfig
     out = {}
-    for set_name, (scenarios, infos) in sets.items():
-        env = EnvConfig(non_ego_agent="log", init_steps=init_steps_of(infos, set_name))
+    runs = [(s, s, None) for s in sets] + [(f"{s}_continue", s, "continue") for s in continue_sets if s in sets]
+    for set_name, source, goal_behavior in runs:
+        scenarios, infos = sets[source]
+        env = EnvConfig(non_ego_agent="log", init_steps=init_steps_of(infos, source))
         policy, env, label = resolve_policy_spec(run, env)
+        if goal_behavior is not None:
+            env = dataclasses.replace(env, goal_behavior=goal_behavior)
         rep = evaluate(policy, scenarios, infos, EvalConfig(env=env, batch_size=16), seed, name=label, agents=True)
         row = {k: rep.agents["all"][k] for k in AGENT_KEYS}
         row["num_scenarios"] = len(infos)
@@ -238,13 +246,17 @@ def ego_table(ego: dict, title: str) -> list[str]:
 
 def to_markdown(res: dict) -> str:
     lines = ["# Self-play: one policy drives every vehicle", "", f"Command: `{res['command']}`  ",
-             f"Seed: {res['seed']}; reward preset `{res['preset']}`; bc_coef {res['bc_coef']}; steer prior `{res.get('steer_prior', 'none')}`  ",
+             f"Seed: {res['seed']}; reward preset `{res['preset']}`; bc_coef {res['bc_coef']}; steer prior `{res.get('steer_prior', 'none')}`; "
+             f"goal behaviour `{res.get('goal_behavior', 'continue')}`  ",
              f"Machine: {res['machine']}  ", f"Wall time: {res['wall_s'] / 60:.1f} min"
              + ("" if res.get("complete") else " (incomplete: stages below are what finished)"), "",
              "Rates are at fault unless raw (the gate's definitions). real = the 18 GPUDrive JSON WOMD scenes; "
              "real_holdout = the 6 of them `experiments/real_logs.py` holds out (selfplay_ft is fine-tuned on the "
              "other 12). Self-play controls the agents that start farther than the goal radius from their goal "
-             "(`jaxloop.sim.env.controlled_mask`); the others (parked) follow the log.", ""]
+             "(`jaxloop.sim.env.controlled_mask`); the others (parked) follow the log. An agent's episode ends at its "
+             "goal (within 2 m of its last logged position; then its route counts as complete) or at its log's end; "
+             "with goal behaviour `remove` it then leaves the scene, as in training. The `*_continue` rows evaluate "
+             "the same policy with every agent driving on past its goal, its later events counted.", ""]
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {ok} |" for t, m, ok in targets(res)] + [""]
     if res.get("selfplay"):
@@ -287,11 +299,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--real-weight", type=float, default=0.5, help="real scenes' share of the fine-tuning batches")
     parser.add_argument("--steer-prior", default="pure_pursuit", choices=("none", "pure_pursuit"),
                         help="ModelConfig.steer_prior of the self-play runs")
+    parser.add_argument("--goal-behavior", default="remove", choices=("continue", "remove"),
+                        help="EnvSettings.goal_behavior of the self-play runs (an agent at its goal leaves or drives on)")
     parser.add_argument("--rollouts", type=int, default=None, help="realism rollouts per scene")
     parser.add_argument("--stages", default="train,selfplay,ego,realism,render")
     args = parser.parse_args(argv)
     cfgs = presets(args.profile, args.seed, args.preset, args.bc_coef, args.ft_preset, args.real_weight,
-                   args.steer_prior)
+                   args.steer_prior, args.goal_behavior)
     full = args.profile == "full"
     rollouts = args.rollouts or (16 if full else 2)
     stages = set(args.stages.split(","))
@@ -310,6 +324,7 @@ def main(argv=None) -> dict:
     res = {"command": " ".join(["python", "experiments/selfplay.py"] + list(argv if argv is not None else sys.argv[1:])),
            "seed": args.seed, "profile": args.profile, "preset": args.preset, "bc_coef": args.bc_coef,
            "ft_preset": args.ft_preset, "real_weight": args.real_weight, "steer_prior": args.steer_prior,
+           "goal_behavior": args.goal_behavior,
            "machine": f"{dev.platform} ({os.cpu_count()} cores, shared with other jobs), jax {jax.__version__}",
            "experiments": {n: to_dict(e) for n, e in cfgs.items()}, "realism_rollouts": rollouts,
            "realism_note": "", "notes": [], "complete": False}

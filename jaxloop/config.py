@@ -99,16 +99,23 @@ class EnvSettings:
     start_noise: float = 0.0
     # Self-play: an agent's episode ends at its first collision step too (it always ends at the
     # end of its logged route: goal reached or log ended). A finished agent keeps driving under
-    # the policy; its later transitions are masked out of every loss, reward and advantage.
+    # the policy (see `goal_behavior`); its later transitions are masked out of every loss, reward
+    # and advantage.
     done_on_collision: bool = True
     # Self-play: ... and at its first offroad step.
     done_on_offroad: bool = True
     # Self-play: also drive the objects that start within GOAL_RADIUS (2 m) of their goal (parked
     # cars). Off: they follow `non_ego_agent`, as GPUDrive and PufferDrive leave them to the log.
     control_parked: bool = False
+    # Self-play: a finished agent that reached its goal drives on ("continue") or leaves the scene ("remove",
+    # `jaxloop.sim.env.EnvConfig.goal_behavior`); evaluation of the run drives as it trained.
+    goal_behavior: Literal["continue", "remove"] = "continue"
 
     def __post_init__(self):
         _require_finite(self)
+        if self.goal_behavior != "continue" and self.controlled == "sdc":
+            raise ValueError(f"EnvSettings.goal_behavior={self.goal_behavior!r} needs a multi-agent mode "
+                             "(controlled 'vehicles' / 'all')")
         if self.controlled not in CONTROLLED_CHOICES:
             raise ValueError(f"EnvSettings.controlled must be one of {CONTROLLED_CHOICES}, got {self.controlled!r}")
         if self.dynamics not in DYNAMICS:
@@ -316,6 +323,7 @@ class Experiment:
                          dynamics=make_dynamics(self.env.dynamics, normalize_actions=True),
                          controlled=self.env.controlled,
                          non_ego_agent=self.env.non_ego_agent, control_parked=self.env.control_parked,
+                         goal_behavior=self.env.goal_behavior,
                          grad_through_agents=isinstance(self.algo, APG) and self.algo.grad_through_agents)
 
     def same_run(self, other: "Experiment") -> bool:

@@ -1,6 +1,8 @@
 """Self-play training: one shared policy drives every controlled object (BC, APG, PPO, GRPO), masks,
 per-agent rewards and episode ends, and the multi-agent gradient against finite differences."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,8 @@ from jaxloop.config import APG, EnvSettings
 from jaxloop.data.toy import make_track_scenario
 from jaxloop.io.policies import make_actor
 from jaxloop.sim import agents, rewards
-from jaxloop.sim.actor import Actor
+from jaxloop.sim.actor import Actor, ActorOutput, policy_controlled, stateless_init
+from jaxloop.sim.metrics.agents import agent_episode_metrics, agent_step_metrics
 from jaxloop.sim.datatypes import DT, trajectory_at
 from jaxloop.sim.env import Env
 from jaxloop.sim.rollout import rollout
@@ -240,3 +243,42 @@ def test_apg_bc_coef_adds_the_bc_loss(data, apg_trainer):
     assert with_bc["bc_loss"] > 1e-3  # an untrained policy is far from the expert actions
     np.testing.assert_allclose(with_bc["apg_loss"], losses[0.0]["loss"], rtol=1e-5)
     np.testing.assert_allclose(with_bc["loss"], losses[0.0]["loss"] + 0.5 * with_bc["bc_loss"], rtol=1e-5)
+
+
+def test_goal_behavior_remove_takes_an_agent_out_after_its_goal():
+    # Object 1's log drives 10 m (x 20 -> 30 at 10 m/s over steps 0..10) and then stops at its goal (x = 30);
+    # driven from step 0 at constant speed (zero action: 1 m a step), it is within GOAL_RADIUS (2 m) of the
+    # goal at step 8 (x = 28) and would touch object 2, parked at x = 38 (4.5 m boxes), from x > 33.5 on.
+    # "remove": it leaves the scene the step after it reached its goal, so the contact never happens;
+    # "continue": it drives on into object 2.
+    x1 = np.minimum(20.0 + 10.0 * TIME, 30.0)
+    tracks = [_track(-60.0 + 0.0 * TIME, 0.0), dict(x=x1, y=np.zeros_like(x1), vel_x=np.full_like(x1, 10.0)),
+              _track(38.0 + 0.0 * TIME, 0.0)]
+    scenario = make_track_scenario(tracks)
+    zero = Actor(init=stateless_init, name="zero", select_action=lambda p, obs, m, k: ActorOutput(
+        action=jnp.zeros((obs.state.current.x.shape[-1], 2)), controlled=policy_controlled(obs.state), actor_state=m,
+        aux={}))
+    out = {}
+    for behavior in ("continue", "remove"):
+        config = tiny_config("apg", controlled="vehicles", goal_behavior=behavior)
+        env = Env(dataclasses.replace(config.env_config(), init_steps=1))
+        state = env.reset(scenario, jax.random.key(0))
+        _, ro = jax.jit(lambda s: rollout(env, scenario, s, zero, 15, extras_fn=agent_step_metrics))(state)
+        out[behavior] = jax.device_get(ro)
+    cont, rem = out["continue"], out["remove"]
+    x = rem.states.x[:, 1]
+    reached = int(np.argmax(np.abs(x - 30.0) <= 2.0))
+    valid = rem.states.valid[:, 1]
+    assert valid[:reached + 1].all() and not valid[reached + 1:].any()  # the goal step counts, then it is gone
+    assert cont.states.valid[:, 1].all()
+    hit = lambda o: (o.extras["agent_contact"][:, 1, 2] != 0).any()
+    assert hit(cont) and not hit(rem)
+    # Its episode: goal reached, so its route is complete, though it left the scene 2 m short of the log's end
+    # (progress 8 of 10 m would read 0.8); it is charged no collision.
+    m = jax.device_get(agent_episode_metrics(scenario, jax.tree.map(jnp.asarray, rem)))
+    np.testing.assert_allclose([m["goal_reached"][1], m["completion"][1], m["collision"][1]], [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(m["progress"][1], 8.0, atol=1e-3)
+    # The parked object 2 (path under GOAL_RADIUS) and the ego are never removed.
+    assert rem.states.valid[:, 2].all() and rem.states.valid[:, 0].all()
+    with pytest.raises(ValueError, match="goal_behavior"):
+        EnvSettings(goal_behavior="remove")  # the ego-only mode has no goal to leave at

@@ -11,7 +11,7 @@ import sys, json, time, argparse, dataclasses, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np
 
-def evaluate_run(run_dir, test, num=100, seed=0):
+def evaluate_run(run_dir, test, num=100, seed=0, goal_behavior=None):
     import jax
     from jaxloop.data.formats import init_steps_of
     from jaxloop.eval.cli import resolve_policy_spec
@@ -22,6 +22,8 @@ def evaluate_run(run_dir, test, num=100, seed=0):
     scen, infos = test
     env = EnvConfig(non_ego_agent="log", init_steps=init_steps_of(infos, "test"))
     policy, env, label = resolve_policy_spec(run_dir, env)
+    if goal_behavior is not None:  # evaluate as if the run had another goal behaviour
+        env = dataclasses.replace(env, goal_behavior=goal_behavior)
     cfg = EvalConfig(env=env, batch_size=20)
     first = jax.tree.map(lambda a: a[0], scen)
     steps = num_closed_loop_steps(first, cfg.env)
@@ -60,6 +62,10 @@ if __name__ == "__main__":
     p.add_argument("--out-dir", default="runs/selfplay_explore")
     p.add_argument("--steer-prior", default="pure_pursuit", choices=("none", "pure_pursuit"))
     p.add_argument("--horizon", type=int, default=80)
+    p.add_argument("--goal-behavior", default="remove", choices=("continue", "remove"),
+                   help="EnvSettings.goal_behavior of the run (training and evaluation)")
+    p.add_argument("--eval-goal-behavior", default=None, choices=("continue", "remove"),
+                   help="evaluate with this goal behaviour instead of the run's")
     a = p.parse_args()
     from selfplay import presets
     from jaxloop.experiments.open_vs_closed_loop import procedural_set
@@ -69,7 +75,8 @@ if __name__ == "__main__":
     cfgs = presets("full", 0, a.preset, steer_prior=a.steer_prior)
     apg = cfgs["selfplay_apg"]
     apg = dataclasses.replace(apg, algo=APG(bc_coef=a.bc), steps=a.steps, lr_decay_steps=a.steps, learning_rate=a.lr,
-                              batch_size=a.batch, env=dataclasses.replace(apg.env, horizon=a.horizon))
+                              batch_size=a.batch, env=dataclasses.replace(apg.env, horizon=a.horizon,
+                                                                         goal_behavior=a.goal_behavior))
     weights = dataclasses.replace(get_preset(a.preset), **json.loads(a.w))
     out = a.init if a.eval_only else str(pathlib.Path(a.out_dir) / a.name)
     t = time.time()
@@ -81,9 +88,9 @@ if __name__ == "__main__":
         del train
     test = procedural_set(apg.eval.source)
     t2 = time.time()
-    r, _ = evaluate_run(out, test)
+    r, _ = evaluate_run(out, test, goal_behavior=a.eval_goal_behavior)
     print("eval", round(time.time() - t2), "s")
-    print("RESULT", a.name, json.dumps({"w": a.w, "steps": a.steps, "bc": a.bc, "batch": a.batch, "lr": a.lr,
+    print("RESULT", a.name, json.dumps({"w": a.w, "eval_goal_behavior": a.eval_goal_behavior, "steps": a.steps, "bc": a.bc, "batch": a.batch, "lr": a.lr,
           **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}}), flush=True)
     with open(pathlib.Path(a.out_dir) / "results.jsonl", "a") as f:
-        f.write(json.dumps({"name": a.name, "w": a.w, "steps": a.steps, "bc": a.bc, "batch": a.batch, "lr": a.lr, **r}) + "\n")
+        f.write(json.dumps({"name": a.name, "w": a.w, "eval_goal_behavior": a.eval_goal_behavior, "steps": a.steps, "bc": a.bc, "batch": a.batch, "lr": a.lr, **r}) + "\n")

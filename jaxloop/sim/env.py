@@ -17,9 +17,10 @@ from flax import struct
 from jaxloop.sim import agents as agents_lib
 from jaxloop.sim.datatypes import TYPE_VEHICLE, ObjectState, Scenario, SimState, trajectory_at
 from jaxloop.sim.dynamics import Dynamics, InvertibleBicycle
-from jaxloop.sim.metrics.paths import goal_far
+from jaxloop.sim.metrics.paths import GOAL_RADIUS, goal_distance, goal_far, log_paths
 
 CONTROLLED_CHOICES = ("sdc", "vehicles", "all")
+GOAL_BEHAVIORS = ("continue", "remove")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,13 @@ class EnvConfig:
     control_parked: the multi-agent modes also drive objects that start within
       GOAL_RADIUS of their goal (parked cars); by default those follow `non_ego_agent`
       (`controlled_mask`).
+    goal_behavior: what a policy-driven object does once it has reached its goal (within
+      GOAL_RADIUS of its last valid logged position, its episode's end in self-play):
+      "continue" drives on under the policy; "remove" takes it out of the scene (invalid
+      from the next step on: no contact, no offroad, no observation), as goal-reaching
+      self-play benchmarks end an agent there. An object whose logged path is shorter than
+      GOAL_RADIUS (a parked car) is never removed. Multi-agent modes only: with
+      `controlled="sdc"` the ego's episode runs to the horizon whatever this says.
     """
 
     init_steps: int = 11
@@ -47,8 +55,11 @@ class EnvConfig:
     non_ego_agent: str = "log"
     grad_through_agents: bool = False
     control_parked: bool = False
+    goal_behavior: str = "continue"
 
     def __post_init__(self):
+        if self.goal_behavior not in GOAL_BEHAVIORS:
+            raise ValueError(f"EnvConfig.goal_behavior must be one of {GOAL_BEHAVIORS}, got {self.goal_behavior!r}")
         if self.init_steps < 1:
             raise ValueError(f"EnvConfig.init_steps must be >= 1, got {self.init_steps}")
         if self.history_length < 1:
@@ -208,6 +219,8 @@ class Env:
             if controlled is not None:
                 use = use & controlled[slots]
             current = jax.tree.map(lambda o, d: o.at[slots].set(jnp.where(use, d, o[slots])), others, driven)
+            if self.config.goal_behavior == "remove" and self.config.controlled != "sdc":
+                current = current.replace(valid=current.valid & ~at_goal(scenario, state))
             history = jax.tree.map(lambda h, c: jnp.concatenate([h[..., 1:], c[..., None]], -1),
                                    state.history, current)
             timestep = state.timestep + 1
@@ -219,6 +232,15 @@ class Env:
     def controlled_states(self, state: SimState) -> ObjectState:
         """The current states `[M]` of the controlled slots."""
         return jax.tree.map(lambda a: a[state.controlled], state.current)
+
+def at_goal(scenario: Scenario, state: SimState) -> jax.Array:
+    """`[N]` bool: the policy-driven objects that are valid within GOAL_RADIUS of their goal at `state` and whose
+    logged path is longer than that (`EnvConfig.goal_behavior="remove"` takes them out at the next step)."""
+    paths = log_paths(scenario)
+    near = goal_distance(paths, jnp.stack([state.current.x, state.current.y], -1)) <= GOAL_RADIUS
+    policy = state.agent_kind == agents_lib.AGENT_POLICY
+    return policy & state.current.valid & near & (paths.goal_s > GOAL_RADIUS)
+
 
 def expert_actions(scenario: Scenario, dynamics: Dynamics,
                    limits: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:

@@ -28,8 +28,8 @@ is the ego's metric:
 
       progress_i     = s_i(simulated position at its last valid step) - s_i(start)
       log_progress_i = s_i(logged position at its last valid step of the episode) - s_i(start)
-      completion_i   = paths.completion(progress_i, log_progress_i)
       goal_reached_i = some valid step within GOAL_RADIUS of the episode's goal
+      completion_i   = 1 if goal_reached_i else paths.completion(progress_i, log_progress_i)
 
   where the episode's goal is the object's last valid logged position within the
   evaluated steps (the log's own goal, `LogPaths.goal`, when the episode runs to the end
@@ -219,7 +219,7 @@ def agent_episode_metrics(scenario: Scenario, rollout_out, extras: dict | None =
         out = {k: jnp.where(nonfinite, k != "goal_reached", v).astype(jnp.float32) for k, v in out.items()}
         out["valid"] = start.valid.astype(jnp.float32)
         out["progress"], out["log_progress"] = progress, log_progress
-        out["completion"] = jnp.where(nonfinite, 0.0, completion(progress, log_progress))
+        out["completion"] = jnp.where(nonfinite, 0.0, jnp.where(reached, 1.0, completion(progress, log_progress)))
         out["nonfinite"] = nonfinite.astype(jnp.float32)
         return out
 
