@@ -58,14 +58,15 @@ EGO_BASELINES = ("bc", "apg_procedural")  # exported by experiments/real_logs.py
 
 def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_coef: float = 1.0,
             ft_preset: str = "closed_loop_safety", real_weight: float = 0.5,
-            steer_prior: str = "pure_pursuit", goal_behavior: str = "remove") -> dict:
+            steer_prior: str = "pure_pursuit", goal_behavior: str = "remove", done_at_goal: bool = True) -> dict:
     """The runs of `profile`: "selfplay_bc", "selfplay_apg" (from it), "selfplay_apg_bc" (from it, with
     `APG.bc_coef`) and "selfplay_ft" (from "selfplay_apg_bc", same `bc_coef`, `ft_preset` rewards, on
     `procedural@(1-real_weight),gpudrive-train-split@real_weight`), every vehicle driven by the policy
     (`env.controlled="vehicles"`), with the model's `steer_prior` (`ModelConfig.steer_prior`: the pure
     pursuit route-tracking prior under the curvature, see `experiments/steer_prior.py`) and `goal_behavior`
     (`EnvSettings.goal_behavior`: "remove" takes an agent out of the scene once it has reached its goal, the end
-    of its episode; "continue" lets it drive on)."""
+    of its episode; "continue" lets it drive on) and `done_at_goal` (`EnvSettings.done_at_goal`: False, with
+    "continue", runs every agent's loss on past its goal, so it learns what to do at its route's end)."""
     from jaxloop.config import APG, BC, EnvSettings
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
@@ -74,7 +75,8 @@ def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_
     base = base_presets("full", seed)["bc"]  # the model (MLP 256x256, Gaussian head) and observation
     data = dataclasses.replace(base.data, source=f"procedural:train:{num_train}:{seed}")
     evals = dataclasses.replace(base.eval, source=f"procedural:test:{num_test}:{seed}", batch_size=32)
-    env = EnvSettings(controlled="vehicles", reward_preset=preset, goal_behavior=goal_behavior)
+    env = EnvSettings(controlled="vehicles", reward_preset=preset, goal_behavior=goal_behavior,
+                      done_at_goal=done_at_goal)
     model = dataclasses.replace(base.model, steer_prior=steer_prior)
     bc = dataclasses.replace(base, algo=BC(samples_per_scenario=4), steps=600 if full else 20,
                              batch_size=16 if full else 4, data=data, eval=evals, env=env, model=model)
@@ -88,16 +90,18 @@ def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_
     return {"selfplay_bc": bc, "selfplay_apg": apg, "selfplay_apg_bc": apg_bc, "selfplay_ft": ft}
 
 
-def selfplay_rates(run: str, sets: dict, seed: int, continue_sets: tuple = ("test",)) -> dict:
-    """(a) the run's policy drives every vehicle: the per-agent rates over all of them, and the ego's failure.
-    The sets of `continue_sets` are evaluated a second time ("SET_continue") with every agent driving on past
-    its goal (`goal_behavior="continue"`), whatever the run's own goal behaviour."""
+def selfplay_rates(run: str, sets: dict, seed: int, goal_behavior: str | None = None,
+                   continue_sets: tuple = ("test",)) -> dict:
+    """(a) the run's policy drives every vehicle: the per-agent rates over all of them, and the ego's failure,
+    with `goal_behavior` (None: the run's own). The sets of `continue_sets` are evaluated a second time
+    ("SET_continue") with every agent driving on past its goal (`goal_behavior="continue"`)."""
     from jaxloop.data.formats import init_steps_of
     from jaxloop.eval.cli import resolve_policy_spec
     from jaxloop.eval.evaluate import EvalConfig, evaluate
     from jaxloop.sim.env import EnvConfig
     out = {}
-    runs = [(s, s, None) for s in sets] + [(f"{s}_continue", s, "continue") for s in continue_sets if s in sets]
+    runs = [(s, s, goal_behavior) for s in sets] + [(f"{s}_continue", s, "continue") for s in continue_sets
+                                                    if s in sets]
     for set_name, source, goal_behavior in runs:
         scenarios, infos = sets[source]
         env = EnvConfig(non_ego_agent="log", init_steps=init_steps_of(infos, source))
@@ -112,6 +116,28 @@ def selfplay_rates(run: str, sets: dict, seed: int, continue_sets: tuple = ("tes
         log(f"  {label} self-play on {set_name}: {row['num_agents']} agents, collision "
             f"{row['collision_rate']:.4f} offroad {row['offroad_rate']:.4f} either {row['collision_offroad_rate']:.4f}"
             f" route {row['route_completion']:.3f} goal {row['goal_rate']:.3f}")
+    return out
+
+
+def reference_rates(sets: dict, seed: int, goal_behavior: str) -> dict:
+    """The per-agent reference of (a): every agent the log's own path and timing, tracked through the bicycle
+    dynamics closed loop (`jaxloop.sim.actor.log_tracking_actor`): what the log itself reads as where the
+    dynamics cannot follow it or its boxes and map read as a failure."""
+    from jaxloop.data.formats import init_steps_of
+    from jaxloop.eval.evaluate import EvalConfig, evaluate
+    from jaxloop.sim.actor import log_tracking_actor
+    from jaxloop.sim.dynamics import InvertibleBicycle
+    from jaxloop.sim.env import EnvConfig
+    dynamics = InvertibleBicycle(normalize_actions=True)
+    out = {}
+    for set_name, (scenarios, infos) in sets.items():
+        env = EnvConfig(init_steps=init_steps_of(infos, set_name), dynamics=dynamics, controlled="vehicles",
+                        goal_behavior=goal_behavior)
+        rep = evaluate(log_tracking_actor(dynamics), scenarios, infos, EvalConfig(env=env, batch_size=16), seed,
+                       name="log_tracking", agents=True)
+        out[set_name] = {k: rep.agents["all"][k] for k in AGENT_KEYS} | {"num_scenarios": len(infos)}
+        log(f"  log tracking ({goal_behavior}) on {set_name}: either {out[set_name]['collision_offroad_rate']:.4f} "
+            f"route {out[set_name]['route_completion']:.3f}")
     return out
 
 
@@ -247,7 +273,9 @@ def ego_table(ego: dict, title: str) -> list[str]:
 def to_markdown(res: dict) -> str:
     lines = ["# Self-play: one policy drives every vehicle", "", f"Command: `{res['command']}`  ",
              f"Seed: {res['seed']}; reward preset `{res['preset']}`; bc_coef {res['bc_coef']}; steer prior `{res.get('steer_prior', 'none')}`; "
-             f"goal behaviour `{res.get('goal_behavior', 'continue')}`  ",
+             f"goal behaviour `{res.get('goal_behavior', 'continue')}` in training"
+             + ("" if res.get("done_at_goal", True) else ", each agent's loss run on past its goal (`done_at_goal` off)")
+             + f", `{res.get('eval_goal_behavior', res.get('goal_behavior', 'continue'))}` in evaluation (a)  ",
              f"Machine: {res['machine']}  ", f"Wall time: {res['wall_s'] / 60:.1f} min"
              + ("" if res.get("complete") else " (incomplete: stages below are what finished)"), "",
              "Rates are at fault unless raw (the gate's definitions). real = the 18 GPUDrive JSON WOMD scenes; "
@@ -255,12 +283,15 @@ def to_markdown(res: dict) -> str:
              "other 12). Self-play controls the agents that start farther than the goal radius from their goal "
              "(`jaxloop.sim.env.controlled_mask`); the others (parked) follow the log. An agent's episode ends at its "
              "goal (within 2 m of its last logged position; then its route counts as complete) or at its log's end; "
-             "with goal behaviour `remove` it then leaves the scene, as in training. The `*_continue` rows evaluate "
+             "with goal behaviour `remove` (evaluation) it then leaves the scene. The `*_continue` rows evaluate "
              "the same policy with every agent driving on past its goal, its later events counted.", ""]
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {ok} |" for t, m, ok in targets(res)] + [""]
     if res.get("selfplay"):
-        lines += agent_table(res["selfplay"])
+        lines += agent_table({**res["selfplay"], **res.get("reference", {})})
+        lines += ["", "`log_tracking` is the reference: every agent steered toward its next logged state by the "
+                  "bicycle's inverse dynamics (`jaxloop.sim.actor.log_tracking_actor`), the log as the dynamics can "
+                  "drive it; its failures are the log's own (infeasible steps, boxes and map labels)."]
         lines.append("")
     if res.get("ego"):
         lines += ego_table(res["ego"], "## (b) As the ego (other objects log replay or IDM)")
@@ -301,11 +332,16 @@ def main(argv=None) -> dict:
                         help="ModelConfig.steer_prior of the self-play runs")
     parser.add_argument("--goal-behavior", default="remove", choices=("continue", "remove"),
                         help="EnvSettings.goal_behavior of the self-play runs (an agent at its goal leaves or drives on)")
+    parser.add_argument("--past-goal", action="store_true",
+                        help="EnvSettings.done_at_goal=False: every agent's loss runs on past its goal (needs "
+                             "--goal-behavior continue)")
+    parser.add_argument("--eval-goal-behavior", default="remove", choices=("continue", "remove"),
+                        help="the goal behaviour of the per-agent evaluation (a); a `_continue` row of test is added")
     parser.add_argument("--rollouts", type=int, default=None, help="realism rollouts per scene")
-    parser.add_argument("--stages", default="train,selfplay,ego,realism,render")
+    parser.add_argument("--stages", default="train,selfplay,reference,ego,realism,render")
     args = parser.parse_args(argv)
     cfgs = presets(args.profile, args.seed, args.preset, args.bc_coef, args.ft_preset, args.real_weight,
-                   args.steer_prior, args.goal_behavior)
+                   args.steer_prior, args.goal_behavior, not args.past_goal)
     full = args.profile == "full"
     rollouts = args.rollouts or (16 if full else 2)
     stages = set(args.stages.split(","))
@@ -324,14 +360,18 @@ def main(argv=None) -> dict:
     res = {"command": " ".join(["python", "experiments/selfplay.py"] + list(argv if argv is not None else sys.argv[1:])),
            "seed": args.seed, "profile": args.profile, "preset": args.preset, "bc_coef": args.bc_coef,
            "ft_preset": args.ft_preset, "real_weight": args.real_weight, "steer_prior": args.steer_prior,
-           "goal_behavior": args.goal_behavior,
+           "goal_behavior": args.goal_behavior, "done_at_goal": not args.past_goal,
+           "eval_goal_behavior": args.eval_goal_behavior,
            "machine": f"{dev.platform} ({os.cpu_count()} cores, shared with other jobs), jax {jax.__version__}",
            "experiments": {n: to_dict(e) for n, e in cfgs.items()}, "realism_rollouts": rollouts,
            "realism_note": "", "notes": [], "complete": False}
     json_path = out / f"{stem}.json"
     if json_path.exists() and "train" not in stages:
         old = json.loads(json_path.read_text())
-        res.update({k: old[k] for k in ("training", "selfplay", "ego", "realism", "renders") if k in old})
+        res.update({k: old[k] for k in ("training", "selfplay", "reference", "ego", "realism", "renders") if k in old})
+        res["wall_s_before"] = old.get("wall_s", 0.0)
+        if old.get("command"):  # the stages of this invocation were added to an earlier run's results
+            res["command"] = f"{old['command']}`, then `{res['command']}"
 
     def save():
         res["wall_s"] = time.perf_counter() - t_start + res.get("wall_s_before", 0.0)
@@ -377,8 +417,14 @@ def main(argv=None) -> dict:
         res["selfplay"] = {}
         for name in SELFPLAY:
             log(f"(a) self-play traffic: {name}")
-            res["selfplay"][name] = selfplay_rates(str(runs / name), sets, args.seed)
+            res["selfplay"][name] = selfplay_rates(str(runs / name), sets, args.seed, args.eval_goal_behavior)
             save()
+
+    if "reference" in stages:
+        log("(a) reference: the log tracked through the dynamics")
+        res["reference"] = {f"log_tracking ({gb})": reference_rates(sets, args.seed, gb)
+                            for gb in dict.fromkeys((args.eval_goal_behavior, "continue"))}
+        save()
 
     if "ego" in stages:
         res["ego"] = {}

@@ -104,6 +104,9 @@ class EnvSettings:
     done_on_collision: bool = True
     # Self-play: ... and at its first offroad step.
     done_on_offroad: bool = True
+    # Self-play: ... and when it reaches its goal (off: its loss goes on to the horizon or its log's end, so it
+    # learns what to do at the end of its route; with goal_behavior "continue" only).
+    done_at_goal: bool = True
     # Self-play: also drive the objects that start within GOAL_RADIUS (2 m) of their goal (parked
     # cars). Off: they follow `non_ego_agent`, as GPUDrive and PufferDrive leave them to the log.
     control_parked: bool = False
@@ -116,6 +119,9 @@ class EnvSettings:
         if self.goal_behavior != "continue" and self.controlled == "sdc":
             raise ValueError(f"EnvSettings.goal_behavior={self.goal_behavior!r} needs a multi-agent mode "
                              "(controlled 'vehicles' / 'all')")
+        if not self.done_at_goal and self.goal_behavior == "remove":
+            raise ValueError("EnvSettings.done_at_goal=False needs goal_behavior='continue': a removed agent has no "
+                             "episode past its goal")
         if self.controlled not in CONTROLLED_CHOICES:
             raise ValueError(f"EnvSettings.controlled must be one of {CONTROLLED_CHOICES}, got {self.controlled!r}")
         if self.dynamics not in DYNAMICS:

@@ -282,3 +282,21 @@ def test_goal_behavior_remove_takes_an_agent_out_after_its_goal():
     assert rem.states.valid[:, 2].all() and rem.states.valid[:, 0].all()
     with pytest.raises(ValueError, match="goal_behavior"):
         EnvSettings(goal_behavior="remove")  # the ego-only mode has no goal to leave at
+
+
+def test_done_at_goal_off_lets_the_episode_run_past_the_goal():
+    # Object 1 moved onto its goal (its last logged position): its episode ends there by default, not with
+    # done_at_goal=False (then only its log's end or a collision / offroad ends it).
+    from jaxloop.train.common import agent_step_events, route_goals
+    x1 = np.minimum(20.0 + 5.0 * TIME, 30.0)  # at the start (step 10) x = 25, 5 m from its goal
+    scenario = make_track_scenario([_track(-60.0 + 0.0 * TIME, 0.0), dict(x=x1, y=np.zeros_like(x1))])
+    ends = []
+    for done_at_goal in (True, False):
+        ctx = make_context(tiny_config("apg", controlled="vehicles", done_at_goal=done_at_goal))
+        prev = ctx.env.reset(scenario, jax.random.key(0))
+        paths, goal_far = route_goals(scenario, prev)
+        new = prev.replace(timestep=prev.timestep + 1, current=prev.current.replace(x=prev.current.x.at[1].set(30.0)))
+        ends.append(bool(agent_step_events(ctx, scenario, prev, new, paths, goal_far)["agent_end"][1]))
+    assert ends == [True, False]
+    with pytest.raises(ValueError, match="done_at_goal"):
+        EnvSettings(controlled="vehicles", goal_behavior="remove", done_at_goal=False)

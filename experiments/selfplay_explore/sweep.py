@@ -59,11 +59,14 @@ if __name__ == "__main__":
     p.add_argument("--batch", type=int, default=8); p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--init", required=True, help="the self-play BC run to start from")
     p.add_argument("--eval-only", action="store_true")
+    p.add_argument("--ego", action="store_true", help="also evaluate the policy as the ego on test (log / IDM traffic)")
     p.add_argument("--out-dir", default="runs/selfplay_explore")
     p.add_argument("--steer-prior", default="pure_pursuit", choices=("none", "pure_pursuit"))
     p.add_argument("--horizon", type=int, default=80)
     p.add_argument("--goal-behavior", default="remove", choices=("continue", "remove"),
                    help="EnvSettings.goal_behavior of the run (training and evaluation)")
+    p.add_argument("--past-goal", action="store_true",
+                   help="EnvSettings.done_at_goal=False: an agent's loss runs on past its goal (--goal-behavior continue)")
     p.add_argument("--eval-goal-behavior", default=None, choices=("continue", "remove"),
                    help="evaluate with this goal behaviour instead of the run's")
     a = p.parse_args()
@@ -76,7 +79,8 @@ if __name__ == "__main__":
     apg = cfgs["selfplay_apg"]
     apg = dataclasses.replace(apg, algo=APG(bc_coef=a.bc), steps=a.steps, lr_decay_steps=a.steps, learning_rate=a.lr,
                               batch_size=a.batch, env=dataclasses.replace(apg.env, horizon=a.horizon,
-                                                                         goal_behavior=a.goal_behavior))
+                                                                         goal_behavior=a.goal_behavior,
+                                                                         done_at_goal=not a.past_goal))
     weights = dataclasses.replace(get_preset(a.preset), **json.loads(a.w))
     out = a.init if a.eval_only else str(pathlib.Path(a.out_dir) / a.name)
     t = time.time()
@@ -90,6 +94,11 @@ if __name__ == "__main__":
     t2 = time.time()
     r, _ = evaluate_run(out, test, goal_behavior=a.eval_goal_behavior)
     print("eval", round(time.time() - t2), "s")
+    if a.ego:  # the policy as the ego on test, the other objects log replay / IDM (at fault)
+        from selfplay import ego_rates
+        ego = ego_rates(a.name, pathlib.Path(out), {"test": test}, 0)
+        r["ego"] = {k: {m: v[m] for m in ("failure_rate", "failures", "collision_rate", "offroad_rate",
+                                           "progress_ratio")} for k, v in ego.items()}
     print("RESULT", a.name, json.dumps({"w": a.w, "eval_goal_behavior": a.eval_goal_behavior, "steps": a.steps, "bc": a.bc, "batch": a.batch, "lr": a.lr,
           **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}}), flush=True)
     with open(pathlib.Path(a.out_dir) / "results.jsonl", "a") as f:

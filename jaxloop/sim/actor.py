@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxloop.sim import agents as agents_lib
-from jaxloop.sim.datatypes import Scenario, SimState
+from jaxloop.sim.datatypes import Scenario, SimState, trajectory_at
 
 BASELINE_KINDS = {"expert": agents_lib.AGENT_LOG, "constant_velocity": agents_lib.AGENT_CONSTANT_VELOCITY,
                   "idm": agents_lib.AGENT_IDM}
@@ -175,6 +175,24 @@ def baseline_actor(name: str, action_dim: int) -> Actor:
                            actor_state=actor_state, aux={})
 
     return Actor(init=stateless_init, select_action=select_action, agent_kind=BASELINE_KINDS[name], name=name)
+
+
+def log_tracking_actor(dynamics, name: str = "log_tracking") -> Actor:
+    """Every object the environment lets a policy drive, steered toward its next logged state: the action is
+    the dynamics' inverse from its simulated state to the log at the next step (clipped to the limits,
+    normalised as the dynamics takes it; zero where either is invalid).
+
+    The log as the dynamics can drive it, closed loop (each step starts from where the object is, so errors
+    do not compound): the per-agent reference of a self-play evaluation. Where it fails, the log itself is
+    infeasible for the dynamics or its labels (boxes, map) read as a failure. No params, no memory.
+    """
+    def select_action(params, obs: Observation, actor_state, key: jax.Array) -> ActorOutput:
+        del params, key
+        state = obs.state
+        action, _ = dynamics.inverse(state.current, trajectory_at(obs.scenario.log_trajectory, state.timestep + 1))
+        return ActorOutput(action=action, controlled=policy_controlled(state), actor_state=actor_state, aux={})
+
+    return Actor(init=stateless_init, select_action=select_action, name=name)
 
 
 def with_agent_kind(actor: Actor, scenario: Scenario, agent_kind: jax.Array) -> jax.Array:

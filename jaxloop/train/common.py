@@ -23,11 +23,12 @@ with a mask `valid` `[H, N]`: agent i's transition t counts while i is controlle
 before and after the step with a valid log, and its episode has not ended at an earlier
 step. Agent i's episode ends (`agent_step_events`) at the end of its logged route (its
 goal, the last valid logged position, within `paths.GOAL_RADIUS` when it started farther
-away, or its log ends), and, with `EnvSettings.done_on_collision` / `done_on_offroad`
-(default on), at a collision or offroad step (`rewards.agent_collision`,
-`rewards.agent_offroad`). The step that ends it still counts. A finished agent keeps
-driving under the policy and is still an obstacle to the others; only its later
-transitions are masked out of losses, rewards and advantages.
+away, or its log ends; `EnvSettings.done_at_goal=False` drops the goal end), and, with
+`EnvSettings.done_on_collision` / `done_on_offroad` (default on), at a collision or offroad
+step (`rewards.agent_collision`, `rewards.agent_offroad`). The step that ends it still
+counts. A finished agent keeps driving under the policy and is still an obstacle to the
+others (`EnvSettings.goal_behavior="remove"`: one at its goal leaves the scene); only its
+later transitions are masked out of losses, rewards and advantages.
 """
 
 from __future__ import annotations
@@ -278,7 +279,7 @@ def agent_step_events(ctx: Context, scenario: Scenario, prev: SimState, new: Sim
     prev, new = jax.lax.stop_gradient((prev, new))  # flags only: no tangent reaches the metrics' loops
     log_state = trajectory_at(scenario.log_trajectory, new.timestep)
     goal = goal_far & (paths_lib.goal_distance(paths, new.current.xy) < paths_lib.GOAL_RADIUS)
-    end = goal | ~log_state.valid
+    end = (goal if cfg.done_at_goal else jnp.zeros_like(goal)) | ~log_state.valid
     if cfg.done_on_collision:
         end = end | rewards.agent_collision(new, log_state)
     if cfg.done_on_offroad:
