@@ -130,6 +130,13 @@ PRESETS: dict[str, RewardWeights] = {
                                       conflict=4.0, conflict_time=2.0, log_divergence=1.0, log_lag=2.0,
                                       anticipate=1.0, behind_log=2.0, behind_lag=0.5, overlap_margin=1.5, offroad_margin=0.5,
                                       temperature=0.3),
+    # Self-play on schedule: `selfplay_keep_up` with the floor at the log 0.25 s earlier, for a loss that runs on
+    # past each agent's goal (`EnvSettings.done_at_goal=False`): the agent learns to arrive when its log does
+    # instead of overtaking its log and driving on unguided past its route's end.
+    "selfplay_on_schedule": RewardWeights(progress=0.3, collision=10.0, offroad=5.0, red_light=2.0, headway=2.0,
+                                          conflict=4.0, conflict_time=2.0, log_divergence=1.0, log_lag=2.0,
+                                          anticipate=1.0, behind_log=2.0, behind_lag=0.25, overlap_margin=1.5,
+                                          offroad_margin=0.5, temperature=0.3),
     # Everything the scorecard counts, moderately weighted.
     "scorecard": RewardWeights(progress=0.5, collision=10.0, offroad=5.0, red_light=5.0, off_route=1.0,
                                wrong_way=2.0, infeasible=0.5, discomfort=0.05, log_divergence=0.01),
