@@ -111,7 +111,7 @@ class EnvSettings:
     # cars). Off: they follow `non_ego_agent`, as GPUDrive and PufferDrive leave them to the log.
     control_parked: bool = False
     # Self-play: a finished agent that reached its goal drives on ("continue") or leaves the scene ("remove",
-    # `jaxloop.sim.env.EnvConfig.goal_behavior`); evaluation of the run drives as it trained.
+    # `jaxloop.sim.env.EnvConfig.goal_behavior`); an evaluation of the run drives as it trained unless told otherwise.
     goal_behavior: Literal["continue", "remove"] = "continue"
 
     def __post_init__(self):

@@ -233,6 +233,7 @@ class Env:
         """The current states `[M]` of the controlled slots."""
         return jax.tree.map(lambda a: a[state.controlled], state.current)
 
+
 def at_goal(scenario: Scenario, state: SimState) -> jax.Array:
     """`[N]` bool: the policy-driven objects that are valid within GOAL_RADIUS of their goal at `state` and whose
     logged path is longer than that (`EnvConfig.goal_behavior="remove"` takes them out at the next step)."""
