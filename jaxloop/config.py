@@ -304,6 +304,17 @@ class Experiment:
             if not math.isclose(self.model.steer_max_curvature, limit, rel_tol=1e-6):
                 raise ValueError(f"Experiment: model.steer_max_curvature ({self.model.steer_max_curvature}) must "
                                  f"equal the bicycle dynamics' max_curvature ({limit})")
+        if self.model.accel_prior != "none":  # the prior's acceleration scale is the dynamics' normalised one
+            if self.env.dynamics != "bicycle":
+                raise ValueError(f"Experiment: model.accel_prior={self.model.accel_prior!r} needs env.dynamics "
+                                 f"'bicycle' (an acceleration action), got {self.env.dynamics!r}")
+            if not self.obs.target_speed:
+                raise ValueError(f"Experiment: model.accel_prior={self.model.accel_prior!r} needs "
+                                 "obs.target_speed=True (the IDM's desired speed)")
+            limit = self.env_config().dynamics.max_accel
+            if not math.isclose(self.model.accel_max, limit, rel_tol=1e-6):
+                raise ValueError(f"Experiment: model.accel_max ({self.model.accel_max}) must equal the bicycle "
+                                 f"dynamics' max_accel ({limit})")
 
     @property
     def algo_name(self) -> str:

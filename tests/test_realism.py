@@ -207,6 +207,22 @@ def test_parked_vehicle_is_not_policy_driven():
     assert slots.tolist() == [0, 1]
 
 
+def test_policy_slots_can_leave_a_reversing_vehicle_to_idm():
+    # Object 1 backs up at 5 m/s (0.5 m/step toward -x) while heading +x: its velocity is 180 degrees off its
+    # heading, so the forward-only bicycle cannot follow it; object 2 drives forward at the same speed.
+    from jaxloop.realism.evaluate import policy_slots, reverses
+    t = np.arange(T, dtype=np.float64)
+    fwd = lambda x0, y0, v: dict(x=x0 + v * 0.1 * t, y=np.full(T, y0), yaw=np.zeros(T), vel_x=np.full(T, v),
+                                 vel_y=np.zeros(T))
+    tracks = [fwd(0.0, 0.0, 10.0), fwd(40.0, 3.5, -5.0) | {"yaw": np.zeros(T)}, fwd(60.0, -3.5, 5.0)]
+    sc = make_track_scenario(tracks)
+    assert reverses(sc)[:3].tolist() == [False, True, False]
+    slots, driven = policy_slots(sc, INIT, 3, skip_reversing=True)
+    assert slots.tolist() == [0, 1, 2] and driven.tolist() == [True, False, True]
+    _, driven = policy_slots(sc, INIT, 3)
+    assert driven.tolist() == [True, True, True]
+
+
 def test_policy_view_is_the_training_view():
     # Ego: 1 m/step, stopping at x = 22 (its goal); object 1: 1 m/step from x = 30, stopping at x = 52, one lane
     # over. At the current step (t = 10) both are 12 m from their goals, so on their own logged paths the route

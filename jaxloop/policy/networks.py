@@ -24,6 +24,21 @@ zero network output the policy drives pure pursuit toward its route at constant 
 The prior is a deterministic function of the features, so the Gaussian, its log-prob,
 BC, APG, PPO, GRPO and exported policies all see it as part of the mean; the default
 "none" adds nothing to the graph.
+
+Acceleration prior (`ModelConfig.accel_prior`). With "idm" the acceleration mean is the
+intelligent driver model read from the features plus the network's output:
+
+    mean[..., 0] = atanh(clip(a_idm / accel_max)) + network mean[..., 0]
+    a_idm = a [1 - (v / v0)^4 - (s* / gap)^2],  s* = s0 + max(0, v T + v (v - v_lead) / (2 sqrt(a b)))
+
+clipped to [-idm_max_decel, a] (the gap term only with a lead). v is the observer's speed,
+v0 its target speed (`ObsConfig.target_speed`: its largest logged speed, the IDM agents'
+desired speed), and the lead the nearest of the observed objects whose centre lies within
+its half width + 1 m of the route polyline ahead (origin, the route waypoints, then 50 m
+straight on past the last one; speed along the route) and the red lights whose stop point
+lies within 2 m of it: the rules of `jaxloop.sim.agents.idm_step`, on what the observer
+sees. Parameters: `IdmPriorParams` (the IDM agents' defaults). With both priors and a zero
+network output the policy is an IDM driver steering pure pursuit along its route.
 """
 
 from __future__ import annotations
@@ -41,6 +56,8 @@ from jaxloop.policy.observation import Features, ObsConfig, flat_dim, flatten
 MODEL_KINDS = ("mlp", "attention")
 HEAD_KINDS = ("deterministic", "gaussian")
 STEER_PRIORS = ("none", "pure_pursuit")
+ACCEL_PRIORS = ("none", "idm")
+ACCEL_INDEX = 0
 CURVATURE_INDEX = 1  # (acceleration, curvature) of the bicycle dynamics (`jaxloop.sim.dynamics.InvertibleBicycle`)
 PRIOR_EPS = 1e-3  # |kappa_pp / steer_max_curvature| is clipped to 1 - PRIOR_EPS before atanh (|pre-tanh| <= 3.8)
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
@@ -66,6 +83,11 @@ class ModelConfig:
     # Physical curvature (1/m) of a normalised action of 1: the bicycle dynamics' `max_curvature`
     # (`Experiment` checks that they agree).
     steer_max_curvature: float = 0.3
+    # Car-following acceleration prior added to the acceleration's pre-tanh mean ("none" | "idm"; "idm"
+    # needs `ObsConfig.target_speed`). Physical acceleration (m/s²) of a normalised action of 1: the bicycle
+    # dynamics' `max_accel` (`Experiment` checks that they agree).
+    accel_prior: Literal["none", "idm"] = "none"
+    accel_max: float = 6.0
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -84,6 +106,10 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be a finite number >= 0, got {value}")
         if not (math.isfinite(self.steer_max_curvature) and self.steer_max_curvature > 0):
             raise ValueError(f"ModelConfig.steer_max_curvature must be positive, got {self.steer_max_curvature}")
+        if self.accel_prior not in ACCEL_PRIORS:
+            raise ValueError(f"ModelConfig.accel_prior must be one of {ACCEL_PRIORS}, got {self.accel_prior!r}")
+        if not (math.isfinite(self.accel_max) and self.accel_max > 0):
+            raise ValueError(f"ModelConfig.accel_max must be positive, got {self.accel_max}")
 
 
 @struct.dataclass
@@ -162,12 +188,136 @@ def steer_prior_mean(feats: Features, prior: SteerPrior) -> jax.Array:
     return atanh_clipped(pure_pursuit_curvature(feats, prior) / prior.max_curvature, PRIOR_EPS)
 
 
-def _with_prior(out: "PolicyOutput", feats: Features, prior: SteerPrior | None) -> "PolicyOutput":
-    """`out` with the steering prior added to the curvature mean (unchanged without a prior)."""
-    if prior is None:
-        return out
-    offset = steer_prior_mean(feats, prior)[..., None] * jax.nn.one_hot(CURVATURE_INDEX, out.mean.shape[-1])
-    return out.replace(mean=out.mean + offset)
+@dataclasses.dataclass(frozen=True)
+class IdmPriorParams:
+    """The acceleration prior's IDM parameters (the defaults of `jaxloop.sim.agents.AgentParams`)."""
+
+    desired_speed_scale: float = 1.0
+    time_headway: float = 1.5  # s
+    min_gap: float = 2.0  # m
+    max_accel: float = 2.0  # m/s²
+    comfort_decel: float = 3.0  # m/s²
+    max_decel: float = 8.0  # m/s²
+    delta: float = 4.0
+
+
+IDM_PRIOR_LOOKAHEAD = 50.0  # m along the route: farther leads and lights are ignored (as the IDM agents)
+IDM_PRIOR_LATERAL = 1.0  # m: a lead's centre within its half width + this of the route
+IDM_PRIOR_LIGHT_LATERAL = 2.0  # m: a red light's stop point this close to the route governs
+RED_LIGHT_STATES = (1, 4, 7)  # TL_ARROW_STOP, TL_STOP, TL_FLASHING_STOP (`jaxloop.sim.datatypes`)
+
+
+@dataclasses.dataclass(frozen=True)
+class AccelPrior:
+    """What the IDM acceleration prior reads from the features (static, kept on the model)."""
+
+    accel_max: float  # m/s² of a normalised acceleration action of 1
+    position_scale: float
+    velocity_scale: float
+    history_length: int
+    params: IdmPriorParams = IdmPriorParams()
+
+    @classmethod
+    def of(cls, config: ModelConfig, obs_config: ObsConfig, history_length: int,
+           action_dim: int) -> "AccelPrior | None":
+        if config.accel_prior == "none":
+            return None
+        if action_dim != 2:
+            raise ValueError(f"ModelConfig.accel_prior={config.accel_prior!r} needs the bicycle's (acceleration, "
+                             f"curvature) action, got action_dim={action_dim}")
+        if not obs_config.target_speed:
+            raise ValueError(f"ModelConfig.accel_prior={config.accel_prior!r} needs ObsConfig.target_speed=True "
+                             "(the IDM's desired speed)")
+        return cls(config.accel_max, obs_config.position_scale, obs_config.velocity_scale, history_length)
+
+
+def _route_frame(feats: Features, points: jax.Array, ps: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(arc offset `[..., P]`, lateral distance `[..., P]`, unit tangent `[..., P, 2]`) of points `[..., P, 2]`
+    (metres, observer frame) on the route polyline ahead: the observer's origin, the valid route waypoints, then
+    IDM_PRIOR_LOOKAHEAD m straight on along the last segment (along x without a waypoint)."""
+    way = feats.route[..., :2] * ps  # [..., W, 2]
+    valid = feats.route_valid  # a valid prefix
+    origin = jnp.zeros_like(way[..., :1, :])
+    # Invalid waypoints repeat the last valid one (or the origin): zero-length segments, never nearest.
+    count = jnp.sum(valid, -1)
+    w = way.shape[-2]
+    last_idx = jnp.maximum(count - 1, 0)
+    last = jnp.einsum("...w,...wc->...c", jax.nn.one_hot(last_idx, w), way)
+    last = jnp.where((count > 0)[..., None], last, 0.0)
+    way = jnp.where(valid[..., None], way, last[..., None, :])
+    pts = jnp.concatenate([origin, way], -2)  # [..., W + 1, 2]
+    prev = jnp.einsum("...w,...wc->...c", jax.nn.one_hot(jnp.maximum(count - 1, 0), w + 1), pts)
+    direction = last - jnp.where((count > 0)[..., None], prev, jnp.array([-1.0, 0.0]))
+    direction = direction / jnp.maximum(jnp.linalg.norm(direction, axis=-1, keepdims=True), 1e-6)
+    ext = last + IDM_PRIOR_LOOKAHEAD * direction
+    starts = pts
+    ends = jnp.concatenate([pts[..., 1:, :], ext[..., None, :]], -2)  # [..., W + 1, 2]
+    seg = ends - starts
+    seg_len = jnp.linalg.norm(seg, axis=-1)  # [..., S]
+    arc0 = jnp.cumsum(seg_len, -1) - seg_len
+    rel = points[..., :, None, :] - starts[..., None, :, :]  # [..., P, S, 2]
+    t = jnp.clip(jnp.sum(rel * seg[..., None, :, :], -1) / jnp.maximum(seg_len ** 2, 1e-9)[..., None, :], 0.0, 1.0)
+    dist = jnp.linalg.norm(rel - t[..., None] * seg[..., None, :, :], axis=-1)
+    dist = jnp.where((seg_len > 1e-6)[..., None, :], dist, jnp.inf)
+    best = jnp.argmin(dist, -1)  # [..., P]
+    pick = jax.nn.one_hot(best, seg_len.shape[-1])  # [..., P, S]
+    lateral = jnp.sum(pick * jnp.where(jnp.isfinite(dist), dist, 0.0), -1)
+    offset = jnp.sum(pick * (arc0[..., None, :] + t * seg_len[..., None, :]), -1)
+    tangent = jnp.einsum("...ps,...sc->...pc", pick, seg / jnp.maximum(seg_len, 1e-6)[..., None])
+    return offset, lateral, tangent
+
+
+def idm_prior_accel(feats: Features, prior: AccelPrior) -> jax.Array:
+    """The IDM acceleration `[...]` (m/s²) of the observer from its features (see the module docstring)."""
+    k, ps, vs, p = prior.history_length, prior.position_scale, prior.velocity_scale, prior.params
+    cur = feats.ego[..., (k - 1) * 7:k * 7]
+    v = jnp.hypot(cur[..., 4], cur[..., 5]) * vs
+    own_half = feats.ego[..., k * 7] * 5.0 / 2.0
+    v0 = jnp.maximum(feats.ego[..., k * 7 + 2] * vs * p.desired_speed_scale, 0.1)
+    # Object leads.
+    obj = feats.objects
+    o_xy, o_vel = obj[..., :2] * ps, obj[..., 4:6] * vs
+    o_half_len, o_half_wid = obj[..., 6] * 5.0 / 2.0, obj[..., 7] * 5.0 / 2.0
+    off, lat, tan = _route_frame(feats, o_xy, ps)
+    is_lead = (feats.objects_valid & (off > 1e-3) & (off < IDM_PRIOR_LOOKAHEAD)
+               & (lat < o_half_wid + IDM_PRIOR_LATERAL))
+    gap = jnp.where(is_lead, off - own_half[..., None] - o_half_len, jnp.inf)
+    lead = jnp.argmin(gap, -1)
+    pick = jax.nn.one_hot(lead, gap.shape[-1])
+    obj_gap = jnp.min(gap, -1)
+    obj_speed = jnp.sum(pick * jnp.sum(o_vel * tan, -1), -1)
+    # Red lights: stopped leads at their stop points.
+    lights = feats.lights
+    red = feats.lights_valid & jnp.any(lights[..., 2 + jnp.array(RED_LIGHT_STATES)] > 0.5, -1)
+    l_off, l_lat, _ = _route_frame(feats, lights[..., :2] * ps, ps)
+    light_lead = red & (l_lat < IDM_PRIOR_LIGHT_LATERAL) & (l_off > own_half[..., None]) & (l_off < IDM_PRIOR_LOOKAHEAD)
+    light_gap = jnp.min(jnp.where(light_lead, l_off - own_half[..., None], jnp.inf), -1)
+    lead_gap = jnp.minimum(obj_gap, light_gap)
+    lead_speed = jnp.where(light_gap <= obj_gap, 0.0, obj_speed)
+    has_lead = jnp.isfinite(lead_gap)
+    a_free = p.max_accel * (1.0 - (v / v0) ** p.delta)
+    s_star = p.min_gap + jnp.maximum(0.0, v * p.time_headway
+                                     + v * (v - lead_speed) / (2.0 * math.sqrt(p.max_accel * p.comfort_decel)))
+    safe_gap = jnp.maximum(jnp.where(has_lead, lead_gap, 1.0), 0.1)
+    accel = jnp.where(has_lead, a_free - p.max_accel * (s_star / safe_gap) ** 2, a_free)
+    return jnp.clip(accel, -p.max_decel, p.max_accel)
+
+
+def accel_prior_mean(feats: Features, prior: AccelPrior) -> jax.Array:
+    """The prior's pre-tanh acceleration `[...]`: atanh(clip(a_idm / accel_max, 1 - PRIOR_EPS))."""
+    return atanh_clipped(idm_prior_accel(feats, prior) / prior.accel_max, PRIOR_EPS)
+
+
+def _with_prior(out: "PolicyOutput", feats: Features, prior: SteerPrior | None,
+                accel: AccelPrior | None = None) -> "PolicyOutput":
+    """`out` with the steering prior added to the curvature mean and the acceleration prior to the acceleration
+    mean (unchanged without them)."""
+    mean = out.mean
+    if prior is not None:
+        mean = mean + steer_prior_mean(feats, prior)[..., None] * jax.nn.one_hot(CURVATURE_INDEX, mean.shape[-1])
+    if accel is not None:
+        mean = mean + accel_prior_mean(feats, accel)[..., None] * jax.nn.one_hot(ACCEL_INDEX, mean.shape[-1])
+    return out if mean is out.mean else out.replace(mean=mean)
 
 
 def _mlp(sizes: list[int], rngs: nnx.Rngs) -> nnx.List:
@@ -214,6 +364,7 @@ class MLPPolicy(nnx.Module):
                  rngs: nnx.Rngs):
         self.config = config
         self.steer = SteerPrior.of(config, obs_config, history_length, action_dim)
+        self.accel = AccelPrior.of(config, obs_config, history_length, action_dim)
         sizes = [flat_dim(obs_config, history_length), *config.hidden]
         self.trunk = _mlp(sizes, rngs)
         self.heads = _Heads(sizes[-1], action_dim, config, rngs)
@@ -221,7 +372,8 @@ class MLPPolicy(nnx.Module):
 
     def __call__(self, feats: Features) -> PolicyOutput:
         h = _run_mlp(self.trunk, flatten(feats), final_activation=True)
-        return _with_prior(self.heads(h, None if self.value_net is None else self.value_net(feats)), feats, self.steer)
+        out = self.heads(h, None if self.value_net is None else self.value_net(feats))
+        return _with_prior(out, feats, self.steer, self.accel)
 
 
 class AttentionPolicy(nnx.Module):
@@ -235,6 +387,7 @@ class AttentionPolicy(nnx.Module):
                  rngs: nnx.Rngs):
         self.config = config
         self.steer = SteerPrior.of(config, obs_config, history_length, action_dim)
+        self.accel = AccelPrior.of(config, obs_config, history_length, action_dim)
         d = config.embed_dim
         c = obs_config
         ego_in = c.ego_dim(history_length) + c.route_points * c.route_dim
@@ -280,7 +433,8 @@ class AttentionPolicy(nnx.Module):
         ctx = jnp.einsum("...hs,...shc->...hc", attn, v).reshape(*batch, d)
         ctx = self.norm(query + self.o(ctx))
         h = _run_mlp(self.out, jnp.concatenate([query, ctx], -1), final_activation=True)
-        return _with_prior(self.heads(h, None if self.value_net is None else self.value_net(feats)), feats, self.steer)
+        out = self.heads(h, None if self.value_net is None else self.value_net(feats))
+        return _with_prior(out, feats, self.steer, self.accel)
 
 
 def make_model(config: ModelConfig, obs_config: ObsConfig, history_length: int, action_dim: int,

@@ -6,7 +6,9 @@ over observer indices gives every controlled object its own view.
 
 Tokens (each with a `valid` mask):
 
-- ego: the observer's own history `[K]` (relative pose, velocity, valid) and box size;
+- ego: the observer's own history `[K]` (relative pose, velocity, valid) and box size, and
+  with `ObsConfig.target_speed` its target speed: its largest valid logged speed (what the
+  IDM along a logged path takes as its desired speed, `jaxloop.sim.agents.idm_step`);
 - objects: the `num_objects` nearest other valid objects at the current step
   (relative pose, velocity, size, type one-hot);
 - lanes: the `num_lanes` nearest lane polylines, subsampled to `lane_points` points
@@ -51,6 +53,9 @@ class ObsConfig:
     max_distance: float = 80.0  # objects / lights farther than this are masked out
     position_scale: float = 20.0  # metres per feature unit
     velocity_scale: float = 10.0  # m/s per feature unit
+    # Append the observer's target speed (its largest valid logged speed / velocity_scale) to the ego token:
+    # the route's speed, as the route is its path (needed by `ModelConfig.accel_prior="idm"`).
+    target_speed: bool = False
 
     def __post_init__(self):
         for name in ("history_length", "num_objects", "num_lanes", "lane_points", "num_edges", "num_lights", "route_points"):
@@ -62,7 +67,7 @@ class ObsConfig:
 
     # Per-token feature widths.
     def ego_dim(self, history_length: int | None = None) -> int:
-        return (self.history_length if history_length is None else history_length) * 7 + 2
+        return (self.history_length if history_length is None else history_length) * 7 + 2 + int(self.target_speed)
 
     @property
     def object_dim(self) -> int:
@@ -89,7 +94,7 @@ class ObsConfig:
 class Features:
     """Policy input for one observer (leading batch axes added by vmap)."""
 
-    ego: jax.Array  # [De] observer history (K x (x, y, cos, sin, vx, vy, valid)) + (length, width)
+    ego: jax.Array  # [De] observer history (K x (x, y, cos, sin, vx, vy, valid)) + (length, width) [+ target speed]
     objects: jax.Array  # [O, Do] nearest objects
     objects_valid: jax.Array  # [O] bool
     lanes: jax.Array  # [M, Q' * 5] lane points (x, y, dir_x, dir_y, valid) flattened per lane
@@ -176,6 +181,10 @@ def features(scenario: Scenario, state: SimState, observer: jax.Array | int, con
                                     hvalid[:, None].astype(jnp.float32)], -1)
         ego_hist = jnp.where(hvalid[:, None], ego_hist, 0.0)
         ego = jnp.concatenate([ego_hist.reshape(-1), jnp.stack([own(cur.length), own(cur.width)]) / 5.0])
+        if config.target_speed:
+            log = scenario.log_trajectory
+            speed = jnp.where(log.valid, jnp.hypot(log.vel_x, log.vel_y), 0.0)  # [N, T]
+            ego = jnp.concatenate([ego, jnp.max(_gather(speed, observer), -1, keepdims=True) / vs])
 
         # Nearest other objects.
         num_all = cur.x.shape[-1]

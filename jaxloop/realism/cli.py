@@ -11,7 +11,7 @@ import tyro
 def run_realism(agents: str = "idm", data: str = "../shared/data/gpudrive", rollouts: int = 32,
                 horizon: int | None = None, batch_size: int = 2, seed: int = 0, out: str | None = None,
                 json_output: Annotated[bool, tyro.conf.arg(name="json")] = False, policy_objects: int = 16,
-                policy_noise: float = 0.1, policy_parked: bool = False,
+                policy_noise: float = 0.1, policy_parked: bool = False, policy_skip_reversing: bool = False,
                 policy_head: bool = True, idm_params: str | None = None, skip_invalid: bool = False,
                 num_objects: int = 128, select: Literal["nearest", "error"] = "nearest") -> int:
     """Realism meta-metric of a traffic model: many stochastic rollouts per scene, the likelihood of the log
@@ -31,6 +31,8 @@ def run_realism(agents: str = "idm", data: str = "../shared/data/gpudrive", roll
         policy_noise: action noise std added to an exported (deterministic) policy, normalised units.
         policy_parked: the policy drives parked vehicles too (default: only vehicles that start farther than
             GOAL_RADIUS from their goal, self-play's rule; parked ones are sampled IDM).
+        policy_skip_reversing: leave the vehicles the log moves backward for a second to the sampled IDM (the
+            policy's bicycle drives forward only).
         policy_head: a checkpoint samples its tanh-Gaussian head (False: its mode + policy_noise).
         idm_params: a JSON file of fitted IDM parameters (`jaxloop.realism.fit`) to sample around.
         skip_invalid: raw --data files: skip (and count on stderr) invalid files and records.
@@ -50,7 +52,8 @@ def run_realism(agents: str = "idm", data: str = "../shared/data/gpudrive", roll
         params = load_params(idm_params)
     config = RealismConfig(agents=agents, rollouts=rollouts, horizon=horizon, batch_size=batch_size, seed=seed,
                            policy_objects=policy_objects, policy_noise=policy_noise,
-                           policy_parked=policy_parked, policy_head=policy_head, idm_params=params)
+                           policy_parked=policy_parked, policy_skip_reversing=policy_skip_reversing,
+                           policy_head=policy_head, idm_params=params)
     if agents.startswith("policy:") and not pathlib.Path(agents[len("policy:"):]).exists():
         raise FileNotFoundError(f"--agents {agents!r}: no such run, checkpoint or exported policy directory")
     scenarios, infos = load_source(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)
