@@ -97,3 +97,19 @@ def test_a_model_with_both_priors_builds_and_its_zero_output_mean_is_the_prior(f
     out = nnx.merge(graphdef, params)(_with(feats))
     assert math.tanh(float(out.mean[0])) * IDM.accel_max == pytest.approx(1.694824, abs=1e-3)
     assert abs(float(out.mean[1])) < 1e-3  # a straight route: pure pursuit steers straight
+
+
+def test_idm_prior_gradient_is_finite_with_padded_tokens_and_no_route(feats):
+    # APG differentiates the prior: zero-padded objects, repeated (invalid) waypoints and a standing observer
+    # all put a norm at 0, whose plain gradient is NaN.
+    import jax
+    prior = AccelPrior.of(IDM, OBS, OBS.history_length, 2)
+    k = OBS.history_length
+    standing = feats.ego.at[(k - 1) * 7 + 4].set(0.0)
+    cases = [_with(feats, [(20.0, 0.0, 3.0, 4.5, 2.0)]), _with(feats),
+             _with(feats).replace(route_valid=jnp.zeros(OBS.route_points, bool), ego=standing)]
+    for f in cases:
+        floats = (f.ego, f.objects, f.route, f.lights)
+        accel = lambda e, o, r, li: networks.idm_prior_accel(f.replace(ego=e, objects=o, route=r, lights=li), prior)
+        grads = jax.grad(accel, argnums=(0, 1, 2, 3))(*floats)
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)

@@ -231,6 +231,11 @@ class AccelPrior:
         return cls(config.accel_max, obs_config.position_scale, obs_config.velocity_scale, history_length)
 
 
+def _safe_norm(v: jax.Array) -> jax.Array:
+    """|v| over the last axis with a finite gradient at 0 (degenerate segments, padded tokens)."""
+    return jnp.sqrt(jnp.sum(v ** 2, -1) + 1e-12)
+
+
 def _route_frame(feats: Features, points: jax.Array, ps: float) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(arc offset `[..., P]`, lateral distance `[..., P]`, unit tangent `[..., P, 2]`) of points `[..., P, 2]`
     (metres, observer frame) on the route polyline ahead: the observer's origin, the valid route waypoints, then
@@ -248,17 +253,17 @@ def _route_frame(feats: Features, points: jax.Array, ps: float) -> tuple[jax.Arr
     pts = jnp.concatenate([origin, way], -2)  # [..., W + 1, 2]
     prev = jnp.einsum("...w,...wc->...c", jax.nn.one_hot(jnp.maximum(count - 1, 0), w + 1), pts)
     direction = last - jnp.where((count > 0)[..., None], prev, jnp.array([-1.0, 0.0]))
-    direction = direction / jnp.maximum(jnp.linalg.norm(direction, axis=-1, keepdims=True), 1e-6)
+    direction = direction / jnp.maximum(_safe_norm(direction)[..., None], 1e-6)
     ext = last + IDM_PRIOR_LOOKAHEAD * direction
     starts = pts
     ends = jnp.concatenate([pts[..., 1:, :], ext[..., None, :]], -2)  # [..., W + 1, 2]
     seg = ends - starts
-    seg_len = jnp.linalg.norm(seg, axis=-1)  # [..., S]
+    seg_len = _safe_norm(seg)  # [..., S]
     arc0 = jnp.cumsum(seg_len, -1) - seg_len
     rel = points[..., :, None, :] - starts[..., None, :, :]  # [..., P, S, 2]
     t = jnp.clip(jnp.sum(rel * seg[..., None, :, :], -1) / jnp.maximum(seg_len ** 2, 1e-9)[..., None, :], 0.0, 1.0)
-    dist = jnp.linalg.norm(rel - t[..., None] * seg[..., None, :, :], axis=-1)
-    dist = jnp.where((seg_len > 1e-6)[..., None, :], dist, jnp.inf)
+    dist = _safe_norm(rel - t[..., None] * seg[..., None, :, :])
+    dist = jnp.where((seg_len > 1e-5)[..., None, :], dist, jnp.inf)
     best = jnp.argmin(dist, -1)  # [..., P]
     pick = jax.nn.one_hot(best, seg_len.shape[-1])  # [..., P, S]
     lateral = jnp.sum(pick * jnp.where(jnp.isfinite(dist), dist, 0.0), -1)
@@ -271,7 +276,7 @@ def idm_prior_accel(feats: Features, prior: AccelPrior) -> jax.Array:
     """The IDM acceleration `[...]` (m/s²) of the observer from its features (see the module docstring)."""
     k, ps, vs, p = prior.history_length, prior.position_scale, prior.velocity_scale, prior.params
     cur = feats.ego[..., (k - 1) * 7:k * 7]
-    v = jnp.hypot(cur[..., 4], cur[..., 5]) * vs
+    v = _safe_norm(cur[..., 4:6]) * vs
     own_half = feats.ego[..., k * 7] * 5.0 / 2.0
     v0 = jnp.maximum(feats.ego[..., k * 7 + 2] * vs * p.desired_speed_scale, 0.1)
     # Object leads.
