@@ -14,11 +14,13 @@ step driven by the model, 32 rollouts per scene, 80 future steps):
   defaults), `idm_fitted` (sampled around parameters fitted by gradient through the
   simulator to the 12 training scenes of the real-logs split, `jaxloop.realism.fit`);
 - `policy:bc`, `policy:apg_finetuned`: the exported ego policies of the real-logs
-  experiment, `policy:selfplay_apg` (and `selfplay_apg_bc`) the exported self-play policies
-  of `experiments/selfplay.py`, driving the SDC and its 15 nearest vehicles that have
-  somewhere to go (start farther than GOAL_RADIUS from their goal; parked ones are sampled
-  IDM), per-object ego-centric observation, own logged path as route, deterministic
-  actions + N(0, 0.1²) noise, the other objects sampled IDM;
+  experiment, `policy:selfplay_apg` (and `selfplay_apg_bc`, `selfplay_ft`) the exported
+  self-play policies of `experiments/selfplay.py` (steering and IDM acceleration priors),
+  driving the SDC and its 15 nearest vehicles that have somewhere to go (start farther
+  than GOAL_RADIUS from their goal; parked ones are sampled IDM), per-object ego-centric
+  observation, own logged path as route, deterministic actions + N(0, 0.1²) noise (a
+  policy with a target speed drives toward its slot's sampled IDM desired speed), the
+  other objects sampled IDM;
 - `policy:selfplay_bc_real`: self-play BC trained here (`train_real_bc`, `--runs`) on the
   12 real training scenes, a checkpoint whose actions are sampled from its head.
 
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rollouts", type=int, default=32)
     ap.add_argument("--fit-steps", type=int, default=25)
-    ap.add_argument("--policies", default=f"bc,apg_finetuned,selfplay_apg,selfplay_apg_bc,{REAL_BC}")
+    ap.add_argument("--policies", default=f"bc,apg_finetuned,selfplay_apg,selfplay_apg_bc,selfplay_ft,{REAL_BC}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--accel-weight", type=float, default=1.0,
                     help="acceleration term of the realism-regularised IDM fit (idm_fitted_realism)")

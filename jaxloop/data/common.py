@@ -102,6 +102,8 @@ class RawLog:
     # [n] bool, kept by select="nearest" whatever their distance (the SDC always);
     # None: the tracks to predict and objects of interest (is_modeled | objects_of_interest).
     must_keep: np.ndarray | None = None
+    # What the decoder decided about the source and reports in the load info (e.g. {"heading_unit": "deg"}).
+    notes: dict = dataclasses.field(default_factory=dict)
 
 
 def _fail(message: str, source: str, record: int | None, field: str) -> DataError:
@@ -282,5 +284,6 @@ def build_scenario(log: RawLog, config: LoadConfig, source: str = "", record: in
         "num_objects_raw": int(present.sum()), "dropped_objects": dropped_objects, "dropped_lights": dropped_lights,
         "sdc_index": sdc_index, "current_index": cur,
         "map": {kind: dataclasses.asdict(getattr(report, kind)) for kind in report.KINDS},
+        **log.notes,
     }
     return scenario, info

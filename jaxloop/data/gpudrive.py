@@ -3,8 +3,8 @@
 The format (ScenarioMax exports the same) holds one WOMD scene of T steps (WOMD: 91 at
 10 Hz, the current step is index 10):
 
-- `objects[i]`: per step `position` {x, y, z}, `velocity` {x, y}, `heading` (radians)
-  and `valid`; per object `width`, `length`, `height` (missing in older files: a
+- `objects[i]`: per step `position` {x, y, z}, `velocity` {x, y}, `heading` and
+  `valid`; per object `width`, `length`, `height` (missing in older files: a
   per-type default, `DEFAULT_HEIGHT`), `type` ("vehicle", "pedestrian", "cyclist";
   anything else is TYPE_OTHER) and `id` (older files: none, the object index is used).
   Invalid steps carry placeholder positions ((-10000, -10000), (0, 0)): only `valid`
@@ -23,6 +23,18 @@ The format (ScenarioMax exports the same) holds one WOMD scene of T steps (WOMD:
   is_modeled) and `objects_of_interest` (object ids). Without `sdc_track_index` the SDC
   is the last object, the format's own convention.
 - the scenario id: `scenario_id`, else `name` without its suffix, else the file stem.
+
+Heading units. Newer files store `heading` in radians; older ones (the Nocturne lineage
+of the format) in degrees, with nothing in the file that says which: 9 of the 18 real
+WOMD scenes in `shared/data/gpudrive` are in degrees. Read as radians, a degree heading
+turns every box at random (boxes overlap and leave the road, the log "fails"), so the
+unit is decided per file from the data (`heading_unit`): the heading is compared with
+the direction of the logged velocity at every valid step where the object moves faster
+than HEADING_CHECK_SPEED, and the unit whose median angular error is smaller wins (in
+the degree files here it is under 0.01 rad for degrees and 0.1-1.5 rad for radians);
+with fewer than HEADING_CHECK_MIN_STEPS such steps a heading of magnitude beyond 2 pi + 0.01
+means degrees. Headings are converted to radians on load, and the load info reports the
+decision (`heading_unit`, `heading_error_rad`, `heading_error_deg`, `heading_steps`).
 
 The format carries no timestamps (steps are 0.1 s apart) and no stop-sign -> lane links.
 Bad input raises `DataError` naming the file and the field (`objects[3].heading`,
@@ -374,9 +386,40 @@ def _lights(scene: dict, t_len: int, source: str):
     return lane_ids, state, xy, valid
 
 
+HEADING_CHECK_SPEED = 1.0  # m/s: slower steps say little about the direction of travel
+HEADING_CHECK_MIN_STEPS = 20  # moving valid steps needed to decide the unit from the velocity
+
+
+def _wrapped_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs((a - b + np.pi) % (2 * np.pi) - np.pi)
+
+
+def heading_unit(yaw: np.ndarray, vel: np.ndarray, valid: np.ndarray) -> tuple[str, dict]:
+    """"rad" or "deg" for a file's headings `[n, T]`, from the logged velocities `[2, n, T]` (see the module
+    docstring), and the evidence: the median wrapped error against the velocity direction under each unit (NaN
+    without moving steps) and the number of moving steps."""
+    speed = np.hypot(vel[0], vel[1])
+    moving = valid & (speed > HEADING_CHECK_SPEED)
+    direction = np.arctan2(vel[1], vel[0])[moving]
+    h = yaw[moving]
+    err_rad = float(np.median(_wrapped_error(h, direction))) if h.size else float("nan")
+    err_deg = float(np.median(_wrapped_error(np.deg2rad(h), direction))) if h.size else float("nan")
+    if h.size >= HEADING_CHECK_MIN_STEPS:
+        unit = "deg" if err_deg < err_rad else "rad"
+    else:
+        unit = "deg" if valid.any() and np.abs(yaw[valid]).max() > 2 * np.pi + 0.01 else "rad"
+    return unit, {"heading_unit": unit, "heading_error_rad": round(err_rad, 4), "heading_error_deg": round(err_deg, 4),
+                  "heading_steps": int(h.size)}
+
+
 def scene_to_raw(scene: dict, source: str = "") -> RawLog:
-    """A decoded scene (`read_scene`) -> `RawLog` for `build_scenario`; `DataError` on bad fields."""
+    """A decoded scene (`read_scene`) -> `RawLog` for `build_scenario`; `DataError` on bad fields.
+
+    Headings in degrees (`heading_unit`) are converted to radians."""
     pos, vel, yaw, valid, box, types, ids = _objects(scene, source)
+    unit, notes = heading_unit(yaw, vel, valid)
+    if unit == "deg":
+        yaw = np.where(valid, np.deg2rad(yaw), yaw)
     n, t_len = valid.shape
     metadata = scene.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
@@ -418,7 +461,8 @@ def scene_to_raw(scene: dict, source: str = "") -> RawLog:
         traj=traj, ids=ids.astype(np.int32), types=types, is_sdc=is_sdc, is_modeled=modeled, objects_of_interest=ooi,
         roadgraph=_roadgraph(scene, source), light_lane_ids=lane_ids, light_state=state, light_xy=light_xy,
         light_valid=light_valid, current_index=min(CURRENT_INDEX, t_len - 1), scenario_id=sid,
-        field_name=lambda f, t: f"objects[*].{json_name[f]}[{t}]", sdc_field=sdc_field, objects_field="objects")
+        field_name=lambda f, t: f"objects[*].{json_name[f]}[{t}]", sdc_field=sdc_field, objects_field="objects",
+        notes=notes)
 
 
 @contextlib.contextmanager

@@ -37,7 +37,8 @@ desired speed), and the lead the nearest of the observed objects whose centre li
 its half width + 1 m of the route polyline ahead (origin, the route waypoints, then 50 m
 straight on past the last one; speed along the route) and the red lights whose stop point
 lies within 2 m of it: the rules of `jaxloop.sim.agents.idm_step`, on what the observer
-sees. Parameters: `IdmPriorParams` (the IDM agents' defaults). With both priors and a zero
+sees, through the same `jaxloop.sim.agents.idm_acceleration`; its parameters are the IDM agents'
+defaults (`AccelPrior.params`, an `AgentParams`). With both priors and a zero
 network output the policy is an IDM driver steering pure pursuit along its route.
 """
 
@@ -52,6 +53,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from jaxloop.policy.observation import Features, ObsConfig, flat_dim, flatten
+from jaxloop.sim.agents import AgentParams, idm_acceleration
 
 MODEL_KINDS = ("mlp", "attention")
 HEAD_KINDS = ("deterministic", "gaussian")
@@ -188,19 +190,6 @@ def steer_prior_mean(feats: Features, prior: SteerPrior) -> jax.Array:
     return atanh_clipped(pure_pursuit_curvature(feats, prior) / prior.max_curvature, PRIOR_EPS)
 
 
-@dataclasses.dataclass(frozen=True)
-class IdmPriorParams:
-    """The acceleration prior's IDM parameters (the defaults of `jaxloop.sim.agents.AgentParams`)."""
-
-    desired_speed_scale: float = 1.0
-    time_headway: float = 1.5  # s
-    min_gap: float = 2.0  # m
-    max_accel: float = 2.0  # m/s²
-    comfort_decel: float = 3.0  # m/s²
-    max_decel: float = 8.0  # m/s²
-    delta: float = 4.0
-
-
 IDM_PRIOR_LOOKAHEAD = 50.0  # m along the route: farther leads and lights are ignored (as the IDM agents)
 IDM_PRIOR_LATERAL = 1.0  # m: a lead's centre within its half width + this of the route
 IDM_PRIOR_LIGHT_LATERAL = 2.0  # m: a red light's stop point this close to the route governs
@@ -215,7 +204,7 @@ class AccelPrior:
     position_scale: float
     velocity_scale: float
     history_length: int
-    params: IdmPriorParams = IdmPriorParams()
+    params: AgentParams = AgentParams()  # the IDM agents' defaults
 
     @classmethod
     def of(cls, config: ModelConfig, obs_config: ObsConfig, history_length: int,
@@ -278,7 +267,7 @@ def idm_prior_accel(feats: Features, prior: AccelPrior) -> jax.Array:
     cur = feats.ego[..., (k - 1) * 7:k * 7]
     v = _safe_norm(cur[..., 4:6]) * vs
     own_half = feats.ego[..., k * 7] * 5.0 / 2.0
-    v0 = jnp.maximum(feats.ego[..., k * 7 + 2] * vs * p.desired_speed_scale, 0.1)
+    v0 = feats.ego[..., k * 7 + 2] * vs * p.idm_desired_speed_scale
     # Object leads.
     obj = feats.objects
     o_xy, o_vel = obj[..., :2] * ps, obj[..., 4:6] * vs
@@ -300,12 +289,7 @@ def idm_prior_accel(feats: Features, prior: AccelPrior) -> jax.Array:
     lead_gap = jnp.minimum(obj_gap, light_gap)
     lead_speed = jnp.where(light_gap <= obj_gap, 0.0, obj_speed)
     has_lead = jnp.isfinite(lead_gap)
-    a_free = p.max_accel * (1.0 - (v / v0) ** p.delta)
-    s_star = p.min_gap + jnp.maximum(0.0, v * p.time_headway
-                                     + v * (v - lead_speed) / (2.0 * math.sqrt(p.max_accel * p.comfort_decel)))
-    safe_gap = jnp.maximum(jnp.where(has_lead, lead_gap, 1.0), 0.1)
-    accel = jnp.where(has_lead, a_free - p.max_accel * (s_star / safe_gap) ** 2, a_free)
-    return jnp.clip(accel, -p.max_decel, p.max_accel)
+    return idm_acceleration(v, v0, lead_gap, lead_speed, has_lead, p)
 
 
 def accel_prior_mean(feats: Features, prior: AccelPrior) -> jax.Array:

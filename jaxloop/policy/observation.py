@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxloop.sim.agents import max_logged_speed
 from jaxloop.sim.datatypes import Scenario, SimState, at_step
 from jaxloop.sim.geometry import project_to_polyline, rotate, to_local
 
@@ -182,9 +183,8 @@ def features(scenario: Scenario, state: SimState, observer: jax.Array | int, con
         ego_hist = jnp.where(hvalid[:, None], ego_hist, 0.0)
         ego = jnp.concatenate([ego_hist.reshape(-1), jnp.stack([own(cur.length), own(cur.width)]) / 5.0])
         if config.target_speed:
-            log = scenario.log_trajectory
-            speed = jnp.where(log.valid, jnp.hypot(log.vel_x, log.vel_y), 0.0)  # [N, T]
-            ego = jnp.concatenate([ego, jnp.max(_gather(speed, observer), -1, keepdims=True) / vs])
+            target = _gather(max_logged_speed(scenario.log_trajectory), observer)  # [N] first, then the observer's
+            ego = jnp.concatenate([ego, target[None] / vs])
 
         # Nearest other objects.
         num_all = cur.x.shape[-1]
@@ -250,6 +250,14 @@ def flatten(feats: Features) -> jax.Array:
     parts = [feats.ego, feats.objects, feats.objects_valid, feats.lanes, feats.lanes_valid, feats.edges,
              feats.edges_valid, feats.lights, feats.lights_valid, feats.route]
     return jnp.concatenate([p.reshape(*batch, -1).astype(jnp.float32) for p in parts], -1)
+
+
+def scale_target_speed(feats: Features, factor: jax.Array, config: ObsConfig) -> Features:
+    """`feats` `[..., ...]` with the observer's target speed (`ObsConfig.target_speed`, the last ego entry)
+    multiplied by `factor` `[...]`: a driver who wants to go faster or slower than its log's largest speed."""
+    if not config.target_speed:
+        raise ValueError("scale_target_speed: the observation has no target speed (ObsConfig.target_speed=False)")
+    return feats.replace(ego=feats.ego.at[..., -1].multiply(factor))
 
 
 def flat_dim(config: ObsConfig, history_length: int | None = None) -> int:

@@ -29,7 +29,10 @@ Traffic models (`RealismConfig.agents`):
   scenario's route for an ego-only run); parked vehicles, pedestrians, cyclists and farther vehicles are
   sampled IDM (which holds a parked car still along its short logged path). A checkpoint's actions are
   sampled from its tanh-Gaussian head; an exported policy is deterministic, so Gaussian
-  noise of `policy_noise` (normalised action units) is added to its actions;
+  noise of `policy_noise` (normalised action units) is added to its actions. A policy that
+  observes a target speed (`ObsConfig.target_speed`) sees it times the desired-speed factor
+  drawn for its slot in that rollout (`policy_sample_target`), as an IDM agent there would
+  drive: its driver style is sampled per rollout, like IDM's;
 - `log_resampled`: the reference row, no simulator: each rollout replays the log at a
   time scale drawn from N(1, 0.05²) per object with a lateral offset drawn from
   N(0, (0.2 m)²) that ramps in over 2 s: near-human variation around the log, to read the
@@ -92,6 +95,10 @@ class RealismConfig:
     policy_noise: std of the Gaussian added to a deterministic (exported) policy's normalised action.
     policy_skip_reversing: leave the vehicles the log moves backward to the sampled IDM (`policy_slots`).
     policy_head: a checkpoint samples its tanh-Gaussian head (False: its mode + `policy_noise`, as an export).
+    policy_sample_target: a policy that observes a target speed (`ObsConfig.target_speed`) sees it times the
+        desired-speed factor drawn for its object per rollout (`sample_idm_params`, the draw an IDM agent in
+        that slot drives with): a driver-style latent sampled as IDM samples its desired speed (False: the
+        log's largest speed in every rollout). Policies without a target speed are unaffected.
     policy_parked: let the policy drive parked vehicles too (default False: only the SDC and vehicles that
         start farther than GOAL_RADIUS from their goal, self-play's rule; parked ones are sampled IDM).
     idm_params / idm_spread: the IDM parameters and their sampling.
@@ -109,6 +116,7 @@ class RealismConfig:
     policy_parked: bool = False
     policy_skip_reversing: bool = False
     policy_head: bool = True
+    policy_sample_target: bool = True
     idm_params: agents_lib.AgentParams = agents_lib.AgentParams()
     idm_spread: IdmSpread = IdmSpread()
     time_scale_std: float = 0.05
@@ -286,12 +294,13 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
     """`one(scenario, aux, key) -> Poses [N, H]` with a trained policy driving `aux["slots"]` (see the module
     docstring), and a description of how it drives."""
     from jaxloop.policy import networks
-    from jaxloop.policy.observation import features as obs_features, flatten
+    from jaxloop.policy.observation import features as obs_features, flatten, scale_target_speed
     from jaxloop.io.policies import load_policy, trained_on_own_path
 
     _, train_config = load_policy(path)
     own_path = trained_on_own_path(train_config)
     obs_config = train_config.obs
+    sample_target = config.policy_sample_target and obs_config.target_speed
     env_config = dataclasses.replace(train_config.env_config(), init_steps=config.init_steps, controlled="sdc",
                                      non_ego_agent="log", grad_through_agents=False)
     env = Env(env_config)
@@ -324,6 +333,7 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
             "observation, own logged path as route" + ("" if own_path else ", the SDC the scenario's route")
             + ("" if config.policy_parked else "; parked vehicles excluded")
             + ("; vehicles the log moves backward excluded" if config.policy_skip_reversing else "")
+            + ("; target speed times the IDM desired-speed draw of its slot" if sample_target else "")
             + "), the other objects sampled IDM")
 
     def one(scenario, aux, key):
@@ -335,8 +345,11 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
         state = env.reset(scenario, key_reset, agent_kind=kind, with_idm=True)
         state = state.replace(controlled=slots)
         params = sample_idm_params(key_params, config.idm_params, config.idm_spread, n)
+        style = params.idm_desired_speed_scale[slots]  # [M]: the slots' desired-speed draws
+
         def policy(sc, st, k):
-            return act(policy_view(sc, st, st.controlled, obs_config, own_path), k)
+            feats = policy_view(sc, st, st.controlled, obs_config, own_path)
+            return act(scale_target_speed(feats, style, obs_config) if sample_target else feats, k)
 
         _, out = rollout(env, scenario, state, policy, horizon, params=params)
         return _future_poses(out.states)

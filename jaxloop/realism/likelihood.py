@@ -15,6 +15,9 @@ Per feature, per evaluated object (`FEATURES` below):
 - Bernoulli features (collision, offroad, traffic-light violation): the object's
   indicator "ever over the future" in each rollout gives p = (k + 0.001) / (R + 0.002),
   the logged indicator scores log p or log (1 - p) (a 2-bin histogram, pseudocount 0.001).
+  As in WOSAC, a rollout's indicator counts only the steps at which the log has the object
+  valid: an agent model may keep an object the log loses (a policy drives on, constant
+  velocity coasts), and what it does after the log ends is not scored.
 
 Aggregation (as WOSAC): a histogram feature's likelihood in a scene is
 exp(mean of the log-probabilities over every valid (object, step) of the log); a
@@ -123,8 +126,10 @@ def scene_log_likelihoods(log: Features, sim: Features) -> dict[str, dict[str, j
     obj_valid = jnp.any(log.valid, -1)  # [E]
     for spec in FEATURES:
         if spec.bernoulli:
+            # Simulated events count only at the steps where the log has the object (WOSAC: a rollout keeps
+            # an object the log has lost, and what it does there is not scored).
             ever = lambda f, v: jnp.any(getattr(f, spec.name) & v, -1)
-            lp = bernoulli_log_prob(ever(log, log.valid), ever(sim, sim.valid), spec)  # [E]
+            lp = bernoulli_log_prob(ever(log, log.valid), ever(sim, sim.valid & log.valid[None]), spec)  # [E]
             lp = jnp.where(obj_valid, lp, 0.0)
             count = obj_valid.astype(jnp.float32)
             out[spec.name] = dict(sum=jnp.sum(lp), count=jnp.sum(count),

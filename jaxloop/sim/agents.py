@@ -114,6 +114,13 @@ def _norm(dx: jax.Array, dy: jax.Array) -> jax.Array:
     return jnp.sqrt(dx * dx + dy * dy)
 
 
+def max_logged_speed(traj) -> jax.Array:
+    """Every object's largest valid logged speed `[N]` (m/s) from a trajectory `[N, T]`: the IDM agents'
+    desired speed and the policy's `ObsConfig.target_speed`. A reduction over the scenario only, so inside a
+    rollout XLA computes it once, outside the loop."""
+    return jnp.max(jnp.where(traj.valid, _norm(traj.vel_x, traj.vel_y), 0.0), -1)
+
+
 def logged_paths(scenario: Scenario) -> LoggedPaths:
     """The paths `[N, T]` of every object, built from `scenario.log_trajectory` (`[N, T]` elementwise work).
 
@@ -128,8 +135,7 @@ def logged_paths(scenario: Scenario) -> LoggedPaths:
     seg = _norm(jnp.diff(traj.x, axis=-1), jnp.diff(traj.y, axis=-1))  # [N, T-1]
     seg = jnp.where(both & (seg > _MIN_SEGMENT), seg, 0.0)
     arc = jnp.concatenate([jnp.zeros_like(seg[..., :1]), jnp.cumsum(seg, -1)], -1)
-    max_speed = jnp.max(jnp.where(valid, _norm(traj.vel_x, traj.vel_y), 0.0), -1)
-    return LoggedPaths(x=traj.x, y=traj.y, arc=arc, length=jnp.max(arc, -1), max_speed=max_speed,
+    return LoggedPaths(x=traj.x, y=traj.y, arc=arc, length=jnp.max(arc, -1), max_speed=max_logged_speed(traj),
                        block_arc=_block_firsts(arc))
 
 
@@ -217,6 +223,27 @@ def _path_frame(px: jax.Array, py: jax.Array, x0: jax.Array, y0: jax.Array, c0: 
     return lon, jnp.abs(lat)
 
 
+def idm_acceleration(v: jax.Array, v0: jax.Array, lead_gap: jax.Array, lead_speed: jax.Array, has_lead: jax.Array,
+                     params: AgentParams) -> jax.Array:
+    """The intelligent driver model's acceleration (Treiber), elementwise, m/s².
+
+    a = a_max [1 - (v / v0)^delta - (s* / gap)^2],
+    s* = s0 + max(0, v T + v (v - v_lead) / (2 sqrt(a_max b))), clipped to [-max_decel, a_max];
+    without a lead (`has_lead` False) the gap term is absent. v0 is floored at 0.1 m/s and the
+    gap at 0.1 m. Used by the IDM agents (`idm_step`) and the policy's IDM acceleration prior
+    (`jaxloop.policy.networks.idm_prior_accel`); `speed_scale` and the desired-speed scale are
+    the caller's to apply to v0.
+    """
+    p = params
+    v0 = jnp.maximum(v0, 0.1)
+    a_free = p.idm_max_accel * (1.0 - (v / v0) ** p.idm_delta)
+    s_star = p.idm_min_gap + jnp.maximum(
+        0.0, v * p.idm_time_headway + v * (v - lead_speed) / (2.0 * jnp.sqrt(p.idm_max_accel * p.idm_comfort_decel)))
+    safe_gap = jnp.maximum(jnp.where(has_lead, lead_gap, 1.0), 0.1)
+    accel = jnp.where(has_lead, a_free - p.idm_max_accel * (s_star / safe_gap) ** 2, a_free)
+    return jnp.clip(accel, -p.idm_max_decel, p.idm_max_accel)
+
+
 def init_agent_state(scenario: Scenario, current: ObjectState, timestep: jax.Array, with_idm: bool = True):
     """Per-object agent memory at reset: an `IdmState` (or `()` when no object can be IDM,
     which skips the IDM computation statically)."""
@@ -301,13 +328,8 @@ def idm_step(scenario: Scenario, current: ObjectState, timestep: jax.Array, idm:
 
         p = params
         v = idm.v
-        v0 = jnp.maximum(paths.max_speed * p.idm_desired_speed_scale * p.speed_scale, 0.1)
-        a_free = p.idm_max_accel * (1.0 - (v / v0) ** p.idm_delta)
-        s_star = p.idm_min_gap + jnp.maximum(
-            0.0, v * p.idm_time_headway + v * (v - lead_speed) / (2.0 * jnp.sqrt(p.idm_max_accel * p.idm_comfort_decel)))
-        safe_gap = jnp.maximum(jnp.where(has_lead, lead_gap, 1.0), 0.1)
-        accel = jnp.where(has_lead, a_free - p.idm_max_accel * (s_star / safe_gap) ** 2, a_free)
-        accel = jnp.clip(accel, -p.idm_max_decel, p.idm_max_accel)
+        v0 = paths.max_speed * p.idm_desired_speed_scale * p.speed_scale
+        accel = idm_acceleration(v, v0, lead_gap, lead_speed, has_lead, p)
         v_next = jnp.maximum(v + accel * dt, 0.0)
         stopping = v + accel * dt < 0.0
         ds = jnp.where(stopping, v ** 2 / (2.0 * jnp.maximum(-accel, 1e-6)), v * dt + 0.5 * accel * dt ** 2)
