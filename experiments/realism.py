@@ -18,7 +18,7 @@ step driven by the model, 32 rollouts per scene, 80 future steps):
   self-play policies of `experiments/selfplay.py` (steering and IDM acceleration priors),
   driving the SDC and its 15 nearest vehicles that have somewhere to go (start farther
   than GOAL_RADIUS from their goal; parked ones are sampled IDM), per-object ego-centric
-  observation, own logged path as route, deterministic actions + N(0, 0.1²) noise (a
+  observation, own logged path as route, deterministic actions + N(0, 0.03²) noise (a
   policy with a target speed drives toward its slot's sampled IDM desired speed), the
   other objects sampled IDM;
 - `policy:selfplay_bc_real`: self-play BC trained here (`train_real_bc`, `--runs`) on the
@@ -87,6 +87,10 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="/tmp/realism_runs",
                     help=f"where the {REAL_BC} policy is trained (policy:{REAL_BC} in --policies; resumed if done)")
     ap.add_argument("--out", default="experiments/results")
+    ap.add_argument("--seed-study", default=None,
+                    help="comma-separated rows (constant_velocity, idm, policy:NAME) to rerun on the 18 real scenes "
+                         "for --study-seeds seeds: the spread of the meta-metric over seeds, for the ranking")
+    ap.add_argument("--study-seeds", type=int, default=5)
     args = ap.parse_args(argv)
     from jaxloop.realism.evaluate import RealismConfig, RealismReport, RealismRunner, aggregate, markdown_table
     from jaxloop.realism.fit import FitConfig, fit_idm, params_dict, save_params
@@ -164,6 +168,9 @@ def main(argv=None) -> int:
             "accel_weight": cfg.accel_weight, "prior_weight": cfg.prior_weight,
             "ade_first": fit_info["history"][0]["ade"], "ade_last": fit_info["history"][-1]["ade"],
             "log_factors": fit_info["log_factors"]}
+    if args.seed_study:
+        results["seed_study"] = seed_study(args.seed_study.split(","), sets["real_all"], args.rollouts,
+                                           args.study_seeds)
     results["machine"] = f"{jax.default_backend()} ({jax.device_count()} device), 2-core CPU under contention"
     results["wall_min"] = round((time.time() - start) / 60, 1)
     results.setdefault("invocations", []).append({"argv": sys.argv[1:] if argv is None else list(argv),
@@ -172,6 +179,27 @@ def main(argv=None) -> int:
     (out / "realism.md").write_text(markdown(results, args))
     log(f"wrote {out}/realism.json and realism.md in {results['wall_min']} min")
     return 0
+
+
+def seed_study(labels: list[str], scenes, rollouts: int, num_seeds: int) -> dict:
+    """Each row's meta-metric on `scenes` for seeds 0 .. num_seeds - 1 (one compile per row), with mean and
+    standard deviation, and each row's per-seed difference from IDM (the same seeds: paired)."""
+    import numpy as np
+    from jaxloop.realism.evaluate import RealismConfig, RealismRunner
+    out = {}
+    for label in labels:
+        agents = f"policy:{POLICIES / label[len('policy:'):]}" if label.startswith("policy:") else label
+        runner = RealismRunner(*scenes, RealismConfig(agents=agents, rollouts=rollouts), name=label)
+        metas = [runner.run(seed=s).aggregate["realism_meta_metric"] for s in range(num_seeds)]
+        out[label] = {"seeds": list(range(num_seeds)), "meta": metas, "mean": float(np.mean(metas)),
+                      "std": float(np.std(metas, ddof=1)) if num_seeds > 1 else 0.0}
+        log(f"  seed study {label}: {out[label]['mean']:.4f} +- {out[label]['std']:.4f} over {num_seeds} seeds")
+    if "idm" in out:
+        for label, row in out.items():
+            diff = np.asarray(row["meta"]) - np.asarray(out["idm"]["meta"])
+            row["minus_idm"] = {"per_seed": diff.tolist(), "mean": float(diff.mean()),
+                                "min": float(diff.min()), "max": float(diff.max())}
+    return out
 
 
 def markdown(results: dict, args) -> str:
@@ -190,6 +218,18 @@ def markdown(results: dict, args) -> str:
                             ("real_all_by_split", "The 18-scene rows split: 12 training scenes / 6 held out")):
         if set_name in results.get("tables", {}):
             lines += [f"## {title}", "", results["tables"][set_name], ""]
+    study = results.get("seed_study")
+    if study:
+        lines += ["## The 18 real scenes over seeds", "",
+                  f"The meta-metric with seeds 0-{len(next(iter(study.values()))['seeds']) - 1} "
+                  f"({args.rollouts} rollouts each); the difference from IDM is paired by seed.", "",
+                  "| agents | per seed | mean | std | minus IDM: mean (min, max) |", "|---|---|---|---|---|"]
+        for label, row in study.items():
+            d = row.get("minus_idm")
+            lines.append(f"| {label} | {', '.join(f'{m:.4f}' for m in row['meta'])} | {row['mean']:.4f} | "
+                         f"{row['std']:.4f} | " + (f"{d['mean']:+.4f} ({d['min']:+.4f}, {d['max']:+.4f})" if d else "")
+                         + " |")
+        lines.append("")
     from jaxloop.sim.agents import AgentParams
     default = dataclasses.asdict(AgentParams())
     fits = results.get("idm_fits", {})

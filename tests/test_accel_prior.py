@@ -131,17 +131,19 @@ def test_idm_prior_gradient_is_finite_on_a_real_scene(shared_data):
     # Every vehicle of a real WOMD scene (GPUDrive JSON) as the observer of its own features, as self-play
     # sees them: standing cars, objects on the route polyline's vertices and short logged paths all occur.
     import jax
+    from jaxloop.data.common import LoadConfig
     from jaxloop.data.gpudrive import load_gpudrive
     from jaxloop.io.policies import agent_features
     obs = ObsConfig(target_speed=True)
     model = ModelConfig(hidden=(8,), accel_prior="idm", steer_prior="pure_pursuit")
-    sc, _ = load_gpudrive(shared_data / "gpudrive" / "tfrecord-00000-of-01000_222.json")
+    sc, _ = load_gpudrive(shared_data / "gpudrive" / "tfrecord-00000-of-01000_222.json",
+                          LoadConfig(num_objects=32, select="nearest"))
     state = Env(Experiment(obs=obs, model=model).env_config()).reset(sc, None)
     observers = jnp.asarray(np.flatnonzero(np.asarray(state.current.valid)
                                            & (np.asarray(sc.object_metadata.object_types) == 1)))
     assert observers.shape[0] >= 10
-    f = agent_features(sc, state, observers, obs)
+    f = jax.jit(agent_features, static_argnums=(3,))(sc, state, observers, obs)  # compiled: 5x faster than eager
     prior = AccelPrior.of(model, obs, obs.history_length, 2)
     accel = lambda e, o, r: jnp.sum(networks.idm_prior_accel(f.replace(ego=e, objects=o, route=r), prior))
-    grads = jax.grad(accel, argnums=(0, 1, 2))(f.ego, f.objects, f.route)
+    grads = jax.jit(jax.grad(accel, argnums=(0, 1, 2)))(f.ego, f.objects, f.route)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)

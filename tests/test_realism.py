@@ -205,6 +205,8 @@ def test_bad_config_is_refused():
         RealismConfig(agents="random")
     with pytest.raises(ValueError, match="rollouts"):
         RealismConfig(rollouts=0)
+    with pytest.raises(ValueError, match="policy_target_spread"):
+        RealismConfig(policy_target_spread=-0.1)
 
 
 def test_idm_fit_lowers_its_loss():

@@ -11,8 +11,8 @@ import tyro
 def run_realism(agents: str = "idm", data: str = "../shared/data/gpudrive", rollouts: int = 32,
                 horizon: int | None = None, batch_size: int = 2, seed: int = 0, out: str | None = None,
                 json_output: Annotated[bool, tyro.conf.arg(name="json")] = False, policy_objects: int = 16,
-                policy_noise: float = 0.1, policy_parked: bool = False, policy_skip_reversing: bool = False,
-                policy_head: bool = True, policy_sample_target: bool = True, idm_params: str | None = None,
+                policy_noise: float = 0.03, policy_parked: bool = False, policy_skip_reversing: bool = False,
+                policy_head: bool = True, policy_target_spread: float = 0.1, idm_params: str | None = None,
                 skip_invalid: bool = False,
                 num_objects: int = 128, select: Literal["nearest", "error"] = "nearest") -> int:
     """Realism meta-metric of a traffic model: many stochastic rollouts per scene, the likelihood of the log
@@ -35,8 +35,9 @@ def run_realism(agents: str = "idm", data: str = "../shared/data/gpudrive", roll
         policy_skip_reversing: leave the vehicles the log moves backward for a second to the sampled IDM (the
             policy's bicycle drives forward only).
         policy_head: a checkpoint samples its tanh-Gaussian head (False: its mode + policy_noise).
-        policy_sample_target: a policy that observes a target speed (`--obs.target-speed`) sees it times its
-            slot's sampled IDM desired-speed factor, per rollout (a sampled driver style); off: the log's.
+        policy_target_spread: a policy that observes a target speed (`--obs.target-speed`) sees it times
+            exp(spread N(0, 1)) per rollout and slot (a sampled driver style; the IDM agents' desired-speed
+            spread by default); 0: the log's largest speed.
         idm_params: a JSON file of fitted IDM parameters (`jaxloop.realism.fit`) to sample around.
         skip_invalid: raw --data files: skip (and count on stderr) invalid files and records.
         num_objects: N object slots when reading raw files.
@@ -56,7 +57,7 @@ def run_realism(agents: str = "idm", data: str = "../shared/data/gpudrive", roll
     config = RealismConfig(agents=agents, rollouts=rollouts, horizon=horizon, batch_size=batch_size, seed=seed,
                            policy_objects=policy_objects, policy_noise=policy_noise,
                            policy_parked=policy_parked, policy_skip_reversing=policy_skip_reversing,
-                           policy_head=policy_head, policy_sample_target=policy_sample_target, idm_params=params)
+                           policy_head=policy_head, policy_target_spread=policy_target_spread, idm_params=params)
     if agents.startswith("policy:") and not pathlib.Path(agents[len("policy:"):]).exists():
         raise FileNotFoundError(f"--agents {agents!r}: no such run, checkpoint or exported policy directory")
     scenarios, infos = load_source(data, num_objects=num_objects, select=select, skip_invalid=skip_invalid)
