@@ -62,7 +62,7 @@ def test_expert_is_never_at_fault_on_the_real_scenes(shared_data):
     assert agg["failure_rate"] == agg["red_light_rate"]
 
 
-def test_random_policy_fails_the_gate_and_self_passes(toy_set):
+def test_random_policy_fails_the_gate_and_self_passes(toy_set, monkeypatch):
     scenarios, infos = toy_set
     config = EvalConfig(batch_size=6, horizon=20)
     suite = [perturbations.ego_noise(pos_std=0.5)]  # one perturbation: its checks count as any number's would
@@ -76,8 +76,17 @@ def test_random_policy_fails_the_gate_and_self_passes(toy_set):
     assert good.passed and not good.reasons
     # Per set (clean + each perturbation): a non-finite check; clean: 6 rate checks; perturbed: 2 each.
     assert len(good.checks) == 7 + 3 * len(suite)
-    # `gate` runs both suites itself: the same verdict on the same scenarios.
+    # `gate` runs both suites itself (candidate first, each with its config and the suite) and checks them:
+    # given the suites above, the same verdict (the suites are not computed twice).
+    import jaxloop.eval.gate as gate_module
+    calls = []
+
+    def suites(policy, scenarios_, infos_, config_, seed, perturbations=None):
+        calls.append((policy, config_, perturbations))
+        return {random_policy: rand, "expert": expert}[policy]
+    monkeypatch.setattr(gate_module, "run_suite", suites)
     via = gate(random_policy, "expert", scenarios, infos, config, perturbations=suite)
+    assert calls == [(random_policy, config, suite), ("expert", config, suite)]
     assert not via.passed and len(via.checks) == 7 + 3
     held_out = lambda result: [c for c in result.checks if c["name"].startswith("held-out")]
     assert held_out(via) == held_out(bad) and len(held_out(via)) == 7
