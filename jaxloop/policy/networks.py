@@ -52,8 +52,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from jaxloop.policy.observation import Features, ObsConfig, flat_dim, flatten
+from jaxloop.policy.observation import BOX_SCALE, Features, ObsConfig, flat_dim, flatten
 from jaxloop.sim.agents import AgentParams, idm_acceleration
+from jaxloop.sim.datatypes import RED_STATES
 
 MODEL_KINDS = ("mlp", "attention")
 HEAD_KINDS = ("deterministic", "gaussian")
@@ -193,7 +194,6 @@ def steer_prior_mean(feats: Features, prior: SteerPrior) -> jax.Array:
 IDM_PRIOR_LOOKAHEAD = 50.0  # m along the route: farther leads and lights are ignored (as the IDM agents)
 IDM_PRIOR_LATERAL = 1.0  # m: a lead's centre within its half width + this of the route
 IDM_PRIOR_LIGHT_LATERAL = 2.0  # m: a red light's stop point this close to the route governs
-RED_LIGHT_STATES = (1, 4, 7)  # TL_ARROW_STOP, TL_STOP, TL_FLASHING_STOP (`jaxloop.sim.datatypes`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +240,7 @@ def _route_frame(feats: Features, points: jax.Array, ps: float) -> tuple[jax.Arr
     last = jnp.where((count > 0)[..., None], last, 0.0)
     way = jnp.where(valid[..., None], way, last[..., None, :])
     pts = jnp.concatenate([origin, way], -2)  # [..., W + 1, 2]
-    prev = jnp.einsum("...w,...wc->...c", jax.nn.one_hot(jnp.maximum(count - 1, 0), w + 1), pts)
+    prev = jnp.einsum("...w,...wc->...c", jax.nn.one_hot(last_idx, w + 1), pts)  # the point before `last`
     direction = last - jnp.where((count > 0)[..., None], prev, jnp.array([-1.0, 0.0]))
     direction = direction / jnp.maximum(_safe_norm(direction)[..., None], 1e-6)
     ext = last + IDM_PRIOR_LOOKAHEAD * direction
@@ -266,12 +266,12 @@ def idm_prior_accel(feats: Features, prior: AccelPrior) -> jax.Array:
     k, ps, vs, p = prior.history_length, prior.position_scale, prior.velocity_scale, prior.params
     cur = feats.ego[..., (k - 1) * 7:k * 7]
     v = _safe_norm(cur[..., 4:6]) * vs
-    own_half = feats.ego[..., k * 7] * 5.0 / 2.0
+    own_half = feats.ego[..., k * 7] * BOX_SCALE / 2.0
     v0 = feats.ego[..., k * 7 + 2] * vs * p.idm_desired_speed_scale
     # Object leads.
     obj = feats.objects
     o_xy, o_vel = obj[..., :2] * ps, obj[..., 4:6] * vs
-    o_half_len, o_half_wid = obj[..., 6] * 5.0 / 2.0, obj[..., 7] * 5.0 / 2.0
+    o_half_len, o_half_wid = obj[..., 6] * BOX_SCALE / 2.0, obj[..., 7] * BOX_SCALE / 2.0
     off, lat, tan = _route_frame(feats, o_xy, ps)
     is_lead = (feats.objects_valid & (off > 1e-3) & (off < IDM_PRIOR_LOOKAHEAD)
                & (lat < o_half_wid + IDM_PRIOR_LATERAL))
@@ -282,7 +282,7 @@ def idm_prior_accel(feats: Features, prior: AccelPrior) -> jax.Array:
     obj_speed = jnp.sum(pick * jnp.sum(o_vel * tan, -1), -1)
     # Red lights: stopped leads at their stop points.
     lights = feats.lights
-    red = feats.lights_valid & jnp.any(lights[..., 2 + jnp.array(RED_LIGHT_STATES)] > 0.5, -1)
+    red = feats.lights_valid & jnp.any(lights[..., 2 + jnp.array(RED_STATES)] > 0.5, -1)
     l_off, l_lat, _ = _route_frame(feats, lights[..., :2] * ps, ps)
     light_lead = red & (l_lat < IDM_PRIOR_LIGHT_LATERAL) & (l_off > own_half[..., None]) & (l_off < IDM_PRIOR_LOOKAHEAD)
     light_gap = jnp.min(jnp.where(light_lead, l_off - own_half[..., None], jnp.inf), -1)

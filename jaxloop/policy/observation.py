@@ -39,6 +39,8 @@ NUM_OBJECT_TYPES = 5  # unset, vehicle, pedestrian, cyclist, other
 NUM_LIGHT_STATES = 9  # TL_UNKNOWN .. TL_FLASHING_CAUTION
 
 
+BOX_SCALE = 5.0  # metres per feature unit of a box's length and width (ego and object tokens)
+
 @dataclasses.dataclass(frozen=True)
 class ObsConfig:
     """Sizes of the observation (static: they decide the shapes)."""
@@ -52,7 +54,7 @@ class ObsConfig:
     route_points: int = 6  # route waypoints ahead
     route_spacing: float = 5.0  # metres of arc length between route waypoints
     max_distance: float = 80.0  # objects / lights farther than this are masked out
-    position_scale: float = 20.0  # metres per feature unit
+    position_scale: float = 20.0  # metres per feature unit (box sizes: BOX_SCALE)
     velocity_scale: float = 10.0  # m/s per feature unit
     # Append the observer's target speed (its largest valid logged speed / velocity_scale) to the ego token:
     # the route's speed, as the route is its path (needed by `ModelConfig.accel_prior="idm"`).
@@ -181,7 +183,7 @@ def features(scenario: Scenario, state: SimState, observer: jax.Array | int, con
         ego_hist = jnp.concatenate([hxy / ps, jnp.cos(hyaw)[:, None], jnp.sin(hyaw)[:, None], hvel / vs,
                                     hvalid[:, None].astype(jnp.float32)], -1)
         ego_hist = jnp.where(hvalid[:, None], ego_hist, 0.0)
-        ego = jnp.concatenate([ego_hist.reshape(-1), jnp.stack([own(cur.length), own(cur.width)]) / 5.0])
+        ego = jnp.concatenate([ego_hist.reshape(-1), jnp.stack([own(cur.length), own(cur.width)]) / BOX_SCALE])
         if config.target_speed:
             target = _gather(max_logged_speed(scenario.log_trajectory), observer)  # [N] first, then the observer's
             ego = jnp.concatenate([ego, target[None] / vs])
@@ -197,7 +199,7 @@ def features(scenario: Scenario, state: SimState, observer: jax.Array | int, con
         otype = jax.nn.one_hot(jnp.clip(scenario.object_metadata.object_types[oidx], 0, NUM_OBJECT_TYPES - 1),
                                NUM_OBJECT_TYPES)
         objects = jnp.concatenate([_gather(obj_xy, oidx) / ps, jnp.cos(oyaw)[:, None], jnp.sin(oyaw)[:, None],
-                                   ovel / vs, jnp.stack([_gather(cur.length, oidx), _gather(cur.width, oidx)], -1) / 5.0,
+                                   ovel / vs, jnp.stack([_gather(cur.length, oidx), _gather(cur.width, oidx)], -1) / BOX_SCALE,
                                    otype], -1)
         objects = jnp.where(ovalid[:, None], objects, 0.0)
 

@@ -186,8 +186,8 @@ def policy_slots(scenario: Scenario, init_steps: int, num: int, control_parked: 
     (nearly) still, as the log does; a noisy policy would make it drift. `control_parked` restores the
     nearest-vehicles-regardless rule. `skip_reversing` also leaves to the sampled IDM (which moves an object along
     its logged path) the vehicles the log moves backward for a second (`reverses`), which the policy's
-    forward-only bicycle cannot follow: on the 18 real scenes 21 of the 142 vehicles the policy drives, 3 of
-    them SDCs (off by default: it hands a policy row's hardest vehicles to IDM).
+    forward-only bicycle cannot follow: on the 18 real scenes 1 of the 142 vehicles the policy drives (off by
+    default: it hands a policy row's hardest vehicles to IDM).
     """
     meta, log = scenario.object_metadata, scenario.log_trajectory
     t0 = init_steps - 1
@@ -297,7 +297,7 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
     """`one(scenario, aux, key) -> Poses [N, H]` with a trained policy driving `aux["slots"]` (see the module
     docstring), and a description of how it drives."""
     from jaxloop.policy import networks
-    from jaxloop.policy.observation import features as obs_features, flatten, scale_target_speed
+    from jaxloop.policy.observation import flatten, scale_target_speed
     from jaxloop.io.policies import load_policy, trained_on_own_path
 
     _, train_config = load_policy(path)
@@ -349,8 +349,9 @@ def policy_rollout_fn(path: str, config: RealismConfig, horizon: int) -> tuple[C
         state = env.reset(scenario, key_reset, agent_kind=kind, with_idm=True)
         state = state.replace(controlled=slots)
         params = sample_idm_params(key_params, config.idm_params, config.idm_spread, n)
-        style = jnp.exp(config.policy_target_spread
-                        * jax.random.normal(jax.random.fold_in(key_params, 1), slots.shape))  # [M] driver styles
+        if sample_target:  # [M] driver styles
+            style = jnp.exp(config.policy_target_spread
+                            * jax.random.normal(jax.random.fold_in(key_params, 1), slots.shape))
 
         def policy(sc, st, k):
             feats = policy_view(sc, st, st.controlled, obs_config, own_path)

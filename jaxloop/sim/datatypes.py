@@ -51,6 +51,7 @@ TL_CAUTION = 5
 TL_GO = 6
 TL_FLASHING_STOP = 7
 TL_FLASHING_CAUTION = 8
+RED_STATES = (TL_ARROW_STOP, TL_STOP, TL_FLASHING_STOP)  # the states that stop traffic
 
 DT = 0.1  # seconds per log step (10 Hz)
 
@@ -318,7 +319,7 @@ class TrafficLights:
     @property
     def is_red(self) -> jax.Array:  # [..., L, T] bool: stop, arrow stop or flashing stop
         s = self.state
-        return self.valid & ((s == TL_STOP) | (s == TL_ARROW_STOP) | (s == TL_FLASHING_STOP))
+        return self.valid & ((s == RED_STATES[0]) | (s == RED_STATES[1]) | (s == RED_STATES[2]))
 
     def validate(self, prefix: str = "TrafficLights", dims: dict[str, int] | None = None,
                  batch: tuple[int, ...] | None = None) -> tuple[int, ...] | None:
